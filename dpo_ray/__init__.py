@@ -1,0 +1,1 @@
+"""dpo-ray: distributed DPO on Ray."""

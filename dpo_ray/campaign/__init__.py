@@ -1,0 +1,1 @@
+"""The driver side: runs groups through offline training (and, later, online rounds)."""

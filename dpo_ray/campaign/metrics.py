@@ -1,0 +1,25 @@
+"""Metrics to JSONL and TensorBoard in the run directory."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Dict
+
+
+class MetricsWriter:
+    def __init__(self, run_dir: Path):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.jsonl = (run_dir / "metrics.jsonl").open("a", encoding="utf-8")
+        self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def write(self, step: int, metrics: Dict[str, float]) -> None:
+        self.jsonl.write(json.dumps({"step": step, **{k: (v if math.isfinite(v) else None) for k, v in metrics.items()}}) + "\n")
+        self.jsonl.flush()
+        for name, value in metrics.items():
+            self.tensorboard.add_scalar(name, value, step)
+
+    def close(self) -> None:
+        self.jsonl.close()
+        self.tensorboard.close()

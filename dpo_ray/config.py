@@ -1,0 +1,137 @@
+"""Typed run configuration: one dataclass per layer, registered with Hydra's ConfigStore."""
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+def opt(default: Any, help: str) -> Any:
+    """A config field with its one default and its one-line help."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def sub(cls: type, help: str) -> Any:
+    return field(default_factory=cls, metadata={"help": help})
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = opt(False, "train a peft LoRA adapter; the reference is then the base model with the adapter disabled")
+    r: int = opt(8, "LoRA rank")
+    alpha: int = opt(16, "LoRA scaling alpha")
+    dropout: float = opt(0.0, "LoRA dropout")
+    target_modules: str = opt("all-linear", "modules to adapt: 'all-linear' or a comma-separated list of module names")
+    save_merged: bool = opt(False, "also save the base model with the adapter merged in")
+
+
+@dataclass
+class ModelConfig:
+    path: str = opt("embedded", "policy model: an HF directory, or 'embedded' for the built-in tiny number-words model")
+    reference_path: str = opt("", "reference model directory; empty means the same weights as the policy's start")
+    dtype: str = opt("auto", "parameter dtype: float32, bfloat16 or auto (bfloat16 on GPU, float32 on CPU)")
+    attn_implementation: str = opt("sdpa", "transformers attention implementation: sdpa or eager")
+    trust_remote_code: bool = opt(False, "allow model code from the model directory to run")
+    gradient_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
+    lora: LoraConfig = sub(LoraConfig, "peft LoRA settings")
+
+
+@dataclass
+class DataConfig:
+    train_files: List[str] = opt([], "preference files (.json, .jsonl, .parquet) or save_to_disk directories; empty means the embedded task's")
+    eval_files: List[str] = opt([], "held-out preference files; empty means a split of the training data")
+    eval_fraction: float = opt(0.1, "share of training pairs held out for evaluation when eval_files is empty")
+    chat_template: str = opt("auto", "auto: template conversational rows only (TRL); always: also wrap string rows as user/assistant turns; never")
+    max_length: Optional[int] = opt(512, "longest prompt+response sequence in tokens (TRL max_length); null for no limit")
+    max_prompt_length: Optional[int] = opt(None, "keep at most the last this-many prompt tokens; null for no limit")
+    truncation_mode: str = opt("keep_start", "how max_length truncates: keep_start or keep_end (TRL semantics)")
+    on_error: str = opt("raise", "malformed rows: raise (error naming file, row, field) or skip (drop and count by reason)")
+    shuffle_seed: int = opt(0, "seed of the per-epoch shuffle and of the eval split")
+
+
+@dataclass
+class AlgoConfig:
+    loss_type: str = opt("sigmoid", "preference loss: sigmoid (DPO, -log sigmoid(beta * margin))")
+    beta: float = opt(0.1, "DPO beta: strength of the implicit KL constraint to the reference")
+    label_smoothing: float = opt(0.0, "conservative DPO (cDPO) label-noise rate for the sigmoid loss")
+    rpo_alpha: float = opt(0.0, "weight of the NLL loss on chosen tokens added to the preference loss (RPO)")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = opt(1, "passes over the training pairs")
+    max_steps: int = opt(-1, "stop after this many optimizer steps; -1 runs all epochs")
+    batch_size: int = opt(64, "pairs per optimizer step, over all policy ranks")
+    micro_batch_size: int = opt(16, "pairs per forward/backward on one rank (gradient accumulation fills the rest)")
+    optimizer: str = opt("adamw", "adamw or sgd (plain torch optimizers wrapped by DeepSpeed)")
+    lr: float = opt(5e-7, "peak learning rate")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    adam_betas: List[float] = opt([0.9, 0.999], "AdamW betas")
+    lr_scheduler: str = opt("cosine", "learning-rate decay after warmup: cosine, linear or constant")
+    warmup_ratio: float = opt(0.1, "share of steps spent warming the learning rate up from 0")
+    max_grad_norm: float = opt(1.0, "gradient clipping norm; 0 disables clipping")
+    seed: int = opt(42, "seed of model init, dropout and sampling")
+    eval_every: int = opt(0, "evaluate held-out pairs every this many steps (also at start and end); 0: start and end only")
+    checkpoint_every: int = opt(0, "write a DeepSpeed checkpoint every this many steps; 0 disables")
+    log_every: int = opt(1, "write metrics every this many steps")
+
+
+@dataclass
+class ReferenceConfig:
+    micro_batch_size: int = opt(32, "pairs per reference forward")
+    cache: bool = opt(True, "cache reference log-probs on disk, keyed by data, model and tokenisation")
+
+
+@dataclass
+class ClusterConfig:
+    address: str = opt("", "Ray cluster address; empty starts a local Ray, 'auto' joins the running cluster")
+    policy_ranks: int = opt(1, "policy group size: one DeepSpeed ZeRO-3 rank per Ray actor")
+    reference_ranks: int = opt(1, "reference group size")
+    placement: str = opt("PACK", "placement-group strategy: PACK, SPREAD, STRICT_PACK or STRICT_SPREAD")
+    cpus_per_rank: float = opt(1.0, "CPUs reserved per actor")
+    gpus_per_rank: float = opt(0.0, "GPUs per actor; > 0 selects CUDA, NCCL and bf16")
+    torch_threads: int = opt(0, "torch threads per actor; 0 means cpus_per_rank rounded up")
+
+
+@dataclass
+class TaskConfig:
+    numbers: int = opt(1000, "numbers 0..numbers-1 of the embedded number-words task")
+    eval_numbers: int = opt(200, "numbers held out from SFT and training, for the task accuracy")
+    flaw_rate: float = opt(0.6, "share of SFT demonstrations carrying a systematic spelling flaw")
+    sft_steps: int = opt(300, "SFT steps of the embedded warm start")
+    samples_per_prompt: int = opt(4, "responses sampled per prompt to build the embedded pairs and measure accuracy")
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = opt("runs/latest", "run directory: metrics, checkpoints, the final model")
+    cache_dir: str = opt("~/.cache/dpo-ray", "cache of built tasks and reference log-probs")
+    progress: bool = opt(True, "show a progress bar")
+    model: ModelConfig = sub(ModelConfig, "policy and reference models")
+    data: DataConfig = sub(DataConfig, "preference data")
+    algo: AlgoConfig = sub(AlgoConfig, "loss")
+    train: TrainConfig = sub(TrainConfig, "optimisation")
+    reference: ReferenceConfig = sub(ReferenceConfig, "reference group")
+    cluster: ClusterConfig = sub(ClusterConfig, "Ray placement")
+    task: TaskConfig = sub(TaskConfig, "embedded default task")
+
+
+def register() -> None:
+    """Store the schema so YAML presets in configs/ are validated against it."""
+    ConfigStore.instance().store(name="run_schema", node=RunConfig)
+
+
+def describe(cls: type = RunConfig, prefix: str = "") -> List[str]:
+    """One line per option: dotted name, default and help (for `dpo-ray --help`)."""
+    lines = []
+    for f in fields(cls):
+        name = prefix + f.name
+        if f.default_factory is not MISSING and is_dataclass(f.default_factory):
+            lines += describe(f.default_factory, name + ".")
+            continue
+        default = f.default if f.default is not MISSING else f.default_factory()
+        lines.append(f"  {name}={default!r:<14} {f.metadata.get('help', '')}")
+    return lines

@@ -1,0 +1,38 @@
+"""One optimizer step's pairs -> equal-length lists of micro-batches per rank (ZeRO-3 ranks run in lockstep)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+from .tokenize import TokenizedPair
+
+
+@dataclass
+class MicroBatch:
+    pairs: List[TokenizedPair]
+    reference_chosen_logps: Optional[List[float]] = None
+    reference_rejected_logps: Optional[List[float]] = None
+    weight: float = 1.0  # 0 for a filler batch that only keeps a rank's collectives in step
+
+
+@dataclass(frozen=True)
+class StepScale:
+    """Global totals that turn per-micro-batch sums into exact global means, however pairs are split."""
+
+    pairs: int
+    chosen_tokens: int
+
+
+def step_scale(pairs: Sequence[TokenizedPair]) -> StepScale:
+    return StepScale(pairs=len(pairs), chosen_tokens=sum(len(p.chosen_ids) for p in pairs))
+
+
+def plan_micro_batches(indices: Sequence[int], world: int, micro_batch_size: int, per_rank: Optional[int] = None) -> List[List[List[int]]]:
+    """Deal indices round-robin to ranks, cut each rank's share into micro-batches, and pad every rank to the same
+    count (per_rank if given) with empty micro-batches."""
+    shares = [list(indices[r::world]) for r in range(world)]
+    plan = [[share[i:i + micro_batch_size] for i in range(0, len(share), micro_batch_size)] for share in shares]
+    count = per_rank if per_rank is not None else max(len(p) for p in plan)
+    if any(len(p) > count for p in plan):
+        raise ValueError(f"{len(indices)} pairs need more than {count} micro-batches of {micro_batch_size} per rank")
+    return [p + [[] for _ in range(count - len(p))] for p in plan]

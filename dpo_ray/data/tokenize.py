@@ -1,0 +1,121 @@
+"""Preference rows -> token ids: chat template, prefix check, TRL-style truncation, de-duplication."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Iterable, List, Optional, Sequence, Tuple
+
+from .errors import DataError, DataReport, ErrorPolicy
+from .formats import PreferenceRow, Text
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TokenizedPair:
+    prompt_ids: Tuple[int, ...]
+    chosen_ids: Tuple[int, ...]
+    rejected_ids: Tuple[int, ...]
+
+    @property
+    def tokens(self) -> int:
+        """Tokens one padded-free chosen + rejected forward processes."""
+        return 2 * len(self.prompt_ids) + len(self.chosen_ids) + len(self.rejected_ids)
+
+
+@dataclass(frozen=True)
+class TokenizeSettings:
+    chat_template: str = "auto"
+    max_length: Optional[int] = None
+    max_prompt_length: Optional[int] = None
+    truncation_mode: str = "keep_start"
+
+    def __post_init__(self):
+        if self.chat_template not in ("auto", "always", "never"):
+            raise ValueError(f"data.chat_template must be auto, always or never, got {self.chat_template!r}")
+        if self.truncation_mode not in ("keep_start", "keep_end"):
+            raise ValueError(f"data.truncation_mode must be keep_start or keep_end, got {self.truncation_mode!r}")
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def encode_turn(tokenizer, prompt: Text, response: Text, templated: bool) -> Tuple[List[int], List[int]]:
+    """Token ids of a prompt and of prompt+response, rendered the way the model sees them at inference."""
+    if templated:
+        prompt_msgs = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+        response_msgs = response if isinstance(response, list) else [{"role": "assistant", "content": response}]
+        prompt_text = tokenizer.apply_chat_template(prompt_msgs, add_generation_prompt=True, tokenize=False)
+        full_text = tokenizer.apply_chat_template(prompt_msgs + response_msgs, tokenize=False)
+        # The template already holds any BOS it wants.
+        return (tokenizer(prompt_text, add_special_tokens=False)["input_ids"],
+                tokenizer(full_text, add_special_tokens=False)["input_ids"])
+    eos = tokenizer.eos_token or ""
+    text = response if response.endswith(eos) else response + eos
+    return tokenizer(prompt)["input_ids"], tokenizer(prompt + text)["input_ids"]
+
+
+def _truncate(prompt: List[int], chosen: List[int], rejected: List[int], s: TokenizeSettings):
+    if s.max_prompt_length is not None:
+        prompt = prompt[-s.max_prompt_length:] if s.max_prompt_length > 0 else []
+    if s.max_length is None:
+        return prompt, chosen, rejected
+    if s.truncation_mode == "keep_start":
+        room = s.max_length - len(prompt)
+        if room <= 0:
+            return None
+        return prompt, chosen[:room], rejected[:room]
+    # keep_end: drop the oldest prompt tokens so the longer response fits; one prompt stays shared by both.
+    longest = max(len(chosen), len(rejected))
+    keep = max(s.max_length - longest, 0)
+    prompt = prompt[len(prompt) - keep:] if keep < len(prompt) else prompt
+    return prompt, chosen[-s.max_length:], rejected[-s.max_length:]
+
+
+def tokenize_rows(rows: Iterable[PreferenceRow], tokenizer, settings: TokenizeSettings, policy: ErrorPolicy) -> List[TokenizedPair]:
+    """Tokenise every row; malformed rows go through the error policy, identical pairs are dropped and counted."""
+    pairs, report = [], policy.report
+    template_ok = getattr(tokenizer, "chat_template", None) is not None
+    for row in rows:
+        templated = row.conversational or settings.chat_template == "always"
+        if settings.chat_template == "never" and row.conversational:
+            policy.handle(DataError(row.source, row.row, "chosen", "message lists need a chat template, but data.chat_template=never"))
+            continue
+        if templated and not template_ok:
+            policy.handle(DataError(row.source, row.row, "prompt", "the tokenizer has no chat template to render messages with"))
+            continue
+        if row.chosen == row.rejected:
+            report.drop("chosen == rejected")
+            continue
+        prompt_ids, full_chosen = encode_turn(tokenizer, row.prompt, row.chosen, templated)
+        _, full_rejected = encode_turn(tokenizer, row.prompt, row.rejected, templated)
+        prompt_len = min(_common_prefix(prompt_ids, full_chosen), _common_prefix(prompt_ids, full_rejected))
+        if prompt_len < len(prompt_ids):
+            # The template or a token merge renders the prompt differently alone; train on what the full sequence holds.
+            if not report.warnings["prompt is not a token prefix of prompt+response"]:
+                log.warning("%s: row %d: the tokenised prompt is not a prefix of prompt+response (template or merge at the "
+                            "boundary); the response starts where they diverge: %r", row.source, row.row,
+                            tokenizer.decode(prompt_ids[prompt_len:]))
+            report.warnings["prompt is not a token prefix of prompt+response"] += 1
+        prompt = full_chosen[:prompt_len]
+        chosen, rejected = full_chosen[prompt_len:], full_rejected[prompt_len:]
+        for name, ids in (("chosen", chosen), ("rejected", rejected)):
+            if not ids:
+                policy.handle(DataError(row.source, row.row, name, "empty response after tokenisation"))
+                break
+        else:
+            truncated = _truncate(prompt, chosen, rejected, settings)
+            if truncated is None:
+                report.drop("prompt fills max_length")
+                continue
+            prompt, chosen, rejected = truncated
+            if chosen == rejected:
+                report.drop("chosen == rejected")
+                continue
+            pairs.append(TokenizedPair(tuple(prompt), tuple(chosen), tuple(rejected)))
+    report.pairs += len(pairs)
+    return pairs

@@ -1,0 +1,1 @@
+"""The Ray layer: places workers in placement groups, wires their rendezvous, and calls them."""

@@ -1,0 +1,81 @@
+"""A group of Ray actors, each a thin shell around one plain-Python worker, placed by one placement group."""
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Any, Dict, List, Optional, Sequence
+
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+log = logging.getLogger(__name__)
+
+
+@ray.remote
+class WorkerActor:
+    """Builds the worker named by import path and forwards calls to it; it holds no logic of its own."""
+
+    def __init__(self, worker_path: str, *args, **kwargs):
+        import logging as _logging
+
+        _logging.basicConfig(level=_logging.WARNING)
+        module, name = worker_path.rsplit(".", 1)
+        self.worker = getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    def call(self, method: str, *args, **kwargs) -> Any:
+        return getattr(self.worker, method)(*args, **kwargs)
+
+    def rendezvous_address(self):
+        from ..workers.distributed import free_port, node_address
+
+        return node_address(), free_port()
+
+
+class ActorGroup:
+    def __init__(self, name: str, worker_path: str, size: int, *, cpus: float, gpus: float, strategy: str,
+                 env: Dict[str, str], init_args: Sequence[Any] = (), init_kwargs: Optional[Dict[str, Any]] = None,
+                 ready_timeout_s: float = 300):
+        if size < 1:
+            raise ValueError(f"{name} group needs at least one rank, got {size}")
+        self.name, self.size = name, size
+        bundle = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
+        self.placement = placement_group([dict(bundle) for _ in range(size)], strategy=strategy, name=f"dpo-ray-{name}")
+        ready, _ = ray.wait([self.placement.ready()], timeout=ready_timeout_s)
+        if not ready:
+            remove_placement_group(self.placement)
+            raise RuntimeError(f"{name} group: {size} x {bundle} with {strategy} placement did not fit the cluster "
+                               f"within {ready_timeout_s:.0f}s (available: {ray.available_resources()})")
+        self.actors = [
+            WorkerActor.options(
+                num_cpus=cpus, num_gpus=gpus, runtime_env={"env_vars": env}, name=None,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement, placement_group_bundle_index=rank),
+            ).remote(worker_path, *init_args, rank=rank, world_size=size, **(init_kwargs or {}))
+            for rank in range(size)
+        ]
+
+    def start_distributed(self) -> None:
+        """Rank 0 names its address and a free port; then every rank joins the process group at once."""
+        address, port = ray.get(self.actors[0].rendezvous_address.remote())
+        self.run("start", address, port)
+
+    def run(self, method: str, *args, **kwargs) -> List[Any]:
+        """The same call on every rank; returns each rank's result."""
+        return ray.get([a.call.remote(method, *args, **kwargs) for a in self.actors])
+
+    def run_each(self, method: str, per_rank_args: Sequence[Sequence[Any]]) -> List[Any]:
+        """A call with rank-specific arguments."""
+        if len(per_rank_args) != self.size:
+            raise ValueError(f"{self.name}: {len(per_rank_args)} argument sets for {self.size} ranks")
+        return ray.get([a.call.remote(method, *args) for a, args in zip(self.actors, per_rank_args)])
+
+    def node_ids(self) -> List[str]:
+        from ray.util import placement_group_table
+
+        return list(placement_group_table(self.placement)["bundles_to_node_id"].values())
+
+    def shutdown(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)
+        remove_placement_group(self.placement)
+        self.actors = []

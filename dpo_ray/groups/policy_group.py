@@ -1,0 +1,42 @@
+"""The policy group: N DeepSpeed ZeRO-3 ranks of the trainable policy."""
+from __future__ import annotations
+
+from typing import Dict, List, Tuple
+
+from ..config import RunConfig
+from ..data.batches import MicroBatch, StepScale
+from .actor_group import ActorGroup
+
+
+class PolicyGroup:
+    def __init__(self, cfg: RunConfig, model_path: str, total_steps: int, accumulation: int, env: Dict[str, str]):
+        c = cfg.cluster
+        self.group = ActorGroup("policy", "dpo_ray.workers.policy.PolicyWorker", c.policy_ranks, cpus=c.cpus_per_rank,
+                                gpus=c.gpus_per_rank, strategy=c.placement, env=env,
+                                init_kwargs=dict(cfg=cfg, model_path=model_path, total_steps=total_steps, accumulation=accumulation))
+        self.group.start_distributed()
+
+    @property
+    def size(self) -> int:
+        return self.group.size
+
+    def train_step(self, plan: List[List[MicroBatch]], scale: StepScale) -> List[Dict[str, float]]:
+        return self.group.run_each("train_step", [(rank_batches, scale) for rank_batches in plan])
+
+    def evaluate(self, plan: List[List[MicroBatch]], scale: StepScale) -> List[Dict[str, float]]:
+        return self.group.run_each("evaluate", [(rank_batches, scale) for rank_batches in plan])
+
+    def reference_logps(self, plan: List[List[MicroBatch]]) -> List[Tuple[List[float], List[float]]]:
+        return self.group.run_each("reference_logps", [(rank_batches,) for rank_batches in plan])
+
+    def full_state_dict(self):
+        return self.group.run("full_state_dict")[0]
+
+    def save_pretrained(self, out_dir: str) -> None:
+        self.group.run("save_pretrained", out_dir)
+
+    def save_checkpoint(self, checkpoint_dir: str, tag: str) -> None:
+        self.group.run("save_checkpoint", checkpoint_dir, tag)
+
+    def shutdown(self) -> None:
+        self.group.shutdown()

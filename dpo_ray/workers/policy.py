@@ -1,0 +1,139 @@
+"""One DeepSpeed ZeRO-3 rank of the trainable policy (full fine-tune or peft LoRA)."""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from ..config import RunConfig
+from ..data.batches import MicroBatch, StepScale
+from ..data.collate import collate_pairs
+from ..logprobs import forward_pairs
+from ..objective import micro_batch_objective
+from . import engine as engines
+from .device import device_spec
+from .distributed import init_distributed
+from .models import load_causal_lm, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+class PolicyWorker:
+    def __init__(self, cfg: RunConfig, rank: int, world_size: int, model_path: str, total_steps: int, accumulation: int):
+        self.cfg, self.rank, self.world = cfg, rank, world_size
+        self.model_path, self.total_steps, self.accumulation = model_path, total_steps, accumulation
+        self.spec = device_spec(cfg.cluster.gpus_per_rank, cfg.model.dtype)
+        threads = cfg.cluster.torch_threads or max(1, int(-(-cfg.cluster.cpus_per_rank // 1)))
+        torch.set_num_threads(threads)
+        torch.manual_seed(cfg.train.seed)
+        self.engine = None
+
+    def start(self, address: str, port: int) -> None:
+        """Join the process group and build the ZeRO-3 engine (all ranks at once)."""
+        init_distributed(self.rank, self.world, address, port, self.spec.backend)
+        from transformers.integrations import HfDeepSpeedConfig
+
+        cfg = self.cfg
+        ds_config = engines.deepspeed_config(self.spec, self.world, cfg.train.micro_batch_size, self.accumulation,
+                                             cfg.train.max_grad_norm)
+        self._hf_ds_config = HfDeepSpeedConfig(ds_config)  # alive while loading: weights arrive already partitioned
+        model = load_causal_lm(self.model_path, self.spec.dtype, cfg.model.attn_implementation, cfg.model.trust_remote_code)
+        if cfg.model.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        if cfg.model.lora.enabled:
+            from peft import LoraConfig, get_peft_model
+
+            lora = cfg.model.lora
+            targets = lora.target_modules if lora.target_modules == "all-linear" else [m.strip() for m in lora.target_modules.split(",")]
+            model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                                     target_modules=targets, task_type="CAUSAL_LM"))
+        optimizer = engines.make_optimizer([p for p in model.parameters() if p.requires_grad], cfg.train)
+        self.engine = engines.initialize(model, ds_config, optimizer, engines.scheduler_factory(cfg.train, self.total_steps))
+        self.pad_id = load_tokenizer(self.model_path, cfg.model.trust_remote_code).pad_token_id
+
+    def _batch(self, micro: MicroBatch) -> Dict[str, torch.Tensor]:
+        return {k: v.to(self.spec.device) for k, v in collate_pairs(micro.pairs, self.pad_id).items()}
+
+    def _references(self, micro: MicroBatch) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        if micro.reference_chosen_logps is None:
+            return None, None
+        as_tensor = lambda xs: torch.tensor(xs, dtype=torch.float32, device=self.spec.device)
+        return as_tensor(micro.reference_chosen_logps), as_tensor(micro.reference_rejected_logps)
+
+    def train_step(self, micro_batches: List[MicroBatch], scale: StepScale) -> Dict[str, float]:
+        """One optimizer step over this rank's micro-batches; returns metric sums plus grad norm and learning rate."""
+        self.engine.train()
+        sums: List[Dict[str, float]] = []
+        lr = self.engine.get_lr()[0]
+        for micro in micro_batches:
+            out = forward_pairs(self.engine, self._batch(micro))
+            loss, metrics = micro_batch_objective(out, *self._references(micro), self.cfg.algo, scale, micro.weight)
+            # The loss is already this micro-batch's share of the global mean; undo DeepSpeed's average over ranks.
+            self.engine.backward(loss * self.world, scale_wrt_gas=False)
+            self.engine.step()
+            sums.append(metrics)
+        result = {k: sum(s.get(k, 0.0) for s in sums) for k in sums[0]}
+        grad_norm = self.engine.get_global_grad_norm()
+        result["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
+        result["learning_rate"] = lr
+        return result
+
+    @torch.no_grad()
+    def evaluate(self, micro_batches: List[MicroBatch], scale: StepScale) -> Dict[str, float]:
+        self.engine.eval()
+        sums = []
+        for micro in micro_batches:
+            out = forward_pairs(self.engine, self._batch(micro))
+            sums.append(micro_batch_objective(out, *self._references(micro), self.cfg.algo, scale, micro.weight)[1])
+        return {k: sum(s.get(k, 0.0) for s in sums) for k in sums[0]}
+
+    @torch.no_grad()
+    def reference_logps(self, micro_batches: List[MicroBatch]) -> Tuple[List[float], List[float]]:
+        """LoRA runs: the reference is this model with its adapter disabled."""
+        self.engine.eval()
+        chosen, rejected = [], []
+        with self.engine.module.disable_adapter():
+            for micro in micro_batches:
+                out = forward_pairs(self.engine, self._batch(micro))
+                if micro.weight:
+                    chosen += out.chosen_logps.tolist()
+                    rejected += out.rejected_logps.tolist()
+        return chosen, rejected
+
+    def full_state_dict(self) -> Optional[Dict[str, torch.Tensor]]:
+        """All ranks must call: ZeRO-3 shards are gathered layer by layer onto rank 0 (others get None)."""
+        state = self.engine._zero3_consolidated_16bit_state_dict(exclude_frozen_parameters=self.cfg.model.lora.enabled)
+        return state if self.rank == 0 else None
+
+    def save_pretrained(self, out_dir: str) -> None:
+        """All ranks call; rank 0 writes an HF directory (or the LoRA adapter) atomically: temp dir, then rename."""
+        state = self.full_state_dict()
+        if self.rank != 0:
+            return
+        out = Path(out_dir)
+        tmp = out.with_name(f".{out.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        module = self.engine.module
+        module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+        load_tokenizer(self.model_path, self.cfg.model.trust_remote_code).save_pretrained(tmp)
+        if self.cfg.model.lora.enabled and self.cfg.model.lora.save_merged:
+            self._save_merged(tmp, tmp / "merged")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+
+    def _save_merged(self, adapter_dir: Path, merged_dir: Path) -> None:
+        from peft import PeftModel
+
+        base = load_causal_lm(self.model_path, self.spec.dtype, trust_remote_code=self.cfg.model.trust_remote_code)
+        merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+        merged.save_pretrained(merged_dir, safe_serialization=True)
+        load_tokenizer(self.model_path, self.cfg.model.trust_remote_code).save_pretrained(merged_dir)
+
+    def save_checkpoint(self, checkpoint_dir: str, tag: str) -> None:
+        """DeepSpeed checkpoint: model shards, optimizer and scheduler state (all ranks call)."""
+        self.engine.save_checkpoint(checkpoint_dir, tag=tag)

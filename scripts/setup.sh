@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Creates or updates .venv with the whole stack; the install order is the one DESIGN.md verified.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=${VENV:-.venv}
+python=${PYTHON:-python3}
+stamp="$venv/.dpo-ray-installed"
+want=$(cat pyproject.toml constraints-cpu.txt scripts/setup.sh | sha256sum | cut -c1-16)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+pip="$venv/bin/python -m pip"
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  # CUDA box: vLLM's CUDA wheel decides the torch build it needs.
+  $pip install -q -e ".[cuda,dev]"
+else
+  # CPU box: the CPU torch wheel first, then everything else constrained to the verified versions.
+  $pip install -q torch==2.13.0
+  $pip install -q -c constraints-cpu.txt -e ".[cpu,dev]"
+  # PyPI's torchvision/torchaudio/torchcodec are CUDA builds that break `import transformers` beside CPU torch; triton is unused on CPU.
+  $pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+fi
+echo "$want" > "$stamp"
