@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..config import RunConfig
-from ..data.batches import MicroBatch, plan_micro_batches, step_scale
+from ..data.batches import build_micro_batches, step_scale
 from ..data.dataset import load_pairs, split_eval
 from ..data.tokenize import TokenizedPair, TokenizeSettings
 from ..groups.policy_group import PolicyGroup
@@ -46,6 +46,7 @@ class OfflineResult:
     after: Dict[str, float] = field(default_factory=dict)
     reference_computed: bool = True
     step_seconds: List[float] = field(default_factory=list)
+    policy_nodes: List[str] = field(default_factory=list)  # Ray node id of each policy rank
 
 
 def prepare_inputs(cfg: RunConfig) -> Inputs:
@@ -71,21 +72,6 @@ def prepare_inputs(cfg: RunConfig) -> Inputs:
     else:
         train, evals = split_eval(train, d.eval_fraction, d.shuffle_seed)
     return Inputs(model_path, cfg.model.reference_path or model_path, train, evals, task)
-
-
-def _micro_batches(pairs: Sequence[TokenizedPair], indices: Sequence[int], world: int, size: int,
-                   reference: Optional[Tuple[List[float], List[float]]], per_rank: Optional[int] = None
-                   ) -> Tuple[List[List[List[int]]], List[List[MicroBatch]]]:
-    """Plan indices over ranks (the index plan and its micro-batches); empty slots get a zero-weight filler so every
-    rank runs the same collectives."""
-    index_plan = plan_micro_batches(indices, world, size, per_rank)
-
-    def make(idx: List[int]) -> MicroBatch:
-        weight, idx = (1.0, idx) if idx else (0.0, [indices[0]])
-        refs = (None, None) if reference is None else ([reference[0][i] for i in idx], [reference[1][i] for i in idx])
-        return MicroBatch([pairs[i] for i in idx], *refs, weight=weight)
-
-    return index_plan, [[make(idx) for idx in rank] for rank in index_plan]
 
 
 class OfflineCampaign:
@@ -118,7 +104,7 @@ class OfflineCampaign:
             return cached, False
         start = time.perf_counter()
         if policy is not None:  # LoRA: the policy's base model with the adapter disabled
-            index_plan, plan = _micro_batches(pairs, range(len(pairs)), policy.size, self.cfg.reference.micro_batch_size, None)
+            index_plan, plan = build_micro_batches(pairs, range(len(pairs)), policy.size, self.cfg.reference.micro_batch_size, None)
             chosen, rejected = [0.0] * len(pairs), [0.0] * len(pairs)
             for rank_indices, (rank_chosen, rank_rejected) in zip(index_plan, policy.reference_logps(plan)):
                 order = [i for idx in rank_indices for i in idx]  # the worker skips fillers, so this lines up
@@ -138,7 +124,7 @@ class OfflineCampaign:
     # --- evaluation ------------------------------------------------------------------------------------------------
     def evaluate(self, policy: PolicyGroup, reference: Tuple[List[float], List[float]]) -> Dict[str, float]:
         pairs = self.inputs.eval
-        _, plan = _micro_batches(pairs, range(len(pairs)), self.world, self.cfg.train.micro_batch_size, reference)
+        _, plan = build_micro_batches(pairs, range(len(pairs)), self.world, self.cfg.train.micro_batch_size, reference)
         metrics = reduce_metrics(policy.evaluate(plan, step_scale(pairs)))
         return {f"eval_{k}": v for k, v in metrics.items()}
 
@@ -164,6 +150,8 @@ class OfflineCampaign:
         if not lora:
             reference, result.reference_computed = self.reference_logps(everything)
         policy = PolicyGroup(cfg, inputs.model_path, self.total_steps, self.accumulation, self.env)
+        result.policy_nodes = policy.group.node_ids()
+        log.info("policy ranks on %d node(s): %s", len(set(result.policy_nodes)), result.policy_nodes)
         try:
             if lora:
                 reference, result.reference_computed = self.reference_logps(everything, policy)
@@ -192,7 +180,7 @@ class OfflineCampaign:
                     if step >= self.total_steps:
                         break
                     indices = order[start:start + t.batch_size]
-                    _, plan = _micro_batches(pairs, indices, self.world, t.micro_batch_size, train_ref, self.accumulation)
+                    _, plan = build_micro_batches(pairs, indices, self.world, t.micro_batch_size, train_ref, self.accumulation)
                     began = time.perf_counter()
                     parts = policy.train_step(plan, step_scale([pairs[i] for i in indices]))
                     seconds = time.perf_counter() - began

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 from .tokenize import TokenizedPair
 
@@ -36,3 +36,18 @@ def plan_micro_batches(indices: Sequence[int], world: int, micro_batch_size: int
     if any(len(p) > count for p in plan):
         raise ValueError(f"{len(indices)} pairs need more than {count} micro-batches of {micro_batch_size} per rank")
     return [p + [[] for _ in range(count - len(p))] for p in plan]
+
+
+def build_micro_batches(pairs: Sequence[TokenizedPair], indices: Sequence[int], world: int, size: int,
+                        reference: Optional[Tuple[List[float], List[float]]], per_rank: Optional[int] = None
+                        ) -> Tuple[List[List[List[int]]], List[List[MicroBatch]]]:
+    """The index plan of plan_micro_batches and its micro-batches (with reference log-probs when given); empty slots
+    become zero-weight fillers so every rank runs the same collectives."""
+    index_plan = plan_micro_batches(indices, world, size, per_rank)
+
+    def make(idx: List[int]) -> MicroBatch:
+        weight, idx = (1.0, idx) if idx else (0.0, [indices[0]])
+        refs = (None, None) if reference is None else ([reference[0][i] for i in idx], [reference[1][i] for i in idx])
+        return MicroBatch([pairs[i] for i in idx], *refs, weight=weight)
+
+    return index_plan, [[make(idx) for idx in rank] for rank in index_plan]

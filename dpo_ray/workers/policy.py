@@ -36,12 +36,15 @@ class PolicyWorker:
         """Join the process group and build the ZeRO-3 engine (all ranks at once)."""
         init_distributed(self.rank, self.world, address, port, self.spec.backend)
         from transformers.integrations import HfDeepSpeedConfig
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
         cfg = self.cfg
         ds_config = engines.deepspeed_config(self.spec, self.world, cfg.train.micro_batch_size, self.accumulation,
                                              cfg.train.max_grad_norm)
-        self._hf_ds_config = HfDeepSpeedConfig(ds_config)  # alive while loading: weights arrive already partitioned
+        hf_ds_config = HfDeepSpeedConfig(ds_config)  # while it lives, from_pretrained builds the model already partitioned
         model = load_causal_lm(self.model_path, self.spec.dtype, cfg.model.attn_implementation, cfg.model.trust_remote_code)
+        del hf_ds_config
+        unset_hf_deepspeed_config()  # later loads (the LoRA merge on rank 0) must not start collectives
         if cfg.model.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         if cfg.model.lora.enabled:

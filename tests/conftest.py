@@ -1,0 +1,67 @@
+"""Shared fixtures: tiny tokenizer and model built on the fly once per session, a Ray cluster per test module."""
+from __future__ import annotations
+
+import os
+import random
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+import torch
+
+from dpo_ray.config import RunConfig
+from dpo_ray.data.tokenize import TokenizedPair
+from dpo_ray.tasks import number_words
+from dpo_ray.tasks.embedded import build_model, build_tokenizer
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    rng = random.Random(0)
+    corpus = [number_words.prompt(n) + " " + number_words.flawed_words(n, rng, 0.5) for n in range(1000)]
+    return build_tokenizer(corpus)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer):
+    """A randomly initialised 0.4M-parameter Llama with the task tokenizer, saved as an HF directory."""
+    path = tmp_path_factory.mktemp("tiny-model")
+    build_model(tokenizer, seed=0).save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def make_pairs(n: int, seed: int = 0, vocab: int = 300) -> list:
+    """Synthetic pairs of varied lengths (ids above the special tokens)."""
+    rng = random.Random(seed)
+    ids = lambda k: tuple(rng.randrange(5, vocab) for _ in range(k))
+    return [TokenizedPair(ids(rng.randint(2, 9)), ids(rng.randint(1, 7)), ids(rng.randint(1, 7))) for _ in range(n)]
+
+
+@pytest.fixture
+def run_config(tmp_path) -> RunConfig:
+    """A small, exact configuration: SGD, no clipping, constant learning rate, one CPU thread per rank."""
+    cfg = RunConfig()
+    cfg.output_dir = str(tmp_path / "run")
+    cfg.cache_dir = str(tmp_path / "cache")
+    cfg.progress = False
+    cfg.train.optimizer, cfg.train.lr, cfg.train.max_grad_norm = "sgd", 0.1, 0.0
+    cfg.train.lr_scheduler, cfg.train.warmup_ratio = "constant", 0.0
+    cfg.train.batch_size, cfg.train.micro_batch_size = 8, 2
+    cfg.algo.rpo_alpha = 0.5
+    cfg.cluster.cpus_per_rank = 1.0
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def local_ray(tmp_path_factory):
+    """One local Ray per test module (Ray start-up costs ~10 s)."""
+    import ray
+
+    os.environ["RAY_TMPDIR"] = str(tmp_path_factory.mktemp("ray"))
+    ray.init(num_cpus=4, include_dashboard=False, object_store_memory=256 << 20, log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,134 @@
+"""Loading the three TRL formats from every source kind, validation errors, drops and truncation."""
+from __future__ import annotations
+
+import json
+
+import datasets
+import pytest
+
+from dpo_ray.data.dataset import load_pairs, split_eval
+from dpo_ray.data.errors import DataError
+from dpo_ray.data.tokenize import TokenizeSettings
+
+ALWAYS = TokenizeSettings(chat_template="always")
+ROWS = [("Write 41 in words.", "forty-one", "fourty-one"), ("Write 19 in words.", "nineteen", "ninteen")]
+
+
+def standard(rows=ROWS):
+    return [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in rows]
+
+
+def conversational(rows=ROWS):
+    return [{"prompt": [{"role": "user", "content": p}], "chosen": [{"role": "assistant", "content": c}],
+             "rejected": [{"role": "assistant", "content": r}]} for p, c, r in rows]
+
+
+def implicit(rows=ROWS):
+    return [{"chosen": [{"role": "user", "content": p}, {"role": "assistant", "content": c}],
+             "rejected": [{"role": "user", "content": p}, {"role": "assistant", "content": r}]} for p, c, r in rows]
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_three_formats_give_the_same_pairs(tokenizer, tmp_path):
+    a, _ = load_pairs([write_jsonl(tmp_path / "s.jsonl", standard())], tokenizer, ALWAYS)
+    b, _ = load_pairs([write_jsonl(tmp_path / "c.jsonl", conversational())], tokenizer, TokenizeSettings())
+    c, _ = load_pairs([write_jsonl(tmp_path / "i.jsonl", implicit())], tokenizer, TokenizeSettings())
+    assert a == b == c
+    expected_prompt = tokenizer("<|user|>Write 41 in words.<|end|><|assistant|>", add_special_tokens=False)["input_ids"]
+    assert list(a[0].prompt_ids) == expected_prompt
+    assert tokenizer.decode(a[0].chosen_ids) == "forty-one<|end|>"
+    assert tokenizer.decode(a[0].rejected_ids) == "fourty-one<|end|>"
+
+
+def test_standard_text_without_template_appends_eos_and_splits_implicit_prompt_at_a_word(tokenizer, tmp_path):
+    rows = [{"prompt": "Write 41 in words:", "chosen": " forty-one", "rejected": " fourty-one"}]
+    explicit, _ = load_pairs([write_jsonl(tmp_path / "s.jsonl", rows)], tokenizer, TokenizeSettings(chat_template="never"))
+    implied = [{"chosen": "Write 41 in words: forty-one", "rejected": "Write 41 in words: fourty-one"}]
+    split, _ = load_pairs([write_jsonl(tmp_path / "i.jsonl", implied)], tokenizer, TokenizeSettings(chat_template="never"))
+    assert explicit == split
+    assert tokenizer.decode(explicit[0].chosen_ids) == " forty-one<|end|>"
+
+
+def test_every_source_kind_loads_the_same(tokenizer, tmp_path):
+    rows = conversational()
+    (tmp_path / "rows.json").write_text(json.dumps(rows))
+    ds = datasets.Dataset.from_list(rows)
+    ds.to_parquet(str(tmp_path / "rows.parquet"))
+    ds.save_to_disk(str(tmp_path / "saved"))
+    loaded = [load_pairs([src], tokenizer, TokenizeSettings())[0] for src in
+              (write_jsonl(tmp_path / "rows.jsonl", rows), str(tmp_path / "rows.json"), str(tmp_path / "rows.parquet"),
+               str(tmp_path / "saved"), ds)]
+    assert all(x == loaded[0] for x in loaded)
+
+
+@pytest.mark.parametrize("row, field, reason", [
+    ({"prompt": "p", "rejected": "r"}, "chosen", "missing"),
+    ({"prompt": "p", "chosen": "c", "rejected": 3}, "rejected", "must be a string or a list of messages"),
+    ({"prompt": "p", "chosen": "  ", "rejected": "r"}, "chosen", "empty response"),
+    ({"prompt": [{"role": "user", "content": "p"}], "chosen": [{"role": "robot", "content": "c"}],
+      "rejected": [{"role": "assistant", "content": "r"}]}, "chosen[0].role", "must be one of"),
+    ({"prompt": [{"role": "user", "content": "p"}], "chosen": [{"role": "assistant", "content": 5}],
+      "rejected": [{"role": "assistant", "content": "r"}]}, "chosen[0].content", "must be a string"),
+    ({"prompt": "p", "chosen": [{"role": "assistant", "content": "c"}], "rejected": "r"}, "rejected", "both be strings"),
+    (["not", "an", "object"], "<row>", "a row must be an object"),
+])
+def test_malformed_rows_name_file_row_and_field(tokenizer, tmp_path, row, field, reason):
+    path = write_jsonl(tmp_path / "bad.jsonl", standard() + [row])
+    with pytest.raises(DataError) as info:
+        load_pairs([path], tokenizer, ALWAYS)
+    assert (info.value.source, info.value.row, info.value.field) == (path, 2, field)
+    assert reason in str(info.value) and f"{path}: row 2: field '{field}'" in str(info.value)
+
+
+def test_broken_json_line_names_its_row(tokenizer, tmp_path):
+    path = tmp_path / "broken.jsonl"
+    path.write_text(json.dumps(standard()[0]) + "\n{not json\n")
+    with pytest.raises(DataError, match=r"broken.jsonl: row 1: field '<json>': not valid JSON"):
+        load_pairs([str(path)], tokenizer, ALWAYS)
+
+
+def test_skip_mode_drops_and_counts_by_reason(tokenizer, tmp_path):
+    rows = standard() + [{"prompt": "p", "rejected": "r"}, {"prompt": "p", "chosen": "", "rejected": "r"},
+                         {"prompt": "p", "chosen": "same", "rejected": "same"}]
+    pairs, report = load_pairs([write_jsonl(tmp_path / "mixed.jsonl", rows)], tokenizer, ALWAYS, on_error="skip")
+    assert len(pairs) == 2 and report.rows == 5 and report.pairs == 2
+    assert report.dropped == {"chosen: missing": 1, "chosen: empty response": 1, "chosen == rejected": 1}
+    assert "1 chosen == rejected" in report.summary()
+
+
+def test_identical_pairs_are_dropped_even_when_raising(tokenizer, tmp_path):
+    rows = standard() + [{"prompt": "p", "chosen": "same", "rejected": "same"}]
+    pairs, report = load_pairs([write_jsonl(tmp_path / "d.jsonl", rows)], tokenizer, ALWAYS)
+    assert len(pairs) == 2 and report.dropped == {"chosen == rejected": 1}
+
+
+def test_truncation_follows_trl(tokenizer, tmp_path):
+    path = write_jsonl(tmp_path / "t.jsonl", standard())
+    (full, *_), _ = load_pairs([path], tokenizer, ALWAYS)
+    n_prompt = len(full.prompt_ids)
+    (start, *_), _ = load_pairs([path], tokenizer, TokenizeSettings("always", max_length=n_prompt + 2))
+    assert start.prompt_ids == full.prompt_ids and start.chosen_ids == full.chosen_ids[:2]
+    (end, *_), _ = load_pairs([path], tokenizer, TokenizeSettings("always", max_length=len(full.rejected_ids) + 3, truncation_mode="keep_end"))
+    assert end.prompt_ids == full.prompt_ids[-3:] and end.rejected_ids == full.rejected_ids
+    (short, *_), _ = load_pairs([path], tokenizer, TokenizeSettings("always", max_prompt_length=4))
+    assert short.prompt_ids == full.prompt_ids[-4:]
+    with pytest.raises(ValueError, match="no usable preference pairs.*prompt fills max_length"):
+        load_pairs([path], tokenizer, TokenizeSettings("always", max_length=n_prompt))
+
+
+def test_missing_chat_template_is_a_clear_error(tokenizer, tmp_path):
+    bare = tokenizer.__class__(tokenizer_object=tokenizer.backend_tokenizer, eos_token="<|end|>", pad_token="<pad>")
+    with pytest.raises(DataError, match="no chat template"):
+        load_pairs([write_jsonl(tmp_path / "c.jsonl", conversational())], bare, TokenizeSettings())
+
+
+def test_eval_split_is_seeded_and_disjoint(tokenizer, tmp_path):
+    rows = standard([(f"Write {n} in words.", f"a{n}", f"b{n}") for n in range(20)])
+    pairs, _ = load_pairs([write_jsonl(tmp_path / "many.jsonl", rows)], tokenizer, ALWAYS)
+    train, held = split_eval(pairs, 0.25, seed=3)
+    assert len(held) == 5 and len(train) == 15 and set(train).isdisjoint(held)
+    assert split_eval(pairs, 0.25, seed=3) == (train, held)

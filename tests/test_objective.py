@@ -1,0 +1,54 @@
+"""Micro-batch losses add up to the global mean however the pairs are split."""
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM
+
+from dpo_ray.config import AlgoConfig
+from dpo_ray.data.batches import step_scale
+from dpo_ray.data.collate import collate_pairs
+from dpo_ray.logprobs import forward_pairs
+from dpo_ray.objective import micro_batch_objective, reduce_metrics
+
+from .conftest import make_pairs
+
+
+def grads(model):
+    return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+
+def test_split_micro_batches_equal_the_global_mean(tiny_model_dir):
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    pairs = make_pairs(7, seed=2)
+    ref_c, ref_r = torch.randn(7) - 20, torch.randn(7) - 20
+    algo = AlgoConfig(beta=0.2, rpo_alpha=0.7)
+
+    out = forward_pairs(model, collate_pairs(pairs, 0))
+    dpo = -F.logsigmoid(0.2 * ((out.chosen_logps - ref_c) - (out.rejected_logps - ref_r))).mean()
+    nll = -out.chosen_token_logps.sum() / sum(len(p.chosen_ids) for p in pairs)
+    (dpo + 0.7 * nll).backward()
+    whole = grads(model).clone()
+    model.zero_grad()
+
+    scale, parts, total = step_scale(pairs), [], 0.0
+    for lo, hi in ((0, 3), (3, 4), (4, 7)):
+        loss, metrics = micro_batch_objective(forward_pairs(model, collate_pairs(pairs[lo:hi], 0)), ref_c[lo:hi], ref_r[lo:hi], algo, scale)
+        loss.backward()
+        parts.append(metrics)
+        total += loss.item()
+    assert abs(total - (dpo + 0.7 * nll).item()) < 1e-5
+    assert torch.allclose(grads(model), whole, atol=1e-6)
+    merged = reduce_metrics(parts)
+    assert abs(merged["loss"] - total) < 1e-9
+    assert abs(merged["logps/chosen"] - out.chosen_logps.mean().item()) < 1e-4
+    assert abs(merged["nll_loss"] - nll.item()) < 1e-5
+
+
+def test_filler_micro_batches_contribute_nothing(tiny_model_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    pairs = make_pairs(2)
+    loss, metrics = micro_batch_objective(forward_pairs(model, collate_pairs(pairs, 0)), torch.zeros(2), torch.zeros(2),
+                                          AlgoConfig(rpo_alpha=1.0), step_scale(pairs), weight=0.0)
+    loss.backward()
+    assert loss.item() == 0 and all(v == 0 for v in metrics.values())
+    assert torch.count_nonzero(grads(model)) == 0
