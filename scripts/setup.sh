@@ -10,15 +10,16 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
-pip="$venv/bin/python -m pip"
+# pip warns once per package about the machine's local index mirrors; keep its real messages.
+pip() { "$venv/bin/python" -m pip "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }; }
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   # CUDA box: vLLM's CUDA wheel decides the torch build it needs.
-  $pip install -q -e ".[cuda,dev]"
+  pip install -q -e ".[cuda,dev]"
 else
   # CPU box: the CPU torch wheel first, then everything else constrained to the verified versions.
-  $pip install -q torch==2.13.0
-  $pip install -q -c constraints-cpu.txt -e ".[cpu,dev]"
+  pip install -q torch==2.13.0
+  pip install -q -c constraints-cpu.txt -e ".[cpu,dev]"
   # PyPI's torchvision/torchaudio/torchcodec are CUDA builds that break `import transformers` beside CPU torch; triton is unused on CPU.
-  $pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+  pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 fi
 echo "$want" > "$stamp"

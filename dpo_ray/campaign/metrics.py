@@ -11,7 +11,7 @@ class MetricsWriter:
     def __init__(self, run_dir: Path):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.jsonl = (run_dir / "metrics.jsonl").open("a", encoding="utf-8")
+        self.jsonl = (run_dir / "metrics.jsonl").open("w", encoding="utf-8")
         self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
 
     def write(self, step: int, metrics: Dict[str, float]) -> None:

@@ -17,7 +17,7 @@ from ..data.tokenize import TokenizedPair, TokenizeSettings
 from ..groups.policy_group import PolicyGroup
 from ..groups.reference_group import ReferenceGroup
 from ..objective import reduce_metrics
-from ..workers.device import device_spec, rank_env
+from ..workers.device import device_spec, rank_env, rank_threads
 from ..workers.models import load_tokenizer, model_fingerprint
 from .atomic import write_text
 from .metrics import MetricsWriter
@@ -80,8 +80,7 @@ class OfflineCampaign:
         self.inputs = inputs or prepare_inputs(cfg)
         self.run_dir = Path(cfg.output_dir).expanduser()
         self.spec = device_spec(cfg.cluster.gpus_per_rank, cfg.model.dtype)
-        threads = cfg.cluster.torch_threads or max(1, math.ceil(cfg.cluster.cpus_per_rank))
-        self.env = rank_env(self.spec, threads)
+        self.env = rank_env(self.spec, rank_threads(cfg.cluster.cpus_per_rank, cfg.cluster.torch_threads))
         t = cfg.train
         self.world = cfg.cluster.policy_ranks
         self.accumulation = max(1, math.ceil(t.batch_size / (self.world * t.micro_batch_size)))
@@ -130,7 +129,7 @@ class OfflineCampaign:
 
     # --- the run ---------------------------------------------------------------------------------------------------
     def run(self) -> OfflineResult:
-        cfg, inputs = self.cfg, self.inputs
+        cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_text(self.run_dir / "config.json", json.dumps(asdict(cfg), indent=2))
         started = ensure_ray(cfg.cluster, cpus_needed=cfg.cluster.cpus_per_rank * (cfg.cluster.policy_ranks + cfg.cluster.reference_ranks))

@@ -1,6 +1,7 @@
 """The one place that chooses device, collective backend, dtype and the environment a rank needs."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Dict
 
@@ -25,6 +26,11 @@ def device_spec(gpus_per_rank: float, dtype: str = "auto") -> DeviceSpec:
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"model.dtype must be float32, bfloat16 or auto, got {dtype!r}")
     return DeviceSpec(kind, "nccl" if kind == "cuda" else "gloo", getattr(torch, dtype))
+
+
+def rank_threads(cpus_per_rank: float, torch_threads: int = 0) -> int:
+    """torch threads for one rank: cluster.torch_threads, else its CPU share rounded up."""
+    return torch_threads or max(1, math.ceil(cpus_per_rank))
 
 
 def rank_env(spec: DeviceSpec, threads: int) -> Dict[str, str]:

@@ -15,7 +15,7 @@ from ..data.collate import collate_pairs
 from ..logprobs import forward_pairs
 from ..objective import micro_batch_objective
 from . import engine as engines
-from .device import device_spec
+from .device import device_spec, rank_threads
 from .distributed import init_distributed
 from .models import load_causal_lm, load_tokenizer
 
@@ -27,8 +27,7 @@ class PolicyWorker:
         self.cfg, self.rank, self.world = cfg, rank, world_size
         self.model_path, self.total_steps, self.accumulation = model_path, total_steps, accumulation
         self.spec = device_spec(cfg.cluster.gpus_per_rank, cfg.model.dtype)
-        threads = cfg.cluster.torch_threads or max(1, int(-(-cfg.cluster.cpus_per_rank // 1)))
-        torch.set_num_threads(threads)
+        torch.set_num_threads(rank_threads(cfg.cluster.cpus_per_rank, cfg.cluster.torch_threads))
         torch.manual_seed(cfg.train.seed)
         self.engine = None
 

@@ -9,7 +9,7 @@ from ..config import RunConfig
 from ..data.collate import collate_pairs
 from ..data.tokenize import TokenizedPair
 from ..logprobs import forward_pairs
-from .device import device_spec
+from .device import device_spec, rank_threads
 from .models import load_causal_lm, load_tokenizer
 
 
@@ -17,7 +17,7 @@ class ReferenceWorker:
     def __init__(self, cfg: RunConfig, rank: int, world_size: int, model_path: str):
         self.cfg, self.rank = cfg, rank
         self.spec = device_spec(cfg.cluster.gpus_per_rank, cfg.model.dtype)
-        torch.set_num_threads(cfg.cluster.torch_threads or max(1, int(-(-cfg.cluster.cpus_per_rank // 1))))
+        torch.set_num_threads(rank_threads(cfg.cluster.cpus_per_rank, cfg.cluster.torch_threads))
         self.model = load_causal_lm(model_path, self.spec.dtype, cfg.model.attn_implementation,
                                     cfg.model.trust_remote_code).to(self.spec.device).eval()
         self.model.requires_grad_(False)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -66,7 +68,8 @@ def test_embedded_task_end_to_end_improves_held_out_and_sampled_accuracy(local_r
     from dpo_ray.workers.models import load_tokenizer
 
     run_dir = tmp_path_factory.mktemp("e2e")
-    cfg = compose([f"output_dir={run_dir}", f"cache_dir={run_dir / 'cache'}", "progress=false", "train.epochs=2"])
+    cfg = compose([f"output_dir={run_dir}", f"cache_dir={run_dir / 'cache'}", "progress=false", "train.epochs=2",
+                   "train.checkpoint_every=10"])
     campaign = OfflineCampaign(cfg)
     result = campaign.run()
     assert result.after["eval_rewards/accuracies"] > result.before["eval_rewards/accuracies"] + 0.5
@@ -77,9 +80,21 @@ def test_embedded_task_end_to_end_improves_held_out_and_sampled_accuracy(local_r
     assert {"rewards/chosen", "rewards/margins", "logps/rejected", "logits/chosen", "grad_norm", "learning_rate",
             "tokens_per_second"} <= set(train_steps[0])
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert (run_dir / "checkpoints" / "latest").read_text() == "step_10" and (run_dir / "checkpoints" / "step_10").is_dir()
 
     tokenizer = load_tokenizer(campaign.inputs.model_path)
     task = campaign.inputs.task
     before = task_metrics(AutoModelForCausalLM.from_pretrained(campaign.inputs.model_path), tokenizer, task, 4, 0)
     after = task_metrics(AutoModelForCausalLM.from_pretrained(result.final_model), tokenizer, task, 4, 0)
     assert after["task/sampled_accuracy"] > before["task/sampled_accuracy"] + 0.15
+
+    # vLLM loads the saved directory unchanged and answers as transformers does (float32; near-ties may flip a token)
+    from dpo_ray.tasks.sampling import sample_responses
+
+    prompts = task.eval_prompts[:50]
+    hf = [outs[0] for outs in sample_responses(AutoModelForCausalLM.from_pretrained(result.final_model), tokenizer, prompts, 1, 0.0)]
+    done = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "vllm_greedy.py"), str(result.final_model),
+                           json.dumps(prompts)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    vllm_answers = json.loads(done.stdout.split("RESULT", 1)[1])
+    assert sum(a == b for a, b in zip(hf, vllm_answers)) >= 0.95 * len(prompts)

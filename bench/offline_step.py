@@ -1,0 +1,54 @@
+"""Offline DPO step time on the embedded task by policy rank count (run by hand: .venv/bin/python bench/offline_step.py).
+
+Prints one row per rank count: median and p90 optimizer-step time, pairs and tokens per second, and the wall time
+of the reference precompute and of the whole run. Steps are interleaved in separate runs on one local Ray."""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeats", type=int, default=2, help="runs per rank count, interleaved")
+    parser.add_argument("--epochs", type=int, default=2)
+    args = parser.parse_args()
+
+    import ray
+
+    from dpo_ray.campaign.offline import OfflineCampaign, prepare_inputs
+    from dpo_ray.cli import compose
+
+    ray.init(num_cpus=max(4, max(args.ranks)), include_dashboard=False, log_to_driver=False)
+    base = compose(["progress=false", f"train.epochs={args.epochs}", "reference.cache=false"])
+    inputs = prepare_inputs(base)
+    tokens_per_step = sum(p.tokens for p in inputs.train) / len(inputs.train) * base.train.batch_size
+    rows = {r: [] for r in args.ranks}
+    for _ in range(args.repeats):
+        for ranks in args.ranks:
+            cfg = compose(["progress=false", f"train.epochs={args.epochs}", "reference.cache=false",
+                           f"cluster.policy_ranks={ranks}", f"output_dir={tempfile.mkdtemp(prefix='bench-')}"])
+            began = time.perf_counter()
+            result = OfflineCampaign(cfg, inputs).run()
+            rows[ranks].append((result.step_seconds[1:], time.perf_counter() - began))  # step 1 warms up
+    ray.shutdown()
+    print(f"\nembedded task: {len(inputs.train)} train pairs, batch {base.train.batch_size} pairs "
+          f"(~{tokens_per_step:.0f} tokens), {os.cpu_count()} CPUs\n")
+    print("| policy ranks | median step s | p90 step s | pairs/s | tokens/s | run wall s |")
+    print("|---|---|---|---|---|---|")
+    for ranks, runs in rows.items():
+        steps = sorted(s for run, _ in runs for s in run)
+        median, p90 = statistics.median(steps), steps[int(0.9 * (len(steps) - 1))]
+        wall = statistics.median(w for _, w in runs)
+        print(f"| {ranks} | {median:.3f} | {p90:.3f} | {base.train.batch_size / median:.0f} | "
+              f"{tokens_per_step / median:.0f} | {wall:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
