@@ -1,7 +1,7 @@
 """The training objective of one micro-batch (preference loss + optional NLL), and its metrics with TRL's names."""
 from __future__ import annotations
 
-from typing import Dict, Iterable, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Optional, Tuple
 
 import torch
 
@@ -45,12 +45,17 @@ PER_PAIR = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards
 PER_CHOSEN_TOKEN = ("logits/chosen", "nll_loss", "kl/chosen")
 
 
-def reduce_metrics(parts: Iterable[Dict[str, float]]) -> Dict[str, float]:
-    """Sum micro-batch metric sums over ranks and micro-batches, then divide by the right count."""
+def add_metric_sums(parts: Iterable[Dict[str, float]]) -> Dict[str, float]:
     total: Dict[str, float] = {}
     for part in parts:
         for k, v in part.items():
             total[k] = total.get(k, 0.0) + v
+    return total
+
+
+def reduce_metrics(parts: Iterable[Dict[str, float]]) -> Dict[str, float]:
+    """Sum micro-batch metric sums over ranks and micro-batches, then divide by the right count."""
+    total = add_metric_sums(parts)
     pairs = max(total.get("pairs", 0.0), 1.0)
     out = {"loss": total.get("loss", 0.0)}
     out.update({k: total[k] / pairs for k in PER_PAIR if k in total})

@@ -5,10 +5,11 @@ import logging
 from dataclasses import dataclass
 from typing import Iterable, List, Optional, Sequence, Tuple
 
-from .errors import DataError, DataReport, ErrorPolicy
+from .errors import DataError, ErrorPolicy
 from .formats import PreferenceRow, Text
 
 log = logging.getLogger(__name__)
+NOT_A_PREFIX = "prompt is not a token prefix of prompt+response"
 
 
 @dataclass(frozen=True)
@@ -96,11 +97,11 @@ def tokenize_rows(rows: Iterable[PreferenceRow], tokenizer, settings: TokenizeSe
         prompt_len = min(_common_prefix(prompt_ids, full_chosen), _common_prefix(prompt_ids, full_rejected))
         if prompt_len < len(prompt_ids):
             # The template or a token merge renders the prompt differently alone; train on what the full sequence holds.
-            if not report.warnings["prompt is not a token prefix of prompt+response"]:
+            if not report.warnings[NOT_A_PREFIX]:
                 log.warning("%s: row %d: the tokenised prompt is not a prefix of prompt+response (template or merge at the "
                             "boundary); the response starts where they diverge: %r", row.source, row.row,
                             tokenizer.decode(prompt_ids[prompt_len:]))
-            report.warnings["prompt is not a token prefix of prompt+response"] += 1
+            report.warnings[NOT_A_PREFIX] += 1
         prompt = full_chosen[:prompt_len]
         chosen, rejected = full_chosen[prompt_len:], full_rejected[prompt_len:]
         for name, ids in (("chosen", chosen), ("rejected", rejected)):

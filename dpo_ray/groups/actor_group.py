@@ -48,7 +48,7 @@ class ActorGroup:
                                f"within {ready_timeout_s:.0f}s (available: {ray.available_resources()})")
         self.actors = [
             WorkerActor.options(
-                num_cpus=cpus, num_gpus=gpus, runtime_env={"env_vars": env}, name=None,
+                num_cpus=cpus, num_gpus=gpus, runtime_env={"env_vars": env},
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement, placement_group_bundle_index=rank),
             ).remote(worker_path, *init_args, rank=rank, world_size=size, **(init_kwargs or {}))
             for rank in range(size)

@@ -13,7 +13,7 @@ from ..config import RunConfig
 from ..data.batches import MicroBatch, StepScale
 from ..data.collate import collate_pairs
 from ..logprobs import forward_pairs
-from ..objective import micro_batch_objective
+from ..objective import add_metric_sums, micro_batch_objective
 from . import engine as engines
 from .device import device_spec, rank_threads
 from .distributed import init_distributed
@@ -78,7 +78,7 @@ class PolicyWorker:
             self.engine.backward(loss * self.world, scale_wrt_gas=False)
             self.engine.step()
             sums.append(metrics)
-        result = {k: sum(s.get(k, 0.0) for s in sums) for k in sums[0]}
+        result = add_metric_sums(sums)
         grad_norm = self.engine.get_global_grad_norm()
         result["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
         result["learning_rate"] = lr
@@ -91,7 +91,7 @@ class PolicyWorker:
         for micro in micro_batches:
             out = forward_pairs(self.engine, self._batch(micro))
             sums.append(micro_batch_objective(out, *self._references(micro), self.cfg.algo, scale, micro.weight)[1])
-        return {k: sum(s.get(k, 0.0) for s in sums) for k in sums[0]}
+        return add_metric_sums(sums)
 
     @torch.no_grad()
     def reference_logps(self, micro_batches: List[MicroBatch]) -> Tuple[List[float], List[float]]:

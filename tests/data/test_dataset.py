@@ -132,3 +132,14 @@ def test_eval_split_is_seeded_and_disjoint(tokenizer, tmp_path):
     train, held = split_eval(pairs, 0.25, seed=3)
     assert len(held) == 5 and len(train) == 15 and set(train).isdisjoint(held)
     assert split_eval(pairs, 0.25, seed=3) == (train, held)
+
+
+def test_prompt_that_merges_into_the_response_is_reported_and_cut_where_tokens_diverge(tokenizer, tmp_path):
+    prompt, chosen, rejected = "ninet", "een", "y"
+    whole = tokenizer(prompt + chosen + "<|end|>")["input_ids"]
+    assert tokenizer(prompt)["input_ids"] != whole[: len(tokenizer(prompt)["input_ids"])]  # the BPE merge this test needs
+    rows = [{"prompt": prompt, "chosen": chosen, "rejected": rejected}]
+    (pair,), report = load_pairs([write_jsonl(tmp_path / "m.jsonl", rows)], tokenizer, TokenizeSettings(chat_template="never"))
+    assert report.warnings == {"prompt is not a token prefix of prompt+response": 1}
+    assert list(pair.prompt_ids + pair.chosen_ids) == whole
+    assert tokenizer.decode(pair.prompt_ids + pair.rejected_ids) == "ninety<|end|>"
