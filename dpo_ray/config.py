@@ -54,10 +54,16 @@ class DataConfig:
 
 @dataclass
 class AlgoConfig:
-    loss_type: str = opt("sigmoid", "preference loss: sigmoid (DPO, -log sigmoid(beta * margin))")
-    beta: float = opt(0.1, "DPO beta: strength of the implicit KL constraint to the reference")
-    label_smoothing: float = opt(0.0, "conservative DPO (cDPO) label-noise rate for the sigmoid loss")
-    rpo_alpha: float = opt(0.0, "weight of the NLL loss on chosen tokens added to the preference loss (RPO)")
+    loss_type: str = opt("sigmoid", "loss by TRL's name (formulas in dpo_ray/losses.py), or several joined by commas (MPO): "
+                         "sigmoid hinge ipo exo_pair nca_pair robust bco_pair sppo_hard aot aot_unpaired apo_zero apo_down "
+                         "discopop sft sigmoid_norm, reference-free simpo orpo")
+    loss_weights: List[float] = opt([], "weight of each loss in loss_type; empty means 1.0 each")
+    beta: float = opt(0.1, "beta: strength of the implicit KL constraint (the reward scale for simpo/orpo)")
+    label_smoothing: float = opt(0.0, "label noise e of exo_pair, robust, aot, aot_unpaired and simpo (TRL's label_smoothing)")
+    cdpo_label_smoothing: float = opt(0.0, "conservative DPO: sigmoid becomes -(1-e) log s(beta d) - e log s(-beta d)")
+    rpo_alpha: float = opt(0.0, "weight of the token-mean NLL on chosen responses added to the loss (RPO)")
+    simpo_gamma: float = opt(0.5, "SimPO target reward margin gamma")
+    discopop_tau: float = opt(0.05, "DiscoPOP temperature of the log-ratio modulation")
 
 
 @dataclass

@@ -1,4 +1,27 @@
-"""The DPO loss family as pure tensor functions of policy and reference sequence log-probs."""
+"""The DPO loss family as pure tensor functions of policy (and reference) sequence log-probs, per pair, unreduced.
+
+Formulas follow TRL's DPOTrainer (1.16) exactly, with d = (log pi_c - log ref_c) - (log pi_r - log ref_r):
+  sigmoid       -log s(beta d)                                       (DPO; cdpo_label_smoothing=e gives cDPO below)
+  cDPO          -(1-e) log s(beta d) - e log s(-beta d)             (sigmoid with cdpo_label_smoothing=e)
+  hinge         relu(1 - beta d)                                     (SLiC)
+  ipo           (d_c/|c| - d_r/|r| - 1/(2 beta))^2                   (per-token log-ratios, as TRL)
+  exo_pair      KL of softmax(beta d) to [1-e, e], e = label_smoothing > 0
+  nca_pair      -log s(beta r_c) - 0.5 log s(-beta r_c) - 0.5 log s(-beta r_r)
+  robust        (-(1-e) log s(beta d) + e log s(-beta d)) / (1-2e), e = label_smoothing in [0, 0.5)
+  bco_pair      -log s(beta r_c) - log s(-beta r_r)
+  sppo_hard     (r_c - 1/(2 beta))^2 + (r_r + 1/(2 beta))^2
+  aot           sigmoid on sorted(pi_c - pi_r) - sorted(ref_c - ref_r) over the batch, label_smoothing e
+  aot_unpaired  sigmoid on sorted(r_c) - sorted(r_r) over the batch, label_smoothing e
+  apo_zero      1 - s(beta r_c) + s(beta r_r)
+  apo_down      s(beta r_c) + 1 - s(beta d)
+  discopop      blend of -log s(beta d) and exp(-beta d) by s(beta d / discopop_tau)
+  sigmoid_norm  -log s(beta (r_c/|c| - r_r/|r|))                    (length-normalised sigmoid)
+  sft           -log pi_c * N / T: its batch mean is the token-mean NLL of the chosen responses (T tokens, N pairs)
+Reference-free (reference tensors None), a_c = log pi_c / |c|:
+  simpo         -(1-e) log s(beta (a_c - a_r) - gamma) - e log s(-beta (a_c - a_r) + gamma), gamma = simpo_gamma
+  orpo          -beta log s(log odds(a_c) - log odds(a_r)), odds(a) = exp(a) / (1 - exp(a)); ORPO adds the chosen NLL
+Rewards are beta * log-ratios (beta * average log-probs for the reference-free losses), as TRL logs them.
+"""
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -6,7 +29,31 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-LOSS_TYPES = ("sigmoid",)
+LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm", "simpo", "orpo")
+REFERENCE_FREE = ("simpo", "orpo", "sft")
+LABEL_SMOOTHING_LOSSES = ("exo_pair", "robust", "aot", "aot_unpaired", "simpo")
+LENGTH_LOSSES = ("ipo", "sigmoid_norm", "sft", "simpo", "orpo")
+OPTIONS = {"sigmoid": {"cdpo_label_smoothing"}, "discopop": {"discopop_tau"}, "simpo": {"simpo_gamma"}}
+
+
+def check_options(loss_type: str, label_smoothing: float) -> None:
+    """Clear errors for settings a loss cannot take (checked before any actor starts)."""
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"unknown loss_type {loss_type!r}; known: {', '.join(LOSS_TYPES)}")
+    if label_smoothing and loss_type not in LABEL_SMOOTHING_LOSSES:
+        raise ValueError(f"label_smoothing is used by {', '.join(LABEL_SMOOTHING_LOSSES)}, not by {loss_type!r}"
+                         + ("; for cDPO set algo.cdpo_label_smoothing" if loss_type == "sigmoid" else ""))
+    if loss_type == "exo_pair" and not 0 < label_smoothing < 1:
+        raise ValueError("exo_pair needs 0 < label_smoothing < 1 (the EXO paper uses 1e-3)")
+    if loss_type == "robust" and not 0 <= label_smoothing < 0.5:
+        raise ValueError(f"robust needs 0 <= label_smoothing < 0.5, got {label_smoothing}")
+    if loss_type in ("aot", "aot_unpaired", "simpo") and not 0 <= label_smoothing < 1:
+        raise ValueError(f"{loss_type} needs 0 <= label_smoothing < 1, got {label_smoothing}")
+
+
+def _smoothed_sigmoid(x: torch.Tensor, eps: float) -> torch.Tensor:
+    return -F.logsigmoid(x) * (1 - eps) - F.logsigmoid(-x) * eps
 
 
 def dpo_loss(
@@ -22,20 +69,68 @@ def dpo_loss(
     rejected_lengths: Optional[torch.Tensor] = None,
     **variant_options,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-pair losses and implicit rewards beta * (log pi - log pi_ref), unreduced.
+    """(losses, chosen_rewards, rejected_rewards), each of shape (pairs,); see the module docstring for formulas."""
+    check_options(loss_type, label_smoothing)
+    unknown = set(variant_options) - OPTIONS.get(loss_type, set())
+    if unknown:
+        raise TypeError(f"loss {loss_type!r} takes no option(s) {', '.join(sorted(unknown))}")
+    if loss_type in LENGTH_LOSSES and (chosen_lengths is None or rejected_lengths is None):
+        raise ValueError(f"loss {loss_type!r} needs chosen_lengths and rejected_lengths")
+    pc, pr = policy_chosen_logps, policy_rejected_logps
+    if loss_type in REFERENCE_FREE:
+        avg_c, avg_r = pc / chosen_lengths.clamp(min=1), pr / rejected_lengths.clamp(min=1)
+        chosen_rewards, rejected_rewards = beta * avg_c.detach(), beta * avg_r.detach()
+        if loss_type == "sft":
+            losses = -pc * (len(pc) / chosen_lengths.sum().clamp(min=1))
+        elif loss_type == "simpo":
+            gamma = variant_options.get("simpo_gamma", 0.5)
+            losses = _smoothed_sigmoid(beta * (avg_c - avg_r) - gamma, label_smoothing)
+        else:  # orpo; log1p(-exp(a)) needs a < 0, which average log-probs are
+            log_odds = (avg_c - avg_r) - (torch.log1p(-torch.exp(avg_c)) - torch.log1p(-torch.exp(avg_r)))
+            losses = -beta * F.logsigmoid(log_odds)
+        return losses, chosen_rewards, rejected_rewards
 
-    sigmoid: -(1 - eps) log sigmoid(beta d) - eps log sigmoid(-beta d), d the chosen-minus-rejected log-ratio;
-    eps = label_smoothing is conservative DPO (cDPO); eps = 0 is the DPO paper's loss.
-    """
-    if variant_options:
-        raise TypeError(f"unknown options for loss {loss_type!r}: {', '.join(variant_options)}")
     if reference_chosen_logps is None or reference_rejected_logps is None:
         raise ValueError(f"loss {loss_type!r} needs reference log-probs")
-    chosen_logratios = policy_chosen_logps - reference_chosen_logps
-    rejected_logratios = policy_rejected_logps - reference_rejected_logps
-    delta = chosen_logratios - rejected_logratios
+    rc, rr = reference_chosen_logps, reference_rejected_logps
+    chosen_logratios, rejected_logratios = pc - rc, pr - rr
+    d = chosen_logratios - rejected_logratios
     if loss_type == "sigmoid":
-        losses = -F.logsigmoid(beta * delta) * (1 - label_smoothing) - F.logsigmoid(-beta * delta) * label_smoothing
-    else:
-        raise ValueError(f"unknown loss_type {loss_type!r}; known: {', '.join(LOSS_TYPES)}")
+        losses = _smoothed_sigmoid(beta * d, variant_options.get("cdpo_label_smoothing", 0.0))
+    elif loss_type == "hinge":
+        losses = torch.relu(1 - beta * d)
+    elif loss_type == "ipo":
+        avg = chosen_logratios / chosen_lengths.clamp(min=1) - rejected_logratios / rejected_lengths.clamp(min=1)
+        losses = (avg - 1 / (2 * beta)) ** 2
+    elif loss_type == "exo_pair":
+        eps = torch.tensor(label_smoothing, dtype=d.dtype, device=d.device)
+        losses = (torch.sigmoid(beta * d) * (F.logsigmoid(beta * d) - torch.log1p(-eps))
+                  + torch.sigmoid(-beta * d) * (F.logsigmoid(-beta * d) - torch.log(eps)))
+    elif loss_type == "nca_pair":
+        losses = (-F.logsigmoid(beta * chosen_logratios) - 0.5 * F.logsigmoid(-beta * chosen_logratios)
+                  - 0.5 * F.logsigmoid(-beta * rejected_logratios))
+    elif loss_type == "robust":
+        eps = label_smoothing
+        losses = (-(1 - eps) * F.logsigmoid(beta * d) + eps * F.logsigmoid(-beta * d)) / (1 - 2 * eps)
+    elif loss_type == "bco_pair":
+        losses = -F.logsigmoid(beta * chosen_logratios) - F.logsigmoid(-beta * rejected_logratios)
+    elif loss_type == "sppo_hard":
+        losses = (chosen_logratios - 0.5 / beta) ** 2 + (rejected_logratios + 0.5 / beta) ** 2
+    elif loss_type == "aot":
+        delta = torch.sort(pc - pr, dim=0).values - torch.sort(rc - rr, dim=0).values
+        losses = _smoothed_sigmoid(beta * delta, label_smoothing)
+    elif loss_type == "aot_unpaired":
+        delta = torch.sort(chosen_logratios, dim=0).values - torch.sort(rejected_logratios, dim=0).values
+        losses = _smoothed_sigmoid(beta * delta, label_smoothing)
+    elif loss_type == "apo_zero":
+        losses = 1 - torch.sigmoid(beta * chosen_logratios) + torch.sigmoid(beta * rejected_logratios)
+    elif loss_type == "apo_down":
+        losses = torch.sigmoid(beta * chosen_logratios) + 1 - torch.sigmoid(beta * d)
+    elif loss_type == "discopop":
+        logits = beta * d
+        modulation = torch.sigmoid(logits / variant_options.get("discopop_tau", 0.05))
+        losses = -F.logsigmoid(logits) * (1 - modulation) + torch.exp(-logits) * modulation
+    else:  # sigmoid_norm
+        avg = chosen_logratios / chosen_lengths.clamp(min=1) - rejected_logratios / rejected_lengths.clamp(min=1)
+        losses = -F.logsigmoid(beta * avg)
     return losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()

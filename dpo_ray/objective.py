@@ -1,28 +1,68 @@
 """The training objective of one micro-batch (preference loss + optional NLL), and its metrics with TRL's names."""
 from __future__ import annotations
 
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 
 from .config import AlgoConfig
 from .data.batches import StepScale
 from .logprobs import PairLogps
-from .losses import dpo_loss
+from .losses import LABEL_SMOOTHING_LOSSES, REFERENCE_FREE, check_options, dpo_loss
+
+
+def loss_terms(algo: AlgoConfig) -> List[Tuple[str, float]]:
+    """(loss type, weight) pairs of algo.loss_type, validated before any actor starts."""
+    types = [t.strip() for t in algo.loss_type.split(",") if t.strip()]
+    weights = list(algo.loss_weights) or [1.0] * len(types)
+    if not types or len(weights) != len(types):
+        raise ValueError(f"algo.loss_weights has {len(weights)} weights for {len(types)} loss types ({algo.loss_type!r})")
+    for t in types:
+        check_options(t, algo.label_smoothing if t in LABEL_SMOOTHING_LOSSES else 0.0)
+    if algo.label_smoothing and not set(types) & set(LABEL_SMOOTHING_LOSSES):
+        check_options(types[0], algo.label_smoothing)
+    return list(zip(types, weights))
+
+
+def needs_reference(algo: AlgoConfig) -> bool:
+    return any(t not in REFERENCE_FREE for t, _ in loss_terms(algo))
+
+
+def nll_weight(algo: AlgoConfig) -> float:
+    """The chosen-NLL coefficient: rpo_alpha, plus each sft term's weight, plus ORPO's own NLL."""
+    return algo.rpo_alpha + sum(w for t, w in loss_terms(algo) if t in ("sft", "orpo"))
+
+
+def _options(loss_type: str, algo: AlgoConfig) -> Dict[str, float]:
+    return {"sigmoid": {"cdpo_label_smoothing": algo.cdpo_label_smoothing}, "discopop": {"discopop_tau": algo.discopop_tau},
+            "simpo": {"simpo_gamma": algo.simpo_gamma}}.get(loss_type, {})
 
 
 def micro_batch_objective(out: PairLogps, reference_chosen: Optional[torch.Tensor], reference_rejected: Optional[torch.Tensor],
                           algo: AlgoConfig, scale: StepScale, weight: float = 1.0) -> Tuple[torch.Tensor, Dict[str, float]]:
     """This micro-batch's share of the step loss (sums over the step's micro-batches to the exact global mean),
-    and metric sums that reduce_metrics turns into means."""
-    losses, chosen_rewards, rejected_rewards = dpo_loss(
-        out.chosen_logps, out.rejected_logps, reference_chosen, reference_rejected,
-        loss_type=algo.loss_type, beta=algo.beta, label_smoothing=algo.label_smoothing,
-        chosen_lengths=out.chosen_tokens, rejected_lengths=out.rejected_tokens)
+    and metric sums that reduce_metrics turns into means.
+
+    sft terms (and ORPO's NLL) use the token mean over the whole step, not per micro-batch, so splits stay exact."""
+    pair_losses, rewards = torch.zeros_like(out.chosen_logps), None
+    for loss_type, loss_weight in loss_terms(algo):
+        if loss_type == "sft":
+            continue
+        losses, chosen_rewards, rejected_rewards = dpo_loss(
+            out.chosen_logps, out.rejected_logps, reference_chosen, reference_rejected, loss_type=loss_type,
+            beta=algo.beta, label_smoothing=algo.label_smoothing if loss_type in LABEL_SMOOTHING_LOSSES else 0.0,
+            chosen_lengths=out.chosen_tokens, rejected_lengths=out.rejected_tokens, **_options(loss_type, algo))
+        pair_losses = pair_losses + loss_weight * losses
+        if rewards is None:
+            rewards = (chosen_rewards, rejected_rewards)
+    if rewards is None:  # sft alone: TRL's reference-free rewards
+        rewards = (algo.beta * (out.chosen_logps / out.chosen_tokens.clamp(min=1)).detach(),
+                   algo.beta * (out.rejected_logps / out.rejected_tokens.clamp(min=1)).detach())
+    chosen_rewards, rejected_rewards = rewards
     nll_sum = -out.chosen_token_logps.sum()
-    loss = weight * (losses.sum() / scale.pairs + algo.rpo_alpha * nll_sum / scale.chosen_tokens)
+    loss = weight * (pair_losses.sum() / scale.pairs + nll_weight(algo) * nll_sum / scale.chosen_tokens)
     sums = {
-        "pairs": len(losses),
+        "pairs": len(pair_losses),
         "loss": loss.item(),
         "rewards/chosen": chosen_rewards.sum().item(),
         "rewards/rejected": rejected_rewards.sum().item(),

@@ -1,9 +1,84 @@
+"""Every loss against a direct transcription of its formula (float64, per element, plain Python math)."""
 import math
 
 import pytest
 import torch
 
-from dpo_ray.losses import dpo_loss
+from dpo_ray.losses import LOSS_TYPES, dpo_loss
+
+N = 6
+ls = lambda x: -math.log1p(math.exp(-x)) if x > -30 else x  # log sigmoid
+sig = lambda x: 1 / (1 + math.exp(-x))
+
+
+def inputs(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lc = torch.randint(1, 20, (N,), generator=g).double()
+    lr = torch.randint(1, 20, (N,), generator=g).double()
+    pc = -torch.rand(N, generator=g, dtype=torch.float64) * lc * 2  # log-probs: negative, about 0-2 nats a token
+    pr = -torch.rand(N, generator=g, dtype=torch.float64) * lr * 2
+    rc = pc + torch.randn(N, generator=g, dtype=torch.float64)
+    rr = pr + torch.randn(N, generator=g, dtype=torch.float64)
+    return pc, pr, rc, rr, lc, lr
+
+
+def transcription(t, pc, pr, rc, rr, lc, lr, b, e, opts):
+    pc, pr, rc, rr, lc, lr = (x.tolist() for x in (pc, pr, rc, rr, lc, lr))
+    c = [x - y for x, y in zip(pc, rc)]
+    r = [x - y for x, y in zip(pr, rr)]
+    d = [x - y for x, y in zip(c, r)]
+    if t == "aot":
+        d = [x - y for x, y in zip(sorted(a - bb for a, bb in zip(pc, pr)), sorted(a - bb for a, bb in zip(rc, rr)))]
+    if t == "aot_unpaired":
+        d = [x - y for x, y in zip(sorted(c), sorted(r))]
+    out = []
+    for i in range(N):
+        bd = b * d[i]
+        ac, ar = pc[i] / lc[i], pr[i] / lr[i]
+        out.append({
+            "sigmoid": lambda: -(1 - opts.get("cdpo_label_smoothing", 0)) * ls(bd) - opts.get("cdpo_label_smoothing", 0) * ls(-bd),
+            "hinge": lambda: max(0.0, 1 - bd),
+            "ipo": lambda: (c[i] / lc[i] - r[i] / lr[i] - 1 / (2 * b)) ** 2,
+            "exo_pair": lambda: sig(bd) * (ls(bd) - math.log(1 - e)) + sig(-bd) * (ls(-bd) - math.log(e)),
+            "nca_pair": lambda: -ls(b * c[i]) - 0.5 * ls(-b * c[i]) - 0.5 * ls(-b * r[i]),
+            "robust": lambda: (-(1 - e) * ls(bd) + e * ls(-bd)) / (1 - 2 * e),
+            "bco_pair": lambda: -ls(b * c[i]) - ls(-b * r[i]),
+            "sppo_hard": lambda: (c[i] - 0.5 / b) ** 2 + (r[i] + 0.5 / b) ** 2,
+            "aot": lambda: -(1 - e) * ls(bd) - e * ls(-bd),
+            "aot_unpaired": lambda: -(1 - e) * ls(bd) - e * ls(-bd),
+            "apo_zero": lambda: 1 - sig(b * c[i]) + sig(b * r[i]),
+            "apo_down": lambda: sig(b * c[i]) + 1 - sig(bd),
+            "discopop": lambda: (lambda m: -ls(bd) * (1 - m) + math.exp(-bd) * m)(sig(bd / opts["discopop_tau"])),
+            "sigmoid_norm": lambda: -ls(b * (c[i] / lc[i] - r[i] / lr[i])),
+            "sft": lambda: -pc[i] * N / sum(lc),
+            "simpo": lambda: -(1 - e) * ls(b * (ac - ar) - opts["simpo_gamma"]) - e * ls(-(b * (ac - ar) - opts["simpo_gamma"])),
+            "orpo": lambda: -b * ls((ac - ar) - (math.log(1 - math.exp(ac)) - math.log(1 - math.exp(ar)))),
+        }[t]())
+    return out
+
+
+SMOOTHING = {"exo_pair": 1e-3, "robust": 0.2, "aot": 0.1, "aot_unpaired": 0.1, "simpo": 0.1}
+OPTIONS = {"sigmoid": {"cdpo_label_smoothing": 0.15}, "discopop": {"discopop_tau": 0.05}, "simpo": {"simpo_gamma": 0.7}}
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_loss_equals_its_formula_and_has_finite_gradients(loss_type, seed):
+    pc, pr, rc, rr, lc, lr = inputs(seed)
+    pc.requires_grad_(True)
+    pr.requires_grad_(True)
+    e, b, opts = SMOOTHING.get(loss_type, 0.0), 0.3, OPTIONS.get(loss_type, {})
+    free = loss_type in ("simpo", "orpo", "sft")
+    losses, chosen_rewards, rejected_rewards = dpo_loss(pc, pr, None if free else rc, None if free else rr, loss_type=loss_type,
+                                                        beta=b, label_smoothing=e, chosen_lengths=lc, rejected_lengths=lr, **opts)
+    expected = transcription(loss_type, pc.detach(), pr.detach(), rc, rr, lc, lr, b, e, opts)
+    assert losses.shape == (N,)
+    for got, want in zip(losses.tolist(), expected):
+        assert abs(got - want) <= 1e-9 * max(1.0, abs(want))
+    losses.sum().backward()
+    assert torch.isfinite(pc.grad).all() and (pr.grad is None or torch.isfinite(pr.grad).all())  # sft ignores rejected
+    want_chosen = b * pc.detach() / lc if free else b * (pc.detach() - rc)
+    assert torch.allclose(chosen_rewards, want_chosen)
 
 
 def test_sigmoid_loss_is_ln2_when_policy_equals_reference():
@@ -13,21 +88,41 @@ def test_sigmoid_loss_is_ln2_when_policy_equals_reference():
     assert torch.all(chosen == 0) and torch.all(rejected == 0)
 
 
-def test_sigmoid_and_cdpo_formulas():
-    pc, pr, rc, rr = map(torch.tensor, ([-1.0], [-4.0], [-2.0], [-3.0]))
-    beta, eps = 0.5, 0.2
-    delta = (-1.0 + 2.0) - (-4.0 + 3.0)  # chosen log-ratio minus rejected log-ratio = 2
-    losses, chosen, rejected = dpo_loss(pc, pr, rc, rr, beta=beta)
-    assert losses.item() == pytest.approx(math.log1p(math.exp(-beta * delta)))
-    assert (chosen.item(), rejected.item()) == pytest.approx((0.5, -0.5))
-    smoothed, _, _ = dpo_loss(pc, pr, rc, rr, beta=beta, label_smoothing=eps)
-    expected = (1 - eps) * math.log1p(math.exp(-beta * delta)) + eps * math.log1p(math.exp(beta * delta))
-    assert smoothed.item() == pytest.approx(expected)
+def test_ipo_and_sppo_hard_vanish_at_their_minimisers():
+    b = 0.25
+    lc, lr = torch.tensor([4.0]), torch.tensor([8.0])
+    rc, rr = torch.tensor([-5.0]), torch.tensor([-9.0])
+    # ipo: per-token log-ratio gap = 1 / (2 beta)
+    pc = (rc + lc * (1 / (2 * b)) + lc * 0.1).requires_grad_(True)
+    pr = (rr + lr * 0.1).requires_grad_(True)
+    (loss,), _, _ = dpo_loss(pc, pr, rc, rr, loss_type="ipo", beta=b, chosen_lengths=lc, rejected_lengths=lr)
+    loss.backward()
+    assert loss.item() == pytest.approx(0, abs=1e-12) and pc.grad.abs().item() < 1e-6
+    # sppo_hard: chosen log-ratio 1/(2 beta), rejected -1/(2 beta)
+    pc = (rc + 0.5 / b).requires_grad_(True)
+    pr = (rr - 0.5 / b).requires_grad_(True)
+    (loss,), _, _ = dpo_loss(pc, pr, rc, rr, loss_type="sppo_hard", beta=b)
+    loss.backward()
+    assert loss.item() == pytest.approx(0, abs=1e-12) and pc.grad.abs().item() < 1e-6 and pr.grad.abs().item() < 1e-6
 
 
-def test_unknown_loss_and_missing_reference_are_errors():
+@pytest.mark.parametrize("loss_type, smoothing, message", [
+    ("exo_pair", 0.0, "exo_pair needs 0 < label_smoothing"),
+    ("robust", 0.5, "robust needs 0 <= label_smoothing < 0.5"),
+    ("sigmoid", 0.1, "for cDPO set algo.cdpo_label_smoothing"),
+    ("hinge", 0.1, "not by 'hinge'"),
+])
+def test_invalid_label_smoothing_is_a_clear_error(loss_type, smoothing, message):
+    x = torch.zeros(1)
+    with pytest.raises(ValueError, match=message):
+        dpo_loss(x, x, x, x, loss_type=loss_type, label_smoothing=smoothing)
+
+
+def test_unknown_loss_missing_reference_and_unknown_option_are_errors():
     x = torch.zeros(1)
     with pytest.raises(ValueError, match="unknown loss_type 'nope'"):
         dpo_loss(x, x, x, x, loss_type="nope")
     with pytest.raises(ValueError, match="needs reference"):
         dpo_loss(x, x, None, None)
+    with pytest.raises(TypeError, match="takes no option"):
+        dpo_loss(x, x, x, x, loss_type="hinge", discopop_tau=0.1)

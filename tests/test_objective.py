@@ -1,4 +1,5 @@
 """Micro-batch losses add up to the global mean however the pairs are split."""
+import pytest
 import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
@@ -16,32 +17,55 @@ def grads(model):
     return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 
 
-def test_split_micro_batches_equal_the_global_mean(tiny_model_dir):
+def whole_batch_loss(loss_type, out, ref_c, ref_r):
+    """The step loss written out over the whole batch (TRL's reductions), for each configuration below."""
+    nll = -out.chosen_token_logps.sum() / out.chosen_tokens.sum()
+    if loss_type == "sigmoid":  # with rpo_alpha=0.7
+        return -F.logsigmoid(0.2 * ((out.chosen_logps - ref_c) - (out.rejected_logps - ref_r))).mean() + 0.7 * nll
+    if loss_type == "hinge,sft":  # weights 0.5, 2.0
+        return 0.5 * torch.relu(1 - 0.2 * ((out.chosen_logps - ref_c) - (out.rejected_logps - ref_r))).mean() + 2.0 * nll
+    avg_c, avg_r = out.chosen_logps / out.chosen_tokens, out.rejected_logps / out.rejected_tokens
+    if loss_type == "simpo":
+        return -F.logsigmoid(0.2 * (avg_c - avg_r) - 0.5).mean()
+    odds = (avg_c - avg_r) - (torch.log1p(-torch.exp(avg_c)) - torch.log1p(-torch.exp(avg_r)))
+    return nll - 0.2 * F.logsigmoid(odds).mean()  # orpo: TRL's ORPOTrainer
+
+
+CONFIGS = {"sigmoid": AlgoConfig(beta=0.2, rpo_alpha=0.7), "hinge,sft": AlgoConfig(beta=0.2, loss_type="hinge,sft", loss_weights=[0.5, 2.0]),
+           "simpo": AlgoConfig(beta=0.2, loss_type="simpo"), "orpo": AlgoConfig(beta=0.2, loss_type="orpo")}
+
+
+@pytest.mark.parametrize("loss_type", list(CONFIGS))
+def test_split_micro_batches_equal_the_global_mean(tiny_model_dir, loss_type):
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     pairs = make_pairs(7, seed=2)
     ref_c, ref_r = torch.randn(7) - 20, torch.randn(7) - 20
-    algo = AlgoConfig(beta=0.2, rpo_alpha=0.7)
+    algo = CONFIGS[loss_type]
+    free = loss_type in ("simpo", "orpo")
+    if free:
+        ref_c = ref_r = None
 
     out = forward_pairs(model, collate_pairs(pairs, 0))
-    dpo = -F.logsigmoid(0.2 * ((out.chosen_logps - ref_c) - (out.rejected_logps - ref_r))).mean()
-    nll = -out.chosen_token_logps.sum() / sum(len(p.chosen_ids) for p in pairs)
-    (dpo + 0.7 * nll).backward()
+    expected = whole_batch_loss(loss_type, out, ref_c, ref_r)
+    expected.backward()
     whole = grads(model).clone()
     model.zero_grad()
 
     scale, parts, total = step_scale(pairs), [], 0.0
     for lo, hi in ((0, 3), (3, 4), (4, 7)):
-        loss, metrics = micro_batch_objective(forward_pairs(model, collate_pairs(pairs[lo:hi], 0)), ref_c[lo:hi], ref_r[lo:hi], algo, scale)
+        refs = (None, None) if free else (ref_c[lo:hi], ref_r[lo:hi])
+        loss, metrics = micro_batch_objective(forward_pairs(model, collate_pairs(pairs[lo:hi], 0)), *refs, algo, scale)
         loss.backward()
         parts.append(metrics)
         total += loss.item()
-    assert abs(total - (dpo + 0.7 * nll).item()) < 1e-5
+    assert abs(total - expected.item()) < 1e-5
     assert torch.allclose(grads(model), whole, atol=1e-6)
     merged = reduce_metrics(parts)
     assert abs(merged["loss"] - total) < 1e-9
     assert abs(merged["logps/chosen"] - out.chosen_logps.mean().item()) < 1e-4
-    assert abs(merged["nll_loss"] - nll.item()) < 1e-5
+    assert abs(merged["nll_loss"] - (-out.chosen_token_logps.sum() / out.chosen_tokens.sum()).item()) < 1e-5
+    assert ("kl/chosen" in merged) != free
 
 
 def test_filler_micro_batches_contribute_nothing(tiny_model_dir):

@@ -16,7 +16,7 @@ from ..data.dataset import load_pairs, split_eval
 from ..data.tokenize import TokenizedPair, TokenizeSettings
 from ..groups.policy_group import PolicyGroup
 from ..groups.reference_group import ReferenceGroup
-from ..objective import reduce_metrics
+from ..objective import needs_reference, reduce_metrics
 from ..workers.device import device_spec, rank_env, rank_threads
 from ..workers.models import load_tokenizer, model_fingerprint
 from .atomic import write_text
@@ -44,7 +44,7 @@ class OfflineResult:
     final_model: Path
     before: Dict[str, float] = field(default_factory=dict)
     after: Dict[str, float] = field(default_factory=dict)
-    reference_computed: bool = True
+    reference_computed: bool = False  # whether reference log-probs were computed (not cached, not reference-free)
     step_seconds: List[float] = field(default_factory=list)
     policy_nodes: List[str] = field(default_factory=list)  # Ray node id of each policy rank
 
@@ -77,6 +77,7 @@ def prepare_inputs(cfg: RunConfig) -> Inputs:
 class OfflineCampaign:
     def __init__(self, cfg: RunConfig, inputs: Optional[Inputs] = None):
         self.cfg = cfg
+        self.uses_reference = needs_reference(cfg.algo)  # also validates the loss settings before any work
         self.inputs = inputs or prepare_inputs(cfg)
         self.run_dir = Path(cfg.output_dir).expanduser()
         self.spec = device_spec(cfg.cluster.gpus_per_rank, cfg.model.dtype)
@@ -145,18 +146,19 @@ class OfflineCampaign:
         cfg, inputs = self.cfg, self.inputs
         everything = inputs.train + inputs.eval
         lora = cfg.model.lora.enabled
-        result = OfflineResult(self.run_dir, self.run_dir / "final")
-        if not lora:
+        result = OfflineResult(self.run_dir, self.run_dir / "final", reference_computed=False)
+        reference = None
+        if self.uses_reference and not lora:
             reference, result.reference_computed = self.reference_logps(everything)
         policy = PolicyGroup(cfg, inputs.model_path, self.total_steps, self.accumulation, self.env)
         result.policy_nodes = policy.group.node_ids()
         log.info("policy ranks on %d node(s): %s", len(set(result.policy_nodes)), result.policy_nodes)
         try:
-            if lora:
+            if self.uses_reference and lora:
                 reference, result.reference_computed = self.reference_logps(everything, policy)
             n_train = len(inputs.train)
-            train_ref = (reference[0][:n_train], reference[1][:n_train])
-            eval_ref = (reference[0][n_train:], reference[1][n_train:])
+            train_ref = None if reference is None else (reference[0][:n_train], reference[1][:n_train])
+            eval_ref = None if reference is None else (reference[0][n_train:], reference[1][n_train:])
             self._train(policy, train_ref, eval_ref, result)
             policy.save_pretrained(str(result.final_model))
         finally:

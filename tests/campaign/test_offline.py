@@ -98,3 +98,39 @@ def test_embedded_task_end_to_end_improves_held_out_and_sampled_accuracy(local_r
     assert done.returncode == 0, done.stderr[-3000:]
     vllm_answers = json.loads(done.stdout.split("RESULT", 1)[1])
     assert sum(a == b for a, b in zip(hf, vllm_answers)) >= 0.95 * len(prompts)
+
+
+def _reference_groups_so_far():
+    from ray.util import placement_group_table
+
+    return sum(1 for t in placement_group_table().values() if t["name"] == "dpo-ray-reference")
+
+
+@pytest.mark.parametrize("loss_type", ["simpo", "orpo"])
+def test_reference_free_losses_start_no_reference_and_lower_the_loss(local_ray, run_config, tiny_model_dir, loss_type):
+    cfg = run_config
+    cfg.algo.loss_type, cfg.algo.rpo_alpha = loss_type, 0.0
+    cfg.train.optimizer, cfg.train.lr, cfg.train.epochs = "adamw", 3e-3, 4
+    pairs = make_pairs(16, seed=12)
+    before = _reference_groups_so_far()
+    # evaluated on its own training pairs: the loss it optimises must fall
+    result = OfflineCampaign(cfg, Inputs(tiny_model_dir, tiny_model_dir, pairs, pairs)).run()
+    assert _reference_groups_so_far() == before and not result.reference_computed
+    assert "eval_kl/chosen" not in result.after
+    assert result.after["eval_loss"] < result.before["eval_loss"] - 0.05
+
+
+def test_every_reference_loss_trains_through_the_ray_path(local_ray, run_config, tiny_model_dir):
+    from dpo_ray.losses import LOSS_TYPES, REFERENCE_FREE
+
+    cfg = run_config
+    names = [t for t in LOSS_TYPES if t not in REFERENCE_FREE]
+    cfg.algo.loss_type = ",".join(names + ["sft"])  # one MPO-style sum of all of them, each weighted
+    cfg.algo.loss_weights = [0.1] * (len(names) + 1)
+    cfg.algo.label_smoothing = 0.01  # used by exo_pair, robust, aot, aot_unpaired
+    cfg.cluster.policy_ranks = 2
+    cfg.train.optimizer, cfg.train.lr, cfg.train.epochs = "adamw", 3e-3, 3
+    pairs = make_pairs(16, seed=13)
+    result = OfflineCampaign(cfg, Inputs(tiny_model_dir, tiny_model_dir, pairs, pairs)).run()
+    assert result.after["eval_loss"] < result.before["eval_loss"]
+    assert result.after["eval_rewards/margins"] > 0
