@@ -1,4 +1,4 @@
-"""Sequence log-probabilities of completions from a causal LM forward."""
+"""Sequence log-probabilities of completions from one causal-LM forward over a collated batch."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,40 +6,34 @@ from typing import Dict
 
 import torch
 
+MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
+
 
 @dataclass
 class PairLogps:
-    """Per-pair results of one concatenated chosen+rejected forward."""
+    """Per-pair results of one forward over chosen and rejected sequences."""
 
     chosen_logps: torch.Tensor  # (B,) summed over completion tokens
     rejected_logps: torch.Tensor
-    chosen_token_logps: torch.Tensor  # (B, L-1), zero outside the chosen completion
-    chosen_tokens: torch.Tensor  # (B,) completion lengths
+    chosen_tokens: torch.Tensor  # (B,) completion tokens scored
     rejected_tokens: torch.Tensor
     chosen_logits_sum: torch.Tensor  # scalar: sum over chosen completion tokens of the vocab-mean logit
     rejected_logits_sum: torch.Tensor
 
 
-def token_logps(logits: torch.Tensor, input_ids: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
-    """Log-prob of each next token under logits, zero outside the completion; shape (N, L-1)."""
-    labels = input_ids[:, 1:]
-    mask = completion_mask[:, 1:].to(torch.bool)
-    logits = logits[:, :-1].float()
-    picked = torch.gather(logits, 2, labels.unsqueeze(-1)).squeeze(-1)
-    return torch.where(mask, picked - torch.logsumexp(logits, dim=-1), torch.zeros_like(picked))
-
-
 def forward_pairs(model: torch.nn.Module, batch: Dict[str, torch.Tensor]) -> PairLogps:
-    """Run chosen and rejected rows in one forward (use_cache off: a cache changes how masks are read)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-    per_token = token_logps(logits, batch["input_ids"], batch["completion_mask"])
-    mask = batch["completion_mask"][:, 1:].to(per_token.dtype)
-    sums, tokens = per_token.sum(-1), mask.sum(-1)
+    """Forward once and score each completion token from the position that predicts it (use_cache off: with a cache,
+    transformers reads masks differently and packed sequences would attend across boundaries)."""
+    logits = model(**{k: batch[k] for k in MODEL_INPUTS if k in batch}, use_cache=False).logits
+    flat = logits.reshape(-1, logits.shape[-1])[batch["predictor_index"]].float()
+    targets = batch["input_ids"].reshape(-1)[batch["target_index"]]
+    token_logps = flat.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(flat, dim=-1)
+    n, seq = int(batch["num_sequences"]), batch["sequence_ids"]
+    sums = torch.zeros(n, dtype=token_logps.dtype, device=token_logps.device).index_add(0, seq, token_logps)
+    tokens = torch.zeros(n, dtype=token_logps.dtype, device=token_logps.device).index_add(0, seq, torch.ones_like(token_logps))
     with torch.no_grad():
-        logits_sums = (logits[:, :-1].float().mean(-1) * mask).sum(-1)
-    n = batch["input_ids"].shape[0] // 2
-    return PairLogps(
-        chosen_logps=sums[:n], rejected_logps=sums[n:], chosen_token_logps=per_token[:n],
-        chosen_tokens=tokens[:n], rejected_tokens=tokens[n:],
-        chosen_logits_sum=logits_sums[:n].sum(), rejected_logits_sum=logits_sums[n:].sum(),
-    )
+        mean_logits = flat.mean(-1)
+        chosen = seq < n // 2
+    return PairLogps(chosen_logps=sums[: n // 2], rejected_logps=sums[n // 2:], chosen_tokens=tokens[: n // 2],
+                     rejected_tokens=tokens[n // 2:], chosen_logits_sum=mean_logits[chosen].sum(),
+                     rejected_logits_sum=mean_logits[~chosen].sum())

@@ -59,7 +59,7 @@ def micro_batch_objective(out: PairLogps, reference_chosen: Optional[torch.Tenso
         rewards = (algo.beta * (out.chosen_logps / out.chosen_tokens.clamp(min=1)).detach(),
                    algo.beta * (out.rejected_logps / out.rejected_tokens.clamp(min=1)).detach())
     chosen_rewards, rejected_rewards = rewards
-    nll_sum = -out.chosen_token_logps.sum()
+    nll_sum = -out.chosen_logps.sum()
     loss = weight * (pair_losses.sum() / scale.pairs + nll_weight(algo) * nll_sum / scale.chosen_tokens)
     sums = {
         "pairs": len(pair_losses),

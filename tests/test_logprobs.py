@@ -1,11 +1,16 @@
-"""Batched, padded sequence log-probs against a per-example computation."""
+"""Sequence log-probs: the padded batch against a per-example computation, and packed rows against padded rows."""
 import math
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from dpo_ray.data.collate import collate_pairs
+from dpo_ray.config import AlgoConfig
+from dpo_ray.data.batches import step_scale
+from dpo_ray.data.collate import Layout, collate_pairs
+from dpo_ray.data.tokenize import TokenizedPair
 from dpo_ray.logprobs import forward_pairs
+from dpo_ray.objective import micro_batch_objective
 
 from .conftest import make_pairs
 
@@ -16,7 +21,7 @@ def per_example_logp(model, prompt, completion):
     with torch.no_grad():
         logits = model(input_ids=ids).logits[0].double()
     total = 0.0
-    for j in range(len(prompt), ids.shape[1]):
+    for j in range(max(len(prompt), 1), ids.shape[1]):
         probs = torch.softmax(logits[j - 1], dim=-1)
         total += math.log(probs[ids[0, j]].item())
     return total
@@ -26,9 +31,48 @@ def test_padded_batch_matches_per_example(tiny_model_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     pairs = make_pairs(6, seed=1)
     with torch.no_grad():
-        out = forward_pairs(model, collate_pairs(pairs, pad_id=0))
+        out = forward_pairs(model, collate_pairs(pairs, 0))
     for i, p in enumerate(pairs):
         assert abs(out.chosen_logps[i].item() - per_example_logp(model, p.prompt_ids, p.chosen_ids)) < 1e-4
         assert abs(out.rejected_logps[i].item() - per_example_logp(model, p.prompt_ids, p.rejected_ids)) < 1e-4
         assert out.chosen_tokens[i].item() == len(p.chosen_ids)
-    assert torch.allclose(out.chosen_token_logps.sum(-1), out.chosen_logps)
+
+
+def grads_and_loss(model, pairs, layout):
+    model.zero_grad()
+    out = forward_pairs(model, collate_pairs(pairs, 0, layout))
+    ref = (out.chosen_logps.detach() + 1.0, out.rejected_logps.detach() - 0.5)
+    loss, _ = micro_batch_objective(out, *ref, AlgoConfig(rpo_alpha=0.3), step_scale(pairs))
+    loss.backward()
+    return out, loss.item(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_rows_match_padded_rows(tiny_model_dir, attention):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=attention)
+    assert model.config.use_cache  # the trap: a cache-enabled model must still pack correctly
+    pairs = make_pairs(9, seed=3)
+    # a pair with an empty prompt (its first token has no predictor) and one pair longer than a row
+    pairs += [TokenizedPair((), (7, 8, 9), (10, 11)), TokenizedPair(tuple(range(5, 25)), (30, 31), (32,))]
+    lengths = [2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs]
+    layout = Layout(packing=True, pack_length=max(lengths[:9]) + min(lengths[:9]), attention=attention)
+    assert lengths[-1] > layout.pack_length
+    padded, loss_padded, grad_padded = grads_and_loss(model, pairs, Layout(attention=attention))
+    packed, loss_packed, grad_packed = grads_and_loss(model, pairs, layout)
+    assert collate_pairs(pairs, 0, layout)["input_ids"].shape[0] < len(pairs)  # really packed
+    assert torch.allclose(packed.chosen_logps, padded.chosen_logps, atol=1e-5)
+    assert torch.allclose(packed.rejected_logps, padded.rejected_logps, atol=1e-5)
+    assert torch.equal(packed.chosen_tokens, padded.chosen_tokens)
+    assert loss_packed == pytest.approx(loss_padded, abs=1e-6)
+    assert torch.allclose(grad_packed, grad_padded, atol=1e-6)
+
+
+def test_a_row_filled_exactly_matches_padded(tiny_model_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    pairs = [TokenizedPair((5, 6, 7), (8, 9), (10,)), TokenizedPair((11, 12), (13,), (14, 15, 16))]
+    exact = Layout(packing=True, pack_length=sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs))
+    batch = collate_pairs(pairs, 0, exact)
+    assert batch["input_ids"].shape == (1, exact.pack_length)
+    with torch.no_grad():
+        a, b = forward_pairs(model, batch), forward_pairs(model, collate_pairs(pairs, 0))
+    assert torch.allclose(a.chosen_logps, b.chosen_logps, atol=1e-5) and torch.allclose(a.rejected_logps, b.rejected_logps, atol=1e-5)

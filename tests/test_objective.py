@@ -19,7 +19,7 @@ def grads(model):
 
 def whole_batch_loss(loss_type, out, ref_c, ref_r):
     """The step loss written out over the whole batch (TRL's reductions), for each configuration below."""
-    nll = -out.chosen_token_logps.sum() / out.chosen_tokens.sum()
+    nll = -out.chosen_logps.sum() / out.chosen_tokens.sum()
     if loss_type == "sigmoid":  # with rpo_alpha=0.7
         return -F.logsigmoid(0.2 * ((out.chosen_logps - ref_c) - (out.rejected_logps - ref_r))).mean() + 0.7 * nll
     if loss_type == "hinge,sft":  # weights 0.5, 2.0
@@ -64,7 +64,7 @@ def test_split_micro_batches_equal_the_global_mean(tiny_model_dir, loss_type):
     merged = reduce_metrics(parts)
     assert abs(merged["loss"] - total) < 1e-9
     assert abs(merged["logps/chosen"] - out.chosen_logps.mean().item()) < 1e-4
-    assert abs(merged["nll_loss"] - (-out.chosen_token_logps.sum() / out.chosen_tokens.sum()).item()) < 1e-5
+    assert abs(merged["nll_loss"] - (-out.chosen_logps.sum() / out.chosen_tokens.sum()).item()) < 1e-5
     assert ("kl/chosen" in merged) != free
 
 

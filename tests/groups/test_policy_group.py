@@ -27,7 +27,7 @@ def plain_sgd_step(model_dir, pairs, reference, beta, alpha, lr):
     out = forward_pairs(model, collate_pairs(pairs, 0))
     ref_c, ref_r = map(torch.tensor, reference)
     dpo = -F.logsigmoid(beta * ((out.chosen_logps - ref_c) - (out.rejected_logps - ref_r))).mean()
-    nll = -out.chosen_token_logps.sum() / sum(len(p.chosen_ids) for p in pairs)
+    nll = -out.chosen_logps.sum() / sum(len(p.chosen_ids) for p in pairs)
     loss = dpo + alpha * nll
     loss.backward()
     with torch.no_grad():
@@ -36,9 +36,11 @@ def plain_sgd_step(model_dir, pairs, reference, beta, alpha, lr):
     return model, loss.item()
 
 
-def test_zero3_on_two_ranks_matches_a_plain_torch_step_and_saves_a_reloadable_model(local_ray, run_config, tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("packing", [False, True])
+def test_zero3_on_two_ranks_matches_a_plain_torch_step_and_saves_a_reloadable_model(local_ray, run_config, tiny_model_dir, tmp_path, packing):
     cfg = run_config
     cfg.cluster.policy_ranks = 2
+    cfg.data.packing, cfg.data.pack_length = packing, 24
     pairs = make_pairs(5, seed=5)  # 5 pairs over 2 ranks x 2 micro-batches of 2: uneven, with a filler slot
     with torch.no_grad():
         start = forward_pairs(AutoModelForCausalLM.from_pretrained(tiny_model_dir), collate_pairs(pairs, 0))

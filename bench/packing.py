@@ -1,0 +1,86 @@
+"""Padded vs packed micro-batches, forward+backward (run by hand: .venv/bin/python bench/packing.py).
+
+Data: the embedded task's pairs (nearly uniform lengths), and varied-length pairs (prompts 10-40 tokens, responses
+10-60, as in DESIGN.md's measurement). Models: the embedded 0.44M Llama and a ~25M Llama built on the fly. Prints
+tokens/s over real (non-pad) tokens, the padding fraction, and the speed-up over padded; runs are interleaved."""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+
+def step_seconds(model, pairs, layout, micro: int) -> float:
+    from dpo_ray.data.collate import collate_pairs
+    from dpo_ray.logprobs import forward_pairs
+
+    began = time.perf_counter()
+    for start in range(0, len(pairs), micro):
+        out = forward_pairs(model, collate_pairs(pairs[start:start + micro], 0, layout))
+        (out.chosen_logps.sum() - out.rejected_logps.sum()).backward()
+    model.zero_grad(set_to_none=True)
+    return time.perf_counter() - began
+
+
+def padding_fraction(pairs, layout, micro: int) -> float:
+    from dpo_ray.data.collate import collate_pairs
+
+    real = total = 0
+    for start in range(0, len(pairs), micro):
+        batch = collate_pairs(pairs[start:start + micro], 0, layout)
+        real += sum(p.tokens for p in pairs[start:start + micro])
+        total += batch["input_ids"].numel()
+    return 1 - real / total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--micro", type=int, default=32, help="pairs per micro-batch")
+    parser.add_argument("--pack-lengths", type=int, nargs="+", default=[128, 256])
+    parser.add_argument("--pairs", type=int, default=160, help="pairs per data set")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    from dpo_ray.cli import compose
+    from dpo_ray.campaign.offline import prepare_inputs
+    from dpo_ray.data.collate import Layout
+
+    import random
+
+    from dpo_ray.data.tokenize import TokenizedPair
+
+    inputs = prepare_inputs(compose(["progress=false"]))
+    tiny = AutoModelForCausalLM.from_pretrained(inputs.model_path)
+    rng = random.Random(0)
+    ids = lambda lo, hi: tuple(rng.randrange(5, tiny.config.vocab_size) for _ in range(rng.randint(lo, hi)))
+    data = {"embedded": inputs.train[:args.pairs],
+            "varied": [TokenizedPair(ids(10, 40), ids(10, 60), ids(10, 60)) for _ in range(args.pairs)]}
+    torch.manual_seed(0)
+    mid = LlamaForCausalLM(LlamaConfig(vocab_size=tiny.config.vocab_size, hidden_size=512, intermediate_size=1408,
+                                       num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
+                                       max_position_embeddings=512, tie_word_embeddings=True))
+    layouts = {"padded": Layout(), **{f"packed {n}": Layout(packing=True, pack_length=n) for n in args.pack_lengths}}
+    print(f"\n{args.pairs} pairs per data set, micro-batch {args.micro} pairs, {torch.get_num_threads()} threads\n")
+    print("| data | model | layout | padding | tokens/s | speed-up |")
+    print("|---|---|---|---|---|---|")
+    for data_name, pairs in data.items():
+        real_tokens = sum(p.tokens for p in pairs)
+        for name, model in (("embedded 0.4M", tiny), ("llama 24M", mid)):
+            times = {k: [] for k in layouts}
+            step_seconds(model, pairs, layouts["padded"], args.micro)  # warm-up
+            for _ in range(args.repeats):
+                for key, layout in layouts.items():
+                    times[key].append(step_seconds(model, pairs, layout, args.micro))
+            base = statistics.median(times["padded"])
+            for key, layout in layouts.items():
+                median = statistics.median(times[key])
+                print(f"| {data_name} | {name} | {key} | {padding_fraction(pairs, layout, args.micro):.2f} | "
+                      f"{real_tokens / median:.0f} | {base / median:.2f}x |")
+
+if __name__ == "__main__":
+    main()
