@@ -1,8 +1,9 @@
 """Padded vs packed micro-batches, forward+backward (run by hand: .venv/bin/python bench/packing.py).
 
 Data: the embedded task's pairs (nearly uniform lengths), and varied-length pairs (prompts 10-40 tokens, responses
-10-60, as in DESIGN.md's measurement). Models: the embedded 0.44M Llama and a ~25M Llama built on the fly. Prints
-tokens/s over real (non-pad) tokens, the padding fraction, and the speed-up over padded; runs are interleaved."""
+10-60, as in DESIGN.md's measurement). Models: the embedded 0.44M Llama and a ~25M Llama built on the fly. Prints the
+positions computed, the padding fraction, tokens/s counted as the padded layout's real tokens (so rows compare), and
+the speed-up over padded; runs are interleaved."""
 from __future__ import annotations
 
 import argparse
@@ -16,21 +17,31 @@ def step_seconds(model, pairs, layout, micro: int) -> float:
     from dpo_ray.data.collate import collate_pairs
     from dpo_ray.logprobs import forward_pairs
 
+    layout, mask = layout
     began = time.perf_counter()
     for start in range(0, len(pairs), micro):
-        out = forward_pairs(model, collate_pairs(pairs[start:start + micro], 0, layout))
+        batch = collate_pairs(pairs[start:start + micro], 0, layout)
+        if not mask:  # right padding needs no mask for a causal model: pads come after every real token
+            del batch["attention_mask"]
+        out = forward_pairs(model, batch)
         (out.chosen_logps.sum() - out.rejected_logps.sum()).backward()
     model.zero_grad(set_to_none=True)
     return time.perf_counter() - began
 
 
-def padding_fraction(pairs, layout, micro: int) -> float:
+def positions(pairs, layout, micro: int) -> int:
     from dpo_ray.data.collate import collate_pairs
+
+    return sum(collate_pairs(pairs[s:s + micro], 0, layout[0])["input_ids"].numel() for s in range(0, len(pairs), micro))
+
+
+def padding_fraction(pairs, layout, micro: int) -> float:
+    from dpo_ray.data.collate import collate_pairs, unit_length
 
     real = total = 0
     for start in range(0, len(pairs), micro):
-        batch = collate_pairs(pairs[start:start + micro], 0, layout)
-        real += sum(p.tokens for p in pairs[start:start + micro])
+        batch = collate_pairs(pairs[start:start + micro], 0, layout[0])
+        real += sum(unit_length(p, layout[0]) for p in pairs[start:start + micro])
         total += batch["input_ids"].numel()
     return 1 - real / total
 
@@ -64,10 +75,12 @@ def main() -> None:
     mid = LlamaForCausalLM(LlamaConfig(vocab_size=tiny.config.vocab_size, hidden_size=512, intermediate_size=1408,
                                        num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
                                        max_position_embeddings=512, tie_word_embeddings=True))
-    layouts = {"padded": Layout(), **{f"packed {n}": Layout(packing=True, pack_length=n) for n in args.pack_lengths}}
+    layouts = {"padded": (Layout(), True), "padded, no mask": (Layout(), False),
+               **{f"packed {n}": (Layout(packing=True, pack_length=n), True) for n in args.pack_lengths},
+               **{f"prefix-shared {n}": (Layout(prefix_sharing=True, pack_length=n), True) for n in args.pack_lengths}}
     print(f"\n{args.pairs} pairs per data set, micro-batch {args.micro} pairs, {torch.get_num_threads()} threads\n")
-    print("| data | model | layout | padding | tokens/s | speed-up |")
-    print("|---|---|---|---|---|---|")
+    print("| data | model | layout | positions computed | padding | tokens/s | speed-up |")
+    print("|---|---|---|---|---|---|---|")
     for data_name, pairs in data.items():
         real_tokens = sum(p.tokens for p in pairs)
         for name, model in (("embedded 0.4M", tiny), ("llama 24M", mid)):
@@ -79,7 +92,7 @@ def main() -> None:
             base = statistics.median(times["padded"])
             for key, layout in layouts.items():
                 median = statistics.median(times[key])
-                print(f"| {data_name} | {name} | {key} | {padding_fraction(pairs, layout, args.micro):.2f} | "
+                print(f"| {data_name} | {name} | {key} | {positions(pairs, layout, args.micro)} | {padding_fraction(pairs, layout, args.micro):.2f} | "
                       f"{real_tokens / median:.0f} | {base / median:.2f}x |")
 
 if __name__ == "__main__":

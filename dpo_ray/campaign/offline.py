@@ -92,7 +92,7 @@ class OfflineCampaign:
     def _reference_key(self, pairs: Sequence[TokenizedPair]) -> str:
         m = self.cfg.model
         settings = {"dtype": str(self.spec.dtype), "attn": m.attn_implementation, "lora": str(m.lora.enabled),
-                    "packing": str(self.cfg.data.packing)}
+                    "packing": str(self.cfg.data.packing or self.cfg.data.prefix_sharing)}
         return cache_key(pairs, model_fingerprint(self.inputs.reference_path), settings)
 
     def reference_logps(self, pairs: List[TokenizedPair], policy: Optional[PolicyGroup] = None) -> Tuple[Tuple[List[float], List[float]], bool]:

@@ -1,88 +1,144 @@
-"""Pairs -> one model batch: padded rows (one sequence each) or packed rows (whole pairs side by side, no padding
-between them). Either way the batch carries an explicit index of every completion token and of the position that
-predicts it, so log-probs never rely on a plain shift over a row.
+"""Pairs -> one model batch, in one of three layouts:
+- padded: one sequence (prompt + response) per row, right-padded;
+- packed: whole pairs side by side in rows, each sequence attending only to itself (block-diagonal causal mask);
+- packed with prefix sharing: each pair laid out once as [prompt, chosen, rejected]; rejected tokens see the prompt but
+  not chosen, and their positions restart at the prompt's end, so each prompt is computed once for both responses.
+Every layout carries an explicit index of each completion token and of the position that predicts it (the first
+token of a response is predicted by the last prompt token, in the shared layout too), never a plain shift over a row.
 
 Sequence s (0..2B-1) is pair s's chosen response for s < B, pair s-B's rejected response otherwise."""
 from __future__ import annotations
 
+import heapq
+import logging
+import math
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Sequence
 
 import torch
 
 from .tokenize import TokenizedPair
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Layout:
     packing: bool = False
-    pack_length: int = 256  # tokens per packed row; a longer pair gets a row of its own
+    pack_length: int = 256  # target tokens per packed row; a pair never crosses rows
+    prefix_sharing: bool = False  # implies packing
     attention: str = "sdpa"  # the model's attn_implementation decides the mask form
 
+    @property
+    def packed(self) -> bool:
+        return self.packing or self.prefix_sharing
 
-def pack_rows(lengths: Sequence[int], capacity: int) -> List[List[int]]:
-    """First-fit decreasing: units (whole pairs) longest first, each into the first row with room; a unit is never split,
-    and one longer than capacity gets a row of its own."""
-    rows: List[List[int]] = []
-    used: List[int] = []
+
+def make_layout(packing: bool, pack_length: int, prefix_sharing: bool, attention: str) -> Layout:
+    """The layout a model can run: flash-attention takes no custom mask, so prefix sharing falls back to packing."""
+    if prefix_sharing and attention.startswith("flash_attention"):
+        log.warning("data.prefix_sharing needs a custom attention mask, which %s cannot take: packing without it", attention)
+        return Layout(True, pack_length, False, attention)
+    return Layout(packing, pack_length, prefix_sharing, attention)
+
+
+def balance_rows(lengths: Sequence[int], capacity: int) -> List[List[int]]:
+    """ceil(total / capacity) rows; units (whole pairs) longest first, each onto the least-filled row. A unit is never
+    split; one longer than capacity fills a row that the others then avoid."""
+    n_rows = max(1, math.ceil(sum(lengths) / capacity))
+    heap = [(0, r) for r in range(n_rows)]
+    rows: List[List[int]] = [[] for _ in range(n_rows)]
     for unit in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        for r, filled in enumerate(used):
-            if filled + lengths[unit] <= capacity:
-                rows[r].append(unit)
-                used[r] += lengths[unit]
-                break
-        else:
-            rows.append([unit])
-            used.append(lengths[unit])
-    return rows
+        filled, r = heapq.heappop(heap)
+        rows[r].append(unit)
+        heapq.heappush(heap, (filled + lengths[unit], r))
+    return [row for row in rows if row]
 
 
-def _placements(pairs: Sequence[TokenizedPair], layout: Layout) -> List[List[Tuple[int, Tuple[int, ...], int]]]:
-    """Per row, the (sequence id, token ids, completion length) it holds, in order."""
-    b = len(pairs)
-    chosen = [(i, p.prompt_ids + p.chosen_ids, len(p.chosen_ids)) for i, p in enumerate(pairs)]
-    rejected = [(b + i, p.prompt_ids + p.rejected_ids, len(p.rejected_ids)) for i, p in enumerate(pairs)]
-    if not layout.packing:
-        return [[s] for s in chosen + rejected]
-    lengths = [len(c[1]) + len(r[1]) for c, r in zip(chosen, rejected)]
-    return [[s for unit in row for s in (chosen[unit], rejected[unit])] for row in pack_rows(lengths, layout.pack_length)]
+def unit_length(pair: TokenizedPair, layout: Layout) -> int:
+    prompt = len(pair.prompt_ids) * (1 if layout.prefix_sharing else 2)
+    return prompt + len(pair.chosen_ids) + len(pair.rejected_ids)
 
 
-def _packed_mask(segments: torch.Tensor, attention: str, dtype: torch.dtype) -> torch.Tensor:
-    """(R, 1, W, W) block-diagonal causal mask: a token sees earlier tokens of its own sequence only."""
-    width = segments.shape[1]
+def _mask(units: torch.Tensor, branches: torch.Tensor, attention: str, dtype: torch.dtype) -> torch.Tensor:
+    """(R, 1, W, W): a token sees earlier tokens of its own unit and branch, and its unit's prompt (branch 0)."""
+    width = units.shape[1]
     causal = torch.ones(width, width, dtype=torch.bool).tril()
-    allowed = (segments[:, :, None] == segments[:, None, :]) & causal
+    same_unit = units[:, :, None] == units[:, None, :]
+    visible_branch = (branches[:, :, None] == branches[:, None, :]) | (branches[:, None, :] == 0)
+    allowed = same_unit & visible_branch & causal
     if attention == "eager":  # eager attention adds the mask: a bool mask would be silently wrong there
         return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
     return allowed[:, None]
 
 
 def collate_pairs(pairs: Sequence[TokenizedPair], pad_id: int, layout: Layout = Layout(), dtype: torch.dtype = torch.float32) -> Dict[str, torch.Tensor]:
-    rows = _placements(pairs, layout)
-    width = max(sum(len(ids) for _, ids, _ in row) for row in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    positions = torch.zeros((len(rows), width), dtype=torch.long)
-    segments = -1 - torch.arange(width).repeat(len(rows), 1)  # pads: each its own (negative) segment
-    targets, sequence_ids = [], []
+    b = len(pairs)
+    if layout.packed:
+        rows = balance_rows([unit_length(p, layout) for p in pairs], layout.pack_length)
+    else:  # one sequence per row: chosen rows first, then rejected rows
+        rows = [[("chosen", i)] for i in range(b)] + [[("rejected", i)] for i in range(b)]
+    tokens: List[List[int]] = [[] for _ in rows]
+    positions: List[List[int]] = [[] for _ in rows]
+    units: List[List[int]] = [[] for _ in rows]
+    branches: List[List[int]] = [[] for _ in rows]
+    targets, predictors, sequence_ids = [], [], []
+
+    def put(r: int, ids, unit: int, branch: int, first_position: int) -> int:
+        start = len(tokens[r])
+        tokens[r] += ids
+        positions[r] += range(first_position, first_position + len(ids))
+        units[r] += [unit] * len(ids)
+        branches[r] += [branch] * len(ids)
+        return start
+
+    def score(r: int, start: int, n: int, seq: int, first_predictor) -> None:
+        """Completion tokens start..start+n-1 of row r; the first is predicted by first_predictor (None: unscored)."""
+        for k in range(n):
+            predictor = first_predictor if k == 0 else start + k - 1
+            if predictor is not None:
+                targets.append((r, start + k))
+                predictors.append((r, predictor))
+                sequence_ids.append(seq)
+
     for r, row in enumerate(rows):
-        offset = 0
-        for seq, ids, completion in row:
-            n = len(ids)
-            input_ids[r, offset:offset + n] = torch.tensor(ids)
-            positions[r, offset:offset + n] = torch.arange(n)
-            segments[r, offset:offset + n] = seq
-            first = offset + max(n - completion, 1)  # a token at a sequence's start has no predictor
-            targets += [r * width + j for j in range(first, offset + n)]
-            sequence_ids += [seq] * (offset + n - first)
-            offset += n
-    target_index = torch.tensor(targets, dtype=torch.long)
-    batch = {"input_ids": input_ids, "target_index": target_index, "predictor_index": target_index - 1,
-             "sequence_ids": torch.tensor(sequence_ids, dtype=torch.long), "num_sequences": torch.tensor(2 * len(pairs))}
-    if not layout.packing:
-        batch["attention_mask"] = (segments >= 0).long()
+        for item in row:
+            if not layout.packed:
+                branch, i = item
+                response = pairs[i].chosen_ids if branch == "chosen" else pairs[i].rejected_ids
+                seq = i if branch == "chosen" else b + i
+                start = put(r, pairs[i].prompt_ids + response, seq, 0, 0)
+                p = len(pairs[i].prompt_ids)
+                score(r, start + p, len(response), seq, start + p - 1 if p else None)
+            elif layout.prefix_sharing:
+                pair, p = pairs[item], len(pairs[item].prompt_ids)
+                prompt_end = put(r, pair.prompt_ids, item, 0, 0) + p - 1 if p else None
+                for branch, response, seq in ((1, pair.chosen_ids, item), (2, pair.rejected_ids, b + item)):
+                    score(r, put(r, response, item, branch, p), len(response), seq, prompt_end)
+            else:
+                pair, p = pairs[item], len(pairs[item].prompt_ids)
+                for response, seq in ((pair.chosen_ids, item), (pair.rejected_ids, b + item)):
+                    start = put(r, pair.prompt_ids + response, seq, 0, 0)
+                    score(r, start + p, len(response), seq, start + p - 1 if p else None)
+
+    width = max(map(len, tokens))
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    unit_ids = -1 - torch.arange(width).repeat(len(rows), 1)  # pads: each its own (negative) unit
+    branch_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    for r in range(len(rows)):
+        n = len(tokens[r])
+        input_ids[r, :n] = torch.tensor(tokens[r], dtype=torch.long)
+        position_ids[r, :n] = torch.tensor(positions[r], dtype=torch.long)
+        unit_ids[r, :n] = torch.tensor(units[r], dtype=torch.long)
+        branch_ids[r, :n] = torch.tensor(branches[r], dtype=torch.long)
+    flat = lambda pts: torch.tensor([r * width + j for r, j in pts], dtype=torch.long)
+    batch = {"input_ids": input_ids, "target_index": flat(targets), "predictor_index": flat(predictors),
+             "sequence_ids": torch.tensor(sequence_ids, dtype=torch.long), "num_sequences": torch.tensor(2 * b)}
+    if not layout.packed:
+        batch["attention_mask"] = (unit_ids >= 0).long()
     else:
-        batch["position_ids"] = positions
+        batch["position_ids"] = position_ids
         if not layout.attention.startswith("flash_attention"):  # flash-attention finds the boundaries from position ids
-            batch["attention_mask"] = _packed_mask(segments, layout.attention, dtype)
+            batch["attention_mask"] = _mask(unit_ids, branch_ids, layout.attention, dtype)
     return batch

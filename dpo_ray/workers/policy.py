@@ -11,7 +11,7 @@ import torch
 
 from ..config import RunConfig
 from ..data.batches import MicroBatch, StepScale
-from ..data.collate import Layout, collate_pairs
+from ..data.collate import collate_pairs, make_layout
 from ..logprobs import forward_pairs
 from ..objective import add_metric_sums, micro_batch_objective
 from . import engine as engines
@@ -56,7 +56,7 @@ class PolicyWorker:
         optimizer = engines.make_optimizer([p for p in model.parameters() if p.requires_grad], cfg.train)
         self.engine = engines.initialize(model, ds_config, optimizer, engines.scheduler_factory(cfg.train, self.total_steps))
         self.pad_id = load_tokenizer(self.model_path, cfg.model.trust_remote_code).pad_token_id
-        self.layout = Layout(cfg.data.packing, cfg.data.pack_length, cfg.model.attn_implementation)
+        self.layout = make_layout(cfg.data.packing, cfg.data.pack_length, cfg.data.prefix_sharing, cfg.model.attn_implementation)
 
     def _batch(self, micro: MicroBatch) -> Dict[str, torch.Tensor]:
         batch = collate_pairs(micro.pairs, self.pad_id, self.layout, self.spec.dtype)

@@ -6,7 +6,7 @@ from typing import List, Tuple
 import torch
 
 from ..config import RunConfig
-from ..data.collate import Layout, collate_pairs
+from ..data.collate import collate_pairs, make_layout
 from ..data.tokenize import TokenizedPair
 from ..logprobs import forward_pairs
 from .device import device_spec, rank_threads
@@ -22,7 +22,7 @@ class ReferenceWorker:
                                     cfg.model.trust_remote_code).to(self.spec.device).eval()
         self.model.requires_grad_(False)
         self.pad_id = load_tokenizer(model_path, cfg.model.trust_remote_code).pad_token_id
-        self.layout = Layout(cfg.data.packing, cfg.data.pack_length, cfg.model.attn_implementation)
+        self.layout = make_layout(cfg.data.packing, cfg.data.pack_length, cfg.data.prefix_sharing, cfg.model.attn_implementation)
 
     @torch.no_grad()
     def logps(self, pairs: List[TokenizedPair]) -> Tuple[List[float], List[float]]:
