@@ -42,6 +42,7 @@ def test_reference_cache_is_written_once_reused_and_invalidated_by_new_data(loca
 def test_lora_run_scores_the_reference_with_the_adapter_off_and_saves_adapter_and_merged_model(local_ray, run_config, tiny_model_dir):
     cfg = run_config
     cfg.model.lora.enabled, cfg.model.lora.save_merged = True, True
+    cfg.data.prefix_sharing = True  # the adapter-off reference forward takes the shared layout too
     cfg.cluster.policy_ranks = 2
     cfg.train.optimizer, cfg.train.lr, cfg.train.epochs = "adamw", 1e-2, 2
     pairs = make_pairs(12, seed=8)
