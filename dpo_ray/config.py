@@ -33,7 +33,7 @@ class ModelConfig:
     path: str = opt("embedded", "policy model: an HF directory, or 'embedded' for the built-in tiny number-words model")
     reference_path: str = opt("", "reference model directory; empty means the same weights as the policy's start")
     dtype: str = opt("auto", "parameter dtype: float32, bfloat16 or auto (bfloat16 on GPU, float32 on CPU)")
-    attn_implementation: str = opt("sdpa", "transformers attention implementation: sdpa or eager")
+    attn_implementation: str = opt("sdpa", "transformers attention implementation: sdpa, eager or flash_attention_2 (GPU)")
     trust_remote_code: bool = opt(False, "allow model code from the model directory to run")
     gradient_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
     lora: LoraConfig = sub(LoraConfig, "peft LoRA settings")
@@ -142,5 +142,5 @@ def describe(cls: type = RunConfig, prefix: str = "") -> List[str]:
             lines += describe(f.default_factory, name + ".")
             continue
         default = f.default if f.default is not MISSING else f.default_factory()
-        lines.append(f"  {name}={default!r:<14} {f.metadata.get('help', '')}")
+        lines.append(f"  {name + '=' + repr(default):<42} {f.metadata.get('help', '')}")
     return lines
