@@ -64,7 +64,7 @@ def build_tokenizer(texts: List[str], vocab_size: int = 384):
 
 
 def build_model(tokenizer, seed: int):
-    """A 0.44M-parameter Llama: hidden 128, 2 layers, 4 query / 2 KV heads, tied embeddings."""
+    """A 0.42M-parameter Llama: hidden 128, 2 layers, 4 query / 2 KV heads, tied embeddings."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=352, num_hidden_layers=2,
