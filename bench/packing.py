@@ -95,5 +95,6 @@ def main() -> None:
                 print(f"| {data_name} | {name} | {key} | {positions(pairs, layout, args.micro)} | {padding_fraction(pairs, layout, args.micro):.2f} | "
                       f"{real_tokens / median:.0f} | {base / median:.2f}x |")
 
+
 if __name__ == "__main__":
     main()

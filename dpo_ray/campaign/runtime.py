@@ -1,14 +1,11 @@
 """Starting or joining Ray for a campaign."""
 from __future__ import annotations
 
-import logging
 import os
 
 import ray
 
 from ..config import ClusterConfig
-
-log = logging.getLogger(__name__)
 
 
 def ensure_ray(cluster: ClusterConfig, cpus_needed: float) -> bool:

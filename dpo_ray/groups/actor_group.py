@@ -9,17 +9,13 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-log = logging.getLogger(__name__)
-
 
 @ray.remote
 class WorkerActor:
     """Builds the worker named by import path and forwards calls to it; it holds no logic of its own."""
 
     def __init__(self, worker_path: str, *args, **kwargs):
-        import logging as _logging
-
-        _logging.basicConfig(level=_logging.WARNING)
+        logging.basicConfig(level=logging.WARNING)
         module, name = worker_path.rsplit(".", 1)
         self.worker = getattr(importlib.import_module(module), name)(*args, **kwargs)
 

@@ -1,7 +1,6 @@
 """One DeepSpeed ZeRO-3 rank of the trainable policy (full fine-tune or peft LoRA)."""
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 from pathlib import Path
@@ -18,8 +17,6 @@ from . import engine as engines
 from .device import device_spec, rank_threads
 from .distributed import init_distributed
 from .models import load_causal_lm, load_tokenizer
-
-log = logging.getLogger(__name__)
 
 
 class PolicyWorker:
