@@ -111,6 +111,7 @@ def _reference_groups_so_far():
 def test_reference_free_losses_start_no_reference_and_lower_the_loss(local_ray, run_config, tiny_model_dir, loss_type):
     cfg = run_config
     cfg.algo.loss_type, cfg.algo.rpo_alpha = loss_type, 0.0
+    cfg.data.prefix_sharing = True
     cfg.train.optimizer, cfg.train.lr, cfg.train.epochs = "adamw", 3e-3, 4
     pairs = make_pairs(16, seed=12)
     before = _reference_groups_so_far()
@@ -130,6 +131,7 @@ def test_every_reference_loss_trains_through_the_ray_path(local_ray, run_config,
     cfg.algo.loss_weights = [0.1] * (len(names) + 1)
     cfg.algo.label_smoothing = 0.01  # used by exo_pair, robust, aot, aot_unpaired
     cfg.cluster.policy_ranks = 2
+    cfg.data.prefix_sharing = True  # every loss sees the same log-probs in the shared layout
     cfg.train.optimizer, cfg.train.lr, cfg.train.epochs = "adamw", 3e-3, 3
     pairs = make_pairs(16, seed=13)
     result = OfflineCampaign(cfg, Inputs(tiny_model_dir, tiny_model_dir, pairs, pairs)).run()
