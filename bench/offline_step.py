@@ -12,7 +12,8 @@ import tempfile
 import time
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
-LAYOUTS = {"padded": [], "packed": ["data.packing=true"], "prefix": ["data.prefix_sharing=true"]}
+LAYOUTS = {"padded": ["data.prefix_sharing=false"], "packed": ["data.prefix_sharing=false", "data.packing=true"],
+           "prefix": ["data.prefix_sharing=true"]}
 
 
 def main() -> None:

@@ -50,7 +50,8 @@ class DataConfig:
     truncation_mode: str = opt("keep_start", "how max_length truncates: keep_start or keep_end (TRL semantics)")
     packing: bool = opt(False, "pack whole pairs side by side into rows (no padding, block-diagonal attention) for policy and reference")
     pack_length: int = opt(256, "target tokens per packed row (rows balanced, longest pair first); a pair never crosses rows")
-    prefix_sharing: bool = opt(False, "lay each pair out once as [prompt, chosen, rejected] so the prompt is computed once (implies packing)")
+    prefix_sharing: bool = opt(True, "lay each pair out once as [prompt, chosen, rejected] so the prompt is computed once (implies packing; "
+                               "exact with sdpa/eager, falls back to packing with flash-attention)")
     on_error: str = opt("raise", "malformed rows: raise (error naming file, row, field) or skip (drop and count by reason)")
     shuffle_seed: int = opt(0, "seed of the per-epoch shuffle and of the eval split")
 
