@@ -28,9 +28,9 @@ def needs_reference(algo: AlgoConfig) -> bool:
     return any(t not in REFERENCE_FREE for t, _ in loss_terms(algo))
 
 
-def nll_weight(algo: AlgoConfig) -> float:
+def nll_weight(algo: AlgoConfig, terms: Optional[List[Tuple[str, float]]] = None) -> float:
     """The chosen-NLL coefficient: rpo_alpha, plus each sft term's weight, plus ORPO's own NLL."""
-    return algo.rpo_alpha + sum(w for t, w in loss_terms(algo) if t in ("sft", "orpo"))
+    return algo.rpo_alpha + sum(w for t, w in (terms or loss_terms(algo)) if t in ("sft", "orpo"))
 
 
 def _options(loss_type: str, algo: AlgoConfig) -> Dict[str, float]:
@@ -44,8 +44,8 @@ def micro_batch_objective(out: PairLogps, reference_chosen: Optional[torch.Tenso
     and metric sums that reduce_metrics turns into means.
 
     sft terms (and ORPO's NLL) use the token mean over the whole step, not per micro-batch, so splits stay exact."""
-    pair_losses, rewards = torch.zeros_like(out.chosen_logps), None
-    for loss_type, loss_weight in loss_terms(algo):
+    pair_losses, rewards, terms = torch.zeros_like(out.chosen_logps), None, loss_terms(algo)
+    for loss_type, loss_weight in terms:
         if loss_type == "sft":
             continue
         losses, chosen_rewards, rejected_rewards = dpo_loss(
@@ -60,7 +60,7 @@ def micro_batch_objective(out: PairLogps, reference_chosen: Optional[torch.Tenso
                    algo.beta * (out.rejected_logps / out.rejected_tokens.clamp(min=1)).detach())
     chosen_rewards, rejected_rewards = rewards
     nll_sum = -out.chosen_logps.sum()
-    loss = weight * (pair_losses.sum() / scale.pairs + nll_weight(algo) * nll_sum / scale.chosen_tokens)
+    loss = weight * (pair_losses.sum() / scale.pairs + nll_weight(algo, terms) * nll_sum / scale.chosen_tokens)
     sums = {
         "pairs": len(pair_losses),
         "loss": loss.item(),

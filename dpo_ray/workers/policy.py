@@ -52,7 +52,8 @@ class PolicyWorker:
                                                      target_modules=targets, task_type="CAUSAL_LM"))
         optimizer = engines.make_optimizer([p for p in model.parameters() if p.requires_grad], cfg.train)
         self.engine = engines.initialize(model, ds_config, optimizer, engines.scheduler_factory(cfg.train, self.total_steps))
-        self.pad_id = load_tokenizer(self.model_path, cfg.model.trust_remote_code).pad_token_id
+        self.tokenizer = load_tokenizer(self.model_path, cfg.model.trust_remote_code)
+        self.pad_id = self.tokenizer.pad_token_id
         self.layout = make_layout(cfg.data.packing, cfg.data.pack_length, cfg.data.prefix_sharing, cfg.model.attn_implementation)
 
     def _batch(self, micro: MicroBatch) -> Dict[str, torch.Tensor]:
@@ -120,7 +121,7 @@ class PolicyWorker:
         shutil.rmtree(tmp, ignore_errors=True)
         module = self.engine.module
         module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
-        load_tokenizer(self.model_path, self.cfg.model.trust_remote_code).save_pretrained(tmp)
+        self.tokenizer.save_pretrained(tmp)
         if self.cfg.model.lora.enabled and self.cfg.model.lora.save_merged:
             self._save_merged(tmp, tmp / "merged")
         if out.exists():
@@ -133,7 +134,7 @@ class PolicyWorker:
         base = load_causal_lm(self.model_path, self.spec.dtype, trust_remote_code=self.cfg.model.trust_remote_code)
         merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
         merged.save_pretrained(merged_dir, safe_serialization=True)
-        load_tokenizer(self.model_path, self.cfg.model.trust_remote_code).save_pretrained(merged_dir)
+        self.tokenizer.save_pretrained(merged_dir)
 
     def save_checkpoint(self, checkpoint_dir: str, tag: str) -> None:
         """DeepSpeed checkpoint: model shards, optimizer and scheduler state (all ranks call)."""
