@@ -1,12 +1,15 @@
 # The README's two commands: `make run` (the main job on the embedded default) and `make test`. Both set up .venv first.
 PY := .venv/bin/python
 
-.PHONY: setup run test test-fast
+.PHONY: setup run online test test-fast
 setup:
 	bash scripts/setup.sh
 
 run: setup
 	.venv/bin/dpo-ray train $(ARGS)
+
+online: setup
+	.venv/bin/dpo-ray online $(ARGS)
 
 test: setup
 	$(PY) -m pytest -q $(ARGS)

@@ -7,10 +7,12 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-USAGE = """usage: dpo-ray train [OVERRIDE ...]
+USAGE = """usage: dpo-ray train [OVERRIDE ...]     offline DPO on a preference dataset (configs/train.yaml)
+       dpo-ray online [OVERRIDE ...]    online / iterative DPO: vLLM samples -> rewards -> pairs -> DPO -> weight sync
+                                        (configs/online.yaml)
 
-Offline DPO on Ray. Overrides are Hydra's: key=value (algo.beta=0.2 cluster.policy_ranks=2) or group=preset (train=default).
-The default run trains the embedded number-words task and prints a before/after table.
+Overrides are Hydra's: key=value (algo.beta=0.2 cluster.policy_ranks=2) or group=preset (train=default).
+Both default runs use the embedded number-words task and print what changed.
 """
 
 
@@ -19,8 +21,8 @@ def config_dir() -> Path:
     return Path(os.environ.get("DPO_RAY_CONFIG_DIR", Path(__file__).resolve().parent.parent / "configs"))
 
 
-def compose(overrides: List[str]):
-    """The typed RunConfig for these overrides."""
+def compose(overrides: List[str], config_name: str = "train"):
+    """The typed RunConfig of configs/<config_name>.yaml with these overrides."""
     from hydra import compose as hydra_compose, initialize_config_dir
     from omegaconf import OmegaConf
 
@@ -28,7 +30,7 @@ def compose(overrides: List[str]):
 
     register()
     with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
-        return OmegaConf.to_object(hydra_compose(config_name="train", overrides=overrides))
+        return OmegaConf.to_object(hydra_compose(config_name=config_name, overrides=overrides))
 
 
 def help_text() -> str:
@@ -63,6 +65,21 @@ def train(overrides: List[str]) -> int:
     return 0
 
 
+def online(overrides: List[str]) -> int:
+    from .campaign.online import OnlineCampaign
+    from .campaign.summary import format_rounds
+    from .campaign.atomic import write_text
+
+    cfg = compose(overrides, "online")
+    result = OnlineCampaign(cfg).run()
+    table = format_rounds(result.rounds)
+    write_text(result.run_dir / "summary.md", table + "\n")
+    resumed = f" (resumed after round {result.resumed_from})" if result.resumed_from else ""
+    print(f"\nfinal model: {result.final_model}{resumed}\nrounds: {result.run_dir / 'rounds.jsonl'}, "
+          f"samples and pairs per round: {result.run_dir / 'rounds'}\n\n{table}")
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or "--help" in argv or "-h" in argv:
@@ -70,8 +87,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     command, overrides = argv[0], argv[1:]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if command == "train":
-        return train(overrides)
+    if command in ("train", "online"):
+        return {"train": train, "online": online}[command](overrides)
     print(f"unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

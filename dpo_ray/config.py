@@ -82,6 +82,7 @@ class TrainConfig:
     adam_betas: List[float] = opt([0.9, 0.999], "AdamW betas")
     lr_scheduler: str = opt("cosine", "learning-rate decay after warmup: cosine, linear or constant")
     warmup_ratio: float = opt(0.1, "share of steps spent warming the learning rate up from 0")
+    warmup_steps: int = opt(-1, "warmup length in steps; >= 0 overrides warmup_ratio (online runs: independent of online.rounds)")
     max_grad_norm: float = opt(1.0, "gradient clipping norm; 0 disables clipping")
     seed: int = opt(42, "seed of model init, dropout and sampling")
     eval_every: int = opt(0, "evaluate held-out pairs every this many steps (also at start and end); 0: start and end only")
@@ -104,6 +105,49 @@ class ClusterConfig:
     cpus_per_rank: float = opt(1.0, "CPUs reserved per actor")
     gpus_per_rank: float = opt(0.0, "GPUs per actor; > 0 selects CUDA, NCCL and bf16")
     torch_threads: int = opt(0, "torch threads per actor; 0 means cpus_per_rank rounded up")
+    rollout_engines: int = opt(1, "online: vLLM engines in the rollout group (prompts are sharded across them)")
+    rollout_tensor_parallel: int = opt(1, "online: GPUs per vLLM engine (tensor parallel; GPU clusters only)")
+    rollout_cpus: float = opt(1.0, "online: CPUs reserved per vLLM engine")
+    reward_ranks: int = opt(1, "online: reward group size (reward-model replicas or rule workers)")
+    reward_cpus: float = opt(1.0, "online: CPUs reserved per reward actor")
+
+
+@dataclass
+class RolloutConfig:
+    dtype: str = opt("auto", "vLLM dtype: float32, bfloat16 or auto (the policy's dtype)")
+    max_model_len: int = opt(0, "longest prompt + response an engine holds, in tokens; 0: the model's own limit")
+    kv_cache_memory_mb: int = opt(256, "KV-cache size per engine in MiB (mandatory on CPU); 0 lets vLLM size it from gpu_memory_utilization")
+    gpu_memory_utilization: float = opt(0.5, "share of GPU memory a CUDA engine may take when kv_cache_memory_mb is 0")
+    enforce_eager: bool = opt(True, "skip CUDA graphs / torch.compile (fast start; on CPU compilation costs ~45 s)")
+
+
+@dataclass
+class RewardConfig:
+    fn: str = opt("", "rule reward by import path 'module:function' taking (prompt_text, response_text) -> float; "
+                  "empty: the embedded task's rule, or model_path")
+    model_path: str = opt("", "HF sequence-classification reward model directory (used when fn is empty)")
+    micro_batch_size: int = opt(32, "sequences per reward-model forward")
+    max_length: int = opt(1024, "reward-model input length limit in tokens (longer inputs keep their start)")
+
+
+@dataclass
+class OnlineConfig:
+    rounds: int = opt(2, "online rounds: generate -> score -> pairs -> train -> weight sync -> evaluate")
+    prompt_files: List[str] = opt([], "prompt files (.json, .jsonl, .parquet; a 'prompt' field, string or messages); empty: the embedded task's")
+    eval_prompt_files: List[str] = opt([], "held-out prompt files scored each round; empty: the embedded task's held-out prompts")
+    prompts_per_round: int = opt(0, "prompts sampled (without replacement, seeded) per round; 0 uses all")
+    samples_per_prompt: int = opt(4, "responses generated per prompt (n)")
+    temperature: float = opt(1.0, "sampling temperature")
+    top_p: float = opt(1.0, "nucleus sampling threshold")
+    max_tokens: int = opt(64, "longest generated response in tokens")
+    eval_samples_per_prompt: int = opt(4, "responses sampled per held-out prompt to measure the mean reward")
+    min_margin: float = opt(0.0, "drop a pair unless best - worst reward exceeds this (ties are always dropped)")
+    max_pairs_per_prompt: int = opt(1, "pairs per prompt: k-th best vs k-th worst, k up to this")
+    replay_ratio: float = opt(0.0, "add this many earlier rounds' pairs per new pair (sampled, seeded)")
+    offline_ratio: float = opt(0.0, "add this many pairs from data.train_files per new pair (sampled, seeded)")
+    epochs_per_round: int = opt(2, "passes over each round's pairs")
+    resume: bool = opt(True, "continue from the last finished round found in output_dir")
+    seed: int = opt(1234, "seed of prompt sampling and generation (per round and prompt, so engine count does not matter)")
 
 
 @dataclass
@@ -126,6 +170,9 @@ class RunConfig:
     train: TrainConfig = sub(TrainConfig, "optimisation")
     reference: ReferenceConfig = sub(ReferenceConfig, "reference group")
     cluster: ClusterConfig = sub(ClusterConfig, "Ray placement")
+    rollout: RolloutConfig = sub(RolloutConfig, "online: vLLM engines")
+    reward: RewardConfig = sub(RewardConfig, "online: reward model or rule")
+    online: OnlineConfig = sub(OnlineConfig, "online / iterative DPO rounds")
     task: TaskConfig = sub(TaskConfig, "embedded default task")
 
 

@@ -62,6 +62,6 @@ def local_ray(tmp_path_factory):
     import ray
 
     os.environ["RAY_TMPDIR"] = str(tmp_path_factory.mktemp("ray"))
-    ray.init(num_cpus=4, include_dashboard=False, object_store_memory=256 << 20, log_to_driver=False)
+    ray.init(num_cpus=8, include_dashboard=False, object_store_memory=256 << 20, log_to_driver=False)
     yield ray
     ray.shutdown()

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Union
+from typing import Callable, Union
 
 
 def write_bytes(path: Union[str, Path], data: bytes) -> None:
@@ -24,3 +25,17 @@ def write_bytes(path: Union[str, Path], data: bytes) -> None:
 
 def write_text(path: Union[str, Path], text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
+
+
+def write_dir(path: Union[str, Path], fill: Callable[[Path], None]) -> None:
+    """fill(temp_dir) writes a directory's contents; then it replaces path in one rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        fill(tmp)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -8,10 +8,10 @@ from typing import Dict
 
 
 class MetricsWriter:
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, append: bool = False):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.jsonl = (run_dir / "metrics.jsonl").open("w", encoding="utf-8")
+        self.jsonl = (run_dir / "metrics.jsonl").open("a" if append else "w", encoding="utf-8")
         self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
 
     def write(self, step: int, metrics: Dict[str, float]) -> None:

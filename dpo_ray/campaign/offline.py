@@ -4,25 +4,22 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional
 
 from ..config import RunConfig
-from ..data.batches import build_micro_batches, step_scale
 from ..data.dataset import load_pairs, split_eval
 from ..data.tokenize import TokenizedPair, TokenizeSettings
 from ..groups.policy_group import PolicyGroup
-from ..groups.reference_group import ReferenceGroup
-from ..objective import needs_reference, reduce_metrics
+from ..objective import needs_reference
 from ..workers.device import device_spec, rank_env, rank_threads
-from ..workers.models import load_tokenizer, model_fingerprint
+from ..workers.models import load_tokenizer
 from .atomic import write_text
 from .metrics import MetricsWriter
-from .reference_cache import ReferenceCache, cache_key
+from .reference import ReferenceScorer
 from .runtime import ensure_ray
+from .trainer import PolicyTrainer
 
 log = logging.getLogger(__name__)
 
@@ -82,54 +79,12 @@ class OfflineCampaign:
         self.run_dir = Path(cfg.output_dir).expanduser()
         self.spec = device_spec(cfg.cluster.gpus_per_rank, cfg.model.dtype)
         self.env = rank_env(self.spec, rank_threads(cfg.cluster.cpus_per_rank, cfg.cluster.torch_threads))
+        self.reference = ReferenceScorer(cfg, self.inputs.reference_path, self.spec, self.env)
         t = cfg.train
-        self.world = cfg.cluster.policy_ranks
-        self.accumulation = max(1, math.ceil(t.batch_size / (self.world * t.micro_batch_size)))
-        steps_per_epoch = math.ceil(len(self.inputs.train) / t.batch_size)
-        self.total_steps = steps_per_epoch * t.epochs if t.max_steps < 0 else t.max_steps
+        self.accumulation = accumulation_steps(cfg)
+        self.steps_per_epoch = math.ceil(len(self.inputs.train) / t.batch_size)
+        self.total_steps = self.steps_per_epoch * t.epochs if t.max_steps < 0 else t.max_steps
 
-    # --- reference log-probs -------------------------------------------------------------------------------------
-    def _reference_key(self, pairs: Sequence[TokenizedPair]) -> str:
-        m = self.cfg.model
-        settings = {"dtype": str(self.spec.dtype), "attn": m.attn_implementation, "lora": str(m.lora.enabled),
-                    "packing": str(self.cfg.data.packing or self.cfg.data.prefix_sharing)}
-        return cache_key(pairs, model_fingerprint(self.inputs.reference_path), settings)
-
-    def reference_logps(self, pairs: List[TokenizedPair], policy: Optional[PolicyGroup] = None) -> Tuple[Tuple[List[float], List[float]], bool]:
-        """(chosen, rejected) reference log-probs for pairs, from the cache or computed; also whether computed."""
-        cache = ReferenceCache(self.cfg.cache_dir) if self.cfg.reference.cache else None
-        key = self._reference_key(pairs)
-        cached = cache.load(key) if cache else None
-        if cached is not None:
-            log.info("reference log-probs: cache hit %s", key)
-            return cached, False
-        start = time.perf_counter()
-        if policy is not None:  # LoRA: the policy's base model with the adapter disabled
-            index_plan, plan = build_micro_batches(pairs, range(len(pairs)), policy.size, self.cfg.reference.micro_batch_size, None)
-            chosen, rejected = [0.0] * len(pairs), [0.0] * len(pairs)
-            for rank_indices, (rank_chosen, rank_rejected) in zip(index_plan, policy.reference_logps(plan)):
-                order = [i for idx in rank_indices for i in idx]  # the worker skips fillers, so this lines up
-                for i, c, r in zip(order, rank_chosen, rank_rejected, strict=True):
-                    chosen[i], rejected[i] = c, r
-        else:
-            group = ReferenceGroup(self.cfg, self.inputs.reference_path, self.env)
-            try:
-                chosen, rejected = group.logps(pairs)
-            finally:
-                group.shutdown()  # offline runs need the reference only once
-        log.info("reference log-probs for %d pairs in %.1fs", len(pairs), time.perf_counter() - start)
-        if cache:
-            cache.save(key, chosen, rejected)
-        return (chosen, rejected), True
-
-    # --- evaluation ------------------------------------------------------------------------------------------------
-    def evaluate(self, policy: PolicyGroup, reference: Tuple[List[float], List[float]]) -> Dict[str, float]:
-        pairs = self.inputs.eval
-        _, plan = build_micro_batches(pairs, range(len(pairs)), self.world, self.cfg.train.micro_batch_size, reference)
-        metrics = reduce_metrics(policy.evaluate(plan, step_scale(pairs)))
-        return {f"eval_{k}": v for k, v in metrics.items()}
-
-    # --- the run ---------------------------------------------------------------------------------------------------
     def run(self) -> OfflineResult:
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -138,6 +93,7 @@ class OfflineCampaign:
         try:
             return self._run()
         finally:
+            self.reference.shutdown()
             if started:
                 import ray
 
@@ -150,13 +106,14 @@ class OfflineCampaign:
         result = OfflineResult(self.run_dir, self.run_dir / "final", reference_computed=False)
         reference = None
         if self.uses_reference and not lora:
-            reference, result.reference_computed = self.reference_logps(everything)
+            reference, result.reference_computed = self.reference.logps(everything)
+            self.reference.shutdown()  # offline runs need the reference group only once
         policy = PolicyGroup(cfg, inputs.model_path, self.total_steps, self.accumulation, self.env)
         result.policy_nodes = policy.group.node_ids()
         log.info("policy ranks on %d node(s): %s", len(set(result.policy_nodes)), result.policy_nodes)
         try:
             if self.uses_reference and lora:
-                reference, result.reference_computed = self.reference_logps(everything, policy)
+                reference, result.reference_computed = self.reference.logps(everything, policy)
             n_train = len(inputs.train)
             train_ref = None if reference is None else (reference[0][:n_train], reference[1][:n_train])
             eval_ref = None if reference is None else (reference[0][n_train:], reference[1][n_train:])
@@ -167,48 +124,20 @@ class OfflineCampaign:
         return result
 
     def _train(self, policy: PolicyGroup, train_ref, eval_ref, result: OfflineResult) -> None:
-        cfg, t = self.cfg, self.cfg.train
-        pairs = self.inputs.train
         writer = MetricsWriter(self.run_dir)
-        result.before = self.evaluate(policy, eval_ref)
-        writer.write(0, result.before)
-        progress = _progress(cfg.progress, self.total_steps)
-        step, epoch = 0, 0
+        trainer = PolicyTrainer(self.cfg, policy, writer, self.accumulation, self.run_dir / "checkpoints", self.total_steps)
         try:
-            while step < self.total_steps:
-                order = list(range(len(pairs)))
-                random.Random(cfg.data.shuffle_seed + epoch).shuffle(order)
-                for start in range(0, len(order), t.batch_size):
-                    if step >= self.total_steps:
-                        break
-                    indices = order[start:start + t.batch_size]
-                    _, plan = build_micro_batches(pairs, indices, self.world, t.micro_batch_size, train_ref, self.accumulation)
-                    began = time.perf_counter()
-                    parts = policy.train_step(plan, step_scale([pairs[i] for i in indices]))
-                    seconds = time.perf_counter() - began
-                    step += 1
-                    result.step_seconds.append(seconds)
-                    metrics = reduce_metrics(parts)
-                    metrics.update(grad_norm=parts[0]["grad_norm"], learning_rate=parts[0]["learning_rate"],
-                                   epoch=epoch + start / len(order), step_seconds=seconds,
-                                   tokens_per_second=sum(pairs[i].tokens for i in indices) / seconds)
-                    if step % t.log_every == 0:
-                        writer.write(step, metrics)
-                    progress.update(1)
-                    progress.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['rewards/accuracies']:.2f}")
-                    if t.eval_every and step % t.eval_every == 0 and step < self.total_steps:
-                        writer.write(step, self.evaluate(policy, eval_ref))
-                    if t.checkpoint_every and step % t.checkpoint_every == 0:
-                        policy.save_checkpoint(str(self.run_dir / "checkpoints"), f"step_{step}")
-                epoch += 1
-            result.after = self.evaluate(policy, eval_ref)
-            writer.write(step, result.after)
+            result.before = trainer.evaluate(self.inputs.eval, eval_ref)
+            trainer.train(self.inputs.train, train_ref, math.ceil(self.total_steps / self.steps_per_epoch),
+                          self.cfg.data.shuffle_seed, self.inputs.eval, eval_ref)
+            result.after = trainer.evaluate(self.inputs.eval, eval_ref)
+            result.step_seconds = trainer.step_seconds
         finally:
-            progress.close()
+            trainer.close()
             writer.close()
 
 
-def _progress(enabled: bool, total: int):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="dpo", disable=not enabled, dynamic_ncols=True)
+def accumulation_steps(cfg: RunConfig) -> int:
+    """Micro-batches per rank per optimizer step, so that ranks x micro-batch x accumulation covers the batch."""
+    t = cfg.train
+    return max(1, math.ceil(t.batch_size / (cfg.cluster.policy_ranks * t.micro_batch_size)))

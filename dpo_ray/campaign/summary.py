@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict
+from typing import Dict, List
 
 import torch
 
@@ -53,3 +53,18 @@ def finish(run_dir: Path, before: Dict[str, float], after: Dict[str, float], ext
     write_text(run_dir / "summary.json", json.dumps({"before": before, "after": after, **extra}, indent=2))
     write_text(run_dir / "summary.md", table + "\n")
     return table
+
+
+ROUND_COLUMNS = [("round", "round", "d"), ("reward/mean", "mean reward", ".3f"), ("pairs", "pairs", "d"),
+                 ("eval/sampled_reward", "held-out sampled", ".3f"), ("eval/greedy_reward", "held-out greedy", ".3f"),
+                 ("time/round", "seconds", ".1f")]
+
+
+def format_rounds(rows: List[Dict]) -> str:
+    """One line per online round (round 0 is the starting policy); blank where a round has no such value."""
+    head = "| " + " | ".join(f"{label:>16}" for _, label, _ in ROUND_COLUMNS) + " |"
+    lines = [head, "|" + "|".join("-" * 18 for _ in ROUND_COLUMNS) + "|"]
+    for row in rows:
+        cells = [format(row[key], spec) if key in row else "" for key, _, spec in ROUND_COLUMNS]
+        lines.append("| " + " | ".join(f"{c:>16}" for c in cells) + " |")
+    return "\n".join(lines)

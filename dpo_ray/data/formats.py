@@ -36,7 +36,7 @@ def _check_messages(value: list, source: str, row: int, name: str) -> Messages:
     return value
 
 
-def _text(raw: dict, name: str, source: str, row: int) -> Text:
+def text_field(raw: dict, name: str, source: str, row: int) -> Text:
     if name not in raw or raw[name] is None:
         raise DataError(source, row, name, "missing")
     value = raw[name]
@@ -47,7 +47,7 @@ def _text(raw: dict, name: str, source: str, row: int) -> Text:
     raise DataError(source, row, name, f"must be a string or a list of messages, got {type(value).__name__}")
 
 
-def _is_empty(value: Text) -> bool:
+def is_empty(value: Text) -> bool:
     if isinstance(value, str):
         return not value.strip()
     return not value or all(not m["content"].strip() for m in value)
@@ -72,18 +72,18 @@ def normalise(raw: Any, source: str, row: int) -> PreferenceRow:
     """One raw row -> PreferenceRow, or a DataError naming source, row and field."""
     if not isinstance(raw, dict):
         raise DataError(source, row, "<row>", f"a row must be an object with prompt/chosen/rejected, got {type(raw).__name__}")
-    chosen = _text(raw, "chosen", source, row)
-    rejected = _text(raw, "rejected", source, row)
+    chosen = text_field(raw, "chosen", source, row)
+    rejected = text_field(raw, "rejected", source, row)
     if isinstance(chosen, str) != isinstance(rejected, str):
         raise DataError(source, row, "rejected", "chosen and rejected must both be strings or both be message lists")
     if raw.get("prompt") is None:
         prompt, chosen, rejected = _split_implicit(chosen, rejected)
     else:
-        prompt = _text(raw, "prompt", source, row)
+        prompt = text_field(raw, "prompt", source, row)
         if isinstance(prompt, str) != isinstance(chosen, str):
             raise DataError(source, row, "prompt", "prompt and responses must both be strings or both be message lists")
     for name, value in (("chosen", chosen), ("rejected", rejected)):
-        if _is_empty(value):
+        if is_empty(value):
             raise DataError(source, row, name, "empty response")
     if isinstance(chosen, list) and isinstance(prompt, list) and not prompt:
         raise DataError(source, row, "prompt", "no prompt messages")

@@ -45,19 +45,26 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
+def _messages(text: Text, role: str) -> list:
+    return text if isinstance(text, list) else [{"role": role, "content": text}]
+
+
+def encode_prompt(tokenizer, prompt: Text, templated: bool) -> List[int]:
+    """Token ids a model is given to answer prompt: the same rendering training uses (for generation)."""
+    if templated:
+        text = tokenizer.apply_chat_template(_messages(prompt, "user"), add_generation_prompt=True, tokenize=False)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]  # the template already holds any BOS it wants
+    return tokenizer(prompt)["input_ids"]
+
+
 def encode_turn(tokenizer, prompt: Text, response: Text, templated: bool) -> Tuple[List[int], List[int]]:
     """Token ids of a prompt and of prompt+response, rendered the way the model sees them at inference."""
     if templated:
-        prompt_msgs = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-        response_msgs = response if isinstance(response, list) else [{"role": "assistant", "content": response}]
-        prompt_text = tokenizer.apply_chat_template(prompt_msgs, add_generation_prompt=True, tokenize=False)
-        full_text = tokenizer.apply_chat_template(prompt_msgs + response_msgs, tokenize=False)
-        # The template already holds any BOS it wants.
-        return (tokenizer(prompt_text, add_special_tokens=False)["input_ids"],
-                tokenizer(full_text, add_special_tokens=False)["input_ids"])
+        full_text = tokenizer.apply_chat_template(_messages(prompt, "user") + _messages(response, "assistant"), tokenize=False)
+        return encode_prompt(tokenizer, prompt, True), tokenizer(full_text, add_special_tokens=False)["input_ids"]
     eos = tokenizer.eos_token or ""
     text = response if response.endswith(eos) else response + eos
-    return tokenizer(prompt)["input_ids"], tokenizer(prompt + text)["input_ids"]
+    return encode_prompt(tokenizer, prompt, False), tokenizer(prompt + text)["input_ids"]
 
 
 def _truncate(prompt: List[int], chosen: List[int], rejected: List[int], s: TokenizeSettings):

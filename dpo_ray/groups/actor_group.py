@@ -55,9 +55,20 @@ class ActorGroup:
         address, port = ray.get(self.actors[0].rendezvous_address.remote())
         self.run("start", address, port)
 
+    def submit(self, method: str, *args, **kwargs) -> List[ray.ObjectRef]:
+        """The same call on every rank, not waited for: one result reference per rank."""
+        return [a.call.remote(method, *args, **kwargs) for a in self.actors]
+
     def run(self, method: str, *args, **kwargs) -> List[Any]:
         """The same call on every rank; returns each rank's result."""
-        return ray.get([a.call.remote(method, *args, **kwargs) for a in self.actors])
+        return ray.get(self.submit(method, *args, **kwargs))
+
+    def run_shards(self, method: str, items: Sequence[Any], *args) -> List[Any]:
+        """Split items into contiguous shards, one per rank (empty shards are not sent); the results concatenated."""
+        bounds = [round(i * len(items) / self.size) for i in range(self.size + 1)]
+        refs = [actor.call.remote(method, list(items[lo:hi]), *args)
+                for actor, lo, hi in zip(self.actors, bounds, bounds[1:]) if hi > lo]
+        return [x for part in ray.get(refs) for x in part]
 
     def run_each(self, method: str, per_rank_args: Sequence[Sequence[Any]]) -> List[Any]:
         """A call with rank-specific arguments."""

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Dict, List, Tuple
 
+import ray
+
 from ..config import RunConfig
 from ..data.batches import MicroBatch, StepScale
 from .actor_group import ActorGroup
@@ -32,11 +34,20 @@ class PolicyGroup:
     def full_state_dict(self):
         return self.group.run("full_state_dict")[0]
 
+    def export_weights(self) -> "ray.ObjectRef":
+        """A reference to the full weights as safetensors bytes (gathered on rank 0), left in Ray's object store."""
+        refs = self.group.submit("export_weights")
+        ray.get(refs[1:])  # the other ranks only take part in the gather
+        return refs[0]
+
     def save_pretrained(self, out_dir: str) -> None:
         self.group.run("save_pretrained", out_dir)
 
     def save_checkpoint(self, checkpoint_dir: str, tag: str) -> None:
         self.group.run("save_checkpoint", checkpoint_dir, tag)
+
+    def load_checkpoint(self, checkpoint_dir: str, tag: str) -> None:
+        self.group.run("load_checkpoint", checkpoint_dir, tag)
 
     def shutdown(self) -> None:
         self.group.shutdown()

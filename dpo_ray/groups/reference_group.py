@@ -16,14 +16,8 @@ class ReferenceGroup:
                                 init_kwargs=dict(cfg=cfg, model_path=model_path))
 
     def logps(self, pairs: Sequence[TokenizedPair]) -> Tuple[List[float], List[float]]:
-        n = self.group.size
-        bounds = [round(i * len(pairs) / n) for i in range(n + 1)]
-        shards = [(list(pairs[bounds[i]:bounds[i + 1]]),) for i in range(n)]
-        chosen, rejected = [], []
-        for c, r in self.group.run_each("logps", shards):
-            chosen += c
-            rejected += r
-        return chosen, rejected
+        scored = self.group.run_shards("logps", pairs)
+        return [c for c, _ in scored], [r for _, r in scored]
 
     def shutdown(self) -> None:
         self.group.shutdown()

@@ -38,7 +38,9 @@ class EmbeddedTask:
     model_dir: Path
     train_file: Path
     eval_file: Path
+    train_prompts: List[str]
     eval_prompts: List[str]
+    reward_fn = "dpo_ray.tasks.number_words:reward"  # the rule reward by import path, for online rounds
 
     @staticmethod
     def reward(prompt: str, response: str) -> float:
@@ -125,6 +127,7 @@ def ensure_embedded_task(cfg: TaskConfig, cache_dir: str, seed: int = 0) -> Embe
     random.Random(seed).shuffle(numbers)
     eval_numbers, train_numbers = numbers[: cfg.eval_numbers], numbers[cfg.eval_numbers:]
     task = EmbeddedTask(root / "model", root / "train.jsonl", root / "eval.jsonl",
+                        [number_words.prompt(n) for n in sorted(train_numbers)],
                         [number_words.prompt(n) for n in sorted(eval_numbers)])
     if (root / "done").exists():
         return task

@@ -26,9 +26,9 @@ def deepspeed_config(spec: DeviceSpec, world: int, micro_batch_size: int, accumu
     }
 
 
-def lr_factor(step: int, total_steps: int, warmup_ratio: float, kind: str) -> float:
+def lr_factor(step: int, total_steps: int, warmup_ratio: float, kind: str, warmup_steps: int = -1) -> float:
     """Learning-rate multiplier at a 0-based step: linear warmup, then cosine, linear or constant."""
-    warmup = math.ceil(warmup_ratio * total_steps)
+    warmup = warmup_steps if warmup_steps >= 0 else math.ceil(warmup_ratio * total_steps)
     if step < warmup:
         return (step + 1) / (warmup + 1)
     progress = (step - warmup) / max(1, total_steps - warmup)
@@ -51,7 +51,7 @@ def make_optimizer(params, train: TrainConfig) -> torch.optim.Optimizer:
 
 def scheduler_factory(train: TrainConfig, total_steps: int) -> Callable[[torch.optim.Optimizer], Any]:
     return lambda optimizer: torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total_steps, train.warmup_ratio, train.lr_scheduler))
+        optimizer, lambda step: lr_factor(step, total_steps, train.warmup_ratio, train.lr_scheduler, train.warmup_steps))
 
 
 def initialize(model: torch.nn.Module, config: Dict[str, Any], optimizer: Optional[torch.optim.Optimizer] = None,

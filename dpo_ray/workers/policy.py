@@ -17,6 +17,7 @@ from . import engine as engines
 from .device import device_spec, rank_threads
 from .distributed import init_distributed
 from .models import load_causal_lm, load_tokenizer
+from .weights import merge_lora_state, weights_bytes
 
 
 class PolicyWorker:
@@ -111,6 +112,16 @@ class PolicyWorker:
         state = self.engine._zero3_consolidated_16bit_state_dict(exclude_frozen_parameters=self.cfg.model.lora.enabled)
         return state if self.rank == 0 else None
 
+    def export_weights(self) -> Optional[bytes]:
+        """All ranks call; rank 0 returns the full HF-named weights as safetensors bytes (LoRA: merged into the base)."""
+        state = self.engine._zero3_consolidated_16bit_state_dict()
+        if self.rank != 0:
+            return None
+        if self.cfg.model.lora.enabled:
+            lora = self.cfg.model.lora
+            state = merge_lora_state(state, lora.alpha / lora.r)
+        return weights_bytes(state)
+
     def save_pretrained(self, out_dir: str) -> None:
         """All ranks call; rank 0 writes an HF directory (or the LoRA adapter) atomically: temp dir, then rename."""
         state = self.full_state_dict()
@@ -139,3 +150,9 @@ class PolicyWorker:
     def save_checkpoint(self, checkpoint_dir: str, tag: str) -> None:
         """DeepSpeed checkpoint: model shards, optimizer and scheduler state (all ranks call)."""
         self.engine.save_checkpoint(checkpoint_dir, tag=tag)
+
+    def load_checkpoint(self, checkpoint_dir: str, tag: str) -> None:
+        """Model, optimizer and scheduler state back from save_checkpoint (all ranks call)."""
+        path, _ = self.engine.load_checkpoint(checkpoint_dir, tag=tag)
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint {tag!r} in {checkpoint_dir}")

@@ -25,8 +25,8 @@ class ReferenceWorker:
         self.layout = make_layout(cfg.data.packing, cfg.data.pack_length, cfg.data.prefix_sharing, cfg.model.attn_implementation)
 
     @torch.no_grad()
-    def logps(self, pairs: List[TokenizedPair]) -> Tuple[List[float], List[float]]:
-        """Summed completion log-probs of chosen and rejected, in the order given."""
+    def logps(self, pairs: List[TokenizedPair]) -> List[Tuple[float, float]]:
+        """Summed completion log-probs (chosen, rejected) of each pair, in the order given."""
         chosen, rejected = [], []
         size = self.cfg.reference.micro_batch_size
         for start in range(0, len(pairs), size):
@@ -34,4 +34,4 @@ class ReferenceWorker:
             out = forward_pairs(self.model, {k: v.to(self.spec.device) for k, v in batch.items()})
             chosen += out.chosen_logps.tolist()
             rejected += out.rejected_logps.tolist()
-        return chosen, rejected
+        return list(zip(chosen, rejected))

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 def test_reference_cache_is_written_once_reused_and_invalidated_by_new_data(local_ray, run_config, tiny_model_dir):
     pairs = make_pairs(6, seed=7)
     campaign = OfflineCampaign(run_config, Inputs(tiny_model_dir, tiny_model_dir, pairs, pairs[:2]))
-    (chosen, rejected), computed = campaign.reference_logps(pairs)
+    (chosen, rejected), computed = campaign.reference.logps(pairs)
     assert computed
     files = list(ReferenceCache(run_config.cache_dir).root.glob("*.safetensors"))
     assert len(files) == 1
@@ -31,12 +31,13 @@ def test_reference_cache_is_written_once_reused_and_invalidated_by_new_data(loca
         out = forward_pairs(AutoModelForCausalLM.from_pretrained(tiny_model_dir), collate_pairs(pairs, 0))
     assert torch.allclose(torch.tensor(chosen), out.chosen_logps, atol=1e-5)
 
-    again, computed_again = campaign.reference_logps(pairs)
+    again, computed_again = campaign.reference.logps(pairs)
     assert not computed_again and again == (chosen, rejected)
 
     changed = pairs[:5] + make_pairs(1, seed=99)
-    _, computed_changed = campaign.reference_logps(changed)
+    _, computed_changed = campaign.reference.logps(changed)
     assert computed_changed and len(list(ReferenceCache(run_config.cache_dir).root.glob("*.safetensors"))) == 2
+    campaign.reference.shutdown()
 
 
 def test_lora_run_scores_the_reference_with_the_adapter_off_and_saves_adapter_and_merged_model(local_ray, run_config, tiny_model_dir):
@@ -52,7 +53,7 @@ def test_lora_run_scores_the_reference_with_the_adapter_off_and_saves_adapter_an
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     with torch.no_grad():
         base_out = forward_pairs(base, collate_pairs(pairs, 0))
-    cached = ReferenceCache(cfg.cache_dir).load(campaign._reference_key(pairs))
+    cached = ReferenceCache(cfg.cache_dir).load(campaign.reference.key(pairs))
     assert torch.allclose(torch.tensor(cached[0]), base_out.chosen_logps, atol=1e-5)
     assert (result.final_model / "adapter_config.json").exists()
     merged = AutoModelForCausalLM.from_pretrained(result.final_model / "merged")

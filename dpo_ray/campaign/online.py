@@ -1,0 +1,288 @@
+"""Online / iterative DPO: each round the vLLM engines sample n responses per prompt from the current policy, the
+reward group scores them, best vs worst become pairs, the policy trains on them against the frozen reference, and
+its new weights are pushed into the engines. A campaign restarts from its last finished round."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from ..config import RunConfig
+from ..data.dataset import load_pairs
+from ..data.formats import Text
+from ..data.pairs import build_pairs
+from ..data.prompts import load_prompts
+from ..data.tokenize import TokenizedPair, TokenizeSettings
+from ..groups.policy_group import PolicyGroup
+from ..groups.reward_group import RewardGroup
+from ..groups.rollout_group import RolloutGroup
+from ..objective import needs_reference
+from ..workers.device import device_spec, rank_env, rank_threads
+from ..workers.models import load_tokenizer
+from .atomic import write_dir, write_text
+from .metrics import MetricsWriter
+from .offline import accumulation_steps
+from .reference import ReferenceScorer
+from .runtime import ensure_ray
+from .trainer import PolicyTrainer
+
+log = logging.getLogger(__name__)
+PHASES = ("generate", "score", "pairs", "reference", "train", "sync", "eval")
+
+
+@dataclass
+class OnlineInputs:
+    model_path: str
+    reference_path: str
+    prompts: List[Text]
+    eval_prompts: List[Text]
+    offline_pairs: List[TokenizedPair] = field(default_factory=list)
+    default_reward: str = ""  # the task's rule, used when the config names no reward
+
+
+@dataclass
+class OnlineResult:
+    run_dir: Path
+    final_model: Path
+    rounds: List[Dict] = field(default_factory=list)  # one summary row per round; row 0 is the starting policy
+    resumed_from: int = 0  # the last finished round found on disk (0: a fresh start)
+
+
+def _as_messages(prompt: str) -> List[dict]:
+    return [{"role": "user", "content": prompt}]
+
+
+def prepare_online_inputs(cfg: RunConfig) -> OnlineInputs:
+    o, model_path = cfg.online, cfg.model.path
+    prompts = load_prompts(o.prompt_files, cfg.data.on_error) if o.prompt_files else []
+    eval_prompts = load_prompts(o.eval_prompt_files, cfg.data.on_error) if o.eval_prompt_files else []
+    offline_files, default_reward = list(cfg.data.train_files), ""
+    if model_path == "embedded":
+        from ..tasks.embedded import ensure_embedded_task
+
+        task = ensure_embedded_task(cfg.task, cfg.cache_dir)
+        model_path, default_reward = str(task.model_dir), task.reward_fn
+        prompts = prompts or [_as_messages(p) for p in task.train_prompts]
+        eval_prompts = eval_prompts or [_as_messages(p) for p in task.eval_prompts]
+        offline_files = offline_files or [str(task.train_file)]
+    if not prompts:
+        raise ValueError("online runs need prompts: online.prompt_files=[FILE], or model.path=embedded for the built-in task")
+    offline_pairs: List[TokenizedPair] = []
+    if o.offline_ratio > 0:
+        if not offline_files:
+            raise ValueError("online.offline_ratio > 0 needs data.train_files to draw offline pairs from")
+        offline_pairs, _ = load_pairs(offline_files, load_tokenizer(model_path, cfg.model.trust_remote_code),
+                                      _settings(cfg), cfg.data.on_error)
+    return OnlineInputs(model_path, cfg.model.reference_path or model_path, prompts, eval_prompts, offline_pairs, default_reward)
+
+
+def _settings(cfg: RunConfig) -> TokenizeSettings:
+    d = cfg.data
+    return TokenizeSettings(d.chat_template, d.max_length, d.max_prompt_length, d.truncation_mode)
+
+
+def sample_seed(base: int, round_index: int, prompt_index: int) -> int:
+    """A per-(round, prompt) sampling seed: samples do not depend on how prompts are sharded over engines."""
+    return (base * 1_000_003 + round_index * 100_003 + prompt_index) % (1 << 31)
+
+
+class OnlineCampaign:
+    def __init__(self, cfg: RunConfig, inputs: Optional[OnlineInputs] = None):
+        self.cfg = cfg
+        o = cfg.online
+        if o.rounds < 1 or o.samples_per_prompt < 2:
+            raise ValueError(f"online.rounds must be >= 1 and online.samples_per_prompt >= 2 (got {o.rounds}, {o.samples_per_prompt})")
+        self.uses_reference = needs_reference(cfg.algo)
+        self.inputs = inputs or prepare_online_inputs(cfg)
+        self.run_dir = Path(cfg.output_dir).expanduser()
+        self.spec = device_spec(cfg.cluster.gpus_per_rank, cfg.model.dtype)
+        self.env = rank_env(self.spec, rank_threads(cfg.cluster.cpus_per_rank, cfg.cluster.torch_threads))
+        self.tokenizer = load_tokenizer(self.inputs.model_path, cfg.model.trust_remote_code)
+        self.accumulation = accumulation_steps(cfg)
+        per_round = o.prompts_per_round or len(self.inputs.prompts)
+        most_pairs = per_round * o.max_pairs_per_prompt * (1 + o.replay_ratio + o.offline_ratio)
+        # An upper bound for the learning-rate schedule: a round never yields more pairs than this.
+        self.total_steps = o.rounds * o.epochs_per_round * math.ceil(most_pairs / cfg.train.batch_size)
+        self.state_file = self.run_dir / "online_state.json"
+
+    # --- the campaign --------------------------------------------------------------------------------------------
+    def run(self) -> OnlineResult:
+        c = self.cfg.cluster
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(self.run_dir / "config.json", json.dumps(asdict(self.cfg), indent=2))
+        cpus = (c.cpus_per_rank * (c.policy_ranks + c.reference_ranks) + c.rollout_cpus * c.rollout_engines
+                + c.reward_cpus * c.reward_ranks)
+        started = ensure_ray(c, cpus_needed=cpus)
+        try:
+            return self._run()
+        finally:
+            if started:
+                import ray
+
+                ray.shutdown()
+
+    def _run(self) -> OnlineResult:
+        cfg, inputs = self.cfg, self.inputs
+        state = self._finished_state() if cfg.online.resume else None
+        result = OnlineResult(self.run_dir, self.run_dir / "final", resumed_from=state["round"] if state else 0)
+        groups = []
+        try:
+            rollout = RolloutGroup(cfg, inputs.model_path)
+            groups.append(rollout)
+            reward = RewardGroup(cfg, inputs.default_reward)
+            groups.append(reward)
+            reference = ReferenceScorer(cfg, inputs.reference_path, self.spec, self.env)
+            groups.append(reference)
+            if self.uses_reference and not cfg.model.lora.enabled:
+                reference.start()  # every round needs it: its replicas load while the policy starts
+            policy = PolicyGroup(cfg, inputs.model_path, self.total_steps, self.accumulation, self.env)
+            groups.append(policy)
+            writer = MetricsWriter(self.run_dir, append=state is not None)
+            trainer = PolicyTrainer(cfg, policy, writer, self.accumulation, self.run_dir / "checkpoints", self.total_steps,
+                                    step=state["step"] if state else 0)
+            try:
+                if state:
+                    log.info("resuming after round %d (step %d) from %s", state["round"], state["step"], self.run_dir)
+                    policy.load_checkpoint(str(self.run_dir / "checkpoints"), f"round_{state['round']}")
+                    rollout.load_weights(policy.export_weights())
+                    result.rounds = state["rows"]
+                else:
+                    result.rounds = [{"round": 0, **self._evaluate(rollout, reward)}]
+                for r in range(result.resumed_from + 1, cfg.online.rounds + 1):
+                    row = self._round(r, rollout, reward, policy, reference, trainer)
+                    result.rounds.append(row)
+                    writer.write(trainer.step, {k: v for k, v in row.items() if isinstance(v, (int, float))})
+                    self._finish_round(r, policy, trainer.step, result.rounds)
+                policy.save_pretrained(str(result.final_model))
+            finally:
+                trainer.close()
+                writer.close()
+        finally:
+            for group in reversed(groups):
+                group.shutdown()
+        return result
+
+    # --- one round -----------------------------------------------------------------------------------------------
+    def _round(self, r: int, rollout: RolloutGroup, reward: RewardGroup, policy: PolicyGroup, reference: ReferenceScorer,
+               trainer: PolicyTrainer) -> Dict:
+        o = self.cfg.online
+        seconds: Dict[str, float] = {}
+        began = time.perf_counter()
+        clock = time.perf_counter()
+
+        def lap(phase: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            seconds[phase], clock = now - clock, now
+
+        indices = self._round_prompts(r)
+        prompts = [self.inputs.prompts[i] for i in indices]
+        samples = rollout.generate(prompts, [sample_seed(o.seed, r, i) for i in indices], o.samples_per_prompt,
+                                   o.temperature, o.top_p, o.max_tokens)
+        lap("generate")
+        rewards = reward.score(prompts, samples)
+        lap("score")
+        pair_rows = build_pairs(prompts, [[self._response(prompt, s) for s in outs] for prompt, outs in zip(prompts, samples)],
+                                rewards, o.min_margin, o.max_pairs_per_prompt)
+        round_dir = self.round_dir(r)
+        write_dir(round_dir / "samples", lambda d: _save_rows(d, [{"prompt": p, "responses": s, "rewards": w}
+                                                                  for p, s, w in zip(prompts, samples, rewards)]))
+        write_dir(round_dir / "pairs", lambda d: _save_rows(d, pair_rows))
+        new_pairs = self._tokenized(round_dir / "pairs")
+        train_pairs = new_pairs + self._mixed_in(r, len(new_pairs))
+        lap("pairs")
+        ref = None
+        if self.uses_reference and train_pairs:
+            ref, _ = reference.logps(train_pairs, policy if self.cfg.model.lora.enabled else None)
+        lap("reference")
+        steps_before = trainer.step
+        if train_pairs:
+            trainer.train(train_pairs, ref, o.epochs_per_round, self.cfg.data.shuffle_seed + 1000 * r)
+        else:
+            log.warning("round %d: no pairs (every prompt's samples tied); the policy is unchanged", r)
+        lap("train")
+        if train_pairs:
+            rollout.load_weights(policy.export_weights())
+        lap("sync")
+        evaluation = self._evaluate(rollout, reward)
+        lap("eval")
+        flat = [x for row in rewards for x in row]
+        row = {"round": r, "prompts": len(prompts), "reward/mean": sum(flat) / len(flat), "reward/max": max(flat),
+               "pairs": len(new_pairs), "train_pairs": len(train_pairs), "steps": trainer.step - steps_before, **evaluation}
+        row.update({f"time/{k}": seconds[k] for k in PHASES})
+        row["time/round"] = time.perf_counter() - began
+        log.info("round %d: %s", r, json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}))
+        return row
+
+    def _round_prompts(self, r: int) -> List[int]:
+        n, pool = self.cfg.online.prompts_per_round, len(self.inputs.prompts)
+        if not n or n >= pool:
+            return list(range(pool))
+        return sorted(random.Random(self.cfg.online.seed + r).sample(range(pool), n))
+
+    @staticmethod
+    def _response(prompt: Text, text: str):
+        """A sampled text in the prompt's format: an assistant message for conversations."""
+        return [{"role": "assistant", "content": text}] if isinstance(prompt, list) else text
+
+    def _tokenized(self, source: Path) -> List[TokenizedPair]:
+        import datasets
+
+        if datasets.load_from_disk(str(source)).num_rows == 0:
+            return []
+        pairs, report = load_pairs([str(source)], self.tokenizer, _settings(self.cfg), self.cfg.data.on_error)
+        log.info("%s: %s", source, report.summary())
+        return pairs
+
+    def _mixed_in(self, r: int, n_new: int) -> List[TokenizedPair]:
+        """Earlier rounds' pairs (replay_ratio per new pair) and offline pairs (offline_ratio per new pair)."""
+        o, rng = self.cfg.online, random.Random(self.cfg.online.seed * 7 + r)
+        extra: List[TokenizedPair] = []
+        if o.replay_ratio > 0 and r > 1:
+            earlier = [p for k in range(1, r) for p in self._tokenized(self.round_dir(k) / "pairs")]
+            extra += rng.sample(earlier, min(len(earlier), round(o.replay_ratio * n_new)))
+        if o.offline_ratio > 0:
+            pool = self.inputs.offline_pairs
+            extra += rng.sample(pool, min(len(pool), round(o.offline_ratio * n_new)))
+        return extra
+
+    def _evaluate(self, rollout: RolloutGroup, reward: RewardGroup) -> Dict[str, float]:
+        """Mean reward on the held-out prompts: sampled as in training, and greedy. Same seeds every round."""
+        o, prompts = self.cfg.online, self.inputs.eval_prompts
+        if not prompts:
+            return {}
+        seeds = [sample_seed(o.seed, 0, i) for i in range(len(prompts))]
+        sampled = rollout.generate(prompts, seeds, o.eval_samples_per_prompt, o.temperature, o.top_p, o.max_tokens)
+        greedy = rollout.generate(prompts, seeds, 1, 0.0, 1.0, o.max_tokens)
+        mean = lambda scores: sum(x for row in scores for x in row) / sum(len(row) for row in scores)
+        return {"eval/sampled_reward": mean(reward.score(prompts, sampled)), "eval/greedy_reward": mean(reward.score(prompts, greedy))}
+
+    # --- persistence ---------------------------------------------------------------------------------------------
+    def round_dir(self, r: int) -> Path:
+        return self.run_dir / "rounds" / f"round_{r:03d}"
+
+    def _finish_round(self, r: int, policy: PolicyGroup, step: int, rows: List[Dict]) -> None:
+        """Checkpoint, then the summary, then the state file last: a crash before it leaves round r unfinished."""
+        policy.save_checkpoint(str(self.run_dir / "checkpoints"), f"round_{r}")
+        write_text(self.run_dir / "rounds.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+        write_text(self.state_file, json.dumps({"round": r, "step": step, "rows": rows}))
+
+    def _finished_state(self) -> Optional[Dict]:
+        if not self.state_file.exists():
+            return None
+        state = json.loads(self.state_file.read_text())
+        if state["round"] >= self.cfg.online.rounds:
+            log.info("%s: all %d rounds already finished; running none", self.run_dir, self.cfg.online.rounds)
+        return state
+
+
+def _save_rows(directory: Path, rows: List[Dict]) -> None:
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.Dataset.from_list(rows).save_to_disk(str(directory))

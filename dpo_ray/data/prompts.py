@@ -1,0 +1,36 @@
+"""Prompt sources for online rounds: a 'prompt' field per row (a string or a list of messages), validated."""
+from __future__ import annotations
+
+from typing import Any, List, Sequence
+
+from .errors import DataError, DataReport, ErrorPolicy
+from .formats import Text, is_empty, text_field
+from .loading import iter_rows
+
+
+def load_prompts(sources: Sequence[Any], on_error: str = "raise") -> List[Text]:
+    """Every row's prompt; a malformed row raises a DataError naming file, row and field, or is skipped and counted."""
+    policy = ErrorPolicy(on_error, DataReport())
+    prompts: List[Text] = []
+    for spec in sources:
+        for source, index, raw in iter_rows(spec):
+            try:
+                if not isinstance(raw, dict):
+                    raise DataError(source, index, "<row>", f"a row must be an object with a 'prompt', got {type(raw).__name__}")
+                prompt = text_field(raw, "prompt", source, index)
+                if is_empty(prompt):
+                    raise DataError(source, index, "prompt", "empty prompt")
+                prompts.append(prompt)
+            except DataError as error:
+                policy.handle(error)
+    if not prompts:
+        raise ValueError(f"no usable prompts in {', '.join(map(str, sources))}: {policy.report.summary()}")
+    return prompts
+
+
+def prompt_text(prompt: Text) -> str:
+    """The text a rule reward reads: the prompt itself, or the last user message of a conversation."""
+    if isinstance(prompt, str):
+        return prompt
+    users = [m["content"] for m in prompt if m["role"] == "user"]
+    return users[-1] if users else prompt[-1]["content"]

@@ -1,0 +1,70 @@
+"""One vLLM engine of the rollout group: n samples per prompt, prompt log-probs, and in-place weight updates."""
+from __future__ import annotations
+
+from typing import List, Sequence, Tuple
+
+from ..config import RolloutConfig
+from ..data.formats import Text
+from ..data.tokenize import encode_prompt
+from .device import device_spec
+
+
+def engine_env(gpus: float) -> dict:
+    """Environment of an engine's process. On CPU the engine runs in-process (3 s start instead of 24 s); that
+    process then ignores torch.set_num_threads, which is why no training ever shares it."""
+    env = {"TOKENIZERS_PARALLELISM": "false"}
+    if not gpus:
+        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    return env
+
+
+class RolloutWorker:
+    def __init__(self, model_path: str, cfg: RolloutConfig, policy_dtype: str, gpus: float, tensor_parallel: int,
+                 seed: int, rank: int, world_size: int):
+        from vllm import LLM
+
+        dtype = policy_dtype if cfg.dtype == "auto" else cfg.dtype
+        spec = device_spec(gpus, dtype)
+        memory = dict(kv_cache_memory_bytes=cfg.kv_cache_memory_mb << 20) if cfg.kv_cache_memory_mb else \
+            dict(gpu_memory_utilization=cfg.gpu_memory_utilization)
+        if spec.kind == "cpu" and not cfg.kv_cache_memory_mb:
+            raise ValueError("rollout.kv_cache_memory_mb must be > 0 on CPU (vLLM would otherwise reserve 90% of RAM)")
+        self.rank = rank
+        self.llm = LLM(model=model_path, dtype=str(spec.dtype).removeprefix("torch."), enforce_eager=cfg.enforce_eager,
+                       max_model_len=cfg.max_model_len or None, seed=seed + rank, tensor_parallel_size=tensor_parallel,
+                       worker_extension_cls="dpo_ray.workers.vllm_weights.WeightLoader", **memory)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.templated = getattr(self.tokenizer, "chat_template", None) is not None
+
+    def _prompt(self, prompt: Text):
+        from vllm.inputs import TokensPrompt
+
+        if isinstance(prompt, list) and not self.templated:
+            raise ValueError("message-list prompts need a tokenizer with a chat template")
+        return TokensPrompt(prompt_token_ids=encode_prompt(self.tokenizer, prompt, isinstance(prompt, list)))
+
+    def generate(self, jobs: Sequence[Tuple[Text, int]], n: int, temperature: float, top_p: float,
+                 max_tokens: int) -> List[List[str]]:
+        """n responses per (prompt, seed) job; the seed makes a prompt's samples the same whichever engine draws them."""
+        from vllm import SamplingParams
+
+        params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
+                                 skip_special_tokens=True) for _, seed in jobs]
+        outputs = self.llm.generate([self._prompt(p) for p, _ in jobs], params, use_tqdm=False)
+        return [[c.text for c in out.outputs] for out in outputs]
+
+    def prompt_logprobs(self, token_ids: Sequence[Sequence[int]]) -> List[List[float]]:
+        """log p(token_j | tokens before j) for j >= 1 of each sequence, as the engine's current weights give it."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(ids)) for ids in token_ids],
+                                    SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0), use_tqdm=False)
+        return [[step[token].logprob for step, token in zip(out.prompt_logprobs[1:], ids[1:])]
+                for out, ids in zip(outputs, token_ids)]
+
+    def load_weights(self, source) -> int:
+        """Replace the engine's weights in place (safetensors bytes or file); cached KV blocks of old weights go."""
+        loaded = self.llm.collective_rpc("load_safetensors", args=(source,))[0]
+        self.llm.reset_prefix_cache()
+        return loaded

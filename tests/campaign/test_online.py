@@ -1,0 +1,62 @@
+"""Online campaigns on a real local Ray with a real vLLM engine: rounds on the embedded task, and resume."""
+from __future__ import annotations
+
+import json
+
+import datasets
+import pytest
+
+from dpo_ray.campaign.online import OnlineCampaign
+from dpo_ray.cli import compose
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("online-cache")
+
+
+def run_online(run_dir, cache_dir, rounds):
+    cfg = compose([f"output_dir={run_dir}", f"cache_dir={cache_dir}", "progress=false", f"online.rounds={rounds}",
+                   "cluster.reward_cpus=0.5"], "online")
+    return OnlineCampaign(cfg).run()
+
+
+@pytest.fixture(scope="module")
+def two_rounds(local_ray, tmp_path_factory, cache_dir):
+    return run_online(tmp_path_factory.mktemp("online-a"), cache_dir, rounds=2)
+
+
+def pairs_of(result, r):
+    return datasets.load_from_disk(str(result.run_dir / "rounds" / f"round_{r:03d}" / "pairs")).to_list()
+
+
+def test_two_rounds_raise_the_held_out_accuracy_and_write_each_rounds_data(two_rounds):
+    rows = two_rounds.rounds
+    assert [row["round"] for row in rows] == [0, 1, 2]
+    assert rows[2]["eval/sampled_reward"] >= rows[0]["eval/sampled_reward"] + 0.15
+    assert rows[2]["reward/mean"] > rows[1]["reward/mean"]  # round 2 samples from the round-1 policy
+    for r in (1, 2):
+        samples = datasets.load_from_disk(str(two_rounds.run_dir / "rounds" / f"round_{r:03d}" / "samples"))
+        assert samples.num_rows == 800 and all(len(x) == 4 for x in samples["responses"])
+        pairs = pairs_of(two_rounds, r)
+        assert len(pairs) == rows[r]["pairs"] > 0
+        assert all(p["chosen_reward"] > p["rejected_reward"] for p in pairs)
+        assert {"time/generate", "time/score", "time/pairs", "time/reference", "time/train", "time/sync",
+                "time/eval"} <= set(rows[r])
+    written = [json.loads(line) for line in (two_rounds.run_dir / "rounds.jsonl").read_text().splitlines()]
+    assert [row["round"] for row in written] == [0, 1, 2]
+    assert (two_rounds.final_model / "model.safetensors").exists()
+
+
+def test_a_campaign_stopped_after_round_1_resumes_at_round_2_with_the_same_pairs(two_rounds, tmp_path_factory, cache_dir):
+    run_dir = tmp_path_factory.mktemp("online-b")
+    first = run_online(run_dir, cache_dir, rounds=1)
+    assert first.resumed_from == 0 and [row["round"] for row in first.rounds] == [0, 1]
+    resumed = run_online(run_dir, cache_dir, rounds=2)
+    assert resumed.resumed_from == 1 and [row["round"] for row in resumed.rounds] == [0, 1, 2]
+    assert pairs_of(resumed, 1) == pairs_of(two_rounds, 1)
+    assert pairs_of(resumed, 2) == pairs_of(two_rounds, 2)
+    same = lambda row: {k: v for k, v in row.items() if not k.startswith("time/")}
+    assert same(resumed.rounds[2]) == same(two_rounds.rounds[2])

@@ -1,0 +1,107 @@
+"""The rollout group (two real vLLM engines on CPU, as Ray actors), weight sync from ZeRO-3 policy ranks, and the
+reward group, all through Ray."""
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from dpo_ray.config import RunConfig
+from dpo_ray.data.batches import build_micro_batches, step_scale
+from dpo_ray.groups.policy_group import PolicyGroup
+from dpo_ray.groups.reward_group import RewardGroup
+from dpo_ray.groups.rollout_group import RolloutGroup
+from dpo_ray.tasks.number_words import prompt
+from dpo_ray.workers.device import device_spec, rank_env
+
+from ..conftest import make_pairs
+
+pytestmark = pytest.mark.slow
+CHAT = [[{"role": "user", "content": prompt(n)}] for n in range(6)]
+
+
+@pytest.fixture(scope="module")
+def rollout(local_ray, tiny_model_dir):
+    cfg = RunConfig()
+    cfg.cluster.rollout_engines, cfg.rollout.kv_cache_memory_mb = 2, 64
+    group = RolloutGroup(cfg, tiny_model_dir)
+    yield group
+    group.shutdown()
+
+
+def test_two_engines_return_n_samples_per_prompt_reproducibly_however_prompts_are_sharded(rollout):
+    seeds = list(range(100, 106))
+    first = rollout.generate(CHAT, seeds, 3, 1.0, 1.0, 12)
+    assert len(first) == 6 and all(len(samples) == 3 for samples in first)
+    assert all(len(set(samples)) > 1 for samples in first)  # a random model: the n samples differ
+    assert rollout.generate(CHAT, seeds, 3, 1.0, 1.0, 12) == first
+    # prompts 0-2 go to engine 0 and 3-5 to engine 1; swapped, each prompt's samples stay the same
+    swapped = rollout.generate(CHAT[3:] + CHAT[:3], seeds[3:] + seeds[:3], 3, 1.0, 1.0, 12)
+    assert swapped[:3] == first[3:] and swapped[3:] == first[:3]
+    assert rollout.generate(CHAT, [s + 1 for s in seeds], 3, 1.0, 1.0, 12) != first
+
+
+def hf_token_logprobs(model, sequences):
+    with torch.no_grad():
+        out = []
+        for ids in sequences:
+            logits = model(torch.tensor([ids])).logits[0, :-1].float()
+            out.append(torch.log_softmax(logits, -1).gather(1, torch.tensor(ids[1:])[:, None])[:, 0])
+        return out
+
+
+def test_after_a_weight_sync_engine_logprobs_equal_the_trained_policy(rollout, run_config, tiny_model_dir, tmp_path):
+    cfg = run_config
+    cfg.cluster.policy_ranks, cfg.train.lr = 2, 1.0
+    pairs = make_pairs(8, seed=21)
+    sequences = [list(p.prompt_ids + p.chosen_ids) for p in pairs[:4]] + [list(p.prompt_ids + p.rejected_ids) for p in pairs[:4]]
+    start = hf_token_logprobs(AutoModelForCausalLM.from_pretrained(tiny_model_dir), sequences)
+    before = rollout.prompt_logprobs(sequences)
+    assert all(torch.allclose(torch.tensor(v), h, atol=1e-4) for v, h in zip(before, start))
+
+    policy = PolicyGroup(cfg, tiny_model_dir, total_steps=1, accumulation=2, env=rank_env(device_spec(0), threads=1))
+    try:
+        reference = ([-30.0] * 8, [-30.0] * 8)
+        _, plan = build_micro_batches(pairs, range(8), 2, 2, reference, per_rank=2)
+        policy.train_step(plan, step_scale(pairs))
+        rollout.load_weights(policy.export_weights())
+        policy.save_pretrained(str(tmp_path / "trained"))
+    finally:
+        policy.shutdown()
+    after = rollout.prompt_logprobs(sequences)
+    trained = hf_token_logprobs(AutoModelForCausalLM.from_pretrained(tmp_path / "trained"), sequences)
+    assert max((torch.tensor(v) - h).abs().max().item() for v, h in zip(after, trained)) <= 1e-4
+    assert max((torch.tensor(v) - h).abs().max().item() for v, h in zip(after, start)) > 1e-2
+
+
+def test_reward_group_scores_by_rule_and_shapes_scores_like_the_samples(local_ray):
+    cfg = RunConfig()
+    cfg.cluster.reward_ranks, cfg.cluster.reward_cpus = 2, 0.5
+    group = RewardGroup(cfg, default_fn="dpo_ray.tasks.number_words:reward")
+    try:
+        scores = group.score(CHAT[:3], [["zero", "zer0"], ["one"], ["too", "two", "two "]])
+    finally:
+        group.shutdown()
+    assert scores == [[1.0, 0.0], [1.0], [0.0, 1.0, 1.0]]
+
+
+def test_reward_group_serves_a_reward_model(local_ray, tmp_path, tokenizer):
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from dpo_ray.workers.reward import ModelRewardWorker
+
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, num_labels=1, pad_token_id=tokenizer.pad_token_id)
+    LlamaForSequenceClassification(config).save_pretrained(tmp_path / "rm", safe_serialization=True)
+    tokenizer.save_pretrained(tmp_path / "rm")
+    cfg = RunConfig()
+    cfg.reward.model_path, cfg.cluster.reward_ranks, cfg.cluster.reward_cpus = str(tmp_path / "rm"), 2, 0.5
+    group = RewardGroup(cfg)
+    try:
+        scores = group.score(CHAT[:2], [["zero", "one", "two"], ["three"]])
+    finally:
+        group.shutdown()
+    local = ModelRewardWorker(str(tmp_path / "rm"), micro_batch_size=8, max_length=64)
+    expected = local.score([(CHAT[0], r) for r in ["zero", "one", "two"]] + [(CHAT[1], "three")])
+    assert [len(s) for s in scores] == [3, 1]
+    assert sum(scores, []) == pytest.approx(expected, abs=1e-5)
