@@ -33,6 +33,7 @@ from .trainer import PolicyTrainer
 
 log = logging.getLogger(__name__)
 PHASES = ("generate", "score", "pairs", "reference", "train", "sync", "eval")
+EMPTY = "EMPTY"  # marks a round directory that holds no rows
 
 
 @dataclass
@@ -130,7 +131,7 @@ class OnlineCampaign:
         cfg, inputs = self.cfg, self.inputs
         state = self._finished_state() if cfg.online.resume else None
         result = OnlineResult(self.run_dir, self.run_dir / "final", resumed_from=state["round"] if state else 0)
-        groups = []
+        groups, began = [], time.perf_counter()
         try:
             rollout = RolloutGroup(cfg, inputs.model_path)
             groups.append(rollout)
@@ -142,6 +143,7 @@ class OnlineCampaign:
                 reference.start()  # every round needs it: its replicas load while the policy starts
             policy = PolicyGroup(cfg, inputs.model_path, self.total_steps, self.accumulation, self.env)
             groups.append(policy)
+            log.info("rollout, reward, reference and policy groups started in %.1fs", time.perf_counter() - began)
             writer = MetricsWriter(self.run_dir, append=state is not None)
             trainer = PolicyTrainer(cfg, policy, writer, self.accumulation, self.run_dir / "checkpoints", self.total_steps,
                                     step=state["step"] if state else 0)
@@ -231,9 +233,7 @@ class OnlineCampaign:
         return [{"role": "assistant", "content": text}] if isinstance(prompt, list) else text
 
     def _tokenized(self, source: Path) -> List[TokenizedPair]:
-        import datasets
-
-        if datasets.load_from_disk(str(source)).num_rows == 0:
+        if (source / EMPTY).exists():
             return []
         pairs, report = load_pairs([str(source)], self.tokenizer, _settings(self.cfg), self.cfg.data.on_error)
         log.info("%s: %s", source, report.summary())
@@ -282,7 +282,12 @@ class OnlineCampaign:
 
 
 def _save_rows(directory: Path, rows: List[Dict]) -> None:
+    """A datasets directory; no rows leave the directory with only a note (datasets cannot reload an empty save)."""
     import datasets
 
+    if not rows:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / EMPTY).write_text("this round produced no rows\n")
+        return
     datasets.disable_progress_bars()
     datasets.Dataset.from_list(rows).save_to_disk(str(directory))

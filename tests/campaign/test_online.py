@@ -60,3 +60,25 @@ def test_a_campaign_stopped_after_round_1_resumes_at_round_2_with_the_same_pairs
     assert pairs_of(resumed, 2) == pairs_of(two_rounds, 2)
     same = lambda row: {k: v for k, v in row.items() if not k.startswith("time/")}
     assert same(resumed.rounds[2]) == same(two_rounds.rounds[2])
+
+
+def test_replay_and_offline_pairs_are_mixed_in_by_ratio(run_config, tiny_model_dir):
+    """No Ray: the mixing reads earlier rounds' pair datasets from the run directory."""
+    from dpo_ray.campaign.online import OnlineInputs, _save_rows
+    from dpo_ray.tasks.number_words import prompt
+
+    from ..conftest import make_pairs
+
+    cfg = run_config
+    cfg.online.replay_ratio, cfg.online.offline_ratio = 1.0, 0.5
+    offline = make_pairs(30, seed=3)
+    campaign = OnlineCampaign(cfg, OnlineInputs(tiny_model_dir, tiny_model_dir, ["p"], [], offline))
+    for r, count in ((1, 3), (2, 0)):  # round 2 yielded no pairs
+        rows = [{"prompt": prompt(r * 10 + i), "chosen": "yes", "rejected": "no", "chosen_reward": 1.0,
+                 "rejected_reward": 0.0} for i in range(count)]
+        _save_rows(campaign.round_dir(r) / "pairs", rows)
+    extra = campaign._mixed_in(3, 4)
+    replayed, from_offline = extra[:3], extra[3:]
+    assert len(replayed) == 3 and len(from_offline) == 2  # at most what earlier rounds hold; 0.5 x 4 offline
+    assert all(p in offline for p in from_offline) and not any(p in offline for p in replayed)
+    assert campaign._mixed_in(3, 4) == extra  # seeded

@@ -105,3 +105,25 @@ def test_reward_group_serves_a_reward_model(local_ray, tmp_path, tokenizer):
     expected = local.score([(CHAT[0], r) for r in ["zero", "one", "two"]] + [(CHAT[1], "three")])
     assert [len(s) for s in scores] == [3, 1]
     assert sum(scores, []) == pytest.approx(expected, abs=1e-5)
+
+
+def test_a_lora_policy_pushes_its_merged_weights(rollout, run_config, tiny_model_dir, tmp_path):
+    cfg = run_config
+    cfg.model.lora.enabled, cfg.model.lora.save_merged = True, True
+    cfg.train.optimizer, cfg.train.lr = "adamw", 0.05
+    pairs = make_pairs(4, seed=22)
+    sequences = [list(p.prompt_ids + p.chosen_ids) for p in pairs]
+    policy = PolicyGroup(cfg, tiny_model_dir, total_steps=2, accumulation=2, env=rank_env(device_spec(0), threads=1))
+    try:
+        _, plan = build_micro_batches(pairs, range(4), 1, 2, ([-30.0] * 4, [-30.0] * 4), per_rank=2)
+        for _ in range(2):  # peft starts B at zero: the second step makes the adapter matter
+            policy.train_step(plan, step_scale(pairs))
+        rollout.load_weights(policy.export_weights())
+        policy.save_pretrained(str(tmp_path / "adapter"))
+    finally:
+        policy.shutdown()
+    merged = hf_token_logprobs(AutoModelForCausalLM.from_pretrained(tmp_path / "adapter" / "merged"), sequences)
+    base = hf_token_logprobs(AutoModelForCausalLM.from_pretrained(tiny_model_dir), sequences)
+    after = rollout.prompt_logprobs(sequences)
+    assert max((torch.tensor(v) - h).abs().max().item() for v, h in zip(after, merged)) <= 1e-4
+    assert max((torch.tensor(v) - h).abs().max().item() for v, h in zip(after, base)) > 1e-3
