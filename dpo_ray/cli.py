@@ -10,6 +10,8 @@ from typing import List, Optional
 USAGE = """usage: dpo-ray train [OVERRIDE ...]     offline DPO on a preference dataset (configs/train.yaml)
        dpo-ray online [OVERRIDE ...]    online / iterative DPO: vLLM samples -> rewards -> pairs -> DPO -> weight sync
                                         (configs/online.yaml)
+       dpo-ray submit [OPTIONS] {train,online} [OVERRIDE ...]
+                                        the same, as a Ray job on an existing cluster (dpo-ray submit --help)
 
 Overrides are Hydra's: key=value (algo.beta=0.2 cluster.policy_ranks=2) or group=preset (train=default).
 Both default runs use the embedded number-words task and print what changed.
@@ -82,10 +84,17 @@ def online(overrides: List[str]) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or "--help" in argv or "-h" in argv:
+    if not argv or argv[0] in ("-h", "--help") or (argv[0] != "submit" and ("--help" in argv or "-h" in argv)):
         print(help_text())
         return 0
     command, overrides = argv[0], argv[1:]
+    if command == "submit":
+        from .submit import USAGE as SUBMIT_USAGE, submit
+
+        if not overrides or overrides[0] in ("-h", "--help"):
+            print(SUBMIT_USAGE)
+            return 0
+        return submit(overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if command in ("train", "online"):
         return {"train": train, "online": online}[command](overrides)

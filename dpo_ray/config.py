@@ -98,7 +98,8 @@ class ReferenceConfig:
 
 @dataclass
 class ClusterConfig:
-    address: str = opt("", "Ray cluster address; empty starts a local Ray, 'auto' joins the running cluster")
+    address: str = opt("", "Ray cluster address; empty: RAY_ADDRESS if set (as in `ray job submit`), else a local Ray; 'auto' joins the running cluster")
+    nodes: int = opt(0, "Ray nodes the run expects; > 0 fails fast when fewer are alive (the Slurm script sets it)")
     policy_ranks: int = opt(1, "policy group size: one DeepSpeed ZeRO-3 rank per Ray actor")
     reference_ranks: int = opt(1, "reference group size")
     placement: str = opt("PACK", "placement-group strategy: PACK, SPREAD, STRICT_PACK or STRICT_SPREAD")

@@ -5,6 +5,12 @@ cd "$(dirname "$0")/.."
 venv=${VENV:-.venv}
 python=${PYTHON:-python3}
 stamp="$venv/.dpo-ray-installed"
+# DPO_RAY_DEVICE=cuda|cpu overrides the nvidia-smi probe, which sees no GPU inside `docker build`.
+device=${DPO_RAY_DEVICE:-$(nvidia-smi -L >/dev/null 2>&1 && echo cuda || echo cpu)}
+case "$device" in
+  cuda | cpu) ;;
+  *) echo "DPO_RAY_DEVICE must be cuda or cpu, not '$device'" >&2; exit 2 ;;
+esac
 want=$(cat pyproject.toml constraints-cpu.txt scripts/setup.sh | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
@@ -12,7 +18,7 @@ fi
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 # pip warns once per package about the machine's local index mirrors; keep its real messages.
 pip() { "$venv/bin/python" -m pip "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }; }
-if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+if [ "$device" = cuda ]; then
   # CUDA box: vLLM's CUDA wheel decides the torch build it needs.
   pip install -q -e ".[cuda,dev]"
 else

@@ -56,6 +56,12 @@ def run_config(tmp_path) -> RunConfig:
     return cfg
 
 
+@pytest.fixture(scope="session")
+def task_cache_dir(tmp_path_factory):
+    """One cache for the tests that build the embedded task (26 s), so it is built once per session."""
+    return tmp_path_factory.mktemp("task-cache")
+
+
 @pytest.fixture(scope="module")
 def local_ray(tmp_path_factory):
     """One local Ray per test module (Ray start-up costs ~10 s)."""

@@ -18,7 +18,7 @@ from ..workers.models import load_tokenizer
 from .atomic import write_text
 from .metrics import MetricsWriter
 from .reference import ReferenceScorer
-from .runtime import ensure_ray
+from .runtime import ensure_ray, group_needs
 from .trainer import PolicyTrainer
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,9 @@ class OfflineCampaign:
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_text(self.run_dir / "config.json", json.dumps(asdict(cfg), indent=2))
-        started = ensure_ray(cfg.cluster, cpus_needed=cfg.cluster.cpus_per_rank * (cfg.cluster.policy_ranks + cfg.cluster.reference_ranks))
+        lora = cfg.model.lora.enabled
+        # Without LoRA the reference group finishes before the policy group starts: they need not fit together.
+        started = ensure_ray(cfg.cluster, group_needs(cfg, self.uses_reference and not lora, online=False), concurrent=False)
         try:
             return self._run()
         finally:

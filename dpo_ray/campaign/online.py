@@ -28,7 +28,7 @@ from .atomic import write_dir, write_text
 from .metrics import MetricsWriter
 from .offline import accumulation_steps
 from .reference import ReferenceScorer
-from .runtime import ensure_ray
+from .runtime import ensure_ray, group_needs
 from .trainer import PolicyTrainer
 
 log = logging.getLogger(__name__)
@@ -113,12 +113,10 @@ class OnlineCampaign:
 
     # --- the campaign --------------------------------------------------------------------------------------------
     def run(self) -> OnlineResult:
-        c = self.cfg.cluster
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_text(self.run_dir / "config.json", json.dumps(asdict(self.cfg), indent=2))
-        cpus = (c.cpus_per_rank * (c.policy_ranks + c.reference_ranks) + c.rollout_cpus * c.rollout_engines
-                + c.reward_cpus * c.reward_ranks)
-        started = ensure_ray(c, cpus_needed=cpus)
+        reference = self.uses_reference and not self.cfg.model.lora.enabled
+        started = ensure_ray(self.cfg.cluster, group_needs(self.cfg, reference, online=True))
         try:
             return self._run()
         finally:

@@ -1,21 +1,50 @@
-"""Starting or joining Ray for a campaign."""
+"""Starting or joining Ray for a campaign, and checking that its groups fit before any actor starts."""
 from __future__ import annotations
 
 import os
+from typing import List, Sequence
 
 import ray
 
-from ..config import ClusterConfig
+from ..config import ClusterConfig, RunConfig
+from ..groups.resources import GroupNeed, alive_nodes, check_fit
 
 
-def ensure_ray(cluster: ClusterConfig, cpus_needed: float) -> bool:
-    """Join cluster.address, or start a local Ray sized for the groups; returns True if this call started it."""
-    if ray.is_initialized():
-        return False
-    if cluster.address:
-        ray.init(address=cluster.address, log_to_driver=True)
-        return True
-    # Groups alternate phases, so a local run may reserve more CPUs than the machine has.
-    cpus = max(os.cpu_count() or 1, int(-(-cpus_needed // 1)))
-    ray.init(num_cpus=cpus, include_dashboard=False, object_store_memory=1 << 30, log_to_driver=True)
-    return True
+def ensure_ray(cluster: ClusterConfig, needs: Sequence[GroupNeed], concurrent: bool = True) -> bool:
+    """Join cluster.address (or RAY_ADDRESS, as set inside `ray job submit`), or start a local Ray sized for the groups;
+    then check the groups fit (all at once, or one at a time when not concurrent). Returns True if this call started
+    or joined Ray (and so should shut it down)."""
+    started = False
+    if not ray.is_initialized():
+        address = cluster.address or os.environ.get("RAY_ADDRESS", "")
+        if address:
+            ray.init(address=address, log_to_driver=True)
+        else:
+            # Groups alternate phases, so a local run may reserve more CPUs than the machine has.
+            per_group = [n.size * n.cpus for n in needs]
+            wanted = sum(per_group) if concurrent else max(per_group, default=1)
+            ray.init(num_cpus=max(os.cpu_count() or 1, int(-(-wanted // 1))), include_dashboard=False,
+                     object_store_memory=1 << 30, log_to_driver=True)
+        started = True
+    try:
+        nodes = alive_nodes()
+        for together in ([needs] if concurrent else [[n] for n in needs]):
+            check_fit(together, nodes, cluster.placement, cluster.nodes)
+    except ValueError:
+        if started:
+            ray.shutdown()
+        raise
+    return started
+
+
+def group_needs(cfg: RunConfig, reference: bool, online: bool) -> List[GroupNeed]:
+    """What each group of a run asks of the cluster: ranks, and CPUs and GPUs per rank."""
+    c = cfg.cluster
+    needs = [GroupNeed("policy", c.policy_ranks, c.cpus_per_rank, c.gpus_per_rank)]
+    if reference:
+        needs.append(GroupNeed("reference", c.reference_ranks, c.cpus_per_rank, c.gpus_per_rank))
+    if online:
+        needs.append(GroupNeed("rollout", c.rollout_engines, c.rollout_cpus, c.rollout_tensor_parallel if c.gpus_per_rank else 0.0))
+        model_reward = not cfg.reward.fn and bool(cfg.reward.model_path)
+        needs.append(GroupNeed("reward", c.reward_ranks, c.reward_cpus, c.gpus_per_rank if model_reward else 0.0))
+    return needs

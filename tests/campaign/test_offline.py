@@ -64,13 +64,13 @@ def test_lora_run_scores_the_reference_with_the_adapter_off_and_saves_adapter_an
     assert result.after["eval_logps/chosen"] == pytest.approx(merged_out.chosen_logps.mean().item(), abs=1e-4)
 
 
-def test_embedded_task_end_to_end_improves_held_out_and_sampled_accuracy(local_ray, tmp_path_factory):
+def test_embedded_task_end_to_end_improves_held_out_and_sampled_accuracy(local_ray, tmp_path_factory, task_cache_dir):
     from dpo_ray.cli import compose
     from dpo_ray.campaign.summary import task_metrics
     from dpo_ray.workers.models import load_tokenizer
 
     run_dir = tmp_path_factory.mktemp("e2e")
-    cfg = compose([f"output_dir={run_dir}", f"cache_dir={run_dir / 'cache'}", "progress=false", "train.epochs=2",
+    cfg = compose([f"output_dir={run_dir}", f"cache_dir={task_cache_dir}", "progress=false", "train.epochs=2",
                    "train.checkpoint_every=10"])
     campaign = OfflineCampaign(cfg)
     result = campaign.run()

@@ -13,8 +13,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("online-cache")
+def cache_dir(task_cache_dir):
+    return task_cache_dir
 
 
 def run_online(run_dir, cache_dir, rounds):

@@ -1,0 +1,51 @@
+"""Checking that the groups a run will start fit the Ray cluster, before any actor starts."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Sequence
+
+
+@dataclass(frozen=True)
+class GroupNeed:
+    name: str
+    size: int
+    cpus: float
+    gpus: float
+
+    def bundle(self) -> Dict[str, float]:
+        return {"CPU": self.cpus, **({"GPU": self.gpus} if self.gpus else {})}
+
+
+def _fits(bundle: Dict[str, float], node: Dict[str, float]) -> bool:
+    return all(node.get(k, 0.0) >= v for k, v in bundle.items())
+
+
+def check_fit(needs: Sequence[GroupNeed], nodes: Sequence[Dict[str, float]], strategy: str, expected_nodes: int = 0) -> None:
+    """Raise a ValueError naming the group and the shortfall when the groups (alive at the same time) cannot be placed
+    on these nodes' resources (one dict per alive node)."""
+    if expected_nodes and len(nodes) < expected_nodes:
+        raise ValueError(f"cluster.nodes={expected_nodes}, but the Ray cluster has {len(nodes)} alive node(s)")
+    totals = {k: sum(n.get(k, 0.0) for n in nodes) for k in ("CPU", "GPU")}
+    for need in needs:
+        bundle = need.bundle()
+        hosts = [n for n in nodes if _fits(bundle, n)]
+        if not hosts:
+            raise ValueError(f"{need.name} group: no node has {bundle} for one rank "
+                             f"(largest node: {max(nodes, key=lambda n: n.get('GPU', 0) + n.get('CPU', 0), default={})})")
+        if strategy == "STRICT_SPREAD" and len(hosts) < need.size:
+            raise ValueError(f"{need.name} group: STRICT_SPREAD needs {need.size} nodes with {bundle}, the cluster has {len(hosts)}")
+        if strategy == "STRICT_PACK" and not any(_fits({k: v * need.size for k, v in bundle.items()}, n) for n in nodes):
+            raise ValueError(f"{need.name} group: STRICT_PACK needs one node with {need.size} x {bundle}; none has it")
+    for resource in ("CPU", "GPU"):
+        wanted = sum(need.size * need.bundle().get(resource, 0.0) for need in needs)
+        if wanted > totals[resource] + 1e-9:
+            parts = ", ".join(f"{n.name} {n.size} x {n.bundle().get(resource, 0.0):g}" for n in needs if n.bundle().get(resource))
+            raise ValueError(f"the groups need {wanted:g} {resource} ({parts}) but the Ray cluster has {totals[resource]:g}: "
+                             f"short by {wanted - totals[resource]:g}")
+
+
+def alive_nodes() -> List[Dict[str, float]]:
+    """Each alive Ray node's total resources."""
+    import ray
+
+    return [dict(n["Resources"]) for n in ray.nodes() if n["Alive"]]
