@@ -99,7 +99,8 @@ class ReferenceConfig:
 @dataclass
 class ClusterConfig:
     address: str = opt("", "Ray cluster address; empty: RAY_ADDRESS if set (as in `ray job submit`), else a local Ray; 'auto' joins the running cluster")
-    nodes: int = opt(0, "Ray nodes the run expects; > 0 fails fast when fewer are alive (the Slurm script sets it)")
+    nodes: int = opt(0, "Ray nodes the run expects; > 0 waits up to nodes_wait_s for them to join, then fails (the Slurm script sets it)")
+    nodes_wait_s: float = opt(300.0, "how long to wait for cluster.nodes nodes to be alive before failing")
     policy_ranks: int = opt(1, "policy group size: one DeepSpeed ZeRO-3 rank per Ray actor")
     reference_ranks: int = opt(1, "reference group size")
     placement: str = opt("PACK", "placement-group strategy: PACK, SPREAD, STRICT_PACK or STRICT_SPREAD")

@@ -1,13 +1,17 @@
 """Starting or joining Ray for a campaign, and checking that its groups fit before any actor starts."""
 from __future__ import annotations
 
+import logging
 import os
-from typing import List, Sequence
+import time
+from typing import Dict, List, Sequence
 
 import ray
 
 from ..config import ClusterConfig, RunConfig
 from ..groups.resources import GroupNeed, alive_nodes, check_fit
+
+log = logging.getLogger(__name__)
 
 
 def ensure_ray(cluster: ClusterConfig, needs: Sequence[GroupNeed], concurrent: bool = True) -> bool:
@@ -27,7 +31,7 @@ def ensure_ray(cluster: ClusterConfig, needs: Sequence[GroupNeed], concurrent: b
                      object_store_memory=1 << 30, log_to_driver=True)
         started = True
     try:
-        nodes = alive_nodes()
+        nodes = wait_for_nodes(cluster.nodes, cluster.nodes_wait_s)
         for together in ([needs] if concurrent else [[n] for n in needs]):
             check_fit(together, nodes, cluster.placement, cluster.nodes)
     except ValueError:
@@ -35,6 +39,17 @@ def ensure_ray(cluster: ClusterConfig, needs: Sequence[GroupNeed], concurrent: b
             ray.shutdown()
         raise
     return started
+
+
+def wait_for_nodes(expected: int, timeout_s: float) -> List[Dict[str, float]]:
+    """The alive nodes, once there are at least `expected` of them or timeout_s has passed (then check_fit says so)."""
+    deadline = time.monotonic() + timeout_s
+    nodes = alive_nodes()
+    while len(nodes) < expected and time.monotonic() < deadline:
+        log.info("waiting for Ray nodes: %d of %d alive", len(nodes), expected)
+        time.sleep(2)
+        nodes = alive_nodes()
+    return nodes
 
 
 def group_needs(cfg: RunConfig, reference: bool, online: bool) -> List[GroupNeed]:

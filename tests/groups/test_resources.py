@@ -38,3 +38,11 @@ def test_gpu_presets_fill_their_cluster_exactly(preset, nodes):
     assert sum(n.size * n.gpus for n in needs) == 8 * nodes
     with pytest.raises(ValueError, match="short by"):
         check_fit(needs, [{"CPU": 64.0, "GPU": 7.0}] * nodes, cfg.cluster.placement)
+
+
+def test_the_slurm_shape_of_a_run_comes_from_its_config():
+    from dpo_ray.slurm import shape
+
+    assert shape("online", ["cluster=multi_node", "reward.model_path=/models/rm"]) == (4, 8)
+    assert shape("train", ["cluster=single_node_8gpu"]) == (1, 4)  # the reference finishes before the policy starts
+    assert shape("online", []) == (1, 0)
