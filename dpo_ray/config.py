@@ -86,7 +86,10 @@ class TrainConfig:
     max_grad_norm: float = opt(1.0, "gradient clipping norm; 0 disables clipping")
     seed: int = opt(42, "seed of model init, dropout and sampling")
     eval_every: int = opt(0, "evaluate held-out pairs every this many steps (also at start and end); 0: start and end only")
-    checkpoint_every: int = opt(0, "write a DeepSpeed checkpoint every this many steps; 0 disables")
+    checkpoint_every: int = opt(0, "write a checkpoint (DeepSpeed shards, optimizer, scheduler, run state) every this many steps; 0 disables")
+    keep_checkpoints: int = opt(3, "keep the newest this-many complete checkpoints; older ones are deleted")
+    on_nonfinite: str = opt("stop", "a non-finite loss: stop (after saving the rows) or skip (its micro-batch adds no gradient; rows saved and counted)")
+    max_restarts: int = opt(2, "after a lost actor or a hung call: restart the groups from the latest checkpoint up to this many times")
     log_every: int = opt(1, "write metrics every this many steps")
 
 
@@ -107,6 +110,7 @@ class ClusterConfig:
     cpus_per_rank: float = opt(1.0, "CPUs reserved per actor")
     gpus_per_rank: float = opt(0.0, "GPUs per actor; > 0 selects CUDA, NCCL and bf16")
     torch_threads: int = opt(0, "torch threads per actor; 0 means cpus_per_rank rounded up")
+    call_timeout_s: float = opt(1800.0, "longest a group call (a step, a scoring pass) may take before the run treats it as hung")
     rollout_engines: int = opt(1, "online: vLLM engines in the rollout group (prompts are sharded across them)")
     rollout_tensor_parallel: int = opt(1, "online: GPUs per vLLM engine (tensor parallel; GPU clusters only)")
     rollout_cpus: float = opt(1.0, "online: CPUs reserved per vLLM engine")
@@ -148,7 +152,6 @@ class OnlineConfig:
     replay_ratio: float = opt(0.0, "add this many earlier rounds' pairs per new pair (sampled, seeded)")
     offline_ratio: float = opt(0.0, "add this many pairs from data.train_files per new pair (sampled, seeded)")
     epochs_per_round: int = opt(2, "passes over each round's pairs")
-    resume: bool = opt(True, "continue from the last finished round found in output_dir")
     seed: int = opt(1234, "seed of prompt sampling and generation (per round and prompt, so engine count does not matter)")
 
 
@@ -166,6 +169,7 @@ class RunConfig:
     output_dir: str = opt("runs/latest", "run directory: metrics, checkpoints, the final model")
     cache_dir: str = opt("~/.cache/dpo-ray", "cache of built tasks and reference log-probs")
     progress: bool = opt(True, "show a progress bar")
+    resume: str = opt("auto", "auto: continue from the latest complete checkpoint (online: finished round) in output_dir; never: start over")
     model: ModelConfig = sub(ModelConfig, "policy and reference models")
     data: DataConfig = sub(DataConfig, "preference data")
     algo: AlgoConfig = sub(AlgoConfig, "loss")

@@ -16,9 +16,10 @@ from ..objective import needs_reference
 from ..workers.device import device_spec, rank_env, rank_threads
 from ..workers.models import load_tokenizer
 from .atomic import write_text
+from .checkpoints import CheckpointStore, resume_mode
 from .metrics import MetricsWriter
 from .reference import ReferenceScorer
-from .runtime import ensure_ray, group_needs
+from .runtime import ensure_ray, group_needs, with_restarts
 from .trainer import PolicyTrainer
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ class OfflineResult:
     reference_computed: bool = False  # whether reference log-probs were computed (not cached, not reference-free)
     step_seconds: List[float] = field(default_factory=list)
     policy_nodes: List[str] = field(default_factory=list)  # Ray node id of each policy rank
+    resumed_from: Optional[str] = None  # the checkpoint the (last) attempt started from
+    restarts: List[Dict] = field(default_factory=list)  # one per recovery: what failed, and the seconds it cost
 
 
 def prepare_inputs(cfg: RunConfig) -> Inputs:
@@ -80,6 +83,8 @@ class OfflineCampaign:
         self.spec = device_spec(cfg.cluster.gpus_per_rank, cfg.model.dtype)
         self.env = rank_env(self.spec, rank_threads(cfg.cluster.cpus_per_rank, cfg.cluster.torch_threads))
         self.reference = ReferenceScorer(cfg, self.inputs.reference_path, self.spec, self.env)
+        self.checkpoints = CheckpointStore(self.run_dir / "checkpoints", cfg.train.keep_checkpoints)
+        self.policy: Optional[PolicyGroup] = None  # the live policy group, while one runs
         t = cfg.train
         self.accumulation = accumulation_steps(cfg)
         self.steps_per_epoch = math.ceil(len(self.inputs.train) / t.batch_size)
@@ -92,8 +97,11 @@ class OfflineCampaign:
         lora = cfg.model.lora.enabled
         # Without LoRA the reference group finishes before the policy group starts: they need not fit together.
         started = ensure_ray(cfg.cluster, group_needs(cfg, self.uses_reference and not lora, online=False), concurrent=False)
+        restarts: List[Dict] = []
         try:
-            return self._run()
+            result = with_restarts(self._run, resume_mode(cfg.resume), cfg.train.max_restarts, restarts)
+            result.restarts = restarts
+            return result
         finally:
             self.reference.shutdown()
             if started:
@@ -101,16 +109,17 @@ class OfflineCampaign:
 
                 ray.shutdown()
 
-    def _run(self) -> OfflineResult:
+    def _run(self, resume: bool) -> OfflineResult:
         cfg, inputs = self.cfg, self.inputs
+        state = self.checkpoints.latest() if resume else None
         everything = inputs.train + inputs.eval
         lora = cfg.model.lora.enabled
-        result = OfflineResult(self.run_dir, self.run_dir / "final", reference_computed=False)
+        result = OfflineResult(self.run_dir, self.run_dir / "final", resumed_from=state["tag"] if state else None)
         reference = None
         if self.uses_reference and not lora:
             reference, result.reference_computed = self.reference.logps(everything)
             self.reference.shutdown()  # offline runs need the reference group only once
-        policy = PolicyGroup(cfg, inputs.model_path, self.total_steps, self.accumulation, self.env)
+        policy = self.policy = PolicyGroup(cfg, inputs.model_path, self.total_steps, self.accumulation, self.env)
         result.policy_nodes = policy.group.node_ids()
         log.info("policy ranks on %d node(s): %s", len(set(result.policy_nodes)), result.policy_nodes)
         try:
@@ -119,19 +128,25 @@ class OfflineCampaign:
             n_train = len(inputs.train)
             train_ref = None if reference is None else (reference[0][:n_train], reference[1][:n_train])
             eval_ref = None if reference is None else (reference[0][n_train:], reference[1][n_train:])
-            self._train(policy, train_ref, eval_ref, result)
+            if state:
+                log.info("resuming from checkpoint %s (step %d)", state["tag"], state["step"])
+                self.checkpoints.load(policy, state)
+            self._train(policy, train_ref, eval_ref, result, state)
             policy.save_pretrained(str(result.final_model))
         finally:
+            self.policy = None
             policy.shutdown()
         return result
 
-    def _train(self, policy: PolicyGroup, train_ref, eval_ref, result: OfflineResult) -> None:
-        writer = MetricsWriter(self.run_dir)
-        trainer = PolicyTrainer(self.cfg, policy, writer, self.accumulation, self.run_dir / "checkpoints", self.total_steps)
+    def _train(self, policy: PolicyGroup, train_ref, eval_ref, result: OfflineResult, state: Optional[Dict]) -> None:
+        writer = MetricsWriter(self.run_dir, append=state is not None)
+        step = state["step"] if state else 0
+        trainer = PolicyTrainer(self.cfg, policy, writer, self.accumulation, self.checkpoints, self.total_steps, step)
         try:
-            result.before = trainer.evaluate(self.inputs.eval, eval_ref)
+            result.before = state["before"] if state else trainer.evaluate(self.inputs.eval, eval_ref)
+            trainer.checkpoint_state = {"before": result.before}
             trainer.train(self.inputs.train, train_ref, math.ceil(self.total_steps / self.steps_per_epoch),
-                          self.cfg.data.shuffle_seed, self.inputs.eval, eval_ref)
+                          self.cfg.data.shuffle_seed, self.inputs.eval, eval_ref, skip_batches=step)
             result.after = trainer.evaluate(self.inputs.eval, eval_ref)
             result.step_seconds = trainer.step_seconds
         finally:

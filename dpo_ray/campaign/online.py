@@ -28,7 +28,8 @@ from .atomic import write_dir, write_text
 from .metrics import MetricsWriter
 from .offline import accumulation_steps
 from .reference import ReferenceScorer
-from .runtime import ensure_ray, group_needs
+from .checkpoints import CheckpointStore, resume_mode
+from .runtime import ensure_ray, group_needs, with_restarts
 from .trainer import PolicyTrainer
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class OnlineResult:
     final_model: Path
     rounds: List[Dict] = field(default_factory=list)  # one summary row per round; row 0 is the starting policy
     resumed_from: int = 0  # the last finished round found on disk (0: a fresh start)
+    restarts: List[Dict] = field(default_factory=list)  # one per recovery from a lost actor or a hung call
 
 
 def _as_messages(prompt: str) -> List[dict]:
@@ -109,7 +111,7 @@ class OnlineCampaign:
         most_pairs = per_round * o.max_pairs_per_prompt * (1 + o.replay_ratio + o.offline_ratio)
         # An upper bound for the learning-rate schedule: a round never yields more pairs than this.
         self.total_steps = o.rounds * o.epochs_per_round * math.ceil(most_pairs / cfg.train.batch_size)
-        self.state_file = self.run_dir / "online_state.json"
+        self.round_checkpoints = CheckpointStore(self.run_dir / "round_checkpoints", cfg.train.keep_checkpoints)
 
     # --- the campaign --------------------------------------------------------------------------------------------
     def run(self) -> OnlineResult:
@@ -117,17 +119,20 @@ class OnlineCampaign:
         write_text(self.run_dir / "config.json", json.dumps(asdict(self.cfg), indent=2))
         reference = self.uses_reference and not self.cfg.model.lora.enabled
         started = ensure_ray(self.cfg.cluster, group_needs(self.cfg, reference, online=True))
+        restarts: List[Dict] = []
         try:
-            return self._run()
+            result = with_restarts(self._run, resume_mode(self.cfg.resume), self.cfg.train.max_restarts, restarts)
+            result.restarts = restarts
+            return result
         finally:
             if started:
                 import ray
 
                 ray.shutdown()
 
-    def _run(self) -> OnlineResult:
+    def _run(self, resume: bool) -> OnlineResult:
         cfg, inputs = self.cfg, self.inputs
-        state = self._finished_state() if cfg.online.resume else None
+        state = self._finished_state() if resume else None
         result = OnlineResult(self.run_dir, self.run_dir / "final", resumed_from=state["round"] if state else 0)
         groups, began = [], time.perf_counter()
         try:
@@ -143,12 +148,13 @@ class OnlineCampaign:
             groups.append(policy)
             log.info("rollout, reward, reference and policy groups started in %.1fs", time.perf_counter() - began)
             writer = MetricsWriter(self.run_dir, append=state is not None)
-            trainer = PolicyTrainer(cfg, policy, writer, self.accumulation, self.run_dir / "checkpoints", self.total_steps,
-                                    step=state["step"] if state else 0)
+            trainer = PolicyTrainer(cfg, policy, writer, self.accumulation,
+                                    CheckpointStore(self.run_dir / "checkpoints", cfg.train.keep_checkpoints),
+                                    self.total_steps, step=state["step"] if state else 0)
             try:
                 if state:
                     log.info("resuming after round %d (step %d) from %s", state["round"], state["step"], self.run_dir)
-                    policy.load_checkpoint(str(self.run_dir / "checkpoints"), f"round_{state['round']}")
+                    self.round_checkpoints.load(policy, state)
                     rollout.load_weights(policy.export_weights())
                     result.rounds = state["rows"]
                 else:
@@ -265,16 +271,13 @@ class OnlineCampaign:
         return self.run_dir / "rounds" / f"round_{r:03d}"
 
     def _finish_round(self, r: int, policy: PolicyGroup, step: int, rows: List[Dict]) -> None:
-        """Checkpoint, then the summary, then the state file last: a crash before it leaves round r unfinished."""
-        policy.save_checkpoint(str(self.run_dir / "checkpoints"), f"round_{r}")
+        """The summary, then the round's checkpoint (its state names the round): a crash before leaves round r unfinished."""
         write_text(self.run_dir / "rounds.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
-        write_text(self.state_file, json.dumps({"round": r, "step": step, "rows": rows}))
+        self.round_checkpoints.save(policy, f"round_{r}", {"round": r, "step": step, "rows": rows})
 
     def _finished_state(self) -> Optional[Dict]:
-        if not self.state_file.exists():
-            return None
-        state = json.loads(self.state_file.read_text())
-        if state["round"] >= self.cfg.online.rounds:
+        state = self.round_checkpoints.latest()
+        if state and state["round"] >= self.cfg.online.rounds:
             log.info("%s: all %d rounds already finished; running none", self.run_dir, self.cfg.online.rounds)
         return state
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Dict, List, Sequence
+from typing import Callable, Dict, List, Sequence, TypeVar
 
 import ray
 
@@ -12,6 +12,7 @@ from ..config import ClusterConfig, RunConfig
 from ..groups.resources import GroupNeed, alive_nodes, check_fit
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def ensure_ray(cluster: ClusterConfig, needs: Sequence[GroupNeed], concurrent: bool = True) -> bool:
@@ -63,3 +64,24 @@ def group_needs(cfg: RunConfig, reference: bool, online: bool) -> List[GroupNeed
         model_reward = not cfg.reward.fn and bool(cfg.reward.model_path)
         needs.append(GroupNeed("reward", c.reward_ranks, c.reward_cpus, c.gpus_per_rank if model_reward else 0.0))
     return needs
+
+
+def with_restarts(attempt_fn: Callable[[bool], T], resume: bool, max_restarts: int, restarts: List[Dict]) -> T:
+    """attempt_fn(resume) until it succeeds; after a lost actor or a hung call, again (resuming from the latest
+    checkpoint) up to max_restarts times. Each restart is recorded in restarts: what failed and when."""
+    from ray.exceptions import RayActorError
+
+    from ..groups.actor_group import GroupCallTimeout
+
+    for attempt in range(max_restarts + 1):
+        began = time.perf_counter()
+        try:
+            return attempt_fn(resume or attempt > 0)
+        except (RayActorError, GroupCallTimeout) as failure:
+            if attempt == max_restarts:
+                raise
+            restarts.append({"attempt": attempt + 1, "error": f"{type(failure).__name__}: {failure}"[:500],
+                             "failed_after_s": time.perf_counter() - began})
+            log.warning("attempt %d failed (%s); restarting the groups from the latest checkpoint (%d of %d restarts)",
+                        attempt + 1, type(failure).__name__, attempt + 1, max_restarts)
+    raise AssertionError("unreachable")

@@ -2,6 +2,9 @@
 Offline runs call it once; online rounds call it once per round, and the step count carries on."""
 from __future__ import annotations
 
+import json
+import logging
+import math
 import random
 import time
 from pathlib import Path
@@ -12,15 +15,28 @@ from ..data.batches import build_micro_batches, step_scale
 from ..data.tokenize import TokenizedPair
 from ..groups.policy_group import PolicyGroup
 from ..objective import reduce_metrics
+from .checkpoints import CheckpointStore
 from .metrics import MetricsWriter
 from .reference import ReferenceLogps
+
+log = logging.getLogger(__name__)
+NONFINITE_ROWS = "nonfinite_rows.jsonl"  # one line per step that met a non-finite loss: its pairs
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training met a non-finite loss and train.on_nonfinite says stop (or the weights can no longer be trusted)."""
 
 
 class PolicyTrainer:
     def __init__(self, cfg: RunConfig, policy: PolicyGroup, writer: MetricsWriter, accumulation: int,
-                 checkpoint_dir: Path, total_steps: int, step: int = 0):
+                 checkpoints: CheckpointStore, total_steps: int, step: int = 0, checkpoint_state: Optional[Dict] = None):
+        if cfg.train.on_nonfinite not in ("stop", "skip"):
+            raise ValueError(f"train.on_nonfinite must be stop or skip, got {cfg.train.on_nonfinite!r}")
         self.cfg, self.policy, self.writer = cfg, policy, writer
-        self.accumulation, self.checkpoint_dir, self.total_steps, self.step = accumulation, checkpoint_dir, total_steps, step
+        self.nonfinite_file = Path(cfg.output_dir).expanduser() / NONFINITE_ROWS
+        self.skipped_pairs = 0
+        self.accumulation, self.checkpoints, self.total_steps, self.step = accumulation, checkpoints, total_steps, step
+        self.checkpoint_state = checkpoint_state or {}  # saved with every step checkpoint (e.g. the metrics before training)
         self.step_seconds: List[float] = []
         from tqdm.auto import tqdm
 
@@ -35,38 +51,62 @@ class PolicyTrainer:
 
     def train(self, pairs: Sequence[TokenizedPair], reference: Optional[ReferenceLogps], epochs: int, shuffle_seed: int,
               eval_pairs: Sequence[TokenizedPair] = (), eval_reference: Optional[ReferenceLogps] = None,
-              last_step: Optional[int] = None) -> None:
-        """epochs passes over pairs (reshuffled each epoch), stopping early at last_step (a global step)."""
+              skip_batches: int = 0) -> None:
+        """epochs passes over pairs (reshuffled each epoch, so a resumed run skips the batches it already trained on),
+        stopping at the trainer's total_steps."""
         t = self.cfg.train
-        last_step = self.total_steps if last_step is None else last_step
+        batch_index = 0
         for epoch in range(epochs):
             order = list(range(len(pairs)))
             random.Random(shuffle_seed + epoch).shuffle(order)
             for start in range(0, len(order), t.batch_size):
-                if self.step >= last_step:
+                batch_index += 1
+                if batch_index <= skip_batches:
+                    continue
+                if self.step >= self.total_steps:
                     return
                 indices = order[start:start + t.batch_size]
                 self._step(pairs, indices, reference, epoch + start / len(order))
-                if t.eval_every and self.step % t.eval_every == 0 and self.step < last_step and eval_pairs:
+                if t.eval_every and self.step % t.eval_every == 0 and self.step < self.total_steps and eval_pairs:
                     self.evaluate(eval_pairs, eval_reference)
                 if t.checkpoint_every and self.step % t.checkpoint_every == 0:
-                    self.policy.save_checkpoint(str(self.checkpoint_dir), f"step_{self.step}")
+                    self.checkpoints.save(self.policy, f"step_{self.step}", {"step": self.step, **self.checkpoint_state})
 
     def _step(self, pairs: Sequence[TokenizedPair], indices: List[int], reference: Optional[ReferenceLogps], epoch: float) -> None:
         t = self.cfg.train
-        _, plan = build_micro_batches(pairs, indices, self.policy.size, t.micro_batch_size, reference, self.accumulation)
+        index_plan, plan = build_micro_batches(pairs, indices, self.policy.size, t.micro_batch_size, reference, self.accumulation)
         began = time.perf_counter()
         parts = self.policy.train_step(plan, step_scale([pairs[i] for i in indices]))
         seconds = time.perf_counter() - began
         self.step += 1
+        self._guard([[index_plan[rank][m][j] for m, positions in enumerate(part.pop("nonfinite")) for j in positions]
+                     for rank, part in enumerate(parts)], parts[0]["grad_norm"])
         self.step_seconds.append(seconds)
         metrics = reduce_metrics(parts)
         metrics.update(grad_norm=parts[0]["grad_norm"], learning_rate=parts[0]["learning_rate"], epoch=epoch,
                        step_seconds=seconds, tokens_per_second=sum(pairs[i].tokens for i in indices) / seconds)
+        if self.skipped_pairs:
+            metrics["nonfinite/skipped_pairs"] = self.skipped_pairs
         if self.step % t.log_every == 0:
             self.writer.write(self.step, metrics)
         self.progress.update(1)
         self.progress.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['rewards/accuracies']:.2f}")
+
+    def _guard(self, nonfinite: List[List[int]], grad_norm: float) -> None:
+        """Non-finite losses: their pairs (indices into this call's pairs) are saved; the run stops or skips them."""
+        rows = sorted(i for rank_rows in nonfinite for i in rank_rows)
+        if not rows:
+            return
+        self.skipped_pairs += len(rows)
+        with self.nonfinite_file.open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": self.step, "rows": rows}) + "\n")
+        where = f"step {self.step}: non-finite loss on {len(rows)} pair(s) {rows[:20]} (all in {self.nonfinite_file})"
+        if self.cfg.train.max_grad_norm and not math.isfinite(grad_norm):
+            raise NonFiniteLossError(f"{where}; the gradient norm is {grad_norm}, so the weights are no longer trustworthy: "
+                                     "resume from the last checkpoint (lower the learning rate, or fix the rows)")
+        if self.cfg.train.on_nonfinite == "stop":
+            raise NonFiniteLossError(f"{where}; stopping (train.on_nonfinite=skip trains on without them)")
+        log.warning("%s; skipped (%d pairs so far)", where, self.skipped_pairs)
 
     def close(self) -> None:
         self.progress.close()

@@ -15,6 +15,8 @@ def _rows(sources: Sequence[Any], policy: ErrorPolicy) -> Iterator[PreferenceRow
         for source, index, raw in iter_rows(spec):
             policy.report.rows += 1
             try:
+                if isinstance(raw, DataError):
+                    raise raw
                 yield normalise(raw, source, index)
             except DataError as error:
                 policy.handle(error)

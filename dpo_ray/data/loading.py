@@ -7,7 +7,7 @@ from typing import Any, Iterator, Tuple, Union
 
 from .errors import DataError
 
-RawRow = Tuple[str, int, Any]  # (source, row index, raw row)
+RawRow = Tuple[str, int, Any]  # (source, row index, raw row, or the DataError that reading it raised)
 
 
 def iter_rows(spec: Union[str, Path, Any]) -> Iterator[RawRow]:
@@ -22,17 +22,21 @@ def iter_rows(spec: Union[str, Path, Any]) -> Iterator[RawRow]:
     elif not path.exists():
         raise FileNotFoundError(f"{source}: no such preference file or directory")
     elif path.suffix == ".jsonl":
-        with path.open(encoding="utf-8") as f:
-            for index, line in enumerate(f):
-                if not line.strip():
+        with path.open("rb") as f:  # decoded line by line, so one bad line is one bad row, not a failed file
+            for index, raw in enumerate(f):
+                if not raw.strip():
                     continue
                 try:
-                    yield source, index, json.loads(line)
+                    yield source, index, json.loads(raw.decode("utf-8"))
+                except UnicodeDecodeError as e:
+                    yield source, index, DataError(source, index, "<utf-8>", f"not valid UTF-8 (byte {e.start})")
                 except json.JSONDecodeError as e:
-                    raise DataError(source, index, "<json>", f"not valid JSON ({e.msg} at column {e.colno})") from None
+                    yield source, index, DataError(source, index, "<json>", f"not valid JSON ({e.msg} at column {e.colno})")
     elif path.suffix == ".json":
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise DataError(source, 0, "<utf-8>", f"not valid UTF-8 (byte {e.start})") from None
         except json.JSONDecodeError as e:
             raise DataError(source, 0, "<json>", f"not valid JSON ({e.msg} at line {e.lineno})") from None
         if not isinstance(data, list):

@@ -15,6 +15,8 @@ def load_prompts(sources: Sequence[Any], on_error: str = "raise") -> List[Text]:
     for spec in sources:
         for source, index, raw in iter_rows(spec):
             try:
+                if isinstance(raw, DataError):
+                    raise raw
                 if not isinstance(raw, dict):
                     raise DataError(source, index, "<row>", f"a row must be an object with a 'prompt', got {type(raw).__name__}")
                 prompt = text_field(raw, "prompt", source, index)

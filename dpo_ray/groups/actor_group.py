@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import importlib
 import logging
+import time
 from typing import Any, Dict, List, Optional, Sequence
 
 import ray
+from ray.exceptions import RayActorError, RayTaskError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -28,13 +30,44 @@ class WorkerActor:
         return node_address(), free_port()
 
 
+class GroupCallTimeout(TimeoutError):
+    """A group call made no progress in time: a hung collective or a lost node that Ray has not noticed yet."""
+
+
+def gather(refs: Sequence[ray.ObjectRef], timeout_s: float, what: str) -> List[Any]:
+    """Every result, failing fast: a dead rank raises at once instead of leaving its peers waiting in a collective.
+
+    When a rank dies mid-collective its peers fail too (a broken connection); the death is what gets raised then,
+    since it is what a restart can cure."""
+    pending, deadline = list(refs), time.monotonic() + timeout_s
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise GroupCallTimeout(f"{what}: {len(pending)} of {len(refs)} ranks still running after {timeout_s:.0f}s")
+        try:
+            ray.get(ready[0])
+        except RayActorError:
+            raise
+        except RayTaskError as error:
+            settled, _ = ray.wait(pending, num_returns=len(pending), timeout=10) if pending else ([], [])
+            for ref in settled:
+                try:
+                    ray.get(ref)
+                except RayActorError as death:
+                    raise death from error
+                except RayTaskError:
+                    pass
+            raise
+    return ray.get(list(refs))
+
+
 class ActorGroup:
     def __init__(self, name: str, worker_path: str, size: int, *, cpus: float, gpus: float, strategy: str,
                  env: Dict[str, str], init_args: Sequence[Any] = (), init_kwargs: Optional[Dict[str, Any]] = None,
-                 ready_timeout_s: float = 300):
+                 ready_timeout_s: float = 300, call_timeout_s: float = 1800):
         if size < 1:
             raise ValueError(f"{name} group needs at least one rank, got {size}")
-        self.name, self.size = name, size
+        self.name, self.size, self.call_timeout_s = name, size, call_timeout_s
         bundle = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
         self.placement = placement_group([dict(bundle) for _ in range(size)], strategy=strategy, name=f"dpo-ray-{name}")
         ready, _ = ray.wait([self.placement.ready()], timeout=ready_timeout_s)
@@ -61,20 +94,21 @@ class ActorGroup:
 
     def run(self, method: str, *args, **kwargs) -> List[Any]:
         """The same call on every rank; returns each rank's result."""
-        return ray.get(self.submit(method, *args, **kwargs))
+        return gather(self.submit(method, *args, **kwargs), self.call_timeout_s, f"{self.name}.{method}")
 
     def run_shards(self, method: str, items: Sequence[Any], *args) -> List[Any]:
         """Split items into contiguous shards, one per rank (empty shards are not sent); the results concatenated."""
         bounds = [round(i * len(items) / self.size) for i in range(self.size + 1)]
         refs = [actor.call.remote(method, list(items[lo:hi]), *args)
                 for actor, lo, hi in zip(self.actors, bounds, bounds[1:]) if hi > lo]
-        return [x for part in ray.get(refs) for x in part]
+        return [x for part in gather(refs, self.call_timeout_s, f"{self.name}.{method}") for x in part]
 
     def run_each(self, method: str, per_rank_args: Sequence[Sequence[Any]]) -> List[Any]:
         """A call with rank-specific arguments."""
         if len(per_rank_args) != self.size:
             raise ValueError(f"{self.name}: {len(per_rank_args)} argument sets for {self.size} ranks")
-        return ray.get([a.call.remote(method, *args) for a, args in zip(self.actors, per_rank_args)])
+        refs = [a.call.remote(method, *args) for a, args in zip(self.actors, per_rank_args)]
+        return gather(refs, self.call_timeout_s, f"{self.name}.{method}")
 
     def node_ids(self) -> List[str]:
         from ray.util import placement_group_table

@@ -7,14 +7,14 @@ import ray
 
 from ..config import RunConfig
 from ..data.batches import MicroBatch, StepScale
-from .actor_group import ActorGroup
+from .actor_group import ActorGroup, gather
 
 
 class PolicyGroup:
     def __init__(self, cfg: RunConfig, model_path: str, total_steps: int, accumulation: int, env: Dict[str, str]):
         c = cfg.cluster
         self.group = ActorGroup("policy", "dpo_ray.workers.policy.PolicyWorker", c.policy_ranks, cpus=c.cpus_per_rank,
-                                gpus=c.gpus_per_rank, strategy=c.placement, env=env,
+                                gpus=c.gpus_per_rank, strategy=c.placement, env=env, call_timeout_s=c.call_timeout_s,
                                 init_kwargs=dict(cfg=cfg, model_path=model_path, total_steps=total_steps, accumulation=accumulation))
         self.group.start_distributed()
 
@@ -37,7 +37,8 @@ class PolicyGroup:
     def export_weights(self) -> "ray.ObjectRef":
         """A reference to the full weights as safetensors bytes (gathered on rank 0), left in Ray's object store."""
         refs = self.group.submit("export_weights")
-        ray.get(refs[1:])  # the other ranks only take part in the gather
+        gather(refs[1:], self.group.call_timeout_s, "policy.export_weights")  # the other ranks only take part in the gather
+        ray.wait(refs[:1], timeout=self.group.call_timeout_s)
         return refs[0]
 
     def save_pretrained(self, out_dir: str) -> None:

@@ -13,6 +13,7 @@ class ReferenceGroup:
         c = cfg.cluster
         self.group = ActorGroup("reference", "dpo_ray.workers.reference.ReferenceWorker", c.reference_ranks,
                                 cpus=c.cpus_per_rank, gpus=c.gpus_per_rank, strategy=c.placement, env=env,
+                                call_timeout_s=c.call_timeout_s,
                                 init_kwargs=dict(cfg=cfg, model_path=model_path))
 
     def logps(self, pairs: Sequence[TokenizedPair]) -> Tuple[List[float], List[float]]:

@@ -32,7 +32,7 @@ class RewardGroup:
         gpus = kwargs.get("gpus", 0.0)
         env = rank_env(device_spec(gpus), 1)
         self.group = ActorGroup("reward", worker, c.reward_ranks, cpus=c.reward_cpus, gpus=gpus, strategy=c.placement,
-                                env=env, init_kwargs=kwargs)
+                                env=env, init_kwargs=kwargs, call_timeout_s=c.call_timeout_s)
 
     def score(self, prompts: Sequence[Text], responses: Sequence[Sequence[str]]) -> List[List[float]]:
         """One score per response of each prompt, shaped like responses."""

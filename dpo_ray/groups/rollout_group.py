@@ -16,7 +16,7 @@ class RolloutGroup:
         c = cfg.cluster
         gpus = float(c.rollout_tensor_parallel) if c.gpus_per_rank else 0.0
         self.group = ActorGroup("rollout", "dpo_ray.workers.rollout.RolloutWorker", c.rollout_engines, cpus=c.rollout_cpus,
-                                gpus=gpus, strategy=c.placement, env=engine_env(gpus),
+                                gpus=gpus, strategy=c.placement, call_timeout_s=c.call_timeout_s, env=engine_env(gpus),
                                 init_kwargs=dict(model_path=model_path, cfg=cfg.rollout, policy_dtype=cfg.model.dtype,
                                                  gpus=gpus, tensor_parallel=c.rollout_tensor_parallel, seed=cfg.online.seed))
 

@@ -20,6 +20,15 @@ from .models import load_causal_lm, load_tokenizer
 from .weights import merge_lora_state, weights_bytes
 
 
+def nonfinite_pairs(out, reference_chosen: Optional[torch.Tensor], reference_rejected: Optional[torch.Tensor]) -> List[int]:
+    """Positions of the pairs whose log-probs or reference log-probs are not finite (all of them if none is)."""
+    values = [out.chosen_logps.detach(), out.rejected_logps.detach()]
+    values += [r for r in (reference_chosen, reference_rejected) if r is not None]
+    finite = torch.stack([torch.isfinite(v) for v in values]).all(0)
+    bad = (~finite).nonzero().flatten().tolist()
+    return bad or list(range(len(finite)))
+
+
 class PolicyWorker:
     def __init__(self, cfg: RunConfig, rank: int, world_size: int, model_path: str, total_steps: int, accumulation: int):
         self.cfg, self.rank, self.world = cfg, rank, world_size
@@ -71,10 +80,17 @@ class PolicyWorker:
         """One optimizer step over this rank's micro-batches; returns metric sums plus grad norm and learning rate."""
         self.engine.train()
         sums: List[Dict[str, float]] = []
+        nonfinite: List[List[int]] = []  # per micro-batch: positions of the pairs with a non-finite loss here
         lr = self.engine.get_lr()[0]
         for micro in micro_batches:
             out = forward_pairs(self.engine, self._batch(micro))
-            loss, metrics = micro_batch_objective(out, *self._references(micro), self.cfg.algo, scale, micro.weight)
+            references = self._references(micro)
+            loss, metrics = micro_batch_objective(out, *references, self.cfg.algo, scale, micro.weight)
+            finite = bool(torch.isfinite(loss))
+            if self._any_rank(not finite):
+                # Every rank still runs one backward per micro-batch (ZeRO-3's collectives), with a zero-gradient loss.
+                loss, metrics = 0.0 * (out.chosen_logps.sum() + out.rejected_logps.sum()), {}
+            nonfinite.append(nonfinite_pairs(out, *references) if not finite and micro.weight else [])
             # The loss is already this micro-batch's share of the global mean; undo DeepSpeed's average over ranks.
             self.engine.backward(loss * self.world, scale_wrt_gas=False)
             self.engine.step()
@@ -83,7 +99,15 @@ class PolicyWorker:
         grad_norm = self.engine.get_global_grad_norm()
         result["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
         result["learning_rate"] = lr
+        result["nonfinite"] = nonfinite
         return result
+
+    def _any_rank(self, flag: bool) -> bool:
+        import torch.distributed as dist
+
+        value = torch.tensor([float(flag)], device=self.spec.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
 
     @torch.no_grad()
     def evaluate(self, micro_batches: List[MicroBatch], scale: StepScale) -> Dict[str, float]:
@@ -149,7 +173,7 @@ class PolicyWorker:
 
     def save_checkpoint(self, checkpoint_dir: str, tag: str) -> None:
         """DeepSpeed checkpoint: model shards, optimizer and scheduler state (all ranks call)."""
-        self.engine.save_checkpoint(checkpoint_dir, tag=tag)
+        self.engine.save_checkpoint(checkpoint_dir, tag=tag, save_latest=False)  # the driver keeps its own pointer
 
     def load_checkpoint(self, checkpoint_dir: str, tag: str) -> None:
         """Model, optimizer and scheduler state back from save_checkpoint (all ranks call)."""

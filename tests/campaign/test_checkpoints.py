@@ -1,0 +1,60 @@
+"""The checkpoint store without Ray: a fake policy writes shards the way DeepSpeed lays them out."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dpo_ray.campaign.checkpoints import CheckpointStore, resume_mode
+
+
+class FakePolicy:
+    """Writes one shard file per 'rank' under checkpoint_dir/tag, as DeepSpeed's save_checkpoint does."""
+
+    def __init__(self, fail_on: str = ""):
+        self.fail_on, self.loaded = fail_on, []
+
+    def save_checkpoint(self, checkpoint_dir: str, tag: str) -> None:
+        from pathlib import Path
+
+        (Path(checkpoint_dir) / tag).mkdir(parents=True)
+        (Path(checkpoint_dir) / tag / "rank0.pt").write_bytes(b"shard")
+        if self.fail_on and tag.endswith(self.fail_on):
+            raise KeyboardInterrupt("killed while writing")  # what a SIGKILL leaves behind, minus the process
+
+    def load_checkpoint(self, checkpoint_dir: str, tag: str) -> None:
+        self.loaded.append(tag)
+
+
+def test_checkpoints_rotate_and_the_pointer_names_the_newest(tmp_path):
+    store = CheckpointStore(tmp_path, keep=2)
+    for step in (2, 4, 6, 10):
+        store.save(FakePolicy(), f"step_{step}", {"step": step})
+    assert store.complete() == ["step_6", "step_10"]  # numeric order, not text order
+    assert (tmp_path / "latest").read_text() == "step_10"
+    assert store.latest() == {"tag": "step_10", "step": 10}
+
+
+def test_a_checkpoint_killed_while_being_written_is_never_resumed_from(tmp_path):
+    store = CheckpointStore(tmp_path, keep=3)
+    store.save(FakePolicy(), "step_4", {"step": 4})
+    with pytest.raises(KeyboardInterrupt):
+        store.save(FakePolicy(fail_on="step_6"), "step_6", {"step": 6})
+    assert (tmp_path / ".partial-step_6").is_dir() and not (tmp_path / "step_6").exists()
+    assert store.latest()["tag"] == "step_4"
+    # a pointer left naming a directory that is not complete (an older layout, a hand edit) is not trusted either
+    (tmp_path / "step_8").mkdir()
+    (tmp_path / "latest").write_text("step_8")
+    assert store.latest()["tag"] == "step_4"
+    policy = FakePolicy()
+    store.load(policy, store.latest())
+    assert policy.loaded == ["step_4"]
+    store.save(FakePolicy(), "step_10", {"step": 10})  # the next save clears the partial one
+    assert not (tmp_path / ".partial-step_6").exists()
+    assert json.loads((tmp_path / "step_10" / "run_state.json").read_text())["step"] == 10
+
+
+def test_resume_takes_auto_or_never():
+    assert resume_mode("auto") and not resume_mode("never")
+    with pytest.raises(ValueError, match="resume must be auto or never"):
+        resume_mode("yes")
