@@ -86,10 +86,12 @@ PER_CHOSEN_TOKEN = ("logits/chosen", "nll_loss", "kl/chosen")
 
 
 def add_metric_sums(parts: Iterable[Dict[str, float]]) -> Dict[str, float]:
+    """Key-wise sums of the numbers; other entries (a rank's non-finite pair positions) are not metrics."""
     total: Dict[str, float] = {}
     for part in parts:
         for k, v in part.items():
-            total[k] = total.get(k, 0.0) + v
+            if isinstance(v, (int, float)):
+                total[k] = total.get(k, 0.0) + v
     return total
 
 

@@ -111,6 +111,7 @@ class OnlineCampaign:
         most_pairs = per_round * o.max_pairs_per_prompt * (1 + o.replay_ratio + o.offline_ratio)
         # An upper bound for the learning-rate schedule: a round never yields more pairs than this.
         self.total_steps = o.rounds * o.epochs_per_round * math.ceil(most_pairs / cfg.train.batch_size)
+        self.rollout: Optional[RolloutGroup] = None  # the live rollout group, while one runs
         self.round_checkpoints = CheckpointStore(self.run_dir / "round_checkpoints", cfg.train.keep_checkpoints)
 
     # --- the campaign --------------------------------------------------------------------------------------------
@@ -136,7 +137,7 @@ class OnlineCampaign:
         result = OnlineResult(self.run_dir, self.run_dir / "final", resumed_from=state["round"] if state else 0)
         groups, began = [], time.perf_counter()
         try:
-            rollout = RolloutGroup(cfg, inputs.model_path)
+            rollout = self.rollout = RolloutGroup(cfg, inputs.model_path)
             groups.append(rollout)
             reward = RewardGroup(cfg, inputs.default_reward)
             groups.append(reward)

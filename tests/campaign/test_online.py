@@ -82,3 +82,27 @@ def test_replay_and_offline_pairs_are_mixed_in_by_ratio(run_config, tiny_model_d
     assert len(replayed) == 3 and len(from_offline) == 2  # at most what earlier rounds hold; 0.5 x 4 offline
     assert all(p in offline for p in from_offline) and not any(p in offline for p in replayed)
     assert campaign._mixed_in(3, 4) == extra  # seeded
+
+
+def test_a_killed_vllm_engine_is_restarted_and_the_campaign_ends_as_an_uninterrupted_one(two_rounds, tmp_path_factory, cache_dir):
+    import threading
+    import time
+
+    import ray
+
+    run_dir = tmp_path_factory.mktemp("online-killed")
+    cfg = compose([f"output_dir={run_dir}", f"cache_dir={cache_dir}", "progress=false", "online.rounds=2",
+                   "cluster.reward_cpus=0.5"], "online")
+    campaign = OnlineCampaign(cfg)
+
+    def kill_engine_after_round_1():
+        while not (run_dir / "round_checkpoints" / "latest").exists():
+            time.sleep(0.05)
+        ray.kill(campaign.rollout.group.actors[0], no_restart=True)  # during round 2
+
+    threading.Thread(target=kill_engine_after_round_1, daemon=True).start()
+    began = time.perf_counter()
+    result = campaign.run()
+    print(f"online recovery: {time.perf_counter() - began:.1f}s with one restart")
+    assert len(result.restarts) == 1 and result.resumed_from == 1
+    assert pairs_of(result, 2) == pairs_of(two_rounds, 2)
