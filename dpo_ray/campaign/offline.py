@@ -15,6 +15,7 @@ from ..groups.policy_group import PolicyGroup
 from ..objective import needs_reference
 from ..workers.device import device_spec, rank_env, rank_threads
 from ..workers.models import load_tokenizer
+from ..tasks.pretrained import PRETRAINED, ensure_pretrained
 from .atomic import write_text
 from .checkpoints import CheckpointStore, resume_mode
 from .metrics import MetricsWriter
@@ -59,6 +60,8 @@ def prepare_inputs(cfg: RunConfig) -> Inputs:
         model_path = str(task.model_dir)
         if not train_files:
             train_files, eval_files = [str(task.train_file)], eval_files or [str(task.eval_file)]
+    elif model_path in PRETRAINED:
+        model_path = ensure_pretrained(model_path, cfg.cache_dir)
     if not train_files:
         raise ValueError("data.train_files is empty: name preference files, or use model.path=embedded for the built-in task")
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)

@@ -24,6 +24,7 @@ from ..groups.rollout_group import RolloutGroup
 from ..objective import needs_reference
 from ..workers.device import device_spec, rank_env, rank_threads
 from ..workers.models import load_tokenizer
+from ..tasks.pretrained import PRETRAINED, ensure_pretrained
 from .atomic import write_dir, write_text
 from .metrics import MetricsWriter
 from .offline import accumulation_steps
@@ -73,6 +74,8 @@ def prepare_online_inputs(cfg: RunConfig) -> OnlineInputs:
         prompts = prompts or [_as_messages(p) for p in task.train_prompts]
         eval_prompts = eval_prompts or [_as_messages(p) for p in task.eval_prompts]
         offline_files = offline_files or [str(task.train_file)]
+    elif model_path in PRETRAINED:
+        model_path = ensure_pretrained(model_path, cfg.cache_dir)
     if not prompts:
         raise ValueError("online runs need prompts: online.prompt_files=[FILE], or model.path=embedded for the built-in task")
     offline_pairs: List[TokenizedPair] = []
