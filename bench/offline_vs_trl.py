@@ -63,10 +63,11 @@ def trl_run(model_path: str, train_file: str, steps: int, precompute: bool, batc
     from trl import DPOConfig, DPOTrainer
 
     torch.set_num_threads(2)
-    times, losses = [], []
+    times, losses, threads = [], [], set()
 
     class Timer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
+            threads.add(torch.get_num_threads())
             self.began = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kw):
@@ -85,6 +86,8 @@ def trl_run(model_path: str, train_file: str, steps: int, precompute: bool, batc
                          train_dataset=datasets.Dataset.from_json(train_file), callbacks=[Timer()])
     began = time.perf_counter()
     trainer.train()
+    if threads != {2}:
+        raise RuntimeError(f"TRL trained with {threads} torch threads, not 2: the comparison would be unfair")
     return times[1:], losses[0], time.perf_counter() - began
 
 

@@ -45,6 +45,7 @@ def ensure_pretrained(name: str, cache_dir: str) -> str:
     log.info("converting %s into %s (once)", name, root)
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{name}-"))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would hide the model from other users of a shared cache
     try:
         PRETRAINED[name](tmp)
         os.replace(tmp, root)
