@@ -9,7 +9,7 @@ from typing import List, Tuple
 
 def shape(command: str, overrides: List[str]) -> Tuple[int, int]:
     """Nodes (cluster.nodes, at least 1) and GPUs per node: the most GPUs the run's groups hold at once, spread evenly."""
-    from .campaign.runtime import group_needs
+    from .groups.resources import group_needs
     from .cli import compose
 
     if command not in ("train", "online"):

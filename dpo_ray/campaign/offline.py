@@ -12,6 +12,7 @@ from ..config import RunConfig
 from ..data.dataset import load_pairs, split_eval
 from ..data.tokenize import TokenizedPair, TokenizeSettings
 from ..groups.policy_group import PolicyGroup
+from ..groups.resources import group_needs
 from ..objective import needs_reference
 from ..workers.device import device_spec, rank_env, rank_threads
 from ..workers.models import load_tokenizer
@@ -20,7 +21,7 @@ from .atomic import write_text
 from .checkpoints import CheckpointStore, resume_mode
 from .metrics import MetricsWriter
 from .reference import ReferenceScorer
-from .runtime import ensure_ray, group_needs, with_restarts
+from .runtime import ensure_ray, with_restarts
 from .trainer import PolicyTrainer
 
 log = logging.getLogger(__name__)

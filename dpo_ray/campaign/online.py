@@ -20,6 +20,7 @@ from ..data.prompts import load_prompts
 from ..data.tokenize import TokenizedPair, TokenizeSettings
 from ..groups.policy_group import PolicyGroup
 from ..groups.reward_group import RewardGroup
+from ..groups.resources import group_needs
 from ..groups.rollout_group import RolloutGroup
 from ..objective import needs_reference
 from ..workers.device import device_spec, rank_env, rank_threads
@@ -30,7 +31,7 @@ from .metrics import MetricsWriter
 from .offline import accumulation_steps
 from .reference import ReferenceScorer
 from .checkpoints import CheckpointStore, resume_mode
-from .runtime import ensure_ray, group_needs, with_restarts
+from .runtime import ensure_ray, with_restarts
 from .trainer import PolicyTrainer
 
 log = logging.getLogger(__name__)

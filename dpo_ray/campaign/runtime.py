@@ -8,7 +8,7 @@ from typing import Callable, Dict, List, Sequence, TypeVar
 
 import ray
 
-from ..config import ClusterConfig, RunConfig
+from ..config import ClusterConfig
 from ..groups.resources import GroupNeed, alive_nodes, check_fit
 
 log = logging.getLogger(__name__)
@@ -51,19 +51,6 @@ def wait_for_nodes(expected: int, timeout_s: float) -> List[Dict[str, float]]:
         time.sleep(2)
         nodes = alive_nodes()
     return nodes
-
-
-def group_needs(cfg: RunConfig, reference: bool, online: bool) -> List[GroupNeed]:
-    """What each group of a run asks of the cluster: ranks, and CPUs and GPUs per rank."""
-    c = cfg.cluster
-    needs = [GroupNeed("policy", c.policy_ranks, c.cpus_per_rank, c.gpus_per_rank)]
-    if reference:
-        needs.append(GroupNeed("reference", c.reference_ranks, c.cpus_per_rank, c.gpus_per_rank))
-    if online:
-        needs.append(GroupNeed("rollout", c.rollout_engines, c.rollout_cpus, c.rollout_tensor_parallel if c.gpus_per_rank else 0.0))
-        model_reward = not cfg.reward.fn and bool(cfg.reward.model_path)
-        needs.append(GroupNeed("reward", c.reward_ranks, c.reward_cpus, c.gpus_per_rank if model_reward else 0.0))
-    return needs
 
 
 def with_restarts(attempt_fn: Callable[[bool], T], resume: bool, max_restarts: int, restarts: List[Dict]) -> T:

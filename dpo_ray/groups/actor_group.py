@@ -39,13 +39,13 @@ def gather(refs: Sequence[ray.ObjectRef], timeout_s: float, what: str) -> List[A
 
     When a rank dies mid-collective its peers fail too (a broken connection); the death is what gets raised then,
     since it is what a restart can cure."""
-    pending, deadline = list(refs), time.monotonic() + timeout_s
+    pending, deadline, results = list(refs), time.monotonic() + timeout_s, {}
     while pending:
         ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
         if not ready:
             raise GroupCallTimeout(f"{what}: {len(pending)} of {len(refs)} ranks still running after {timeout_s:.0f}s")
         try:
-            ray.get(ready[0])
+            results[ready[0]] = ray.get(ready[0])
         except RayActorError:
             raise
         except RayTaskError as error:
@@ -58,7 +58,7 @@ def gather(refs: Sequence[ray.ObjectRef], timeout_s: float, what: str) -> List[A
                 except RayTaskError:
                     pass
             raise
-    return ray.get(list(refs))
+    return [results[ref] for ref in refs]
 
 
 class ActorGroup:

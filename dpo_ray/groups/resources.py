@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, List, Sequence
 
+from ..config import RunConfig
+
 
 @dataclass(frozen=True)
 class GroupNeed:
@@ -14,6 +16,32 @@ class GroupNeed:
 
     def bundle(self) -> Dict[str, float]:
         return {"CPU": self.cpus, **({"GPU": self.gpus} if self.gpus else {})}
+
+
+def uses_reward_model(cfg: RunConfig) -> bool:
+    """reward.fn wins; else reward.model_path names a reward model; else the task's rule."""
+    return not cfg.reward.fn and bool(cfg.reward.model_path)
+
+
+def rollout_need(cfg: RunConfig) -> GroupNeed:
+    c = cfg.cluster
+    return GroupNeed("rollout", c.rollout_engines, c.rollout_cpus, float(c.rollout_tensor_parallel) if c.gpus_per_rank else 0.0)
+
+
+def reward_need(cfg: RunConfig) -> GroupNeed:
+    c = cfg.cluster
+    return GroupNeed("reward", c.reward_ranks, c.reward_cpus, c.gpus_per_rank if uses_reward_model(cfg) else 0.0)
+
+
+def group_needs(cfg: RunConfig, reference: bool, online: bool) -> List[GroupNeed]:
+    """What each group of a run asks of the cluster: ranks, and CPUs and GPUs per rank."""
+    c = cfg.cluster
+    needs = [GroupNeed("policy", c.policy_ranks, c.cpus_per_rank, c.gpus_per_rank)]
+    if reference:
+        needs.append(GroupNeed("reference", c.reference_ranks, c.cpus_per_rank, c.gpus_per_rank))
+    if online:
+        needs += [rollout_need(cfg), reward_need(cfg)]
+    return needs
 
 
 def _fits(bundle: Dict[str, float], node: Dict[str, float]) -> bool:

@@ -9,16 +9,16 @@ from ..config import RunConfig
 from ..data.formats import Text
 from ..workers.rollout import engine_env
 from .actor_group import ActorGroup
+from .resources import rollout_need
 
 
 class RolloutGroup:
     def __init__(self, cfg: RunConfig, model_path: str):
-        c = cfg.cluster
-        gpus = float(c.rollout_tensor_parallel) if c.gpus_per_rank else 0.0
-        self.group = ActorGroup("rollout", "dpo_ray.workers.rollout.RolloutWorker", c.rollout_engines, cpus=c.rollout_cpus,
-                                gpus=gpus, strategy=c.placement, call_timeout_s=c.call_timeout_s, env=engine_env(gpus),
+        c, need = cfg.cluster, rollout_need(cfg)
+        self.group = ActorGroup("rollout", "dpo_ray.workers.rollout.RolloutWorker", need.size, cpus=need.cpus,
+                                gpus=need.gpus, strategy=c.placement, call_timeout_s=c.call_timeout_s, env=engine_env(need.gpus),
                                 init_kwargs=dict(model_path=model_path, cfg=cfg.rollout, policy_dtype=cfg.model.dtype,
-                                                 gpus=gpus, tensor_parallel=c.rollout_tensor_parallel, seed=cfg.online.seed))
+                                                 gpus=need.gpus, tensor_parallel=c.rollout_tensor_parallel, seed=cfg.online.seed))
 
     def generate(self, prompts: Sequence[Text], seeds: Sequence[int], n: int, temperature: float, top_p: float,
                  max_tokens: int) -> List[List[str]]:

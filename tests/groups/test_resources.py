@@ -30,7 +30,7 @@ def test_a_rank_no_node_can_hold_and_strict_strategies_are_errors():
 
 @pytest.mark.parametrize("preset, nodes", [("single_node_8gpu", 1), ("multi_node", 4)])
 def test_gpu_presets_fill_their_cluster_exactly(preset, nodes):
-    from dpo_ray.campaign.runtime import group_needs
+    from dpo_ray.groups.resources import group_needs
 
     cfg = compose([f"cluster={preset}", "reward.model_path=/models/rm"], "online")
     needs = group_needs(cfg, reference=True, online=True)
