@@ -1,7 +1,7 @@
 # The README's two commands: `make run` (the main job on the embedded default) and `make test`. Both set up .venv first.
 PY := .venv/bin/python
 
-.PHONY: setup run online test test-fast
+.PHONY: setup run online imdb test test-fast
 setup:
 	bash scripts/setup.sh
 
@@ -10,6 +10,9 @@ run: setup
 
 online: setup
 	.venv/bin/dpo-ray online $(ARGS)
+
+imdb: setup
+	.venv/bin/dpo-ray online +experiment=imdb_sentiment $(ARGS)
 
 test: setup
 	$(PY) -m pytest -q $(ARGS)

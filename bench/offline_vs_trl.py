@@ -41,6 +41,45 @@ def _timed(fn) -> float:
     return time.perf_counter() - began
 
 
+class PeakRss:
+    """Peak resident memory of this process and all its descendants (Ray's raylet, workers and actors) while the
+    block runs, minus what they held just before it: the memory a run adds. Shared pages count once per process."""
+
+    def __init__(self, interval: float = 0.1):
+        import threading
+
+        self.interval, self.peak, self.stop = interval, 0, threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+
+    @staticmethod
+    def total() -> int:
+        import psutil
+
+        me = psutil.Process()
+        rss = 0
+        for proc in [me] + me.children(recursive=True):
+            try:
+                rss += proc.memory_info().rss
+            except psutil.Error:
+                pass  # the process ended between listing and reading
+        return rss
+
+    def _sample(self) -> None:
+        while not self.stop.is_set():
+            self.peak = max(self.peak, self.total())
+            self.stop.wait(self.interval)
+
+    def __enter__(self):
+        self.baseline = self.total()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        self.added = max(0, self.peak - self.baseline)
+
+
 def build_large_model(tokenizer_dir: str, out_dir: str) -> str:
     """A 50M-parameter Llama with the embedded task's tokenizer, saved as an HF directory."""
     import torch
@@ -153,19 +192,21 @@ def main() -> None:
     results = {name: [] for name in systems}
     for _ in range(args.repeats):
         for name, run in systems.items():
-            results[name].append(run())
+            with PeakRss() as memory:
+                outcome = run()
+            results[name].append((*outcome, memory.added))
     ray.shutdown()
     first = next(iter(results))
-    base = statistics.median(s for steps, _, _ in results[first] for s in steps)
+    base = statistics.median(s for steps, *_ in results[first] for s in steps)
     print(f"\n{args.model} ({params / 1e6:.2f}M params), embedded task pairs, batch {args.batch} pairs (~{tokens:.0f} tokens), "
           f"{args.steps} steps x {args.repeats} runs, 2 CPUs; float32 matmul peak {peak / 1e9:.1f} GFLOP/s\n")
-    print(f"| system | median step s | tokens/s | x {first} | MFU | first-step loss | run wall s (incl. reference) |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"| system | median step s | tokens/s | x {first} | MFU | first-step loss | run wall s (incl. reference) | peak RSS GB added |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, runs in results.items():
-        median = statistics.median(s for steps, _, _ in runs for s in steps)
+        median = statistics.median(s for steps, *_ in runs for s in steps)
         flops = (6 + (2 if name == "TRL DPOTrainer (default)" else 0)) * params * tokens / median
         print(f"| {name} | {median:.3f} | {tokens / median:.0f} | {base / median:.2f} | {flops / peak:.1%} | "
-              f"{runs[0][1]:.4f} | {statistics.median(w for _, _, w in runs):.1f} |")
+              f"{runs[0][1]:.4f} | {statistics.median(r[2] for r in runs):.1f} | {max(r[3] for r in runs) / 2**30:.2f} |")
 
 
 if __name__ == "__main__":

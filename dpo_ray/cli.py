@@ -10,6 +10,7 @@ from typing import List, Optional
 USAGE = """usage: dpo-ray train [OVERRIDE ...]     offline DPO on a preference dataset (configs/train.yaml)
        dpo-ray online [OVERRIDE ...]    online / iterative DPO: vLLM samples -> rewards -> pairs -> DPO -> weight sync
                                         (configs/online.yaml)
+       dpo-ray report RUN_DIR           rebuild RUN_DIR/report.md and its plots (every run writes one when it ends)
        dpo-ray submit [OPTIONS] {train,online} [OVERRIDE ...]
                                         the same, as a Ray job on an existing cluster (dpo-ray submit --help)
 
@@ -47,6 +48,7 @@ def help_text() -> str:
 def train(overrides: List[str]) -> int:
     from .campaign.offline import OfflineCampaign
     from .campaign.summary import finish, load_trained_model, task_metrics
+    from .report.markdown import write_report
     from .workers.models import load_tokenizer
 
     cfg = compose(overrides)
@@ -63,7 +65,8 @@ def train(overrides: List[str]) -> int:
     median = sorted(steps)[len(steps) // 2] if steps else float("nan")
     table = finish(result.run_dir, before, after, {"steps": len(steps), "median_step_seconds": median})
     print(f"\nfinal model: {result.final_model}\nmetrics: {result.run_dir / 'metrics.jsonl'}  "
-          f"({len(steps)} steps, median {median:.3f}s/step on {cfg.cluster.policy_ranks} policy ranks)\n\n{table}")
+          f"({len(steps)} steps, median {median:.3f}s/step on {cfg.cluster.policy_ranks} policy ranks)\n"
+          f"report: {write_report(result.run_dir)}\n\n{table}")
     return 0
 
 
@@ -71,6 +74,7 @@ def online(overrides: List[str]) -> int:
     from .campaign.online import OnlineCampaign
     from .campaign.summary import format_rounds
     from .campaign.atomic import write_text
+    from .report.markdown import write_report
 
     cfg = compose(overrides, "online")
     result = OnlineCampaign(cfg).run()
@@ -78,7 +82,17 @@ def online(overrides: List[str]) -> int:
     write_text(result.run_dir / "summary.md", table + "\n")
     resumed = f" (resumed after round {result.resumed_from})" if result.resumed_from else ""
     print(f"\nfinal model: {result.final_model}{resumed}\nrounds: {result.run_dir / 'rounds.jsonl'}, "
-          f"samples and pairs per round: {result.run_dir / 'rounds'}\n\n{table}")
+          f"samples and pairs per round: {result.run_dir / 'rounds'}\nreport: {write_report(result.run_dir)}\n\n{table}")
+    return 0
+
+
+def report(arguments: List[str]) -> int:
+    if len(arguments) != 1:
+        print("usage: dpo-ray report RUN_DIR", file=sys.stderr)
+        return 2
+    from .report.markdown import write_report
+
+    print(write_report(Path(arguments[0])))
     return 0
 
 
@@ -96,8 +110,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 0
         return submit(overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if command in ("train", "online"):
-        return {"train": train, "online": online}[command](overrides)
+    if command in ("train", "online", "report"):
+        return {"train": train, "online": online, "report": report}[command](overrides)
     print(f"unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

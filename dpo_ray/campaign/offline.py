@@ -10,10 +10,12 @@ from typing import Dict, List, Optional
 
 from ..config import RunConfig
 from ..data.dataset import load_pairs, split_eval
+from ..data.pair_stats import pair_statistics
 from ..data.tokenize import TokenizedPair, TokenizeSettings
 from ..groups.policy_group import PolicyGroup
 from ..groups.resources import group_needs
 from ..objective import needs_reference
+from ..report.records import DATA_STATS
 from ..workers.device import device_spec, rank_env, rank_threads
 from ..workers.models import load_tokenizer
 from ..tasks.pretrained import PRETRAINED, ensure_pretrained
@@ -132,6 +134,7 @@ class OfflineCampaign:
             n_train = len(inputs.train)
             train_ref = None if reference is None else (reference[0][:n_train], reference[1][:n_train])
             eval_ref = None if reference is None else (reference[0][n_train:], reference[1][n_train:])
+            self._write_data_stats(eval_ref)
             if state:
                 log.info("resuming from checkpoint %s (step %d)", state["tag"], state["step"])
                 self.checkpoints.load(policy, state)
@@ -141,6 +144,12 @@ class OfflineCampaign:
             self.policy = None
             policy.shutdown()
         return result
+
+    def _write_data_stats(self, eval_ref) -> None:
+        """Statistics of the pairs for the monitors (length bias, near-identical pairs, label noise)."""
+        ratio = self.cfg.monitor.near_identical_ratio
+        stats = {"train": pair_statistics(self.inputs.train, ratio), "eval": pair_statistics(self.inputs.eval, ratio, eval_ref)}
+        write_text(self.run_dir / DATA_STATS, json.dumps(stats, indent=2))
 
     def _train(self, policy: PolicyGroup, train_ref, eval_ref, result: OfflineResult, state: Optional[Dict]) -> None:
         writer = MetricsWriter(self.run_dir, append=state is not None)

@@ -14,15 +14,18 @@ from typing import Dict, List, Optional
 
 from ..config import RunConfig
 from ..data.dataset import load_pairs
-from ..data.formats import Text
+from ..data.formats import Text, is_empty
+from ..data.pair_stats import pair_statistics
 from ..data.pairs import build_pairs
 from ..data.prompts import load_prompts
-from ..data.tokenize import TokenizedPair, TokenizeSettings
+from ..data.tokenize import TokenizedPair, TokenizeSettings, encode_prompt
 from ..groups.policy_group import PolicyGroup
 from ..groups.reward_group import RewardGroup
 from ..groups.resources import group_needs
 from ..groups.rollout_group import RolloutGroup
+from ..workers.rollout import Sample
 from ..objective import needs_reference
+from ..report.monitors import as_metrics, round_checks, warnings
 from ..workers.device import device_spec, rank_env, rank_threads
 from ..workers.models import load_tokenizer
 from ..tasks.pretrained import PRETRAINED, ensure_pretrained
@@ -37,6 +40,7 @@ from .trainer import PolicyTrainer
 log = logging.getLogger(__name__)
 PHASES = ("generate", "score", "pairs", "reference", "train", "sync", "eval")
 EMPTY = "EMPTY"  # marks a round directory that holds no rows
+TRAIN_KEYS = ("rewards/margins", "rewards/accuracies", "loss")  # the round's last training step, kept in its row
 
 
 @dataclass
@@ -47,6 +51,7 @@ class OnlineInputs:
     eval_prompts: List[Text]
     offline_pairs: List[TokenizedPair] = field(default_factory=list)
     default_reward: str = ""  # the task's rule, used when the config names no reward
+    reward_model: str = ""  # reward.model_path with a built-in name (minilm-imdb-sentiment) resolved to its directory
 
 
 @dataclass
@@ -77,6 +82,14 @@ def prepare_online_inputs(cfg: RunConfig) -> OnlineInputs:
         offline_files = offline_files or [str(task.train_file)]
     elif model_path in PRETRAINED:
         model_path = ensure_pretrained(model_path, cfg.cache_dir)
+    if o.prompt_task == "imdb":
+        from ..tasks.imdb import VADER_REWARD, imdb_prompts
+
+        i = cfg.imdb
+        task_prompts, task_eval = imdb_prompts(i.prompts, i.eval_prompts, i.min_words, i.max_words, i.seed)
+        prompts, eval_prompts, default_reward = prompts or task_prompts, eval_prompts or task_eval, VADER_REWARD
+    elif o.prompt_task:
+        raise ValueError(f"online.prompt_task must be 'imdb' or empty, got {o.prompt_task!r}")
     if not prompts:
         raise ValueError("online runs need prompts: online.prompt_files=[FILE], or model.path=embedded for the built-in task")
     offline_pairs: List[TokenizedPair] = []
@@ -85,7 +98,11 @@ def prepare_online_inputs(cfg: RunConfig) -> OnlineInputs:
             raise ValueError("online.offline_ratio > 0 needs data.train_files to draw offline pairs from")
         offline_pairs, _ = load_pairs(offline_files, load_tokenizer(model_path, cfg.model.trust_remote_code),
                                       _settings(cfg), cfg.data.on_error)
-    return OnlineInputs(model_path, cfg.model.reference_path or model_path, prompts, eval_prompts, offline_pairs, default_reward)
+    reward_model = cfg.reward.model_path
+    if reward_model in PRETRAINED:
+        reward_model = ensure_pretrained(reward_model, cfg.cache_dir)
+    return OnlineInputs(model_path, cfg.model.reference_path or model_path, prompts, eval_prompts, offline_pairs,
+                        default_reward, reward_model)
 
 
 def _settings(cfg: RunConfig) -> TokenizeSettings:
@@ -143,7 +160,7 @@ class OnlineCampaign:
         try:
             rollout = self.rollout = RolloutGroup(cfg, inputs.model_path)
             groups.append(rollout)
-            reward = RewardGroup(cfg, inputs.default_reward)
+            reward = RewardGroup(cfg, inputs.default_reward, inputs.reward_model)
             groups.append(reward)
             reference = ReferenceScorer(cfg, inputs.reference_path, self.spec, self.env)
             groups.append(reference)
@@ -163,10 +180,14 @@ class OnlineCampaign:
                     rollout.load_weights(policy.export_weights())
                     result.rounds = state["rows"]
                 else:
-                    result.rounds = [{"round": 0, **self._evaluate(rollout, reward)}]
+                    result.rounds = [{"round": 0, **self._evaluate(rollout, reward, reference, policy)}]
                 for r in range(result.resumed_from + 1, cfg.online.rounds + 1):
                     row = self._round(r, rollout, reward, policy, reference, trainer)
                     result.rounds.append(row)
+                    checks = round_checks(result.rounds, cfg.monitor)
+                    row.update(as_metrics(checks))
+                    for warning in warnings(checks):
+                        log.warning("round %d: monitor: %s", r, warning)
                     writer.write(trainer.step, {k: v for k, v in row.items() if isinstance(v, (int, float))})
                     self._finish_round(r, policy, trainer.step, result.rounds)
                 policy.save_pretrained(str(result.final_model))
@@ -193,13 +214,16 @@ class OnlineCampaign:
 
         indices = self._round_prompts(r)
         prompts = [self.inputs.prompts[i] for i in indices]
-        samples = rollout.generate(prompts, [sample_seed(o.seed, r, i) for i in indices], o.samples_per_prompt,
-                                   o.temperature, o.top_p, o.max_tokens)
+        drawn = rollout.generate(prompts, [sample_seed(o.seed, r, i) for i in indices], o.samples_per_prompt,
+                                 o.temperature, o.top_p, o.max_tokens)
+        samples = _texts(drawn)
         lap("generate")
         rewards = reward.score(prompts, samples)
         lap("score")
-        pair_rows = build_pairs(prompts, [[self._response(prompt, s) for s in outs] for prompt, outs in zip(prompts, samples)],
-                                rewards, o.min_margin, o.max_pairs_per_prompt)
+        # An empty sample (the policy stopped at once) cannot be a response in a preference row: it is left unpaired.
+        kept = [[(text, score) for text, score in zip(outs, scores) if not is_empty(text)] for outs, scores in zip(samples, rewards)]
+        pair_rows = build_pairs(prompts, [[self._response(prompt, t) for t, _ in k] for prompt, k in zip(prompts, kept)],
+                                [[w for _, w in k] for k in kept], o.min_margin, o.max_pairs_per_prompt)
         round_dir = self.round_dir(r)
         write_dir(round_dir / "samples", lambda d: _save_rows(d, [{"prompt": p, "responses": s, "rewards": w}
                                                                   for p, s, w in zip(prompts, samples, rewards)]))
@@ -209,7 +233,7 @@ class OnlineCampaign:
         lap("pairs")
         ref = None
         if self.uses_reference and train_pairs:
-            ref, _ = reference.logps(train_pairs, policy if self.cfg.model.lora.enabled else None)
+            ref, _ = reference.logps(train_pairs, self._adapter_base(policy))
         lap("reference")
         steps_before = trainer.step
         if train_pairs:
@@ -220,11 +244,13 @@ class OnlineCampaign:
         if train_pairs:
             rollout.load_weights(policy.export_weights())
         lap("sync")
-        evaluation = self._evaluate(rollout, reward)
+        evaluation = self._evaluate(rollout, reward, reference, policy) if self._evaluates(r) else {}
         lap("eval")
-        flat = [x for row in rewards for x in row]
-        row = {"round": r, "prompts": len(prompts), "reward/mean": sum(flat) / len(flat), "reward/max": max(flat),
-               "pairs": len(new_pairs), "train_pairs": len(train_pairs), "steps": trainer.step - steps_before, **evaluation}
+        new_ref = None if ref is None else (ref[0][:len(new_pairs)], ref[1][:len(new_pairs)])
+        row = {"round": r, "prompts": len(prompts), **_sample_statistics(drawn, rewards, kept, o.min_margin),
+               "pairs": len(new_pairs), "train_pairs": len(train_pairs), "steps": trainer.step - steps_before,
+               **pair_statistics(new_pairs, self.cfg.monitor.near_identical_ratio, new_ref),
+               **{f"train/{k}": trainer.last_metrics[k] for k in TRAIN_KEYS if k in trainer.last_metrics}, **evaluation}
         row.update({f"time/{k}": seconds[k] for k in PHASES})
         row["time/round"] = time.perf_counter() - began
         log.info("round %d: %s", r, json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}))
@@ -260,8 +286,18 @@ class OnlineCampaign:
             extra += rng.sample(pool, min(len(pool), round(o.offline_ratio * n_new)))
         return extra
 
-    def _evaluate(self, rollout: RolloutGroup, reward: RewardGroup) -> Dict[str, float]:
-        """Mean reward on the held-out prompts: sampled as in training, and greedy. Same seeds every round."""
+    def _evaluates(self, r: int) -> bool:
+        o = self.cfg.online
+        return r % max(1, o.eval_every) == 0 or r == o.rounds
+
+    def _adapter_base(self, policy: PolicyGroup) -> Optional[PolicyGroup]:
+        """The policy group when the reference is its base model with the LoRA adapter disabled."""
+        return policy if self.cfg.model.lora.enabled else None
+
+    def _evaluate(self, rollout: RolloutGroup, reward: RewardGroup, reference: ReferenceScorer,
+                  policy: PolicyGroup) -> Dict[str, float]:
+        """On the held-out prompts (same seeds every round): mean reward sampled as in training and greedy, mean sampled
+        length, and the KL to the reference on the sampled responses."""
         o, prompts = self.cfg.online, self.inputs.eval_prompts
         if not prompts:
             return {}
@@ -269,7 +305,28 @@ class OnlineCampaign:
         sampled = rollout.generate(prompts, seeds, o.eval_samples_per_prompt, o.temperature, o.top_p, o.max_tokens)
         greedy = rollout.generate(prompts, seeds, 1, 0.0, 1.0, o.max_tokens)
         mean = lambda scores: sum(x for row in scores for x in row) / sum(len(row) for row in scores)
-        return {"eval/sampled_reward": mean(reward.score(prompts, sampled)), "eval/greedy_reward": mean(reward.score(prompts, greedy))}
+        metrics = {"eval/sampled_reward": mean(reward.score(prompts, _texts(sampled))),
+                   "eval/greedy_reward": mean(reward.score(prompts, _texts(greedy))), "eval/length": _mean_length(sampled)}
+        if self.uses_reference:
+            metrics["eval/kl"] = self._kl(prompts, sampled, reference, policy)
+        return metrics
+
+    def _kl(self, prompts: List[Text], sampled: List[List[Sample]], reference: ReferenceScorer, policy: PolicyGroup) -> float:
+        """Monte-Carlo KL(policy || reference) in nats per response: the mean of log pi(y) - log ref(y) over responses
+        y drawn from the policy (exact at temperature 1, top-p 1). Two samples of a prompt share one reference pair."""
+        pairs, members = [], []
+        for prompt, outs in zip(prompts, sampled):
+            prompt_ids = tuple(encode_prompt(self.tokenizer, prompt, isinstance(prompt, list)))
+            kept = [s for s in outs if s.token_ids]
+            for k in range(0, len(kept), 2):
+                first, second = kept[k], kept[min(k + 1, len(kept) - 1)]
+                pairs.append(TokenizedPair(prompt_ids, first.token_ids, second.token_ids))
+                members.append((first,) if k + 1 >= len(kept) else (first, second))
+        if not pairs:
+            return float("nan")
+        (chosen, rejected), _ = reference.logps(pairs, self._adapter_base(policy))
+        gaps = [g for m, c, r in zip(members, chosen, rejected) for g in ([m[0].logp - c] + ([m[1].logp - r] if len(m) > 1 else []))]
+        return sum(gaps) / len(gaps)
 
     # --- persistence ---------------------------------------------------------------------------------------------
     def round_dir(self, r: int) -> Path:
@@ -285,6 +342,25 @@ class OnlineCampaign:
         if state and state["round"] >= self.cfg.online.rounds:
             log.info("%s: all %d rounds already finished; running none", self.run_dir, self.cfg.online.rounds)
         return state
+
+
+def _texts(samples: List[List[Sample]]) -> List[List[str]]:
+    return [[s.text for s in outs] for outs in samples]
+
+
+def _mean_length(samples: List[List[Sample]]) -> float:
+    """Mean response length in tokens."""
+    lengths = [len(s.token_ids) for outs in samples for s in outs]
+    return sum(lengths) / max(1, len(lengths))
+
+
+def _sample_statistics(drawn: List[List[Sample]], rewards: List[List[float]], kept: List[List[tuple]],
+                       min_margin: float) -> Dict[str, float]:
+    """A round's samples: their rewards, length, empty share, and the share of prompts that yield no pair (ties)."""
+    flat = [score for scores in rewards for score in scores]
+    tied = sum(len(k) < 2 or max(w for _, w in k) - min(w for _, w in k) <= min_margin for k in kept)
+    return {"reward/mean": sum(flat) / len(flat), "reward/max": max(flat), "length/sampled": _mean_length(drawn),
+            "samples/empty_share": 1 - sum(map(len, kept)) / len(flat), "pairs/tied_prompt_share": tied / len(kept)}
 
 
 def _save_rows(directory: Path, rows: List[Dict]) -> None:

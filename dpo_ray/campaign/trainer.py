@@ -38,6 +38,7 @@ class PolicyTrainer:
         self.accumulation, self.checkpoints, self.total_steps, self.step = accumulation, checkpoints, total_steps, step
         self.checkpoint_state = checkpoint_state or {}  # saved with every step checkpoint (e.g. the metrics before training)
         self.step_seconds: List[float] = []
+        self.last_metrics: Dict[str, float] = {}  # the latest step's metrics
         from tqdm.auto import tqdm
 
         self.progress = tqdm(total=total_steps, initial=step, desc="dpo", disable=not cfg.progress, dynamic_ncols=True)
@@ -87,6 +88,7 @@ class PolicyTrainer:
                        step_seconds=seconds, tokens_per_second=sum(pairs[i].tokens for i in indices) / seconds)
         if self.skipped_pairs:
             metrics["nonfinite/skipped_pairs"] = self.skipped_pairs
+        self.last_metrics = metrics
         if self.step % t.log_every == 0:
             self.writer.write(self.step, metrics)
         self.progress.update(1)

@@ -20,12 +20,13 @@ def reward_source(cfg: RunConfig, default_fn: str = "") -> str:
 
 
 class RewardGroup:
-    def __init__(self, cfg: RunConfig, default_fn: str = ""):
+    def __init__(self, cfg: RunConfig, default_fn: str = "", model_path: str = ""):
+        """model_path: the reward model's directory when reward.model_path is a built-in name resolved elsewhere."""
         c, r, need = cfg.cluster, cfg.reward, reward_need(cfg)
         self.name = reward_source(cfg, default_fn)
         if uses_reward_model(cfg):
             worker = "dpo_ray.workers.reward.ModelRewardWorker"
-            kwargs = dict(model_path=r.model_path, micro_batch_size=r.micro_batch_size, max_length=r.max_length,
+            kwargs = dict(model_path=model_path or r.model_path, micro_batch_size=r.micro_batch_size, max_length=r.max_length,
                           trust_remote_code=cfg.model.trust_remote_code, gpus=need.gpus)
         else:
             worker, kwargs = "dpo_ray.workers.reward.RuleRewardWorker", dict(fn=self.name)

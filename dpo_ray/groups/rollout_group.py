@@ -7,7 +7,7 @@ import ray
 
 from ..config import RunConfig
 from ..data.formats import Text
-from ..workers.rollout import engine_env
+from ..workers.rollout import Sample, engine_env
 from .actor_group import ActorGroup
 from .resources import rollout_need
 
@@ -21,8 +21,8 @@ class RolloutGroup:
                                                  gpus=need.gpus, tensor_parallel=c.rollout_tensor_parallel, seed=cfg.online.seed))
 
     def generate(self, prompts: Sequence[Text], seeds: Sequence[int], n: int, temperature: float, top_p: float,
-                 max_tokens: int) -> List[List[str]]:
-        """n responses for each prompt, in prompt order."""
+                 max_tokens: int) -> List[List[Sample]]:
+        """n samples for each prompt, in prompt order."""
         if len(seeds) != len(prompts):
             raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
         return self.group.run_shards("generate", list(zip(prompts, seeds)), n, temperature, top_p, max_tokens)

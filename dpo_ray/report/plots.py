@@ -1,0 +1,123 @@
+"""The report's pictures (matplotlib, Agg: no display needed): training curves per step, online rounds, and where
+each round's time went. Each function writes one PNG atomically and returns its path, or None when the run has
+nothing to draw."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from ..campaign.atomic import write_bytes
+from .records import RunRecords
+
+Panel = Tuple[str, List[Tuple[str, str]]]  # title, [(metric key, legend label)]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80)
+    _pyplot().close(fig)
+    write_bytes(path, buffer.getvalue())
+    return path
+
+
+def _grid(panels: Sequence[Panel], series: Dict[str, Tuple[List[float], List[float]]], x_label: str, path: Path,
+          columns: int = 4) -> Optional[Path]:
+    drawn = [(title, [(k, label) for k, label in lines if series.get(k, ([], []))[0]]) for title, lines in panels]
+    drawn = [(title, lines) for title, lines in drawn if lines]
+    if not drawn:
+        return None
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    rows = (len(drawn) + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.4 * rows), squeeze=False)
+    for ax, (title, lines) in zip(axes.flat, drawn):
+        for key, label in lines:
+            xs, ys = series[key]
+            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=label)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(x_label, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(lines) > 1:
+            ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(drawn):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _columns(rows: Sequence[Dict], x_key: str) -> Dict[str, Tuple[List[float], List[float]]]:
+    series: Dict[str, Tuple[List[float], List[float]]] = {}
+    for row in rows:
+        for key, value in row.items():
+            if isinstance(value, (int, float)) and value is not None:
+                xs, ys = series.setdefault(key, ([], []))
+                xs.append(row[x_key])
+                ys.append(value)
+    return series
+
+
+TRAINING: List[Panel] = [
+    ("loss", [("loss", "train"), ("eval_loss", "held-out")]),
+    ("rewards/accuracies", [("rewards/accuracies", "train"), ("eval_rewards/accuracies", "held-out")]),
+    ("rewards/margins", [("rewards/margins", "train"), ("eval_rewards/margins", "held-out")]),
+    ("implicit rewards", [("rewards/chosen", "chosen"), ("rewards/rejected", "rejected")]),
+    ("KL to reference on chosen (nats/token)", [("kl/chosen", "train"), ("eval_kl/chosen", "held-out")]),
+    ("grad norm", [("grad_norm", "")]),
+    ("learning rate", [("learning_rate", "")]),
+    ("tokens/s", [("tokens_per_second", "")]),
+]
+
+ROUNDS: List[Panel] = [
+    ("reward of samples", [("reward/mean", "mean"), ("reward/max", "max")]),
+    ("held-out reward (task)", [("eval/sampled_reward", "sampled"), ("eval/greedy_reward", "greedy")]),
+    ("pairs per round", [("pairs", "new"), ("train_pairs", "trained on")]),
+    ("mean response length (tokens)", [("eval/length", "held-out sampled"), ("length/sampled", "sampled"),
+                                       ("length/chosen", "chosen"), ("length/rejected", "rejected")]),
+    ("KL to reference (nats/response)", [("eval/kl", "held-out sampled")]),
+    ("pair quality (shares)", [("pairs/tied_prompt_share", "tied prompts"), ("pairs/near_identical_share", "near-identical"),
+                               ("pairs/chosen_longer_share", "chosen longer"), ("pairs/reference_disagrees", "ref. disagrees")]),
+]
+
+
+def training_plot(records: RunRecords, path: Path) -> Optional[Path]:
+    series = _columns(records.steps + records.evals, "step")
+    return _grid(TRAINING, series, "step", path)
+
+
+def rounds_plot(records: RunRecords, path: Path) -> Optional[Path]:
+    return _grid(ROUNDS, _columns(records.rounds, "round"), "round", path, columns=3)
+
+
+def phases_plot(records: RunRecords, path: Path) -> Optional[Path]:
+    """Seconds of each phase per round (the rows' time/<phase> keys, in their order), stacked."""
+    rows = [row for row in records.rounds if "time/round" in row]
+    if not rows:
+        return None
+    phases = [key[5:] for key in rows[0] if key.startswith("time/") and key != "time/round"]
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 3.2))
+    bottom = [0.0] * len(rows)
+    labels = [row["round"] for row in rows]
+    for phase in phases:
+        heights = [row.get(f"time/{phase}", 0.0) for row in rows]
+        ax.bar(labels, heights, bottom=bottom, label=phase)
+        bottom = [b + h for b, h in zip(bottom, heights)]
+    ax.set_xticks(labels)
+    ax.set_xlabel("round", fontsize=8)
+    ax.set_ylabel("seconds", fontsize=8)
+    ax.set_title("time per phase", fontsize=9)
+    ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
+    fig.tight_layout()
+    return _save(fig, path)

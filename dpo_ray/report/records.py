@@ -1,0 +1,61 @@
+"""A run directory's records, as the report reads them: per-step training metrics, held-out evaluations, online rounds,
+the statistics of the offline pairs, and the run's config."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List
+
+DATA_STATS = "data_stats.json"  # written by offline runs: pair statistics of the train and eval pairs
+
+
+@dataclass
+class RunRecords:
+    run_dir: Path
+    steps: List[Dict] = field(default_factory=list)  # training steps: {"step", "loss", "rewards/...", ...}
+    evals: List[Dict] = field(default_factory=list)  # held-out evaluations: {"step", "eval_loss", ...}
+    rounds: List[Dict] = field(default_factory=list)  # online rounds; round 0 is the starting policy
+    data_stats: Dict[str, Dict[str, float]] = field(default_factory=dict)
+    config: Dict = field(default_factory=dict)
+
+    @property
+    def beta(self) -> float:
+        return float(self.config.get("algo", {}).get("beta", 0.1))
+
+
+def _jsonl(path: Path) -> List[Dict]:
+    if not path.exists():
+        return []
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: line {number}: not JSON ({e.msg})") from None
+    return rows
+
+
+def load_records(run_dir: Path) -> RunRecords:
+    """Everything the report shows; a directory that holds no metrics is an error naming it."""
+    run_dir = Path(run_dir).expanduser()
+    metrics = _jsonl(run_dir / "metrics.jsonl")
+    if not metrics:
+        raise ValueError(f"{run_dir}: no metrics.jsonl with rows; is it a dpo-ray run directory?")
+    records = RunRecords(run_dir)
+    steps: Dict[int, Dict] = {}
+    evals: Dict[int, Dict] = {}
+    for row in metrics:  # a resumed run appends the steps after its checkpoint again: the later rows win
+        if "loss" in row:
+            steps[row["step"]] = row
+        elif any(key.startswith("eval_") for key in row):
+            evals[row["step"]] = row
+    records.steps, records.evals = [steps[k] for k in sorted(steps)], [evals[k] for k in sorted(evals)]
+    records.rounds = _jsonl(run_dir / "rounds.jsonl")
+    if (run_dir / DATA_STATS).exists():
+        records.data_stats = json.loads((run_dir / DATA_STATS).read_text(encoding="utf-8"))
+    if (run_dir / "config.json").exists():
+        records.config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    return records
