@@ -185,10 +185,11 @@ class MonitorConfig:
     plateau_window: int = opt(3, "over-optimisation: warn when the implicit reward margin grew over this many evaluations "
                               "while held-out accuracy / task reward did not improve")
     plateau_tolerance: float = opt(0.005, "smallest gain in held-out accuracy / task reward that counts as an improvement")
-    tie_share: float = opt(0.5, "warn when more than this share of a round's prompts yield no pair (all samples tied)")
+    tie_share: float = opt(0.8, "warn when more than this share of a round's prompts yield no pair (all samples tied: no learning signal)")
     near_identical_share: float = opt(0.2, "warn when more than this share of pairs have near-identical responses")
     near_identical_ratio: float = opt(0.9, "responses at least this similar (difflib ratio) count as near-identical")
-    label_noise: float = opt(0.5, "warn when the reference already prefers the rejected response (per token) in more than this share of pairs")
+    label_noise: float = opt(0.75, "warn when the reference already prefers the rejected response (per token) in more than this "
+                             "share of held-out pairs (an uninformed reference gives ~0.5; far above suggests noisy or swapped labels)")
 
 
 @dataclass

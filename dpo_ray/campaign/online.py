@@ -302,7 +302,8 @@ class OnlineCampaign:
         if not prompts:
             return {}
         seeds = [sample_seed(o.seed, 0, i) for i in range(len(prompts))]
-        sampled = rollout.generate(prompts, seeds, o.eval_samples_per_prompt, o.temperature, o.top_p, o.max_tokens)
+        sampled = rollout.generate(prompts, seeds, o.eval_samples_per_prompt, o.temperature, o.top_p, o.max_tokens,
+                                   with_logp=self.uses_reference)
         greedy = rollout.generate(prompts, seeds, 1, 0.0, 1.0, o.max_tokens)
         mean = lambda scores: sum(x for row in scores for x in row) / sum(len(row) for row in scores)
         metrics = {"eval/sampled_reward": mean(reward.score(prompts, _texts(sampled))),

@@ -21,11 +21,11 @@ class RolloutGroup:
                                                  gpus=need.gpus, tensor_parallel=c.rollout_tensor_parallel, seed=cfg.online.seed))
 
     def generate(self, prompts: Sequence[Text], seeds: Sequence[int], n: int, temperature: float, top_p: float,
-                 max_tokens: int) -> List[List[Sample]]:
-        """n samples for each prompt, in prompt order."""
+                 max_tokens: int, with_logp: bool = False) -> List[List[Sample]]:
+        """n samples for each prompt, in prompt order (with their log-probs if with_logp)."""
         if len(seeds) != len(prompts):
             raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
-        return self.group.run_shards("generate", list(zip(prompts, seeds)), n, temperature, top_p, max_tokens)
+        return self.group.run_shards("generate", list(zip(prompts, seeds)), n, temperature, top_p, max_tokens, with_logp)
 
     def prompt_logprobs(self, token_ids: Sequence[Sequence[int]]) -> List[List[float]]:
         return self.group.run_shards("prompt_logprobs", token_ids)

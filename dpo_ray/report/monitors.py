@@ -83,7 +83,7 @@ def offline_checks(records: RunRecords, m: MonitorConfig) -> List[Check]:
                f"1 = the held-out margin rose over {m.plateau_window} evaluations while held-out accuracy did not"),
         _above("near_identical_share", "degenerate pairs: near-identical", train.get("pairs/near_identical_share"), m.near_identical_share,
                f"share of the training pairs with similarity >= {m.near_identical_ratio}"),
-        _above("label_noise", "label noise: reference prefers rejected", held_out.get("pairs/reference_disagrees"), m.label_noise,
+        _above("label_noise", "label noise: reference prefers rejected (noisy or swapped labels?)", held_out.get("pairs/reference_disagrees"), m.label_noise,
                "share of the held-out pairs, per-token log-prob"),
     ]
 

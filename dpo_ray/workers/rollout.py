@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from ..config import RolloutConfig
 from ..data.formats import Text
@@ -12,12 +12,12 @@ from .device import device_spec
 
 @dataclass(frozen=True)
 class Sample:
-    """One generated response: its text, its token ids, and their summed log-prob under the engine's weights
-    (before temperature and top-p, so it is the policy's own log-prob of the tokens it drew)."""
+    """One generated response: its text, its token ids, and (when asked for) their summed log-prob under the engine's
+    weights, before temperature and top-p: the policy's own log-prob of the tokens it drew."""
 
     text: str
     token_ids: Tuple[int, ...]
-    logp: float
+    logp: Optional[float] = None
 
 
 def engine_env(gpus: float) -> dict:
@@ -55,14 +55,16 @@ class RolloutWorker:
         return TokensPrompt(prompt_token_ids=encode_prompt(self.tokenizer, prompt, isinstance(prompt, list)))
 
     def generate(self, jobs: Sequence[Tuple[Text, int]], n: int, temperature: float, top_p: float,
-                 max_tokens: int) -> List[List[Sample]]:
-        """n responses per (prompt, seed) job; the seed makes a prompt's samples the same whichever engine draws them."""
+                 max_tokens: int, with_logp: bool = False) -> List[List[Sample]]:
+        """n responses per (prompt, seed) job; the seed makes a prompt's samples the same whichever engine draws them.
+        with_logp also returns their log-probs (it costs: on a tiny model, twice the generation time)."""
         from vllm import SamplingParams
 
         params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
-                                 skip_special_tokens=True, logprobs=0) for _, seed in jobs]
+                                 skip_special_tokens=True, logprobs=0 if with_logp else None) for _, seed in jobs]
         outputs = self.llm.generate([self._prompt(p) for p, _ in jobs], params, use_tqdm=False)
-        return [[Sample(c.text, tuple(c.token_ids), float(c.cumulative_logprob or 0.0)) for c in out.outputs] for out in outputs]
+        return [[Sample(c.text, tuple(c.token_ids), float(c.cumulative_logprob) if with_logp else None)
+                 for c in out.outputs] for out in outputs]
 
     def prompt_logprobs(self, token_ids: Sequence[Sequence[int]]) -> List[List[float]]:
         """log p(token_j | tokens before j) for j >= 1 of each sequence, as the engine's current weights give it."""

@@ -46,7 +46,9 @@ def test_a_samples_log_prob_is_the_sum_of_its_tokens_log_probs_scored_afresh(rol
     from dpo_ray.workers.models import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_model_dir)
-    samples = rollout.generate(CHAT[:2], [7, 8], 2, 1.0, 1.0, 12)
+    samples = rollout.generate(CHAT[:2], [7, 8], 2, 1.0, 1.0, 12, with_logp=True)
+    assert [[s.text for s in outs] for outs in rollout.generate(CHAT[:2], [7, 8], 2, 1.0, 1.0, 12)] == \
+        [[s.text for s in outs] for outs in samples]  # asking for log-probs does not change what is drawn
     for prompt, outs in zip(CHAT[:2], samples):
         prompt_ids = encode_prompt(tokenizer, prompt, True)
         for sample in outs:

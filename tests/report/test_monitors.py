@@ -36,7 +36,7 @@ def test_a_healthy_campaign_trips_nothing():
     ({"eval/length": 60.0}, "length_growth"),  # responses doubled in length
     ({"pairs/chosen_longer_share": 0.9}, "chosen_longer_share"),
     ({"eval/kl": 45.0}, "kl"),
-    ({"pairs/tied_prompt_share": 0.8}, "tied_prompt_share"),
+    ({"pairs/tied_prompt_share": 0.9}, "tied_prompt_share"),
     ({"pairs/near_identical_share": 0.5}, "near_identical_share"),
 ])
 def test_each_round_monitor_trips_on_its_failure_alone(failure, key):
@@ -70,7 +70,7 @@ def offline_records(**stats) -> RunRecords:
 @pytest.mark.parametrize("change, key", [
     (("train", "pairs/chosen_longer_share", 0.95), "chosen_longer_share"),
     (("train", "pairs/near_identical_share", 0.4), "near_identical_share"),
-    (("eval", "pairs/reference_disagrees", 0.7), "label_noise"),
+    (("eval", "pairs/reference_disagrees", 0.9), "label_noise"),  # e.g. chosen and rejected swapped
 ])
 def test_offline_monitors_trip_on_their_failure_and_stay_quiet_otherwise(change, key):
     assert tripped(offline_checks(offline_records(), M)) == set()
