@@ -134,3 +134,11 @@ def test_sample_statistics_count_empty_samples_and_prompts_without_a_pair():
     stats = _sample_statistics(drawn, rewards, kept, 0.0)
     assert stats == {"reward/mean": 0.5, "reward/max": 1.0, "length/sampled": 7 / 4, "samples/empty_share": 0.25,
                      "pairs/tied_prompt_share": 1.0}  # prompt 0 has one pairable sample, prompt 1 a tie
+
+
+def test_held_out_evaluation_runs_every_k_rounds_and_after_the_last(run_config, tiny_model_dir):
+    from dpo_ray.campaign.online import OnlineInputs
+
+    run_config.online.rounds, run_config.online.eval_every = 5, 2
+    campaign = OnlineCampaign(run_config, OnlineInputs(tiny_model_dir, tiny_model_dir, ["p"], ["q"]))
+    assert [r for r in range(1, 6) if campaign._evaluates(r)] == [2, 4, 5]
