@@ -42,8 +42,9 @@ def _timed(fn) -> float:
 
 
 class PeakRss:
-    """Peak resident memory of this process and all its descendants (Ray's raylet, workers and actors) while the
-    block runs, minus what they held just before it: the memory a run adds. Shared pages count once per process."""
+    """Peak memory a run adds, sampled every 0.1 s over this process and all its descendants (Ray's raylet and
+    workers): a process that existed before the run counts with its growth, a new one (an actor) with its whole
+    resident size. Shared pages count once per process."""
 
     def __init__(self, interval: float = 0.1):
         import threading
@@ -52,32 +53,33 @@ class PeakRss:
         self.thread = threading.Thread(target=self._sample, daemon=True)
 
     @staticmethod
-    def total() -> int:
+    def resident() -> dict:
         import psutil
 
         me = psutil.Process()
-        rss = 0
+        sizes = {}
         for proc in [me] + me.children(recursive=True):
             try:
-                rss += proc.memory_info().rss
+                sizes[proc.pid] = proc.memory_info().rss
             except psutil.Error:
                 pass  # the process ended between listing and reading
-        return rss
+        return sizes
 
     def _sample(self) -> None:
         while not self.stop.is_set():
-            self.peak = max(self.peak, self.total())
+            now = self.resident()
+            self.peak = max(self.peak, sum(max(0, rss - self.before.get(pid, 0)) for pid, rss in now.items()))
             self.stop.wait(self.interval)
 
     def __enter__(self):
-        self.baseline = self.total()
+        self.before = self.resident()
         self.thread.start()
         return self
 
     def __exit__(self, *exc):
         self.stop.set()
         self.thread.join()
-        self.added = max(0, self.peak - self.baseline)
+        self.added = self.peak
 
 
 def build_large_model(tokenizer_dir: str, out_dir: str) -> str:
