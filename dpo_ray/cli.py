@@ -92,7 +92,11 @@ def report(arguments: List[str]) -> int:
         return 2
     from .report.markdown import write_report
 
-    print(write_report(Path(arguments[0])))
+    try:
+        print(write_report(Path(arguments[0])))
+    except ValueError as e:
+        print(f"dpo-ray report: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
