@@ -23,11 +23,11 @@ from ..groups.policy_group import PolicyGroup
 from ..groups.reward_group import RewardGroup
 from ..groups.resources import group_needs
 from ..groups.rollout_group import RolloutGroup
-from ..workers.rollout import Sample
 from ..objective import needs_reference
 from ..report.monitors import as_metrics, round_checks, warnings
 from ..workers.device import device_spec, rank_env, rank_threads
 from ..workers.models import load_tokenizer
+from ..workers.rollout import Sample
 from ..tasks.pretrained import PRETRAINED, ensure_pretrained
 from .atomic import write_dir, write_text
 from .metrics import MetricsWriter
@@ -220,10 +220,8 @@ class OnlineCampaign:
         lap("generate")
         rewards = reward.score(prompts, samples)
         lap("score")
-        # An empty sample (the policy stopped at once) cannot be a response in a preference row: it is left unpaired.
-        kept = [[(text, score) for text, score in zip(outs, scores) if not is_empty(text)] for outs, scores in zip(samples, rewards)]
-        pair_rows = build_pairs(prompts, [[self._response(prompt, t) for t, _ in k] for prompt, k in zip(prompts, kept)],
-                                [[w for _, w in k] for k in kept], o.min_margin, o.max_pairs_per_prompt)
+        pair_rows = build_pairs(prompts, [[self._response(prompt, s) for s in outs] for prompt, outs in zip(prompts, samples)],
+                                rewards, o.min_margin, o.max_pairs_per_prompt)
         round_dir = self.round_dir(r)
         write_dir(round_dir / "samples", lambda d: _save_rows(d, [{"prompt": p, "responses": s, "rewards": w}
                                                                   for p, s, w in zip(prompts, samples, rewards)]))
@@ -247,7 +245,7 @@ class OnlineCampaign:
         evaluation = self._evaluate(rollout, reward, reference, policy) if self._evaluates(r) else {}
         lap("eval")
         new_ref = None if ref is None else (ref[0][:len(new_pairs)], ref[1][:len(new_pairs)])
-        row = {"round": r, "prompts": len(prompts), **_sample_statistics(drawn, rewards, kept, o.min_margin),
+        row = {"round": r, "prompts": len(prompts), **_sample_statistics(drawn, rewards, o.min_margin),
                "pairs": len(new_pairs), "train_pairs": len(train_pairs), "steps": trainer.step - steps_before,
                **pair_statistics(new_pairs, self.cfg.monitor.near_identical_ratio, new_ref),
                **{f"train/{k}": trainer.last_metrics[k] for k in TRAIN_KEYS if k in trainer.last_metrics}, **evaluation}
@@ -315,18 +313,18 @@ class OnlineCampaign:
     def _kl(self, prompts: List[Text], sampled: List[List[Sample]], reference: ReferenceScorer, policy: PolicyGroup) -> float:
         """Monte-Carlo KL(policy || reference) in nats per response: the mean of log pi(y) - log ref(y) over responses
         y drawn from the policy (exact at temperature 1, top-p 1). Two samples of a prompt share one reference pair."""
-        pairs, members = [], []
+        pairs, scored = [], []  # scored[i]: the samples whose log-probs pairs[i]'s chosen and rejected slots hold
         for prompt, outs in zip(prompts, sampled):
             prompt_ids = tuple(encode_prompt(self.tokenizer, prompt, isinstance(prompt, list)))
             kept = [s for s in outs if s.token_ids]
             for k in range(0, len(kept), 2):
-                first, second = kept[k], kept[min(k + 1, len(kept) - 1)]
-                pairs.append(TokenizedPair(prompt_ids, first.token_ids, second.token_ids))
-                members.append((first,) if k + 1 >= len(kept) else (first, second))
+                two = kept[k:k + 2]
+                pairs.append(TokenizedPair(prompt_ids, two[0].token_ids, two[-1].token_ids))
+                scored.append(two)
         if not pairs:
             return float("nan")
         (chosen, rejected), _ = reference.logps(pairs, self._adapter_base(policy))
-        gaps = [g for m, c, r in zip(members, chosen, rejected) for g in ([m[0].logp - c] + ([m[1].logp - r] if len(m) > 1 else []))]
+        gaps = [sample.logp - ref for two, c, r in zip(scored, chosen, rejected) for sample, ref in zip(two, (c, r))]
         return sum(gaps) / len(gaps)
 
     # --- persistence ---------------------------------------------------------------------------------------------
@@ -355,13 +353,14 @@ def _mean_length(samples: List[List[Sample]]) -> float:
     return sum(lengths) / max(1, len(lengths))
 
 
-def _sample_statistics(drawn: List[List[Sample]], rewards: List[List[float]], kept: List[List[tuple]],
-                       min_margin: float) -> Dict[str, float]:
-    """A round's samples: their rewards, length, empty share, and the share of prompts that yield no pair (ties)."""
+def _sample_statistics(drawn: List[List[Sample]], rewards: List[List[float]], min_margin: float) -> Dict[str, float]:
+    """A round's samples: their rewards, length, empty share, and the share of prompts that yield no pair (fewer than
+    two non-empty samples, or all of them within min_margin: build_pairs pairs none of those)."""
     flat = [score for scores in rewards for score in scores]
-    tied = sum(len(k) < 2 or max(w for _, w in k) - min(w for _, w in k) <= min_margin for k in kept)
+    pairable = [[w for s, w in zip(outs, scores) if not is_empty(s.text)] for outs, scores in zip(drawn, rewards)]
+    tied = sum(len(p) < 2 or max(p) - min(p) <= min_margin for p in pairable)
     return {"reward/mean": sum(flat) / len(flat), "reward/max": max(flat), "length/sampled": _mean_length(drawn),
-            "samples/empty_share": 1 - sum(map(len, kept)) / len(flat), "pairs/tied_prompt_share": tied / len(kept)}
+            "samples/empty_share": 1 - sum(map(len, pairable)) / len(flat), "pairs/tied_prompt_share": tied / len(pairable)}
 
 
 def _save_rows(directory: Path, rows: List[Dict]) -> None:

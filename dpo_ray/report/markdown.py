@@ -80,14 +80,14 @@ def write_report(run_dir: Path) -> Path:
     records = load_records(Path(run_dir))
     plots_dir = records.run_dir / PLOTS
     checks = run_checks(records, monitor_config(records))
-    for warning in warnings(checks):
+    tripped = warnings(checks)
+    for warning in tripped:
         log.warning("monitor: %s", warning)
     kind = "online" if records.rounds else "offline"
     parts = [f"# dpo-ray report: {records.run_dir.name}", "",
              f"{kind} run, {len(records.steps)} training steps" + (f", {len(records.rounds) - 1} rounds" if records.rounds else "")
              + f". Made by `dpo-ray report {records.run_dir}`.", "", "## Summary", "", _summary_table(summary_rows(records)), "",
              "## Monitors", ""]
-    tripped = warnings(checks)
     parts += [f"- **WARNING** {w}" for w in tripped] or ["No monitor tripped."]
     parts += ["", _checks_table(checks), ""]
     pictures = [("Online rounds", rounds_plot(records, plots_dir / "rounds.png")),

@@ -48,9 +48,8 @@ def round_checks(rounds: Sequence[Dict], m: MonitorConfig) -> List[Check]:
     last = trained[-1] if trained else {}
     lengths = _series(rounds, "eval/length")
     growth = lengths[-1] / lengths[0] if len(lengths) > 1 and lengths[0] > 0 else None
-    evaluated = [row for row in rounds if row.get("eval/sampled_reward") is not None]
     margins = _series(trained, "train/rewards/margins")
-    quality = [row["eval/sampled_reward"] for row in evaluated if row.get("round", 0) > 0]
+    quality = _series(trained, "eval/sampled_reward")
     over = None
     if len(margins) > m.plateau_window and len(quality) == len(margins):
         over = float(stalled_while_growing(margins, quality, m.plateau_window, m.plateau_tolerance))

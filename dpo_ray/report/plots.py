@@ -61,7 +61,7 @@ def _columns(rows: Sequence[Dict], x_key: str) -> Dict[str, Tuple[List[float], L
     series: Dict[str, Tuple[List[float], List[float]]] = {}
     for row in rows:
         for key, value in row.items():
-            if isinstance(value, (int, float)) and value is not None:
+            if isinstance(value, (int, float)):
                 xs, ys = series.setdefault(key, ([], []))
                 xs.append(row[x_key])
                 ys.append(value)

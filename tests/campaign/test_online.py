@@ -130,8 +130,7 @@ def test_sample_statistics_count_empty_samples_and_prompts_without_a_pair():
 
     drawn = [[Sample("good", (5, 6), -1.0), Sample("", (2,), -0.5)], [Sample("a", (7,), -2.0), Sample("b", (8, 9, 10), -3.0)]]
     rewards = [[1.0, 0.0], [0.5, 0.5]]
-    kept = [[("good", 1.0)], [("a", 0.5), ("b", 0.5)]]  # the empty sample is left unpaired
-    stats = _sample_statistics(drawn, rewards, kept, 0.0)
+    stats = _sample_statistics(drawn, rewards, 0.0)  # the empty sample cannot be paired
     assert stats == {"reward/mean": 0.5, "reward/max": 1.0, "length/sampled": 7 / 4, "samples/empty_share": 0.25,
                      "pairs/tied_prompt_share": 1.0}  # prompt 0 has one pairable sample, prompt 1 a tie
 

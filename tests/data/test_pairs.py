@@ -35,6 +35,13 @@ def test_several_pairs_per_prompt_pair_kth_best_with_kth_worst_until_they_tie():
     assert len(build_pairs(["p"], [outs], [scores], max_pairs_per_prompt=1)) == 1
 
 
+def test_empty_responses_are_never_paired():
+    pairs = build_pairs(["p", "q"], [["good", "", "bad"], ["  ", "only"]], [[1.0, -5.0, 0.0], [0.0, 1.0]])
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("good", "bad")]  # q has one non-empty response left
+    chat = [[{"role": "assistant", "content": ""}], [{"role": "assistant", "content": "yes"}]]
+    assert build_pairs([[{"role": "user", "content": "p"}]], [chat], [[0.0, 1.0]]) == []
+
+
 def test_bad_scores_are_errors():
     with pytest.raises(ValueError, match="2 responses but 1 rewards"):
         build_pairs(["p"], [["a", "b"]], [[1.0]])
