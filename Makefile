@@ -1,7 +1,7 @@
 # The README's two commands: `make run` (the main job on the embedded default) and `make test`. Both set up .venv first.
 PY := .venv/bin/python
 
-.PHONY: setup run online imdb test test-fast
+.PHONY: setup run online imdb lint test test-fast
 setup:
 	bash scripts/setup.sh
 
@@ -13,6 +13,9 @@ online: setup
 
 imdb: setup
 	.venv/bin/dpo-ray online +experiment=imdb_sentiment $(ARGS)
+
+lint: setup
+	.venv/bin/ruff check . && .venv/bin/ruff format --check .
 
 test: setup
 	$(PY) -m pytest -q $(ARGS)

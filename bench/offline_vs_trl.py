@@ -4,14 +4,17 @@
 Both train the embedded task's pairs with the sigmoid loss (beta 0.1), batch 64 pairs, constant lr, float32, no
 warmup. TRL runs in one process with 2 threads, in its default mode (a reference forward every step) and with
 precomputed reference log-probs; dpo-ray runs through Ray with 2 ZeRO-3 ranks of 1 thread each (its default), padded
-and prefix-shared, and with 1 rank of 2 threads (TRL's process shape). Reported: median training-step seconds (first step left out), pairs/s, the ratio to TRL's default,
+and prefix-shared, and with 1 rank of 2 threads (TRL's process shape). Reported: median training-step seconds
+(first step left out), pairs/s, the ratio to TRL's default,
 and the first step's loss (ln 2 for both: policy == reference). Runs alternate A B A B.
 
 --model llama-50m trains a 50M-parameter Llama built on the fly (same tokenizer and pairs) instead of the 0.42M
 embedded model, where the tiny model is overhead-bound; --model smollm2-135m trains SmolLM2-135M-Instruct (installed
-offline, see dpo_ray/tasks/pretrained.py) on the same pairs in its own tokenizer and chat template. The MFU column is the achieved FLOP/s over this machine's
+offline, see dpo_ray/tasks/pretrained.py) on the same pairs in its own tokenizer and chat template. The MFU column
+is the achieved FLOP/s over this machine's
 float32 matmul peak, measured in the same run: 6 x params x tokens per training step (chosen + rejected tokens,
 counted the same way for every system) plus 2 x params x tokens for each reference forward the step runs."""
+
 from __future__ import annotations
 
 import argparse
@@ -32,7 +35,7 @@ def matmul_peak(threads: int = 2, n: int = 2048, repeats: int = 5) -> float:
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
     best = min(_timed(lambda: a @ b) for _ in range(repeats))
-    return 2 * n ** 3 / best
+    return 2 * n**3 / best
 
 
 def _timed(fn) -> float:
@@ -88,9 +91,18 @@ def build_large_model(tokenizer_dir: str, out_dir: str) -> str:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=640, intermediate_size=1728, num_hidden_layers=10,
-                         num_attention_heads=10, num_key_value_heads=5, max_position_embeddings=256,
-                         tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=640,
+        intermediate_size=1728,
+        num_hidden_layers=10,
+        num_attention_heads=10,
+        num_key_value_heads=5,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
@@ -119,12 +131,31 @@ def trl_run(model_path: str, train_file: str, steps: int, precompute: bool, batc
                 losses.append(logs["loss"])
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    config = DPOConfig(output_dir=tempfile.mkdtemp(prefix="trl-"), per_device_train_batch_size=batch, max_steps=steps,
-                       learning_rate=3e-4, lr_scheduler_type="constant", warmup_steps=0, beta=0.1, loss_type=["sigmoid"],
-                       max_grad_norm=1.0, logging_steps=1, report_to=[], save_strategy="no", use_cpu=True,
-                       precompute_ref_log_probs=precompute, dataloader_num_workers=0, seed=0)
-    trainer = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(model_path), args=config, processing_class=tokenizer,
-                         train_dataset=datasets.Dataset.from_json(train_file), callbacks=[Timer()])
+    config = DPOConfig(
+        output_dir=tempfile.mkdtemp(prefix="trl-"),
+        per_device_train_batch_size=batch,
+        max_steps=steps,
+        learning_rate=3e-4,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        beta=0.1,
+        loss_type=["sigmoid"],
+        max_grad_norm=1.0,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        precompute_ref_log_probs=precompute,
+        dataloader_num_workers=0,
+        seed=0,
+    )
+    trainer = DPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(model_path),
+        args=config,
+        processing_class=tokenizer,
+        train_dataset=datasets.Dataset.from_json(train_file),
+        callbacks=[Timer()],
+    )
     began = time.perf_counter()
     trainer.train()
     if threads != {2}:
@@ -136,10 +167,22 @@ def dpo_ray_run(inputs, steps: int, layout: str, batch: int, ranks: int = 2):
     from dpo_ray.campaign.offline import OfflineCampaign
     from dpo_ray.cli import compose
 
-    cfg = compose(["progress=false", "algo=dpo", f"train.max_steps={steps}", "train.lr_scheduler=constant",
-                   "train.warmup_ratio=0", f"train.batch_size={batch}", f"train.micro_batch_size={max(1, batch // 2)}", "reference.cache=false",
-                   f"data.prefix_sharing={layout == 'prefix'}", f"output_dir={tempfile.mkdtemp(prefix='bench-')}",
-                   f"cluster.policy_ranks={ranks}", f"cluster.torch_threads={2 // ranks}"])
+    cfg = compose(
+        [
+            "progress=false",
+            "algo=dpo",
+            f"train.max_steps={steps}",
+            "train.lr_scheduler=constant",
+            "train.warmup_ratio=0",
+            f"train.batch_size={batch}",
+            f"train.micro_batch_size={max(1, batch // 2)}",
+            "reference.cache=false",
+            f"data.prefix_sharing={layout == 'prefix'}",
+            f"output_dir={tempfile.mkdtemp(prefix='bench-')}",
+            f"cluster.policy_ranks={ranks}",
+            f"cluster.torch_threads={2 // ranks}",
+        ]
+    )
     began = time.perf_counter()
     campaign = OfflineCampaign(cfg, inputs)
     result = campaign.run()
@@ -153,7 +196,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--model", choices=["embedded", "llama-50m", "smollm2-135m"], default="embedded")
     parser.add_argument("--batch", type=int, default=64, help="pairs per step (both systems)")
-    parser.add_argument("--systems", nargs="+", default=None, help="substrings of the system names to run (default: all)")
+    parser.add_argument(
+        "--systems", nargs="+", default=None, help="substrings of the system names to run (default: all)"
+    )
     args = parser.parse_args()
 
     import ray
@@ -178,16 +223,22 @@ def main() -> None:
         inputs.eval, _ = load_pairs([str(inputs.task.eval_file)], tokenizer, TokenizeSettings(max_length=512))
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    params = sum(p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(inputs.model_path)).parameters())
+    params = sum(
+        p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(inputs.model_path)).parameters()
+    )
     tokens = statistics.mean(p.tokens for p in inputs.train) * args.batch  # chosen + rejected tokens of a step
     peak = matmul_peak()
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     systems = {
         "TRL DPOTrainer (default)": lambda: trl_run(inputs.model_path, train_file, args.steps, False, args.batch),
-        "TRL DPOTrainer (precomputed ref)": lambda: trl_run(inputs.model_path, train_file, args.steps, True, args.batch),
+        "TRL DPOTrainer (precomputed ref)": lambda: trl_run(
+            inputs.model_path, train_file, args.steps, True, args.batch
+        ),
         "dpo-ray, 2 ranks, padded": lambda: dpo_ray_run(inputs, args.steps, "padded", args.batch),
         "dpo-ray, 2 ranks, prefix-shared": lambda: dpo_ray_run(inputs, args.steps, "prefix", args.batch),
-        "dpo-ray, 1 rank x 2 threads, prefix-shared": lambda: dpo_ray_run(inputs, args.steps, "prefix", args.batch, ranks=1),
+        "dpo-ray, 1 rank x 2 threads, prefix-shared": lambda: dpo_ray_run(
+            inputs, args.steps, "prefix", args.batch, ranks=1
+        ),
     }
     if args.systems:
         systems = {k: v for k, v in systems.items() if any(part in k for part in args.systems)}
@@ -200,15 +251,23 @@ def main() -> None:
     ray.shutdown()
     first = next(iter(results))
     base = statistics.median(s for steps, *_ in results[first] for s in steps)
-    print(f"\n{args.model} ({params / 1e6:.2f}M params), embedded task pairs, batch {args.batch} pairs (~{tokens:.0f} tokens), "
-          f"{args.steps} steps x {args.repeats} runs, 2 CPUs; float32 matmul peak {peak / 1e9:.1f} GFLOP/s\n")
-    print(f"| system | median step s | tokens/s | x {first} | MFU | first-step loss | run wall s (incl. reference) | peak RSS GB added |")
+    print(
+        f"\n{args.model} ({params / 1e6:.2f}M params), embedded task pairs, "
+        f"batch {args.batch} pairs (~{tokens:.0f} tokens), "
+        f"{args.steps} steps x {args.repeats} runs, 2 CPUs; float32 matmul peak {peak / 1e9:.1f} GFLOP/s\n"
+    )
+    print(
+        f"| system | median step s | tokens/s | x {first} | MFU | first-step loss "
+        "| run wall s (incl. reference) | peak RSS GB added |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name, runs in results.items():
         median = statistics.median(s for steps, *_ in runs for s in steps)
         flops = (6 + (2 if name == "TRL DPOTrainer (default)" else 0)) * params * tokens / median
-        print(f"| {name} | {median:.3f} | {tokens / median:.0f} | {base / median:.2f} | {flops / peak:.1%} | "
-              f"{runs[0][1]:.4f} | {statistics.median(r[2] for r in runs):.1f} | {max(r[3] for r in runs) / 2**30:.2f} |")
+        print(
+            f"| {name} | {median:.3f} | {tokens / median:.0f} | {base / median:.2f} | {flops / peak:.1%} | "
+            f"{runs[0][1]:.4f} | {statistics.median(r[2] for r in runs):.1f} | {max(r[3] for r in runs) / 2**30:.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ Runs an online campaign on the embedded task through the real path (local Ray, v
 policy, reference replicas) and prints each round's phases in seconds and percent of the round, the round overhead
 (everything but generate and train) and the weight-sync share; then the same generation (same prompts, n and
 max_tokens) done by HF `generate` in this process, for comparison with the vLLM engine."""
+
 from __future__ import annotations
 
 import argparse
@@ -23,17 +24,27 @@ def main() -> None:
     from dpo_ray.campaign.online import PHASES, OnlineCampaign
     from dpo_ray.cli import compose
 
-    cfg = compose(["progress=false", f"online.rounds={args.rounds}", "reference.cache=false",
-                   f"output_dir={tempfile.mkdtemp(prefix='bench-online-')}", *args.overrides], "online")
+    cfg = compose(
+        [
+            "progress=false",
+            f"online.rounds={args.rounds}",
+            "reference.cache=false",
+            f"output_dir={tempfile.mkdtemp(prefix='bench-online-')}",
+            *args.overrides,
+        ],
+        "online",
+    )
     campaign = OnlineCampaign(cfg)
     began = time.perf_counter()
     result = campaign.run()
     wall = time.perf_counter() - began
     o = cfg.online
-    print(f"\nembedded task: {len(campaign.inputs.prompts)} prompts x {o.samples_per_prompt} samples per round, "
-          f"{len(campaign.inputs.eval_prompts)} held-out prompts; {cfg.cluster.policy_ranks} policy ranks, "
-          f"{cfg.cluster.reference_ranks} reference replicas, {cfg.cluster.rollout_engines} vLLM engine(s), "
-          f"{os.cpu_count()} CPUs; campaign wall {wall:.1f} s (start-up included)\n")
+    print(
+        f"\nembedded task: {len(campaign.inputs.prompts)} prompts x {o.samples_per_prompt} samples per round, "
+        f"{len(campaign.inputs.eval_prompts)} held-out prompts; {cfg.cluster.policy_ranks} policy ranks, "
+        f"{cfg.cluster.reference_ranks} reference replicas, {cfg.cluster.rollout_engines} vLLM engine(s), "
+        f"{os.cpu_count()} CPUs; campaign wall {wall:.1f} s (start-up included)\n"
+    )
     rows = result.rounds[1:]
     print("| phase | " + " | ".join(f"round {r['round']} s | %" for r in rows) + " |")
     print("|---|" + "---|---|" * len(rows))
@@ -41,11 +52,19 @@ def main() -> None:
         cells = [f"{r[f'time/{phase}']:.2f} | {100 * r[f'time/{phase}'] / r['time/round']:.1f}" for r in rows]
         print(f"| {phase} | " + " | ".join(cells) + " |")
     overhead = [r["time/round"] - r["time/generate"] - r["time/train"] for r in rows]
-    print("| **overhead** (all but generate, train) | " + " | ".join(
-        f"{x:.2f} | {100 * x / r['time/round']:.1f}" for x, r in zip(overhead, rows)) + " |")
+    print(
+        "| **overhead** (all but generate, train) | "
+        + " | ".join(f"{x:.2f} | {100 * x / r['time/round']:.1f}" for x, r in zip(overhead, rows))
+        + " |"
+    )
     print("| **round** | " + " | ".join(f"{r['time/round']:.2f} | 100" for r in rows) + " |")
-    print("\n(pairs per round: " + ", ".join(str(r["pairs"]) for r in rows) + "; training steps: "
-          + ", ".join(str(r["steps"]) for r in rows) + ")")
+    print(
+        "\n(pairs per round: "
+        + ", ".join(str(r["pairs"]) for r in rows)
+        + "; training steps: "
+        + ", ".join(str(r["steps"]) for r in rows)
+        + ")"
+    )
 
     import torch
     from transformers import AutoModelForCausalLM
@@ -61,9 +80,12 @@ def main() -> None:
     sample_responses(model, tokenizer, prompts, o.samples_per_prompt, o.temperature, max_new_tokens=o.max_tokens)
     hf = time.perf_counter() - start
     vllm = rows[0]["time/generate"]
-    print(f"\n| generation of round 1 ({len(prompts)} prompts x {o.samples_per_prompt}) | seconds | x HF |\n|---|---|---|\n"
-          f"| HF generate, {torch.get_num_threads()} threads, batch 256 | {hf:.2f} | 1.00 |\n"
-          f"| vLLM engine(s) in the rollout group | {vllm:.2f} | {hf / vllm:.2f} |")
+    print(
+        f"\n| generation of round 1 ({len(prompts)} prompts x {o.samples_per_prompt}) | seconds | x HF |\n"
+        "|---|---|---|\n"
+        f"| HF generate, {torch.get_num_threads()} threads, batch 256 | {hf:.2f} | 1.00 |\n"
+        f"| vLLM engine(s) in the rollout group | {vllm:.2f} | {hf / vllm:.2f} |"
+    )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ Data: the embedded task's pairs (nearly uniform lengths), and varied-length pair
 10-60, as in DESIGN.md's measurement). Models: the embedded 0.42M Llama and a ~25M Llama built on the fly. Prints the
 positions computed, the padding fraction, tokens/s counted as the padded layout's real tokens (so rows compare), and
 the speed-up over padded; runs are interleaved."""
+
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,7 @@ def step_seconds(model, pairs, layout, micro: int) -> float:
     layout, mask = layout
     began = time.perf_counter()
     for start in range(0, len(pairs), micro):
-        batch = collate_pairs(pairs[start:start + micro], 0, layout)
+        batch = collate_pairs(pairs[start : start + micro], 0, layout)
         if not mask:  # right padding needs no mask for a causal model: pads come after every real token
             del batch["attention_mask"]
         out = forward_pairs(model, batch)
@@ -32,7 +33,9 @@ def step_seconds(model, pairs, layout, micro: int) -> float:
 def positions(pairs, layout, micro: int) -> int:
     from dpo_ray.data.collate import collate_pairs
 
-    return sum(collate_pairs(pairs[s:s + micro], 0, layout[0])["input_ids"].numel() for s in range(0, len(pairs), micro))
+    return sum(
+        collate_pairs(pairs[s : s + micro], 0, layout[0])["input_ids"].numel() for s in range(0, len(pairs), micro)
+    )
 
 
 def padding_fraction(pairs, layout, micro: int) -> float:
@@ -40,8 +43,8 @@ def padding_fraction(pairs, layout, micro: int) -> float:
 
     real = total = 0
     for start in range(0, len(pairs), micro):
-        batch = collate_pairs(pairs[start:start + micro], 0, layout[0])
-        real += sum(unit_length(p, layout[0]) for p in pairs[start:start + micro])
+        batch = collate_pairs(pairs[start : start + micro], 0, layout[0])
+        real += sum(unit_length(p, layout[0]) for p in pairs[start : start + micro])
         total += batch["input_ids"].numel()
     return 1 - real / total
 
@@ -55,29 +58,42 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
 
-    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
-
-    from dpo_ray.cli import compose
-    from dpo_ray.campaign.offline import prepare_inputs
-    from dpo_ray.data.collate import Layout
-
     import random
 
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    from dpo_ray.campaign.offline import prepare_inputs
+    from dpo_ray.cli import compose
+    from dpo_ray.data.collate import Layout
     from dpo_ray.data.tokenize import TokenizedPair
 
     inputs = prepare_inputs(compose(["progress=false"]))
     tiny = AutoModelForCausalLM.from_pretrained(inputs.model_path)
     rng = random.Random(0)
     ids = lambda lo, hi: tuple(rng.randrange(5, tiny.config.vocab_size) for _ in range(rng.randint(lo, hi)))
-    data = {"embedded": inputs.train[:args.pairs],
-            "varied": [TokenizedPair(ids(10, 40), ids(10, 60), ids(10, 60)) for _ in range(args.pairs)]}
+    data = {
+        "embedded": inputs.train[: args.pairs],
+        "varied": [TokenizedPair(ids(10, 40), ids(10, 60), ids(10, 60)) for _ in range(args.pairs)],
+    }
     torch.manual_seed(0)
-    mid = LlamaForCausalLM(LlamaConfig(vocab_size=tiny.config.vocab_size, hidden_size=512, intermediate_size=1408,
-                                       num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
-                                       max_position_embeddings=512, tie_word_embeddings=True))
-    layouts = {"padded": (Layout(), True), "padded, no mask": (Layout(), False),
-               **{f"packed {n}": (Layout(packing=True, pack_length=n), True) for n in args.pack_lengths},
-               **{f"prefix-shared {n}": (Layout(prefix_sharing=True, pack_length=n), True) for n in args.pack_lengths}}
+    mid = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=tiny.config.vocab_size,
+            hidden_size=512,
+            intermediate_size=1408,
+            num_hidden_layers=8,
+            num_attention_heads=8,
+            num_key_value_heads=4,
+            max_position_embeddings=512,
+            tie_word_embeddings=True,
+        )
+    )
+    layouts = {
+        "padded": (Layout(), True),
+        "padded, no mask": (Layout(), False),
+        **{f"packed {n}": (Layout(packing=True, pack_length=n), True) for n in args.pack_lengths},
+        **{f"prefix-shared {n}": (Layout(prefix_sharing=True, pack_length=n), True) for n in args.pack_lengths},
+    }
     print(f"\n{args.pairs} pairs per data set, micro-batch {args.micro} pairs, {torch.get_num_threads()} threads\n")
     print("| data | model | layout | positions computed | padding | tokens/s | speed-up |")
     print("|---|---|---|---|---|---|---|")
@@ -92,8 +108,11 @@ def main() -> None:
             base = statistics.median(times["padded"])
             for key, layout in layouts.items():
                 median = statistics.median(times[key])
-                print(f"| {data_name} | {name} | {key} | {positions(pairs, layout, args.micro)} | {padding_fraction(pairs, layout, args.micro):.2f} | "
-                      f"{real_tokens / median:.0f} | {base / median:.2f}x |")
+                print(
+                    f"| {data_name} | {name} | {key} | {positions(pairs, layout, args.micro)} "
+                    f"| {padding_fraction(pairs, layout, args.micro):.2f} | "
+                    f"{real_tokens / median:.0f} | {base / median:.2f}x |"
+                )
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
 """`dpo-ray train [key=value ...]`: Hydra-composed configs from configs/, overridable on the command line."""
+
 from __future__ import annotations
 
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 USAGE = """usage: dpo-ray train [OVERRIDE ...]     offline DPO on a preference dataset (configs/train.yaml)
        dpo-ray online [OVERRIDE ...]    online / iterative DPO: vLLM samples -> rewards -> pairs -> DPO -> weight sync
@@ -24,9 +24,10 @@ def config_dir() -> Path:
     return Path(os.environ.get("DPO_RAY_CONFIG_DIR", Path(__file__).resolve().parent.parent / "configs"))
 
 
-def compose(overrides: List[str], config_name: str = "train"):
+def compose(overrides: list[str], config_name: str = "train"):
     """The typed RunConfig of configs/<config_name>.yaml with these overrides."""
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
     from omegaconf import OmegaConf
 
     from .config import register
@@ -42,10 +43,16 @@ def help_text() -> str:
     groups = []
     for group in sorted(p for p in config_dir().iterdir() if p.is_dir()):
         groups.append(f"  {group.name}: {', '.join(sorted(f.stem for f in group.glob('*.yaml')))}")
-    return USAGE + "\npresets (group=name):\n" + "\n".join(groups) + "\n\noptions (key=default  help):\n" + "\n".join(describe())
+    return (
+        USAGE
+        + "\npresets (group=name):\n"
+        + "\n".join(groups)
+        + "\n\noptions (key=default  help):\n"
+        + "\n".join(describe())
+    )
 
 
-def train(overrides: List[str]) -> int:
+def train(overrides: list[str]) -> int:
     from .campaign.offline import OfflineCampaign
     from .campaign.summary import finish, load_trained_model, task_metrics
     from .report.markdown import write_report
@@ -64,16 +71,18 @@ def train(overrides: List[str]) -> int:
     steps = result.step_seconds
     median = sorted(steps)[len(steps) // 2] if steps else float("nan")
     table = finish(result.run_dir, before, after, {"steps": len(steps), "median_step_seconds": median})
-    print(f"\nfinal model: {result.final_model}\nmetrics: {result.run_dir / 'metrics.jsonl'}  "
-          f"({len(steps)} steps, median {median:.3f}s/step on {cfg.cluster.policy_ranks} policy ranks)\n"
-          f"report: {write_report(result.run_dir)}\n\n{table}")
+    print(
+        f"\nfinal model: {result.final_model}\nmetrics: {result.run_dir / 'metrics.jsonl'}  "
+        f"({len(steps)} steps, median {median:.3f}s/step on {cfg.cluster.policy_ranks} policy ranks)\n"
+        f"report: {write_report(result.run_dir)}\n\n{table}"
+    )
     return 0
 
 
-def online(overrides: List[str]) -> int:
+def online(overrides: list[str]) -> int:
+    from .campaign.atomic import write_text
     from .campaign.online import OnlineCampaign
     from .campaign.summary import format_rounds
-    from .campaign.atomic import write_text
     from .report.markdown import write_report
 
     cfg = compose(overrides, "online")
@@ -81,12 +90,14 @@ def online(overrides: List[str]) -> int:
     table = format_rounds(result.rounds)
     write_text(result.run_dir / "summary.md", table + "\n")
     resumed = f" (resumed after round {result.resumed_from})" if result.resumed_from else ""
-    print(f"\nfinal model: {result.final_model}{resumed}\nrounds: {result.run_dir / 'rounds.jsonl'}, "
-          f"samples and pairs per round: {result.run_dir / 'rounds'}\nreport: {write_report(result.run_dir)}\n\n{table}")
+    print(
+        f"\nfinal model: {result.final_model}{resumed}\nrounds: {result.run_dir / 'rounds.jsonl'}, "
+        f"samples and pairs per round: {result.run_dir / 'rounds'}\nreport: {write_report(result.run_dir)}\n\n{table}"
+    )
     return 0
 
 
-def report(arguments: List[str]) -> int:
+def report(arguments: list[str]) -> int:
     if len(arguments) != 1:
         print("usage: dpo-ray report RUN_DIR", file=sys.stderr)
         return 2
@@ -100,14 +111,15 @@ def report(arguments: List[str]) -> int:
     return 0
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or (argv[0] != "submit" and ("--help" in argv or "-h" in argv)):
         print(help_text())
         return 0
     command, overrides = argv[0], argv[1:]
     if command == "submit":
-        from .submit import USAGE as SUBMIT_USAGE, submit
+        from .submit import USAGE as SUBMIT_USAGE
+        from .submit import submit
 
         if not overrides or overrides[0] in ("-h", "--help"):
             print(SUBMIT_USAGE)

@@ -1,8 +1,8 @@
 """Sequence log-probabilities of completions from one causal-LM forward over a collated batch."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict
 
 import torch
 
@@ -21,7 +21,7 @@ class PairLogps:
     rejected_logits_sum: torch.Tensor
 
 
-def forward_pairs(model: torch.nn.Module, batch: Dict[str, torch.Tensor]) -> PairLogps:
+def forward_pairs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> PairLogps:
     """Forward once and score each completion token from the position that predicts it (use_cache off: with a cache,
     transformers reads masks differently and packed sequences would attend across boundaries)."""
     logits = model(**{k: batch[k] for k in MODEL_INPUTS if k in batch}, use_cache=False).logits
@@ -30,10 +30,17 @@ def forward_pairs(model: torch.nn.Module, batch: Dict[str, torch.Tensor]) -> Pai
     token_logps = flat.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(flat, dim=-1)
     n, seq = int(batch["num_sequences"]), batch["sequence_ids"]
     sums = torch.zeros(n, dtype=token_logps.dtype, device=token_logps.device).index_add(0, seq, token_logps)
-    tokens = torch.zeros(n, dtype=token_logps.dtype, device=token_logps.device).index_add(0, seq, torch.ones_like(token_logps))
+    tokens = torch.zeros(n, dtype=token_logps.dtype, device=token_logps.device).index_add(
+        0, seq, torch.ones_like(token_logps)
+    )
     with torch.no_grad():
         mean_logits = flat.mean(-1)
         chosen = seq < n // 2
-    return PairLogps(chosen_logps=sums[: n // 2], rejected_logps=sums[n // 2:], chosen_tokens=tokens[: n // 2],
-                     rejected_tokens=tokens[n // 2:], chosen_logits_sum=mean_logits[chosen].sum(),
-                     rejected_logits_sum=mean_logits[~chosen].sum())
+    return PairLogps(
+        chosen_logps=sums[: n // 2],
+        rejected_logps=sums[n // 2 :],
+        chosen_tokens=tokens[: n // 2],
+        rejected_tokens=tokens[n // 2 :],
+        chosen_logits_sum=mean_logits[chosen].sum(),
+        rejected_logits_sum=mean_logits[~chosen].sum(),
+    )

@@ -22,15 +22,31 @@ Reference-free (reference tensors None), a_c = log pi_c / |c|:
   orpo          -beta log s(log odds(a_c) - log odds(a_r)), odds(a) = exp(a) / (1 - exp(a)); ORPO adds the chosen NLL
 Rewards are beta * log-ratios (beta * average log-probs for the reference-free losses), as TRL logs them.
 """
-from __future__ import annotations
 
-from typing import Optional, Tuple
+from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
-              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm", "simpo", "orpo")
+LOSS_TYPES = (
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "exo_pair",
+    "nca_pair",
+    "robust",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sft",
+    "sigmoid_norm",
+    "simpo",
+    "orpo",
+)
 REFERENCE_FREE = ("simpo", "orpo", "sft")
 LABEL_SMOOTHING_LOSSES = ("exo_pair", "robust", "aot", "aot_unpaired", "simpo")
 LENGTH_LOSSES = ("ipo", "sigmoid_norm", "sft", "simpo", "orpo")
@@ -42,8 +58,10 @@ def check_options(loss_type: str, label_smoothing: float) -> None:
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"unknown loss_type {loss_type!r}; known: {', '.join(LOSS_TYPES)}")
     if label_smoothing and loss_type not in LABEL_SMOOTHING_LOSSES:
-        raise ValueError(f"label_smoothing is used by {', '.join(LABEL_SMOOTHING_LOSSES)}, not by {loss_type!r}"
-                         + ("; for cDPO set algo.cdpo_label_smoothing" if loss_type == "sigmoid" else ""))
+        raise ValueError(
+            f"label_smoothing is used by {', '.join(LABEL_SMOOTHING_LOSSES)}, not by {loss_type!r}"
+            + ("; for cDPO set algo.cdpo_label_smoothing" if loss_type == "sigmoid" else "")
+        )
     if loss_type == "exo_pair" and not 0 < label_smoothing < 1:
         raise ValueError("exo_pair needs 0 < label_smoothing < 1 (the EXO paper uses 1e-3)")
     if loss_type == "robust" and not 0 <= label_smoothing < 0.5:
@@ -59,16 +77,16 @@ def _smoothed_sigmoid(x: torch.Tensor, eps: float) -> torch.Tensor:
 def dpo_loss(
     policy_chosen_logps: torch.Tensor,
     policy_rejected_logps: torch.Tensor,
-    reference_chosen_logps: Optional[torch.Tensor],
-    reference_rejected_logps: Optional[torch.Tensor],
+    reference_chosen_logps: torch.Tensor | None,
+    reference_rejected_logps: torch.Tensor | None,
     *,
     loss_type: str = "sigmoid",
     beta: float = 0.1,
     label_smoothing: float = 0.0,
-    chosen_lengths: Optional[torch.Tensor] = None,
-    rejected_lengths: Optional[torch.Tensor] = None,
+    chosen_lengths: torch.Tensor | None = None,
+    rejected_lengths: torch.Tensor | None = None,
     **variant_options,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(losses, chosen_rewards, rejected_rewards), each of shape (pairs,); see the module docstring for formulas."""
     check_options(loss_type, label_smoothing)
     unknown = set(variant_options) - OPTIONS.get(loss_type, set())
@@ -104,11 +122,15 @@ def dpo_loss(
         losses = (avg - 1 / (2 * beta)) ** 2
     elif loss_type == "exo_pair":
         eps = torch.tensor(label_smoothing, dtype=d.dtype, device=d.device)
-        losses = (torch.sigmoid(beta * d) * (F.logsigmoid(beta * d) - torch.log1p(-eps))
-                  + torch.sigmoid(-beta * d) * (F.logsigmoid(-beta * d) - torch.log(eps)))
+        losses = torch.sigmoid(beta * d) * (F.logsigmoid(beta * d) - torch.log1p(-eps)) + torch.sigmoid(-beta * d) * (
+            F.logsigmoid(-beta * d) - torch.log(eps)
+        )
     elif loss_type == "nca_pair":
-        losses = (-F.logsigmoid(beta * chosen_logratios) - 0.5 * F.logsigmoid(-beta * chosen_logratios)
-                  - 0.5 * F.logsigmoid(-beta * rejected_logratios))
+        losses = (
+            -F.logsigmoid(beta * chosen_logratios)
+            - 0.5 * F.logsigmoid(-beta * chosen_logratios)
+            - 0.5 * F.logsigmoid(-beta * rejected_logratios)
+        )
     elif loss_type == "robust":
         eps = label_smoothing
         losses = (-(1 - eps) * F.logsigmoid(beta * d) + eps * F.logsigmoid(-beta * d)) / (1 - 2 * eps)

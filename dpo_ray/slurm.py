@@ -1,16 +1,17 @@
 """`python -m dpo_ray.slurm COMMAND [OVERRIDE ...]` prints the Slurm shape a run needs, "NODES GPUS_PER_NODE", for
 launch/slurm/submit.sh to pass to sbatch (--nodes, --gres=gpu:N)."""
+
 from __future__ import annotations
 
 import math
 import sys
-from typing import List, Tuple
 
 
-def shape(command: str, overrides: List[str]) -> Tuple[int, int]:
-    """Nodes (cluster.nodes, at least 1) and GPUs per node: the most GPUs the run's groups hold at once, spread evenly."""
-    from .groups.resources import group_needs
+def shape(command: str, overrides: list[str]) -> tuple[int, int]:
+    """Nodes (cluster.nodes, at least 1) and GPUs per node: the most GPUs the run's groups hold at once, spread
+    evenly."""
     from .cli import compose
+    from .groups.resources import group_needs
 
     if command not in ("train", "online"):
         raise ValueError(f"command must be train or online, got {command!r}")

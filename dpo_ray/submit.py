@@ -1,4 +1,5 @@
 """`dpo-ray submit`: run a campaign as a Ray job on an existing cluster, follow its logs, return its exit status."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,7 +8,6 @@ import os
 import shlex
 import time
 from pathlib import Path
-from typing import Dict, List
 
 USAGE = """usage: dpo-ray submit [--address URL] [--working-dir DIR] [--env KEY=VALUE ...] [--pip SPEC ...] [--no-wait]
                       {train,online} [OVERRIDE ...]
@@ -19,7 +19,7 @@ after submitting. --working-dir uploads a source tree (the cluster must still ha
 with --pip)."""
 
 
-def parse(argv: List[str]) -> argparse.Namespace:
+def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="dpo-ray submit", usage=USAGE, add_help=False)
     parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265")
     parser.add_argument("--working-dir", default=None)
@@ -31,8 +31,8 @@ def parse(argv: List[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def runtime_env(args: argparse.Namespace) -> Dict:
-    env: Dict = {}
+def runtime_env(args: argparse.Namespace) -> dict:
+    env: dict = {}
     if args.env:
         pairs = [item.split("=", 1) for item in args.env]
         if any(len(p) != 2 or not p[0] for p in pairs):
@@ -51,13 +51,17 @@ async def _follow(client, job_id: str) -> None:
 
 
 def use_local_token() -> None:
-    """Ray heads turn token auth on when a token exists; its job client only sends one in token mode, as `ray job` does."""
-    if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
-                                              or (Path.home() / ".ray" / "auth_token").exists()):
+    """Ray heads turn token auth on when a token exists; its job client only sends one in token mode, as `ray job`
+    does."""
+    if "RAY_AUTH_MODE" not in os.environ and (
+        os.environ.get("RAY_AUTH_TOKEN")
+        or os.environ.get("RAY_AUTH_TOKEN_PATH")
+        or (Path.home() / ".ray" / "auth_token").exists()
+    ):
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
-def submit(argv: List[str], poll_s: float = 1.0) -> int:
+def submit(argv: list[str], poll_s: float = 1.0) -> int:
     use_local_token()  # before Ray reads its config
     from ray.job_submission import JobStatus, JobSubmissionClient
 

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny tokenizer and model built on the fly once per session, a Ray cluster per test module."""
+
 from __future__ import annotations
 
 import os

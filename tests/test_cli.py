@@ -24,8 +24,17 @@ def test_help_lists_every_option_and_preset(capsys):
     text = capsys.readouterr().out
     assert "algo.beta=0.1" in text and "cluster.placement='PACK'" in text and "model.lora.r=8" in text
     assert "train: default, online_tiny, tiny" in text and "dpo-ray online" in text
-    assert all(f"  {name}=" in help_text() for name in ("data.on_error", "train.max_grad_norm", "reference.cache",
-                                                         "online.rounds", "reward.fn", "rollout.kv_cache_memory_mb"))
+    assert all(
+        f"  {name}=" in help_text()
+        for name in (
+            "data.on_error",
+            "train.max_grad_norm",
+            "reference.cache",
+            "online.rounds",
+            "reward.fn",
+            "rollout.kv_cache_memory_mb",
+        )
+    )
 
 
 def test_online_config_composes_with_its_own_training_preset():

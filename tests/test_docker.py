@@ -1,4 +1,5 @@
 """The container images: hadolint-clean, installed through scripts/setup.sh, and started as the `dpo-ray` CLI."""
+
 from __future__ import annotations
 
 import os
@@ -31,8 +32,13 @@ def instructions(dockerfile: Path) -> list[str]:
 
 @pytest.mark.parametrize("path", sorted(IMAGES))
 def test_dockerfile_passes_hadolint(path):
-    result = subprocess.run([hadolint(), "--no-color", "--failure-threshold", "warning", path],
-                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [hadolint(), "--no-color", "--failure-threshold", "warning", path],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, f"hadolint {path}:\n{result.stdout}{result.stderr}"
 
 

@@ -1,4 +1,5 @@
 """Sequence log-probs: the padded batch against a per-example computation, and packed rows against padded rows."""
+
 import math
 
 import pytest
@@ -78,4 +79,6 @@ def test_a_row_filled_exactly_matches_padded(tiny_model_dir, shared):
     assert batch["input_ids"].shape == (1, exact.pack_length)
     with torch.no_grad():
         a, b = forward_pairs(model, batch), forward_pairs(model, collate_pairs(pairs, 0))
-    assert torch.allclose(a.chosen_logps, b.chosen_logps, atol=1e-5) and torch.allclose(a.rejected_logps, b.rejected_logps, atol=1e-5)
+    assert torch.allclose(a.chosen_logps, b.chosen_logps, atol=1e-5) and torch.allclose(
+        a.rejected_logps, b.rejected_logps, atol=1e-5
+    )

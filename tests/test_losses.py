@@ -1,4 +1,5 @@
 """Every loss against a direct transcription of its formula (float64, per element, plain Python math)."""
+
 import math
 
 import pytest
@@ -35,25 +36,31 @@ def transcription(t, pc, pr, rc, rr, lc, lr, b, e, opts):
     for i in range(N):
         bd = b * d[i]
         ac, ar = pc[i] / lc[i], pr[i] / lr[i]
-        out.append({
-            "sigmoid": lambda: -(1 - opts.get("cdpo_label_smoothing", 0)) * ls(bd) - opts.get("cdpo_label_smoothing", 0) * ls(-bd),
-            "hinge": lambda: max(0.0, 1 - bd),
-            "ipo": lambda: (c[i] / lc[i] - r[i] / lr[i] - 1 / (2 * b)) ** 2,
-            "exo_pair": lambda: sig(bd) * (ls(bd) - math.log(1 - e)) + sig(-bd) * (ls(-bd) - math.log(e)),
-            "nca_pair": lambda: -ls(b * c[i]) - 0.5 * ls(-b * c[i]) - 0.5 * ls(-b * r[i]),
-            "robust": lambda: (-(1 - e) * ls(bd) + e * ls(-bd)) / (1 - 2 * e),
-            "bco_pair": lambda: -ls(b * c[i]) - ls(-b * r[i]),
-            "sppo_hard": lambda: (c[i] - 0.5 / b) ** 2 + (r[i] + 0.5 / b) ** 2,
-            "aot": lambda: -(1 - e) * ls(bd) - e * ls(-bd),
-            "aot_unpaired": lambda: -(1 - e) * ls(bd) - e * ls(-bd),
-            "apo_zero": lambda: 1 - sig(b * c[i]) + sig(b * r[i]),
-            "apo_down": lambda: sig(b * c[i]) + 1 - sig(bd),
-            "discopop": lambda: (lambda m: -ls(bd) * (1 - m) + math.exp(-bd) * m)(sig(bd / opts["discopop_tau"])),
-            "sigmoid_norm": lambda: -ls(b * (c[i] / lc[i] - r[i] / lr[i])),
-            "sft": lambda: -pc[i] * N / sum(lc),
-            "simpo": lambda: -(1 - e) * ls(b * (ac - ar) - opts["simpo_gamma"]) - e * ls(-(b * (ac - ar) - opts["simpo_gamma"])),
-            "orpo": lambda: -b * ls((ac - ar) - (math.log(1 - math.exp(ac)) - math.log(1 - math.exp(ar)))),
-        }[t]())
+        out.append(
+            {
+                "sigmoid": lambda: (
+                    -(1 - opts.get("cdpo_label_smoothing", 0)) * ls(bd) - opts.get("cdpo_label_smoothing", 0) * ls(-bd)
+                ),
+                "hinge": lambda: max(0.0, 1 - bd),
+                "ipo": lambda: (c[i] / lc[i] - r[i] / lr[i] - 1 / (2 * b)) ** 2,
+                "exo_pair": lambda: sig(bd) * (ls(bd) - math.log(1 - e)) + sig(-bd) * (ls(-bd) - math.log(e)),
+                "nca_pair": lambda: -ls(b * c[i]) - 0.5 * ls(-b * c[i]) - 0.5 * ls(-b * r[i]),
+                "robust": lambda: (-(1 - e) * ls(bd) + e * ls(-bd)) / (1 - 2 * e),
+                "bco_pair": lambda: -ls(b * c[i]) - ls(-b * r[i]),
+                "sppo_hard": lambda: (c[i] - 0.5 / b) ** 2 + (r[i] + 0.5 / b) ** 2,
+                "aot": lambda: -(1 - e) * ls(bd) - e * ls(-bd),
+                "aot_unpaired": lambda: -(1 - e) * ls(bd) - e * ls(-bd),
+                "apo_zero": lambda: 1 - sig(b * c[i]) + sig(b * r[i]),
+                "apo_down": lambda: sig(b * c[i]) + 1 - sig(bd),
+                "discopop": lambda: (lambda m: -ls(bd) * (1 - m) + math.exp(-bd) * m)(sig(bd / opts["discopop_tau"])),
+                "sigmoid_norm": lambda: -ls(b * (c[i] / lc[i] - r[i] / lr[i])),
+                "sft": lambda: -pc[i] * N / sum(lc),
+                "simpo": lambda: (
+                    -(1 - e) * ls(b * (ac - ar) - opts["simpo_gamma"]) - e * ls(-(b * (ac - ar) - opts["simpo_gamma"]))
+                ),
+                "orpo": lambda: -b * ls((ac - ar) - (math.log(1 - math.exp(ac)) - math.log(1 - math.exp(ar)))),
+            }[t]()
+        )
     return out
 
 
@@ -69,8 +76,18 @@ def test_loss_equals_its_formula_and_has_finite_gradients(loss_type, seed):
     pr.requires_grad_(True)
     e, b, opts = SMOOTHING.get(loss_type, 0.0), 0.3, OPTIONS.get(loss_type, {})
     free = loss_type in ("simpo", "orpo", "sft")
-    losses, chosen_rewards, rejected_rewards = dpo_loss(pc, pr, None if free else rc, None if free else rr, loss_type=loss_type,
-                                                        beta=b, label_smoothing=e, chosen_lengths=lc, rejected_lengths=lr, **opts)
+    losses, chosen_rewards, rejected_rewards = dpo_loss(
+        pc,
+        pr,
+        None if free else rc,
+        None if free else rr,
+        loss_type=loss_type,
+        beta=b,
+        label_smoothing=e,
+        chosen_lengths=lc,
+        rejected_lengths=lr,
+        **opts,
+    )
     expected = transcription(loss_type, pc.detach(), pr.detach(), rc, rr, lc, lr, b, e, opts)
     assert losses.shape == (N,)
     for got, want in zip(losses.tolist(), expected):
@@ -106,12 +123,15 @@ def test_ipo_and_sppo_hard_vanish_at_their_minimisers():
     assert loss.item() == pytest.approx(0, abs=1e-12) and pc.grad.abs().item() < 1e-6 and pr.grad.abs().item() < 1e-6
 
 
-@pytest.mark.parametrize("loss_type, smoothing, message", [
-    ("exo_pair", 0.0, "exo_pair needs 0 < label_smoothing"),
-    ("robust", 0.5, "robust needs 0 <= label_smoothing < 0.5"),
-    ("sigmoid", 0.1, "for cDPO set algo.cdpo_label_smoothing"),
-    ("hinge", 0.1, "not by 'hinge'"),
-])
+@pytest.mark.parametrize(
+    "loss_type, smoothing, message",
+    [
+        ("exo_pair", 0.0, "exo_pair needs 0 < label_smoothing"),
+        ("robust", 0.5, "robust needs 0 <= label_smoothing < 0.5"),
+        ("sigmoid", 0.1, "for cDPO set algo.cdpo_label_smoothing"),
+        ("hinge", 0.1, "not by 'hinge'"),
+    ],
+)
 def test_invalid_label_smoothing_is_a_clear_error(loss_type, smoothing, message):
     x = torch.zeros(1)
     with pytest.raises(ValueError, match=message):

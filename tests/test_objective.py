@@ -1,4 +1,5 @@
 """Micro-batch losses add up to the global mean however the pairs are split."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -23,7 +24,9 @@ def whole_batch_loss(loss_type, out, ref_c, ref_r):
     if loss_type == "sigmoid":  # with rpo_alpha=0.7
         return -F.logsigmoid(0.2 * ((out.chosen_logps - ref_c) - (out.rejected_logps - ref_r))).mean() + 0.7 * nll
     if loss_type == "hinge,sft":  # weights 0.5, 2.0
-        return 0.5 * torch.relu(1 - 0.2 * ((out.chosen_logps - ref_c) - (out.rejected_logps - ref_r))).mean() + 2.0 * nll
+        return (
+            0.5 * torch.relu(1 - 0.2 * ((out.chosen_logps - ref_c) - (out.rejected_logps - ref_r))).mean() + 2.0 * nll
+        )
     avg_c, avg_r = out.chosen_logps / out.chosen_tokens, out.rejected_logps / out.rejected_tokens
     if loss_type == "simpo":
         return -F.logsigmoid(0.2 * (avg_c - avg_r) - 0.5).mean()
@@ -31,8 +34,12 @@ def whole_batch_loss(loss_type, out, ref_c, ref_r):
     return nll - 0.2 * F.logsigmoid(odds).mean()  # orpo: TRL's ORPOTrainer
 
 
-CONFIGS = {"sigmoid": AlgoConfig(beta=0.2, rpo_alpha=0.7), "hinge,sft": AlgoConfig(beta=0.2, loss_type="hinge,sft", loss_weights=[0.5, 2.0]),
-           "simpo": AlgoConfig(beta=0.2, loss_type="simpo"), "orpo": AlgoConfig(beta=0.2, loss_type="orpo")}
+CONFIGS = {
+    "sigmoid": AlgoConfig(beta=0.2, rpo_alpha=0.7),
+    "hinge,sft": AlgoConfig(beta=0.2, loss_type="hinge,sft", loss_weights=[0.5, 2.0]),
+    "simpo": AlgoConfig(beta=0.2, loss_type="simpo"),
+    "orpo": AlgoConfig(beta=0.2, loss_type="orpo"),
+}
 
 
 @pytest.mark.parametrize("loss_type", list(CONFIGS))
@@ -71,8 +78,14 @@ def test_split_micro_batches_equal_the_global_mean(tiny_model_dir, loss_type):
 def test_filler_micro_batches_contribute_nothing(tiny_model_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     pairs = make_pairs(2)
-    loss, metrics = micro_batch_objective(forward_pairs(model, collate_pairs(pairs, 0)), torch.zeros(2), torch.zeros(2),
-                                          AlgoConfig(rpo_alpha=1.0), step_scale(pairs), weight=0.0)
+    loss, metrics = micro_batch_objective(
+        forward_pairs(model, collate_pairs(pairs, 0)),
+        torch.zeros(2),
+        torch.zeros(2),
+        AlgoConfig(rpo_alpha=1.0),
+        step_scale(pairs),
+        weight=0.0,
+    )
     loss.backward()
     assert loss.item() == 0 and all(v == 0 for v in metrics.values())
     assert torch.count_nonzero(grads(model)) == 0

@@ -1,14 +1,15 @@
 """Writes that never leave a half-written file behind: temp file, fsync, rename."""
+
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Union
 
 
-def write_bytes(path: Union[str, Path], data: bytes) -> None:
+def write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -24,11 +25,11 @@ def write_bytes(path: Union[str, Path], data: bytes) -> None:
         raise
 
 
-def write_text(path: Union[str, Path], text: str) -> None:
+def write_text(path: str | Path, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
-def write_dir(path: Union[str, Path], fill: Callable[[Path], None]) -> None:
+def write_dir(path: str | Path, fill: Callable[[Path], None]) -> None:
     """fill(temp_dir) writes a directory's contents; then it replaces path in one rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

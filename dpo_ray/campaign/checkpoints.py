@@ -1,5 +1,6 @@
 """Checkpoints that a crash cannot corrupt: DeepSpeed shards and the run state go into a hidden partial directory,
 which is renamed into place once complete; the `latest` pointer is written last; only the newest K are kept."""
+
 from __future__ import annotations
 
 import json
@@ -8,7 +9,6 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Dict, List, Optional
 
 from ..groups.policy_group import PolicyGroup
 from .atomic import write_text
@@ -32,7 +32,7 @@ class CheckpointStore:
             raise ValueError(f"train.keep_checkpoints must be >= 1, got {keep}")
         self.root, self.keep = Path(root), keep
 
-    def save(self, policy: PolicyGroup, tag: str, state: Dict) -> Path:
+    def save(self, policy: PolicyGroup, tag: str, state: dict) -> Path:
         """All policy ranks write their shards under a partial name; then the state, the rename, and the pointer."""
         self.root.mkdir(parents=True, exist_ok=True)
         partial, final = self.root / f"{PARTIAL}{tag}", self.root / tag
@@ -47,31 +47,35 @@ class CheckpointStore:
         self._prune()
         return final
 
-    def complete(self) -> List[str]:
+    def complete(self) -> list[str]:
         """Tags of complete checkpoints, oldest first (by the step or round number in the tag)."""
         if not self.root.is_dir():
             return []
-        tags = [p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / STATE).exists()]
+        tags = [
+            p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / STATE).exists()
+        ]
         return sorted(tags, key=_order)
 
-    def latest(self) -> Optional[Dict]:
+    def latest(self) -> dict | None:
         """The newest complete checkpoint's state (with its tag), or None; partial ones are never picked."""
         pointer = self.root / POINTER
         tag = pointer.read_text().strip() if pointer.exists() else ""
         complete = self.complete()
         if tag not in complete:
             if tag:
-                log.warning("%s names %r, which is not a complete checkpoint; using the newest complete one", pointer, tag)
+                log.warning(
+                    "%s names %r, which is not a complete checkpoint; using the newest complete one", pointer, tag
+                )
             tag = complete[-1] if complete else ""
         return json.loads((self.root / tag / STATE).read_text()) if tag else None
 
-    def load(self, policy: PolicyGroup, state: Dict) -> None:
+    def load(self, policy: PolicyGroup, state: dict) -> None:
         policy.load_checkpoint(str(self.root), state["tag"])
 
     def _prune(self) -> None:
         for stale in self.root.glob(f"{PARTIAL}*"):
             shutil.rmtree(stale, ignore_errors=True)
-        for tag in self.complete()[:-self.keep]:
+        for tag in self.complete()[: -self.keep]:
             shutil.rmtree(self.root / tag, ignore_errors=True)
 
 

@@ -1,10 +1,10 @@
 """Metrics to JSONL and TensorBoard in the run directory."""
+
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
-from typing import Dict
 
 
 class MetricsWriter:
@@ -14,8 +14,10 @@ class MetricsWriter:
         self.jsonl = (run_dir / "metrics.jsonl").open("a" if append else "w", encoding="utf-8")
         self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
 
-    def write(self, step: int, metrics: Dict[str, float]) -> None:
-        self.jsonl.write(json.dumps({"step": step, **{k: (v if math.isfinite(v) else None) for k, v in metrics.items()}}) + "\n")
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        self.jsonl.write(
+            json.dumps({"step": step, **{k: (v if math.isfinite(v) else None) for k, v in metrics.items()}}) + "\n"
+        )
         self.jsonl.flush()
         for name, value in metrics.items():
             self.tensorboard.add_scalar(name, value, step)

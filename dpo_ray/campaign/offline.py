@@ -1,4 +1,5 @@
 """Offline DPO: pairs -> cached reference log-probs -> ZeRO-3 policy steps -> metrics, checkpoints, an HF model."""
+
 from __future__ import annotations
 
 import json
@@ -6,7 +7,6 @@ import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
 
 from ..config import RunConfig
 from ..data.dataset import load_pairs, split_eval
@@ -16,9 +16,9 @@ from ..groups.policy_group import PolicyGroup
 from ..groups.resources import group_needs
 from ..objective import needs_reference
 from ..report.records import DATA_STATS
+from ..tasks.pretrained import PRETRAINED, ensure_pretrained
 from ..workers.device import device_spec, rank_env, rank_threads
 from ..workers.models import load_tokenizer
-from ..tasks.pretrained import PRETRAINED, ensure_pretrained
 from .atomic import write_text
 from .checkpoints import CheckpointStore, resume_mode
 from .metrics import MetricsWriter
@@ -35,22 +35,22 @@ class Inputs:
 
     model_path: str
     reference_path: str
-    train: List[TokenizedPair]
-    eval: List[TokenizedPair]
-    task: Optional[object] = None
+    train: list[TokenizedPair]
+    eval: list[TokenizedPair]
+    task: object | None = None
 
 
 @dataclass
 class OfflineResult:
     run_dir: Path
     final_model: Path
-    before: Dict[str, float] = field(default_factory=dict)
-    after: Dict[str, float] = field(default_factory=dict)
+    before: dict[str, float] = field(default_factory=dict)
+    after: dict[str, float] = field(default_factory=dict)
     reference_computed: bool = False  # whether reference log-probs were computed (not cached, not reference-free)
-    step_seconds: List[float] = field(default_factory=list)
-    policy_nodes: List[str] = field(default_factory=list)  # Ray node id of each policy rank
-    resumed_from: Optional[str] = None  # the checkpoint the (last) attempt started from
-    restarts: List[Dict] = field(default_factory=list)  # one per recovery: what failed, and the seconds it cost
+    step_seconds: list[float] = field(default_factory=list)
+    policy_nodes: list[str] = field(default_factory=list)  # Ray node id of each policy rank
+    resumed_from: str | None = None  # the checkpoint the (last) attempt started from
+    restarts: list[dict] = field(default_factory=list)  # one per recovery: what failed, and the seconds it cost
 
 
 def prepare_inputs(cfg: RunConfig) -> Inputs:
@@ -66,7 +66,9 @@ def prepare_inputs(cfg: RunConfig) -> Inputs:
     elif model_path in PRETRAINED:
         model_path = ensure_pretrained(model_path, cfg.cache_dir)
     if not train_files:
-        raise ValueError("data.train_files is empty: name preference files, or use model.path=embedded for the built-in task")
+        raise ValueError(
+            "data.train_files is empty: name preference files, or use model.path=embedded for the built-in task"
+        )
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
     d = cfg.data
     settings = TokenizeSettings(d.chat_template, d.max_length, d.max_prompt_length, d.truncation_mode)
@@ -81,7 +83,7 @@ def prepare_inputs(cfg: RunConfig) -> Inputs:
 
 
 class OfflineCampaign:
-    def __init__(self, cfg: RunConfig, inputs: Optional[Inputs] = None):
+    def __init__(self, cfg: RunConfig, inputs: Inputs | None = None):
         self.cfg = cfg
         self.uses_reference = needs_reference(cfg.algo)  # also validates the loss settings before any work
         self.inputs = inputs or prepare_inputs(cfg)
@@ -90,7 +92,7 @@ class OfflineCampaign:
         self.env = rank_env(self.spec, rank_threads(cfg.cluster.cpus_per_rank, cfg.cluster.torch_threads))
         self.reference = ReferenceScorer(cfg, self.inputs.reference_path, self.spec, self.env)
         self.checkpoints = CheckpointStore(self.run_dir / "checkpoints", cfg.train.keep_checkpoints)
-        self.policy: Optional[PolicyGroup] = None  # the live policy group, while one runs
+        self.policy: PolicyGroup | None = None  # the live policy group, while one runs
         t = cfg.train
         self.accumulation = accumulation_steps(cfg)
         self.steps_per_epoch = math.ceil(len(self.inputs.train) / t.batch_size)
@@ -102,8 +104,10 @@ class OfflineCampaign:
         write_text(self.run_dir / "config.json", json.dumps(asdict(cfg), indent=2))
         lora = cfg.model.lora.enabled
         # Without LoRA the reference group finishes before the policy group starts: they need not fit together.
-        started = ensure_ray(cfg.cluster, group_needs(cfg, self.uses_reference and not lora, online=False), concurrent=False)
-        restarts: List[Dict] = []
+        started = ensure_ray(
+            cfg.cluster, group_needs(cfg, self.uses_reference and not lora, online=False), concurrent=False
+        )
+        restarts: list[dict] = []
         try:
             result = with_restarts(self._run, resume_mode(cfg.resume), cfg.train.max_restarts, restarts)
             result.restarts = restarts
@@ -148,18 +152,28 @@ class OfflineCampaign:
     def _write_data_stats(self, eval_ref) -> None:
         """Statistics of the pairs for the monitors (length bias, near-identical pairs, label noise)."""
         ratio = self.cfg.monitor.near_identical_ratio
-        stats = {"train": pair_statistics(self.inputs.train, ratio), "eval": pair_statistics(self.inputs.eval, ratio, eval_ref)}
+        stats = {
+            "train": pair_statistics(self.inputs.train, ratio),
+            "eval": pair_statistics(self.inputs.eval, ratio, eval_ref),
+        }
         write_text(self.run_dir / DATA_STATS, json.dumps(stats, indent=2))
 
-    def _train(self, policy: PolicyGroup, train_ref, eval_ref, result: OfflineResult, state: Optional[Dict]) -> None:
+    def _train(self, policy: PolicyGroup, train_ref, eval_ref, result: OfflineResult, state: dict | None) -> None:
         writer = MetricsWriter(self.run_dir, append=state is not None)
         step = state["step"] if state else 0
         trainer = PolicyTrainer(self.cfg, policy, writer, self.accumulation, self.checkpoints, self.total_steps, step)
         try:
             result.before = state["before"] if state else trainer.evaluate(self.inputs.eval, eval_ref)
             trainer.checkpoint_state = {"before": result.before}
-            trainer.train(self.inputs.train, train_ref, math.ceil(self.total_steps / self.steps_per_epoch),
-                          self.cfg.data.shuffle_seed, self.inputs.eval, eval_ref, skip_batches=step)
+            trainer.train(
+                self.inputs.train,
+                train_ref,
+                math.ceil(self.total_steps / self.steps_per_epoch),
+                self.cfg.data.shuffle_seed,
+                self.inputs.eval,
+                eval_ref,
+                skip_batches=step,
+            )
             result.after = trainer.evaluate(self.inputs.eval, eval_ref)
             result.step_seconds = trainer.step_seconds
         finally:

@@ -1,10 +1,11 @@
 """Reference log-probs for pairs: from the on-disk cache, else from the reference group (started on first need and
 kept until closed), or, for LoRA, from the policy with its adapter disabled."""
+
 from __future__ import annotations
 
 import logging
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 from ..config import RunConfig
 from ..data.batches import build_micro_batches
@@ -16,22 +17,26 @@ from ..workers.models import model_fingerprint
 from .reference_cache import ReferenceCache, cache_key
 
 log = logging.getLogger(__name__)
-ReferenceLogps = Tuple[List[float], List[float]]
+ReferenceLogps = tuple[list[float], list[float]]
 
 
 class ReferenceScorer:
-    def __init__(self, cfg: RunConfig, reference_path: str, spec: DeviceSpec, env: Dict[str, str]):
+    def __init__(self, cfg: RunConfig, reference_path: str, spec: DeviceSpec, env: dict[str, str]):
         self.cfg, self.reference_path, self.spec, self.env = cfg, reference_path, spec, env
         self.cache = ReferenceCache(cfg.cache_dir) if cfg.reference.cache else None
-        self.group: Optional[ReferenceGroup] = None
+        self.group: ReferenceGroup | None = None
 
     def key(self, pairs: Sequence[TokenizedPair]) -> str:
         m = self.cfg.model
-        settings = {"dtype": str(self.spec.dtype), "attn": m.attn_implementation, "lora": str(m.lora.enabled),
-                    "packing": str(self.cfg.data.packing or self.cfg.data.prefix_sharing)}
+        settings = {
+            "dtype": str(self.spec.dtype),
+            "attn": m.attn_implementation,
+            "lora": str(m.lora.enabled),
+            "packing": str(self.cfg.data.packing or self.cfg.data.prefix_sharing),
+        }
         return cache_key(pairs, model_fingerprint(self.reference_path), settings)
 
-    def logps(self, pairs: List[TokenizedPair], policy: Optional[PolicyGroup] = None) -> Tuple[ReferenceLogps, bool]:
+    def logps(self, pairs: list[TokenizedPair], policy: PolicyGroup | None = None) -> tuple[ReferenceLogps, bool]:
         """(chosen, rejected) reference log-probs for pairs, and whether they had to be computed."""
         key = self.key(pairs)
         cached = self.cache.load(key) if self.cache else None
@@ -54,8 +59,10 @@ class ReferenceScorer:
         if self.group is None:
             self.group = ReferenceGroup(self.cfg, self.reference_path, self.env)
 
-    def _from_policy(self, pairs: List[TokenizedPair], policy: PolicyGroup) -> ReferenceLogps:
-        index_plan, plan = build_micro_batches(pairs, range(len(pairs)), policy.size, self.cfg.reference.micro_batch_size, None)
+    def _from_policy(self, pairs: list[TokenizedPair], policy: PolicyGroup) -> ReferenceLogps:
+        index_plan, plan = build_micro_batches(
+            pairs, range(len(pairs)), policy.size, self.cfg.reference.micro_batch_size, None
+        )
         chosen, rejected = [0.0] * len(pairs), [0.0] * len(pairs)
         for rank_indices, (rank_chosen, rank_rejected) in zip(index_plan, policy.reference_logps(plan)):
             order = [i for idx in rank_indices for i in idx]  # the worker skips fillers, so this lines up

@@ -1,10 +1,11 @@
 """Reference log-probs cached on disk, keyed by the tokenised pairs, the reference model and the forward settings."""
+
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from safetensors.torch import load, save
@@ -13,7 +14,7 @@ from ..data.tokenize import TokenizedPair
 from .atomic import write_bytes
 
 
-def cache_key(pairs: Sequence[TokenizedPair], model_fingerprint: str, settings: Dict[str, str]) -> str:
+def cache_key(pairs: Sequence[TokenizedPair], model_fingerprint: str, settings: dict[str, str]) -> str:
     digest = hashlib.sha256()
     digest.update(model_fingerprint.encode())
     digest.update(json.dumps(settings, sort_keys=True).encode())
@@ -29,13 +30,16 @@ class ReferenceCache:
     def path(self, key: str) -> Path:
         return self.root / f"{key}.safetensors"
 
-    def load(self, key: str) -> Optional[Tuple[List[float], List[float]]]:
+    def load(self, key: str) -> tuple[list[float], list[float]] | None:
         path = self.path(key)
         if not path.exists():
             return None
         tensors = load(path.read_bytes())
         return tensors["chosen"].tolist(), tensors["rejected"].tolist()
 
-    def save(self, key: str, chosen: List[float], rejected: List[float]) -> None:
-        tensors = {"chosen": torch.tensor(chosen, dtype=torch.float32), "rejected": torch.tensor(rejected, dtype=torch.float32)}
+    def save(self, key: str, chosen: list[float], rejected: list[float]) -> None:
+        tensors = {
+            "chosen": torch.tensor(chosen, dtype=torch.float32),
+            "rejected": torch.tensor(rejected, dtype=torch.float32),
+        }
         write_bytes(self.path(key), save(tensors))

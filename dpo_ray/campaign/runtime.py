@@ -1,10 +1,12 @@
 """Starting or joining Ray for a campaign, and checking that its groups fit before any actor starts."""
+
 from __future__ import annotations
 
 import logging
 import os
 import time
-from typing import Callable, Dict, List, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import ray
 
@@ -28,12 +30,16 @@ def ensure_ray(cluster: ClusterConfig, needs: Sequence[GroupNeed], concurrent: b
             # Groups alternate phases, so a local run may reserve more CPUs than the machine has.
             per_group = [n.size * n.cpus for n in needs]
             wanted = sum(per_group) if concurrent else max(per_group, default=1)
-            ray.init(num_cpus=max(os.cpu_count() or 1, int(-(-wanted // 1))), include_dashboard=False,
-                     object_store_memory=1 << 30, log_to_driver=True)
+            ray.init(
+                num_cpus=max(os.cpu_count() or 1, int(-(-wanted // 1))),
+                include_dashboard=False,
+                object_store_memory=1 << 30,
+                log_to_driver=True,
+            )
         started = True
     try:
         nodes = wait_for_nodes(cluster.nodes, cluster.nodes_wait_s)
-        for together in ([needs] if concurrent else [[n] for n in needs]):
+        for together in [needs] if concurrent else [[n] for n in needs]:
             check_fit(together, nodes, cluster.placement, cluster.nodes)
     except ValueError:
         if started:
@@ -42,7 +48,7 @@ def ensure_ray(cluster: ClusterConfig, needs: Sequence[GroupNeed], concurrent: b
     return started
 
 
-def wait_for_nodes(expected: int, timeout_s: float) -> List[Dict[str, float]]:
+def wait_for_nodes(expected: int, timeout_s: float) -> list[dict[str, float]]:
     """The alive nodes, once there are at least `expected` of them or timeout_s has passed (then check_fit says so)."""
     deadline = time.monotonic() + timeout_s
     nodes = alive_nodes()
@@ -53,7 +59,7 @@ def wait_for_nodes(expected: int, timeout_s: float) -> List[Dict[str, float]]:
     return nodes
 
 
-def with_restarts(attempt_fn: Callable[[bool], T], resume: bool, max_restarts: int, restarts: List[Dict]) -> T:
+def with_restarts(attempt_fn: Callable[[bool], T], resume: bool, max_restarts: int, restarts: list[dict]) -> T:
     """attempt_fn(resume) until it succeeds; after a lost actor or a hung call, again (resuming from the latest
     checkpoint) up to max_restarts times. Each restart is recorded in restarts: what failed and when."""
     from ray.exceptions import RayActorError
@@ -67,8 +73,18 @@ def with_restarts(attempt_fn: Callable[[bool], T], resume: bool, max_restarts: i
         except (RayActorError, GroupCallTimeout) as failure:
             if attempt == max_restarts:
                 raise
-            restarts.append({"attempt": attempt + 1, "error": f"{type(failure).__name__}: {failure}"[:500],
-                             "failed_after_s": time.perf_counter() - began})
-            log.warning("attempt %d failed (%s); restarting the groups from the latest checkpoint (%d of %d restarts)",
-                        attempt + 1, type(failure).__name__, attempt + 1, max_restarts)
+            restarts.append(
+                {
+                    "attempt": attempt + 1,
+                    "error": f"{type(failure).__name__}: {failure}"[:500],
+                    "failed_after_s": time.perf_counter() - began,
+                }
+            )
+            log.warning(
+                "attempt %d failed (%s); restarting the groups from the latest checkpoint (%d of %d restarts)",
+                attempt + 1,
+                type(failure).__name__,
+                attempt + 1,
+                max_restarts,
+            )
     raise AssertionError("unreachable")

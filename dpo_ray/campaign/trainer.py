@@ -1,5 +1,6 @@
 """Training the policy group on tokenised pairs: shuffled epochs of global batches, metrics, evals, checkpoints.
 Offline runs call it once; online rounds call it once per round, and the step count carries on."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,8 @@ import logging
 import math
 import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
 
 from ..config import RunConfig
 from ..data.batches import build_micro_batches, step_scale
@@ -28,31 +29,51 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class PolicyTrainer:
-    def __init__(self, cfg: RunConfig, policy: PolicyGroup, writer: MetricsWriter, accumulation: int,
-                 checkpoints: CheckpointStore, total_steps: int, step: int = 0, checkpoint_state: Optional[Dict] = None):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        policy: PolicyGroup,
+        writer: MetricsWriter,
+        accumulation: int,
+        checkpoints: CheckpointStore,
+        total_steps: int,
+        step: int = 0,
+        checkpoint_state: dict | None = None,
+    ):
         if cfg.train.on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"train.on_nonfinite must be stop or skip, got {cfg.train.on_nonfinite!r}")
         self.cfg, self.policy, self.writer = cfg, policy, writer
         self.nonfinite_file = Path(cfg.output_dir).expanduser() / NONFINITE_ROWS
         self.skipped_pairs = 0
         self.accumulation, self.checkpoints, self.total_steps, self.step = accumulation, checkpoints, total_steps, step
-        self.checkpoint_state = checkpoint_state or {}  # saved with every step checkpoint (e.g. the metrics before training)
-        self.step_seconds: List[float] = []
-        self.last_metrics: Dict[str, float] = {}  # the latest step's metrics
+        self.checkpoint_state = (
+            checkpoint_state or {}
+        )  # saved with every step checkpoint (e.g. the metrics before training)
+        self.step_seconds: list[float] = []
+        self.last_metrics: dict[str, float] = {}  # the latest step's metrics
         from tqdm.auto import tqdm
 
         self.progress = tqdm(total=total_steps, initial=step, desc="dpo", disable=not cfg.progress, dynamic_ncols=True)
 
-    def evaluate(self, pairs: Sequence[TokenizedPair], reference: Optional[ReferenceLogps]) -> Dict[str, float]:
+    def evaluate(self, pairs: Sequence[TokenizedPair], reference: ReferenceLogps | None) -> dict[str, float]:
         """Held-out metrics (TRL's names, prefixed eval_), also written to the metrics log at the current step."""
-        _, plan = build_micro_batches(pairs, range(len(pairs)), self.policy.size, self.cfg.train.micro_batch_size, reference)
+        _, plan = build_micro_batches(
+            pairs, range(len(pairs)), self.policy.size, self.cfg.train.micro_batch_size, reference
+        )
         metrics = {f"eval_{k}": v for k, v in reduce_metrics(self.policy.evaluate(plan, step_scale(pairs))).items()}
         self.writer.write(self.step, metrics)
         return metrics
 
-    def train(self, pairs: Sequence[TokenizedPair], reference: Optional[ReferenceLogps], epochs: int, shuffle_seed: int,
-              eval_pairs: Sequence[TokenizedPair] = (), eval_reference: Optional[ReferenceLogps] = None,
-              skip_batches: int = 0) -> None:
+    def train(
+        self,
+        pairs: Sequence[TokenizedPair],
+        reference: ReferenceLogps | None,
+        epochs: int,
+        shuffle_seed: int,
+        eval_pairs: Sequence[TokenizedPair] = (),
+        eval_reference: ReferenceLogps | None = None,
+        skip_batches: int = 0,
+    ) -> None:
         """epochs passes over pairs (reshuffled each epoch, so a resumed run skips the batches it already trained on),
         stopping at the trainer's total_steps."""
         t = self.cfg.train
@@ -66,26 +87,42 @@ class PolicyTrainer:
                     continue
                 if self.step >= self.total_steps:
                     return
-                indices = order[start:start + t.batch_size]
+                indices = order[start : start + t.batch_size]
                 self._step(pairs, indices, reference, epoch + start / len(order))
                 if t.eval_every and self.step % t.eval_every == 0 and self.step < self.total_steps and eval_pairs:
                     self.evaluate(eval_pairs, eval_reference)
                 if t.checkpoint_every and self.step % t.checkpoint_every == 0:
-                    self.checkpoints.save(self.policy, f"step_{self.step}", {"step": self.step, **self.checkpoint_state})
+                    self.checkpoints.save(
+                        self.policy, f"step_{self.step}", {"step": self.step, **self.checkpoint_state}
+                    )
 
-    def _step(self, pairs: Sequence[TokenizedPair], indices: List[int], reference: Optional[ReferenceLogps], epoch: float) -> None:
+    def _step(
+        self, pairs: Sequence[TokenizedPair], indices: list[int], reference: ReferenceLogps | None, epoch: float
+    ) -> None:
         t = self.cfg.train
-        index_plan, plan = build_micro_batches(pairs, indices, self.policy.size, t.micro_batch_size, reference, self.accumulation)
+        index_plan, plan = build_micro_batches(
+            pairs, indices, self.policy.size, t.micro_batch_size, reference, self.accumulation
+        )
         began = time.perf_counter()
         parts = self.policy.train_step(plan, step_scale([pairs[i] for i in indices]))
         seconds = time.perf_counter() - began
         self.step += 1
-        self._guard([[index_plan[rank][m][j] for m, positions in enumerate(part.pop("nonfinite")) for j in positions]
-                     for rank, part in enumerate(parts)], parts[0]["grad_norm"])
+        self._guard(
+            [
+                [index_plan[rank][m][j] for m, positions in enumerate(part.pop("nonfinite")) for j in positions]
+                for rank, part in enumerate(parts)
+            ],
+            parts[0]["grad_norm"],
+        )
         self.step_seconds.append(seconds)
         metrics = reduce_metrics(parts)
-        metrics.update(grad_norm=parts[0]["grad_norm"], learning_rate=parts[0]["learning_rate"], epoch=epoch,
-                       step_seconds=seconds, tokens_per_second=sum(pairs[i].tokens for i in indices) / seconds)
+        metrics.update(
+            grad_norm=parts[0]["grad_norm"],
+            learning_rate=parts[0]["learning_rate"],
+            epoch=epoch,
+            step_seconds=seconds,
+            tokens_per_second=sum(pairs[i].tokens for i in indices) / seconds,
+        )
         if self.skipped_pairs:
             metrics["nonfinite/skipped_pairs"] = self.skipped_pairs
         self.last_metrics = metrics
@@ -94,7 +131,7 @@ class PolicyTrainer:
         self.progress.update(1)
         self.progress.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['rewards/accuracies']:.2f}")
 
-    def _guard(self, nonfinite: List[List[int]], grad_norm: float) -> None:
+    def _guard(self, nonfinite: list[list[int]], grad_norm: float) -> None:
         """Non-finite losses: their pairs (indices into this call's pairs) are saved; the run stops or skips them."""
         rows = sorted(i for rank_rows in nonfinite for i in rank_rows)
         if not rows:
@@ -104,8 +141,10 @@ class PolicyTrainer:
             f.write(json.dumps({"step": self.step, "rows": rows}) + "\n")
         where = f"step {self.step}: non-finite loss on {len(rows)} pair(s) {rows[:20]} (all in {self.nonfinite_file})"
         if self.cfg.train.max_grad_norm and not math.isfinite(grad_norm):
-            raise NonFiniteLossError(f"{where}; the gradient norm is {grad_norm}, so the weights are no longer trustworthy: "
-                                     "resume from the last checkpoint (lower the learning rate, or fix the rows)")
+            raise NonFiniteLossError(
+                f"{where}; the gradient norm is {grad_norm}, so the weights are no longer trustworthy: "
+                "resume from the last checkpoint (lower the learning rate, or fix the rows)"
+            )
         if self.cfg.train.on_nonfinite == "stop":
             raise NonFiniteLossError(f"{where}; stopping (train.on_nonfinite=skip trains on without them)")
         log.warning("%s; skipped (%d pairs so far)", where, self.skipped_pairs)

@@ -1,17 +1,18 @@
 """One optimizer step's pairs -> equal-length lists of micro-batches per rank (ZeRO-3 ranks run in lockstep)."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
 
 from .tokenize import TokenizedPair
 
 
 @dataclass
 class MicroBatch:
-    pairs: List[TokenizedPair]
-    reference_chosen_logps: Optional[List[float]] = None
-    reference_rejected_logps: Optional[List[float]] = None
+    pairs: list[TokenizedPair]
+    reference_chosen_logps: list[float] | None = None
+    reference_rejected_logps: list[float] | None = None
     weight: float = 1.0  # 0 for a filler batch that only keeps a rank's collectives in step
 
 
@@ -27,25 +28,32 @@ def step_scale(pairs: Sequence[TokenizedPair]) -> StepScale:
     return StepScale(pairs=len(pairs), chosen_tokens=sum(len(p.chosen_ids) for p in pairs))
 
 
-def plan_micro_batches(indices: Sequence[int], world: int, micro_batch_size: int, per_rank: Optional[int] = None) -> List[List[List[int]]]:
+def plan_micro_batches(
+    indices: Sequence[int], world: int, micro_batch_size: int, per_rank: int | None = None
+) -> list[list[list[int]]]:
     """Deal indices round-robin to ranks, cut each rank's share into micro-batches, and pad every rank to the same
     count (per_rank if given) with empty micro-batches."""
     shares = [list(indices[r::world]) for r in range(world)]
-    plan = [[share[i:i + micro_batch_size] for i in range(0, len(share), micro_batch_size)] for share in shares]
+    plan = [[share[i : i + micro_batch_size] for i in range(0, len(share), micro_batch_size)] for share in shares]
     count = per_rank if per_rank is not None else max(len(p) for p in plan)
     if any(len(p) > count for p in plan):
         raise ValueError(f"{len(indices)} pairs need more than {count} micro-batches of {micro_batch_size} per rank")
     return [p + [[] for _ in range(count - len(p))] for p in plan]
 
 
-def build_micro_batches(pairs: Sequence[TokenizedPair], indices: Sequence[int], world: int, size: int,
-                        reference: Optional[Tuple[List[float], List[float]]], per_rank: Optional[int] = None
-                        ) -> Tuple[List[List[List[int]]], List[List[MicroBatch]]]:
+def build_micro_batches(
+    pairs: Sequence[TokenizedPair],
+    indices: Sequence[int],
+    world: int,
+    size: int,
+    reference: tuple[list[float], list[float]] | None,
+    per_rank: int | None = None,
+) -> tuple[list[list[list[int]]], list[list[MicroBatch]]]:
     """The index plan of plan_micro_batches and its micro-batches (with reference log-probs when given); empty slots
     become zero-weight fillers so every rank runs the same collectives."""
     index_plan = plan_micro_batches(indices, world, size, per_rank)
 
-    def make(idx: List[int]) -> MicroBatch:
+    def make(idx: list[int]) -> MicroBatch:
         weight, idx = (1.0, idx) if idx else (0.0, [indices[0]])
         refs = (None, None) if reference is None else ([reference[0][i] for i in idx], [reference[1][i] for i in idx])
         return MicroBatch([pairs[i] for i in idx], *refs, weight=weight)

@@ -7,13 +7,14 @@ Every layout carries an explicit index of each completion token and of the posit
 token of a response is predicted by the last prompt token, in the shared layout too), never a plain shift over a row.
 
 Sequence s (0..2B-1) is pair s's chosen response for s < B, pair s-B's rejected response otherwise."""
+
 from __future__ import annotations
 
 import heapq
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Dict, List, Sequence
 
 import torch
 
@@ -37,17 +38,19 @@ class Layout:
 def make_layout(packing: bool, pack_length: int, prefix_sharing: bool, attention: str) -> Layout:
     """The layout a model can run: flash-attention takes no custom mask, so prefix sharing falls back to packing."""
     if prefix_sharing and attention.startswith("flash_attention"):
-        log.warning("data.prefix_sharing needs a custom attention mask, which %s cannot take: packing without it", attention)
+        log.warning(
+            "data.prefix_sharing needs a custom attention mask, which %s cannot take: packing without it", attention
+        )
         return Layout(True, pack_length, False, attention)
     return Layout(packing, pack_length, prefix_sharing, attention)
 
 
-def balance_rows(lengths: Sequence[int], capacity: int) -> List[List[int]]:
+def balance_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
     """ceil(total / capacity) rows; units (whole pairs) longest first, each onto the least-filled row. A unit is never
     split; one longer than capacity fills a row that the others then avoid."""
     n_rows = max(1, math.ceil(sum(lengths) / capacity))
     heap = [(0, r) for r in range(n_rows)]
-    rows: List[List[int]] = [[] for _ in range(n_rows)]
+    rows: list[list[int]] = [[] for _ in range(n_rows)]
     for unit in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
         filled, r = heapq.heappop(heap)
         rows[r].append(unit)
@@ -72,16 +75,18 @@ def _mask(units: torch.Tensor, branches: torch.Tensor, attention: str, dtype: to
     return allowed[:, None]
 
 
-def collate_pairs(pairs: Sequence[TokenizedPair], pad_id: int, layout: Layout = Layout(), dtype: torch.dtype = torch.float32) -> Dict[str, torch.Tensor]:
+def collate_pairs(
+    pairs: Sequence[TokenizedPair], pad_id: int, layout: Layout = Layout(), dtype: torch.dtype = torch.float32
+) -> dict[str, torch.Tensor]:
     b = len(pairs)
     if layout.packed:
         rows = balance_rows([unit_length(p, layout) for p in pairs], layout.pack_length)
     else:  # one sequence per row: chosen rows first, then rejected rows
         rows = [[("chosen", i)] for i in range(b)] + [[("rejected", i)] for i in range(b)]
-    tokens: List[List[int]] = [[] for _ in rows]
-    positions: List[List[int]] = [[] for _ in rows]
-    units: List[List[int]] = [[] for _ in rows]
-    branches: List[List[int]] = [[] for _ in rows]
+    tokens: list[list[int]] = [[] for _ in rows]
+    positions: list[list[int]] = [[] for _ in rows]
+    units: list[list[int]] = [[] for _ in rows]
+    branches: list[list[int]] = [[] for _ in rows]
     targets, predictors, sequence_ids = [], [], []
 
     def put(r: int, ids, unit: int, branch: int, first_position: int) -> int:
@@ -133,8 +138,13 @@ def collate_pairs(pairs: Sequence[TokenizedPair], pad_id: int, layout: Layout = 
         unit_ids[r, :n] = torch.tensor(units[r], dtype=torch.long)
         branch_ids[r, :n] = torch.tensor(branches[r], dtype=torch.long)
     flat = lambda pts: torch.tensor([r * width + j for r, j in pts], dtype=torch.long)
-    batch = {"input_ids": input_ids, "target_index": flat(targets), "predictor_index": flat(predictors),
-             "sequence_ids": torch.tensor(sequence_ids, dtype=torch.long), "num_sequences": torch.tensor(2 * b)}
+    batch = {
+        "input_ids": input_ids,
+        "target_index": flat(targets),
+        "predictor_index": flat(predictors),
+        "sequence_ids": torch.tensor(sequence_ids, dtype=torch.long),
+        "num_sequences": torch.tensor(2 * b),
+    }
     if not layout.packed:
         batch["attention_mask"] = (unit_ids >= 0).long()
     else:

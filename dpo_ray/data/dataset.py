@@ -1,8 +1,10 @@
 """Preference sources -> validated tokenised pairs, with a report of what was dropped and why."""
+
 from __future__ import annotations
 
 import random
-from typing import Any, Iterator, List, Sequence, Tuple
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from .errors import DataError, DataReport, ErrorPolicy
 from .formats import PreferenceRow, normalise
@@ -22,7 +24,9 @@ def _rows(sources: Sequence[Any], policy: ErrorPolicy) -> Iterator[PreferenceRow
                 policy.handle(error)
 
 
-def load_pairs(sources: Sequence[Any], tokenizer, settings: TokenizeSettings, on_error: str = "raise") -> Tuple[List[TokenizedPair], DataReport]:
+def load_pairs(
+    sources: Sequence[Any], tokenizer, settings: TokenizeSettings, on_error: str = "raise"
+) -> tuple[list[TokenizedPair], DataReport]:
     report = DataReport()
     policy = ErrorPolicy(on_error, report)
     pairs = tokenize_rows(_rows(sources, policy), tokenizer, settings, policy)
@@ -31,7 +35,9 @@ def load_pairs(sources: Sequence[Any], tokenizer, settings: TokenizeSettings, on
     return pairs, report
 
 
-def split_eval(pairs: List[TokenizedPair], fraction: float, seed: int) -> Tuple[List[TokenizedPair], List[TokenizedPair]]:
+def split_eval(
+    pairs: list[TokenizedPair], fraction: float, seed: int
+) -> tuple[list[TokenizedPair], list[TokenizedPair]]:
     """Hold out a seeded random share of pairs for evaluation (at least one on each side)."""
     if not 0 < fraction < 1:
         raise ValueError(f"data.eval_fraction must be in (0, 1), got {fraction}")

@@ -1,4 +1,5 @@
 """Data errors name the file, the row and the field, and count by reason when rows are skipped."""
+
 from __future__ import annotations
 
 import logging

@@ -1,13 +1,14 @@
 """Normalise TRL's three preference formats (standard, conversational, implicit prompt) into one row type."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, List, Union
+from typing import Any
 
 from .errors import DataError
 
-Messages = List[dict]
-Text = Union[str, Messages]
+Messages = list[dict]
+Text = str | Messages
 ROLES = ("system", "user", "assistant", "tool")
 
 
@@ -28,11 +29,20 @@ def _check_messages(value: list, source: str, row: int, name: str) -> Messages:
     for i, message in enumerate(value):
         where = f"{name}[{i}]"
         if not isinstance(message, dict):
-            raise DataError(source, row, where, f"a message must be an object with 'role' and 'content', got {type(message).__name__}")
+            raise DataError(
+                source,
+                row,
+                where,
+                f"a message must be an object with 'role' and 'content', got {type(message).__name__}",
+            )
         if message.get("role") not in ROLES:
-            raise DataError(source, row, f"{where}.role", f"must be one of {', '.join(ROLES)}, got {message.get('role')!r}")
+            raise DataError(
+                source, row, f"{where}.role", f"must be one of {', '.join(ROLES)}, got {message.get('role')!r}"
+            )
         if not isinstance(message.get("content"), str):
-            raise DataError(source, row, f"{where}.content", f"must be a string, got {type(message.get('content')).__name__}")
+            raise DataError(
+                source, row, f"{where}.content", f"must be a string, got {type(message.get('content')).__name__}"
+            )
     return value
 
 
@@ -71,7 +81,9 @@ def _split_implicit(chosen: Text, rejected: Text):
 def normalise(raw: Any, source: str, row: int) -> PreferenceRow:
     """One raw row -> PreferenceRow, or a DataError naming source, row and field."""
     if not isinstance(raw, dict):
-        raise DataError(source, row, "<row>", f"a row must be an object with prompt/chosen/rejected, got {type(raw).__name__}")
+        raise DataError(
+            source, row, "<row>", f"a row must be an object with prompt/chosen/rejected, got {type(raw).__name__}"
+        )
     chosen = text_field(raw, "chosen", source, row)
     rejected = text_field(raw, "rejected", source, row)
     if isinstance(chosen, str) != isinstance(rejected, str):

@@ -1,16 +1,18 @@
 """Raw rows from local files (.json, .jsonl, .parquet, save_to_disk directories) or an in-memory datasets.Dataset."""
+
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Tuple, Union
+from typing import Any
 
 from .errors import DataError
 
-RawRow = Tuple[str, int, Any]  # (source, row index, raw row, or the DataError that reading it raised)
+RawRow = tuple[str, int, Any]  # (source, row index, raw row, or the DataError that reading it raised)
 
 
-def iter_rows(spec: Union[str, Path, Any]) -> Iterator[RawRow]:
+def iter_rows(spec: str | Path | Any) -> Iterator[RawRow]:
     """Yield (source, row index, row) for every row of one data source."""
     if not isinstance(spec, (str, Path)):
         yield from _iter_dataset(spec, "<in-memory dataset>")
@@ -31,7 +33,11 @@ def iter_rows(spec: Union[str, Path, Any]) -> Iterator[RawRow]:
                 except UnicodeDecodeError as e:
                     yield source, index, DataError(source, index, "<utf-8>", f"not valid UTF-8 (byte {e.start})")
                 except json.JSONDecodeError as e:
-                    yield source, index, DataError(source, index, "<json>", f"not valid JSON ({e.msg} at column {e.colno})")
+                    yield (
+                        source,
+                        index,
+                        DataError(source, index, "<json>", f"not valid JSON ({e.msg} at column {e.colno})"),
+                    )
     elif path.suffix == ".json":
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -40,7 +46,9 @@ def iter_rows(spec: Union[str, Path, Any]) -> Iterator[RawRow]:
         except json.JSONDecodeError as e:
             raise DataError(source, 0, "<json>", f"not valid JSON ({e.msg} at line {e.lineno})") from None
         if not isinstance(data, list):
-            raise DataError(source, 0, "<json>", "a .json file must hold a list of rows (use .jsonl for one row per line)")
+            raise DataError(
+                source, 0, "<json>", "a .json file must hold a list of rows (use .jsonl for one row per line)"
+            )
         for index, row in enumerate(data):
             yield source, index, row
     elif path.suffix == ".parquet":
@@ -49,7 +57,9 @@ def iter_rows(spec: Union[str, Path, Any]) -> Iterator[RawRow]:
         for index, row in enumerate(pq.read_table(path).to_pylist()):
             yield source, index, row
     else:
-        raise ValueError(f"{source}: unsupported preference file type (use .json, .jsonl, .parquet or a save_to_disk directory)")
+        raise ValueError(
+            f"{source}: unsupported preference file type (use .json, .jsonl, .parquet or a save_to_disk directory)"
+        )
 
 
 def _iter_saved_dataset(path: Path) -> Iterator[RawRow]:

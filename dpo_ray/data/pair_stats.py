@@ -1,9 +1,10 @@
 """What a set of tokenised pairs looks like, for the failure-mode monitors: response lengths, how often the longer
 response is the chosen one, near-identical pairs, and how often the reference already prefers the rejected response."""
+
 from __future__ import annotations
 
 import difflib
-from typing import Dict, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 from .tokenize import TokenizedPair
 
@@ -15,24 +16,33 @@ def similarity(a: Sequence[int], b: Sequence[int]) -> float:
     return difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
 
 
-def pair_statistics(pairs: Sequence[TokenizedPair], near_identical_ratio: float,
-                    reference: Optional[Tuple[Sequence[float], Sequence[float]]] = None) -> Dict[str, float]:
+def pair_statistics(
+    pairs: Sequence[TokenizedPair],
+    near_identical_ratio: float,
+    reference: tuple[Sequence[float], Sequence[float]] | None = None,
+) -> dict[str, float]:
     """Means over pairs; reference (chosen, rejected log-probs, aligned with pairs) adds the label-noise estimate."""
     if not pairs:
         return {}
     n = len(pairs)
-    spaced = pairs[::max(1, n // SIMILARITY_SAMPLE)]
+    spaced = pairs[:: max(1, n // SIMILARITY_SAMPLE)]
     stats = {
         "length/chosen": sum(len(p.chosen_ids) for p in pairs) / n,
         "length/rejected": sum(len(p.rejected_ids) for p in pairs) / n,
         "pairs/chosen_longer_share": sum(len(p.chosen_ids) > len(p.rejected_ids) for p in pairs) / n,
-        "pairs/near_identical_share": sum(similarity(p.chosen_ids, p.rejected_ids) >= near_identical_ratio
-                                          for p in spaced) / len(spaced),
+        "pairs/near_identical_share": sum(
+            similarity(p.chosen_ids, p.rejected_ids) >= near_identical_ratio for p in spaced
+        )
+        / len(spaced),
     }
     if reference is not None:
         chosen, rejected = reference
         # Per token, so that a longer response is not "less likely" just for being longer.
-        stats["pairs/reference_disagrees"] = sum(
-            c / max(1, len(p.chosen_ids)) < r / max(1, len(p.rejected_ids))
-            for p, c, r in zip(pairs, chosen, rejected, strict=True)) / n
+        stats["pairs/reference_disagrees"] = (
+            sum(
+                c / max(1, len(p.chosen_ids)) < r / max(1, len(p.rejected_ids))
+                for p, c, r in zip(pairs, chosen, rejected, strict=True)
+            )
+            / n
+        )
     return stats

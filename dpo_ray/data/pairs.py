@@ -1,14 +1,20 @@
 """Scored samples -> preference pairs: the best responses of each prompt against its worst."""
+
 from __future__ import annotations
 
 import math
-from typing import List, Sequence
+from collections.abc import Sequence
 
 from .formats import is_empty
 
 
-def build_pairs(prompts: Sequence, responses: Sequence[Sequence], rewards: Sequence[Sequence[float]],
-                min_margin: float = 0.0, max_pairs_per_prompt: int = 1) -> List[dict]:
+def build_pairs(
+    prompts: Sequence,
+    responses: Sequence[Sequence],
+    rewards: Sequence[Sequence[float]],
+    min_margin: float = 0.0,
+    max_pairs_per_prompt: int = 1,
+) -> list[dict]:
     """Per prompt, the k-th best response against the k-th worst, for k < max_pairs_per_prompt.
 
     A pair is kept only when its reward gap exceeds min_margin (so ties are always dropped) and its two texts differ.
@@ -32,6 +38,13 @@ def build_pairs(prompts: Sequence, responses: Sequence[Sequence], rewards: Seque
             best, worst = descending[k], ascending[k]
             if scores[best] - scores[worst] <= min_margin or outs[best] == outs[worst]:
                 break  # later ranks are closer still
-            pairs.append({"prompt": prompt, "chosen": outs[best], "rejected": outs[worst],
-                          "chosen_reward": float(scores[best]), "rejected_reward": float(scores[worst])})
+            pairs.append(
+                {
+                    "prompt": prompt,
+                    "chosen": outs[best],
+                    "rejected": outs[worst],
+                    "chosen_reward": float(scores[best]),
+                    "rejected_reward": float(scores[worst]),
+                }
+            )
     return pairs

@@ -1,24 +1,28 @@
 """Prompt sources for online rounds: a 'prompt' field per row (a string or a list of messages), validated."""
+
 from __future__ import annotations
 
-from typing import Any, List, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .errors import DataError, DataReport, ErrorPolicy
 from .formats import Text, is_empty, text_field
 from .loading import iter_rows
 
 
-def load_prompts(sources: Sequence[Any], on_error: str = "raise") -> List[Text]:
+def load_prompts(sources: Sequence[Any], on_error: str = "raise") -> list[Text]:
     """Every row's prompt; a malformed row raises a DataError naming file, row and field, or is skipped and counted."""
     policy = ErrorPolicy(on_error, DataReport())
-    prompts: List[Text] = []
+    prompts: list[Text] = []
     for spec in sources:
         for source, index, raw in iter_rows(spec):
             try:
                 if isinstance(raw, DataError):
                     raise raw
                 if not isinstance(raw, dict):
-                    raise DataError(source, index, "<row>", f"a row must be an object with a 'prompt', got {type(raw).__name__}")
+                    raise DataError(
+                        source, index, "<row>", f"a row must be an object with a 'prompt', got {type(raw).__name__}"
+                    )
                 prompt = text_field(raw, "prompt", source, index)
                 if is_empty(prompt):
                     raise DataError(source, index, "prompt", "empty prompt")

@@ -1,9 +1,10 @@
 """Preference rows -> token ids: chat template, prefix check, TRL-style truncation, de-duplication."""
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, List, Optional, Sequence, Tuple
 
 from .errors import DataError, ErrorPolicy
 from .formats import PreferenceRow, Text
@@ -14,9 +15,9 @@ NOT_A_PREFIX = "prompt is not a token prefix of prompt+response"
 
 @dataclass(frozen=True)
 class TokenizedPair:
-    prompt_ids: Tuple[int, ...]
-    chosen_ids: Tuple[int, ...]
-    rejected_ids: Tuple[int, ...]
+    prompt_ids: tuple[int, ...]
+    chosen_ids: tuple[int, ...]
+    rejected_ids: tuple[int, ...]
 
     @property
     def tokens(self) -> int:
@@ -27,8 +28,8 @@ class TokenizedPair:
 @dataclass(frozen=True)
 class TokenizeSettings:
     chat_template: str = "auto"
-    max_length: Optional[int] = None
-    max_prompt_length: Optional[int] = None
+    max_length: int | None = None
+    max_prompt_length: int | None = None
     truncation_mode: str = "keep_start"
 
     def __post_init__(self):
@@ -49,7 +50,7 @@ def _messages(text: Text, role: str) -> list:
     return text if isinstance(text, list) else [{"role": role, "content": text}]
 
 
-def encode_prompt(tokenizer, prompt: Text, templated: bool) -> List[int]:
+def encode_prompt(tokenizer, prompt: Text, templated: bool) -> list[int]:
     """Token ids a model is given to answer prompt: the same rendering training uses (for generation)."""
     if templated:
         text = tokenizer.apply_chat_template(_messages(prompt, "user"), add_generation_prompt=True, tokenize=False)
@@ -57,19 +58,21 @@ def encode_prompt(tokenizer, prompt: Text, templated: bool) -> List[int]:
     return tokenizer(prompt)["input_ids"]
 
 
-def encode_turn(tokenizer, prompt: Text, response: Text, templated: bool) -> Tuple[List[int], List[int]]:
+def encode_turn(tokenizer, prompt: Text, response: Text, templated: bool) -> tuple[list[int], list[int]]:
     """Token ids of a prompt and of prompt+response, rendered the way the model sees them at inference."""
     if templated:
-        full_text = tokenizer.apply_chat_template(_messages(prompt, "user") + _messages(response, "assistant"), tokenize=False)
+        full_text = tokenizer.apply_chat_template(
+            _messages(prompt, "user") + _messages(response, "assistant"), tokenize=False
+        )
         return encode_prompt(tokenizer, prompt, True), tokenizer(full_text, add_special_tokens=False)["input_ids"]
     eos = tokenizer.eos_token or ""
     text = response if response.endswith(eos) else response + eos
     return encode_prompt(tokenizer, prompt, False), tokenizer(prompt + text)["input_ids"]
 
 
-def _truncate(prompt: List[int], chosen: List[int], rejected: List[int], s: TokenizeSettings):
+def _truncate(prompt: list[int], chosen: list[int], rejected: list[int], s: TokenizeSettings):
     if s.max_prompt_length is not None:
-        prompt = prompt[-s.max_prompt_length:] if s.max_prompt_length > 0 else []
+        prompt = prompt[-s.max_prompt_length :] if s.max_prompt_length > 0 else []
     if s.max_length is None:
         return prompt, chosen, rejected
     if s.truncation_mode == "keep_start":
@@ -80,21 +83,29 @@ def _truncate(prompt: List[int], chosen: List[int], rejected: List[int], s: Toke
     # keep_end: drop the oldest prompt tokens so the longer response fits; one prompt stays shared by both.
     longest = max(len(chosen), len(rejected))
     keep = max(s.max_length - longest, 0)
-    prompt = prompt[len(prompt) - keep:] if keep < len(prompt) else prompt
-    return prompt, chosen[-s.max_length:], rejected[-s.max_length:]
+    prompt = prompt[len(prompt) - keep :] if keep < len(prompt) else prompt
+    return prompt, chosen[-s.max_length :], rejected[-s.max_length :]
 
 
-def tokenize_rows(rows: Iterable[PreferenceRow], tokenizer, settings: TokenizeSettings, policy: ErrorPolicy) -> List[TokenizedPair]:
+def tokenize_rows(
+    rows: Iterable[PreferenceRow], tokenizer, settings: TokenizeSettings, policy: ErrorPolicy
+) -> list[TokenizedPair]:
     """Tokenise every row; malformed rows go through the error policy, identical pairs are dropped and counted."""
     pairs, report = [], policy.report
     template_ok = getattr(tokenizer, "chat_template", None) is not None
     for row in rows:
         templated = row.conversational or settings.chat_template == "always"
         if settings.chat_template == "never" and row.conversational:
-            policy.handle(DataError(row.source, row.row, "chosen", "message lists need a chat template, but data.chat_template=never"))
+            policy.handle(
+                DataError(
+                    row.source, row.row, "chosen", "message lists need a chat template, but data.chat_template=never"
+                )
+            )
             continue
         if templated and not template_ok:
-            policy.handle(DataError(row.source, row.row, "prompt", "the tokenizer has no chat template to render messages with"))
+            policy.handle(
+                DataError(row.source, row.row, "prompt", "the tokenizer has no chat template to render messages with")
+            )
             continue
         if row.chosen == row.rejected:
             report.drop("chosen == rejected")
@@ -105,9 +116,13 @@ def tokenize_rows(rows: Iterable[PreferenceRow], tokenizer, settings: TokenizeSe
         if prompt_len < len(prompt_ids):
             # The template or a token merge renders the prompt differently alone; train on what the full sequence holds.
             if not report.warnings[NOT_A_PREFIX]:
-                log.warning("%s: row %d: the tokenised prompt is not a prefix of prompt+response (template or merge at the "
-                            "boundary); the response starts where they diverge: %r", row.source, row.row,
-                            tokenizer.decode(prompt_ids[prompt_len:]))
+                log.warning(
+                    "%s: row %d: the tokenised prompt is not a prefix of prompt+response (template or merge at the "
+                    "boundary); the response starts where they diverge: %r",
+                    row.source,
+                    row.row,
+                    tokenizer.decode(prompt_ids[prompt_len:]),
+                )
             report.warnings[NOT_A_PREFIX] += 1
         prompt = full_chosen[:prompt_len]
         chosen, rejected = full_chosen[prompt_len:], full_rejected[prompt_len:]

@@ -1,10 +1,12 @@
 """A group of Ray actors, each a thin shell around one plain-Python worker, placed by one placement group."""
+
 from __future__ import annotations
 
 import importlib
 import logging
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import ray
 from ray.exceptions import RayActorError, RayTaskError
@@ -34,7 +36,7 @@ class GroupCallTimeout(TimeoutError):
     """A group call made no progress in time: a hung collective or a lost node that Ray has not noticed yet."""
 
 
-def gather(refs: Sequence[ray.ObjectRef], timeout_s: float, what: str) -> List[Any]:
+def gather(refs: Sequence[ray.ObjectRef], timeout_s: float, what: str) -> list[Any]:
     """Every result, failing fast: a dead rank raises at once instead of leaving its peers waiting in a collective.
 
     When a rank dies mid-collective its peers fail too (a broken connection); the death is what gets raised then,
@@ -62,9 +64,21 @@ def gather(refs: Sequence[ray.ObjectRef], timeout_s: float, what: str) -> List[A
 
 
 class ActorGroup:
-    def __init__(self, name: str, worker_path: str, size: int, *, cpus: float, gpus: float, strategy: str,
-                 env: Dict[str, str], init_args: Sequence[Any] = (), init_kwargs: Optional[Dict[str, Any]] = None,
-                 ready_timeout_s: float = 300, call_timeout_s: float = 1800):
+    def __init__(
+        self,
+        name: str,
+        worker_path: str,
+        size: int,
+        *,
+        cpus: float,
+        gpus: float,
+        strategy: str,
+        env: dict[str, str],
+        init_args: Sequence[Any] = (),
+        init_kwargs: dict[str, Any] | None = None,
+        ready_timeout_s: float = 300,
+        call_timeout_s: float = 1800,
+    ):
         if size < 1:
             raise ValueError(f"{name} group needs at least one rank, got {size}")
         self.name, self.size, self.call_timeout_s = name, size, call_timeout_s
@@ -73,11 +87,15 @@ class ActorGroup:
         ready, _ = ray.wait([self.placement.ready()], timeout=ready_timeout_s)
         if not ready:
             remove_placement_group(self.placement)
-            raise RuntimeError(f"{name} group: {size} x {bundle} with {strategy} placement did not fit the cluster "
-                               f"within {ready_timeout_s:.0f}s (available: {ray.available_resources()})")
+            raise RuntimeError(
+                f"{name} group: {size} x {bundle} with {strategy} placement did not fit the cluster "
+                f"within {ready_timeout_s:.0f}s (available: {ray.available_resources()})"
+            )
         self.actors = [
             WorkerActor.options(
-                num_cpus=cpus, num_gpus=gpus, runtime_env={"env_vars": env},
+                num_cpus=cpus,
+                num_gpus=gpus,
+                runtime_env={"env_vars": env},
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement, placement_group_bundle_index=rank),
             ).remote(worker_path, *init_args, rank=rank, world_size=size, **(init_kwargs or {}))
             for rank in range(size)
@@ -88,29 +106,32 @@ class ActorGroup:
         address, port = ray.get(self.actors[0].rendezvous_address.remote())
         self.run("start", address, port)
 
-    def submit(self, method: str, *args, **kwargs) -> List[ray.ObjectRef]:
+    def submit(self, method: str, *args, **kwargs) -> list[ray.ObjectRef]:
         """The same call on every rank, not waited for: one result reference per rank."""
         return [a.call.remote(method, *args, **kwargs) for a in self.actors]
 
-    def run(self, method: str, *args, **kwargs) -> List[Any]:
+    def run(self, method: str, *args, **kwargs) -> list[Any]:
         """The same call on every rank; returns each rank's result."""
         return gather(self.submit(method, *args, **kwargs), self.call_timeout_s, f"{self.name}.{method}")
 
-    def run_shards(self, method: str, items: Sequence[Any], *args) -> List[Any]:
+    def run_shards(self, method: str, items: Sequence[Any], *args) -> list[Any]:
         """Split items into contiguous shards, one per rank (empty shards are not sent); the results concatenated."""
         bounds = [round(i * len(items) / self.size) for i in range(self.size + 1)]
-        refs = [actor.call.remote(method, list(items[lo:hi]), *args)
-                for actor, lo, hi in zip(self.actors, bounds, bounds[1:]) if hi > lo]
+        refs = [
+            actor.call.remote(method, list(items[lo:hi]), *args)
+            for actor, lo, hi in zip(self.actors, bounds, bounds[1:])
+            if hi > lo
+        ]
         return [x for part in gather(refs, self.call_timeout_s, f"{self.name}.{method}") for x in part]
 
-    def run_each(self, method: str, per_rank_args: Sequence[Sequence[Any]]) -> List[Any]:
+    def run_each(self, method: str, per_rank_args: Sequence[Sequence[Any]]) -> list[Any]:
         """A call with rank-specific arguments."""
         if len(per_rank_args) != self.size:
             raise ValueError(f"{self.name}: {len(per_rank_args)} argument sets for {self.size} ranks")
         refs = [a.call.remote(method, *args) for a, args in zip(self.actors, per_rank_args)]
         return gather(refs, self.call_timeout_s, f"{self.name}.{method}")
 
-    def node_ids(self) -> List[str]:
+    def node_ids(self) -> list[str]:
         from ray.util import placement_group_table
 
         return list(placement_group_table(self.placement)["bundles_to_node_id"].values())

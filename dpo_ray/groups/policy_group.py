@@ -1,7 +1,6 @@
 """The policy group: N DeepSpeed ZeRO-3 ranks of the trainable policy."""
-from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from __future__ import annotations
 
 import ray
 
@@ -11,33 +10,43 @@ from .actor_group import ActorGroup, gather
 
 
 class PolicyGroup:
-    def __init__(self, cfg: RunConfig, model_path: str, total_steps: int, accumulation: int, env: Dict[str, str]):
+    def __init__(self, cfg: RunConfig, model_path: str, total_steps: int, accumulation: int, env: dict[str, str]):
         c = cfg.cluster
-        self.group = ActorGroup("policy", "dpo_ray.workers.policy.PolicyWorker", c.policy_ranks, cpus=c.cpus_per_rank,
-                                gpus=c.gpus_per_rank, strategy=c.placement, env=env, call_timeout_s=c.call_timeout_s,
-                                init_kwargs=dict(cfg=cfg, model_path=model_path, total_steps=total_steps, accumulation=accumulation))
+        self.group = ActorGroup(
+            "policy",
+            "dpo_ray.workers.policy.PolicyWorker",
+            c.policy_ranks,
+            cpus=c.cpus_per_rank,
+            gpus=c.gpus_per_rank,
+            strategy=c.placement,
+            env=env,
+            call_timeout_s=c.call_timeout_s,
+            init_kwargs=dict(cfg=cfg, model_path=model_path, total_steps=total_steps, accumulation=accumulation),
+        )
         self.group.start_distributed()
 
     @property
     def size(self) -> int:
         return self.group.size
 
-    def train_step(self, plan: List[List[MicroBatch]], scale: StepScale) -> List[Dict[str, float]]:
+    def train_step(self, plan: list[list[MicroBatch]], scale: StepScale) -> list[dict[str, float]]:
         return self.group.run_each("train_step", [(rank_batches, scale) for rank_batches in plan])
 
-    def evaluate(self, plan: List[List[MicroBatch]], scale: StepScale) -> List[Dict[str, float]]:
+    def evaluate(self, plan: list[list[MicroBatch]], scale: StepScale) -> list[dict[str, float]]:
         return self.group.run_each("evaluate", [(rank_batches, scale) for rank_batches in plan])
 
-    def reference_logps(self, plan: List[List[MicroBatch]]) -> List[Tuple[List[float], List[float]]]:
+    def reference_logps(self, plan: list[list[MicroBatch]]) -> list[tuple[list[float], list[float]]]:
         return self.group.run_each("reference_logps", [(rank_batches,) for rank_batches in plan])
 
     def full_state_dict(self):
         return self.group.run("full_state_dict")[0]
 
-    def export_weights(self) -> "ray.ObjectRef":
+    def export_weights(self) -> ray.ObjectRef:
         """A reference to the full weights as safetensors bytes (gathered on rank 0), left in Ray's object store."""
         refs = self.group.submit("export_weights")
-        gather(refs[1:], self.group.call_timeout_s, "policy.export_weights")  # the other ranks only take part in the gather
+        gather(
+            refs[1:], self.group.call_timeout_s, "policy.export_weights"
+        )  # the other ranks only take part in the gather
         ray.wait(refs[:1], timeout=self.group.call_timeout_s)
         return refs[0]
 

@@ -1,8 +1,9 @@
 """Checking that the groups a run will start fit the Ray cluster, before any actor starts."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Dict, List, Sequence
 
 from ..config import RunConfig
 
@@ -14,7 +15,7 @@ class GroupNeed:
     cpus: float
     gpus: float
 
-    def bundle(self) -> Dict[str, float]:
+    def bundle(self) -> dict[str, float]:
         return {"CPU": self.cpus, **({"GPU": self.gpus} if self.gpus else {})}
 
 
@@ -25,7 +26,9 @@ def uses_reward_model(cfg: RunConfig) -> bool:
 
 def rollout_need(cfg: RunConfig) -> GroupNeed:
     c = cfg.cluster
-    return GroupNeed("rollout", c.rollout_engines, c.rollout_cpus, float(c.rollout_tensor_parallel) if c.gpus_per_rank else 0.0)
+    return GroupNeed(
+        "rollout", c.rollout_engines, c.rollout_cpus, float(c.rollout_tensor_parallel) if c.gpus_per_rank else 0.0
+    )
 
 
 def reward_need(cfg: RunConfig) -> GroupNeed:
@@ -33,7 +36,7 @@ def reward_need(cfg: RunConfig) -> GroupNeed:
     return GroupNeed("reward", c.reward_ranks, c.reward_cpus, c.gpus_per_rank if uses_reward_model(cfg) else 0.0)
 
 
-def group_needs(cfg: RunConfig, reference: bool, online: bool) -> List[GroupNeed]:
+def group_needs(cfg: RunConfig, reference: bool, online: bool) -> list[GroupNeed]:
     """What each group of a run asks of the cluster: ranks, and CPUs and GPUs per rank."""
     c = cfg.cluster
     needs = [GroupNeed("policy", c.policy_ranks, c.cpus_per_rank, c.gpus_per_rank)]
@@ -44,11 +47,13 @@ def group_needs(cfg: RunConfig, reference: bool, online: bool) -> List[GroupNeed
     return needs
 
 
-def _fits(bundle: Dict[str, float], node: Dict[str, float]) -> bool:
+def _fits(bundle: dict[str, float], node: dict[str, float]) -> bool:
     return all(node.get(k, 0.0) >= v for k, v in bundle.items())
 
 
-def check_fit(needs: Sequence[GroupNeed], nodes: Sequence[Dict[str, float]], strategy: str, expected_nodes: int = 0) -> None:
+def check_fit(
+    needs: Sequence[GroupNeed], nodes: Sequence[dict[str, float]], strategy: str, expected_nodes: int = 0
+) -> None:
     """Raise a ValueError naming the group and the shortfall when the groups (alive at the same time) cannot be placed
     on these nodes' resources (one dict per alive node)."""
     if expected_nodes and len(nodes) < expected_nodes:
@@ -58,21 +63,31 @@ def check_fit(needs: Sequence[GroupNeed], nodes: Sequence[Dict[str, float]], str
         bundle = need.bundle()
         hosts = [n for n in nodes if _fits(bundle, n)]
         if not hosts:
-            raise ValueError(f"{need.name} group: no node has {bundle} for one rank "
-                             f"(largest node: {max(nodes, key=lambda n: n.get('GPU', 0) + n.get('CPU', 0), default={})})")
+            raise ValueError(
+                f"{need.name} group: no node has {bundle} for one rank "
+                f"(largest node: {max(nodes, key=lambda n: n.get('GPU', 0) + n.get('CPU', 0), default={})})"
+            )
         if strategy == "STRICT_SPREAD" and len(hosts) < need.size:
-            raise ValueError(f"{need.name} group: STRICT_SPREAD needs {need.size} nodes with {bundle}, the cluster has {len(hosts)}")
-        if strategy == "STRICT_PACK" and not any(_fits({k: v * need.size for k, v in bundle.items()}, n) for n in nodes):
+            raise ValueError(
+                f"{need.name} group: STRICT_SPREAD needs {need.size} nodes with {bundle}, the cluster has {len(hosts)}"
+            )
+        if strategy == "STRICT_PACK" and not any(
+            _fits({k: v * need.size for k, v in bundle.items()}, n) for n in nodes
+        ):
             raise ValueError(f"{need.name} group: STRICT_PACK needs one node with {need.size} x {bundle}; none has it")
     for resource in ("CPU", "GPU"):
         wanted = sum(need.size * need.bundle().get(resource, 0.0) for need in needs)
         if wanted > totals[resource] + 1e-9:
-            parts = ", ".join(f"{n.name} {n.size} x {n.bundle().get(resource, 0.0):g}" for n in needs if n.bundle().get(resource))
-            raise ValueError(f"the groups need {wanted:g} {resource} ({parts}) but the Ray cluster has {totals[resource]:g}: "
-                             f"short by {wanted - totals[resource]:g}")
+            parts = ", ".join(
+                f"{n.name} {n.size} x {n.bundle().get(resource, 0.0):g}" for n in needs if n.bundle().get(resource)
+            )
+            raise ValueError(
+                f"the groups need {wanted:g} {resource} ({parts}) but the Ray cluster has {totals[resource]:g}: "
+                f"short by {wanted - totals[resource]:g}"
+            )
 
 
-def alive_nodes() -> List[Dict[str, float]]:
+def alive_nodes() -> list[dict[str, float]]:
     """Each alive Ray node's total resources."""
     import ray
 

@@ -1,8 +1,9 @@
 """The reward group: replicas of a reward model, or workers running a rule function; (prompt, response) pairs are
 sharded across them and every score is checked."""
+
 from __future__ import annotations
 
-from typing import List, Sequence
+from collections.abc import Sequence
 
 from ..config import RunConfig
 from ..data.formats import Text
@@ -15,7 +16,9 @@ def reward_source(cfg: RunConfig, default_fn: str = "") -> str:
     """The rule's import path or the model directory this run scores with."""
     source = cfg.reward.fn or cfg.reward.model_path or default_fn
     if not source:
-        raise ValueError("online runs need a reward: reward.fn=module:function (a rule) or reward.model_path=DIR (a model)")
+        raise ValueError(
+            "online runs need a reward: reward.fn=module:function (a rule) or reward.model_path=DIR (a model)"
+        )
     return source
 
 
@@ -26,20 +29,34 @@ class RewardGroup:
         self.name = reward_source(cfg, default_fn)
         if uses_reward_model(cfg):
             worker = "dpo_ray.workers.reward.ModelRewardWorker"
-            kwargs = dict(model_path=model_path or r.model_path, micro_batch_size=r.micro_batch_size, max_length=r.max_length,
-                          trust_remote_code=cfg.model.trust_remote_code, gpus=need.gpus)
+            kwargs = dict(
+                model_path=model_path or r.model_path,
+                micro_batch_size=r.micro_batch_size,
+                max_length=r.max_length,
+                trust_remote_code=cfg.model.trust_remote_code,
+                gpus=need.gpus,
+            )
         else:
             worker, kwargs = "dpo_ray.workers.reward.RuleRewardWorker", dict(fn=self.name)
-        self.group = ActorGroup("reward", worker, need.size, cpus=need.cpus, gpus=need.gpus, strategy=c.placement,
-                                env=rank_env(device_spec(need.gpus), 1), init_kwargs=kwargs, call_timeout_s=c.call_timeout_s)
+        self.group = ActorGroup(
+            "reward",
+            worker,
+            need.size,
+            cpus=need.cpus,
+            gpus=need.gpus,
+            strategy=c.placement,
+            env=rank_env(device_spec(need.gpus), 1),
+            init_kwargs=kwargs,
+            call_timeout_s=c.call_timeout_s,
+        )
 
-    def score(self, prompts: Sequence[Text], responses: Sequence[Sequence[str]]) -> List[List[float]]:
+    def score(self, prompts: Sequence[Text], responses: Sequence[Sequence[str]]) -> list[list[float]]:
         """One score per response of each prompt, shaped like responses."""
         flat = [(p, r) for p, outs in zip(prompts, responses, strict=True) for r in outs]
         scores = self.group.run_shards("score", flat)  # each worker checked its shard: one finite number per response
         shaped, i = [], 0
         for outs in responses:
-            shaped.append(scores[i:i + len(outs)])
+            shaped.append(scores[i : i + len(outs)])
             i += len(outs)
         return shaped
 

@@ -1,7 +1,8 @@
 """The rollout group: K vLLM engines; prompts are sharded across them and weights are pushed into all of them."""
+
 from __future__ import annotations
 
-from typing import List, Sequence
+from collections.abc import Sequence
 
 import ray
 
@@ -15,19 +16,43 @@ from .resources import rollout_need
 class RolloutGroup:
     def __init__(self, cfg: RunConfig, model_path: str):
         c, need = cfg.cluster, rollout_need(cfg)
-        self.group = ActorGroup("rollout", "dpo_ray.workers.rollout.RolloutWorker", need.size, cpus=need.cpus,
-                                gpus=need.gpus, strategy=c.placement, call_timeout_s=c.call_timeout_s, env=engine_env(need.gpus),
-                                init_kwargs=dict(model_path=model_path, cfg=cfg.rollout, policy_dtype=cfg.model.dtype,
-                                                 gpus=need.gpus, tensor_parallel=c.rollout_tensor_parallel, seed=cfg.online.seed))
+        self.group = ActorGroup(
+            "rollout",
+            "dpo_ray.workers.rollout.RolloutWorker",
+            need.size,
+            cpus=need.cpus,
+            gpus=need.gpus,
+            strategy=c.placement,
+            call_timeout_s=c.call_timeout_s,
+            env=engine_env(need.gpus),
+            init_kwargs=dict(
+                model_path=model_path,
+                cfg=cfg.rollout,
+                policy_dtype=cfg.model.dtype,
+                gpus=need.gpus,
+                tensor_parallel=c.rollout_tensor_parallel,
+                seed=cfg.online.seed,
+            ),
+        )
 
-    def generate(self, prompts: Sequence[Text], seeds: Sequence[int], n: int, temperature: float, top_p: float,
-                 max_tokens: int, with_logp: bool = False) -> List[List[Sample]]:
+    def generate(
+        self,
+        prompts: Sequence[Text],
+        seeds: Sequence[int],
+        n: int,
+        temperature: float,
+        top_p: float,
+        max_tokens: int,
+        with_logp: bool = False,
+    ) -> list[list[Sample]]:
         """n samples for each prompt, in prompt order (with their log-probs if with_logp)."""
         if len(seeds) != len(prompts):
             raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
-        return self.group.run_shards("generate", list(zip(prompts, seeds)), n, temperature, top_p, max_tokens, with_logp)
+        return self.group.run_shards(
+            "generate", list(zip(prompts, seeds)), n, temperature, top_p, max_tokens, with_logp
+        )
 
-    def prompt_logprobs(self, token_ids: Sequence[Sequence[int]]) -> List[List[float]]:
+    def prompt_logprobs(self, token_ids: Sequence[Sequence[int]]) -> list[list[float]]:
         return self.group.run_shards("prompt_logprobs", token_ids)
 
     def load_weights(self, weights: ray.ObjectRef) -> None:

@@ -1,12 +1,13 @@
 """`report.md` for a run directory: a start-vs-end summary table, the monitors' verdicts, and the plots, embedded
 as relative PNG links so that any Markdown viewer shows it (no server)."""
+
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..campaign.atomic import write_text
 from ..config import MonitorConfig
@@ -18,29 +19,46 @@ log = logging.getLogger(__name__)
 REPORT = "report.md"
 PLOTS = "plots"
 
-STEP_ROWS = [("loss", "training loss"), ("rewards/accuracies", "training reward accuracy"),
-             ("rewards/margins", "training reward margin"), ("kl/chosen", "KL to reference on chosen (nats/token)"),
-             ("grad_norm", "grad norm"), ("tokens_per_second", "tokens/s")]
-EVAL_ROWS = [("eval_loss", "held-out loss"), ("eval_rewards/accuracies", "held-out reward accuracy"),
-             ("eval_rewards/margins", "held-out reward margin")]
-ROUND_ROWS = [("reward/mean", "mean reward of samples"), ("pairs", "pairs"), ("eval/sampled_reward", "held-out sampled reward"),
-              ("eval/greedy_reward", "held-out greedy reward"), ("eval/kl", "KL to reference (nats/response)"),
-              ("eval/length", "held-out sampled length (tokens)"), ("time/round", "seconds per round")]
-SummaryRow = Tuple[str, str, float, float, str]  # label, key, start, end, where
+STEP_ROWS = [
+    ("loss", "training loss"),
+    ("rewards/accuracies", "training reward accuracy"),
+    ("rewards/margins", "training reward margin"),
+    ("kl/chosen", "KL to reference on chosen (nats/token)"),
+    ("grad_norm", "grad norm"),
+    ("tokens_per_second", "tokens/s"),
+]
+EVAL_ROWS = [
+    ("eval_loss", "held-out loss"),
+    ("eval_rewards/accuracies", "held-out reward accuracy"),
+    ("eval_rewards/margins", "held-out reward margin"),
+]
+ROUND_ROWS = [
+    ("reward/mean", "mean reward of samples"),
+    ("pairs", "pairs"),
+    ("eval/sampled_reward", "held-out sampled reward"),
+    ("eval/greedy_reward", "held-out greedy reward"),
+    ("eval/kl", "KL to reference (nats/response)"),
+    ("eval/length", "held-out sampled length (tokens)"),
+    ("time/round", "seconds per round"),
+]
+SummaryRow = tuple[str, str, float, float, str]  # label, key, start, end, where
 
 
-def _first_last(rows: Sequence[Dict], key: str, x_key: str) -> Optional[Tuple[float, float, str]]:
+def _first_last(rows: Sequence[dict], key: str, x_key: str) -> tuple[float, float, str] | None:
     found = [row for row in rows if isinstance(row.get(key), (int, float))]
     if not found:
         return None
     return found[0][key], found[-1][key], f"{x_key} {found[0][x_key]} -> {found[-1][x_key]}"
 
 
-def summary_rows(records: RunRecords) -> List[SummaryRow]:
+def summary_rows(records: RunRecords) -> list[SummaryRow]:
     """Start and end value of each headline metric, with where they were read (steps, evaluations, rounds)."""
-    out: List[SummaryRow] = []
-    for rows, table, x_key in ((records.steps, STEP_ROWS, "step"), (records.evals, EVAL_ROWS, "step"),
-                               (records.rounds, ROUND_ROWS, "round")):
+    out: list[SummaryRow] = []
+    for rows, table, x_key in (
+        (records.steps, STEP_ROWS, "step"),
+        (records.evals, EVAL_ROWS, "step"),
+        (records.rounds, ROUND_ROWS, "round"),
+    ):
         for key, label in table:
             span = _first_last(rows, key, x_key)
             if span:
@@ -53,7 +71,7 @@ def summary_rows(records: RunRecords) -> List[SummaryRow]:
     return out
 
 
-def _number(value: Optional[float]) -> str:
+def _number(value: float | None) -> str:
     return "" if value is None else f"{value:.4g}"
 
 
@@ -84,15 +102,27 @@ def write_report(run_dir: Path) -> Path:
     for warning in tripped:
         log.warning("monitor: %s", warning)
     kind = "online" if records.rounds else "offline"
-    parts = [f"# dpo-ray report: {records.run_dir.name}", "",
-             f"{kind} run, {len(records.steps)} training steps" + (f", {len(records.rounds) - 1} rounds" if records.rounds else "")
-             + f". Made by `dpo-ray report {records.run_dir}`.", "", "## Summary", "", _summary_table(summary_rows(records)), "",
-             "## Monitors", ""]
+    parts = [
+        f"# dpo-ray report: {records.run_dir.name}",
+        "",
+        f"{kind} run, {len(records.steps)} training steps"
+        + (f", {len(records.rounds) - 1} rounds" if records.rounds else "")
+        + f". Made by `dpo-ray report {records.run_dir}`.",
+        "",
+        "## Summary",
+        "",
+        _summary_table(summary_rows(records)),
+        "",
+        "## Monitors",
+        "",
+    ]
     parts += [f"- **WARNING** {w}" for w in tripped] or ["No monitor tripped."]
     parts += ["", _checks_table(checks), ""]
-    pictures = [("Online rounds", rounds_plot(records, plots_dir / "rounds.png")),
-                ("Time per phase", phases_plot(records, plots_dir / "phases.png")),
-                ("Training", training_plot(records, plots_dir / "training.png"))]
+    pictures = [
+        ("Online rounds", rounds_plot(records, plots_dir / "rounds.png")),
+        ("Time per phase", phases_plot(records, plots_dir / "phases.png")),
+        ("Training", training_plot(records, plots_dir / "training.png")),
+    ]
     for title, path in pictures:
         if path is not None:
             parts += [f"## {title}", "", f"![{title}]({PLOTS}/{path.name})", ""]

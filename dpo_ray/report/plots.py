@@ -1,16 +1,17 @@
 """The report's pictures (matplotlib, Agg: no display needed): training curves per step, online rounds, and where
 each round's time went. Each function writes one PNG atomically and returns its path, or None when the run has
 nothing to draw."""
+
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..campaign.atomic import write_bytes
 from .records import RunRecords
 
-Panel = Tuple[str, List[Tuple[str, str]]]  # title, [(metric key, legend label)]
+Panel = tuple[str, list[tuple[str, str]]]  # title, [(metric key, legend label)]
 
 
 def _pyplot():
@@ -30,8 +31,13 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _grid(panels: Sequence[Panel], series: Dict[str, Tuple[List[float], List[float]]], x_label: str, path: Path,
-          columns: int = 4) -> Optional[Path]:
+def _grid(
+    panels: Sequence[Panel],
+    series: dict[str, tuple[list[float], list[float]]],
+    x_label: str,
+    path: Path,
+    columns: int = 4,
+) -> Path | None:
     drawn = [(title, [(k, label) for k, label in lines if series.get(k, ([], []))[0]]) for title, lines in panels]
     drawn = [(title, lines) for title, lines in drawn if lines]
     if not drawn:
@@ -51,14 +57,14 @@ def _grid(panels: Sequence[Panel], series: Dict[str, Tuple[List[float], List[flo
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if len(lines) > 1:
             ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(drawn):]:
+    for ax in list(axes.flat)[len(drawn) :]:
         ax.axis("off")
     fig.tight_layout()
     return _save(fig, path)
 
 
-def _columns(rows: Sequence[Dict], x_key: str) -> Dict[str, Tuple[List[float], List[float]]]:
-    series: Dict[str, Tuple[List[float], List[float]]] = {}
+def _columns(rows: Sequence[dict], x_key: str) -> dict[str, tuple[list[float], list[float]]]:
+    series: dict[str, tuple[list[float], list[float]]] = {}
     for row in rows:
         for key, value in row.items():
             if isinstance(value, (int, float)):
@@ -68,7 +74,7 @@ def _columns(rows: Sequence[Dict], x_key: str) -> Dict[str, Tuple[List[float], L
     return series
 
 
-TRAINING: List[Panel] = [
+TRAINING: list[Panel] = [
     ("loss", [("loss", "train"), ("eval_loss", "held-out")]),
     ("rewards/accuracies", [("rewards/accuracies", "train"), ("eval_rewards/accuracies", "held-out")]),
     ("rewards/margins", [("rewards/margins", "train"), ("eval_rewards/margins", "held-out")]),
@@ -79,28 +85,42 @@ TRAINING: List[Panel] = [
     ("tokens/s", [("tokens_per_second", "")]),
 ]
 
-ROUNDS: List[Panel] = [
+ROUNDS: list[Panel] = [
     ("reward of samples", [("reward/mean", "mean"), ("reward/max", "max")]),
     ("held-out reward (task)", [("eval/sampled_reward", "sampled"), ("eval/greedy_reward", "greedy")]),
     ("pairs per round", [("pairs", "new"), ("train_pairs", "trained on")]),
-    ("mean response length (tokens)", [("eval/length", "held-out sampled"), ("length/sampled", "sampled"),
-                                       ("length/chosen", "chosen"), ("length/rejected", "rejected")]),
+    (
+        "mean response length (tokens)",
+        [
+            ("eval/length", "held-out sampled"),
+            ("length/sampled", "sampled"),
+            ("length/chosen", "chosen"),
+            ("length/rejected", "rejected"),
+        ],
+    ),
     ("KL to reference (nats/response)", [("eval/kl", "held-out sampled")]),
-    ("pair quality (shares)", [("pairs/tied_prompt_share", "tied prompts"), ("pairs/near_identical_share", "near-identical"),
-                               ("pairs/chosen_longer_share", "chosen longer"), ("pairs/reference_disagrees", "ref. disagrees")]),
+    (
+        "pair quality (shares)",
+        [
+            ("pairs/tied_prompt_share", "tied prompts"),
+            ("pairs/near_identical_share", "near-identical"),
+            ("pairs/chosen_longer_share", "chosen longer"),
+            ("pairs/reference_disagrees", "ref. disagrees"),
+        ],
+    ),
 ]
 
 
-def training_plot(records: RunRecords, path: Path) -> Optional[Path]:
+def training_plot(records: RunRecords, path: Path) -> Path | None:
     series = _columns(records.steps + records.evals, "step")
     return _grid(TRAINING, series, "step", path)
 
 
-def rounds_plot(records: RunRecords, path: Path) -> Optional[Path]:
+def rounds_plot(records: RunRecords, path: Path) -> Path | None:
     return _grid(ROUNDS, _columns(records.rounds, "round"), "round", path, columns=3)
 
 
-def phases_plot(records: RunRecords, path: Path) -> Optional[Path]:
+def phases_plot(records: RunRecords, path: Path) -> Path | None:
     """Seconds of each phase per round (the rows' time/<phase> keys, in their order), stacked."""
     rows = [row for row in records.rounds if "time/round" in row]
     if not rows:

@@ -1,11 +1,11 @@
 """A run directory's records, as the report reads them: per-step training metrics, held-out evaluations, online rounds,
 the statistics of the offline pairs, and the run's config."""
+
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List
 
 DATA_STATS = "data_stats.json"  # written by offline runs: pair statistics of the train and eval pairs
 
@@ -13,18 +13,18 @@ DATA_STATS = "data_stats.json"  # written by offline runs: pair statistics of th
 @dataclass
 class RunRecords:
     run_dir: Path
-    steps: List[Dict] = field(default_factory=list)  # training steps: {"step", "loss", "rewards/...", ...}
-    evals: List[Dict] = field(default_factory=list)  # held-out evaluations: {"step", "eval_loss", ...}
-    rounds: List[Dict] = field(default_factory=list)  # online rounds; round 0 is the starting policy
-    data_stats: Dict[str, Dict[str, float]] = field(default_factory=dict)
-    config: Dict = field(default_factory=dict)
+    steps: list[dict] = field(default_factory=list)  # training steps: {"step", "loss", "rewards/...", ...}
+    evals: list[dict] = field(default_factory=list)  # held-out evaluations: {"step", "eval_loss", ...}
+    rounds: list[dict] = field(default_factory=list)  # online rounds; round 0 is the starting policy
+    data_stats: dict[str, dict[str, float]] = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
 
     @property
     def beta(self) -> float:
         return float(self.config.get("algo", {}).get("beta", 0.1))
 
 
-def _jsonl(path: Path) -> List[Dict]:
+def _jsonl(path: Path) -> list[dict]:
     if not path.exists():
         return []
     rows = []
@@ -45,8 +45,8 @@ def load_records(run_dir: Path) -> RunRecords:
     if not metrics:
         raise ValueError(f"{run_dir}: no metrics.jsonl with rows; is it a dpo-ray run directory?")
     records = RunRecords(run_dir)
-    steps: Dict[int, Dict] = {}
-    evals: Dict[int, Dict] = {}
+    steps: dict[int, dict] = {}
+    evals: dict[int, dict] = {}
     for row in metrics:  # a resumed run appends the steps after its checkpoint again: the later rows win
         if "loss" in row:
             steps[row["step"]] = row

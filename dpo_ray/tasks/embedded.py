@@ -1,5 +1,6 @@
 """The embedded default: a tiny tokenizer and Llama, warm-started by SFT on a flawed demonstrator, and DPO pairs
 from its own samples. Built once into the cache; no download."""
+
 from __future__ import annotations
 
 import hashlib
@@ -12,7 +13,6 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import List
 
 import torch
 
@@ -38,8 +38,8 @@ class EmbeddedTask:
     model_dir: Path
     train_file: Path
     eval_file: Path
-    train_prompts: List[str]
-    eval_prompts: List[str]
+    train_prompts: list[str]
+    eval_prompts: list[str]
     reward_fn = "dpo_ray.tasks.number_words:reward"  # the rule reward by import path, for online rounds
 
     @staticmethod
@@ -47,20 +47,26 @@ class EmbeddedTask:
         return number_words.reward(prompt, response)
 
 
-def build_tokenizer(texts: List[str], vocab_size: int = 384):
+def build_tokenizer(texts: list[str], vocab_size: int = 384):
     """Byte-level BPE with one token per digit, wrapped as a transformers tokenizer with a chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
-                                                  pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    core.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
     core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     core.train_from_iterator(texts, trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<|end|>",
-                                        additional_special_tokens=SPECIAL_TOKENS[1:])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token="<pad>", eos_token="<|end|>", additional_special_tokens=SPECIAL_TOKENS[1:]
+    )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 
@@ -69,27 +75,42 @@ def build_model(tokenizer, seed: int):
     """A 0.42M-parameter Llama: hidden 128, 2 layers, 4 query / 2 KV heads, tied embeddings."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=352, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                         tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=352,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
     torch.manual_seed(seed)
     return LlamaForCausalLM(config)
 
 
-def sft(model, tokenizer, numbers: List[int], cfg: TaskConfig, seed: int, batch_size: int = 64, lr: float = 3e-3) -> None:
+def sft(
+    model, tokenizer, numbers: list[int], cfg: TaskConfig, seed: int, batch_size: int = 64, lr: float = 3e-3
+) -> None:
     """Supervised warm start on fresh flawed demonstrations each step (loss on response tokens only)."""
     rng = random.Random(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     warmup = max(1, cfg.sft_steps // 10)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / cfg.sft_steps)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / cfg.sft_steps))
+    )
     model.train()
     for _ in range(cfg.sft_steps):
         ids, labels = [], []
         for n in rng.choices(numbers, k=batch_size):
-            prompt_ids, full = encode_turn(tokenizer, number_words.prompt(n), number_words.flawed_words(n, rng, cfg.flaw_rate), True)
+            prompt_ids, full = encode_turn(
+                tokenizer, number_words.prompt(n), number_words.flawed_words(n, rng, cfg.flaw_rate), True
+            )
             ids.append(full)
-            labels.append([-100] * len(prompt_ids) + full[len(prompt_ids):])
+            labels.append([-100] * len(prompt_ids) + full[len(prompt_ids) :])
         width = max(map(len, ids))
         input_ids = torch.tensor([x + [tokenizer.pad_token_id] * (width - len(x)) for x in ids])
         label_ids = torch.tensor([y + [-100] * (width - len(y)) for y in labels])
@@ -103,12 +124,15 @@ def sft(model, tokenizer, numbers: List[int], cfg: TaskConfig, seed: int, batch_
     model.eval()
 
 
-def _pairs_file(path: Path, model, tokenizer, numbers: List[int], n: int, seed: int) -> int:
+def _pairs_file(path: Path, model, tokenizer, numbers: list[int], n: int, seed: int) -> int:
     prompts = [number_words.prompt(k) for k in numbers]
     samples = sample_responses(model, tokenizer, prompts, n, temperature=1.0, seed=seed)
     rewards = [[number_words.reward(p, r) for r in outs] for p, outs in zip(prompts, samples)]
-    pairs = build_pairs([[{"role": "user", "content": p}] for p in prompts],
-                        [[[{"role": "assistant", "content": r}] for r in outs] for outs in samples], rewards)
+    pairs = build_pairs(
+        [[{"role": "user", "content": p}] for p in prompts],
+        [[[{"role": "assistant", "content": r}] for r in outs] for outs in samples],
+        rewards,
+    )
     with path.open("w", encoding="utf-8") as f:
         for pair in pairs:
             f.write(json.dumps(pair) + "\n")
@@ -125,10 +149,14 @@ def ensure_embedded_task(cfg: TaskConfig, cache_dir: str, seed: int = 0) -> Embe
     root = Path(cache_dir).expanduser() / "tasks" / f"number_words-{_key(cfg, seed)}"
     numbers = list(range(cfg.numbers))
     random.Random(seed).shuffle(numbers)
-    eval_numbers, train_numbers = numbers[: cfg.eval_numbers], numbers[cfg.eval_numbers:]
-    task = EmbeddedTask(root / "model", root / "train.jsonl", root / "eval.jsonl",
-                        [number_words.prompt(n) for n in sorted(train_numbers)],
-                        [number_words.prompt(n) for n in sorted(eval_numbers)])
+    eval_numbers, train_numbers = numbers[: cfg.eval_numbers], numbers[cfg.eval_numbers :]
+    task = EmbeddedTask(
+        root / "model",
+        root / "train.jsonl",
+        root / "eval.jsonl",
+        [number_words.prompt(n) for n in sorted(train_numbers)],
+        [number_words.prompt(n) for n in sorted(eval_numbers)],
+    )
     if (root / "done").exists():
         return task
     log.info("building the embedded number-words task into %s (once)", root)
@@ -136,7 +164,11 @@ def ensure_embedded_task(cfg: TaskConfig, cache_dir: str, seed: int = 0) -> Embe
     tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=".build-"))
     try:
         rng = random.Random(seed)
-        corpus = [number_words.prompt(n) + " " + number_words.flawed_words(n, rng, 0.5) for n in range(cfg.numbers) for _ in range(2)]
+        corpus = [
+            number_words.prompt(n) + " " + number_words.flawed_words(n, rng, 0.5)
+            for n in range(cfg.numbers)
+            for _ in range(2)
+        ]
         tokenizer = build_tokenizer(corpus)
         model = build_model(tokenizer, seed)
         sft(model, tokenizer, train_numbers, cfg, seed)

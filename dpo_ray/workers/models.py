@@ -1,4 +1,5 @@
 """Loading models and tokenizers (safetensors only), and a cheap content fingerprint of a model directory."""
+
 from __future__ import annotations
 
 import hashlib
@@ -19,8 +20,13 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
 def load_causal_lm(path: str, dtype: torch.dtype, attn_implementation: str = "sdpa", trust_remote_code: bool = False):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation,
-                                                trust_remote_code=trust_remote_code, use_safetensors=True)
+    return AutoModelForCausalLM.from_pretrained(
+        path,
+        dtype=dtype,
+        attn_implementation=attn_implementation,
+        trust_remote_code=trust_remote_code,
+        use_safetensors=True,
+    )
 
 
 def model_fingerprint(path: str, edge_bytes: int = 1 << 20) -> str:

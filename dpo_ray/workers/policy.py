@@ -1,10 +1,10 @@
 """One DeepSpeed ZeRO-3 rank of the trainable policy (full fine-tune or peft LoRA)."""
+
 from __future__ import annotations
 
 import os
 import shutil
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -20,7 +20,7 @@ from .models import load_causal_lm, load_tokenizer
 from .weights import merge_lora_state, weights_bytes
 
 
-def nonfinite_pairs(out, reference_chosen: Optional[torch.Tensor], reference_rejected: Optional[torch.Tensor]) -> List[int]:
+def nonfinite_pairs(out, reference_chosen: torch.Tensor | None, reference_rejected: torch.Tensor | None) -> list[int]:
     """Positions of the pairs whose log-probs or reference log-probs are not finite (all of them if none is)."""
     values = [out.chosen_logps.detach(), out.rejected_logps.detach()]
     values += [r for r in (reference_chosen, reference_rejected) if r is not None]
@@ -30,7 +30,9 @@ def nonfinite_pairs(out, reference_chosen: Optional[torch.Tensor], reference_rej
 
 
 class PolicyWorker:
-    def __init__(self, cfg: RunConfig, rank: int, world_size: int, model_path: str, total_steps: int, accumulation: int):
+    def __init__(
+        self, cfg: RunConfig, rank: int, world_size: int, model_path: str, total_steps: int, accumulation: int
+    ):
         self.cfg, self.rank, self.world = cfg, rank, world_size
         self.model_path, self.total_steps, self.accumulation = model_path, total_steps, accumulation
         self.spec = device_spec(cfg.cluster.gpus_per_rank, cfg.model.dtype)
@@ -45,10 +47,15 @@ class PolicyWorker:
         from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
         cfg = self.cfg
-        ds_config = engines.deepspeed_config(self.spec, self.world, cfg.train.micro_batch_size, self.accumulation,
-                                             cfg.train.max_grad_norm)
-        hf_ds_config = HfDeepSpeedConfig(ds_config)  # while it lives, from_pretrained builds the model already partitioned
-        model = load_causal_lm(self.model_path, self.spec.dtype, cfg.model.attn_implementation, cfg.model.trust_remote_code)
+        ds_config = engines.deepspeed_config(
+            self.spec, self.world, cfg.train.micro_batch_size, self.accumulation, cfg.train.max_grad_norm
+        )
+        hf_ds_config = HfDeepSpeedConfig(
+            ds_config
+        )  # while it lives, from_pretrained builds the model already partitioned
+        model = load_causal_lm(
+            self.model_path, self.spec.dtype, cfg.model.attn_implementation, cfg.model.trust_remote_code
+        )
         del hf_ds_config
         unset_hf_deepspeed_config()  # later loads (the LoRA merge on rank 0) must not start collectives
         if cfg.model.gradient_checkpointing:
@@ -57,30 +64,46 @@ class PolicyWorker:
             from peft import LoraConfig, get_peft_model
 
             lora = cfg.model.lora
-            targets = lora.target_modules if lora.target_modules == "all-linear" else [m.strip() for m in lora.target_modules.split(",")]
-            model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                                     target_modules=targets, task_type="CAUSAL_LM"))
+            targets = (
+                lora.target_modules
+                if lora.target_modules == "all-linear"
+                else [m.strip() for m in lora.target_modules.split(",")]
+            )
+            model = get_peft_model(
+                model,
+                LoraConfig(
+                    r=lora.r,
+                    lora_alpha=lora.alpha,
+                    lora_dropout=lora.dropout,
+                    target_modules=targets,
+                    task_type="CAUSAL_LM",
+                ),
+            )
         optimizer = engines.make_optimizer([p for p in model.parameters() if p.requires_grad], cfg.train)
-        self.engine = engines.initialize(model, ds_config, optimizer, engines.scheduler_factory(cfg.train, self.total_steps))
+        self.engine = engines.initialize(
+            model, ds_config, optimizer, engines.scheduler_factory(cfg.train, self.total_steps)
+        )
         self.tokenizer = load_tokenizer(self.model_path, cfg.model.trust_remote_code)
         self.pad_id = self.tokenizer.pad_token_id
-        self.layout = make_layout(cfg.data.packing, cfg.data.pack_length, cfg.data.prefix_sharing, cfg.model.attn_implementation)
+        self.layout = make_layout(
+            cfg.data.packing, cfg.data.pack_length, cfg.data.prefix_sharing, cfg.model.attn_implementation
+        )
 
-    def _batch(self, micro: MicroBatch) -> Dict[str, torch.Tensor]:
+    def _batch(self, micro: MicroBatch) -> dict[str, torch.Tensor]:
         batch = collate_pairs(micro.pairs, self.pad_id, self.layout, self.spec.dtype)
         return {k: v.to(self.spec.device) for k, v in batch.items()}
 
-    def _references(self, micro: MicroBatch) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    def _references(self, micro: MicroBatch) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         if micro.reference_chosen_logps is None:
             return None, None
         as_tensor = lambda xs: torch.tensor(xs, dtype=torch.float32, device=self.spec.device)
         return as_tensor(micro.reference_chosen_logps), as_tensor(micro.reference_rejected_logps)
 
-    def train_step(self, micro_batches: List[MicroBatch], scale: StepScale) -> Dict[str, float]:
+    def train_step(self, micro_batches: list[MicroBatch], scale: StepScale) -> dict[str, float]:
         """One optimizer step over this rank's micro-batches; returns metric sums plus grad norm and learning rate."""
         self.engine.train()
-        sums: List[Dict[str, float]] = []
-        nonfinite: List[List[int]] = []  # per micro-batch: positions of the pairs with a non-finite loss here
+        sums: list[dict[str, float]] = []
+        nonfinite: list[list[int]] = []  # per micro-batch: positions of the pairs with a non-finite loss here
         lr = self.engine.get_lr()[0]
         for micro in micro_batches:
             out = forward_pairs(self.engine, self._batch(micro))
@@ -110,7 +133,7 @@ class PolicyWorker:
         return bool(value.item())
 
     @torch.no_grad()
-    def evaluate(self, micro_batches: List[MicroBatch], scale: StepScale) -> Dict[str, float]:
+    def evaluate(self, micro_batches: list[MicroBatch], scale: StepScale) -> dict[str, float]:
         self.engine.eval()
         sums = []
         for micro in micro_batches:
@@ -119,7 +142,7 @@ class PolicyWorker:
         return add_metric_sums(sums)
 
     @torch.no_grad()
-    def reference_logps(self, micro_batches: List[MicroBatch]) -> Tuple[List[float], List[float]]:
+    def reference_logps(self, micro_batches: list[MicroBatch]) -> tuple[list[float], list[float]]:
         """LoRA runs: the reference is this model with its adapter disabled."""
         self.engine.eval()
         chosen, rejected = [], []
@@ -131,13 +154,14 @@ class PolicyWorker:
                     rejected += out.rejected_logps.tolist()
         return chosen, rejected
 
-    def full_state_dict(self) -> Optional[Dict[str, torch.Tensor]]:
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
         """All ranks must call: ZeRO-3 shards are gathered layer by layer onto rank 0 (others get None)."""
         state = self.engine._zero3_consolidated_16bit_state_dict(exclude_frozen_parameters=self.cfg.model.lora.enabled)
         return state if self.rank == 0 else None
 
-    def export_weights(self) -> Optional[bytes]:
-        """All ranks call; rank 0 returns the full HF-named weights as safetensors bytes (LoRA: merged into the base)."""
+    def export_weights(self) -> bytes | None:
+        """All ranks call; rank 0 returns the full HF-named weights as safetensors bytes (LoRA: merged into the
+        base)."""
         state = self.engine._zero3_consolidated_16bit_state_dict()
         if self.rank != 0:
             return None

@@ -1,10 +1,11 @@
 """Reward workers: a rule function named by import path, or an HF sequence-classification model. One float per
 (prompt, response)."""
+
 from __future__ import annotations
 
 import importlib
 import math
-from typing import Callable, List, Sequence, Tuple
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -27,7 +28,7 @@ def import_function(path: str) -> Callable:
     return fn
 
 
-def check_rewards(name: str, rewards: Sequence, expected: int) -> List[float]:
+def check_rewards(name: str, rewards: Sequence, expected: int) -> list[float]:
     """A reward's output, checked: exactly one finite number per response, or an error naming the reward."""
     if len(rewards) != expected:
         raise ValueError(f"reward {name}: returned {len(rewards)} scores for {expected} responses")
@@ -43,7 +44,7 @@ class RuleRewardWorker:
     def __init__(self, fn: str, rank: int = 0, world_size: int = 1):
         self.name, self.fn = fn, import_function(fn)
 
-    def score(self, items: Sequence[Tuple[Text, str]]) -> List[float]:
+    def score(self, items: Sequence[tuple[Text, str]]) -> list[float]:
         """One score per (prompt, response)."""
         return check_rewards(self.name, [self.fn(prompt_text(p), r) for p, r in items], len(items))
 
@@ -51,8 +52,16 @@ class RuleRewardWorker:
 class ModelRewardWorker:
     """Scores the conversation (its chat template when the reward tokenizer has one) with logit 0 of the classifier."""
 
-    def __init__(self, model_path: str, micro_batch_size: int, max_length: int, trust_remote_code: bool = False,
-                 gpus: float = 0.0, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        model_path: str,
+        micro_batch_size: int,
+        max_length: int,
+        trust_remote_code: bool = False,
+        gpus: float = 0.0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         from transformers import AutoModelForSequenceClassification
 
         from .models import load_tokenizer
@@ -62,25 +71,37 @@ class ModelRewardWorker:
         self.tokenizer.padding_side = "right"
         self.templated = getattr(self.tokenizer, "chat_template", None) is not None
         self.spec = device_spec(gpus, "float32")
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            model_path, dtype=self.spec.dtype, trust_remote_code=trust_remote_code, use_safetensors=True).to(self.spec.device).eval()
+        self.model = (
+            AutoModelForSequenceClassification.from_pretrained(
+                model_path, dtype=self.spec.dtype, trust_remote_code=trust_remote_code, use_safetensors=True
+            )
+            .to(self.spec.device)
+            .eval()
+        )
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id  # the classifier finds each last token by it
 
     def text(self, prompt: Text, response: str) -> str:
         if self.templated:
             messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-            return self.tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}], tokenize=False)
+            return self.tokenizer.apply_chat_template(
+                messages + [{"role": "assistant", "content": response}], tokenize=False
+            )
         return prompt_text(prompt) + response
 
     @torch.no_grad()
-    def score(self, items: Sequence[Tuple[Text, str]]) -> List[float]:
+    def score(self, items: Sequence[tuple[Text, str]]) -> list[float]:
         """One score per (prompt, response)."""
         texts = [self.text(p, r) for p, r in items]
-        scores: List[float] = []
+        scores: list[float] = []
         for start in range(0, len(texts), self.micro_batch_size):
-            enc = self.tokenizer(texts[start:start + self.micro_batch_size], return_tensors="pt", padding=True,
-                                 truncation=True, max_length=self.max_length,
-                                 add_special_tokens=not self.templated)  # a template holds its own BOS
+            enc = self.tokenizer(
+                texts[start : start + self.micro_batch_size],
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                add_special_tokens=not self.templated,
+            )  # a template holds its own BOS
             scores += self.model(**enc.to(self.spec.device)).logits[:, 0].float().tolist()
         return check_rewards(self.name, scores, len(items))

@@ -1,8 +1,9 @@
 """One vLLM engine of the rollout group: n samples per prompt, prompt log-probs, and in-place weight updates."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
 
 from ..config import RolloutConfig
 from ..data.formats import Text
@@ -16,8 +17,8 @@ class Sample:
     weights, before temperature and top-p: the policy's own log-prob of the tokens it drew."""
 
     text: str
-    token_ids: Tuple[int, ...]
-    logp: Optional[float] = None
+    token_ids: tuple[int, ...]
+    logp: float | None = None
 
 
 def engine_env(gpus: float) -> dict:
@@ -30,20 +31,39 @@ def engine_env(gpus: float) -> dict:
 
 
 class RolloutWorker:
-    def __init__(self, model_path: str, cfg: RolloutConfig, policy_dtype: str, gpus: float, tensor_parallel: int,
-                 seed: int, rank: int, world_size: int):
+    def __init__(
+        self,
+        model_path: str,
+        cfg: RolloutConfig,
+        policy_dtype: str,
+        gpus: float,
+        tensor_parallel: int,
+        seed: int,
+        rank: int,
+        world_size: int,
+    ):
         from vllm import LLM
 
         dtype = policy_dtype if cfg.dtype == "auto" else cfg.dtype
         spec = device_spec(gpus, dtype)
-        memory = dict(kv_cache_memory_bytes=cfg.kv_cache_memory_mb << 20) if cfg.kv_cache_memory_mb else \
-            dict(gpu_memory_utilization=cfg.gpu_memory_utilization)
+        memory = (
+            dict(kv_cache_memory_bytes=cfg.kv_cache_memory_mb << 20)
+            if cfg.kv_cache_memory_mb
+            else dict(gpu_memory_utilization=cfg.gpu_memory_utilization)
+        )
         if spec.kind == "cpu" and not cfg.kv_cache_memory_mb:
             raise ValueError("rollout.kv_cache_memory_mb must be > 0 on CPU (vLLM would otherwise reserve 90% of RAM)")
         self.rank = rank
-        self.llm = LLM(model=model_path, dtype=str(spec.dtype).removeprefix("torch."), enforce_eager=cfg.enforce_eager,
-                       max_model_len=cfg.max_model_len or None, seed=seed + rank, tensor_parallel_size=tensor_parallel,
-                       worker_extension_cls="dpo_ray.workers.vllm_weights.WeightLoader", **memory)
+        self.llm = LLM(
+            model=model_path,
+            dtype=str(spec.dtype).removeprefix("torch."),
+            enforce_eager=cfg.enforce_eager,
+            max_model_len=cfg.max_model_len or None,
+            seed=seed + rank,
+            tensor_parallel_size=tensor_parallel,
+            worker_extension_cls="dpo_ray.workers.vllm_weights.WeightLoader",
+            **memory,
+        )
         self.tokenizer = self.llm.get_tokenizer()
         self.templated = getattr(self.tokenizer, "chat_template", None) is not None
 
@@ -54,27 +74,54 @@ class RolloutWorker:
             raise ValueError("message-list prompts need a tokenizer with a chat template")
         return TokensPrompt(prompt_token_ids=encode_prompt(self.tokenizer, prompt, isinstance(prompt, list)))
 
-    def generate(self, jobs: Sequence[Tuple[Text, int]], n: int, temperature: float, top_p: float,
-                 max_tokens: int, with_logp: bool = False) -> List[List[Sample]]:
+    def generate(
+        self,
+        jobs: Sequence[tuple[Text, int]],
+        n: int,
+        temperature: float,
+        top_p: float,
+        max_tokens: int,
+        with_logp: bool = False,
+    ) -> list[list[Sample]]:
         """n responses per (prompt, seed) job; the seed makes a prompt's samples the same whichever engine draws them.
         with_logp also returns their log-probs (it costs: on a tiny model, twice the generation time)."""
         from vllm import SamplingParams
 
-        params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
-                                 skip_special_tokens=True, logprobs=0 if with_logp else None) for _, seed in jobs]
+        params = [
+            SamplingParams(
+                n=n,
+                temperature=temperature,
+                top_p=top_p,
+                max_tokens=max_tokens,
+                seed=seed,
+                skip_special_tokens=True,
+                logprobs=0 if with_logp else None,
+            )
+            for _, seed in jobs
+        ]
         outputs = self.llm.generate([self._prompt(p) for p, _ in jobs], params, use_tqdm=False)
-        return [[Sample(c.text, tuple(c.token_ids), float(c.cumulative_logprob) if with_logp else None)
-                 for c in out.outputs] for out in outputs]
+        return [
+            [
+                Sample(c.text, tuple(c.token_ids), float(c.cumulative_logprob) if with_logp else None)
+                for c in out.outputs
+            ]
+            for out in outputs
+        ]
 
-    def prompt_logprobs(self, token_ids: Sequence[Sequence[int]]) -> List[List[float]]:
+    def prompt_logprobs(self, token_ids: Sequence[Sequence[int]]) -> list[list[float]]:
         """log p(token_j | tokens before j) for j >= 1 of each sequence, as the engine's current weights give it."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(ids)) for ids in token_ids],
-                                    SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0), use_tqdm=False)
-        return [[step[token].logprob for step, token in zip(out.prompt_logprobs[1:], ids[1:])]
-                for out, ids in zip(outputs, token_ids)]
+        outputs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=list(ids)) for ids in token_ids],
+            SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0),
+            use_tqdm=False,
+        )
+        return [
+            [step[token].logprob for step, token in zip(out.prompt_logprobs[1:], ids[1:])]
+            for out, ids in zip(outputs, token_ids)
+        ]
 
     def load_weights(self, source) -> int:
         """Replace the engine's weights in place (safetensors bytes or file); cached KV blocks of old weights go."""

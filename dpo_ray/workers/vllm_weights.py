@@ -3,13 +3,12 @@
 vLLM mixes this class into its own worker (`worker_extension_cls`), so `self` there is a vLLM worker. On CPU the
 loaded model is repacked for oneDNN, so plain `load_weights` is wrong after start-up; `reload_weights` redoes that.
 """
-from __future__ import annotations
 
-from typing import Union
+from __future__ import annotations
 
 
 class WeightLoader:
-    def load_safetensors(self, source: Union[bytes, str]) -> int:
+    def load_safetensors(self, source: bytes | str) -> int:
         """Load every tensor of source into the running model; returns how many tensors were loaded."""
         if isinstance(source, (bytes, bytearray)):
             from safetensors.torch import load

@@ -1,16 +1,17 @@
 """Full model weights as an inference engine wants them: HF names, LoRA merged in, serialised once."""
-from __future__ import annotations
 
-from typing import Dict
+from __future__ import annotations
 
 import torch
 
 PEFT_PREFIX = "base_model.model."
 
 
-def merge_lora_state(state: Dict[str, torch.Tensor], scaling: float, adapter: str = "default") -> Dict[str, torch.Tensor]:
+def merge_lora_state(
+    state: dict[str, torch.Tensor], scaling: float, adapter: str = "default"
+) -> dict[str, torch.Tensor]:
     """A peft LoRA model's full state dict -> the base model's, with W + scaling * B @ A for every adapted layer."""
-    merged: Dict[str, torch.Tensor] = {}
+    merged: dict[str, torch.Tensor] = {}
     for name, tensor in state.items():
         if ".lora_" in name:
             continue
@@ -25,7 +26,7 @@ def merge_lora_state(state: Dict[str, torch.Tensor], scaling: float, adapter: st
     return merged
 
 
-def weights_bytes(state: Dict[str, torch.Tensor]) -> bytes:
+def weights_bytes(state: dict[str, torch.Tensor]) -> bytes:
     """safetensors bytes of every named tensor. A tensor shared under two names (tied embeddings) is stored under
     both: vLLM's in-place reload does not re-tie lm_head, so a missing name would keep its old weights."""
     from safetensors.torch import save

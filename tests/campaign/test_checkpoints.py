@@ -1,4 +1,5 @@
 """The checkpoint store without Ray: a fake policy writes shards the way DeepSpeed lays them out."""
+
 from __future__ import annotations
 
 import json

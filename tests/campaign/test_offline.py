@@ -1,4 +1,5 @@
 """Offline campaigns on a real local Ray: the reference cache, LoRA, and the embedded task end to end."""
+
 from __future__ import annotations
 
 import json
@@ -40,7 +41,9 @@ def test_reference_cache_is_written_once_reused_and_invalidated_by_new_data(loca
     campaign.reference.shutdown()
 
 
-def test_lora_run_scores_the_reference_with_the_adapter_off_and_saves_adapter_and_merged_model(local_ray, run_config, tiny_model_dir):
+def test_lora_run_scores_the_reference_with_the_adapter_off_and_saves_adapter_and_merged_model(
+    local_ray, run_config, tiny_model_dir
+):
     cfg = run_config
     cfg.model.lora.enabled, cfg.model.lora.save_merged = True, True
     cfg.data.prefix_sharing = True  # the adapter-off reference forward takes the shared layout too
@@ -65,13 +68,20 @@ def test_lora_run_scores_the_reference_with_the_adapter_off_and_saves_adapter_an
 
 
 def test_embedded_task_end_to_end_improves_held_out_and_sampled_accuracy(local_ray, tmp_path_factory, task_cache_dir):
-    from dpo_ray.cli import compose
     from dpo_ray.campaign.summary import task_metrics
+    from dpo_ray.cli import compose
     from dpo_ray.workers.models import load_tokenizer
 
     run_dir = tmp_path_factory.mktemp("e2e")
-    cfg = compose([f"output_dir={run_dir}", f"cache_dir={task_cache_dir}", "progress=false", "train.epochs=2",
-                   "train.checkpoint_every=10"])
+    cfg = compose(
+        [
+            f"output_dir={run_dir}",
+            f"cache_dir={task_cache_dir}",
+            "progress=false",
+            "train.epochs=2",
+            "train.checkpoint_every=10",
+        ]
+    )
     campaign = OfflineCampaign(cfg)
     result = campaign.run()
     assert result.after["eval_rewards/accuracies"] > result.before["eval_rewards/accuracies"] + 0.5
@@ -79,10 +89,19 @@ def test_embedded_task_end_to_end_improves_held_out_and_sampled_accuracy(local_r
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train_steps = [m for m in metrics if "loss" in m]
     assert len(train_steps) == len(result.step_seconds)
-    assert {"rewards/chosen", "rewards/margins", "logps/rejected", "logits/chosen", "grad_norm", "learning_rate",
-            "tokens_per_second"} <= set(train_steps[0])
+    assert {
+        "rewards/chosen",
+        "rewards/margins",
+        "logps/rejected",
+        "logits/chosen",
+        "grad_norm",
+        "learning_rate",
+        "tokens_per_second",
+    } <= set(train_steps[0])
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
-    assert (run_dir / "checkpoints" / "latest").read_text() == "step_10" and (run_dir / "checkpoints" / "step_10").is_dir()
+    assert (run_dir / "checkpoints" / "latest").read_text() == "step_10" and (
+        run_dir / "checkpoints" / "step_10"
+    ).is_dir()
     from ..report.checks import check_report
 
     stats = json.loads((run_dir / "data_stats.json").read_text())
@@ -99,9 +118,23 @@ def test_embedded_task_end_to_end_improves_held_out_and_sampled_accuracy(local_r
     from dpo_ray.tasks.sampling import sample_responses
 
     prompts = task.eval_prompts[:50]
-    hf = [outs[0] for outs in sample_responses(AutoModelForCausalLM.from_pretrained(result.final_model), tokenizer, prompts, 1, 0.0)]
-    done = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "vllm_greedy.py"), str(result.final_model),
-                           json.dumps(prompts)], capture_output=True, text=True, timeout=600)
+    hf = [
+        outs[0]
+        for outs in sample_responses(
+            AutoModelForCausalLM.from_pretrained(result.final_model), tokenizer, prompts, 1, 0.0
+        )
+    ]
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).parents[1] / "vllm_greedy.py"),
+            str(result.final_model),
+            json.dumps(prompts),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     vllm_answers = json.loads(done.stdout.split("RESULT", 1)[1])
     assert sum(a == b for a, b in zip(hf, vllm_answers)) >= 0.95 * len(prompts)

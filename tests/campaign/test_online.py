@@ -1,4 +1,5 @@
 """Online campaigns on a real local Ray with a real vLLM engine: rounds on the embedded task, and resume."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,16 @@ def cache_dir(task_cache_dir):
 
 
 def run_online(run_dir, cache_dir, rounds):
-    cfg = compose([f"output_dir={run_dir}", f"cache_dir={cache_dir}", "progress=false", f"online.rounds={rounds}",
-                   "cluster.reward_cpus=0.5"], "online")
+    cfg = compose(
+        [
+            f"output_dir={run_dir}",
+            f"cache_dir={cache_dir}",
+            "progress=false",
+            f"online.rounds={rounds}",
+            "cluster.reward_cpus=0.5",
+        ],
+        "online",
+    )
     return OnlineCampaign(cfg).run()
 
 
@@ -43,8 +52,15 @@ def test_two_rounds_raise_the_held_out_accuracy_and_write_each_rounds_data(two_r
         pairs = pairs_of(two_rounds, r)
         assert len(pairs) == rows[r]["pairs"] > 0
         assert all(p["chosen_reward"] > p["rejected_reward"] for p in pairs)
-        assert {"time/generate", "time/score", "time/pairs", "time/reference", "time/train", "time/sync",
-                "time/eval"} <= set(rows[r])
+        assert {
+            "time/generate",
+            "time/score",
+            "time/pairs",
+            "time/reference",
+            "time/train",
+            "time/sync",
+            "time/eval",
+        } <= set(rows[r])
     written = [json.loads(line) for line in (two_rounds.run_dir / "rounds.jsonl").read_text().splitlines()]
     assert [row["round"] for row in written] == [0, 1, 2]
     assert (two_rounds.final_model / "model.safetensors").exists()
@@ -57,16 +73,30 @@ def test_rounds_log_what_the_monitors_read_and_the_report_draws_them(two_rounds)
     assert abs(rows[0]["eval/kl"]) < 0.01  # the starting policy is its own reference: vLLM and HF log-probs agree
     assert rows[2]["eval/kl"] > rows[0]["eval/kl"] + 0.01
     for row in rows[1:]:
-        assert {"length/sampled", "length/chosen", "length/rejected", "pairs/tied_prompt_share", "pairs/chosen_longer_share",
-                "pairs/near_identical_share", "pairs/reference_disagrees", "train/rewards/margins", "eval/length",
-                "monitor/length_growth", "monitor/alerts"} <= set(row)
+        assert {
+            "length/sampled",
+            "length/chosen",
+            "length/rejected",
+            "pairs/tied_prompt_share",
+            "pairs/chosen_longer_share",
+            "pairs/near_identical_share",
+            "pairs/reference_disagrees",
+            "train/rewards/margins",
+            "eval/length",
+            "monitor/length_growth",
+            "monitor/alerts",
+        } <= set(row)
         assert 0 <= row["pairs/tied_prompt_share"] <= 1 and row["length/sampled"] > 0
-    assert rows[1]["pairs/tied_prompt_share"] == pytest.approx(1 - rows[1]["pairs"] / rows[1]["prompts"])  # one pair a prompt
+    assert rows[1]["pairs/tied_prompt_share"] == pytest.approx(
+        1 - rows[1]["pairs"] / rows[1]["prompts"]
+    )  # one pair a prompt
     text = check_report(two_rounds.run_dir, ["rounds.png", "phases.png", "training.png"])
     assert "## Monitors" in text and "KL to reference" in text
 
 
-def test_a_campaign_stopped_after_round_1_resumes_at_round_2_with_the_same_pairs(two_rounds, tmp_path_factory, cache_dir):
+def test_a_campaign_stopped_after_round_1_resumes_at_round_2_with_the_same_pairs(
+    two_rounds, tmp_path_factory, cache_dir
+):
     run_dir = tmp_path_factory.mktemp("online-b")
     first = run_online(run_dir, cache_dir, rounds=1)
     assert first.resumed_from == 0 and [row["round"] for row in first.rounds] == [0, 1]
@@ -90,8 +120,16 @@ def test_replay_and_offline_pairs_are_mixed_in_by_ratio(run_config, tiny_model_d
     offline = make_pairs(30, seed=3)
     campaign = OnlineCampaign(cfg, OnlineInputs(tiny_model_dir, tiny_model_dir, ["p"], [], offline))
     for r, count in ((1, 3), (2, 0)):  # round 2 yielded no pairs
-        rows = [{"prompt": prompt(r * 10 + i), "chosen": "yes", "rejected": "no", "chosen_reward": 1.0,
-                 "rejected_reward": 0.0} for i in range(count)]
+        rows = [
+            {
+                "prompt": prompt(r * 10 + i),
+                "chosen": "yes",
+                "rejected": "no",
+                "chosen_reward": 1.0,
+                "rejected_reward": 0.0,
+            }
+            for i in range(count)
+        ]
         _save_rows(campaign.round_dir(r) / "pairs", rows)
     extra = campaign._mixed_in(3, 4)
     replayed, from_offline = extra[:3], extra[3:]
@@ -100,15 +138,25 @@ def test_replay_and_offline_pairs_are_mixed_in_by_ratio(run_config, tiny_model_d
     assert campaign._mixed_in(3, 4) == extra  # seeded
 
 
-def test_a_killed_vllm_engine_is_restarted_and_the_campaign_ends_as_an_uninterrupted_one(two_rounds, tmp_path_factory, cache_dir):
+def test_a_killed_vllm_engine_is_restarted_and_the_campaign_ends_as_an_uninterrupted_one(
+    two_rounds, tmp_path_factory, cache_dir
+):
     import threading
     import time
 
     import ray
 
     run_dir = tmp_path_factory.mktemp("online-killed")
-    cfg = compose([f"output_dir={run_dir}", f"cache_dir={cache_dir}", "progress=false", "online.rounds=2",
-                   "cluster.reward_cpus=0.5"], "online")
+    cfg = compose(
+        [
+            f"output_dir={run_dir}",
+            f"cache_dir={cache_dir}",
+            "progress=false",
+            "online.rounds=2",
+            "cluster.reward_cpus=0.5",
+        ],
+        "online",
+    )
     campaign = OnlineCampaign(cfg)
 
     def kill_engine_after_round_1():
@@ -128,11 +176,19 @@ def test_sample_statistics_count_empty_samples_and_prompts_without_a_pair():
     from dpo_ray.campaign.online import _sample_statistics
     from dpo_ray.workers.rollout import Sample
 
-    drawn = [[Sample("good", (5, 6), -1.0), Sample("", (2,), -0.5)], [Sample("a", (7,), -2.0), Sample("b", (8, 9, 10), -3.0)]]
+    drawn = [
+        [Sample("good", (5, 6), -1.0), Sample("", (2,), -0.5)],
+        [Sample("a", (7,), -2.0), Sample("b", (8, 9, 10), -3.0)],
+    ]
     rewards = [[1.0, 0.0], [0.5, 0.5]]
     stats = _sample_statistics(drawn, rewards, 0.0)  # the empty sample cannot be paired
-    assert stats == {"reward/mean": 0.5, "reward/max": 1.0, "length/sampled": 7 / 4, "samples/empty_share": 0.25,
-                     "pairs/tied_prompt_share": 1.0}  # prompt 0 has one pairable sample, prompt 1 a tie
+    assert stats == {
+        "reward/mean": 0.5,
+        "reward/max": 1.0,
+        "length/sampled": 7 / 4,
+        "samples/empty_share": 0.25,
+        "pairs/tied_prompt_share": 1.0,
+    }  # prompt 0 has one pairable sample, prompt 1 a tie
 
 
 def test_held_out_evaluation_runs_every_k_rounds_and_after_the_last(run_config, tiny_model_dir):

@@ -1,4 +1,5 @@
 """Fault injection with real Ray: a policy rank killed mid-run, after a checkpoint, and the run recovers on its own."""
+
 from __future__ import annotations
 
 import threading
@@ -23,7 +24,9 @@ def configure(cfg, run_dir):
     return cfg
 
 
-def test_a_killed_policy_rank_is_replaced_and_training_ends_bit_identical(local_ray, run_config, tiny_model_dir, tmp_path):
+def test_a_killed_policy_rank_is_replaced_and_training_ends_bit_identical(
+    local_ray, run_config, tiny_model_dir, tmp_path
+):
     pairs = make_pairs(48, seed=31)  # 6 steps of 8 pairs per epoch, 12 in all
     inputs = Inputs(tiny_model_dir, tiny_model_dir, pairs[:40] + pairs[:8], pairs[40:])
 
@@ -55,8 +58,10 @@ def test_a_killed_policy_rank_is_replaced_and_training_ends_bit_identical(local_
     expected = load_file(clean.final_model / "model.safetensors")
     assert final.keys() == expected.keys() and all(torch.equal(final[k], expected[k]) for k in expected)
     assert result.after == clean.after
-    print(f"recovery: killed after {killed[0]}, resumed from {result.resumed_from}; run {recovered_seconds:.1f}s "
-          f"vs {clean_seconds:.1f}s uninterrupted")
+    print(
+        f"recovery: killed after {killed[0]}, resumed from {result.resumed_from}; run {recovered_seconds:.1f}s "
+        f"vs {clean_seconds:.1f}s uninterrupted"
+    )
 
 
 def poisoned_campaign(run_config, tiny_model_dir, run_dir, mode, bad_rows):
@@ -74,8 +79,9 @@ def poisoned_campaign(run_config, tiny_model_dir, run_dir, mode, bad_rows):
     for i in bad_rows:
         chosen[i] = float("nan")
     ReferenceCache(cfg.cache_dir).save(campaign.reference.key(pairs), chosen, rejected)
-    return campaign, lambda: [r for line in (run_dir / "nonfinite_rows.jsonl").read_text().splitlines()
-                              for r in _json.loads(line)["rows"]]
+    return campaign, lambda: [
+        r for line in (run_dir / "nonfinite_rows.jsonl").read_text().splitlines() for r in _json.loads(line)["rows"]
+    ]
 
 
 def test_a_nan_loss_stops_the_run_and_saves_the_offending_rows(local_ray, run_config, tiny_model_dir, tmp_path):

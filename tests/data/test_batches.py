@@ -35,7 +35,14 @@ def test_packed_row_restarts_positions_and_blocks_attention_across_sequences():
     assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1, 2, 3, 0, 1, 2, 0, 1]]
     mask = batch["attention_mask"][0, 0]
     assert mask[5].tolist() == [False] * 3 + [True] * 3 + [False] * 6  # rejected sees its own prompt copy only
-    assert batch["target_index"].tolist() == [2, 5, 6, 8, 9, 11] and batch["sequence_ids"].tolist() == [0, 2, 2, 1, 1, 3]
+    assert batch["target_index"].tolist() == [2, 5, 6, 8, 9, 11] and batch["sequence_ids"].tolist() == [
+        0,
+        2,
+        2,
+        1,
+        1,
+        3,
+    ]
     eager = collate_pairs(PAIRS, 0, Layout(packing=True, pack_length=16, attention="eager"))["attention_mask"]
     assert eager.dtype.is_floating_point and eager[0, 0, 5, 0] < -1e30 and eager[0, 0, 5, 3] == 0
 

@@ -1,4 +1,5 @@
 """Loading the three TRL formats from every source kind, validation errors, drops and truncation."""
+
 from __future__ import annotations
 
 import json
@@ -19,13 +20,24 @@ def standard(rows=ROWS):
 
 
 def conversational(rows=ROWS):
-    return [{"prompt": [{"role": "user", "content": p}], "chosen": [{"role": "assistant", "content": c}],
-             "rejected": [{"role": "assistant", "content": r}]} for p, c, r in rows]
+    return [
+        {
+            "prompt": [{"role": "user", "content": p}],
+            "chosen": [{"role": "assistant", "content": c}],
+            "rejected": [{"role": "assistant", "content": r}],
+        }
+        for p, c, r in rows
+    ]
 
 
 def implicit(rows=ROWS):
-    return [{"chosen": [{"role": "user", "content": p}, {"role": "assistant", "content": c}],
-             "rejected": [{"role": "user", "content": p}, {"role": "assistant", "content": r}]} for p, c, r in rows]
+    return [
+        {
+            "chosen": [{"role": "user", "content": p}, {"role": "assistant", "content": c}],
+            "rejected": [{"role": "user", "content": p}, {"role": "assistant", "content": r}],
+        }
+        for p, c, r in rows
+    ]
 
 
 def write_jsonl(path, rows):
@@ -46,9 +58,13 @@ def test_three_formats_give_the_same_pairs(tokenizer, tmp_path):
 
 def test_standard_text_without_template_appends_eos_and_splits_implicit_prompt_at_a_word(tokenizer, tmp_path):
     rows = [{"prompt": "Write 41 in words:", "chosen": " forty-one", "rejected": " fourty-one"}]
-    explicit, _ = load_pairs([write_jsonl(tmp_path / "s.jsonl", rows)], tokenizer, TokenizeSettings(chat_template="never"))
+    explicit, _ = load_pairs(
+        [write_jsonl(tmp_path / "s.jsonl", rows)], tokenizer, TokenizeSettings(chat_template="never")
+    )
     implied = [{"chosen": "Write 41 in words: forty-one", "rejected": "Write 41 in words: fourty-one"}]
-    split, _ = load_pairs([write_jsonl(tmp_path / "i.jsonl", implied)], tokenizer, TokenizeSettings(chat_template="never"))
+    split, _ = load_pairs(
+        [write_jsonl(tmp_path / "i.jsonl", implied)], tokenizer, TokenizeSettings(chat_template="never")
+    )
     assert explicit == split
     assert tokenizer.decode(explicit[0].chosen_ids) == " forty-one<|end|>"
 
@@ -59,23 +75,51 @@ def test_every_source_kind_loads_the_same(tokenizer, tmp_path):
     ds = datasets.Dataset.from_list(rows)
     ds.to_parquet(str(tmp_path / "rows.parquet"))
     ds.save_to_disk(str(tmp_path / "saved"))
-    loaded = [load_pairs([src], tokenizer, TokenizeSettings())[0] for src in
-              (write_jsonl(tmp_path / "rows.jsonl", rows), str(tmp_path / "rows.json"), str(tmp_path / "rows.parquet"),
-               str(tmp_path / "saved"), ds)]
+    loaded = [
+        load_pairs([src], tokenizer, TokenizeSettings())[0]
+        for src in (
+            write_jsonl(tmp_path / "rows.jsonl", rows),
+            str(tmp_path / "rows.json"),
+            str(tmp_path / "rows.parquet"),
+            str(tmp_path / "saved"),
+            ds,
+        )
+    ]
     assert all(x == loaded[0] for x in loaded)
 
 
-@pytest.mark.parametrize("row, field, reason", [
-    ({"prompt": "p", "rejected": "r"}, "chosen", "missing"),
-    ({"prompt": "p", "chosen": "c", "rejected": 3}, "rejected", "must be a string or a list of messages"),
-    ({"prompt": "p", "chosen": "  ", "rejected": "r"}, "chosen", "empty response"),
-    ({"prompt": [{"role": "user", "content": "p"}], "chosen": [{"role": "robot", "content": "c"}],
-      "rejected": [{"role": "assistant", "content": "r"}]}, "chosen[0].role", "must be one of"),
-    ({"prompt": [{"role": "user", "content": "p"}], "chosen": [{"role": "assistant", "content": 5}],
-      "rejected": [{"role": "assistant", "content": "r"}]}, "chosen[0].content", "must be a string"),
-    ({"prompt": "p", "chosen": [{"role": "assistant", "content": "c"}], "rejected": "r"}, "rejected", "both be strings"),
-    (["not", "an", "object"], "<row>", "a row must be an object"),
-])
+@pytest.mark.parametrize(
+    "row, field, reason",
+    [
+        ({"prompt": "p", "rejected": "r"}, "chosen", "missing"),
+        ({"prompt": "p", "chosen": "c", "rejected": 3}, "rejected", "must be a string or a list of messages"),
+        ({"prompt": "p", "chosen": "  ", "rejected": "r"}, "chosen", "empty response"),
+        (
+            {
+                "prompt": [{"role": "user", "content": "p"}],
+                "chosen": [{"role": "robot", "content": "c"}],
+                "rejected": [{"role": "assistant", "content": "r"}],
+            },
+            "chosen[0].role",
+            "must be one of",
+        ),
+        (
+            {
+                "prompt": [{"role": "user", "content": "p"}],
+                "chosen": [{"role": "assistant", "content": 5}],
+                "rejected": [{"role": "assistant", "content": "r"}],
+            },
+            "chosen[0].content",
+            "must be a string",
+        ),
+        (
+            {"prompt": "p", "chosen": [{"role": "assistant", "content": "c"}], "rejected": "r"},
+            "rejected",
+            "both be strings",
+        ),
+        (["not", "an", "object"], "<row>", "a row must be an object"),
+    ],
+)
 def test_malformed_rows_name_file_row_and_field(tokenizer, tmp_path, row, field, reason):
     path = write_jsonl(tmp_path / "bad.jsonl", standard() + [row])
     with pytest.raises(DataError) as info:
@@ -92,8 +136,11 @@ def test_broken_json_line_names_its_row(tokenizer, tmp_path):
 
 
 def test_skip_mode_drops_and_counts_by_reason(tokenizer, tmp_path):
-    rows = standard() + [{"prompt": "p", "rejected": "r"}, {"prompt": "p", "chosen": "", "rejected": "r"},
-                         {"prompt": "p", "chosen": "same", "rejected": "same"}]
+    rows = standard() + [
+        {"prompt": "p", "rejected": "r"},
+        {"prompt": "p", "chosen": "", "rejected": "r"},
+        {"prompt": "p", "chosen": "same", "rejected": "same"},
+    ]
     pairs, report = load_pairs([write_jsonl(tmp_path / "mixed.jsonl", rows)], tokenizer, ALWAYS, on_error="skip")
     assert len(pairs) == 2 and report.rows == 5 and report.pairs == 2
     assert report.dropped == {"chosen: missing": 1, "chosen: empty response": 1, "chosen == rejected": 1}
@@ -112,7 +159,9 @@ def test_truncation_follows_trl(tokenizer, tmp_path):
     n_prompt = len(full.prompt_ids)
     (start, *_), _ = load_pairs([path], tokenizer, TokenizeSettings("always", max_length=n_prompt + 2))
     assert start.prompt_ids == full.prompt_ids and start.chosen_ids == full.chosen_ids[:2]
-    (end, *_), _ = load_pairs([path], tokenizer, TokenizeSettings("always", max_length=len(full.rejected_ids) + 3, truncation_mode="keep_end"))
+    (end, *_), _ = load_pairs(
+        [path], tokenizer, TokenizeSettings("always", max_length=len(full.rejected_ids) + 3, truncation_mode="keep_end")
+    )
     assert end.prompt_ids == full.prompt_ids[-3:] and end.rejected_ids == full.rejected_ids
     (short, *_), _ = load_pairs([path], tokenizer, TokenizeSettings("always", max_prompt_length=4))
     assert short.prompt_ids == full.prompt_ids[-4:]
@@ -137,9 +186,13 @@ def test_eval_split_is_seeded_and_disjoint(tokenizer, tmp_path):
 def test_prompt_that_merges_into_the_response_is_reported_and_cut_where_tokens_diverge(tokenizer, tmp_path):
     prompt, chosen, rejected = "ninet", "een", "y"
     whole = tokenizer(prompt + chosen + "<|end|>")["input_ids"]
-    assert tokenizer(prompt)["input_ids"] != whole[: len(tokenizer(prompt)["input_ids"])]  # the BPE merge this test needs
+    assert (
+        tokenizer(prompt)["input_ids"] != whole[: len(tokenizer(prompt)["input_ids"])]
+    )  # the BPE merge this test needs
     rows = [{"prompt": prompt, "chosen": chosen, "rejected": rejected}]
-    (pair,), report = load_pairs([write_jsonl(tmp_path / "m.jsonl", rows)], tokenizer, TokenizeSettings(chat_template="never"))
+    (pair,), report = load_pairs(
+        [write_jsonl(tmp_path / "m.jsonl", rows)], tokenizer, TokenizeSettings(chat_template="never")
+    )
     assert report.warnings == {"prompt is not a token prefix of prompt+response": 1}
     assert list(pair.prompt_ids + pair.chosen_ids) == whole
     assert tokenizer.decode(pair.prompt_ids + pair.rejected_ids) == "ninety<|end|>"

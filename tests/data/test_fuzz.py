@@ -1,5 +1,6 @@
 """Fuzzing the preference loader with corrupted rows: each one raises the clear error (file, row, field) or is
 skipped and counted; nothing escapes as a raw traceback; every valid row still becomes a pair."""
+
 from __future__ import annotations
 
 import json
@@ -19,9 +20,11 @@ def valid_row(rng: random.Random) -> dict:
     n = rng.randrange(1000)
     if rng.random() < 0.5:
         return {"prompt": f"Write {n} in words.", "chosen": f"number {n}", "rejected": f"numbr {n + 1}"}
-    return {"prompt": [{"role": "user", "content": f"Write {n} in words."}],
-            "chosen": [{"role": "assistant", "content": f"number {n}"}],
-            "rejected": [{"role": "assistant", "content": f"nmber {n}"}]}
+    return {
+        "prompt": [{"role": "user", "content": f"Write {n} in words."}],
+        "chosen": [{"role": "assistant", "content": f"number {n}"}],
+        "rejected": [{"role": "assistant", "content": f"nmber {n}"}],
+    }
 
 
 def _without(row, field):
@@ -40,13 +43,22 @@ def _set_message(row, field, key, value):
 CORRUPTIONS = {
     "missing field": lambda row, rng: json.dumps(_without(row, rng.choice(["chosen", "rejected"]))),
     "null field": lambda row, rng: json.dumps({**row, rng.choice(["chosen", "rejected"]): None}),
-    "wrong type": lambda row, rng: json.dumps({**row, rng.choice(["prompt", "chosen", "rejected"]): rng.choice([7, 3.5, True, {"a": 1}])}),
-    "empty response": lambda row, rng: json.dumps(_set_message(row, rng.choice(["chosen", "rejected"]), "content", " ")),
-    "wrong role": lambda row, rng: json.dumps(_set_message(row, "chosen", "role", "robot") if isinstance(row["chosen"], list)
-                                              else {**row, "chosen": [{"role": "robot", "content": "x"}]}),
+    "wrong type": lambda row, rng: json.dumps(
+        {**row, rng.choice(["prompt", "chosen", "rejected"]): rng.choice([7, 3.5, True, {"a": 1}])}
+    ),
+    "empty response": lambda row, rng: json.dumps(
+        _set_message(row, rng.choice(["chosen", "rejected"]), "content", " ")
+    ),
+    "wrong role": lambda row, rng: json.dumps(
+        _set_message(row, "chosen", "role", "robot")
+        if isinstance(row["chosen"], list)
+        else {**row, "chosen": [{"role": "robot", "content": "x"}]}
+    ),
     "content not a string": lambda row, rng: json.dumps({**row, "rejected": [{"role": "assistant", "content": ["x"]}]}),
     "message not an object": lambda row, rng: json.dumps({**row, "chosen": ["just text"]}),
-    "mixed formats": lambda row, rng: json.dumps({**row, "chosen": "text", "rejected": [{"role": "assistant", "content": "x"}]}),
+    "mixed formats": lambda row, rng: json.dumps(
+        {**row, "chosen": "text", "rejected": [{"role": "assistant", "content": "x"}]}
+    ),
     "row not an object": lambda row, rng: json.dumps(rng.choice([[1, 2], "a string", 42, None])),
     "invalid JSON": lambda row, rng: json.dumps(row)[: rng.randrange(1, 20)],
     "invalid UTF-8": lambda row, rng: b'{"prompt": "\xff\xfe", "chosen": "a", "rejected": "b"}',
@@ -84,7 +96,9 @@ def test_each_corruption_raises_the_error_naming_file_row_and_field(tmp_path, to
     rng = random.Random(kind)
     bad = CORRUPTIONS[kind](valid_row(rng), rng)
     path = tmp_path / "one.jsonl"
-    path.write_bytes(json.dumps(valid_row(rng)).encode() + b"\n" + (bad if isinstance(bad, bytes) else bad.encode()) + b"\n")
+    path.write_bytes(
+        json.dumps(valid_row(rng)).encode() + b"\n" + (bad if isinstance(bad, bytes) else bad.encode()) + b"\n"
+    )
     with pytest.raises(DataError, match=r"one\.jsonl: row 1: field '[^']+': .+"):
         load_pairs([str(path)], tokenizer, SETTINGS)
 

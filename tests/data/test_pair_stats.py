@@ -1,4 +1,5 @@
 """Pair statistics for the monitors, against counts done by hand."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,9 +9,11 @@ from dpo_ray.data.tokenize import TokenizedPair
 
 
 def test_lengths_shares_and_label_noise_match_hand_counts():
-    pairs = [TokenizedPair((1,), (5, 6, 7), (5, 6)),        # chosen longer
-             TokenizedPair((1,), (5,), (8, 9, 10, 11)),     # rejected longer
-             TokenizedPair((1,), (2, 3, 4, 5), (2, 3, 4, 5))]  # identical
+    pairs = [
+        TokenizedPair((1,), (5, 6, 7), (5, 6)),  # chosen longer
+        TokenizedPair((1,), (5,), (8, 9, 10, 11)),  # rejected longer
+        TokenizedPair((1,), (2, 3, 4, 5), (2, 3, 4, 5)),
+    ]  # identical
     stats = pair_statistics(pairs, 0.9, reference=([-3.0, -1.0, -8.0], [-1.0, -8.0, -4.0]))
     assert stats["length/chosen"] == pytest.approx(8 / 3) and stats["length/rejected"] == pytest.approx(10 / 3)
     assert stats["pairs/chosen_longer_share"] == pytest.approx(1 / 3)

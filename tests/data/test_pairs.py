@@ -1,4 +1,5 @@
 """Pair building from scored samples, and prompt files for online rounds."""
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,9 @@ from dpo_ray.data.prompts import load_prompts, prompt_text
 
 
 def test_best_against_worst_with_rewards_recorded_and_ties_dropped():
-    pairs = build_pairs(["a", "b", "c"], [["x", "y", "z"], ["p", "q"], ["s", "t"]], [[0.2, 0.9, -1.0], [1.0, 1.0], [0.0, 0.5]])
+    pairs = build_pairs(
+        ["a", "b", "c"], [["x", "y", "z"], ["p", "q"], ["s", "t"]], [[0.2, 0.9, -1.0], [1.0, 1.0], [0.0, 0.5]]
+    )
     assert pairs == [
         {"prompt": "a", "chosen": "y", "rejected": "z", "chosen_reward": 0.9, "rejected_reward": -1.0},
         {"prompt": "c", "chosen": "t", "rejected": "s", "chosen_reward": 0.5, "rejected_reward": 0.0},
@@ -23,7 +26,7 @@ def test_margin_threshold_identical_texts_and_earliest_of_tied_samples():
     assert build_pairs(["a"], [["x", "y"]], [[0.0, 0.3]], min_margin=0.3) == []
     assert len(build_pairs(["a"], [["x", "y"]], [[0.0, 0.31]], min_margin=0.3)) == 1
     assert build_pairs(["a"], [["same", "same"]], [[0.0, 1.0]]) == []
-    pair, = build_pairs(["a"], [["w1", "r1", "r2", "w2"]], [[0.0, 1.0, 1.0, 0.0]])
+    (pair,) = build_pairs(["a"], [["w1", "r1", "r2", "w2"]], [[0.0, 1.0, 1.0, 0.0]])
     assert (pair["chosen"], pair["rejected"]) == ("r1", "w1")
 
 
@@ -51,13 +54,23 @@ def test_bad_scores_are_errors():
 
 def test_prompt_files_accept_strings_and_messages_and_name_bad_rows(tmp_path):
     good = tmp_path / "prompts.jsonl"
-    good.write_text(json.dumps({"prompt": "Write 3 in words."}) + "\n"
-                    + json.dumps({"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]}) + "\n")
+    good.write_text(
+        json.dumps({"prompt": "Write 3 in words."})
+        + "\n"
+        + json.dumps({"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]})
+        + "\n"
+    )
     prompts = load_prompts([str(good)])
     assert prompts[0] == "Write 3 in words." and prompt_text(prompts[1]) == "Hi"
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps({"prompt": "ok"}) + "\n" + json.dumps({"question": "no prompt"}) + "\n"
-                   + json.dumps({"prompt": "  "}) + "\n")
+    bad.write_text(
+        json.dumps({"prompt": "ok"})
+        + "\n"
+        + json.dumps({"question": "no prompt"})
+        + "\n"
+        + json.dumps({"prompt": "  "})
+        + "\n"
+    )
     with pytest.raises(DataError, match=r"bad.jsonl: row 1: field 'prompt': missing"):
         load_prompts([str(bad)])
     assert load_prompts([str(bad)], on_error="skip") == ["ok"]

@@ -1,5 +1,6 @@
 """Two Ray nodes on one machine: STRICT_SPREAD puts the ZeRO-3 ranks on different nodes and trains the same model
 as PACK on one node."""
+
 from __future__ import annotations
 
 import os
@@ -21,7 +22,10 @@ def two_node_cluster(tmp_path_factory):
     from ray.cluster_utils import Cluster
 
     os.environ["RAY_TMPDIR"] = str(tmp_path_factory.mktemp("ray2"))
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False, "object_store_memory": 256 << 20})
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 2, "include_dashboard": False, "object_store_memory": 256 << 20},
+    )
     cluster.add_node(num_cpus=2, object_store_memory=256 << 20)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)

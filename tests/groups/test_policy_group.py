@@ -1,4 +1,5 @@
 """ZeRO-3 policy ranks and reference replicas as real Ray actors, checked against plain single-process PyTorch."""
+
 from __future__ import annotations
 
 import pytest
@@ -37,7 +38,9 @@ def plain_sgd_step(model_dir, pairs, reference, beta, alpha, lr):
 
 
 @pytest.mark.parametrize("layout", ["padded", "packed", "prefix"])
-def test_zero3_on_two_ranks_matches_a_plain_torch_step_and_saves_a_reloadable_model(local_ray, run_config, tiny_model_dir, tmp_path, layout):
+def test_zero3_on_two_ranks_matches_a_plain_torch_step_and_saves_a_reloadable_model(
+    local_ray, run_config, tiny_model_dir, tmp_path, layout
+):
     cfg = run_config
     cfg.cluster.policy_ranks = 2
     cfg.data.packing, cfg.data.prefix_sharing, cfg.data.pack_length = layout == "packed", layout == "prefix", 24
@@ -45,10 +48,14 @@ def test_zero3_on_two_ranks_matches_a_plain_torch_step_and_saves_a_reloadable_mo
     with torch.no_grad():
         start = forward_pairs(AutoModelForCausalLM.from_pretrained(tiny_model_dir), collate_pairs(pairs, 0))
     gen = torch.Generator().manual_seed(0)
-    reference = ((start.chosen_logps + torch.randn(5, generator=gen)).tolist(),
-                 (start.rejected_logps + torch.randn(5, generator=gen)).tolist())
+    reference = (
+        (start.chosen_logps + torch.randn(5, generator=gen)).tolist(),
+        (start.rejected_logps + torch.randn(5, generator=gen)).tolist(),
+    )
 
-    expected_model, expected_loss = plain_sgd_step(tiny_model_dir, pairs, reference, cfg.algo.beta, cfg.algo.rpo_alpha, cfg.train.lr)
+    expected_model, expected_loss = plain_sgd_step(
+        tiny_model_dir, pairs, reference, cfg.algo.beta, cfg.algo.rpo_alpha, cfg.train.lr
+    )
 
     policy = PolicyGroup(cfg, tiny_model_dir, total_steps=1, accumulation=2, env=ENV)
     try:
@@ -67,7 +74,10 @@ def test_zero3_on_two_ranks_matches_a_plain_torch_step_and_saves_a_reloadable_mo
     for name, value in expected_model.state_dict().items():
         assert name in got, name
         assert torch.allclose(got[name], value, atol=1e-6), f"{name}: {(got[name] - value).abs().max()}"
-    moved = max((got[n] - v).abs().max().item() for n, v in AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict().items())
+    moved = max(
+        (got[n] - v).abs().max().item()
+        for n, v in AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict().items()
+    )
     assert moved > 1e-4  # the step really changed the weights
 
     saved = load_file(str(tmp_path / "final" / "model.safetensors"))
@@ -100,5 +110,14 @@ def test_group_that_cannot_fit_says_so(local_ray, run_config, tiny_model_dir):
     with pytest.raises(RuntimeError, match="reference group: 2 x .* STRICT_SPREAD placement did not fit"):
         from dpo_ray.groups.actor_group import ActorGroup
 
-        ActorGroup("reference", "dpo_ray.workers.reference.ReferenceWorker", 2, cpus=1, gpus=0, strategy="STRICT_SPREAD",
-                   env=ENV, init_kwargs=dict(cfg=run_config, model_path=tiny_model_dir), ready_timeout_s=3)
+        ActorGroup(
+            "reference",
+            "dpo_ray.workers.reference.ReferenceWorker",
+            2,
+            cpus=1,
+            gpus=0,
+            strategy="STRICT_SPREAD",
+            env=ENV,
+            init_kwargs=dict(cfg=run_config, model_path=tiny_model_dir),
+            ready_timeout_s=3,
+        )

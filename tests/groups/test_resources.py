@@ -1,4 +1,5 @@
 """Group sizes are checked against the cluster's nodes before any actor starts."""
+
 from __future__ import annotations
 
 import pytest
@@ -12,8 +13,11 @@ NODE = {"CPU": 64.0, "GPU": 8.0}
 def test_groups_that_fit_pass_and_the_shortfall_is_named():
     needs = [GroupNeed("policy", 8, 4, 1), GroupNeed("reference", 4, 4, 1), GroupNeed("rollout", 2, 4, 2)]
     check_fit(needs, [NODE, NODE], "PACK")
-    with pytest.raises(ValueError, match=r"the groups need 16 GPU \(policy 8 x 1, reference 4 x 1, rollout 2 x 2\) "
-                                         r"but the Ray cluster has 8: short by 8"):
+    with pytest.raises(
+        ValueError,
+        match=r"the groups need 16 GPU \(policy 8 x 1, reference 4 x 1, rollout 2 x 2\) "
+        r"but the Ray cluster has 8: short by 8",
+    ):
         check_fit(needs, [NODE], "PACK")
 
 

@@ -1,5 +1,6 @@
 """The rollout group (two real vLLM engines on CPU, as Ray actors), weight sync from ZeRO-3 policy ranks, and the
 reward group, all through Ray."""
+
 from __future__ import annotations
 
 import pytest
@@ -47,14 +48,15 @@ def test_a_samples_log_prob_is_the_sum_of_its_tokens_log_probs_scored_afresh(rol
 
     tokenizer = load_tokenizer(tiny_model_dir)
     samples = rollout.generate(CHAT[:2], [7, 8], 2, 1.0, 1.0, 12, with_logp=True)
-    assert [[s.text for s in outs] for outs in rollout.generate(CHAT[:2], [7, 8], 2, 1.0, 1.0, 12)] == \
-        [[s.text for s in outs] for outs in samples]  # asking for log-probs does not change what is drawn
-    for prompt, outs in zip(CHAT[:2], samples):
-        prompt_ids = encode_prompt(tokenizer, prompt, True)
+    assert [[s.text for s in outs] for outs in rollout.generate(CHAT[:2], [7, 8], 2, 1.0, 1.0, 12)] == [
+        [s.text for s in outs] for outs in samples
+    ]  # asking for log-probs does not change what is drawn
+    for chat, outs in zip(CHAT[:2], samples):
+        prompt_ids = encode_prompt(tokenizer, chat, True)
         for sample in outs:
             assert sample.token_ids and sample.text
             scored = rollout.prompt_logprobs([prompt_ids + list(sample.token_ids)])[0]
-            assert sample.logp == pytest.approx(sum(scored[len(prompt_ids) - 1:]), abs=1e-3)
+            assert sample.logp == pytest.approx(sum(scored[len(prompt_ids) - 1 :]), abs=1e-3)
 
 
 def hf_token_logprobs(model, sequences):
@@ -70,7 +72,9 @@ def test_after_a_weight_sync_engine_logprobs_equal_the_trained_policy(rollout, r
     cfg = run_config
     cfg.cluster.policy_ranks, cfg.train.lr = 2, 1.0
     pairs = make_pairs(8, seed=21)
-    sequences = [list(p.prompt_ids + p.chosen_ids) for p in pairs[:4]] + [list(p.prompt_ids + p.rejected_ids) for p in pairs[:4]]
+    sequences = [list(p.prompt_ids + p.chosen_ids) for p in pairs[:4]] + [
+        list(p.prompt_ids + p.rejected_ids) for p in pairs[:4]
+    ]
     start = hf_token_logprobs(AutoModelForCausalLM.from_pretrained(tiny_model_dir), sequences)
     before = rollout.prompt_logprobs(sequences)
     assert all(torch.allclose(torch.tensor(v), h, atol=1e-4) for v, h in zip(before, start))
@@ -106,8 +110,16 @@ def test_reward_group_serves_a_reward_model(local_ray, tmp_path, tokenizer):
 
     from dpo_ray.workers.reward import ModelRewardWorker
 
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, num_labels=1, pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     LlamaForSequenceClassification(config).save_pretrained(tmp_path / "rm", safe_serialization=True)
     tokenizer.save_pretrained(tmp_path / "rm")
     cfg = RunConfig()

@@ -1,5 +1,6 @@
 """The project's sbatch script on a real 2-node Slurm cluster started by the test on this machine (slurmctld and two
 slurmd on 127.0.0.1, no systemd): it brings up a 2-node Ray cluster and trains with STRICT_SPREAD across it."""
+
 from __future__ import annotations
 
 import os
@@ -65,8 +66,10 @@ def slurm():
     """munged, slurmctld and two slurmd (nodes n1, n2) under one temp dir; stopped by their PIDs afterwards."""
     missing = [name for name in DAEMONS if _which(name) is None]
     if missing:
-        pytest.skip(f"Slurm is not installed ({', '.join(missing)} missing): apt-get install slurmctld slurmd "
-                    "slurm-client munge (.ci/run installs them)")
+        pytest.skip(
+            f"Slurm is not installed ({', '.join(missing)} missing): apt-get install slurmctld slurmd "
+            "slurm-client munge (.ci/run installs them)"
+        )
     if os.geteuid() != 0:
         pytest.skip("the test starts slurmd, which must run as root")
     root = Path(tempfile.mkdtemp(prefix="slurm-", dir="/tmp"))
@@ -83,15 +86,30 @@ def slurm():
     env = {**os.environ, "SLURM_CONF": str(conf)}
     pids = [munge_dir / "munged.pid", root / "slurmctld.pid", root / "slurmd-n1.pid", root / "slurmd-n2.pid"]
     try:
-        subprocess.run(["runuser", "-u", "munge", "--", _which("munged"), f"--socket={munge_socket}",
-                        f"--pid-file={pids[0]}", f"--log-file={munge_dir / 'munged.log'}", f"--seed-file={munge_dir / 'seed'}"],
-                       check=True, env=env, timeout=30)
+        subprocess.run(
+            [
+                "runuser",
+                "-u",
+                "munge",
+                "--",
+                _which("munged"),
+                f"--socket={munge_socket}",
+                f"--pid-file={pids[0]}",
+                f"--log-file={munge_dir / 'munged.log'}",
+                f"--seed-file={munge_dir / 'seed'}",
+            ],
+            check=True,
+            env=env,
+            timeout=30,
+        )
         subprocess.run([_which("slurmctld"), "-f", str(conf)], check=True, env=env, timeout=30)
         for node in ("n1", "n2"):
             subprocess.run([_which("slurmd"), "-f", str(conf), "-N", node], check=True, env=env, timeout=30)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
-            states = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], env=env, capture_output=True, text=True).stdout
+            states = subprocess.run(
+                ["sinfo", "-h", "-N", "-o", "%N %t"], env=env, capture_output=True, text=True
+            ).stdout
             if states.count("idle") == 2:
                 break
             time.sleep(1)
@@ -121,11 +139,28 @@ def test_sbatch_brings_up_ray_on_two_nodes_and_trains_spread_across_them(slurm, 
     began = time.perf_counter()
     env["SBATCH_ARGS"] = f"--parsable --cpus-per-task=2 --output={root}/job-%j.out --chdir={ROOT}"
     # submit.sh reads --nodes=2 from cluster.nodes and passes everything on to the project's sbatch script
-    job_id = subprocess.run(
-        [str(ROOT / "launch" / "slurm" / "submit.sh"), "train", f"output_dir={run_dir}", f"cache_dir={task_cache_dir}",
-         "progress=false", "train.max_steps=3", "cluster.nodes=2", "cluster.placement=STRICT_SPREAD",
-         "cluster.policy_ranks=2", "cluster.reference_ranks=2"],
-        env=env, capture_output=True, text=True, check=True).stdout.strip().split(";")[0]
+    job_id = (
+        subprocess.run(
+            [
+                str(ROOT / "launch" / "slurm" / "submit.sh"),
+                "train",
+                f"output_dir={run_dir}",
+                f"cache_dir={task_cache_dir}",
+                "progress=false",
+                "train.max_steps=3",
+                "cluster.nodes=2",
+                "cluster.placement=STRICT_SPREAD",
+                "cluster.policy_ranks=2",
+                "cluster.reference_ranks=2",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        .stdout.strip()
+        .split(";")[0]
+    )
     deadline = time.monotonic() + 600
     while (state := job_state(env, job_id)) not in TERMINAL and time.monotonic() < deadline:
         time.sleep(2)

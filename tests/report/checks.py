@@ -1,4 +1,5 @@
 """Checks of a built report against the run's own records, shared by the real-run tests of each campaign."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,9 @@ def check_report(run_dir: Path, expected_plots) -> str:
     for relative in embedded:
         data = (run_dir / relative).read_bytes()
         assert data.startswith(PNG_SIGNATURE) and len(data) > 1000, relative
-    read = lambda name: [json.loads(line) for line in (run_dir / name).read_text().splitlines()] \
-        if (run_dir / name).exists() else []
+    read = lambda name: (
+        [json.loads(line) for line in (run_dir / name).read_text().splitlines()] if (run_dir / name).exists() else []
+    )
     steps = [row for row in read("metrics.jsonl") if "round" not in row]  # online runs also log each round there
     rounds = read("rounds.jsonl")
     summary = re.findall(r"^\| [^|]+ \| `([^`]+)` \| ([^|]+) \| ([^|]+) \| ([^|]+) \|$", text, re.M)

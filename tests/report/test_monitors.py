@@ -1,4 +1,5 @@
 """Each failure-mode monitor trips on a constructed run that has the failure and stays quiet on a healthy one."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,9 +16,19 @@ M = MonitorConfig()
 def healthy_rounds(n: int = 5):
     rows = [{"round": 0, "eval/sampled_reward": 0.1, "eval/length": 30.0, "eval/kl": 0.0}]
     for r in range(1, n + 1):
-        rows.append({"round": r, "eval/sampled_reward": 0.1 + 0.1 * r, "eval/length": 30.0 + r, "eval/kl": 1.5 * r,
-                     "train/rewards/margins": 0.2 * r, "pairs/chosen_longer_share": 0.5, "pairs/tied_prompt_share": 0.1,
-                     "pairs/near_identical_share": 0.02, "pairs/reference_disagrees": 0.5})
+        rows.append(
+            {
+                "round": r,
+                "eval/sampled_reward": 0.1 + 0.1 * r,
+                "eval/length": 30.0 + r,
+                "eval/kl": 1.5 * r,
+                "train/rewards/margins": 0.2 * r,
+                "pairs/chosen_longer_share": 0.5,
+                "pairs/tied_prompt_share": 0.1,
+                "pairs/near_identical_share": 0.02,
+                "pairs/reference_disagrees": 0.5,
+            }
+        )
     return rows
 
 
@@ -32,13 +43,16 @@ def test_a_healthy_campaign_trips_nothing():
     assert as_metrics(checks)["monitor/length_growth"] == pytest.approx(35.0 / 30.0)
 
 
-@pytest.mark.parametrize("failure, key", [
-    ({"eval/length": 60.0}, "length_growth"),  # responses doubled in length
-    ({"pairs/chosen_longer_share": 0.9}, "chosen_longer_share"),
-    ({"eval/kl": 45.0}, "kl"),
-    ({"pairs/tied_prompt_share": 0.9}, "tied_prompt_share"),
-    ({"pairs/near_identical_share": 0.5}, "near_identical_share"),
-])
+@pytest.mark.parametrize(
+    "failure, key",
+    [
+        ({"eval/length": 60.0}, "length_growth"),  # responses doubled in length
+        ({"pairs/chosen_longer_share": 0.9}, "chosen_longer_share"),
+        ({"eval/kl": 45.0}, "kl"),
+        ({"pairs/tied_prompt_share": 0.9}, "tied_prompt_share"),
+        ({"pairs/near_identical_share": 0.5}, "near_identical_share"),
+    ],
+)
 def test_each_round_monitor_trips_on_its_failure_alone(failure, key):
     rows = healthy_rounds()
     rows[-1].update(failure)
@@ -59,19 +73,26 @@ def test_over_optimisation_trips_when_the_margin_keeps_growing_but_held_out_rewa
 
 def offline_records(**stats) -> RunRecords:
     records = RunRecords(Path("run"))
-    records.data_stats = {"train": {"pairs/chosen_longer_share": 0.5, "pairs/near_identical_share": 0.0},
-                          "eval": {"pairs/reference_disagrees": 0.3}}
+    records.data_stats = {
+        "train": {"pairs/chosen_longer_share": 0.5, "pairs/near_identical_share": 0.0},
+        "eval": {"pairs/reference_disagrees": 0.3},
+    }
     for split, key, value in stats.get("set", []):
         records.data_stats[split][key] = value
-    records.evals = [{"step": 10 * i, "eval_rewards/margins": 0.1 * i, "eval_rewards/accuracies": 0.5 + 0.1 * i} for i in range(5)]
+    records.evals = [
+        {"step": 10 * i, "eval_rewards/margins": 0.1 * i, "eval_rewards/accuracies": 0.5 + 0.1 * i} for i in range(5)
+    ]
     return records
 
 
-@pytest.mark.parametrize("change, key", [
-    (("train", "pairs/chosen_longer_share", 0.95), "chosen_longer_share"),
-    (("train", "pairs/near_identical_share", 0.4), "near_identical_share"),
-    (("eval", "pairs/reference_disagrees", 0.9), "label_noise"),  # e.g. chosen and rejected swapped
-])
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        (("train", "pairs/chosen_longer_share", 0.95), "chosen_longer_share"),
+        (("train", "pairs/near_identical_share", 0.4), "near_identical_share"),
+        (("eval", "pairs/reference_disagrees", 0.9), "label_noise"),  # e.g. chosen and rejected swapped
+    ],
+)
 def test_offline_monitors_trip_on_their_failure_and_stay_quiet_otherwise(change, key):
     assert tripped(offline_checks(offline_records(), M)) == set()
     assert tripped(offline_checks(offline_records(set=[change]), M)) == {key}

@@ -1,4 +1,5 @@
 """Reading a run directory for the report: resumed runs, and directories that are not runs."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,16 @@ def write_jsonl(path, rows):
 
 
 def test_a_resumed_runs_repeated_steps_keep_their_later_values(tmp_path):
-    write_jsonl(tmp_path / "metrics.jsonl", [{"step": 0, "eval_loss": 0.7}, {"step": 1, "loss": 0.69}, {"step": 2, "loss": 0.6},
-                                             {"step": 2, "loss": 0.5}, {"step": 3, "loss": 0.4}])
+    write_jsonl(
+        tmp_path / "metrics.jsonl",
+        [
+            {"step": 0, "eval_loss": 0.7},
+            {"step": 1, "loss": 0.69},
+            {"step": 2, "loss": 0.6},
+            {"step": 2, "loss": 0.5},
+            {"step": 3, "loss": 0.4},
+        ],
+    )
     records = load_records(tmp_path)
     assert [(r["step"], r["loss"]) for r in records.steps] == [(1, 0.69), (2, 0.5), (3, 0.4)]
     assert records.evals == [{"step": 0, "eval_loss": 0.7}] and records.rounds == []

