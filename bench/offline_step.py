@@ -16,9 +16,9 @@ import time
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 LAYOUTS = {
-    "padded": ["data.prefix_sharing=false"],
-    "packed": ["data.prefix_sharing=false", "data.packing=true"],
-    "prefix": ["data.prefix_sharing=true"],
+    "padded": ["data.layout=padded"],
+    "packed": ["data.layout=packed"],
+    "prefix": ["data.layout=prefix_shared"],
 }
 
 
@@ -32,12 +32,13 @@ def main() -> None:
 
     import ray
 
-    from dpo_ray.campaign.offline import OfflineCampaign, prepare_inputs
-    from dpo_ray.cli import compose
+    from dpo_ray.campaign.inputs import offline_inputs
+    from dpo_ray.campaign.offline import OfflineCampaign
+    from dpo_ray.compose import compose
 
     ray.init(num_cpus=max(4, max(args.ranks)), include_dashboard=False, log_to_driver=False)
     base = compose(["progress=false", f"train.epochs={args.epochs}", "reference.cache=false"])
-    inputs = prepare_inputs(base)
+    inputs = offline_inputs(base)
     tokens_per_step = sum(p.tokens for p in inputs.train) / len(inputs.train) * base.train.batch_size
     rows = {(r, lay): [] for r in args.ranks for lay in args.layouts}
     for _ in range(args.repeats):

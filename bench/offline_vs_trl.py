@@ -165,7 +165,7 @@ def trl_run(model_path: str, train_file: str, steps: int, precompute: bool, batc
 
 def dpo_ray_run(inputs, steps: int, layout: str, batch: int, ranks: int = 2):
     from dpo_ray.campaign.offline import OfflineCampaign
-    from dpo_ray.cli import compose
+    from dpo_ray.compose import compose
 
     cfg = compose(
         [
@@ -173,11 +173,11 @@ def dpo_ray_run(inputs, steps: int, layout: str, batch: int, ranks: int = 2):
             "algo=dpo",
             f"train.max_steps={steps}",
             "train.lr_scheduler=constant",
-            "train.warmup_ratio=0",
+            "train.warmup_steps=0",
             f"train.batch_size={batch}",
             f"train.micro_batch_size={max(1, batch // 2)}",
             "reference.cache=false",
-            f"data.prefix_sharing={layout == 'prefix'}",
+            f"data.layout={'prefix_shared' if layout == 'prefix' else 'padded'}",
             f"output_dir={tempfile.mkdtemp(prefix='bench-')}",
             f"cluster.policy_ranks={ranks}",
             f"cluster.torch_threads={2 // ranks}",
@@ -203,11 +203,14 @@ def main() -> None:
 
     import ray
 
-    from dpo_ray.campaign.offline import prepare_inputs
-    from dpo_ray.cli import compose
+    from dpo_ray.campaign.inputs import offline_inputs
+    from dpo_ray.compose import compose
+    from dpo_ray.tasks.embedded import ensure_embedded_task
 
-    inputs = prepare_inputs(compose(["progress=false"]))
-    train_file = str(inputs.task.train_file)
+    embedded = compose(["progress=false"])
+    inputs = offline_inputs(embedded)
+    task = ensure_embedded_task(embedded.embedded, embedded.cache_dir)
+    train_file = str(task.train_file)
     if args.model == "llama-50m":
         large = build_large_model(inputs.model_path, tempfile.mkdtemp(prefix="llama-50m-"))
         inputs.model_path = inputs.reference_path = large
@@ -220,7 +223,7 @@ def main() -> None:
         inputs.model_path = inputs.reference_path = ensure_pretrained("smollm2-135m", "~/.cache/dpo-ray")
         tokenizer = load_tokenizer(inputs.model_path)
         inputs.train, _ = load_pairs([train_file], tokenizer, TokenizeSettings(max_length=512))
-        inputs.eval, _ = load_pairs([str(inputs.task.eval_file)], tokenizer, TokenizeSettings(max_length=512))
+        inputs.eval, _ = load_pairs([str(task.eval_file)], tokenizer, TokenizeSettings(max_length=512))
     from transformers import AutoConfig, AutoModelForCausalLM
 
     params = sum(

@@ -22,7 +22,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from dpo_ray.campaign.online import PHASES, OnlineCampaign
-    from dpo_ray.cli import compose
+    from dpo_ray.compose import compose
 
     cfg = compose(
         [

@@ -62,12 +62,12 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-    from dpo_ray.campaign.offline import prepare_inputs
-    from dpo_ray.cli import compose
-    from dpo_ray.data.collate import Layout
+    from dpo_ray.campaign.inputs import offline_inputs
+    from dpo_ray.compose import compose
+    from dpo_ray.data.collate import BatchLayout
     from dpo_ray.data.tokenize import TokenizedPair
 
-    inputs = prepare_inputs(compose(["progress=false"]))
+    inputs = offline_inputs(compose(["progress=false"]))
     tiny = AutoModelForCausalLM.from_pretrained(inputs.model_path)
     rng = random.Random(0)
     ids = lambda lo, hi: tuple(rng.randrange(5, tiny.config.vocab_size) for _ in range(rng.randint(lo, hi)))
@@ -89,10 +89,10 @@ def main() -> None:
         )
     )
     layouts = {
-        "padded": (Layout(), True),
-        "padded, no mask": (Layout(), False),
-        **{f"packed {n}": (Layout(packing=True, pack_length=n), True) for n in args.pack_lengths},
-        **{f"prefix-shared {n}": (Layout(prefix_sharing=True, pack_length=n), True) for n in args.pack_lengths},
+        "padded": (BatchLayout(), True),
+        "padded, no mask": (BatchLayout(), False),
+        **{f"packed {n}": (BatchLayout("packed", pack_length=n), True) for n in args.pack_lengths},
+        **{f"prefix-shared {n}": (BatchLayout("prefix_shared", pack_length=n), True) for n in args.pack_lengths},
     }
     print(f"\n{args.pairs} pairs per data set, micro-batch {args.micro} pairs, {torch.get_num_threads()} threads\n")
     print("| data | model | layout | positions computed | padding | tokens/s | speed-up |")

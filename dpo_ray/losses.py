@@ -28,53 +28,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-LOSS_TYPES = (
-    "sigmoid",
-    "hinge",
-    "ipo",
-    "exo_pair",
-    "nca_pair",
-    "robust",
-    "bco_pair",
-    "sppo_hard",
-    "aot",
-    "aot_unpaired",
-    "apo_zero",
-    "apo_down",
-    "discopop",
-    "sft",
-    "sigmoid_norm",
-    "simpo",
-    "orpo",
-)
-REFERENCE_FREE = ("simpo", "orpo", "sft")
-LABEL_SMOOTHING_LOSSES = ("exo_pair", "robust", "aot", "aot_unpaired", "simpo")
-LENGTH_LOSSES = ("ipo", "sigmoid_norm", "sft", "simpo", "orpo")
-OPTIONS = {"sigmoid": {"cdpo_label_smoothing"}, "discopop": {"discopop_tau"}, "simpo": {"simpo_gamma"}}
-
-
-def check_options(loss_type: str, label_smoothing: float) -> None:
-    """Clear errors for settings a loss cannot take (checked before any actor starts)."""
-    if loss_type not in LOSS_TYPES:
-        raise ValueError(f"unknown loss_type {loss_type!r}; known: {', '.join(LOSS_TYPES)}")
-    if label_smoothing and loss_type not in LABEL_SMOOTHING_LOSSES:
-        raise ValueError(
-            f"label_smoothing is used by {', '.join(LABEL_SMOOTHING_LOSSES)}, not by {loss_type!r}"
-            + ("; for cDPO set algo.cdpo_label_smoothing" if loss_type == "sigmoid" else "")
-        )
-    if loss_type == "exo_pair" and not 0 < label_smoothing < 1:
-        raise ValueError("exo_pair needs 0 < label_smoothing < 1 (the EXO paper uses 1e-3)")
-    if loss_type == "robust" and not 0 <= label_smoothing < 0.5:
-        raise ValueError(f"robust needs 0 <= label_smoothing < 0.5, got {label_smoothing}")
-    if loss_type in ("aot", "aot_unpaired", "simpo") and not 0 <= label_smoothing < 1:
-        raise ValueError(f"{loss_type} needs 0 <= label_smoothing < 1, got {label_smoothing}")
+from .loss_types import LOSS_TYPES
 
 
 def _smoothed_sigmoid(x: torch.Tensor, eps: float) -> torch.Tensor:
     return -F.logsigmoid(x) * (1 - eps) - F.logsigmoid(-x) * eps
 
 
-def dpo_loss(
+def preference_loss(
     policy_chosen_logps: torch.Tensor,
     policy_rejected_logps: torch.Tensor,
     reference_chosen_logps: torch.Tensor | None,
@@ -88,14 +49,14 @@ def dpo_loss(
     **variant_options,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(losses, chosen_rewards, rejected_rewards), each of shape (pairs,); see the module docstring for formulas."""
-    check_options(loss_type, label_smoothing)
-    unknown = set(variant_options) - OPTIONS.get(loss_type, set())
+    spec = LOSS_TYPES[loss_type]  # its options and their values are validated when the config is composed
+    unknown = set(variant_options) - set(spec.options)
     if unknown:
         raise TypeError(f"loss {loss_type!r} takes no option(s) {', '.join(sorted(unknown))}")
-    if loss_type in LENGTH_LOSSES and (chosen_lengths is None or rejected_lengths is None):
+    if spec.per_token and (chosen_lengths is None or rejected_lengths is None):
         raise ValueError(f"loss {loss_type!r} needs chosen_lengths and rejected_lengths")
     pc, pr = policy_chosen_logps, policy_rejected_logps
-    if loss_type in REFERENCE_FREE:
+    if spec.reference_free:
         avg_c, avg_r = pc / chosen_lengths.clamp(min=1), pr / rejected_lengths.clamp(min=1)
         chosen_rewards, rejected_rewards = beta * avg_c.detach(), beta * avg_r.detach()
         if loss_type == "sft":

@@ -9,39 +9,28 @@ import torch
 from .config import AlgoConfig
 from .data.batches import StepScale
 from .logprobs import PairLogps
-from .losses import LABEL_SMOOTHING_LOSSES, REFERENCE_FREE, check_options, dpo_loss
+from .loss_types import LOSS_TYPES, NLL_TERMS
+from .loss_types import loss_terms as parse_terms
+from .losses import preference_loss
 
 
 def loss_terms(algo: AlgoConfig) -> list[tuple[str, float]]:
-    """(loss type, weight) pairs of algo.loss_type, validated before any actor starts."""
-    types = [t.strip() for t in algo.loss_type.split(",") if t.strip()]
-    weights = list(algo.loss_weights) or [1.0] * len(types)
-    if not types or len(weights) != len(types):
-        raise ValueError(
-            f"algo.loss_weights has {len(weights)} weights for {len(types)} loss types ({algo.loss_type!r})"
-        )
-    for t in types:
-        check_options(t, algo.label_smoothing if t in LABEL_SMOOTHING_LOSSES else 0.0)
-    if algo.label_smoothing and not set(types) & set(LABEL_SMOOTHING_LOSSES):
-        check_options(types[0], algo.label_smoothing)
-    return list(zip(types, weights))
+    """(loss type, weight) of each term of algo.loss_type (validated when the config was composed)."""
+    return parse_terms(algo.loss_type, algo.loss_weights)
 
 
 def needs_reference(algo: AlgoConfig) -> bool:
-    return any(t not in REFERENCE_FREE for t, _ in loss_terms(algo))
+    return any(not LOSS_TYPES[t].reference_free for t, _ in loss_terms(algo))
 
 
 def nll_weight(algo: AlgoConfig, terms: list[tuple[str, float]] | None = None) -> float:
     """The chosen-NLL coefficient: rpo_alpha, plus each sft term's weight, plus ORPO's own NLL."""
-    return algo.rpo_alpha + sum(w for t, w in (terms or loss_terms(algo)) if t in ("sft", "orpo"))
+    return algo.rpo_alpha + sum(w for t, w in (terms or loss_terms(algo)) if t in NLL_TERMS)
 
 
 def _options(loss_type: str, algo: AlgoConfig) -> dict[str, float]:
-    return {
-        "sigmoid": {"cdpo_label_smoothing": algo.cdpo_label_smoothing},
-        "discopop": {"discopop_tau": algo.discopop_tau},
-        "simpo": {"simpo_gamma": algo.simpo_gamma},
-    }.get(loss_type, {})
+    """The further algo.* options this loss reads, by the loss table."""
+    return {name: getattr(algo, name) for name in LOSS_TYPES[loss_type].options}
 
 
 def micro_batch_objective(
@@ -60,14 +49,14 @@ def micro_batch_objective(
     for loss_type, loss_weight in terms:
         if loss_type == "sft":
             continue
-        losses, chosen_rewards, rejected_rewards = dpo_loss(
+        losses, chosen_rewards, rejected_rewards = preference_loss(
             out.chosen_logps,
             out.rejected_logps,
             reference_chosen,
             reference_rejected,
             loss_type=loss_type,
             beta=algo.beta,
-            label_smoothing=algo.label_smoothing if loss_type in LABEL_SMOOTHING_LOSSES else 0.0,
+            label_smoothing=algo.label_smoothing if LOSS_TYPES[loss_type].label_smoothing else 0.0,
             chosen_lengths=out.chosen_tokens,
             rejected_lengths=out.rejected_tokens,
             **_options(loss_type, algo),

@@ -10,11 +10,9 @@ import sys
 def shape(command: str, overrides: list[str]) -> tuple[int, int]:
     """Nodes (cluster.nodes, at least 1) and GPUs per node: the most GPUs the run's groups hold at once, spread
     evenly."""
-    from .cli import compose
+    from .compose import compose
     from .groups.resources import group_needs
 
-    if command not in ("train", "online"):
-        raise ValueError(f"command must be train or online, got {command!r}")
     cfg = compose(overrides, command)
     needs = group_needs(cfg, reference=True, online=command == "online")
     gpus = [n.size * n.gpus for n in needs]
@@ -24,5 +22,16 @@ def shape(command: str, overrides: list[str]) -> tuple[int, int]:
     return nodes, math.ceil(total / nodes)
 
 
+def main(argv: list[str]) -> int:
+    from .validation import ConfigError
+
+    try:
+        print(*shape(argv[0] if argv else "", argv[1:]))
+    except ConfigError as error:
+        print(f"dpo_ray.slurm: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    print(*shape(sys.argv[1], sys.argv[2:]))
+    sys.exit(main(sys.argv[1:]))

@@ -65,7 +65,10 @@ def submit(argv: list[str], poll_s: float = 1.0) -> int:
     use_local_token()  # before Ray reads its config
     from ray.job_submission import JobStatus, JobSubmissionClient
 
+    from .compose import compose
+
     args = parse(argv)
+    compose(args.overrides, args.command)  # a bad option fails here, before the job is queued
     client = JobSubmissionClient(args.address)
     entrypoint = shlex.join(["python", "-m", "dpo_ray.cli", args.command, *args.overrides])
     job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env(args) or None)

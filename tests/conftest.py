@@ -50,7 +50,7 @@ def run_config(tmp_path) -> RunConfig:
     cfg.cache_dir = str(tmp_path / "cache")
     cfg.progress = False
     cfg.train.optimizer, cfg.train.lr, cfg.train.max_grad_norm = "sgd", 0.1, 0.0
-    cfg.train.lr_scheduler, cfg.train.warmup_ratio = "constant", 0.0
+    cfg.train.lr_scheduler, cfg.train.warmup_steps = "constant", 0.0
     cfg.train.batch_size, cfg.train.micro_batch_size = 8, 2
     cfg.algo.rpo_alpha = 0.5
     cfg.cluster.cpus_per_rank = 1.0

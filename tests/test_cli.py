@@ -1,43 +1,211 @@
+"""The command line: options composed from the presets, every bad value refused before anything starts (no Ray, no
+torch), unknown keys refused, inputs checked before Ray, and --help showing the values a run will use."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import fields
+
 import pytest
 
-from dpo_ray.cli import compose, help_text, main
-from dpo_ray.config import RunConfig
+from dpo_ray.compose import compose, presets
+from dpo_ray.config import Bounds, Choice, RunConfig, options, value_at
+from dpo_ray.validation import ConfigError
 
 
-def test_default_config_is_the_embedded_preset_and_overrides_apply():
+def test_the_embedded_task_brings_its_recipe_and_overrides_win_over_it():
     cfg = compose(["algo.beta=0.2", "cluster.policy_ranks=3", "data.train_files=[a.jsonl,b.jsonl]"])
-    assert isinstance(cfg, RunConfig)
-    assert cfg.model.path == "embedded" and cfg.algo.rpo_alpha == 1.0 and cfg.train.lr == 3e-4
+    assert isinstance(cfg, RunConfig) and cfg.model.path == "embedded"
+    assert cfg.algo.rpo_alpha == 1.0 and cfg.train.lr == 3e-4 and cfg.train.epochs == 3  # the recipe
     assert cfg.algo.beta == 0.2 and cfg.cluster.policy_ranks == 3 and cfg.data.train_files == ["a.jsonl", "b.jsonl"]
-    assert compose(["train=default", "algo=dpo"]).train.lr == 5e-7
+    assert compose(["algo=dpo"]).algo.rpo_alpha == 0.0  # a preset given on the command line wins over the recipe
+    online = compose(["online.rounds=3", "online.samples_per_prompt=8"], "online")
+    assert online.online.rounds == 3 and online.online.samples_per_prompt == 8 and online.output_dir == "runs/online"
+    assert online.train.lr_scheduler == "constant" and online.train.warmup_steps == 2
 
 
-def test_unknown_keys_and_wrong_types_are_rejected():
-    with pytest.raises(Exception, match="algo.betta"):
-        compose(["algo.betta=0.2"])
-    with pytest.raises(Exception, match="policy_ranks"):
-        compose(["cluster.policy_ranks=two"])
+def test_a_model_of_your_own_gets_the_schema_defaults_that_help_prints(capsys):
+    cfg, schema = compose(["model.path=/models/mine"]), RunConfig()
+    different = [o.name for o in options() if value_at(cfg, o.name) != value_at(schema, o.name)]
+    assert different == ["model.path"]
+    for command in ("train", "online"):
+        assert compose(["model.path=/models/mine"], command).train.lr == 5e-7
+    from dpo_ray.cli import main
+
+    assert main(["train", "model.path=/models/mine", "--help"]) == 0
+    text = capsys.readouterr().out
+    annotated = [line.split()[0] for line in text.splitlines() if line.startswith("  ") and "(default " in line]
+    assert "  train.lr=5e-07 " in text and annotated == ["model.path='/models/mine'"]
+    assert main(["train", "--help"]) == 0  # the embedded task: its recipe's values, each with the schema default
+    lr_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("  train.lr="))
+    assert lr_line.startswith("  train.lr=0.0003 ") and lr_line.endswith("(default 5e-07)")
 
 
-def test_help_lists_every_option_and_preset(capsys):
+def test_help_lists_every_option_once_with_its_help_and_every_preset(capsys):
+    from dpo_ray.cli import main
+
     assert main(["--help"]) == 0
     text = capsys.readouterr().out
-    assert "algo.beta=0.1" in text and "cluster.placement='PACK'" in text and "model.lora.r=8" in text
-    assert "train: default, online_tiny, tiny" in text and "dpo-ray online" in text
-    assert all(
-        f"  {name}=" in help_text()
-        for name in (
-            "data.on_error",
-            "train.max_grad_norm",
-            "reference.cache",
-            "online.rounds",
-            "reward.fn",
-            "rollout.kv_cache_memory_mb",
-        )
+    lines = [line for line in text.splitlines() if line.startswith("  ") and "=" in line.split()[0]]
+    names = [line.split()[0].split("=", 1)[0] for line in lines]
+    assert names == [o.name for o in options()]
+    assert all(len(line.split(None, 1)) == 2 for line in lines)  # name=default, then its help
+    assert "cluster.placement='PACK'" in text and "[one of PACK, SPREAD, STRICT_PACK, STRICT_SPREAD]" in text
+    assert "algo.beta=0.1" in text and "[> 0]" in text
+    for group, names in presets().items():
+        assert f"  {group}: {', '.join(names)}" in text
+
+
+def test_every_preset_composes_and_validates():
+    for group, names in presets().items():
+        for name in names:
+            override = f"+{group}={name}" if group == "experiment" else f"{group}={name}"
+            for command in ("train", "online"):
+                assert isinstance(compose([override], command), RunConfig)
+
+
+def bad_value(option) -> str | None:
+    """A value just outside what the option allows (None for options that take anything of their type)."""
+    if isinstance(option.type, type) and issubclass(option.type, Choice):
+        return "not_a_choice"
+    bounds: Bounds | None = option.bounds
+    if bounds is None:
+        return None
+    value = (bounds.low if bounds.low_open else bounds.low - 1) if bounds.low is not None else bounds.high + 1
+    return str(int(value) if option.type is int or "int" in str(option.type) else value)
+
+
+def test_every_bad_value_fails_naming_the_option_and_what_it_allows_without_starting_anything(tmp_path):
+    """In a fresh process: each bad value exits 2 with a message naming the option and its allowed values, and the
+    process never imported Ray or torch, nor did a Ray session directory appear."""
+    cases = [(o.name, bad_value(o)) for o in options() if bad_value(o) is not None]
+    assert len(cases) > 80
+    script = (
+        "import io, json, sys, contextlib\n"
+        "from dpo_ray.cli import main\n"
+        "out = []\n"
+        f"for name, value in {cases!r}:\n"
+        "    err = io.StringIO()\n"
+        "    with contextlib.redirect_stderr(err):\n"
+        "        rc = main(['train', f'{name}={value}'])\n"
+        "    out.append((name, value, rc, err.getvalue()))\n"
+        "loaded = [m for m in ('ray', 'torch', 'vllm', 'deepspeed') if m in sys.modules]\n"
+        "print(json.dumps({'results': out, 'modules': loaded}))\n"
     )
+    ray_dir = tmp_path / "ray"
+    ray_dir.mkdir()
+    env = {"RAY_TMPDIR": str(ray_dir), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.splitlines()[-1])
+    assert report["modules"] == [] and not any(ray_dir.iterdir())
+    by_name = {o.name: o for o in options()}
+    for name, _, rc, message in report["results"]:
+        option = by_name[name]
+        assert rc == 2 and message.startswith("dpo-ray train: ") and name in message, (name, message)
+        if isinstance(option.type, type) and issubclass(option.type, Choice):
+            assert all(m.value in message for m in option.type), message
+        else:
+            assert str(option.bounds) in message, message
 
 
-def test_online_config_composes_with_its_own_training_preset():
-    cfg = compose(["online.rounds=3", "online.samples_per_prompt=8"], "online")
-    assert cfg.online.rounds == 3 and cfg.online.samples_per_prompt == 8
-    assert cfg.train.lr_scheduler == "constant" and cfg.train.warmup_steps == 2 and cfg.output_dir == "runs/online"
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["cluster.gpus_per_rank=0.5"], "cluster.gpus_per_rank=0.5: must be 0 or a whole number"),
+        (["model.attn_implementation=flash_attention_2"], "needs GPUs"),
+        (["rollout.kv_cache_memory_mb=0"], "on CPU the vLLM KV cache needs an explicit size"),
+        (["rollout.tensor_parallel_size=2"], "tensor parallelism needs GPUs"),
+        (["train.warmup_steps=2.5"], "a number of steps must be whole"),
+        (["train.adam_betas=[0.9]"], "train.adam_betas=[0.9]: must be two numbers in [0, 1)"),
+        (["embedded.eval_numbers=1000"], "must be below embedded.numbers=1000"),
+        (["imdb.min_words=9"], "imdb.min_words=9: must be <= imdb.max_words=8"),
+        (["online.prompt_task=imbd"], "online.prompt_task='imbd': must be empty or one of imdb; did you mean imdb?"),
+        (["algo.loss_type=sigmod"], "unknown loss 'sigmod'; did you mean sigmoid?"),
+        (["algo.loss_type='sigmoid,sft'", "algo.loss_weights=[1.0]"], "1 weight(s) for 2 loss type(s)"),
+        (["algo.label_smoothing=0.1"], "for conservative DPO on sigmoid set algo.cdpo_label_smoothing"),
+        (["algo.loss_type=hinge", "algo.label_smoothing=0.1"], "not by 'hinge'"),
+        (["algo.loss_type=exo_pair"], "exo_pair needs it in (0, 1) (the EXO paper uses 1e-3)"),
+        (["algo.loss_type=robust", "algo.label_smoothing=0.5"], "robust needs it in [0, 0.5)"),
+        (["algo.loss_type=hinge", "algo.cdpo_label_smoothing=0.1"], "read by sigmoid only"),
+        (["algo.simpo_gamma=1.0"], "algo.simpo_gamma=1.0: read by simpo only"),
+        (["algo=simpo", "model.reference_path=/models/ref"], "is reference-free, so no reference is loaded"),
+        (["model.lora.enabled=true", "model.reference_path=/models/ref"], "cannot be another model"),
+        (["+algo.betta=0.1"], "algo.betta: unknown option; did you mean algo.beta?"),
+        (["algo.betta=0.1"], "algo.betta: unknown option; did you mean algo.beta?"),
+        (["+report_to=wandb"], "report_to: unknown option"),
+        (["algo=dpoo"], "algo=dpoo: no such preset; did you mean dpo?"),
+        (["cluster.policy_ranks=two"], "cluster.policy_ranks: Value 'two' of type 'str' could not be converted"),
+    ],
+)
+def test_rules_between_options_and_unknown_keys_fail_when_composed(overrides, expected):
+    with pytest.raises(ConfigError) as error:
+        compose(overrides)
+    assert expected in str(error.value)
+
+
+def test_all_problems_are_reported_at_once():
+    with pytest.raises(ConfigError) as error:
+        compose(["algo.beta=0", "cluster.policy_ranks=0", "online.top_p=2"])
+    assert str(error.value).splitlines() == [
+        "algo.beta=0.0: must be > 0",
+        "cluster.policy_ranks=0: must be >= 1",
+        "online.top_p=2.0: must be in (0, 1]",
+    ]
+
+
+def test_missing_and_unusable_inputs_fail_before_ray_starts(tmp_path, tiny_model_dir):
+    """A missing model, a model with pickled weights only, a directory that is no model, a missing data file and an
+    unimportable reward: each one line, exit status 2, and no Ray session was ever created."""
+    import shutil
+
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    shutil.copy(f"{tiny_model_dir}/config.json", pickled)
+    (pickled / "pytorch_model.bin").write_bytes(b"not loaded")
+    (tmp_path / "empty").mkdir()
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    cases = [
+        (["train", "model.path=/no/such/model"], "model.path='/no/such/model': no such directory"),
+        (["train", f"model.path={pickled}", f"data.train_files=[{data}]"], "pytorch_model.bin, a pickle"),
+        (["train", f"model.path={tmp_path / 'empty'}"], "no config.json"),
+        (["train", f"model.path={tiny_model_dir}"], "data.train_files is empty"),
+        (["train", f"model.path={tiny_model_dir}", "data.train_files=[/no/a.jsonl]"], "/no/a.jsonl: no such file"),
+        (["online", "reward.fn=no_such_module:score"], "reward.fn='no_such_module:score': cannot import it"),
+        (["online", f"model.path={tiny_model_dir}", "reward.fn=math:sqrt"], "online runs need prompts"),
+    ]
+    script = (
+        "import io, json, contextlib\n"
+        "from dpo_ray.cli import main\n"
+        "import ray\n"
+        "out = []\n"
+        f"for argv, _ in {cases!r}:\n"
+        "    err = io.StringIO()\n"
+        "    with contextlib.redirect_stderr(err):\n"
+        "        rc = main(argv)\n"
+        "    out.append((rc, err.getvalue(), ray.is_initialized()))\n"
+        "print(json.dumps(out))\n"
+    )
+    ray_dir = tmp_path / "ray"
+    ray_dir.mkdir()
+    env = {"RAY_TMPDIR": str(ray_dir), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for (argv, expected), (rc, message, ray_started) in zip(cases, json.loads(done.stdout.splitlines()[-1])):
+        assert rc == 2 and expected in message and not ray_started, (argv, message)
+        assert len(message.strip().splitlines()) == 1, message
+    assert not any(ray_dir.iterdir())
+
+
+def test_cfg_prints_the_composed_config_as_yaml_that_hydra_reads_back(capsys):
+    import yaml
+
+    from dpo_ray.cli import main
+
+    assert main(["online", "algo.beta=0.3", "--cfg"]) == 0
+    composed = yaml.safe_load(capsys.readouterr().out)
+    assert composed["algo"]["beta"] == 0.3 and composed["data"]["layout"] == "prefix_shared"
+    assert [f.name for f in fields(RunConfig)] == list(composed)

@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM
 
 from dpo_ray.config import AlgoConfig
 from dpo_ray.data.batches import step_scale
-from dpo_ray.data.collate import Layout, collate_pairs, unit_length
+from dpo_ray.data.collate import BatchLayout, collate_pairs, unit_length
 from dpo_ray.data.tokenize import TokenizedPair
 from dpo_ray.logprobs import forward_pairs
 from dpo_ray.objective import micro_batch_objective
@@ -48,17 +48,17 @@ def grads_and_loss(model, pairs, layout):
     return out, loss.item(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 
 
-@pytest.mark.parametrize("shared", [False, True], ids=["packed", "prefix-shared"])
+@pytest.mark.parametrize("kind", ["packed", "prefix_shared"])
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
-def test_packed_rows_match_padded_rows(tiny_model_dir, attention, shared):
+def test_packed_rows_match_padded_rows(tiny_model_dir, attention, kind):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=attention)
     assert model.config.use_cache  # the trap: a cache-enabled model must still pack correctly
     pairs = make_pairs(9, seed=3)
     # a pair with an empty prompt (its first token has no predictor) and one pair longer than a row
     pairs += [TokenizedPair((), (7, 8, 9), (10, 11)), TokenizedPair(tuple(range(5, 45)), (50, 51), (52,))]
-    layout = Layout(packing=True, pack_length=40, prefix_sharing=shared, attention=attention)
+    layout = BatchLayout(kind, pack_length=40, attention=attention)
     assert unit_length(pairs[-1], layout) > layout.pack_length
-    padded, loss_padded, grad_padded = grads_and_loss(model, pairs, Layout(attention=attention))
+    padded, loss_padded, grad_padded = grads_and_loss(model, pairs, BatchLayout(attention=attention))
     packed, loss_packed, grad_packed = grads_and_loss(model, pairs, layout)
     packed_ids = collate_pairs(pairs, 0, layout)["input_ids"]
     assert 1 < packed_ids.shape[0] < len(pairs) and (packed_ids == 0).any()  # several rows, with pad tails
@@ -69,12 +69,12 @@ def test_packed_rows_match_padded_rows(tiny_model_dir, attention, shared):
     assert torch.allclose(grad_packed, grad_padded, atol=1e-6)
 
 
-@pytest.mark.parametrize("shared", [False, True], ids=["packed", "prefix-shared"])
-def test_a_row_filled_exactly_matches_padded(tiny_model_dir, shared):
+@pytest.mark.parametrize("kind", ["packed", "prefix_shared"])
+def test_a_row_filled_exactly_matches_padded(tiny_model_dir, kind):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     pairs = [TokenizedPair((5, 6, 7), (8, 9), (10,)), TokenizedPair((11, 12), (13,), (14, 15, 16))]
-    layout = Layout(packing=True, prefix_sharing=shared)
-    exact = Layout(packing=True, prefix_sharing=shared, pack_length=sum(unit_length(p, layout) for p in pairs))
+    layout = BatchLayout(kind)
+    exact = BatchLayout(kind, pack_length=sum(unit_length(p, layout) for p in pairs))
     batch = collate_pairs(pairs, 0, exact)
     assert batch["input_ids"].shape == (1, exact.pack_length)
     with torch.no_grad():

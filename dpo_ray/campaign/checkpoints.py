@@ -10,8 +10,8 @@ import re
 import shutil
 from pathlib import Path
 
+from ..atomic import write_text
 from ..groups.policy_group import PolicyGroup
-from .atomic import write_text
 
 log = logging.getLogger(__name__)
 STATE = "run_state.json"
@@ -19,17 +19,8 @@ PARTIAL = ".partial-"
 POINTER = "latest"
 
 
-def resume_mode(value: str) -> bool:
-    """resume=auto|never -> whether to continue from what output_dir holds."""
-    if value not in ("auto", "never"):
-        raise ValueError(f"resume must be auto or never, got {value!r}")
-    return value == "auto"
-
-
 class CheckpointStore:
     def __init__(self, root: Path, keep: int = 3):
-        if keep < 1:
-            raise ValueError(f"train.keep_checkpoints must be >= 1, got {keep}")
         self.root, self.keep = Path(root), keep
 
     def save(self, policy: PolicyGroup, tag: str, state: dict) -> Path:

@@ -6,12 +6,14 @@ import json
 import math
 from pathlib import Path
 
+from ..run_files import METRICS
+
 
 class MetricsWriter:
     def __init__(self, run_dir: Path, append: bool = False):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.jsonl = (run_dir / "metrics.jsonl").open("a" if append else "w", encoding="utf-8")
+        self.jsonl = (run_dir / METRICS).open("a" if append else "w", encoding="utf-8")
         self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
 
     def write(self, step: int, metrics: dict[str, float]) -> None:

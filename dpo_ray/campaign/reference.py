@@ -30,9 +30,9 @@ class ReferenceScorer:
         m = self.cfg.model
         settings = {
             "dtype": str(self.spec.dtype),
-            "attn": m.attn_implementation,
+            "attn": str(m.attn_implementation),
             "lora": str(m.lora.enabled),
-            "packing": str(self.cfg.data.packing or self.cfg.data.prefix_sharing),
+            "packing": str(self.cfg.data.layout != "padded"),
         }
         return cache_key(pairs, model_fingerprint(self.reference_path), settings)
 

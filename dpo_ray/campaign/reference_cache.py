@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load, save
 
+from ..atomic import write_bytes
 from ..data.tokenize import TokenizedPair
-from .atomic import write_bytes
 
 
 def cache_key(pairs: Sequence[TokenizedPair], model_fingerprint: str, settings: dict[str, str]) -> str:

@@ -1,20 +1,49 @@
-"""Starting or joining Ray for a campaign, and checking that its groups fit before any actor starts."""
+"""The frame every campaign runs in: its run directory and config, Ray started or joined (with its groups checked
+to fit before any actor starts), attempts that restart after a lost actor or a hung call, and Ray shut down after."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
 from typing import TypeVar
 
 import ray
 
-from ..config import ClusterConfig
+from ..atomic import write_text
+from ..config import ClusterConfig, Resume, RunConfig
 from ..groups.resources import GroupNeed, alive_nodes, check_fit
+from ..run_files import CONFIG
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+def run_campaign(
+    cfg: RunConfig,
+    needs: Sequence[GroupNeed],
+    attempt: Callable[[bool], T],
+    concurrent: bool = True,
+    cleanup: Callable[[], None] = lambda: None,
+) -> tuple[T, list[dict]]:
+    """attempt(resume) inside the run's frame: the run directory with the composed config.json, Ray for these groups,
+    restarts (resuming from the latest checkpoint) after a lost actor or a hung call, then cleanup() and Ray shut
+    down if this call started it. Returns the result and one record per restart."""
+    run_dir = Path(cfg.output_dir).expanduser()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_dir / CONFIG, json.dumps(asdict(cfg), indent=2))
+    started = ensure_ray(cfg.cluster, needs, concurrent)
+    restarts: list[dict] = []
+    try:
+        return with_restarts(attempt, cfg.resume == Resume.auto, cfg.train.max_restarts, restarts), restarts
+    finally:
+        cleanup()
+        if started:
+            ray.shutdown()
 
 
 def ensure_ray(cluster: ClusterConfig, needs: Sequence[GroupNeed], concurrent: bool = True) -> bool:

@@ -1,4 +1,5 @@
-"""The before/after table a run ends with: held-out preference metrics and, for the embedded task, sampled accuracy."""
+"""The table a run ends with: offline, held-out preference metrics before and after (and the task's own metrics,
+such as the embedded task's sampled accuracy); online, one line per round."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from .atomic import write_text
+from ..atomic import write_text
+from ..run_files import SUMMARY_JSON, SUMMARY_MD
 
 ROWS = [
     ("eval_rewards/accuracies", "held-out reward accuracy"),
@@ -32,18 +34,6 @@ def load_trained_model(model_dir: Path, base_path: str):
     return AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True)
 
 
-def task_metrics(model, tokenizer, task, samples: int, seed: int) -> dict[str, float]:
-    from ..tasks.sampling import task_accuracy
-
-    with torch.no_grad():
-        return {
-            "task/sampled_accuracy": task_accuracy(
-                model, tokenizer, task.eval_prompts, task.reward, samples, 1.0, seed
-            ),
-            "task/greedy_accuracy": task_accuracy(model, tokenizer, task.eval_prompts, task.reward, 1, 0.0, seed),
-        }
-
-
 def format_table(before: dict[str, float], after: dict[str, float]) -> str:
     lines = [f"| {'metric':<34} | {'before':>8} | {'after':>8} |", f"|{'-' * 36}|{'-' * 10}|{'-' * 10}|"]
     for key, label in ROWS:
@@ -52,10 +42,31 @@ def format_table(before: dict[str, float], after: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def finish(run_dir: Path, before: dict[str, float], after: dict[str, float], extra: dict) -> str:
+def offline_summary(result, inputs) -> str:
+    """An offline run's before/after table (with its task's own metrics, where the task has some), also written to
+    summary.json and summary.md in the run directory."""
+    before, after = dict(result.before), dict(result.after)
+    if inputs.task_metrics is not None:
+        from ..workers.models import load_tokenizer
+
+        tokenizer = load_tokenizer(inputs.model_path)
+        with torch.no_grad():
+            before.update(
+                inputs.task_metrics(load_trained_model(Path(inputs.model_path), inputs.model_path), tokenizer)
+            )
+            after.update(inputs.task_metrics(load_trained_model(result.final_model, inputs.model_path), tokenizer))
+    steps = sorted(result.step_seconds)
+    timing = {"steps": len(steps), "median_step_seconds": steps[len(steps) // 2] if steps else float("nan")}
     table = format_table(before, after)
-    write_text(run_dir / "summary.json", json.dumps({"before": before, "after": after, **extra}, indent=2))
-    write_text(run_dir / "summary.md", table + "\n")
+    write_text(result.run_dir / SUMMARY_JSON, json.dumps({"before": before, "after": after, **timing}, indent=2))
+    write_text(result.run_dir / SUMMARY_MD, table + "\n")
+    return table
+
+
+def online_summary(result) -> str:
+    """An online campaign's table, one line per round, also written to summary.md in the run directory."""
+    table = format_rounds(result.rounds)
+    write_text(result.run_dir / SUMMARY_MD, table + "\n")
     return table
 
 

@@ -16,12 +16,18 @@ from ..data.batches import build_micro_batches, step_scale
 from ..data.tokenize import TokenizedPair
 from ..groups.policy_group import PolicyGroup
 from ..objective import reduce_metrics
+from ..run_files import NONFINITE_ROWS
 from .checkpoints import CheckpointStore
 from .metrics import MetricsWriter
 from .reference import ReferenceLogps
 
 log = logging.getLogger(__name__)
-NONFINITE_ROWS = "nonfinite_rows.jsonl"  # one line per step that met a non-finite loss: its pairs
+
+
+def accumulation_steps(cfg: RunConfig) -> int:
+    """Micro-batches per rank per optimizer step, so that ranks x micro-batch x accumulation covers the batch."""
+    t = cfg.train
+    return max(1, math.ceil(t.batch_size / (cfg.cluster.policy_ranks * t.micro_batch_size)))
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -34,21 +40,18 @@ class PolicyTrainer:
         cfg: RunConfig,
         policy: PolicyGroup,
         writer: MetricsWriter,
-        accumulation: int,
         checkpoints: CheckpointStore,
         total_steps: int,
         step: int = 0,
         checkpoint_state: dict | None = None,
     ):
-        if cfg.train.on_nonfinite not in ("stop", "skip"):
-            raise ValueError(f"train.on_nonfinite must be stop or skip, got {cfg.train.on_nonfinite!r}")
         self.cfg, self.policy, self.writer = cfg, policy, writer
         self.nonfinite_file = Path(cfg.output_dir).expanduser() / NONFINITE_ROWS
         self.skipped_pairs = 0
-        self.accumulation, self.checkpoints, self.total_steps, self.step = accumulation, checkpoints, total_steps, step
-        self.checkpoint_state = (
-            checkpoint_state or {}
-        )  # saved with every step checkpoint (e.g. the metrics before training)
+        self.accumulation = accumulation_steps(cfg)
+        self.checkpoints, self.total_steps, self.step = checkpoints, total_steps, step
+        # saved with every step checkpoint (e.g. the metrics before training)
+        self.checkpoint_state = checkpoint_state or {}
         self.step_seconds: list[float] = []
         self.last_metrics: dict[str, float] = {}  # the latest step's metrics
         from tqdm.auto import tqdm

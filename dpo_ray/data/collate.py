@@ -1,7 +1,7 @@
 """Pairs -> one model batch, in one of three layouts:
 - padded: one sequence (prompt + response) per row, right-padded;
 - packed: whole pairs side by side in rows, each sequence attending only to itself (block-diagonal causal mask);
-- packed with prefix sharing: each pair laid out once as [prompt, chosen, rejected]; rejected tokens see the prompt but
+- prefix_shared: packed, each pair laid out once as [prompt, chosen, rejected]; rejected tokens see the prompt but
   not chosen, and their positions restart at the prompt's end, so each prompt is computed once for both responses.
 Every layout carries an explicit index of each completion token and of the position that predicts it (the first
 token of a response is predicted by the last prompt token, in the shared layout too), never a plain shift over a row.
@@ -24,25 +24,27 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Layout:
-    packing: bool = False
+class BatchLayout:
+    kind: str = "padded"  # data.layout: padded, packed or prefix_shared
     pack_length: int = 256  # target tokens per packed row; a pair never crosses rows
-    prefix_sharing: bool = False  # implies packing
     attention: str = "sdpa"  # the model's attn_implementation decides the mask form
 
     @property
     def packed(self) -> bool:
-        return self.packing or self.prefix_sharing
+        return self.kind != "padded"
+
+    @property
+    def prefix_shared(self) -> bool:
+        return self.kind == "prefix_shared"
 
 
-def make_layout(packing: bool, pack_length: int, prefix_sharing: bool, attention: str) -> Layout:
+def make_layout(kind: str, pack_length: int, attention: str) -> BatchLayout:
     """The layout a model can run: flash-attention takes no custom mask, so prefix sharing falls back to packing."""
-    if prefix_sharing and attention.startswith("flash_attention"):
-        log.warning(
-            "data.prefix_sharing needs a custom attention mask, which %s cannot take: packing without it", attention
-        )
-        return Layout(True, pack_length, False, attention)
-    return Layout(packing, pack_length, prefix_sharing, attention)
+    kind, attention = str(kind), str(attention)
+    if kind == "prefix_shared" and attention.startswith("flash_attention"):
+        log.warning("data.layout=prefix_shared needs a custom attention mask, which %s cannot take: packed", attention)
+        kind = "packed"
+    return BatchLayout(kind, pack_length, attention)
 
 
 def balance_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
@@ -58,8 +60,8 @@ def balance_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
     return [row for row in rows if row]
 
 
-def unit_length(pair: TokenizedPair, layout: Layout) -> int:
-    prompt = len(pair.prompt_ids) * (1 if layout.prefix_sharing else 2)
+def unit_length(pair: TokenizedPair, layout: BatchLayout) -> int:
+    prompt = len(pair.prompt_ids) * (1 if layout.prefix_shared else 2)
     return prompt + len(pair.chosen_ids) + len(pair.rejected_ids)
 
 
@@ -76,7 +78,7 @@ def _mask(units: torch.Tensor, branches: torch.Tensor, attention: str, dtype: to
 
 
 def collate_pairs(
-    pairs: Sequence[TokenizedPair], pad_id: int, layout: Layout = Layout(), dtype: torch.dtype = torch.float32
+    pairs: Sequence[TokenizedPair], pad_id: int, layout: BatchLayout = BatchLayout(), dtype: torch.dtype = torch.float32
 ) -> dict[str, torch.Tensor]:
     b = len(pairs)
     if layout.packed:
@@ -115,7 +117,7 @@ def collate_pairs(
                 start = put(r, pairs[i].prompt_ids + response, seq, 0, 0)
                 p = len(pairs[i].prompt_ids)
                 score(r, start + p, len(response), seq, start + p - 1 if p else None)
-            elif layout.prefix_sharing:
+            elif layout.prefix_shared:
                 pair, p = pairs[item], len(pairs[item].prompt_ids)
                 prompt_end = put(r, pair.prompt_ids, item, 0, 0) + p - 1 if p else None
                 for branch, response, seq in ((1, pair.chosen_ids, item), (2, pair.rejected_ids, b + item)):

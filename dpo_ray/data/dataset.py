@@ -39,8 +39,6 @@ def split_eval(
     pairs: list[TokenizedPair], fraction: float, seed: int
 ) -> tuple[list[TokenizedPair], list[TokenizedPair]]:
     """Hold out a seeded random share of pairs for evaluation (at least one on each side)."""
-    if not 0 < fraction < 1:
-        raise ValueError(f"data.eval_fraction must be in (0, 1), got {fraction}")
     order = list(range(len(pairs)))
     random.Random(seed).shuffle(order)
     n_eval = min(max(1, round(fraction * len(pairs))), len(pairs) - 1)

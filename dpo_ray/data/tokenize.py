@@ -6,6 +6,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from ..config import DataConfig
 from .errors import DataError, ErrorPolicy
 from .formats import PreferenceRow, Text
 
@@ -32,11 +33,11 @@ class TokenizeSettings:
     max_prompt_length: int | None = None
     truncation_mode: str = "keep_start"
 
-    def __post_init__(self):
-        if self.chat_template not in ("auto", "always", "never"):
-            raise ValueError(f"data.chat_template must be auto, always or never, got {self.chat_template!r}")
-        if self.truncation_mode not in ("keep_start", "keep_end"):
-            raise ValueError(f"data.truncation_mode must be keep_start or keep_end, got {self.truncation_mode!r}")
+    @classmethod
+    def of(cls, data: DataConfig) -> TokenizeSettings:
+        """The data section's tokenisation options (validated when the config was composed)."""
+        mode = str(data.chat_template)
+        return cls(mode, data.max_length, data.max_prompt_length, str(data.truncation_mode))
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -95,18 +96,19 @@ def tokenize_rows(
     template_ok = getattr(tokenizer, "chat_template", None) is not None
     for row in rows:
         templated = row.conversational or settings.chat_template == "always"
+        # A data/model mismatch, not a bad row: it fails the run even with data.on_error=skip, at its first row.
         if settings.chat_template == "never" and row.conversational:
-            policy.handle(
-                DataError(
-                    row.source, row.row, "chosen", "message lists need a chat template, but data.chat_template=never"
-                )
+            raise DataError(
+                row.source, row.row, "chosen", "message lists need a chat template: data.chat_template=never"
             )
-            continue
         if templated and not template_ok:
-            policy.handle(
-                DataError(row.source, row.row, "prompt", "the tokenizer has no chat template to render messages with")
+            raise DataError(
+                row.source,
+                row.row,
+                "prompt",
+                f"{'messages' if row.conversational else 'data.chat_template=always'} need a chat template, and the "
+                f"tokenizer of {getattr(tokenizer, 'name_or_path', 'the model')} has none",
             )
-            continue
         if row.chosen == row.rejected:
             report.drop("chosen == rejected")
             continue

@@ -79,8 +79,6 @@ class ActorGroup:
         ready_timeout_s: float = 300,
         call_timeout_s: float = 1800,
     ):
-        if size < 1:
-            raise ValueError(f"{name} group needs at least one rank, got {size}")
         self.name, self.size, self.call_timeout_s = name, size, call_timeout_s
         bundle = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
         self.placement = placement_group([dict(bundle) for _ in range(size)], strategy=strategy, name=f"dpo-ray-{name}")

@@ -38,9 +38,6 @@ class PolicyGroup:
     def reference_logps(self, plan: list[list[MicroBatch]]) -> list[tuple[list[float], list[float]]]:
         return self.group.run_each("reference_logps", [(rank_batches,) for rank_batches in plan])
 
-    def full_state_dict(self):
-        return self.group.run("full_state_dict")[0]
-
     def export_weights(self) -> ray.ObjectRef:
         """A reference to the full weights as safetensors bytes (gathered on rank 0), left in Ray's object store."""
         refs = self.group.submit("export_weights")

@@ -26,9 +26,8 @@ def uses_reward_model(cfg: RunConfig) -> bool:
 
 def rollout_need(cfg: RunConfig) -> GroupNeed:
     c = cfg.cluster
-    return GroupNeed(
-        "rollout", c.rollout_engines, c.rollout_cpus, float(c.rollout_tensor_parallel) if c.gpus_per_rank else 0.0
-    )
+    gpus = float(cfg.rollout.tensor_parallel_size) if c.gpus_per_rank else 0.0
+    return GroupNeed("rollout", c.rollout_engines, c.rollout_cpus, gpus)
 
 
 def reward_need(cfg: RunConfig) -> GroupNeed:

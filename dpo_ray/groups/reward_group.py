@@ -12,21 +12,11 @@ from .actor_group import ActorGroup
 from .resources import reward_need, uses_reward_model
 
 
-def reward_source(cfg: RunConfig, default_fn: str = "") -> str:
-    """The rule's import path or the model directory this run scores with."""
-    source = cfg.reward.fn or cfg.reward.model_path or default_fn
-    if not source:
-        raise ValueError(
-            "online runs need a reward: reward.fn=module:function (a rule) or reward.model_path=DIR (a model)"
-        )
-    return source
-
-
 class RewardGroup:
     def __init__(self, cfg: RunConfig, default_fn: str = "", model_path: str = ""):
         """model_path: the reward model's directory when reward.model_path is a built-in name resolved elsewhere."""
         c, r, need = cfg.cluster, cfg.reward, reward_need(cfg)
-        self.name = reward_source(cfg, default_fn)
+        self.name = r.fn or r.model_path or default_fn  # the rule's import path or the model this run scores with
         if uses_reward_model(cfg):
             worker = "dpo_ray.workers.reward.ModelRewardWorker"
             kwargs = dict(

@@ -30,7 +30,6 @@ class RolloutGroup:
                 cfg=cfg.rollout,
                 policy_dtype=cfg.model.dtype,
                 gpus=need.gpus,
-                tensor_parallel=c.rollout_tensor_parallel,
                 seed=cfg.online.seed,
             ),
         )
@@ -51,9 +50,6 @@ class RolloutGroup:
         return self.group.run_shards(
             "generate", list(zip(prompts, seeds)), n, temperature, top_p, max_tokens, with_logp
         )
-
-    def prompt_logprobs(self, token_ids: Sequence[Sequence[int]]) -> list[list[float]]:
-        return self.group.run_shards("prompt_logprobs", token_ids)
 
     def load_weights(self, weights: ray.ObjectRef) -> None:
         """Every engine loads the same safetensors blob; Ray hands each the object, the driver never copies it."""

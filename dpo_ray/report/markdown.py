@@ -9,14 +9,14 @@ from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 
-from ..campaign.atomic import write_text
+from ..atomic import write_text
 from ..config import MonitorConfig
+from ..run_files import REPORT, SUMMARY_JSON
 from .monitors import Check, run_checks, warnings
 from .plots import phases_plot, rounds_plot, training_plot
 from .records import RunRecords, load_records
 
 log = logging.getLogger(__name__)
-REPORT = "report.md"
 PLOTS = "plots"
 
 STEP_ROWS = [
@@ -63,7 +63,7 @@ def summary_rows(records: RunRecords) -> list[SummaryRow]:
             span = _first_last(rows, key, x_key)
             if span:
                 out.append((label, key, span[0], span[1], span[2]))
-    summary = records.run_dir / "summary.json"
+    summary = records.run_dir / SUMMARY_JSON
     if summary.exists():
         data = json.loads(summary.read_text(encoding="utf-8"))
         for key in sorted(k for k in data.get("after", {}) if k.startswith("task/") and k in data.get("before", {})):

@@ -8,7 +8,7 @@ import io
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..campaign.atomic import write_bytes
+from ..atomic import write_bytes
 from .records import RunRecords
 
 Panel = tuple[str, list[tuple[str, str]]]  # title, [(metric key, legend label)]

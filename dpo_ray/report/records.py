@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DATA_STATS = "data_stats.json"  # written by offline runs: pair statistics of the train and eval pairs
+from ..run_files import CONFIG, DATA_STATS, METRICS, ROUNDS
 
 
 @dataclass
@@ -18,10 +18,6 @@ class RunRecords:
     rounds: list[dict] = field(default_factory=list)  # online rounds; round 0 is the starting policy
     data_stats: dict[str, dict[str, float]] = field(default_factory=dict)
     config: dict = field(default_factory=dict)
-
-    @property
-    def beta(self) -> float:
-        return float(self.config.get("algo", {}).get("beta", 0.1))
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -41,7 +37,7 @@ def _jsonl(path: Path) -> list[dict]:
 def load_records(run_dir: Path) -> RunRecords:
     """Everything the report shows; a directory that holds no metrics is an error naming it."""
     run_dir = Path(run_dir).expanduser()
-    metrics = _jsonl(run_dir / "metrics.jsonl")
+    metrics = _jsonl(run_dir / METRICS)
     if not metrics:
         raise ValueError(f"{run_dir}: no metrics.jsonl with rows; is it a dpo-ray run directory?")
     records = RunRecords(run_dir)
@@ -53,9 +49,9 @@ def load_records(run_dir: Path) -> RunRecords:
         elif any(key.startswith("eval_") for key in row):
             evals[row["step"]] = row
     records.steps, records.evals = [steps[k] for k in sorted(steps)], [evals[k] for k in sorted(evals)]
-    records.rounds = _jsonl(run_dir / "rounds.jsonl")
+    records.rounds = _jsonl(run_dir / ROUNDS)
     if (run_dir / DATA_STATS).exists():
         records.data_stats = json.loads((run_dir / DATA_STATS).read_text(encoding="utf-8"))
-    if (run_dir / "config.json").exists():
-        records.config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    if (run_dir / CONFIG).exists():
+        records.config = json.loads((run_dir / CONFIG).read_text(encoding="utf-8"))
     return records

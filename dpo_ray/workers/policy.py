@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import torch
 
+from ..atomic import write_dir
 from ..config import RunConfig
 from ..data.batches import MicroBatch, StepScale
 from ..data.collate import collate_pairs, make_layout
 from ..logprobs import forward_pairs
 from ..objective import add_metric_sums, micro_batch_objective
-from . import engine as engines
+from . import deepspeed_setup
 from .device import device_spec, rank_threads
 from .distributed import init_distributed
 from .models import load_causal_lm, load_tokenizer
@@ -47,7 +46,7 @@ class PolicyWorker:
         from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
         cfg = self.cfg
-        ds_config = engines.deepspeed_config(
+        ds_config = deepspeed_setup.deepspeed_config(
             self.spec, self.world, cfg.train.micro_batch_size, self.accumulation, cfg.train.max_grad_norm
         )
         hf_ds_config = HfDeepSpeedConfig(
@@ -79,15 +78,13 @@ class PolicyWorker:
                     task_type="CAUSAL_LM",
                 ),
             )
-        optimizer = engines.make_optimizer([p for p in model.parameters() if p.requires_grad], cfg.train)
-        self.engine = engines.initialize(
-            model, ds_config, optimizer, engines.scheduler_factory(cfg.train, self.total_steps)
+        optimizer = deepspeed_setup.make_optimizer([p for p in model.parameters() if p.requires_grad], cfg.train)
+        self.engine = deepspeed_setup.initialize(
+            model, ds_config, optimizer, deepspeed_setup.scheduler_factory(cfg.train, self.total_steps)
         )
         self.tokenizer = load_tokenizer(self.model_path, cfg.model.trust_remote_code)
         self.pad_id = self.tokenizer.pad_token_id
-        self.layout = make_layout(
-            cfg.data.packing, cfg.data.pack_length, cfg.data.prefix_sharing, cfg.model.attn_implementation
-        )
+        self.layout = make_layout(cfg.data.layout, cfg.data.pack_length, cfg.model.attn_implementation)
 
     def _batch(self, micro: MicroBatch) -> dict[str, torch.Tensor]:
         batch = collate_pairs(micro.pairs, self.pad_id, self.layout, self.spec.dtype)
@@ -175,17 +172,14 @@ class PolicyWorker:
         state = self.full_state_dict()
         if self.rank != 0:
             return
-        out = Path(out_dir)
-        tmp = out.with_name(f".{out.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        module = self.engine.module
-        module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
-        self.tokenizer.save_pretrained(tmp)
-        if self.cfg.model.lora.enabled and self.cfg.model.lora.save_merged:
-            self._save_merged(tmp, tmp / "merged")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+
+        def fill(tmp: Path) -> None:
+            self.engine.module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)
+            if self.cfg.model.lora.enabled and self.cfg.model.lora.save_merged:
+                self._save_merged(tmp, tmp / "merged")
+
+        write_dir(out_dir, fill)
 
     def _save_merged(self, adapter_dir: Path, merged_dir: Path) -> None:
         from peft import PeftModel

@@ -24,9 +24,7 @@ class ReferenceWorker:
         )
         self.model.requires_grad_(False)
         self.pad_id = load_tokenizer(model_path, cfg.model.trust_remote_code).pad_token_id
-        self.layout = make_layout(
-            cfg.data.packing, cfg.data.pack_length, cfg.data.prefix_sharing, cfg.model.attn_implementation
-        )
+        self.layout = make_layout(cfg.data.layout, cfg.data.pack_length, cfg.model.attn_implementation)
 
     @torch.no_grad()
     def logps(self, pairs: list[TokenizedPair]) -> list[tuple[float, float]]:

@@ -37,22 +37,19 @@ class RolloutWorker:
         cfg: RolloutConfig,
         policy_dtype: str,
         gpus: float,
-        tensor_parallel: int,
         seed: int,
         rank: int,
         world_size: int,
     ):
         from vllm import LLM
 
-        dtype = policy_dtype if cfg.dtype == "auto" else cfg.dtype
+        dtype = str(policy_dtype if cfg.dtype == "auto" else cfg.dtype)
         spec = device_spec(gpus, dtype)
         memory = (
             dict(kv_cache_memory_bytes=cfg.kv_cache_memory_mb << 20)
             if cfg.kv_cache_memory_mb
             else dict(gpu_memory_utilization=cfg.gpu_memory_utilization)
         )
-        if spec.kind == "cpu" and not cfg.kv_cache_memory_mb:
-            raise ValueError("rollout.kv_cache_memory_mb must be > 0 on CPU (vLLM would otherwise reserve 90% of RAM)")
         self.rank = rank
         self.llm = LLM(
             model=model_path,
@@ -60,7 +57,7 @@ class RolloutWorker:
             enforce_eager=cfg.enforce_eager,
             max_model_len=cfg.max_model_len or None,
             seed=seed + rank,
-            tensor_parallel_size=tensor_parallel,
+            tensor_parallel_size=cfg.tensor_parallel_size,
             worker_extension_cls="dpo_ray.workers.vllm_weights.WeightLoader",
             **memory,
         )
@@ -106,21 +103,6 @@ class RolloutWorker:
                 for c in out.outputs
             ]
             for out in outputs
-        ]
-
-    def prompt_logprobs(self, token_ids: Sequence[Sequence[int]]) -> list[list[float]]:
-        """log p(token_j | tokens before j) for j >= 1 of each sequence, as the engine's current weights give it."""
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
-
-        outputs = self.llm.generate(
-            [TokensPrompt(prompt_token_ids=list(ids)) for ids in token_ids],
-            SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0),
-            use_tqdm=False,
-        )
-        return [
-            [step[token].logprob for step, token in zip(out.prompt_logprobs[1:], ids[1:])]
-            for out, ids in zip(outputs, token_ids)
         ]
 
     def load_weights(self, source) -> int:

@@ -6,7 +6,9 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 export DPO_RAY_VENV=${DPO_RAY_VENV:-$(cd "$here/../.." && pwd)/.venv}
-read -r nodes gpus < <("$DPO_RAY_VENV/bin/python" -m dpo_ray.slurm "$@")
+# A bad option stops here, with its message, before anything is queued.
+shape=$("$DPO_RAY_VENV/bin/python" -m dpo_ray.slurm "$@")
+read -r nodes gpus <<< "$shape"
 gres=()
 if [ "$gpus" -gt 0 ]; then gres=(--gres="gpu:$gpus"); fi
 # shellcheck disable=SC2086  # SBATCH_ARGS is a list of options

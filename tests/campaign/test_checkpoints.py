@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from dpo_ray.campaign.checkpoints import CheckpointStore, resume_mode
+from dpo_ray.campaign.checkpoints import CheckpointStore
 
 
 class FakePolicy:
@@ -53,9 +53,3 @@ def test_a_checkpoint_killed_while_being_written_is_never_resumed_from(tmp_path)
     store.save(FakePolicy(), "step_10", {"step": 10})  # the next save clears the partial one
     assert not (tmp_path / ".partial-step_6").exists()
     assert json.loads((tmp_path / "step_10" / "run_state.json").read_text())["step"] == 10
-
-
-def test_resume_takes_auto_or_never():
-    assert resume_mode("auto") and not resume_mode("never")
-    with pytest.raises(ValueError, match="resume must be auto or never"):
-        resume_mode("yes")

@@ -11,7 +11,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from dpo_ray.campaign.offline import Inputs, OfflineCampaign
+from dpo_ray.campaign.inputs import OfflineInputs
+from dpo_ray.campaign.offline import OfflineCampaign
 from dpo_ray.campaign.reference_cache import ReferenceCache
 from dpo_ray.data.collate import collate_pairs
 from dpo_ray.logprobs import forward_pairs
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 def test_reference_cache_is_written_once_reused_and_invalidated_by_new_data(local_ray, run_config, tiny_model_dir):
     pairs = make_pairs(6, seed=7)
-    campaign = OfflineCampaign(run_config, Inputs(tiny_model_dir, tiny_model_dir, pairs, pairs[:2]))
+    campaign = OfflineCampaign(run_config, OfflineInputs(tiny_model_dir, tiny_model_dir, pairs, pairs[:2]))
     (chosen, rejected), computed = campaign.reference.logps(pairs)
     assert computed
     files = list(ReferenceCache(run_config.cache_dir).root.glob("*.safetensors"))
@@ -46,11 +47,11 @@ def test_lora_run_scores_the_reference_with_the_adapter_off_and_saves_adapter_an
 ):
     cfg = run_config
     cfg.model.lora.enabled, cfg.model.lora.save_merged = True, True
-    cfg.data.prefix_sharing = True  # the adapter-off reference forward takes the shared layout too
+    cfg.data.layout = "prefix_shared"  # the adapter-off reference forward takes the shared layout too
     cfg.cluster.policy_ranks = 2
     cfg.train.optimizer, cfg.train.lr, cfg.train.epochs = "adamw", 1e-2, 2
     pairs = make_pairs(12, seed=8)
-    campaign = OfflineCampaign(cfg, Inputs(tiny_model_dir, tiny_model_dir, pairs[:10], pairs[10:]))
+    campaign = OfflineCampaign(cfg, OfflineInputs(tiny_model_dir, tiny_model_dir, pairs[:10], pairs[10:]))
     result = campaign.run()
     assert result.reference_computed
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
@@ -68,8 +69,7 @@ def test_lora_run_scores_the_reference_with_the_adapter_off_and_saves_adapter_an
 
 
 def test_embedded_task_end_to_end_improves_held_out_and_sampled_accuracy(local_ray, tmp_path_factory, task_cache_dir):
-    from dpo_ray.campaign.summary import task_metrics
-    from dpo_ray.cli import compose
+    from dpo_ray.compose import compose
     from dpo_ray.workers.models import load_tokenizer
 
     run_dir = tmp_path_factory.mktemp("e2e")
@@ -109,15 +109,16 @@ def test_embedded_task_end_to_end_improves_held_out_and_sampled_accuracy(local_r
     check_report(run_dir, ["training.png"])
 
     tokenizer = load_tokenizer(campaign.inputs.model_path)
-    task = campaign.inputs.task
-    before = task_metrics(AutoModelForCausalLM.from_pretrained(campaign.inputs.model_path), tokenizer, task, 4, 0)
-    after = task_metrics(AutoModelForCausalLM.from_pretrained(result.final_model), tokenizer, task, 4, 0)
+    task_metrics = campaign.inputs.task_metrics
+    before = task_metrics(AutoModelForCausalLM.from_pretrained(campaign.inputs.model_path), tokenizer)
+    after = task_metrics(AutoModelForCausalLM.from_pretrained(result.final_model), tokenizer)
     assert after["task/sampled_accuracy"] > before["task/sampled_accuracy"] + 0.15
 
     # vLLM loads the saved directory unchanged and answers as transformers does (float32; near-ties may flip a token)
+    from dpo_ray.tasks.embedded import ensure_embedded_task
     from dpo_ray.tasks.sampling import sample_responses
 
-    prompts = task.eval_prompts[:50]
+    prompts = ensure_embedded_task(cfg.embedded, cfg.cache_dir).eval_prompts[:50]
     hf = [
         outs[0]
         for outs in sample_responses(
@@ -150,12 +151,12 @@ def _reference_groups_so_far():
 def test_reference_free_losses_start_no_reference_and_lower_the_loss(local_ray, run_config, tiny_model_dir, loss_type):
     cfg = run_config
     cfg.algo.loss_type, cfg.algo.rpo_alpha = loss_type, 0.0
-    cfg.data.prefix_sharing = True
+    cfg.data.layout = "prefix_shared"
     cfg.train.optimizer, cfg.train.lr, cfg.train.epochs = "adamw", 3e-3, 4
     pairs = make_pairs(16, seed=12)
     before = _reference_groups_so_far()
     # evaluated on its own training pairs: the loss it optimises must fall
-    result = OfflineCampaign(cfg, Inputs(tiny_model_dir, tiny_model_dir, pairs, pairs)).run()
+    result = OfflineCampaign(cfg, OfflineInputs(tiny_model_dir, tiny_model_dir, pairs, pairs)).run()
     assert _reference_groups_so_far() == before and not result.reference_computed
     assert "eval_kl/chosen" not in result.after
     assert result.after["eval_loss"] < result.before["eval_loss"] - 0.05
@@ -170,9 +171,9 @@ def test_every_reference_loss_trains_through_the_ray_path(local_ray, run_config,
     cfg.algo.loss_weights = [0.1] * (len(names) + 1)
     cfg.algo.label_smoothing = 0.01  # used by exo_pair, robust, aot, aot_unpaired
     cfg.cluster.policy_ranks = 2
-    cfg.data.prefix_sharing = True  # every loss sees the same log-probs in the shared layout
+    cfg.data.layout = "prefix_shared"  # every loss sees the same log-probs in the shared layout
     cfg.train.optimizer, cfg.train.lr, cfg.train.epochs = "adamw", 3e-3, 3
     pairs = make_pairs(16, seed=13)
-    result = OfflineCampaign(cfg, Inputs(tiny_model_dir, tiny_model_dir, pairs, pairs)).run()
+    result = OfflineCampaign(cfg, OfflineInputs(tiny_model_dir, tiny_model_dir, pairs, pairs)).run()
     assert result.after["eval_loss"] < result.before["eval_loss"]
     assert result.after["eval_rewards/margins"] > 0

@@ -8,7 +8,7 @@ import datasets
 import pytest
 
 from dpo_ray.campaign.online import OnlineCampaign
-from dpo_ray.cli import compose
+from dpo_ray.compose import compose
 
 pytestmark = pytest.mark.slow
 
@@ -110,7 +110,8 @@ def test_a_campaign_stopped_after_round_1_resumes_at_round_2_with_the_same_pairs
 
 def test_replay_and_offline_pairs_are_mixed_in_by_ratio(run_config, tiny_model_dir):
     """No Ray: the mixing reads earlier rounds' pair datasets from the run directory."""
-    from dpo_ray.campaign.online import OnlineInputs, _save_rows
+    from dpo_ray.campaign.inputs import OnlineInputs
+    from dpo_ray.campaign.round_store import save_rows
     from dpo_ray.tasks.number_words import prompt
 
     from ..conftest import make_pairs
@@ -130,7 +131,7 @@ def test_replay_and_offline_pairs_are_mixed_in_by_ratio(run_config, tiny_model_d
             }
             for i in range(count)
         ]
-        _save_rows(campaign.round_dir(r) / "pairs", rows)
+        save_rows(campaign.store.round_dir(r) / "pairs", rows)
     extra = campaign._mixed_in(3, 4)
     replayed, from_offline = extra[:3], extra[3:]
     assert len(replayed) == 3 and len(from_offline) == 2  # at most what earlier rounds hold; 0.5 x 4 offline
@@ -173,7 +174,7 @@ def test_a_killed_vllm_engine_is_restarted_and_the_campaign_ends_as_an_uninterru
 
 
 def test_sample_statistics_count_empty_samples_and_prompts_without_a_pair():
-    from dpo_ray.campaign.online import _sample_statistics
+    from dpo_ray.campaign.round_stats import sample_statistics
     from dpo_ray.workers.rollout import Sample
 
     drawn = [
@@ -181,7 +182,7 @@ def test_sample_statistics_count_empty_samples_and_prompts_without_a_pair():
         [Sample("a", (7,), -2.0), Sample("b", (8, 9, 10), -3.0)],
     ]
     rewards = [[1.0, 0.0], [0.5, 0.5]]
-    stats = _sample_statistics(drawn, rewards, 0.0)  # the empty sample cannot be paired
+    stats = sample_statistics(drawn, rewards, 0.0)  # the empty sample cannot be paired
     assert stats == {
         "reward/mean": 0.5,
         "reward/max": 1.0,
@@ -192,7 +193,7 @@ def test_sample_statistics_count_empty_samples_and_prompts_without_a_pair():
 
 
 def test_held_out_evaluation_runs_every_k_rounds_and_after_the_last(run_config, tiny_model_dir):
-    from dpo_ray.campaign.online import OnlineInputs
+    from dpo_ray.campaign.inputs import OnlineInputs
 
     run_config.online.rounds, run_config.online.eval_every = 5, 2
     campaign = OnlineCampaign(run_config, OnlineInputs(tiny_model_dir, tiny_model_dir, ["p"], ["q"]))

@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dpo_ray.campaign.offline import Inputs, OfflineCampaign
+from dpo_ray.campaign.inputs import OfflineInputs
+from dpo_ray.campaign.offline import OfflineCampaign
 
 from ..conftest import make_pairs
 
@@ -28,7 +29,7 @@ def test_a_killed_policy_rank_is_replaced_and_training_ends_bit_identical(
     local_ray, run_config, tiny_model_dir, tmp_path
 ):
     pairs = make_pairs(48, seed=31)  # 6 steps of 8 pairs per epoch, 12 in all
-    inputs = Inputs(tiny_model_dir, tiny_model_dir, pairs[:40] + pairs[:8], pairs[40:])
+    inputs = OfflineInputs(tiny_model_dir, tiny_model_dir, pairs[:40] + pairs[:8], pairs[40:])
 
     began = time.perf_counter()
     clean = OfflineCampaign(configure(run_config, tmp_path / "clean"), inputs).run()
@@ -74,7 +75,7 @@ def poisoned_campaign(run_config, tiny_model_dir, run_dir, mode, bad_rows):
     cfg.output_dir, cfg.train.on_nonfinite, cfg.cluster.policy_ranks = str(run_dir), mode, 2
     cfg.train.optimizer, cfg.train.lr, cfg.train.max_grad_norm = "adamw", 1e-2, 1.0
     pairs = make_pairs(24, seed=41)
-    campaign = OfflineCampaign(cfg, Inputs(tiny_model_dir, tiny_model_dir, pairs[:16], pairs[16:]))
+    campaign = OfflineCampaign(cfg, OfflineInputs(tiny_model_dir, tiny_model_dir, pairs[:16], pairs[16:]))
     chosen, rejected = [-20.0] * 24, [-20.0] * 24
     for i in bad_rows:
         chosen[i] = float("nan")

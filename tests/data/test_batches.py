@@ -1,7 +1,7 @@
 import pytest
 
 from dpo_ray.data.batches import plan_micro_batches
-from dpo_ray.data.collate import Layout, balance_rows, collate_pairs
+from dpo_ray.data.collate import BatchLayout, balance_rows, collate_pairs
 from dpo_ray.data.tokenize import TokenizedPair
 
 
@@ -30,7 +30,7 @@ def test_padded_rows_put_chosen_first_and_index_each_completion_token_and_its_pr
 
 
 def test_packed_row_restarts_positions_and_blocks_attention_across_sequences():
-    batch = collate_pairs(PAIRS, 0, Layout(packing=True, pack_length=16))
+    batch = collate_pairs(PAIRS, 0, BatchLayout("packed", pack_length=16))
     assert batch["input_ids"].tolist() == [[1, 2, 3, 1, 2, 4, 5, 6, 7, 8, 6, 9]]
     assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1, 2, 3, 0, 1, 2, 0, 1]]
     mask = batch["attention_mask"][0, 0]
@@ -43,7 +43,7 @@ def test_packed_row_restarts_positions_and_blocks_attention_across_sequences():
         1,
         3,
     ]
-    eager = collate_pairs(PAIRS, 0, Layout(packing=True, pack_length=16, attention="eager"))["attention_mask"]
+    eager = collate_pairs(PAIRS, 0, BatchLayout("packed", pack_length=16, attention="eager"))["attention_mask"]
     assert eager.dtype.is_floating_point and eager[0, 0, 5, 0] < -1e30 and eager[0, 0, 5, 3] == 0
 
 
@@ -59,7 +59,7 @@ def test_many_sequences_in_narrow_rows_keep_every_real_token_visible():
 
 
 def test_prefix_sharing_lays_each_prompt_out_once_and_scores_both_responses_from_its_last_token():
-    batch = collate_pairs(PAIRS, 0, Layout(prefix_sharing=True, pack_length=64))
+    batch = collate_pairs(PAIRS, 0, BatchLayout("prefix_shared", pack_length=64))
     # pair 0 (prompt 1 2, chosen 3, rejected 4 5) then pair 1 (prompt 6, chosen 7 8, rejected 9)
     assert batch["input_ids"].tolist() == [[1, 2, 3, 4, 5, 6, 7, 8, 9]]
     assert batch["position_ids"].tolist() == [[0, 1, 2, 2, 3, 0, 1, 2, 1]]  # rejected restarts at the prompt's end

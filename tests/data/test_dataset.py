@@ -169,10 +169,12 @@ def test_truncation_follows_trl(tokenizer, tmp_path):
         load_pairs([path], tokenizer, TokenizeSettings("always", max_length=n_prompt))
 
 
-def test_missing_chat_template_is_a_clear_error(tokenizer, tmp_path):
+def test_missing_chat_template_is_a_clear_error_even_when_bad_rows_are_skipped(tokenizer, tmp_path):
     bare = tokenizer.__class__(tokenizer_object=tokenizer.backend_tokenizer, eos_token="<|end|>", pad_token="<pad>")
-    with pytest.raises(DataError, match="no chat template"):
-        load_pairs([write_jsonl(tmp_path / "c.jsonl", conversational())], bare, TokenizeSettings())
+    path = write_jsonl(tmp_path / "c.jsonl", conversational())
+    for on_error in ("raise", "skip"):  # a data/model mismatch, not a bad row: skipping would drop every row
+        with pytest.raises(DataError, match=r"c\.jsonl: row 0: field 'prompt': messages need a chat template"):
+            load_pairs([path], bare, TokenizeSettings(), on_error=on_error)
 
 
 def test_eval_split_is_seeded_and_disjoint(tokenizer, tmp_path):

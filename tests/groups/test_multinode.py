@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dpo_ray.campaign.offline import Inputs, OfflineCampaign
+from dpo_ray.campaign.inputs import OfflineInputs
+from dpo_ray.campaign.offline import OfflineCampaign
 
 from ..conftest import make_pairs
 
@@ -38,7 +39,7 @@ def train(cfg, model_dir, placement, out):
     cfg.cluster.policy_ranks, cfg.cluster.placement, cfg.output_dir = 2, placement, str(out)
     cfg.train.epochs = 2
     pairs = make_pairs(20, seed=11)
-    campaign = OfflineCampaign(cfg, Inputs(model_dir, model_dir, pairs[:16], pairs[16:]))
+    campaign = OfflineCampaign(cfg, OfflineInputs(model_dir, model_dir, pairs[:16], pairs[16:]))
     return campaign.run()
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dpo_ray.cli import compose
+from dpo_ray.compose import compose
 from dpo_ray.groups.resources import GroupNeed, check_fit
 
 NODE = {"CPU": 64.0, "GPU": 8.0}

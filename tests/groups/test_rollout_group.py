@@ -55,8 +55,34 @@ def test_a_samples_log_prob_is_the_sum_of_its_tokens_log_probs_scored_afresh(rol
         prompt_ids = encode_prompt(tokenizer, chat, True)
         for sample in outs:
             assert sample.token_ids and sample.text
-            scored = rollout.prompt_logprobs([prompt_ids + list(sample.token_ids)])[0]
+            scored = prompt_logprobs(rollout, [prompt_ids + list(sample.token_ids)])[0]
             assert sample.logp == pytest.approx(sum(scored[len(prompt_ids) - 1 :]), abs=1e-3)
+
+
+def prompt_logprobs(rollout, sequences):
+    """log p(token_j | tokens before j), j >= 1, of each sequence under each engine's current weights (run inside the
+    engines' actors); every engine must give the same, so a weight sync that missed one shows."""
+    import ray
+
+    def score(actor, token_ids):
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        outputs = actor.worker.llm.generate(
+            [TokensPrompt(prompt_token_ids=list(ids)) for ids in token_ids],
+            SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0),
+            use_tqdm=False,
+        )
+        return [
+            [step[token].logprob for step, token in zip(out.prompt_logprobs[1:], ids[1:])]
+            for out, ids in zip(outputs, token_ids)
+        ]
+
+    per_engine = ray.get([actor.__ray_call__.remote(score, sequences) for actor in rollout.group.actors])
+    first = per_engine[0]
+    for other in per_engine[1:]:
+        assert all(torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-6) for a, b in zip(first, other))
+    return first
 
 
 def hf_token_logprobs(model, sequences):
@@ -76,7 +102,7 @@ def test_after_a_weight_sync_engine_logprobs_equal_the_trained_policy(rollout, r
         list(p.prompt_ids + p.rejected_ids) for p in pairs[:4]
     ]
     start = hf_token_logprobs(AutoModelForCausalLM.from_pretrained(tiny_model_dir), sequences)
-    before = rollout.prompt_logprobs(sequences)
+    before = prompt_logprobs(rollout, sequences)
     assert all(torch.allclose(torch.tensor(v), h, atol=1e-4) for v, h in zip(before, start))
 
     policy = PolicyGroup(cfg, tiny_model_dir, total_steps=1, accumulation=2, env=rank_env(device_spec(0), threads=1))
@@ -88,7 +114,7 @@ def test_after_a_weight_sync_engine_logprobs_equal_the_trained_policy(rollout, r
         policy.save_pretrained(str(tmp_path / "trained"))
     finally:
         policy.shutdown()
-    after = rollout.prompt_logprobs(sequences)
+    after = prompt_logprobs(rollout, sequences)
     trained = hf_token_logprobs(AutoModelForCausalLM.from_pretrained(tmp_path / "trained"), sequences)
     assert max((torch.tensor(v) - h).abs().max().item() for v, h in zip(after, trained)) <= 1e-4
     assert max((torch.tensor(v) - h).abs().max().item() for v, h in zip(after, start)) > 1e-2
@@ -152,6 +178,6 @@ def test_a_lora_policy_pushes_its_merged_weights(rollout, run_config, tiny_model
         policy.shutdown()
     merged = hf_token_logprobs(AutoModelForCausalLM.from_pretrained(tmp_path / "adapter" / "merged"), sequences)
     base = hf_token_logprobs(AutoModelForCausalLM.from_pretrained(tiny_model_dir), sequences)
-    after = rollout.prompt_logprobs(sequences)
+    after = prompt_logprobs(rollout, sequences)
     assert max((torch.tensor(v) - h).abs().max().item() for v, h in zip(after, merged)) <= 1e-4
     assert max((torch.tensor(v) - h).abs().max().item() for v, h in zip(after, base)) > 1e-3

@@ -1,4 +1,5 @@
-"""Writes that never leave a half-written file behind: temp file, fsync, rename."""
+"""Writes that never leave a half-written file or directory behind: temp file (or directory), fsync, rename. Below
+every layer: the campaign, the workers, the tasks and the report all write through it."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ def write_dir(path: str | Path, fill: Callable[[Path], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     try:
+        tmp.chmod(0o755)  # mkdtemp's 0700 would hide models and rounds from other users of a shared cache or run dir
         fill(tmp)
         if path.exists():
             shutil.rmtree(path)

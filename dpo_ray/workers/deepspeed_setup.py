@@ -1,4 +1,4 @@
-"""DeepSpeed engine construction shared by the policy and the (sharded) reference: config, optimizer, schedule."""
+"""Setting up a DeepSpeed ZeRO-3 training engine for the policy: its config, optimizer and learning-rate schedule."""
 
 from __future__ import annotations
 
@@ -29,32 +29,29 @@ def deepspeed_config(
     }
 
 
-def lr_factor(step: int, total_steps: int, warmup_ratio: float, kind: str, warmup_steps: int = -1) -> float:
-    """Learning-rate multiplier at a 0-based step: linear warmup, then cosine, linear or constant."""
-    warmup = warmup_steps if warmup_steps >= 0 else math.ceil(warmup_ratio * total_steps)
+def warmup_length(warmup_steps: float, total_steps: int) -> int:
+    """train.warmup_steps as steps: a whole number is itself, a value below 1 a share of all steps (transformers)."""
+    return math.ceil(warmup_steps * total_steps) if warmup_steps < 1 else int(warmup_steps)
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: float, kind: str) -> float:
+    """Learning-rate multiplier at a 0-based step: linear warmup, then cosine, linear or constant decay."""
+    warmup = warmup_length(warmup_steps, total_steps)
     if step < warmup:
         return (step + 1) / (warmup + 1)
-    progress = (step - warmup) / max(1, total_steps - warmup)
-    if kind == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-    if kind == "linear":
-        return max(0.0, 1.0 - progress)
-    if kind == "constant":
-        return 1.0
-    raise ValueError(f"train.lr_scheduler must be cosine, linear or constant, got {kind!r}")
+    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+    return {"cosine": 0.5 * (1.0 + math.cos(math.pi * progress)), "linear": 1.0 - progress, "constant": 1.0}[kind]
 
 
 def make_optimizer(params, train: TrainConfig) -> torch.optim.Optimizer:
-    if train.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=train.lr, betas=tuple(train.adam_betas), weight_decay=train.weight_decay)
     if train.optimizer == "sgd":
         return torch.optim.SGD(params, lr=train.lr, weight_decay=train.weight_decay)
-    raise ValueError(f"train.optimizer must be adamw or sgd, got {train.optimizer!r}")
+    return torch.optim.AdamW(params, lr=train.lr, betas=tuple(train.adam_betas), weight_decay=train.weight_decay)
 
 
 def scheduler_factory(train: TrainConfig, total_steps: int) -> Callable[[torch.optim.Optimizer], Any]:
     return lambda optimizer: torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total_steps, train.warmup_ratio, train.lr_scheduler, train.warmup_steps)
+        optimizer, lambda step: lr_factor(step, total_steps, train.warmup_steps, str(train.lr_scheduler))
     )
 
 

@@ -1,0 +1,80 @@
+"""What a run trains on, ready before Ray starts: the inputs checked, built-in names resolved (and built once), the
+config's own files preferred over a built-in task's, and the pairs tokenised."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import RunConfig
+from ..data.dataset import load_pairs, split_eval
+from ..data.formats import Text
+from ..data.prompts import load_prompts
+from ..data.tokenize import TokenizedPair, TokenizeSettings
+from ..tasks.registry import resolve_model, resolve_prompt_task, resolve_reward_model
+from ..workers.models import load_tokenizer
+from .preflight import check_inputs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class OfflineInputs:
+    model_path: str
+    reference_path: str
+    train: list[TokenizedPair]
+    eval: list[TokenizedPair]
+    task_metrics: Callable[[Any, Any], dict[str, float]] | None = None  # (model, tokenizer) -> the task's own metrics
+
+
+@dataclass
+class OnlineInputs:
+    model_path: str
+    reference_path: str
+    prompts: list[Text]
+    eval_prompts: list[Text]
+    offline_pairs: list[TokenizedPair] = field(default_factory=list)
+    reward_fn: str = ""  # the task's rule, used when the config names no reward
+    reward_model: str = ""  # reward.model_path, a built-in name resolved to its directory
+
+
+def offline_inputs(cfg: RunConfig) -> OfflineInputs:
+    check_inputs(cfg, "train")
+    task = resolve_model(cfg)
+    train_files = list(cfg.data.train_files) or task.train_files
+    eval_files = list(cfg.data.eval_files) or ([] if cfg.data.train_files else task.eval_files)
+    tokenizer = load_tokenizer(task.model_path, cfg.model.trust_remote_code)
+    train = _pairs(cfg, "train", train_files, tokenizer)
+    if eval_files:
+        evals = _pairs(cfg, "eval", eval_files, tokenizer)
+    else:
+        train, evals = split_eval(train, cfg.data.eval_fraction, cfg.data.shuffle_seed)
+    return OfflineInputs(task.model_path, cfg.model.reference_path or task.model_path, train, evals, task.metrics)
+
+
+def online_inputs(cfg: RunConfig) -> OnlineInputs:
+    check_inputs(cfg, "online")
+    o, task, prompt_task = cfg.online, resolve_model(cfg), resolve_prompt_task(cfg)
+    prompts = load_prompts(o.prompt_files, cfg.data.on_error) if o.prompt_files else []
+    eval_prompts = load_prompts(o.eval_prompt_files, cfg.data.on_error) if o.eval_prompt_files else []
+    offline_pairs: list[TokenizedPair] = []
+    if o.offline_ratio > 0:
+        tokenizer = load_tokenizer(task.model_path, cfg.model.trust_remote_code)
+        offline_pairs = _pairs(cfg, "offline", list(cfg.data.train_files) or task.train_files, tokenizer)
+    return OnlineInputs(
+        task.model_path,
+        cfg.model.reference_path or task.model_path,
+        prompts or prompt_task.prompts or task.prompts,
+        eval_prompts or prompt_task.eval_prompts or task.eval_prompts,
+        offline_pairs,
+        prompt_task.reward_fn or task.reward_fn,
+        resolve_reward_model(cfg),
+    )
+
+
+def _pairs(cfg: RunConfig, name: str, files: list[str], tokenizer) -> list[TokenizedPair]:
+    pairs, report = load_pairs(files, tokenizer, TokenizeSettings.of(cfg.data), cfg.data.on_error)
+    log.info("%s data: %s", name, report.summary())
+    return pairs

@@ -1,0 +1,90 @@
+"""The inputs a run names, checked before anything is built, started or loaded: model directories (that they hold a
+config and safetensors weights), data and prompt files, and the reward. Cheap checks on paths and names only; the
+rows themselves are checked as they are tokenised, still before Ray starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import RunConfig
+from ..tasks.registry import MODELS, PROMPT_TASKS, REWARD_MODELS
+
+PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
+
+
+class InputError(ValueError):
+    """An input the run names does not exist or cannot be used; the message names the option and the path."""
+
+
+def check_inputs(cfg: RunConfig, command: str) -> None:
+    """Raise an InputError for the first input of `dpo-ray COMMAND` that is missing or unusable."""
+    m = cfg.model
+    if m.path not in MODELS:
+        check_model_dir("model.path", m.path, f"or a built-in name: {', '.join(MODELS)}")
+    if m.reference_path:
+        check_model_dir("model.reference_path", m.reference_path)
+    has_task_data = MODELS.get(m.path) is not None and MODELS[m.path].data
+    if command == "train" and not cfg.data.train_files and not has_task_data:
+        raise InputError(
+            "data.train_files is empty: name preference files (data.train_files=[FILE,...]), or use "
+            "model.path=embedded for the built-in task"
+        )
+    for option in ("data.train_files", "data.eval_files"):
+        if command == "train" or (option == "data.train_files" and cfg.online.offline_ratio > 0):
+            check_files(option, getattr(cfg.data, option.split(".")[1]))
+    if command == "online":
+        _check_online(cfg, has_task_data)
+
+
+def _check_online(cfg: RunConfig, has_task_data: bool) -> None:
+    o, r = cfg.online, cfg.reward
+    task_prompts = any(b.prompts for b in (MODELS.get(cfg.model.path), PROMPT_TASKS.get(o.prompt_task)) if b)
+    task_reward = any(b.reward for b in (MODELS.get(cfg.model.path), PROMPT_TASKS.get(o.prompt_task)) if b)
+    if not o.prompt_files and not task_prompts:
+        raise InputError(
+            "online runs need prompts: online.prompt_files=[FILE,...], online.prompt_task=imdb, or model.path=embedded"
+        )
+    check_files("online.prompt_files", o.prompt_files)
+    check_files("online.eval_prompt_files", o.eval_prompt_files)
+    if o.offline_ratio > 0 and not cfg.data.train_files and not has_task_data:
+        raise InputError(f"online.offline_ratio={o.offline_ratio}: needs data.train_files to draw offline pairs from")
+    if r.fn:
+        from ..workers.reward import import_function
+
+        try:
+            import_function(r.fn)
+        except ValueError as error:
+            raise InputError(str(error)) from None
+    elif r.model_path and r.model_path not in REWARD_MODELS:
+        check_model_dir("reward.model_path", r.model_path, f"or a built-in name: {', '.join(REWARD_MODELS)}")
+    elif not r.model_path and not task_reward:
+        raise InputError(
+            "online runs need a reward: reward.fn=module:function (a rule) or reward.model_path=DIR (a model)"
+        )
+
+
+def check_files(option: str, paths: list[str]) -> None:
+    for path in paths:
+        if not Path(path).expanduser().exists():
+            raise InputError(f"{option}: {path}: no such file or directory")
+
+
+def check_model_dir(option: str, path: str, alternatives: str = "") -> None:
+    """An HF model directory with a config and safetensors weights. Pickled weights (pytorch_model.bin) are refused:
+    loading a pickle runs whatever code it holds, and the ranks would fail on them later, after Ray has started."""
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        expected = "an HF model directory" + (f", {alternatives}" if alternatives else "")
+        raise InputError(f"{option}={path!r}: no such directory ({expected})")
+    if not (root / "config.json").exists():
+        raise InputError(f"{option}={path!r}: no config.json; is it an HF model directory?")
+    if any(root.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for pattern in PICKLED_WEIGHTS for p in root.glob(pattern))
+    if pickled:
+        raise InputError(
+            f"{option}={path!r}: its weights are only in {pickled[0]}, a pickle, which dpo-ray does not load (loading "
+            'a pickle runs the code it holds). Convert them to safetensors once, e.g. python -c "from transformers '
+            f"import AutoModelForCausalLM as M; M.from_pretrained('{path}').save_pretrained('{path}-safetensors')\""
+        )
+    raise InputError(f"{option}={path!r}: holds no *.safetensors weights")

@@ -1,0 +1,66 @@
+"""An online campaign's rounds on disk: each round's samples and pairs (datasets directories, written atomically),
+the summary rows (rounds.jsonl), and the round checkpoints whose presence marks a round finished."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from ..atomic import write_dir, write_text
+from ..data.dataset import load_pairs
+from ..data.tokenize import TokenizedPair, TokenizeSettings
+from ..groups.policy_group import PolicyGroup
+from ..run_files import ROUNDS
+from .checkpoints import CheckpointStore
+
+log = logging.getLogger(__name__)
+EMPTY = "EMPTY"  # marks a round directory that holds no rows
+
+
+class RoundStore:
+    def __init__(self, run_dir: Path, keep_checkpoints: int, tokenizer, settings: TokenizeSettings, on_error: str):
+        self.run_dir, self.tokenizer, self.settings, self.on_error = run_dir, tokenizer, settings, on_error
+        self.checkpoints = CheckpointStore(run_dir / "round_checkpoints", keep_checkpoints)
+
+    def round_dir(self, r: int) -> Path:
+        return self.run_dir / "rounds" / f"round_{r:03d}"
+
+    def save(self, r: int, samples: list[dict], pairs: list[dict]) -> None:
+        """A round's samples (prompt, responses, rewards) and its pairs (TRL's format), each replaced in one rename."""
+        write_dir(self.round_dir(r) / "samples", lambda d: save_rows(d, samples))
+        write_dir(self.round_dir(r) / "pairs", lambda d: save_rows(d, pairs))
+
+    def pairs(self, r: int) -> list[TokenizedPair]:
+        """Round r's pairs, tokenised as training reads them."""
+        source = self.round_dir(r) / "pairs"
+        if (source / EMPTY).exists():
+            return []
+        pairs, report = load_pairs([str(source)], self.tokenizer, self.settings, self.on_error)
+        log.info("%s: %s", source, report.summary())
+        return pairs
+
+    def finish(self, r: int, policy: PolicyGroup, step: int, rows: list[dict]) -> None:
+        """The summary, then the round's checkpoint (its state names the round): a crash before it leaves round r
+        unfinished."""
+        write_text(self.run_dir / ROUNDS, "".join(json.dumps(row) + "\n" for row in rows))
+        self.checkpoints.save(policy, f"round_{r}", {"round": r, "step": step, "rows": rows})
+
+    def finished(self) -> dict | None:
+        """The state of the last finished round (its number, step and summary rows), or None."""
+        return self.checkpoints.latest()
+
+    def load(self, policy: PolicyGroup, state: dict) -> None:
+        self.checkpoints.load(policy, state)
+
+
+def save_rows(directory: Path, rows: list[dict]) -> None:
+    """A datasets directory; no rows leave the directory with only a note (datasets cannot reload an empty save)."""
+    import datasets
+
+    if not rows:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / EMPTY).write_text("this round produced no rows\n")
+        return
+    datasets.disable_progress_bars()
+    datasets.Dataset.from_list(rows).save_to_disk(str(directory))

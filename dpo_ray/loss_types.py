@@ -1,0 +1,54 @@
+"""Which preference losses exist and what each one reads: the one table that validation, the loss functions and the
+objective share. Torch-free, so that a loss and its options are checked when the config is composed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import Bounds
+
+
+@dataclass(frozen=True)
+class LossType:
+    reference_free: bool = False
+    per_token: bool = False  # reads response lengths (length-normalised log-probs)
+    label_smoothing: Bounds | None = None  # the algo.label_smoothing values it takes; None: it does not read it
+    options: tuple[str, ...] = ()  # further algo.* options it reads
+
+
+_NOISE = Bounds(0, 1, high_open=True)
+LOSS_TYPES: dict[str, LossType] = {
+    "sigmoid": LossType(options=("cdpo_label_smoothing",)),
+    "hinge": LossType(),
+    "ipo": LossType(per_token=True),
+    "exo_pair": LossType(label_smoothing=Bounds(0, 1, low_open=True, high_open=True)),
+    "nca_pair": LossType(),
+    "robust": LossType(label_smoothing=Bounds(0, 0.5, high_open=True)),
+    "bco_pair": LossType(),
+    "sppo_hard": LossType(),
+    "aot": LossType(label_smoothing=_NOISE),
+    "aot_unpaired": LossType(label_smoothing=_NOISE),
+    "apo_zero": LossType(),
+    "apo_down": LossType(),
+    "discopop": LossType(options=("discopop_tau",)),
+    "sft": LossType(reference_free=True, per_token=True),
+    "sigmoid_norm": LossType(per_token=True),
+    "simpo": LossType(reference_free=True, per_token=True, label_smoothing=_NOISE, options=("simpo_gamma",)),
+    "orpo": LossType(reference_free=True, per_token=True),
+}
+NLL_TERMS = ("sft", "orpo")  # terms whose weight adds to the chosen-response NLL coefficient
+
+
+def loss_names(loss_type: str) -> list[str]:
+    """algo.loss_type's terms, in order: 'sigmoid,sft' -> ['sigmoid', 'sft']."""
+    return [t.strip() for t in loss_type.split(",") if t.strip()]
+
+
+def loss_terms(loss_type: str, weights: list[float]) -> list[tuple[str, float]]:
+    """(loss type, weight) of each term; empty weights mean 1.0 each (validated when the config is composed)."""
+    names = loss_names(loss_type)
+    return list(zip(names, list(weights) or [1.0] * len(names)))
+
+
+def takes_label_smoothing(names: list[str]) -> list[str]:
+    return [n for n in names if LOSS_TYPES[n].label_smoothing is not None]

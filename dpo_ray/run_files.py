@@ -1,0 +1,10 @@
+"""The files of a run directory, by name: the campaign writes them, the report and `dpo-ray report` read them."""
+
+CONFIG = "config.json"  # the composed run configuration
+METRICS = "metrics.jsonl"  # one row per logged step and per held-out evaluation (and per online round)
+ROUNDS = "rounds.jsonl"  # online: one summary row per round; row 0 is the starting policy
+DATA_STATS = "data_stats.json"  # offline: pair statistics of the train and eval pairs
+SUMMARY_JSON = "summary.json"  # offline: the held-out metrics before and after training
+SUMMARY_MD = "summary.md"  # the table the run ends with
+REPORT = "report.md"
+NONFINITE_ROWS = "nonfinite_rows.jsonl"  # one line per step that met a non-finite loss: its pairs

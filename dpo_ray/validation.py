@@ -1,0 +1,146 @@
+"""One check of a whole run configuration, right after it is composed and before anything starts: every option's
+value (choices and bounds, from the schema), the loss terms and the options each reads, and the rules that tie
+options together. Every problem is reported at once, one line each: the option, its value, what is allowed."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from .config import Choice, RunConfig, options, value_at
+from .loss_types import LOSS_TYPES, loss_names, takes_label_smoothing
+
+
+class ConfigError(ValueError):
+    """Options that cannot run together or at all; the message has one line per problem."""
+
+
+def shown(value: Any) -> str:
+    return repr(str(value)) if isinstance(value, Choice) else repr(value)
+
+
+def closest(word: str, known: list[str]) -> str:
+    """'; did you mean X?' for the nearest known word, or ''."""
+    match = difflib.get_close_matches(word, known, n=1, cutoff=0.6)
+    return f"; did you mean {match[0]}?" if match else ""
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """cfg, or a ConfigError listing every problem."""
+    problems = _values(cfg) + _losses(cfg) + _rules(cfg)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return cfg
+
+
+def _values(cfg: RunConfig) -> list[str]:
+    """Each option against its own choices or bounds."""
+    problems = []
+    for option in options():
+        value = value_at(cfg, option.name)
+        if isinstance(option.type, type) and issubclass(option.type, Choice):
+            allowed = [m.value for m in option.type]
+            if value not in allowed:
+                problems.append(f"{option.name}={shown(value)}: must be one of {', '.join(allowed)}")
+        elif option.bounds is not None and not option.bounds.allows(value):
+            problems.append(f"{option.name}={shown(value)}: must be {option.bounds}")
+    return problems
+
+
+def _losses(cfg: RunConfig) -> list[str]:
+    """The loss terms exist, have one weight each, and every loss option set is read by one of them."""
+    algo, names = cfg.algo, loss_names(cfg.algo.loss_type)
+    unknown = [n for n in names if n not in LOSS_TYPES]
+    if not names or unknown:
+        word = unknown[0] if unknown else ""
+        return [
+            f"algo.loss_type={algo.loss_type!r}: unknown loss {word!r}{closest(word, list(LOSS_TYPES))} "
+            f"(known: {', '.join(LOSS_TYPES)})"
+        ]
+    problems = []
+    if algo.loss_weights and len(algo.loss_weights) != len(names):
+        problems.append(
+            f"algo.loss_weights={list(algo.loss_weights)}: {len(algo.loss_weights)} weight(s) for {len(names)} loss "
+            f"type(s) in algo.loss_type={algo.loss_type!r}"
+        )
+    takers = takes_label_smoothing(names)
+    if algo.label_smoothing and not takers:
+        cdpo = "; for conservative DPO on sigmoid set algo.cdpo_label_smoothing" if "sigmoid" in names else ""
+        users = ", ".join(n for n, t in LOSS_TYPES.items() if t.label_smoothing is not None)
+        problems.append(
+            f"algo.label_smoothing={algo.label_smoothing!r}: read by {users} only, not by {algo.loss_type!r}{cdpo}"
+        )
+    for name in takers:
+        bounds = LOSS_TYPES[name].label_smoothing
+        if not bounds.allows(algo.label_smoothing):
+            hint = " (the EXO paper uses 1e-3)" if name == "exo_pair" else ""
+            problems.append(f"algo.label_smoothing={algo.label_smoothing!r}: {name} needs it {bounds}{hint}")
+    defaults = type(algo)()
+    for option in sorted({o for t in LOSS_TYPES.values() for o in t.options}):
+        readers = [n for n, t in LOSS_TYPES.items() if option in t.options]
+        if getattr(algo, option) != getattr(defaults, option) and not set(readers) & set(names):
+            problems.append(
+                f"algo.{option}={getattr(algo, option)!r}: read by {', '.join(readers)} only, "
+                f"not by algo.loss_type={algo.loss_type!r}"
+            )
+    return problems
+
+
+def _rules(cfg: RunConfig) -> list[str]:
+    """Rules between options."""
+    from .tasks.registry import PROMPT_TASKS
+
+    m, c, t, problems = cfg.model, cfg.cluster, cfg.train, []
+    names = [n for n in loss_names(cfg.algo.loss_type) if n in LOSS_TYPES]
+    reference_free = bool(names) and all(LOSS_TYPES[n].reference_free for n in names)
+    if m.reference_path and reference_free:
+        problems.append(
+            f"model.reference_path={m.reference_path!r}: algo.loss_type={cfg.algo.loss_type!r} is reference-free, so "
+            "no reference is loaded; drop model.reference_path or choose a loss that uses a reference"
+        )
+    elif m.reference_path and m.lora.enabled and m.reference_path != m.path:
+        problems.append(
+            f"model.reference_path={m.reference_path!r}: with model.lora.enabled=true the reference is the policy's "
+            "base model with the adapter off, so it cannot be another model"
+        )
+    gpu = c.gpus_per_rank > 0
+    if gpu and c.gpus_per_rank != int(c.gpus_per_rank):
+        problems.append(
+            f"cluster.gpus_per_rank={c.gpus_per_rank!r}: must be 0 or a whole number; NCCL ranks cannot share a GPU "
+            "(two ranks on one GPU fail with 'Duplicate GPU detected')"
+        )
+    if str(m.attn_implementation).startswith("flash_attention") and not gpu:
+        problems.append(
+            f"model.attn_implementation={shown(m.attn_implementation)}: needs GPUs (cluster.gpus_per_rank >= 1); "
+            "on CPU use sdpa or eager"
+        )
+    if not gpu and cfg.rollout.kv_cache_memory_mb == 0:
+        problems.append(
+            "rollout.kv_cache_memory_mb=0: on CPU the vLLM KV cache needs an explicit size (> 0); vLLM would "
+            "otherwise reserve 90% of the machine's memory"
+        )
+    if not gpu and cfg.rollout.tensor_parallel_size > 1:
+        problems.append(
+            f"rollout.tensor_parallel_size={cfg.rollout.tensor_parallel_size}: tensor parallelism needs GPUs "
+            "(cluster.gpus_per_rank >= 1)"
+        )
+    if t.warmup_steps >= 1 and t.warmup_steps != int(t.warmup_steps):
+        problems.append(
+            f"train.warmup_steps={t.warmup_steps!r}: a number of steps must be whole (below 1: a share of all steps)"
+        )
+    betas = list(t.adam_betas)
+    if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+        problems.append(f"train.adam_betas={betas}: must be two numbers in [0, 1)")
+    if cfg.embedded.eval_numbers >= cfg.embedded.numbers:
+        problems.append(
+            f"embedded.eval_numbers={cfg.embedded.eval_numbers}: must be below embedded.numbers={cfg.embedded.numbers}"
+        )
+    if cfg.imdb.min_words > cfg.imdb.max_words:
+        problems.append(f"imdb.min_words={cfg.imdb.min_words}: must be <= imdb.max_words={cfg.imdb.max_words}")
+    task = cfg.online.prompt_task
+    if task and task not in PROMPT_TASKS:
+        problems.append(
+            f"online.prompt_task={task!r}: must be empty or one of {', '.join(PROMPT_TASKS)}"
+            + closest(task, list(PROMPT_TASKS))
+        )
+    return problems
