@@ -77,34 +77,43 @@ def bad_value(option) -> str | None:
     return str(int(value) if option.type is int or "int" in str(option.type) else value)
 
 
-def test_every_bad_value_fails_naming_the_option_and_what_it_allows_without_starting_anything(tmp_path):
-    """In a fresh process: each bad value exits 2 with a message naming the option and its allowed values, and the
-    process never imported Ray or torch, nor did a Ray session directory appear."""
-    cases = [(o.name, bad_value(o)) for o in options() if bad_value(o) is not None]
-    assert len(cases) > 80
+def run_in_fresh_process(tmp_path, argvs: list[list[str]]) -> tuple[list, list[str]]:
+    """main(argv) for each argv in one new Python process with its own RAY_TMPDIR: each call's exit status, stderr and
+    whether Ray was initialised after it; then the heavy modules the process imported. Asserts no Ray session dir."""
     script = (
         "import io, json, sys, contextlib\n"
         "from dpo_ray.cli import main\n"
         "out = []\n"
-        f"for name, value in {cases!r}:\n"
+        f"for argv in {argvs!r}:\n"
         "    err = io.StringIO()\n"
         "    with contextlib.redirect_stderr(err):\n"
-        "        rc = main(['train', f'{name}={value}'])\n"
-        "    out.append((name, value, rc, err.getvalue()))\n"
+        "        rc = main(argv)\n"
+        "    started = 'ray' in sys.modules and sys.modules['ray'].is_initialized()\n"
+        "    out.append((rc, err.getvalue(), started))\n"
         "loaded = [m for m in ('ray', 'torch', 'vllm', 'deepspeed') if m in sys.modules]\n"
-        "print(json.dumps({'results': out, 'modules': loaded}))\n"
+        "print(json.dumps([out, loaded]))\n"
     )
     ray_dir = tmp_path / "ray"
     ray_dir.mkdir()
     env = {"RAY_TMPDIR": str(ray_dir), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout.splitlines()[-1])
-    assert report["modules"] == [] and not any(ray_dir.iterdir())
+    assert not any(ray_dir.iterdir())  # no Ray session was ever created
+    results, loaded = json.loads(done.stdout.splitlines()[-1])
+    return results, loaded
+
+
+def test_every_bad_value_fails_naming_the_option_and_what_it_allows_without_starting_anything(tmp_path):
+    """In a fresh process: each bad value exits 2 with a message naming the option and its allowed values, and the
+    process never imported Ray or torch, nor did a Ray session directory appear."""
+    cases = [(o.name, bad_value(o)) for o in options() if bad_value(o) is not None]
+    assert len(cases) > 80
+    results, loaded = run_in_fresh_process(tmp_path, [["train", f"{name}={value}"] for name, value in cases])
+    assert loaded == []
     by_name = {o.name: o for o in options()}
-    for name, _, rc, message in report["results"]:
+    for (name, _), (rc, message, started) in zip(cases, results):
         option = by_name[name]
-        assert rc == 2 and message.startswith("dpo-ray train: ") and name in message, (name, message)
+        assert rc == 2 and not started and message.startswith("dpo-ray train: ") and name in message, (name, message)
         if isinstance(option.type, type) and issubclass(option.type, Choice):
             assert all(m.value in message for m in option.type), message
         else:
@@ -157,8 +166,9 @@ def test_all_problems_are_reported_at_once():
 
 
 def test_missing_and_unusable_inputs_fail_before_ray_starts(tmp_path, tiny_model_dir):
-    """A missing model, a model with pickled weights only, a directory that is no model, a missing data file and an
-    unimportable reward: each one line, exit status 2, and no Ray session was ever created."""
+    """A missing model, a model with pickled weights only, a directory that is no model, a missing data file, an
+    unimportable reward, message prompts for a model without a chat template: each one line, exit status 2, and no
+    Ray session was ever created."""
     import shutil
 
     pickled = tmp_path / "pickled"
@@ -168,6 +178,11 @@ def test_missing_and_unusable_inputs_fail_before_ray_starts(tmp_path, tiny_model
     (tmp_path / "empty").mkdir()
     data = tmp_path / "d.jsonl"
     data.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    untemplated = tmp_path / "untemplated"
+    shutil.copytree(tiny_model_dir, untemplated)
+    (untemplated / "chat_template.jinja").unlink()
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text('{"prompt": [{"role": "user", "content": "Write 5 in words."}]}\n')
     cases = [
         (["train", "model.path=/no/such/model"], "model.path='/no/such/model': no such directory"),
         (["train", f"model.path={pickled}", f"data.train_files=[{data}]"], "pytorch_model.bin, a pickle"),
@@ -176,28 +191,15 @@ def test_missing_and_unusable_inputs_fail_before_ray_starts(tmp_path, tiny_model
         (["train", f"model.path={tiny_model_dir}", "data.train_files=[/no/a.jsonl]"], "/no/a.jsonl: no such file"),
         (["online", "reward.fn=no_such_module:score"], "reward.fn='no_such_module:score': cannot import it"),
         (["online", f"model.path={tiny_model_dir}", "reward.fn=math:sqrt"], "online runs need prompts"),
+        (
+            ["online", f"model.path={untemplated}", f"online.prompt_files=[{chats}]", "reward.fn=math:sqrt"],
+            f"the tokenizer of {untemplated} has no chat template",
+        ),
     ]
-    script = (
-        "import io, json, contextlib\n"
-        "from dpo_ray.cli import main\n"
-        "import ray\n"
-        "out = []\n"
-        f"for argv, _ in {cases!r}:\n"
-        "    err = io.StringIO()\n"
-        "    with contextlib.redirect_stderr(err):\n"
-        "        rc = main(argv)\n"
-        "    out.append((rc, err.getvalue(), ray.is_initialized()))\n"
-        "print(json.dumps(out))\n"
-    )
-    ray_dir = tmp_path / "ray"
-    ray_dir.mkdir()
-    env = {"RAY_TMPDIR": str(ray_dir), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    for (argv, expected), (rc, message, ray_started) in zip(cases, json.loads(done.stdout.splitlines()[-1])):
-        assert rc == 2 and expected in message and not ray_started, (argv, message)
+    results, _ = run_in_fresh_process(tmp_path, [argv for argv, _ in cases])
+    for (argv, expected), (rc, message, started) in zip(cases, results):
+        assert rc == 2 and expected in message and not started, (argv, message)
         assert len(message.strip().splitlines()) == 1, message
-    assert not any(ray_dir.iterdir())
 
 
 def test_cfg_prints_the_composed_config_as_yaml_that_hydra_reads_back(capsys):

@@ -15,7 +15,7 @@ from ..data.prompts import load_prompts
 from ..data.tokenize import TokenizedPair, TokenizeSettings
 from ..tasks.registry import resolve_model, resolve_prompt_task, resolve_reward_model
 from ..workers.models import load_tokenizer
-from .preflight import check_inputs
+from .preflight import InputError, check_inputs
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +59,19 @@ def online_inputs(cfg: RunConfig) -> OnlineInputs:
     o, task, prompt_task = cfg.online, resolve_model(cfg), resolve_prompt_task(cfg)
     prompts = load_prompts(o.prompt_files, cfg.data.on_error) if o.prompt_files else []
     eval_prompts = load_prompts(o.eval_prompt_files, cfg.data.on_error) if o.eval_prompt_files else []
+    prompts = prompts or prompt_task.prompts or task.prompts
+    eval_prompts = eval_prompts or prompt_task.eval_prompts or task.eval_prompts
+    tokenizer = load_tokenizer(task.model_path, cfg.model.trust_remote_code)
+    if getattr(tokenizer, "chat_template", None) is None and any(isinstance(p, list) for p in prompts + eval_prompts):
+        raise InputError(f"the prompts hold messages, and the tokenizer of {task.model_path} has no chat template")
     offline_pairs: list[TokenizedPair] = []
     if o.offline_ratio > 0:
-        tokenizer = load_tokenizer(task.model_path, cfg.model.trust_remote_code)
         offline_pairs = _pairs(cfg, "offline", list(cfg.data.train_files) or task.train_files, tokenizer)
     return OnlineInputs(
         task.model_path,
         cfg.model.reference_path or task.model_path,
-        prompts or prompt_task.prompts or task.prompts,
-        eval_prompts or prompt_task.eval_prompts or task.eval_prompts,
+        prompts,
+        eval_prompts,
         offline_pairs,
         prompt_task.reward_fn or task.reward_fn,
         resolve_reward_model(cfg),

@@ -15,6 +15,7 @@ from ..groups.policy_group import PolicyGroup
 from ..groups.resources import group_needs
 from ..objective import needs_reference
 from ..run_files import DATA_STATS
+from ..validation import validate
 from ..workers.device import run_environment
 from .checkpoints import CheckpointStore
 from .inputs import OfflineInputs, offline_inputs
@@ -41,7 +42,7 @@ class OfflineResult:
 
 class OfflineCampaign:
     def __init__(self, cfg: RunConfig, inputs: OfflineInputs | None = None):
-        self.cfg = cfg
+        self.cfg = validate(cfg)  # composed configs already are; one built in Python is checked here
         self.inputs = inputs or offline_inputs(cfg)
         self.uses_reference = needs_reference(cfg.algo)
         self.run_dir = Path(cfg.output_dir).expanduser()

@@ -23,6 +23,7 @@ from ..groups.reward_group import RewardGroup
 from ..groups.rollout_group import RolloutGroup
 from ..objective import needs_reference
 from ..report import round_monitors
+from ..validation import validate
 from ..workers.device import run_environment
 from ..workers.models import load_tokenizer
 from . import round_stats as stats
@@ -60,7 +61,7 @@ class Groups:
 
 class OnlineCampaign:
     def __init__(self, cfg: RunConfig, inputs: OnlineInputs | None = None):
-        self.cfg, o = cfg, cfg.online
+        self.cfg, o = validate(cfg), cfg.online  # composed configs already are; one built in Python is checked here
         self.inputs = inputs or online_inputs(cfg)
         self.uses_reference = needs_reference(cfg.algo)
         self.run_dir = Path(cfg.output_dir).expanduser()

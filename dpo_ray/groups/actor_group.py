@@ -13,6 +13,9 @@ from ray.exceptions import RayActorError, RayTaskError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from ..config import ClusterConfig
+from .resources import GroupNeed
+
 
 @ray.remote
 class WorkerActor:
@@ -66,37 +69,34 @@ def gather(refs: Sequence[ray.ObjectRef], timeout_s: float, what: str) -> list[A
 class ActorGroup:
     def __init__(
         self,
-        name: str,
+        need: GroupNeed,
         worker_path: str,
-        size: int,
-        *,
-        cpus: float,
-        gpus: float,
-        strategy: str,
+        cluster: ClusterConfig,
         env: dict[str, str],
-        init_args: Sequence[Any] = (),
         init_kwargs: dict[str, Any] | None = None,
         ready_timeout_s: float = 300,
-        call_timeout_s: float = 1800,
     ):
-        self.name, self.size, self.call_timeout_s = name, size, call_timeout_s
-        bundle = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
-        self.placement = placement_group([dict(bundle) for _ in range(size)], strategy=strategy, name=f"dpo-ray-{name}")
+        """need.size actors of worker_path, one per bundle of need's resources, placed by cluster.placement."""
+        self.name, self.size, self.call_timeout_s = need.name, need.size, cluster.call_timeout_s
+        bundle, strategy = need.bundle(), str(cluster.placement)
+        self.placement = placement_group(
+            [dict(bundle) for _ in range(need.size)], strategy=strategy, name=f"dpo-ray-{need.name}"
+        )
         ready, _ = ray.wait([self.placement.ready()], timeout=ready_timeout_s)
         if not ready:
             remove_placement_group(self.placement)
             raise RuntimeError(
-                f"{name} group: {size} x {bundle} with {strategy} placement did not fit the cluster "
+                f"{need.name} group: {need.size} x {bundle} with {strategy} placement did not fit the cluster "
                 f"within {ready_timeout_s:.0f}s (available: {ray.available_resources()})"
             )
         self.actors = [
             WorkerActor.options(
-                num_cpus=cpus,
-                num_gpus=gpus,
+                num_cpus=need.cpus,
+                num_gpus=need.gpus,
                 runtime_env={"env_vars": env},
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement, placement_group_bundle_index=rank),
-            ).remote(worker_path, *init_args, rank=rank, world_size=size, **(init_kwargs or {}))
-            for rank in range(size)
+            ).remote(worker_path, rank=rank, world_size=need.size, **(init_kwargs or {}))
+            for rank in range(need.size)
         ]
 
     def start_distributed(self) -> None:

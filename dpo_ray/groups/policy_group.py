@@ -7,22 +7,13 @@ import ray
 from ..config import RunConfig
 from ..data.batches import MicroBatch, StepScale
 from .actor_group import ActorGroup, gather
+from .resources import policy_need
 
 
 class PolicyGroup:
     def __init__(self, cfg: RunConfig, model_path: str, total_steps: int, accumulation: int, env: dict[str, str]):
-        c = cfg.cluster
-        self.group = ActorGroup(
-            "policy",
-            "dpo_ray.workers.policy.PolicyWorker",
-            c.policy_ranks,
-            cpus=c.cpus_per_rank,
-            gpus=c.gpus_per_rank,
-            strategy=c.placement,
-            env=env,
-            call_timeout_s=c.call_timeout_s,
-            init_kwargs=dict(cfg=cfg, model_path=model_path, total_steps=total_steps, accumulation=accumulation),
-        )
+        kwargs = dict(cfg=cfg, model_path=model_path, total_steps=total_steps, accumulation=accumulation)
+        self.group = ActorGroup(policy_need(cfg), "dpo_ray.workers.policy.PolicyWorker", cfg.cluster, env, kwargs)
         self.group.start_distributed()
 
     @property

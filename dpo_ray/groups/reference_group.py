@@ -7,22 +7,13 @@ from collections.abc import Sequence
 from ..config import RunConfig
 from ..data.tokenize import TokenizedPair
 from .actor_group import ActorGroup
+from .resources import reference_need
 
 
 class ReferenceGroup:
     def __init__(self, cfg: RunConfig, model_path: str, env: dict[str, str]):
-        c = cfg.cluster
-        self.group = ActorGroup(
-            "reference",
-            "dpo_ray.workers.reference.ReferenceWorker",
-            c.reference_ranks,
-            cpus=c.cpus_per_rank,
-            gpus=c.gpus_per_rank,
-            strategy=c.placement,
-            env=env,
-            call_timeout_s=c.call_timeout_s,
-            init_kwargs=dict(cfg=cfg, model_path=model_path),
-        )
+        worker, kwargs = "dpo_ray.workers.reference.ReferenceWorker", dict(cfg=cfg, model_path=model_path)
+        self.group = ActorGroup(reference_need(cfg), worker, cfg.cluster, env, kwargs)
 
     def logps(self, pairs: Sequence[TokenizedPair]) -> tuple[list[float], list[float]]:
         scored = self.group.run_shards("logps", pairs)

@@ -35,12 +35,21 @@ def reward_need(cfg: RunConfig) -> GroupNeed:
     return GroupNeed("reward", c.reward_ranks, c.reward_cpus, c.gpus_per_rank if uses_reward_model(cfg) else 0.0)
 
 
+def policy_need(cfg: RunConfig) -> GroupNeed:
+    c = cfg.cluster
+    return GroupNeed("policy", c.policy_ranks, c.cpus_per_rank, c.gpus_per_rank)
+
+
+def reference_need(cfg: RunConfig) -> GroupNeed:
+    c = cfg.cluster
+    return GroupNeed("reference", c.reference_ranks, c.cpus_per_rank, c.gpus_per_rank)
+
+
 def group_needs(cfg: RunConfig, reference: bool, online: bool) -> list[GroupNeed]:
     """What each group of a run asks of the cluster: ranks, and CPUs and GPUs per rank."""
-    c = cfg.cluster
-    needs = [GroupNeed("policy", c.policy_ranks, c.cpus_per_rank, c.gpus_per_rank)]
+    needs = [policy_need(cfg)]
     if reference:
-        needs.append(GroupNeed("reference", c.reference_ranks, c.cpus_per_rank, c.gpus_per_rank))
+        needs.append(reference_need(cfg))
     if online:
         needs += [rollout_need(cfg), reward_need(cfg)]
     return needs

@@ -15,7 +15,7 @@ from .resources import reward_need, uses_reward_model
 class RewardGroup:
     def __init__(self, cfg: RunConfig, default_fn: str = "", model_path: str = ""):
         """model_path: the reward model's directory when reward.model_path is a built-in name resolved elsewhere."""
-        c, r, need = cfg.cluster, cfg.reward, reward_need(cfg)
+        r, need = cfg.reward, reward_need(cfg)
         self.name = r.fn or r.model_path or default_fn  # the rule's import path or the model this run scores with
         if uses_reward_model(cfg):
             worker = "dpo_ray.workers.reward.ModelRewardWorker"
@@ -28,17 +28,7 @@ class RewardGroup:
             )
         else:
             worker, kwargs = "dpo_ray.workers.reward.RuleRewardWorker", dict(fn=self.name)
-        self.group = ActorGroup(
-            "reward",
-            worker,
-            need.size,
-            cpus=need.cpus,
-            gpus=need.gpus,
-            strategy=c.placement,
-            env=rank_env(device_spec(need.gpus), 1),
-            init_kwargs=kwargs,
-            call_timeout_s=c.call_timeout_s,
-        )
+        self.group = ActorGroup(need, worker, cfg.cluster, rank_env(device_spec(need.gpus), 1), kwargs)
 
     def score(self, prompts: Sequence[Text], responses: Sequence[Sequence[str]]) -> list[list[float]]:
         """One score per response of each prompt, shaped like responses."""

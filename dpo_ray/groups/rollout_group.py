@@ -15,23 +15,12 @@ from .resources import rollout_need
 
 class RolloutGroup:
     def __init__(self, cfg: RunConfig, model_path: str):
-        c, need = cfg.cluster, rollout_need(cfg)
+        need = rollout_need(cfg)
+        kwargs = dict(
+            model_path=model_path, cfg=cfg.rollout, policy_dtype=cfg.model.dtype, gpus=need.gpus, seed=cfg.online.seed
+        )
         self.group = ActorGroup(
-            "rollout",
-            "dpo_ray.workers.rollout.RolloutWorker",
-            need.size,
-            cpus=need.cpus,
-            gpus=need.gpus,
-            strategy=c.placement,
-            call_timeout_s=c.call_timeout_s,
-            env=engine_env(need.gpus),
-            init_kwargs=dict(
-                model_path=model_path,
-                cfg=cfg.rollout,
-                policy_dtype=cfg.model.dtype,
-                gpus=need.gpus,
-                seed=cfg.online.seed,
-            ),
+            need, "dpo_ray.workers.rollout.RolloutWorker", cfg.cluster, engine_env(need.gpus), kwargs
         )
 
     def generate(

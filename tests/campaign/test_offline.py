@@ -163,10 +163,10 @@ def test_reference_free_losses_start_no_reference_and_lower_the_loss(local_ray, 
 
 
 def test_every_reference_loss_trains_through_the_ray_path(local_ray, run_config, tiny_model_dir):
-    from dpo_ray.losses import LOSS_TYPES, REFERENCE_FREE
+    from dpo_ray.loss_types import LOSS_TYPES
 
     cfg = run_config
-    names = [t for t in LOSS_TYPES if t not in REFERENCE_FREE]
+    names = [name for name, spec in LOSS_TYPES.items() if not spec.reference_free]
     cfg.algo.loss_type = ",".join(names + ["sft"])  # one MPO-style sum of all of them, each weighted
     cfg.algo.loss_weights = [0.1] * (len(names) + 1)
     cfg.algo.label_smoothing = 0.01  # used by exo_pair, robust, aot, aot_unpaired

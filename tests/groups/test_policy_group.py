@@ -109,15 +109,13 @@ def test_group_that_cannot_fit_says_so(local_ray, run_config, tiny_model_dir):
     run_config.cluster.reference_ranks, run_config.cluster.placement = 2, "STRICT_SPREAD"
     with pytest.raises(RuntimeError, match="reference group: 2 x .* STRICT_SPREAD placement did not fit"):
         from dpo_ray.groups.actor_group import ActorGroup
+        from dpo_ray.groups.resources import GroupNeed
 
         ActorGroup(
-            "reference",
+            GroupNeed("reference", 2, 1.0, 0.0),
             "dpo_ray.workers.reference.ReferenceWorker",
-            2,
-            cpus=1,
-            gpus=0,
-            strategy="STRICT_SPREAD",
-            env=ENV,
-            init_kwargs=dict(cfg=run_config, model_path=tiny_model_dir),
+            run_config.cluster,
+            ENV,
+            dict(cfg=run_config, model_path=tiny_model_dir),
             ready_timeout_s=3,
         )
