@@ -26,18 +26,19 @@ its recipe; a model of your own (model.path=DIR) gets the defaults listed below.
 def help_text(command: str | None = None, overrides: list[str] | None = None) -> str:
     """The usage, the presets, and every option: with a command, at the value that command would run with."""
     from .compose import compose, presets
-    from .config import describe
+    from .config import RunConfig
+    from .options import describe
     from .tasks.registry import MODELS
 
     groups = "\n".join(f"  {group}: {', '.join(names)}" for group, names in presets().items())
     if command is None:
         recipes = "; ".join(f"model.path={n}: {', '.join(b.recipes.values())}" for n, b in MODELS.items() if b.recipes)
         title = f"options (key=default  help  [allowed]); built-in models apply their recipe presets ({recipes})"
-        lines = describe()
+        lines = describe(RunConfig)
     else:
         title = f"options of `{' '.join(['dpo-ray', command, *(overrides or [])])}` (key=value  help  [allowed]  "
         title += "(schema default, where it differs))"
-        lines = describe(compose(overrides or [], command))
+        lines = describe(RunConfig, compose(overrides or [], command))
     return f"{USAGE}\npresets (group=name):\n{groups}\n\n{title}:\n" + "\n".join(lines)
 
 

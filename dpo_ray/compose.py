@@ -75,9 +75,9 @@ def _unknown_keys(node: Any, schema: type, prefix: str = "") -> list[str]:
 
 
 def _unknown(key: str) -> str:
-    from .config import options
+    from .options import options
 
-    names = [o.name for o in options()]
+    names = [o.name for o in options(RunConfig)]
     sections = sorted({n.rsplit(".", 1)[0] for n in names if "." in n})
     hint = closest(key, names + sections) or " (dpo-ray --help lists every option)"
     return f"{key}: unknown option{hint}"

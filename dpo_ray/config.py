@@ -1,22 +1,14 @@
-"""Typed run configuration: one dataclass per section, registered with Hydra's ConfigStore.
-
-Every option has one name, one default, a one-line help, and what values it allows: string choices are Enums
-(Hydra rejects any other value when it composes), numbers carry Bounds that `validation.validate` checks."""
+"""Typed run configuration: one dataclass per section, registered with Hydra's ConfigStore. Every option is declared
+with `opt` (dpo_ray/options.py): one default, a one-line help, and the values it allows (string choices are Enums that
+Hydra checks when it composes; numbers carry Bounds that `validation.validate` checks)."""
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
-from enum import Enum
-from typing import Any
+from dataclasses import dataclass
 
 from hydra.core.config_store import ConfigStore
 
-
-class Choice(str, Enum):
-    """A string option with a fixed set of values: compares equal to, prints as, and serialises to its value."""
-
-    def __str__(self) -> str:
-        return str(self.value)
+from .options import AT_LEAST_ONE, NON_NEGATIVE, OPEN_SHARE, POSITIVE, SHARE, Bounds, Choice, opt, sub
 
 
 def choices(name: str, *values: str) -> type[Choice]:
@@ -35,56 +27,6 @@ Scheduler = choices("Scheduler", "cosine", "linear", "constant")
 OnNonFinite = choices("OnNonFinite", "stop", "skip")
 Placement = choices("Placement", "PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 Resume = choices("Resume", "auto", "never")
-
-
-@dataclass(frozen=True)
-class Bounds:
-    """The numbers an option allows: a range (each end open or closed, or absent), plus single values allowed
-    outside it (such as -1 for "all" or None for "no limit")."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-    also: tuple = ()
-
-    def allows(self, value: Any) -> bool:
-        if value in self.also and (value is None or not isinstance(value, bool)):
-            return True
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return False
-        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
-        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
-        return above and below
-
-    def __str__(self) -> str:
-        if self.low is not None and self.high is not None:
-            text = f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
-        elif self.low is not None:
-            text = f"{'>' if self.low_open else '>='} {self.low:g}"
-        else:
-            text = f"{'<' if self.high_open else '<='} {self.high:g}"
-        extra = ["null" if v is None else repr(v) for v in self.also]
-        return text + (f", or {' or '.join(extra)}" if extra else "")
-
-
-POSITIVE = Bounds(0, low_open=True)
-NON_NEGATIVE = Bounds(0)
-AT_LEAST_ONE = Bounds(1)
-SHARE = Bounds(0, 1)  # a fraction, ends included
-OPEN_SHARE = Bounds(0, 1, low_open=True, high_open=True)
-
-
-def opt(default: Any, help: str, bounds: Bounds | None = None) -> Any:
-    """A config field with its one default, its one-line help, and (for numbers) the values it allows."""
-    metadata = {"help": help, "bounds": bounds}
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata=metadata)
-    return field(default=default, metadata=metadata)
-
-
-def sub(cls: type, help: str) -> Any:
-    return field(default_factory=cls, metadata={"help": help})
 
 
 @dataclass
@@ -370,61 +312,3 @@ class RunConfig:
 def register() -> None:
     """Store the schema so YAML presets are validated against it."""
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
-
-
-@dataclass(frozen=True)
-class Option:
-    """One leaf option of the schema, for help and validation."""
-
-    name: str  # dotted: algo.beta
-    default: Any
-    help: str
-    type: Any  # the annotation, resolved
-    bounds: Bounds | None
-
-
-def options(cls: type = RunConfig, prefix: str = "") -> list[Option]:
-    """Every leaf option of the schema, depth first, in declaration order."""
-    import typing
-
-    hints = typing.get_type_hints(cls)
-    found = []
-    for f in fields(cls):
-        if f.default_factory is not MISSING and is_dataclass(f.default_factory):
-            found += options(f.default_factory, prefix + f.name + ".")
-            continue
-        default = f.default if f.default is not MISSING else f.default_factory()
-        found.append(
-            Option(prefix + f.name, default, f.metadata.get("help", ""), hints[f.name], f.metadata.get("bounds"))
-        )
-    return found
-
-
-def value_at(cfg: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        cfg = getattr(cfg, part)
-    return cfg
-
-
-def allowed_values(option: Option) -> str:
-    """What an option accepts, in words: its choices or its bounds (empty when anything of its type goes)."""
-    if isinstance(option.type, type) and issubclass(option.type, Choice):
-        return "one of " + ", ".join(m.value for m in option.type)
-    return str(option.bounds) if option.bounds else ""
-
-
-def _shown(value: Any) -> str:
-    return repr(str(value)) if isinstance(value, Choice) else repr(value)
-
-
-def describe(cfg: RunConfig | None = None) -> list[str]:
-    """One line per option: dotted name=value, help, allowed values; with a composed cfg, its values, and the schema
-    default beside each value that differs from it."""
-    lines = []
-    for o in options():
-        value = o.default if cfg is None else value_at(cfg, o.name)
-        allowed = allowed_values(o)
-        note = f" [{allowed}]" if allowed else ""
-        changed = f" (default {_shown(o.default)})" if value != o.default else ""
-        lines.append(f"  {o.name + '=' + _shown(value):<42} {o.help}{note}{changed}")
-    return lines

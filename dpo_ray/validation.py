@@ -5,18 +5,14 @@ options together. Every problem is reported at once, one line each: the option, 
 from __future__ import annotations
 
 import difflib
-from typing import Any
 
-from .config import Choice, RunConfig, options, value_at
+from .config import RunConfig
 from .loss_types import LOSS_TYPES, loss_names, takes_label_smoothing
+from .options import Choice, options, shown, value_at
 
 
 class ConfigError(ValueError):
     """Options that cannot run together or at all; the message has one line per problem."""
-
-
-def shown(value: Any) -> str:
-    return repr(str(value)) if isinstance(value, Choice) else repr(value)
 
 
 def closest(word: str, known: list[str]) -> str:
@@ -36,7 +32,7 @@ def validate(cfg: RunConfig) -> RunConfig:
 def _values(cfg: RunConfig) -> list[str]:
     """Each option against its own choices or bounds."""
     problems = []
-    for option in options():
+    for option in options(RunConfig):
         value = value_at(cfg, option.name)
         if isinstance(option.type, type) and issubclass(option.type, Choice):
             allowed = [m.value for m in option.type]

@@ -11,7 +11,8 @@ from dataclasses import fields
 import pytest
 
 from dpo_ray.compose import compose, presets
-from dpo_ray.config import Bounds, Choice, RunConfig, options, value_at
+from dpo_ray.config import RunConfig
+from dpo_ray.options import Bounds, Choice, options, value_at
 from dpo_ray.validation import ConfigError
 
 
@@ -28,7 +29,7 @@ def test_the_embedded_task_brings_its_recipe_and_overrides_win_over_it():
 
 def test_a_model_of_your_own_gets_the_schema_defaults_that_help_prints(capsys):
     cfg, schema = compose(["model.path=/models/mine"]), RunConfig()
-    different = [o.name for o in options() if value_at(cfg, o.name) != value_at(schema, o.name)]
+    different = [o.name for o in options(RunConfig) if value_at(cfg, o.name) != value_at(schema, o.name)]
     assert different == ["model.path"]
     for command in ("train", "online"):
         assert compose(["model.path=/models/mine"], command).train.lr == 5e-7
@@ -50,7 +51,7 @@ def test_help_lists_every_option_once_with_its_help_and_every_preset(capsys):
     text = capsys.readouterr().out
     lines = [line for line in text.splitlines() if line.startswith("  ") and "=" in line.split()[0]]
     names = [line.split()[0].split("=", 1)[0] for line in lines]
-    assert names == [o.name for o in options()]
+    assert names == [o.name for o in options(RunConfig)]
     assert all(len(line.split(None, 1)) == 2 for line in lines)  # name=default, then its help
     assert "cluster.placement='PACK'" in text and "[one of PACK, SPREAD, STRICT_PACK, STRICT_SPREAD]" in text
     assert "algo.beta=0.1" in text and "[> 0]" in text
@@ -106,11 +107,11 @@ def run_in_fresh_process(tmp_path, argvs: list[list[str]]) -> tuple[list, list[s
 def test_every_bad_value_fails_naming_the_option_and_what_it_allows_without_starting_anything(tmp_path):
     """In a fresh process: each bad value exits 2 with a message naming the option and its allowed values, and the
     process never imported Ray or torch, nor did a Ray session directory appear."""
-    cases = [(o.name, bad_value(o)) for o in options() if bad_value(o) is not None]
+    cases = [(o.name, bad_value(o)) for o in options(RunConfig) if bad_value(o) is not None]
     assert len(cases) > 80
     results, loaded = run_in_fresh_process(tmp_path, [["train", f"{name}={value}"] for name, value in cases])
     assert loaded == []
-    by_name = {o.name: o for o in options()}
+    by_name = {o.name: o for o in options(RunConfig)}
     for (name, _), (rc, message, started) in zip(cases, results):
         option = by_name[name]
         assert rc == 2 and not started and message.startswith("dpo-ray train: ") and name in message, (name, message)
