@@ -212,3 +212,14 @@ def test_cfg_prints_the_composed_config_as_yaml_that_hydra_reads_back(capsys):
     composed = yaml.safe_load(capsys.readouterr().out)
     assert composed["algo"]["beta"] == 0.3 and composed["data"]["layout"] == "prefix_shared"
     assert [f.name for f in fields(RunConfig)] == list(composed)
+
+
+def test_submit_refuses_a_bad_option_before_contacting_the_cluster(capsys):
+    from dpo_ray.cli import main
+
+    # nothing listens on port 9: a submit that got as far as the job server would fail differently
+    assert main(["submit", "--address", "http://127.0.0.1:9", "train", "train.optimizer=adamww"]) == 2
+    assert (
+        "dpo-ray submit: train.optimizer: Invalid value 'adamww', expected one of [adamw, sgd]"
+        in capsys.readouterr().err
+    )

@@ -50,3 +50,11 @@ def test_the_slurm_shape_of_a_run_comes_from_its_config():
     assert shape("online", ["cluster=multi_node", "reward.model_path=/models/rm"]) == (4, 8)
     assert shape("train", ["cluster=single_node_8gpu"]) == (1, 4)  # the reference finishes before the policy starts
     assert shape("online", []) == (1, 0)
+
+
+def test_the_slurm_shape_refuses_a_bad_option_before_anything_is_queued(capsys):
+    from dpo_ray.slurm import main
+
+    assert main(["online", "cluster.gpus_per_rank=0.5"]) == 2
+    assert "cluster.gpus_per_rank=0.5: must be 0 or a whole number" in capsys.readouterr().err
+    assert main(["serve"]) == 2 and "command 'serve': must be one of train, online" in capsys.readouterr().err
