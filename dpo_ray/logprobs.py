@@ -6,7 +6,16 @@ from dataclasses import dataclass
 
 import torch
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
+# Varlen boundaries reach flash-attention through the model's keyword arguments (transformers' FlashAttentionKwargs).
+MODEL_INPUTS = (
+    "input_ids",
+    "attention_mask",
+    "position_ids",
+    "cu_seq_lens_q",
+    "cu_seq_lens_k",
+    "max_length_q",
+    "max_length_k",
+)
 
 
 @dataclass

@@ -82,3 +82,36 @@ def test_a_row_filled_exactly_matches_padded(tiny_model_dir, kind):
     assert torch.allclose(a.chosen_logps, b.chosen_logps, atol=1e-5) and torch.allclose(
         a.rejected_logps, b.rejected_logps, atol=1e-5
     )
+
+
+VARLEN_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
+
+
+@pytest.mark.parametrize("kind", ["padded", "packed", "prefix_shared"])
+def test_flash_attention_layouts_match_padded_sdpa_with_many_rows(tiny_model_dir, kind):
+    """Through a CPU stand-in with flash-attention's semantics: packed rows carry varlen boundaries, so with several
+    rows every sequence still attends only to itself (prefix sharing falls back to packing: it needs a mask)."""
+    from dpo_ray.data.collate import make_layout
+
+    from .flash_stand_in import register
+
+    name = register()
+    flash = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=name)
+    sdpa = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    pairs = make_pairs(9, seed=4)
+    layout = make_layout(kind, 40, name)
+    assert layout.kind == ("padded" if kind == "padded" else "packed")
+    batch = collate_pairs(pairs, 0, layout)
+    padded, loss_padded, grad_padded = grads_and_loss(sdpa, pairs, BatchLayout())
+    got, loss_got, grad_got = grads_and_loss(flash, pairs, layout)
+    assert torch.allclose(got.chosen_logps, padded.chosen_logps, atol=1e-5)
+    assert torch.allclose(got.rejected_logps, padded.rejected_logps, atol=1e-5)
+    assert loss_got == pytest.approx(loss_padded, abs=1e-6) and torch.allclose(grad_got, grad_padded, atol=1e-6)
+    if kind == "padded":
+        return
+    assert batch["input_ids"].shape[0] > 1 and "attention_mask" not in batch and set(VARLEN_KEYS) <= set(batch)
+    # The old path: position ids alone. transformers finds packed sequences only in a one-row batch, so each row runs
+    # dense-causal and later pairs attend to earlier ones in their row.
+    with torch.no_grad():
+        old = forward_pairs(flash, {k: v for k, v in batch.items() if k not in VARLEN_KEYS})
+    assert (old.chosen_logps - padded.chosen_logps.detach()).abs().max() > 0.1

@@ -38,10 +38,18 @@ class BatchLayout:
         return self.kind == "prefix_shared"
 
 
+def is_varlen(attention: str) -> bool:
+    """Whether an attention implementation takes sequence boundaries instead of a mask: flash-attention, or any
+    implementation registered with transformers' flash mask function (as a CPU stand-in for it is)."""
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
+
+    return ALL_MASK_ATTENTION_FUNCTIONS.get(attention) is flash_attention_mask
+
+
 def make_layout(kind: str, pack_length: int, attention: str) -> BatchLayout:
     """The layout a model can run: flash-attention takes no custom mask, so prefix sharing falls back to packing."""
     kind, attention = str(kind), str(attention)
-    if kind == "prefix_shared" and attention.startswith("flash_attention"):
+    if kind == "prefix_shared" and is_varlen(attention):
         log.warning("data.layout=prefix_shared needs a custom attention mask, which %s cannot take: packed", attention)
         kind = "packed"
     return BatchLayout(kind, pack_length, attention)
@@ -151,6 +159,25 @@ def collate_pairs(
         batch["attention_mask"] = (unit_ids >= 0).long()
     else:
         batch["position_ids"] = position_ids
-        if not layout.attention.startswith("flash_attention"):  # flash-attention finds the boundaries from position ids
+        if is_varlen(layout.attention):
+            batch.update(varlen_boundaries(position_ids))
+        else:
             batch["attention_mask"] = _mask(unit_ids, branch_ids, layout.attention, dtype)
     return batch
+
+
+def varlen_boundaries(position_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Sequence boundaries over the rows flattened into one stream, as flash-attention's varlen kernel takes them: every
+    sequence (and every pad token) starts at position 0. transformers reads packed sequences from position ids alone
+    only when the batch has one row; with more, each row would run dense-causal and sequences would attend across pairs.
+    """
+    flat = position_ids.reshape(-1)
+    starts = (flat == 0).nonzero().flatten()
+    cu_seq_lens = torch.cat([starts, torch.tensor([flat.numel()])]).to(torch.int32)
+    longest = cu_seq_lens.diff().max()
+    return {
+        "cu_seq_lens_q": cu_seq_lens,
+        "cu_seq_lens_k": cu_seq_lens,
+        "max_length_q": longest,
+        "max_length_k": longest,
+    }
