@@ -27,6 +27,7 @@ Scheduler = choices("Scheduler", "cosine", "linear", "constant")
 OnNonFinite = choices("OnNonFinite", "stop", "skip")
 Placement = choices("Placement", "PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 Resume = choices("Resume", "auto", "never")
+ReferenceSharding = choices("ReferenceSharding", "replicas", "zero3", "auto")
 
 
 @dataclass
@@ -51,6 +52,11 @@ class ModelConfig:
     attn_implementation: Attention = opt(Attention.sdpa, "transformers attention (flash_attention_* need GPUs)")
     trust_remote_code: bool = opt(False, "allow model code from the model directory to run")
     gradient_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
+    logits_chunk_mb: int = opt(
+        256,
+        "log-probs take the vocabulary in chunks of at most this many MiB of fp32 logits (never tokens x vocab)",
+        AT_LEAST_ONE,
+    )
     lora: LoraConfig = sub(LoraConfig, "peft LoRA settings")
 
 
@@ -146,8 +152,17 @@ class TrainConfig:
 
 @dataclass
 class ReferenceConfig:
-    micro_batch_size: int = opt(32, "pairs per reference forward", AT_LEAST_ONE)
-    cache: bool = opt(True, "cache reference log-probs on disk, keyed by data, model and tokenisation")
+    sharding: ReferenceSharding = opt(
+        ReferenceSharding.auto,
+        "how the reference group holds the model: replicas (a full copy per rank), zero3 (partitioned over its ranks, "
+        "DeepSpeed ZeRO-3 inference) or auto (zero3 when a replica would take more than half of a device)",
+    )
+    from_policy: bool = opt(
+        True,
+        "offline runs whose reference is the starting policy: the policy group scores it before its first step and "
+        "no reference group starts (LoRA runs always do: adapter off)",
+    )
+    cache: bool = opt(True, "cache reference log-probs on disk, keyed by data, model, tokenisation and micro-batches")
 
 
 @dataclass

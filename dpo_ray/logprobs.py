@@ -1,7 +1,13 @@
-"""Sequence log-probabilities of completions from one causal-LM forward over a collated batch."""
+"""Sequence log-probabilities of completions from one causal-LM forward over a collated batch.
+
+The output layer is replaced by a ScoringHead: the model's own forward stops at the final hidden states, only the
+scored positions go through the vocabulary projection, and that projection and its log-softmax run in fp32 over
+chunks of the vocabulary. In bf16 this removes the rounding of bf16 logits (1e-2 to 1e-1 nats per token) and never
+holds tokens x vocab logits at once."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +22,7 @@ MODEL_INPUTS = (
     "max_length_q",
     "max_length_k",
 )
+DEFAULT_CHUNK_BYTES = 256 << 20
 
 
 @dataclass
@@ -30,21 +37,138 @@ class PairLogps:
     rejected_logits_sum: torch.Tensor
 
 
+def _transform(raw: torch.Tensor, scale: float, softcap: float | None) -> tuple[torch.Tensor, torch.Tensor | float]:
+    """The model's own logit post-processing (Cohere's scale, Granite's divisor, Gemma's soft cap), its slope."""
+    logits = raw * scale if scale != 1.0 else raw
+    if softcap is None:
+        return logits, scale
+    capped = torch.tanh(logits / softcap)
+    return capped * softcap, scale * (1 - capped * capped)
+
+
+class TokenLogProbs(torch.autograd.Function):
+    """log p(target) of each row of hidden under the output layer (weight, bias), in fp32, a vocabulary chunk at a time
+    (forward and backward both), plus each row's mean logit (a metric, no gradient)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, chunk_rows: int, scale: float, softcap: float | None):
+        h = hidden.float()
+        rows = torch.arange(len(targets), device=h.device)
+        logz = torch.full((len(targets),), -math.inf, dtype=torch.float32, device=h.device)
+        target_logit = torch.zeros_like(logz)
+        logit_sum = torch.zeros_like(logz)
+        for lo in range(0, weight.shape[0], chunk_rows):
+            hi = min(lo + chunk_rows, weight.shape[0])
+            raw = h @ weight[lo:hi].float().T + (bias[lo:hi].float() if bias is not None else 0.0)
+            logits, _ = _transform(raw, scale, softcap)
+            logz = torch.logaddexp(logz, torch.logsumexp(logits, dim=-1))
+            inside = (targets >= lo) & (targets < hi)
+            target_logit[inside] = logits[rows[inside], targets[inside] - lo]
+            logit_sum += logits.sum(-1)
+        ctx.save_for_backward(hidden, weight, bias, targets, logz)
+        ctx.chunk_rows, ctx.scale, ctx.softcap = chunk_rows, scale, softcap
+        mean_logit = logit_sum / weight.shape[0]
+        ctx.mark_non_differentiable(mean_logit)
+        return target_logit - logz, mean_logit
+
+    @staticmethod
+    def backward(ctx, grad_logp, _grad_mean):
+        hidden, weight, bias, targets, logz = ctx.saved_tensors
+        h, g = hidden.float(), grad_logp.float()
+        rows = torch.arange(len(targets), device=h.device)
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_h = torch.zeros_like(h) if need_h else None
+        grad_w = torch.empty_like(weight) if need_w else None
+        grad_b = torch.empty_like(bias) if need_b and bias is not None else None
+        for lo in range(0, weight.shape[0], ctx.chunk_rows):
+            hi = min(lo + ctx.chunk_rows, weight.shape[0])
+            w = weight[lo:hi].float()
+            raw = h @ w.T + (bias[lo:hi].float() if bias is not None else 0.0)
+            logits, slope = _transform(raw, ctx.scale, ctx.softcap)
+            d_logits = -g[:, None] * torch.exp(logits - logz[:, None])  # d log p(target) / d logits = onehot - p
+            inside = (targets >= lo) & (targets < hi)
+            d_logits[rows[inside], targets[inside] - lo] += g[inside]
+            d_raw = d_logits * slope
+            if grad_h is not None:
+                grad_h += d_raw @ w
+            if grad_w is not None:
+                grad_w[lo:hi] = (d_raw.T @ h).to(weight.dtype)
+            if grad_b is not None:
+                grad_b[lo:hi] = d_raw.sum(0).to(bias.dtype)
+        return (grad_h.to(hidden.dtype) if grad_h is not None else None), grad_w, grad_b, None, None, None, None
+
+
+class ScoringHead(torch.nn.Module):
+    """The model's output layer as dpo-ray scores with it. While forward_pairs runs the model it keeps the final hidden
+    states and hands back empty logits; called with the hidden states of the scored positions and their target
+    tokens, it returns their log-probs (TokenLogProbs); otherwise it is the plain output layer. It owns that layer's
+    own parameters (the same tensors: tied embeddings stay tied, state-dict names stay lm_head.*), so ZeRO-3 gathers
+    them for each call."""
+
+    def __init__(self, head: torch.nn.Linear, chunk_bytes: int, scale: float = 1.0, softcap: float | None = None):
+        super().__init__()
+        self.weight = head.weight
+        self.bias = head.bias
+        self.chunk_bytes, self.scale, self.softcap = chunk_bytes, scale, softcap
+        self.capturing = False
+        self.hidden: torch.Tensor | None = None
+
+    def forward(self, hidden: torch.Tensor, targets: torch.Tensor | None = None):
+        if targets is None and not self.capturing:
+            return torch.nn.functional.linear(hidden, self.weight, self.bias)
+        if targets is None:
+            self.hidden = hidden
+            return hidden.new_empty(*hidden.shape[:-1], 0)
+        # per vocabulary row of a chunk: its fp32 weights, and its logits, probabilities and gradients for every token
+        chunk_rows = max(1, self.chunk_bytes // (4 * (hidden.shape[-1] + 3 * len(targets))))
+        return TokenLogProbs.apply(hidden, self.weight, self.bias, targets, chunk_rows, self.scale, self.softcap)
+
+    def take_hidden(self) -> torch.Tensor:
+        hidden, self.hidden = self.hidden, None
+        return hidden
+
+
+def install_scoring_head(model: torch.nn.Module, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> ScoringHead:
+    """Replace a causal LM's output layer by a ScoringHead (before DeepSpeed or peft wrap the model)."""
+    head = model.get_output_embeddings()
+    if isinstance(head, ScoringHead):
+        return head
+    config = model.config
+    scale = float(getattr(config, "logit_scale", None) or 1.0) / float(getattr(config, "logits_scaling", None) or 1.0)
+    scoring = ScoringHead(head, chunk_bytes, scale, getattr(config, "final_logit_softcapping", None))
+    model.set_output_embeddings(scoring)
+    return scoring
+
+
+def _scoring_head(model: torch.nn.Module) -> ScoringHead:
+    inner = getattr(model, "module", model)  # a DeepSpeed engine wraps the model
+    head = inner.get_output_embeddings()
+    if isinstance(head, ScoringHead):
+        return head
+    if inner is not model:
+        raise RuntimeError("install_scoring_head before deepspeed.initialize: ZeRO-3 hooks its modules then")
+    return install_scoring_head(inner)
+
+
 def forward_pairs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> PairLogps:
     """Forward once and score each completion token from the position that predicts it (use_cache off: with a cache,
     transformers reads masks differently and packed sequences would attend across boundaries)."""
-    logits = model(**{k: batch[k] for k in MODEL_INPUTS if k in batch}, use_cache=False).logits
-    flat = logits.reshape(-1, logits.shape[-1])[batch["predictor_index"]].float()
+    head = _scoring_head(model)
+    head.capturing = True
+    try:
+        model(**{k: batch[k] for k in MODEL_INPUTS if k in batch}, use_cache=False)
+    finally:
+        head.capturing = False
+    hidden = head.take_hidden()
+    scored = hidden.reshape(-1, hidden.shape[-1])[batch["predictor_index"]]
     targets = batch["input_ids"].reshape(-1)[batch["target_index"]]
-    token_logps = flat.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(flat, dim=-1)
+    token_logps, mean_logits = head(scored, targets)
     n, seq = int(batch["num_sequences"]), batch["sequence_ids"]
     sums = torch.zeros(n, dtype=token_logps.dtype, device=token_logps.device).index_add(0, seq, token_logps)
     tokens = torch.zeros(n, dtype=token_logps.dtype, device=token_logps.device).index_add(
         0, seq, torch.ones_like(token_logps)
     )
-    with torch.no_grad():
-        mean_logits = flat.mean(-1)
-        chosen = seq < n // 2
+    chosen = seq < n // 2
     return PairLogps(
         chosen_logps=sums[: n // 2],
         rejected_logps=sums[n // 2 :],

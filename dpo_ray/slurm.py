@@ -11,10 +11,11 @@ def shape(command: str, overrides: list[str]) -> tuple[int, int]:
     """Nodes (cluster.nodes, at least 1) and GPUs per node: the most GPUs the run's groups hold at once, spread
     evenly."""
     from .compose import compose
-    from .groups.resources import group_needs
+    from .groups.resources import group_needs, reference_group_needed
 
     cfg = compose(overrides, command)
-    needs = group_needs(cfg, reference=True, online=command == "online")
+    online = command == "online"
+    needs = group_needs(cfg, reference=reference_group_needed(cfg, online), online=online)
     gpus = [n.size * n.gpus for n in needs]
     # Offline runs finish the reference before the policy starts; online groups all live at once.
     total = sum(gpus) if command == "online" else max(gpus)

@@ -12,7 +12,7 @@ from ..atomic import write_text
 from ..config import RunConfig
 from ..data.pair_stats import pair_statistics
 from ..groups.policy_group import PolicyGroup
-from ..groups.resources import group_needs
+from ..groups.resources import group_needs, reference_group_needed
 from ..objective import needs_reference
 from ..run_files import DATA_STATS
 from ..validation import validate
@@ -22,7 +22,7 @@ from .inputs import OfflineInputs, offline_inputs
 from .metrics import MetricsWriter
 from .reference import ReferenceScorer
 from .runtime import run_campaign
-from .trainer import PolicyTrainer, accumulation_steps
+from .trainer import PolicyTrainer, accumulation_steps, epoch_groups, eval_groups
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +55,8 @@ class OfflineCampaign:
         self.total_steps = self.steps_per_epoch * t.epochs if t.max_steps < 0 else t.max_steps
 
     def run(self) -> OfflineResult:
-        # Without LoRA the reference group finishes before the policy group starts: they need not fit together.
-        reference_group = self.uses_reference and not self.cfg.model.lora.enabled
-        needs = group_needs(self.cfg, reference_group, online=False)
+        # A reference group finishes before the policy group starts: they need not fit together.
+        needs = group_needs(self.cfg, reference_group_needed(self.cfg, online=False), online=False)
         result, restarts = run_campaign(self.cfg, needs, self._run, concurrent=False, cleanup=self.reference.shutdown)
         result.restarts = restarts
         return result
@@ -65,20 +64,21 @@ class OfflineCampaign:
     def _run(self, resume: bool) -> OfflineResult:
         cfg, inputs = self.cfg, self.inputs
         state = self.checkpoints.latest() if resume else None
-        everything = inputs.train + inputs.eval
-        lora = cfg.model.lora.enabled
+        everything, n_train = inputs.train + inputs.eval, len(inputs.train)
+        # Each pair is scored in the micro-batch the policy first sees it in: its first epoch's, and the evaluations'.
+        groups = epoch_groups(cfg, n_train, cfg.data.shuffle_seed)
+        groups += [[n_train + i for i in group] for group in eval_groups(cfg, len(inputs.eval))]
         result = OfflineResult(self.run_dir, self.run_dir / "final", resumed_from=state["tag"] if state else None)
-        reference = None
-        if self.uses_reference and not lora:
-            reference, result.reference_computed = self.reference.logps(everything)
+        reference, by_group = None, reference_group_needed(cfg, online=False)
+        if by_group:
+            reference, result.reference_computed = self.reference.logps(everything, groups)
             self.reference.shutdown()  # offline runs need the reference group only once
         policy = self.policy = PolicyGroup(cfg, inputs.model_path, self.total_steps, accumulation_steps(cfg), self.env)
         result.policy_nodes = policy.group.node_ids()
         log.info("policy ranks on %d node(s): %s", len(set(result.policy_nodes)), result.policy_nodes)
         try:
-            if self.uses_reference and lora:
-                reference, result.reference_computed = self.reference.logps(everything, policy)
-            n_train = len(inputs.train)
+            if self.uses_reference and not by_group:  # before any checkpoint loads: the policy is still the reference
+                reference, result.reference_computed = self.reference.logps(everything, groups, policy)
             train_ref = None if reference is None else (reference[0][:n_train], reference[1][:n_train])
             eval_ref = None if reference is None else (reference[0][n_train:], reference[1][n_train:])
             self._write_data_stats(eval_ref)

@@ -18,7 +18,7 @@ from ..data.pair_stats import pair_statistics
 from ..data.pairs import build_pairs
 from ..data.tokenize import TokenizedPair, TokenizeSettings
 from ..groups.policy_group import PolicyGroup
-from ..groups.resources import group_needs
+from ..groups.resources import group_needs, reference_group_needed
 from ..groups.reward_group import RewardGroup
 from ..groups.rollout_group import RolloutGroup
 from ..objective import needs_reference
@@ -33,7 +33,7 @@ from .metrics import MetricsWriter
 from .reference import ReferenceScorer
 from .round_store import RoundStore
 from .runtime import run_campaign
-from .trainer import PolicyTrainer, accumulation_steps
+from .trainer import PolicyTrainer, accumulation_steps, epoch_groups, eval_groups
 
 log = logging.getLogger(__name__)
 PHASES = ("generate", "score", "pairs", "reference", "train", "sync", "eval")
@@ -76,8 +76,8 @@ class OnlineCampaign:
         self.store = RoundStore(self.run_dir, cfg.train.keep_checkpoints, self.tokenizer, settings, cfg.data.on_error)
 
     def run(self) -> OnlineResult:
-        reference_group = self.uses_reference and not self.cfg.model.lora.enabled
-        result, restarts = run_campaign(self.cfg, group_needs(self.cfg, reference_group, online=True), self._run)
+        needs = group_needs(self.cfg, reference_group_needed(self.cfg, online=True), online=True)
+        result, restarts = run_campaign(self.cfg, needs, self._run)
         result.restarts = restarts
         return result
 
@@ -128,7 +128,7 @@ class OnlineCampaign:
         started.append(rollout)
         started.append(RewardGroup(cfg, inputs.reward_fn, inputs.reward_model))
         started.append(ReferenceScorer(cfg, inputs.reference_path, self.spec, self.env))
-        if self.uses_reference and not cfg.model.lora.enabled:
+        if reference_group_needed(cfg, online=True):
             started[-1].start()  # every round needs it: its replicas load while the policy starts
         started.append(PolicyGroup(cfg, inputs.model_path, self.total_steps, accumulation_steps(cfg), self.env))
         log.info("rollout, reward, reference and policy groups started in %.1fs", time.perf_counter() - began)
@@ -159,13 +159,14 @@ class OnlineCampaign:
         new_pairs = self.store.pairs(r)
         train_pairs = new_pairs + self._mixed_in(r, len(new_pairs))
         lap("pairs")
-        ref = None
+        ref, shuffle_seed = None, self.cfg.data.shuffle_seed + 1000 * r
         if self.uses_reference and train_pairs:
-            ref, _ = groups.reference.logps(train_pairs, self._adapter_base(groups.policy))
+            batches = epoch_groups(self.cfg, len(train_pairs), shuffle_seed)  # as the policy will see them first
+            ref, _ = groups.reference.logps(train_pairs, batches, self._adapter_base(groups.policy))
         lap("reference")
         steps_before = trainer.step
         if train_pairs:
-            trainer.train(train_pairs, ref, o.epochs_per_round, self.cfg.data.shuffle_seed + 1000 * r)
+            trainer.train(train_pairs, ref, o.epochs_per_round, shuffle_seed)
         else:
             log.warning("round %d: no pairs (every prompt's samples tied); the policy is unchanged", r)
         lap("train")
@@ -241,9 +242,10 @@ class OnlineCampaign:
         }
         if self.uses_reference:
             pairs, scored = stats.kl_pairs(self.tokenizer, prompts, sampled)
-            chosen, rejected = (
-                groups.reference.logps(pairs, self._adapter_base(groups.policy))[0] if pairs else ([], [])
-            )
+            chosen, rejected = [], []
+            if pairs:
+                batches = eval_groups(self.cfg, len(pairs))
+                chosen, rejected = groups.reference.logps(pairs, batches, self._adapter_base(groups.policy))[0]
             metrics["eval/kl"] = stats.kl_estimate(scored, chosen, rejected)
         return metrics
 

@@ -3,12 +3,13 @@ kept until closed), or, for LoRA, from the policy with its adapter disabled."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Sequence
 
 from ..config import RunConfig
-from ..data.batches import build_micro_batches
+from ..data.batches import as_micro_batches, deal_groups, scores_by_pair
 from ..data.tokenize import TokenizedPair
 from ..groups.policy_group import PolicyGroup
 from ..groups.reference_group import ReferenceGroup
@@ -26,29 +27,36 @@ class ReferenceScorer:
         self.cache = ReferenceCache(cfg.cache_dir) if cfg.reference.cache else None
         self.group: ReferenceGroup | None = None
 
-    def key(self, pairs: Sequence[TokenizedPair]) -> str:
+    def key(self, pairs: Sequence[TokenizedPair], groups: list[list[int]]) -> str:
         m = self.cfg.model
         settings = {
             "dtype": str(self.spec.dtype),
             "attn": str(m.attn_implementation),
             "lora": str(m.lora.enabled),
             "packing": str(self.cfg.data.layout != "padded"),
+            "groups": json.dumps(groups),  # in bf16 a pair's log-probs depend on the micro-batch it is scored in
         }
         return cache_key(pairs, model_fingerprint(self.reference_path), settings)
 
-    def logps(self, pairs: list[TokenizedPair], policy: PolicyGroup | None = None) -> tuple[ReferenceLogps, bool]:
-        """(chosen, rejected) reference log-probs for pairs, and whether they had to be computed."""
-        key = self.key(pairs)
+    def logps(
+        self, pairs: list[TokenizedPair], groups: list[list[int]], policy: PolicyGroup | None = None
+    ) -> tuple[ReferenceLogps, bool]:
+        """(chosen, rejected) reference log-probs for pairs, each scored in its micro-batch of groups (the ones the
+        policy will see it in first, so that at step 0 both compute the same numbers), and whether they had to be
+        computed. With policy: the policy group scores them (its adapter off for LoRA; as it is before any step)."""
+        key = self.key(pairs, groups)
         cached = self.cache.load(key) if self.cache else None
         if cached is not None:
             log.info("reference log-probs: cache hit %s", key)
             return cached, False
         start = time.perf_counter()
         if policy is not None:
-            chosen, rejected = self._from_policy(pairs, policy)
+            index_plan = deal_groups(groups, policy.size)
+            per_rank = policy.reference_logps(as_micro_batches(pairs, index_plan))
+            chosen, rejected = scores_by_pair(index_plan, per_rank, len(pairs))
         else:
             self.start()
-            chosen, rejected = self.group.logps(pairs)
+            chosen, rejected = self.group.logps(pairs, groups)
         log.info("reference log-probs for %d pairs in %.1fs", len(pairs), time.perf_counter() - start)
         if self.cache:
             self.cache.save(key, chosen, rejected)
@@ -58,17 +66,6 @@ class ReferenceScorer:
         """Start the reference group now (its replicas load while other groups start) instead of on first need."""
         if self.group is None:
             self.group = ReferenceGroup(self.cfg, self.reference_path, self.env)
-
-    def _from_policy(self, pairs: list[TokenizedPair], policy: PolicyGroup) -> ReferenceLogps:
-        index_plan, plan = build_micro_batches(
-            pairs, range(len(pairs)), policy.size, self.cfg.reference.micro_batch_size, None
-        )
-        chosen, rejected = [0.0] * len(pairs), [0.0] * len(pairs)
-        for rank_indices, (rank_chosen, rank_rejected) in zip(index_plan, policy.reference_logps(plan)):
-            order = [i for idx in rank_indices for i in idx]  # the worker skips fillers, so this lines up
-            for i, c, r in zip(order, rank_chosen, rank_rejected, strict=True):
-                chosen[i], rejected[i] = c, r
-        return chosen, rejected
 
     def shutdown(self) -> None:
         """Free the reference group (a later call starts it again)."""

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..config import RunConfig
-from ..data.batches import build_micro_batches, step_scale
+from ..data.batches import build_micro_batches, step_groups, step_scale
 from ..data.tokenize import TokenizedPair
 from ..groups.policy_group import PolicyGroup
 from ..objective import reduce_metrics
@@ -28,6 +28,28 @@ def accumulation_steps(cfg: RunConfig) -> int:
     """Micro-batches per rank per optimizer step, so that ranks x micro-batch x accumulation covers the batch."""
     t = cfg.train
     return max(1, math.ceil(t.batch_size / (cfg.cluster.policy_ranks * t.micro_batch_size)))
+
+
+def epoch_order(n: int, epoch: int, shuffle_seed: int) -> list[int]:
+    """The order in which an epoch visits n pairs (its batches are consecutive slices of it)."""
+    order = list(range(n))
+    random.Random(shuffle_seed + epoch).shuffle(order)
+    return order
+
+
+def epoch_groups(cfg: RunConfig, n: int, shuffle_seed: int) -> list[list[int]]:
+    """The micro-batches of the first epoch over n pairs, exactly as the policy ranks will collate them: the reference
+    scores pairs in these, so at step 0 policy and reference compute the same numbers (bf16 included)."""
+    order, size = epoch_order(n, 0, shuffle_seed), cfg.train.batch_size
+    world, micro, accumulation = cfg.cluster.policy_ranks, cfg.train.micro_batch_size, accumulation_steps(cfg)
+    return [
+        group for lo in range(0, n, size) for group in step_groups(order[lo : lo + size], world, micro, accumulation)
+    ]
+
+
+def eval_groups(cfg: RunConfig, n: int) -> list[list[int]]:
+    """The micro-batches of a held-out evaluation over n pairs (see PolicyTrainer.evaluate)."""
+    return step_groups(range(n), cfg.cluster.policy_ranks, cfg.train.micro_batch_size)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -82,8 +104,7 @@ class PolicyTrainer:
         t = self.cfg.train
         batch_index = 0
         for epoch in range(epochs):
-            order = list(range(len(pairs)))
-            random.Random(shuffle_seed + epoch).shuffle(order)
+            order = epoch_order(len(pairs), epoch, shuffle_seed)
             for start in range(0, len(order), t.batch_size):
                 batch_index += 1
                 if batch_index <= skip_batches:

@@ -41,6 +41,50 @@ def plan_micro_batches(
     return [p + [[] for _ in range(count - len(p))] for p in plan]
 
 
+def step_groups(
+    indices: Sequence[int], world: int, micro_batch_size: int, per_rank: int | None = None
+) -> list[list[int]]:
+    """The micro-batches (pair indices, in collation order) that one step over these indices forms, rank after rank.
+    Whoever scores a pair in the same micro-batch computes exactly what the policy does (bf16 included)."""
+    return [group for rank in plan_micro_batches(indices, world, micro_batch_size, per_rank) for group in rank if group]
+
+
+def deal_groups(groups: Sequence[list[int]], world: int) -> list[list[list[int]]]:
+    """Micro-batches dealt to ranks in turn, every rank padded with empty ones to the same count (ranks in lockstep)."""
+    shares = [list(groups[r::world]) for r in range(world)]
+    count = max(len(share) for share in shares)
+    return [share + [[] for _ in range(count - len(share))] for share in shares]
+
+
+def as_micro_batches(
+    pairs: Sequence[TokenizedPair],
+    index_plan: list[list[list[int]]],
+    reference: tuple[list[float], list[float]] | None = None,
+) -> list[list[MicroBatch]]:
+    """Each rank's micro-batches of an index plan (with reference log-probs when given); empty slots become
+    zero-weight fillers (a copy of the first pair) so every rank runs the same collectives."""
+    filler = next(i for rank in index_plan for idx in rank for i in idx)
+
+    def make(idx: list[int]) -> MicroBatch:
+        weight, idx = (1.0, idx) if idx else (0.0, [filler])
+        refs = (None, None) if reference is None else ([reference[0][i] for i in idx], [reference[1][i] for i in idx])
+        return MicroBatch([pairs[i] for i in idx], *refs, weight=weight)
+
+    return [[make(idx) for idx in rank] for rank in index_plan]
+
+
+def scores_by_pair(
+    index_plan: list[list[list[int]]], per_rank: list[list[list[tuple[float, float]]]], n: int
+) -> tuple[list[float], list[float]]:
+    """(chosen, rejected) of n pairs from each rank's per-micro-batch scores of an index plan (none for fillers)."""
+    chosen, rejected = [0.0] * n, [0.0] * n
+    for rank_plan, rank_scores in zip(index_plan, per_rank, strict=True):
+        for indices, scores in zip(rank_plan, rank_scores, strict=True):
+            for i, (c, r) in zip(indices, scores, strict=True):
+                chosen[i], rejected[i] = c, r
+    return chosen, rejected
+
+
 def build_micro_batches(
     pairs: Sequence[TokenizedPair],
     indices: Sequence[int],
@@ -49,13 +93,6 @@ def build_micro_batches(
     reference: tuple[list[float], list[float]] | None,
     per_rank: int | None = None,
 ) -> tuple[list[list[list[int]]], list[list[MicroBatch]]]:
-    """The index plan of plan_micro_batches and its micro-batches (with reference log-probs when given); empty slots
-    become zero-weight fillers so every rank runs the same collectives."""
+    """The index plan of plan_micro_batches and its micro-batches (see as_micro_batches)."""
     index_plan = plan_micro_batches(indices, world, size, per_rank)
-
-    def make(idx: list[int]) -> MicroBatch:
-        weight, idx = (1.0, idx) if idx else (0.0, [indices[0]])
-        refs = (None, None) if reference is None else ([reference[0][i] for i in idx], [reference[1][i] for i in idx])
-        return MicroBatch([pairs[i] for i in idx], *refs, weight=weight)
-
-    return index_plan, [[make(idx) for idx in rank] for rank in index_plan]
+    return index_plan, as_micro_batches(pairs, index_plan, reference)

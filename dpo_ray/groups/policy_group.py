@@ -26,7 +26,8 @@ class PolicyGroup:
     def evaluate(self, plan: list[list[MicroBatch]], scale: StepScale) -> list[dict[str, float]]:
         return self.group.run_each("evaluate", [(rank_batches, scale) for rank_batches in plan])
 
-    def reference_logps(self, plan: list[list[MicroBatch]]) -> list[tuple[list[float], list[float]]]:
+    def reference_logps(self, plan: list[list[MicroBatch]]) -> list[list[list[tuple[float, float]]]]:
+        """Each rank's reference scores of its micro-batches (see PolicyWorker.reference_logps)."""
         return self.group.run_each("reference_logps", [(rank_batches,) for rank_batches in plan])
 
     def export_weights(self) -> ray.ObjectRef:

@@ -45,6 +45,17 @@ def reference_need(cfg: RunConfig) -> GroupNeed:
     return GroupNeed("reference", c.reference_ranks, c.cpus_per_rank, c.gpus_per_rank)
 
 
+def reference_group_needed(cfg: RunConfig, online: bool) -> bool:
+    """Whether a run starts a reference group: its loss uses a reference, that is not the LoRA policy's own base, and
+    (offline) the policy cannot score it before its first step (another model, or reference.from_policy off)."""
+    from ..loss_types import LOSS_TYPES, loss_names
+
+    uses_reference = any(not LOSS_TYPES[name].reference_free for name in loss_names(cfg.algo.loss_type))
+    if not uses_reference or cfg.model.lora.enabled:
+        return False
+    return online or not (cfg.reference.from_policy and cfg.model.reference_path in ("", cfg.model.path))
+
+
 def group_needs(cfg: RunConfig, reference: bool, online: bool) -> list[GroupNeed]:
     """What each group of a run asks of the cluster: ranks, and CPUs and GPUs per rank."""
     needs = [policy_need(cfg)]

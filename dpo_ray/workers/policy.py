@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -10,12 +11,12 @@ from ..atomic import write_dir
 from ..config import RunConfig
 from ..data.batches import MicroBatch, StepScale
 from ..data.collate import collate_pairs, make_layout
-from ..logprobs import forward_pairs
+from ..logprobs import forward_pairs, install_scoring_head
 from ..objective import add_metric_sums, micro_batch_objective
 from . import deepspeed_setup
 from .device import device_spec, rank_threads
 from .distributed import init_distributed
-from .models import load_causal_lm, load_tokenizer
+from .models import load_causal_lm, load_tokenizer, restore_rotary_buffers
 from .weights import merge_lora_state, weights_bytes
 
 
@@ -49,12 +50,12 @@ class PolicyWorker:
         ds_config = deepspeed_setup.deepspeed_config(
             self.spec, self.world, cfg.train.micro_batch_size, self.accumulation, cfg.train.max_grad_norm
         )
-        hf_ds_config = HfDeepSpeedConfig(
-            ds_config
-        )  # while it lives, from_pretrained builds the model already partitioned
+        hf_ds_config = HfDeepSpeedConfig(ds_config)  # while it lives, from_pretrained builds the model partitioned
         model = load_causal_lm(
             self.model_path, self.spec.dtype, cfg.model.attn_implementation, cfg.model.trust_remote_code
         )
+        restore_rotary_buffers(model)
+        install_scoring_head(model, cfg.model.logits_chunk_mb << 20)  # before peft and DeepSpeed wrap it
         del hf_ds_config
         unset_hf_deepspeed_config()  # later loads (the LoRA merge on rank 0) must not start collectives
         if cfg.model.gradient_checkpointing:
@@ -139,17 +140,17 @@ class PolicyWorker:
         return add_metric_sums(sums)
 
     @torch.no_grad()
-    def reference_logps(self, micro_batches: list[MicroBatch]) -> tuple[list[float], list[float]]:
-        """LoRA runs: the reference is this model with its adapter disabled."""
+    def reference_logps(self, micro_batches: list[MicroBatch]) -> list[list[tuple[float, float]]]:
+        """The reference's log-probs of each pair of each micro-batch (none for fillers): with LoRA, this model with its
+        adapter disabled; otherwise this model as it is, which is the reference only before the first step."""
         self.engine.eval()
-        chosen, rejected = [], []
-        with self.engine.module.disable_adapter():
+        scores = []
+        with self.engine.module.disable_adapter() if self.cfg.model.lora.enabled else contextlib.nullcontext():
             for micro in micro_batches:
                 out = forward_pairs(self.engine, self._batch(micro))
-                if micro.weight:
-                    chosen += out.chosen_logps.tolist()
-                    rejected += out.rejected_logps.tolist()
-        return chosen, rejected
+                pairs = zip(out.chosen_logps.tolist(), out.rejected_logps.tolist())
+                scores.append(list(pairs) if micro.weight else [])
+        return scores
 
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
         """All ranks must call: ZeRO-3 shards are gathered layer by layer onto rank 0 (others get None)."""

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from ..config import RunConfig
+from ..data.batches import MicroBatch
 from ..data.collate import collate_pairs, make_layout
-from ..data.tokenize import TokenizedPair
-from ..logprobs import forward_pairs
+from ..logprobs import forward_pairs, install_scoring_head
 from .device import device_spec, rank_threads
 from .models import load_causal_lm, load_tokenizer
 
@@ -23,17 +23,17 @@ class ReferenceWorker:
             .eval()
         )
         self.model.requires_grad_(False)
+        install_scoring_head(self.model, cfg.model.logits_chunk_mb << 20)
         self.pad_id = load_tokenizer(model_path, cfg.model.trust_remote_code).pad_token_id
         self.layout = make_layout(cfg.data.layout, cfg.data.pack_length, cfg.model.attn_implementation)
 
     @torch.no_grad()
-    def logps(self, pairs: list[TokenizedPair]) -> list[tuple[float, float]]:
-        """Summed completion log-probs (chosen, rejected) of each pair, in the order given."""
-        chosen, rejected = [], []
-        size = self.cfg.reference.micro_batch_size
-        for start in range(0, len(pairs), size):
-            batch = collate_pairs(pairs[start : start + size], self.pad_id, self.layout, self.spec.dtype)
+    def logps(self, micro_batches: list[MicroBatch]) -> list[list[tuple[float, float]]]:
+        """Summed completion log-probs (chosen, rejected) of each pair of each micro-batch, collated as the policy
+        collates it; none for zero-weight fillers."""
+        scores = []
+        for micro in micro_batches:
+            batch = collate_pairs(micro.pairs, self.pad_id, self.layout, self.spec.dtype)
             out = forward_pairs(self.model, {k: v.to(self.spec.device) for k, v in batch.items()})
-            chosen += out.chosen_logps.tolist()
-            rejected += out.rejected_logps.tolist()
-        return list(zip(chosen, rejected))
+            scores.append(list(zip(out.chosen_logps.tolist(), out.rejected_logps.tolist())) if micro.weight else [])
+        return scores

@@ -25,7 +25,8 @@ pytestmark = pytest.mark.slow
 def test_reference_cache_is_written_once_reused_and_invalidated_by_new_data(local_ray, run_config, tiny_model_dir):
     pairs = make_pairs(6, seed=7)
     campaign = OfflineCampaign(run_config, OfflineInputs(tiny_model_dir, tiny_model_dir, pairs, pairs[:2]))
-    (chosen, rejected), computed = campaign.reference.logps(pairs)
+    groups = [[0, 1, 2], [3, 4, 5]]
+    (chosen, rejected), computed = campaign.reference.logps(pairs, groups)
     assert computed
     files = list(ReferenceCache(run_config.cache_dir).root.glob("*.safetensors"))
     assert len(files) == 1
@@ -33,12 +34,14 @@ def test_reference_cache_is_written_once_reused_and_invalidated_by_new_data(loca
         out = forward_pairs(AutoModelForCausalLM.from_pretrained(tiny_model_dir), collate_pairs(pairs, 0))
     assert torch.allclose(torch.tensor(chosen), out.chosen_logps, atol=1e-5)
 
-    again, computed_again = campaign.reference.logps(pairs)
+    again, computed_again = campaign.reference.logps(pairs, groups)
     assert not computed_again and again == (chosen, rejected)
 
     changed = pairs[:5] + make_pairs(1, seed=99)
-    _, computed_changed = campaign.reference.logps(changed)
+    _, computed_changed = campaign.reference.logps(changed, groups)
     assert computed_changed and len(list(ReferenceCache(run_config.cache_dir).root.glob("*.safetensors"))) == 2
+    _, computed_regrouped = campaign.reference.logps(pairs, [[0, 1], [2, 3, 4, 5]])  # bf16 values depend on them
+    assert computed_regrouped and len(list(ReferenceCache(run_config.cache_dir).root.glob("*.safetensors"))) == 3
     campaign.reference.shutdown()
 
 
@@ -57,7 +60,10 @@ def test_lora_run_scores_the_reference_with_the_adapter_off_and_saves_adapter_an
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     with torch.no_grad():
         base_out = forward_pairs(base, collate_pairs(pairs, 0))
-    cached = ReferenceCache(cfg.cache_dir).load(campaign.reference.key(pairs))
+    from dpo_ray.campaign.trainer import epoch_groups, eval_groups
+
+    groups = epoch_groups(cfg, 10, cfg.data.shuffle_seed) + [[10 + i for i in g] for g in eval_groups(cfg, 2)]
+    cached = ReferenceCache(cfg.cache_dir).load(campaign.reference.key(pairs, groups))
     assert torch.allclose(torch.tensor(cached[0]), base_out.chosen_logps, atol=1e-5)
     assert (result.final_model / "adapter_config.json").exists()
     merged = AutoModelForCausalLM.from_pretrained(result.final_model / "merged")
