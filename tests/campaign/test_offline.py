@@ -183,3 +183,24 @@ def test_every_reference_loss_trains_through_the_ray_path(local_ray, run_config,
     result = OfflineCampaign(cfg, OfflineInputs(tiny_model_dir, tiny_model_dir, pairs, pairs)).run()
     assert result.after["eval_loss"] < result.before["eval_loss"]
     assert result.after["eval_rewards/margins"] > 0
+
+
+@pytest.mark.parametrize(
+    "layout, from_policy",
+    [("padded", False), ("packed", False), ("prefix_shared", False), ("prefix_shared", True)],
+    ids=["padded-group", "packed-group", "prefix_shared-group", "prefix_shared-policy"],
+)
+def test_in_bf16_policy_and_reference_agree_exactly_at_step_0(
+    local_ray, run_config, tiny_model_dir, layout, from_policy
+):
+    """A reference group of bf16 replicas (or the policy itself) scores each pair in the micro-batch the ZeRO-3 policy
+    first sees it in: every implicit reward of the held-out evaluation and of the first step is exactly 0."""
+    cfg = run_config
+    cfg.model.dtype, cfg.data.layout, cfg.reference.from_policy = "bfloat16", layout, from_policy
+    cfg.cluster.policy_ranks, cfg.cluster.reference_ranks, cfg.train.max_steps = 2, 2, 1
+    pairs = make_pairs(20, seed=14)
+    result = OfflineCampaign(cfg, OfflineInputs(tiny_model_dir, tiny_model_dir, pairs[:14], pairs[14:])).run()
+    first_step = next(json.loads(line) for line in (result.run_dir / "metrics.jsonl").open() if '"loss"' in line)
+    for metrics, prefix in ((result.before, "eval_"), (first_step, "")):
+        assert metrics[f"{prefix}rewards/chosen"] == metrics[f"{prefix}rewards/rejected"] == 0.0, metrics
+        assert metrics[f"{prefix}rewards/accuracies"] == 0.0 and metrics[f"{prefix}kl/chosen"] == 0.0
