@@ -28,6 +28,8 @@ OnNonFinite = choices("OnNonFinite", "stop", "skip")
 Placement = choices("Placement", "PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 Resume = choices("Resume", "auto", "never")
 ReferenceSharding = choices("ReferenceSharding", "replicas", "zero3", "auto")
+Offload = choices("Offload", "none", "cpu", "nvme")
+GradDtype = choices("GradDtype", "fp32", "model")
 
 
 @dataclass
@@ -148,6 +150,39 @@ class TrainConfig:
     )
     max_restarts: int = opt(2, "restarts from the latest checkpoint after a lost actor or a hung call", NON_NEGATIVE)
     log_every: int = opt(1, "write metrics every this many steps", AT_LEAST_ONE)
+
+
+@dataclass
+class DeepSpeedConfig:
+    offload_optimizer: Offload = opt(
+        Offload.none, "where the policy's optimizer states and fp32 master weights live: none (the device), cpu or nvme"
+    )
+    offload_param: Offload = opt(
+        Offload.none, "where ZeRO-3 keeps parameters between uses (policy, zero3 reference): none, cpu or nvme"
+    )
+    nvme_path: str = opt("", "a directory on a fast local NVMe drive, for offload to nvme")
+    reduce_bucket_size: int = opt(
+        500_000_000, "gradient elements per reduce-scatter (reduce_bucket_size)", AT_LEAST_ONE
+    )
+    prefetch_bucket_size: int = opt(
+        50_000_000, "parameter elements ZeRO-3 fetches ahead of use (stage3_prefetch_bucket_size)", NON_NEGATIVE
+    )
+    param_persistence_threshold: int = opt(
+        100_000,
+        "parameters with fewer elements stay whole on every rank (stage3_param_persistence_threshold)",
+        NON_NEGATIVE,
+    )
+    max_live_parameters: int = opt(
+        1_000_000_000,
+        "most parameter elements a rank holds gathered at once (stage3_max_live_parameters)",
+        AT_LEAST_ONE,
+    )
+    grad_accum_dtype: GradDtype = opt(
+        GradDtype.fp32, "dtype gradients accumulate in over micro-batches: fp32, or the model's (saves memory in bf16)"
+    )
+    reduce_dtype: GradDtype = opt(
+        GradDtype.model, "dtype gradients are reduced across ranks in: the model's (DeepSpeed's default) or fp32"
+    )
 
 
 @dataclass
@@ -315,6 +350,7 @@ class RunConfig:
     algo: AlgoConfig = sub(AlgoConfig, "loss")
     train: TrainConfig = sub(TrainConfig, "optimisation")
     reference: ReferenceConfig = sub(ReferenceConfig, "reference group")
+    deepspeed: DeepSpeedConfig = sub(DeepSpeedConfig, "DeepSpeed ZeRO-3 of the policy (and of a zero3 reference)")
     cluster: ClusterConfig = sub(ClusterConfig, "Ray placement: group sizes and resources per actor")
     rollout: RolloutConfig = sub(RolloutConfig, "online: vLLM engine settings")
     reward: RewardConfig = sub(RewardConfig, "online: reward model or rule")

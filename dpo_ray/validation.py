@@ -124,6 +124,9 @@ def _rules(cfg: RunConfig) -> list[str]:
         problems.append(
             f"train.warmup_steps={t.warmup_steps!r}: a number of steps must be whole (below 1: a share of all steps)"
         )
+    d = cfg.deepspeed
+    if "nvme" in (d.offload_optimizer, d.offload_param) and not d.nvme_path:
+        problems.append("deepspeed.nvme_path='': offload to nvme needs a directory on an NVMe drive")
     betas = list(t.adam_betas)
     if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
         problems.append(f"train.adam_betas={betas}: must be two numbers in [0, 1)")

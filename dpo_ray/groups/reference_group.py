@@ -1,20 +1,48 @@
-"""The reference group: M replicas of the frozen reference, scoring micro-batches dealt to them in turn."""
+"""The reference group: M ranks of the frozen reference, full replicas or one model partitioned over them (ZeRO-3),
+scoring micro-batches dealt to them in turn."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from ..config import RunConfig
 from ..data.batches import as_micro_batches, deal_groups, scores_by_pair
 from ..data.tokenize import TokenizedPair
+from ..workers.device import device_spec
+from ..workers.models import parameter_count
 from .actor_group import ActorGroup
 from .resources import reference_need
+
+log = logging.getLogger(__name__)
+
+
+AUTO_ZERO3_SHARE = 0.5  # reference.sharding=auto partitions the model once a replica would fill this share of a device
 
 
 class ReferenceGroup:
     def __init__(self, cfg: RunConfig, model_path: str, env: dict[str, str]):
         worker, kwargs = "dpo_ray.workers.reference.ReferenceWorker", dict(cfg=cfg, model_path=model_path)
         self.group = ActorGroup(reference_need(cfg), worker, cfg.cluster, env, kwargs)
+        self.sharding = str(cfg.reference.sharding)
+        if self.sharding == "auto":
+            # Decided where the model will live: the ranks report their device's memory.
+            replica = (
+                parameter_count(model_path) * device_spec(cfg.cluster.gpus_per_rank, cfg.model.dtype).dtype.itemsize
+            )
+            smallest = min(self.group.run("device_memory"))
+            self.sharding = "zero3" if self.group.size > 1 and replica > AUTO_ZERO3_SHARE * smallest else "replicas"
+        if self.sharding == "zero3":
+            self.group.start_distributed()
+        else:
+            self.group.run("load_replica")
+        held = self.group.run("parameter_bytes")
+        log.info(
+            "reference group: %d rank(s), %s, %.1f MB of parameters per rank",
+            self.group.size,
+            self.sharding,
+            max(held) / 1e6,
+        )
 
     def logps(self, pairs: Sequence[TokenizedPair], groups: list[list[int]]) -> tuple[list[float], list[float]]:
         """(chosen, rejected) of every pair, each scored in its micro-batch of groups (dealt to the ranks in turn)."""

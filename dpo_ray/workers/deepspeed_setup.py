@@ -1,4 +1,4 @@
-"""Setting up a DeepSpeed ZeRO-3 training engine for the policy: its config, optimizer and learning-rate schedule."""
+"""DeepSpeed ZeRO-3 engines: the policy's (config, optimizer, learning-rate schedule) and a zero3 reference's config."""
 
 from __future__ import annotations
 
@@ -8,25 +8,68 @@ from typing import Any
 
 import torch
 
-from ..config import TrainConfig
+from ..config import DeepSpeedConfig, TrainConfig
 from .device import DeviceSpec
 
 
+def zero3_section(spec: DeviceSpec, ds: DeepSpeedConfig, optimizer: bool) -> dict[str, Any]:
+    """The zero_optimization block: ZeRO-3 with the run's bucket, prefetch and persistence sizes and its offload."""
+    section: dict[str, Any] = {
+        "stage": 3,
+        "stage3_gather_16bit_weights_on_model_save": True,
+        "reduce_bucket_size": ds.reduce_bucket_size,
+        "stage3_prefetch_bucket_size": ds.prefetch_bucket_size,
+        "stage3_param_persistence_threshold": ds.param_persistence_threshold,
+        "stage3_max_live_parameters": ds.max_live_parameters,
+    }
+    offloads = {"offload_param": ds.offload_param, **({"offload_optimizer": ds.offload_optimizer} if optimizer else {})}
+    for key, device in offloads.items():
+        if device != "none":
+            # Pinned host memory speeds the device's copies; there is none to pin without CUDA.
+            section[key] = {"device": str(device), "pin_memory": spec.kind == "cuda"}
+            if device == "nvme":
+                section[key]["nvme_path"] = ds.nvme_path
+    return section
+
+
 def deepspeed_config(
-    spec: DeviceSpec, world: int, micro_batch_size: int, accumulation: int, max_grad_norm: float, zero_stage: int = 3
+    spec: DeviceSpec, world: int, micro_batch_size: int, accumulation: int, max_grad_norm: float, ds: DeepSpeedConfig
 ) -> dict[str, Any]:
-    return {
+    """The policy's training engine."""
+    config = {
         "train_micro_batch_size_per_gpu": micro_batch_size,
         "gradient_accumulation_steps": accumulation,
         "train_batch_size": micro_batch_size * accumulation * world,
         # DeepSpeed clips at 1.0 unless told otherwise: always say it.
         "gradient_clipping": max_grad_norm,
-        "zero_optimization": {"stage": zero_stage, "stage3_gather_16bit_weights_on_model_save": True},
+        "zero_optimization": zero3_section(spec, ds, optimizer=True),
         "bf16": {"enabled": spec.dtype == torch.bfloat16},
+        "data_types": {"grad_accum_dtype": "fp32" if ds.grad_accum_dtype == "fp32" else _dtype_name(spec.dtype)},
         "zero_allow_untested_optimizer": True,
+        # Offloaded optimizer states take the torch optimizer dpo-ray builds (DeepSpeed would insist on its own).
+        "zero_force_ds_cpu_optimizer": False,
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
     }
+    if ds.reduce_dtype == "fp32":
+        config["communication_data_type"] = "fp32"
+    return config
+
+
+def inference_config(spec: DeviceSpec, world: int, ds: DeepSpeedConfig) -> dict[str, Any]:
+    """A frozen model partitioned over the ranks (a zero3 reference): ZeRO-3 without an optimizer."""
+    return {
+        "train_micro_batch_size_per_gpu": 1,
+        "train_batch_size": world,
+        "zero_optimization": zero3_section(spec, ds, optimizer=False),
+        "bf16": {"enabled": spec.dtype == torch.bfloat16},
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
 
 
 def warmup_length(warmup_steps: float, total_steps: int) -> int:

@@ -63,3 +63,22 @@ def restore_rotary_buffers(model: torch.nn.Module) -> int:
                 module.register_buffer(name, buffer.to(current.device), persistent=False)
                 rebuilt += 1
     return rebuilt
+
+
+def parameter_count(path: str) -> int:
+    """Parameters of a safetensors model directory, read from the files' headers (no weights are loaded)."""
+    import json
+    import struct
+
+    total = 0
+    for f in sorted(Path(path).glob("*.safetensors")):
+        with f.open("rb") as fh:
+            (length,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(length))
+        for name, entry in header.items():
+            if name != "__metadata__":
+                count = 1
+                for size in entry["shape"]:
+                    count *= size
+                total += count
+    return total

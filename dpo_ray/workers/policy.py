@@ -48,7 +48,7 @@ class PolicyWorker:
 
         cfg = self.cfg
         ds_config = deepspeed_setup.deepspeed_config(
-            self.spec, self.world, cfg.train.micro_batch_size, self.accumulation, cfg.train.max_grad_norm
+            self.spec, self.world, cfg.train.micro_batch_size, self.accumulation, cfg.train.max_grad_norm, cfg.deepspeed
         )
         hf_ds_config = HfDeepSpeedConfig(ds_config)  # while it lives, from_pretrained builds the model partitioned
         model = load_causal_lm(

@@ -119,3 +119,27 @@ def test_group_that_cannot_fit_says_so(local_ray, run_config, tiny_model_dir):
             dict(cfg=run_config, model_path=tiny_model_dir),
             ready_timeout_s=3,
         )
+
+
+def test_a_zero3_reference_partitions_the_model_and_scores_as_the_replicas_do(local_ray, run_config, tiny_model_dir):
+    """reference.sharding=zero3 on 2 ranks: the same log-probs as one whole model, while each rank holds about half
+    of the parameters (measured on the ranks: their partitions' bytes); auto keeps a model this small replicated."""
+    run_config.cluster.reference_ranks = 2
+    run_config.deepspeed.param_persistence_threshold = 0  # partition every tensor, as big models' are
+    pairs, groups = make_pairs(9, seed=6), [[4, 0, 2], [8, 1], [3, 5, 6, 7]]
+    held = {}
+    for sharding in ("zero3", "auto"):
+        run_config.reference.sharding = sharding
+        group = ReferenceGroup(run_config, tiny_model_dir, ENV)
+        try:
+            chosen, rejected = group.logps(pairs, groups)
+            held[group.sharding] = group.group.run("parameter_bytes")
+        finally:
+            group.shutdown()
+        with torch.no_grad():
+            out = forward_pairs(AutoModelForCausalLM.from_pretrained(tiny_model_dir), collate_pairs(pairs, 0))
+        assert torch.allclose(torch.tensor(chosen), out.chosen_logps, atol=1e-5)
+        assert torch.allclose(torch.tensor(rejected), out.rejected_logps, atol=1e-5)
+    whole = sum(p.numel() * 4 for p in AutoModelForCausalLM.from_pretrained(tiny_model_dir).parameters())
+    assert held["replicas"] == [whole, whole]
+    assert all(0.45 * whole <= b <= 0.55 * whole for b in held["zero3"]), (held, whole)
