@@ -79,7 +79,9 @@ class PolicyWorker:
                     task_type="CAUSAL_LM",
                 ),
             )
-        optimizer = deepspeed_setup.make_optimizer([p for p in model.parameters() if p.requires_grad], cfg.train)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        offloaded = cfg.deepspeed.offload_optimizer != "none"
+        optimizer = deepspeed_setup.make_optimizer(trainable, cfg.train, offloaded, cfg.cache_dir)
         self.engine = deepspeed_setup.initialize(
             model, ds_config, optimizer, deepspeed_setup.scheduler_factory(cfg.train, self.total_steps)
         )

@@ -143,3 +143,38 @@ def test_a_zero3_reference_partitions_the_model_and_scores_as_the_replicas_do(lo
     whole = sum(p.numel() * 4 for p in AutoModelForCausalLM.from_pretrained(tiny_model_dir).parameters())
     assert held["replicas"] == [whole, whole]
     assert all(0.45 * whole <= b <= 0.55 * whole for b in held["zero3"]), (held, whole)
+
+
+def test_offloaded_optimizer_and_parameters_take_the_on_device_adamw_step(local_ray, run_config, tiny_model_dir):
+    """deepspeed.offload_optimizer=cpu (DeepSpeed's CPU Adam, built once) and offload_param=cpu on 2 ZeRO-3 ranks: the
+    engine runs offloaded, and one AdamW step gives the weights the on-device torch AdamW step gives."""
+    import ray
+
+    from dpo_ray.data.batches import step_scale
+
+    cfg = run_config
+    cfg.cluster.policy_ranks, cfg.train.optimizer, cfg.train.lr = 2, "adamw", 1e-2
+    pairs, reference = make_pairs(8, seed=9), ([-30.0] * 8, [-30.0] * 8)
+    weights, engines = {}, {}
+    for offload in ("none", "cpu"):
+        cfg.deepspeed.offload_optimizer = cfg.deepspeed.offload_param = offload
+        policy = PolicyGroup(cfg, tiny_model_dir, total_steps=1, accumulation=2, env=ENV)
+        try:
+            _, plan = build_micro_batches(pairs, range(8), 2, 2, reference, per_rank=2)
+            policy.train_step(plan, step_scale(pairs))
+            weights[offload] = policy.group.run("full_state_dict")[0]
+
+            def describe(actor):
+                engine = actor.worker.engine
+                offloads = (engine.zero_offload_optimizer(), engine.zero_offload_param())
+                return [str(o.device) if o else None for o in offloads], type(engine.optimizer.optimizer).__name__
+
+            engines[offload] = ray.get(policy.group.actors[0].__ray_call__.remote(describe))
+        finally:
+            policy.shutdown()
+    assert engines["none"] == ([None, None], "AdamW")
+    assert engines["cpu"][0] == ["cpu", "cpu"] and engines["cpu"][1] == "DeepSpeedCPUAdam", engines
+    start = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    for name, value in weights["none"].items():
+        assert torch.allclose(weights["cpu"][name], value, atol=1e-6), name
+    assert any(not torch.allclose(value, start[name]) for name, value in weights["none"].items() if name in start)
