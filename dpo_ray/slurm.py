@@ -1,5 +1,5 @@
-"""`python -m dpo_ray.slurm COMMAND [OVERRIDE ...]` prints the Slurm shape a run needs, "NODES GPUS_PER_NODE", for
-launch/slurm/submit.sh to pass to sbatch (--nodes, --gres=gpu:N)."""
+"""`python -m dpo_ray.slurm COMMAND [OVERRIDE ...]` prints the Slurm shape a run needs, "NODES GPUS_PER_NODE
+CPUS_PER_NODE", for launch/slurm/submit.sh to pass to sbatch (--nodes, --gres=gpu:N, --cpus-per-task)."""
 
 from __future__ import annotations
 
@@ -7,20 +7,22 @@ import math
 import sys
 
 
-def shape(command: str, overrides: list[str]) -> tuple[int, int]:
-    """Nodes (cluster.nodes, at least 1) and GPUs per node: the most GPUs the run's groups hold at once, spread
-    evenly."""
+def shape(command: str, overrides: list[str]) -> tuple[int, int, int]:
+    """Nodes (cluster.nodes, at least 1), and the GPUs and CPUs per node: the most the run's groups hold at once,
+    spread evenly (offline runs finish the reference before the policy starts; online groups all live at once)."""
     from .compose import compose
     from .groups.resources import group_needs, reference_group_needed
 
     cfg = compose(overrides, command)
     online = command == "online"
     needs = group_needs(cfg, reference=reference_group_needed(cfg, online), online=online)
-    gpus = [n.size * n.gpus for n in needs]
-    # Offline runs finish the reference before the policy starts; online groups all live at once.
-    total = sum(gpus) if command == "online" else max(gpus)
     nodes = max(1, cfg.cluster.nodes)
-    return nodes, math.ceil(total / nodes)
+
+    def per_node(resource: str) -> int:
+        held = [n.size * n.bundle().get(resource, 0.0) for n in needs]
+        return math.ceil((sum(held) if online else max(held)) / nodes)
+
+    return nodes, per_node("GPU"), max(1, per_node("CPU"))
 
 
 def main(argv: list[str]) -> int:

@@ -11,7 +11,7 @@ case "$device" in
   cuda | cpu) ;;
   *) echo "DPO_RAY_DEVICE must be cuda or cpu, not '$device'" >&2; exit 2 ;;
 esac
-want=$(cat pyproject.toml constraints-cpu.txt scripts/setup.sh | sha256sum | cut -c1-16)
+want=$(cat pyproject.toml constraints-cpu.txt constraints-cuda.txt scripts/setup.sh | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
@@ -19,8 +19,8 @@ fi
 # pip warns once per package about the machine's local index mirrors; keep its real messages.
 pip() { "$venv/bin/python" -m pip "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }; }
 if [ "$device" = cuda ]; then
-  # CUDA box: vLLM's CUDA wheel decides the torch build it needs.
-  pip install -q -e ".[cuda,dev]"
+  # CUDA box: PyPI's torch is the CUDA build; everything constrained to the versions verified together.
+  pip install -q -c constraints-cuda.txt -e ".[cuda,dev]"
 else
   # CPU box: the CPU torch wheel first, then everything else constrained to the verified versions.
   pip install -q torch==2.13.0

@@ -25,6 +25,7 @@ class RewardGroup:
                 max_length=r.max_length,
                 trust_remote_code=cfg.model.trust_remote_code,
                 gpus=need.gpus,
+                dtype=str(cfg.model.dtype),
             )
         else:
             worker, kwargs = "dpo_ray.workers.reward.RuleRewardWorker", dict(fn=self.name)

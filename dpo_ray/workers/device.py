@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -34,12 +36,44 @@ def rank_threads(cpus_per_rank: float, torch_threads: int = 0) -> int:
     return torch_threads or max(1, math.ceil(cpus_per_rank))
 
 
+# Network and collective settings (NCCL_SOCKET_IFNAME, NCCL_IB_HCA, GLOO_SOCKET_IFNAME, ...): Ray starts an actor with
+# its node's environment, not the driver's, so the driver hands these on.
+PASSED_ON = ("NCCL_", "TORCH_NCCL_", "GLOO_", "UCX_", "FI_", "CUDA_DEVICE_MAX_CONNECTIONS")
+
+
+def passed_on(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The driver's variables every actor gets (PASSED_ON)."""
+    return {k: v for k, v in environ.items() if k.startswith(PASSED_ON)}
+
+
 def rank_env(spec: DeviceSpec, threads: int) -> dict[str, str]:
     """Environment for a worker process, set before it imports DeepSpeed."""
-    env = {"OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+    env = {**passed_on(), "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
     if spec.kind == "cpu":
         env["DS_ACCELERATOR"] = "cpu"
     return env
+
+
+def local_gpu(environ: Mapping[str, str], ray_gpu_ids: list) -> int:
+    """The CUDA device index of an actor's GPU. Ray sets CUDA_VISIBLE_DEVICES to the actor's own GPUs, so it is 0;
+    with RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES set, every GPU of the node stays visible and the actor's is the
+    first of ray.get_gpu_ids(), counted among CUDA_VISIBLE_DEVICES when the node has those set."""
+    if not environ.get("RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"):
+        return 0
+    gpu = str(ray_gpu_ids[0])
+    visible = [d.strip() for d in environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return visible.index(gpu) if visible else int(gpu)
+
+
+def use_local_gpu(spec: DeviceSpec) -> int:
+    """In a GPU actor: make its own GPU the current CUDA device, and say which it is (for LOCAL_RANK)."""
+    if spec.kind != "cuda":
+        return 0
+    import ray
+
+    index = local_gpu(os.environ, ray.get_gpu_ids() if ray.is_initialized() else [0])
+    torch.cuda.set_device(index)
+    return index
 
 
 def run_environment(cluster: ClusterConfig, dtype: str) -> tuple[DeviceSpec, dict[str, str]]:

@@ -19,13 +19,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def init_distributed(rank: int, world_size: int, address: str, port: int, backend: str, timeout_s: int = 1800) -> None:
+def init_distributed(
+    rank: int, world_size: int, address: str, port: int, backend: str, timeout_s: int = 1800, local_rank: int = 0
+) -> None:
     os.environ.update(
         MASTER_ADDR=address,
         MASTER_PORT=str(port),
         RANK=str(rank),
         WORLD_SIZE=str(world_size),
-        LOCAL_RANK="0",
+        LOCAL_RANK=str(local_rank),  # DeepSpeed selects the CUDA device by it
         LOCAL_WORLD_SIZE="1",
     )
     import warnings

@@ -14,7 +14,7 @@ from ..data.collate import collate_pairs, make_layout
 from ..logprobs import forward_pairs, install_scoring_head
 from ..objective import add_metric_sums, micro_batch_objective
 from . import deepspeed_setup
-from .device import device_spec, rank_threads
+from .device import device_spec, rank_threads, use_local_gpu
 from .distributed import init_distributed
 from .models import load_causal_lm, load_tokenizer, restore_rotary_buffers
 from .weights import merge_lora_state, weights_bytes
@@ -42,7 +42,8 @@ class PolicyWorker:
 
     def start(self, address: str, port: int) -> None:
         """Join the process group and build the ZeRO-3 engine (all ranks at once)."""
-        init_distributed(self.rank, self.world, address, port, self.spec.backend)
+        local_rank = use_local_gpu(self.spec)
+        init_distributed(self.rank, self.world, address, port, self.spec.backend, local_rank=local_rank)
         from transformers.integrations import HfDeepSpeedConfig
         from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 

@@ -9,7 +9,7 @@ from ..config import RunConfig
 from ..data.batches import MicroBatch
 from ..data.collate import collate_pairs, make_layout
 from ..logprobs import forward_pairs, install_scoring_head
-from .device import device_spec, rank_threads
+from .device import device_spec, rank_threads, use_local_gpu
 from .models import load_causal_lm, load_tokenizer, restore_rotary_buffers
 
 
@@ -18,6 +18,7 @@ class ReferenceWorker:
         """The model loads next: load_replica() on each rank, or start() on all ranks at once for zero3."""
         self.cfg, self.rank, self.world, self.model_path = cfg, rank, world_size, model_path
         self.spec = device_spec(cfg.cluster.gpus_per_rank, cfg.model.dtype)
+        self.local_rank = use_local_gpu(self.spec)
         torch.set_num_threads(rank_threads(cfg.cluster.cpus_per_rank, cfg.cluster.torch_threads))
         self.pad_id = load_tokenizer(model_path, cfg.model.trust_remote_code).pad_token_id
         self.layout = make_layout(cfg.data.layout, cfg.data.pack_length, cfg.model.attn_implementation)
@@ -52,7 +53,7 @@ class ReferenceWorker:
         from .deepspeed_setup import inference_config
         from .distributed import init_distributed
 
-        init_distributed(self.rank, self.world, address, port, self.spec.backend)
+        init_distributed(self.rank, self.world, address, port, self.spec.backend, local_rank=self.local_rank)
         config = inference_config(self.spec, self.world, self.cfg.deepspeed)
         hf_ds_config = HfDeepSpeedConfig(config)  # while it lives, from_pretrained builds the model partitioned
         model = self._load()

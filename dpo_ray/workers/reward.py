@@ -11,7 +11,7 @@ import torch
 
 from ..data.formats import Text
 from ..data.prompts import prompt_text
-from .device import device_spec
+from .device import device_spec, use_local_gpu
 
 
 def import_function(path: str) -> Callable:
@@ -59,9 +59,11 @@ class ModelRewardWorker:
         max_length: int,
         trust_remote_code: bool = False,
         gpus: float = 0.0,
+        dtype: str = "auto",
         rank: int = 0,
         world_size: int = 1,
     ):
+        """dtype: the run's model.dtype (auto: bfloat16 on GPU, where a 7B reward model in fp32 would take 28 GB)."""
         from transformers import AutoModelForSequenceClassification
 
         from .models import load_tokenizer
@@ -70,7 +72,8 @@ class ModelRewardWorker:
         self.tokenizer = load_tokenizer(model_path, trust_remote_code)
         self.tokenizer.padding_side = "right"
         self.templated = getattr(self.tokenizer, "chat_template", None) is not None
-        self.spec = device_spec(gpus, "float32")
+        self.spec = device_spec(gpus, dtype)
+        use_local_gpu(self.spec)
         self.model = (
             AutoModelForSequenceClassification.from_pretrained(
                 model_path, dtype=self.spec.dtype, trust_remote_code=trust_remote_code, use_safetensors=True

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from ..config import RolloutConfig
 from ..data.formats import Text
 from ..data.tokenize import encode_prompt
-from .device import device_spec
+from .device import device_spec, passed_on
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class Sample:
 def engine_env(gpus: float) -> dict:
     """Environment of an engine's process. On CPU the engine runs in-process (3 s start instead of 24 s); that
     process then ignores torch.set_num_threads, which is why no training ever shares it."""
-    env = {"TOKENIZERS_PARALLELISM": "false"}
+    env = {**passed_on(), "TOKENIZERS_PARALLELISM": "false"}
     if not gpus:
         env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     return env

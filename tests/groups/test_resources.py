@@ -47,9 +47,13 @@ def test_gpu_presets_fill_their_cluster_exactly(preset, nodes):
 def test_the_slurm_shape_of_a_run_comes_from_its_config():
     from dpo_ray.slurm import shape
 
-    assert shape("online", ["cluster=multi_node", "reward.model_path=/models/rm"]) == (4, 8)
-    assert shape("train", ["cluster=single_node_8gpu"]) == (1, 4)  # the reference finishes before the policy starts
-    assert shape("online", []) == (1, 0)
+    # 16 policy, 4 reference, 4 x 2 rollout and 4 reward GPUs, and 4 CPUs each of those 28 actors, over 4 nodes
+    assert shape("online", ["cluster=multi_node", "reward.model_path=/models/rm"]) == (4, 8, 28)
+    # offline, the policy scores its own reference: no reference group
+    assert shape("train", ["cluster=single_node_8gpu"]) == (1, 4, 16)
+    # with one, it finishes before the policy starts: the larger of the two counts
+    assert shape("train", ["cluster=single_node_8gpu", "reference.from_policy=false"]) == (1, 4, 16)
+    assert shape("online", []) == (1, 0, 2 + 2 + 2 + 1)  # the embedded recipe: ranks of 1 CPU, a 2-CPU engine
 
 
 def test_the_slurm_shape_refuses_a_bad_option_before_anything_is_queued(capsys):

@@ -1,0 +1,33 @@
+"""Which GPU an actor uses, and what the driver hands on to every actor's environment."""
+
+from __future__ import annotations
+
+import pytest
+
+from dpo_ray.workers.device import device_spec, local_gpu, passed_on, rank_env
+
+
+@pytest.mark.parametrize(
+    "environ, ray_gpu_ids, expected",
+    [
+        ({}, [5], 0),  # Ray set CUDA_VISIBLE_DEVICES to the actor's GPU: it is device 0
+        ({"CUDA_VISIBLE_DEVICES": "5"}, [5], 0),
+        ({"RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"}, [5], 5),  # every GPU visible: its own by Ray's id
+        ({"RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1", "CUDA_VISIBLE_DEVICES": "2,5,7"}, [5], 1),
+        ({"RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1", "CUDA_VISIBLE_DEVICES": "2, 5"}, ["5"], 1),
+    ],
+)
+def test_each_rank_takes_its_own_gpu_whatever_ray_does_with_cuda_visible_devices(environ, ray_gpu_ids, expected):
+    assert local_gpu(environ, ray_gpu_ids) == expected
+
+
+def test_network_and_collective_settings_reach_every_actor(monkeypatch):
+    monkeypatch.setenv("NCCL_SOCKET_IFNAME", "ib0")
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "eth1")
+    monkeypatch.setenv("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+    monkeypatch.setenv("HOME_SECRET", "not passed on")
+    env = rank_env(device_spec(0), 2)
+    assert env["NCCL_SOCKET_IFNAME"] == "ib0" and env["GLOO_SOCKET_IFNAME"] == "eth1"
+    assert env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1" and "HOME_SECRET" not in env
+    assert env["OMP_NUM_THREADS"] == "2" and env["DS_ACCELERATOR"] == "cpu"
+    assert passed_on({"NCCL_DEBUG": "INFO", "PATH": "/bin"}) == {"NCCL_DEBUG": "INFO"}
