@@ -64,10 +64,7 @@ class OfflineCampaign:
     def _run(self, resume: bool) -> OfflineResult:
         cfg, inputs = self.cfg, self.inputs
         state = self.checkpoints.latest() if resume else None
-        everything, n_train = inputs.train + inputs.eval, len(inputs.train)
-        # Each pair is scored in the micro-batch the policy first sees it in: its first epoch's, and the evaluations'.
-        groups = epoch_groups(cfg, n_train, cfg.data.shuffle_seed)
-        groups += [[n_train + i for i in group] for group in eval_groups(cfg, len(inputs.eval))]
+        everything, n_train, groups = inputs.train + inputs.eval, len(inputs.train), self.reference_groups()
         result = OfflineResult(self.run_dir, self.run_dir / "final", resumed_from=state["tag"] if state else None)
         reference, by_group = None, reference_group_needed(cfg, online=False)
         if by_group:
@@ -91,6 +88,13 @@ class OfflineCampaign:
             self.policy = None
             policy.shutdown()
         return result
+
+    def reference_groups(self) -> list[list[int]]:
+        """The micro-batches the reference scores the train + eval pairs in: each the one the policy first sees it in
+        (its first epoch's, and the evaluations')."""
+        n_train = len(self.inputs.train)
+        groups = epoch_groups(self.cfg, n_train, self.cfg.data.shuffle_seed)
+        return groups + [[n_train + i for i in group] for group in eval_groups(self.cfg, len(self.inputs.eval))]
 
     def _write_data_stats(self, eval_ref) -> None:
         """Statistics of the pairs for the monitors (length bias, near-identical pairs, label noise)."""

@@ -60,10 +60,7 @@ def test_lora_run_scores_the_reference_with_the_adapter_off_and_saves_adapter_an
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     with torch.no_grad():
         base_out = forward_pairs(base, collate_pairs(pairs, 0))
-    from dpo_ray.campaign.trainer import epoch_groups, eval_groups
-
-    groups = epoch_groups(cfg, 10, cfg.data.shuffle_seed) + [[10 + i for i in g] for g in eval_groups(cfg, 2)]
-    cached = ReferenceCache(cfg.cache_dir).load(campaign.reference.key(pairs, groups))
+    cached = ReferenceCache(cfg.cache_dir).load(campaign.reference.key(pairs, campaign.reference_groups()))
     assert torch.allclose(torch.tensor(cached[0]), base_out.chosen_logps, atol=1e-5)
     assert (result.final_model / "adapter_config.json").exists()
     merged = AutoModelForCausalLM.from_pretrained(result.final_model / "merged")

@@ -79,7 +79,7 @@ def poisoned_campaign(run_config, tiny_model_dir, run_dir, mode, bad_rows):
     chosen, rejected = [-20.0] * 24, [-20.0] * 24
     for i in bad_rows:
         chosen[i] = float("nan")
-    ReferenceCache(cfg.cache_dir).save(campaign.reference.key(pairs), chosen, rejected)
+    ReferenceCache(cfg.cache_dir).save(campaign.reference.key(pairs, campaign.reference_groups()), chosen, rejected)
     return campaign, lambda: [
         r for line in (run_dir / "nonfinite_rows.jsonl").read_text().splitlines() for r in _json.loads(line)["rows"]
     ]
