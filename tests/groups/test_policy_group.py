@@ -90,21 +90,6 @@ def test_zero3_on_two_ranks_matches_a_plain_torch_step_and_saves_a_reloadable_mo
     assert (tmp_path / "final" / "tokenizer.json").exists() and (tmp_path / "final" / "chat_template.jinja").exists()
 
 
-def test_reference_replicas_return_logps_in_order(local_ray, run_config, tiny_model_dir):
-    run_config.cluster.reference_ranks = 2
-    pairs = make_pairs(9, seed=6)
-    group = ReferenceGroup(run_config, tiny_model_dir, ENV)
-    try:
-        chosen, rejected = group.logps(pairs, [[4, 0, 2], [8, 1], [3, 5, 6, 7]])  # any micro-batches, any order
-        assert len(set(group.group.node_ids())) == 1
-    finally:
-        group.shutdown()
-    with torch.no_grad():
-        out = forward_pairs(AutoModelForCausalLM.from_pretrained(tiny_model_dir), collate_pairs(pairs, 0))
-    assert torch.allclose(torch.tensor(chosen), out.chosen_logps, atol=1e-5)
-    assert torch.allclose(torch.tensor(rejected), out.rejected_logps, atol=1e-5)
-
-
 def test_group_that_cannot_fit_says_so(local_ray, run_config, tiny_model_dir):
     run_config.cluster.reference_ranks, run_config.cluster.placement = 2, "STRICT_SPREAD"
     with pytest.raises(RuntimeError, match="reference group: 2 x .* STRICT_SPREAD placement did not fit"):
@@ -122,8 +107,9 @@ def test_group_that_cannot_fit_says_so(local_ray, run_config, tiny_model_dir):
 
 
 def test_a_zero3_reference_partitions_the_model_and_scores_as_the_replicas_do(local_ray, run_config, tiny_model_dir):
-    """reference.sharding=zero3 on 2 ranks: the same log-probs as one whole model, while each rank holds about half
-    of the parameters (measured on the ranks: their partitions' bytes); auto keeps a model this small replicated."""
+    """reference.sharding=zero3 on 2 ranks: the same log-probs as one whole model, in the order of the pairs, while
+    each rank holds about half of the parameters (measured on the ranks: their partitions' bytes); auto keeps a model
+    this small in 2 replicas, with the same log-probs."""
     run_config.cluster.reference_ranks = 2
     run_config.deepspeed.param_persistence_threshold = 0  # partition every tensor, as big models' are
     pairs, groups = make_pairs(9, seed=6), [[4, 0, 2], [8, 1], [3, 5, 6, 7]]
@@ -132,8 +118,9 @@ def test_a_zero3_reference_partitions_the_model_and_scores_as_the_replicas_do(lo
         run_config.reference.sharding = sharding
         group = ReferenceGroup(run_config, tiny_model_dir, ENV)
         try:
-            chosen, rejected = group.logps(pairs, groups)
+            chosen, rejected = group.logps(pairs, groups)  # any micro-batches, in any order
             held[group.sharding] = group.group.run("parameter_bytes")
+            assert len(set(group.group.node_ids())) == 1
         finally:
             group.shutdown()
         with torch.no_grad():
