@@ -71,7 +71,8 @@ def encode_turn(tokenizer, prompt: Text, response: Text, templated: bool) -> tup
     return encode_prompt(tokenizer, prompt, False), tokenizer(prompt + text)["input_ids"]
 
 
-def _truncate(prompt: list[int], chosen: list[int], rejected: list[int], s: TokenizeSettings):
+def truncate(prompt: list[int], chosen: list[int], rejected: list[int], s: TokenizeSettings):
+    """TRL's truncation of a tokenised pair (None: the prompt leaves no room for a response)."""
     if s.max_prompt_length is not None:
         prompt = prompt[-s.max_prompt_length :] if s.max_prompt_length > 0 else []
     if s.max_length is None:
@@ -133,7 +134,7 @@ def tokenize_rows(
                 policy.handle(DataError(row.source, row.row, name, "empty response after tokenisation"))
                 break
         else:
-            truncated = _truncate(prompt, chosen, rejected, settings)
+            truncated = truncate(prompt, chosen, rejected, settings)
             if truncated is None:
                 report.drop("prompt fills max_length")
                 continue

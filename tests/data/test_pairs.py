@@ -74,3 +74,14 @@ def test_prompt_files_accept_strings_and_messages_and_name_bad_rows(tmp_path):
     with pytest.raises(DataError, match=r"bad.jsonl: row 1: field 'prompt': missing"):
         load_prompts([str(bad)])
     assert load_prompts([str(bad)], on_error="skip") == ["ok"]
+
+
+def test_pairs_record_the_token_ids_their_texts_were_sampled_as():
+    (pair,) = build_pairs(
+        ["p"],
+        [["good", "", "bad"]],
+        [[1.0, 5.0, 0.0]],
+        token_ids=([[1, 2]], [[[10, 11, 0], [0], [12, 0]]]),
+    )
+    assert (pair["chosen"], pair["rejected"]) == ("good", "bad")  # the empty sample is never paired
+    assert (pair["prompt_ids"], pair["chosen_ids"], pair["rejected_ids"]) == ([1, 2], [10, 11, 0], [12, 0])
