@@ -30,6 +30,7 @@ Resume = choices("Resume", "auto", "never")
 ReferenceSharding = choices("ReferenceSharding", "replicas", "zero3", "auto")
 Offload = choices("Offload", "none", "cpu", "nvme")
 GradDtype = choices("GradDtype", "fp32", "model")
+EngineProcess = choices("EngineProcess", "auto", "separate", "inline")
 
 
 @dataclass
@@ -227,17 +228,29 @@ class ClusterConfig:
 @dataclass
 class RolloutConfig:
     dtype: DType = opt(DType.auto, "vLLM dtype; auto: the policy's dtype")
-    tensor_parallel_size: int = opt(1, "GPUs per vLLM engine (tensor parallel; GPU clusters only)", AT_LEAST_ONE)
+    tensor_parallel_size: int = opt(1, "GPUs (or CPU workers) per vLLM engine, tensor parallel", AT_LEAST_ONE)
     max_model_len: int = opt(
-        0, "longest prompt + response an engine holds, in tokens; 0: the model's own limit", NON_NEGATIVE
+        0,
+        "longest prompt + response an engine holds, in tokens; 0: the run's longest prompt + online.max_tokens",
+        NON_NEGATIVE,
     )
     kv_cache_memory_mb: int = opt(
-        256, "KV-cache size per engine in MiB (required on CPU); 0: sized by gpu_memory_utilization", NON_NEGATIVE
+        0, "KV-cache size per engine in MiB; 0: 256 on CPU, on GPU what gpu_memory_utilization leaves", NON_NEGATIVE
     )
     gpu_memory_utilization: float = opt(
-        0.5, "share of GPU memory an engine may take when kv_cache_memory_mb is 0", Bounds(0, 1, low_open=True)
+        0.85, "share of its GPUs' memory an engine may take (weights + KV cache)", Bounds(0, 1, low_open=True)
     )
-    enforce_eager: bool = opt(True, "skip CUDA graphs / torch.compile (fast start; on CPU compilation costs ~45 s)")
+    cuda_graphs: bool = opt(True, "capture CUDA graphs on GPU engines (faster decoding, slower start); CPU runs eager")
+    engine_process: EngineProcess = opt(
+        EngineProcess.auto,
+        "where vLLM's engine core runs; auto: its own process on GPU or with tensor parallelism, inline on CPU",
+    )
+    sync_bucket_mb: int = opt(
+        1024, "weight sync: MiB per broadcast; a sync holds about two buckets extra on any host", AT_LEAST_ONE
+    )
+    lora_adapters: bool = opt(
+        True, "LoRA policies: engines serve the adapter and a sync sends only it; false: the merged weights"
+    )
 
 
 @dataclass

@@ -110,15 +110,15 @@ def _rules(cfg: RunConfig) -> list[str]:
             f"model.attn_implementation={shown(m.attn_implementation)}: needs GPUs (cluster.gpus_per_rank >= 1); "
             "on CPU use sdpa or eager"
         )
-    if not gpu and cfg.rollout.kv_cache_memory_mb == 0:
+    if cfg.rollout.tensor_parallel_size > 1 and str(cfg.rollout.engine_process) == "inline":
         problems.append(
-            "rollout.kv_cache_memory_mb=0: on CPU the vLLM KV cache needs an explicit size (> 0); vLLM would "
-            "otherwise reserve 90% of the machine's memory"
+            f"rollout.engine_process=inline: a tensor-parallel engine (rollout.tensor_parallel_size="
+            f"{cfg.rollout.tensor_parallel_size}) runs its workers in processes of their own; use auto or separate"
         )
-    if not gpu and cfg.rollout.tensor_parallel_size > 1:
+    if m.lora.enabled and cfg.rollout.lora_adapters and m.lora.r > 512:
         problems.append(
-            f"rollout.tensor_parallel_size={cfg.rollout.tensor_parallel_size}: tensor parallelism needs GPUs "
-            "(cluster.gpus_per_rank >= 1)"
+            f"model.lora.r={m.lora.r}: vLLM serves LoRA adapters up to rank 512; set rollout.lora_adapters=false to "
+            "sync merged weights instead"
         )
     if t.warmup_steps >= 1 and t.warmup_steps != int(t.warmup_steps):
         problems.append(

@@ -126,8 +126,8 @@ def test_every_bad_value_fails_naming_the_option_and_what_it_allows_without_star
     [
         (["cluster.gpus_per_rank=0.5"], "cluster.gpus_per_rank=0.5: must be 0 or a whole number"),
         (["model.attn_implementation=flash_attention_2"], "needs GPUs"),
-        (["rollout.kv_cache_memory_mb=0"], "on CPU the vLLM KV cache needs an explicit size"),
-        (["rollout.tensor_parallel_size=2"], "tensor parallelism needs GPUs"),
+        (["rollout.tensor_parallel_size=2", "rollout.engine_process=inline"], "runs its workers in processes"),
+        (["model.lora.enabled=true", "model.lora.r=600"], "vLLM serves LoRA adapters up to rank 512"),
         (["train.warmup_steps=2.5"], "a number of steps must be whole"),
         (["train.adam_betas=[0.9]"], "train.adam_betas=[0.9]: must be two numbers in [0, 1)"),
         (["embedded.eval_numbers=1000"], "must be below embedded.numbers=1000"),

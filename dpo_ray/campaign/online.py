@@ -16,11 +16,12 @@ from ..config import RunConfig
 from ..data.formats import Text
 from ..data.pair_stats import pair_statistics
 from ..data.pairs import build_pairs
-from ..data.tokenize import TokenizedPair, TokenizeSettings
+from ..data.tokenize import TokenizedPair, TokenizeSettings, encode_prompt
 from ..groups.policy_group import PolicyGroup
 from ..groups.resources import group_needs, reference_group_needed
 from ..groups.reward_group import RewardGroup
 from ..groups.rollout_group import RolloutGroup
+from ..groups.weight_sync import WeightSync
 from ..objective import needs_reference
 from ..report import round_monitors
 from ..validation import validate
@@ -51,12 +52,13 @@ class OnlineResult:
 
 @dataclass
 class Groups:
-    """The four groups an online campaign drives."""
+    """The four groups an online campaign drives, and the weight sync from the policy into the engines."""
 
     rollout: RolloutGroup
     reward: RewardGroup
     reference: ReferenceScorer
     policy: PolicyGroup
+    sync: WeightSync
 
 
 class OnlineCampaign:
@@ -73,7 +75,7 @@ class OnlineCampaign:
         self.total_steps = o.rounds * o.epochs_per_round * math.ceil(most_pairs / cfg.train.batch_size)
         self.rollout: RolloutGroup | None = None  # the live rollout group, while one runs
         settings = TokenizeSettings.of(cfg.data)
-        self.store = RoundStore(self.run_dir, cfg.train.keep_checkpoints, self.tokenizer, settings, cfg.data.on_error)
+        self.store = RoundStore(self.run_dir, cfg.train.keep_checkpoints, settings)
 
     def run(self) -> OnlineResult:
         needs = group_needs(self.cfg, reference_group_needed(self.cfg, online=True), online=True)
@@ -99,7 +101,7 @@ class OnlineCampaign:
                 if state:
                     log.info("resuming after round %d (step %d) from %s", state["round"], state["step"], self.run_dir)
                     self.store.load(groups.policy, state)
-                    groups.rollout.load_weights(groups.policy.export_weights())
+                    groups.sync()
                     result.rounds = state["rows"]
                 else:
                     result.rounds = [{"round": 0, **self._evaluate(groups)}]
@@ -124,15 +126,17 @@ class OnlineCampaign:
     def _start_groups(self, started: list) -> Groups:
         """Every group, each appended to started as soon as it exists (so a failure shuts down those before it)."""
         cfg, inputs, began = self.cfg, self.inputs, time.perf_counter()
-        rollout = self.rollout = RolloutGroup(cfg, inputs.model_path)
+        longest = longest_prompt(self.tokenizer, [*inputs.prompts, *inputs.eval_prompts]) + cfg.online.max_tokens
+        rollout = self.rollout = RolloutGroup(cfg, inputs.model_path, longest)
         started.append(rollout)
         started.append(RewardGroup(cfg, inputs.reward_fn, inputs.reward_model))
         started.append(ReferenceScorer(cfg, inputs.reference_path, self.spec, self.env))
         if reference_group_needed(cfg, online=True):
             started[-1].start()  # every round needs it: its replicas load while the policy starts
         started.append(PolicyGroup(cfg, inputs.model_path, self.total_steps, accumulation_steps(cfg), self.env))
+        sync = WeightSync(cfg, started[-1], rollout)
         log.info("rollout, reward, reference and policy groups started in %.1fs", time.perf_counter() - began)
-        return Groups(*started)
+        return Groups(*started, sync)
 
     def _round(self, r: int, groups: Groups, trainer: PolicyTrainer) -> dict:
         """Generate, score, pair, score the reference, train, sync the engines, evaluate: one round's summary row."""
@@ -153,8 +157,15 @@ class OnlineCampaign:
         rewards = groups.reward.score(prompts, samples)
         lap("score")
         responses = [[_response(prompt, s) for s in outs] for prompt, outs in zip(prompts, samples)]
-        pair_rows = build_pairs(prompts, responses, rewards, o.min_margin, o.max_pairs_per_prompt)
-        sample_rows = [{"prompt": p, "responses": s, "rewards": w} for p, s, w in zip(prompts, samples, rewards)]
+        prompt_ids = [encode_prompt(self.tokenizer, p, isinstance(p, list)) for p in prompts]
+        response_ids = [[list(s.token_ids) for s in outs] for outs in drawn]
+        pair_rows = build_pairs(
+            prompts, responses, rewards, o.min_margin, o.max_pairs_per_prompt, (prompt_ids, response_ids)
+        )
+        sample_rows = [
+            {"prompt": p, "responses": s, "rewards": w, "response_ids": ids}
+            for p, s, w, ids in zip(prompts, samples, rewards, response_ids)
+        ]
         self.store.save(r, sample_rows, pair_rows)
         new_pairs = self.store.pairs(r)
         train_pairs = new_pairs + self._mixed_in(r, len(new_pairs))
@@ -171,7 +182,7 @@ class OnlineCampaign:
             log.warning("round %d: no pairs (every prompt's samples tied); the policy is unchanged", r)
         lap("train")
         if train_pairs:
-            groups.rollout.load_weights(groups.policy.export_weights())
+            groups.sync()
         lap("sync")
         evaluation = self._evaluate(groups) if self._evaluates(r) else {}
         lap("eval")
@@ -248,6 +259,11 @@ class OnlineCampaign:
                 chosen, rejected = groups.reference.logps(pairs, batches, self._adapter_base(groups.policy))[0]
             metrics["eval/kl"] = stats.kl_estimate(scored, chosen, rejected)
         return metrics
+
+
+def longest_prompt(tokenizer, prompts: list[Text]) -> int:
+    """The most tokens any prompt takes, rendered as the engines render it."""
+    return max((len(encode_prompt(tokenizer, p, isinstance(p, list))) for p in prompts), default=0)
 
 
 def _response(prompt: Text, text: str):

@@ -8,8 +8,7 @@ import logging
 from pathlib import Path
 
 from ..atomic import write_dir, write_text
-from ..data.dataset import load_pairs
-from ..data.tokenize import TokenizedPair, TokenizeSettings
+from ..data.tokenize import TokenizedPair, TokenizeSettings, truncate
 from ..groups.policy_group import PolicyGroup
 from ..run_files import ROUNDS
 from .checkpoints import CheckpointStore
@@ -19,8 +18,8 @@ EMPTY = "EMPTY"  # marks a round directory that holds no rows
 
 
 class RoundStore:
-    def __init__(self, run_dir: Path, keep_checkpoints: int, tokenizer, settings: TokenizeSettings, on_error: str):
-        self.run_dir, self.tokenizer, self.settings, self.on_error = run_dir, tokenizer, settings, on_error
+    def __init__(self, run_dir: Path, keep_checkpoints: int, settings: TokenizeSettings):
+        self.run_dir, self.settings = run_dir, settings
         self.checkpoints = CheckpointStore(run_dir / "round_checkpoints", keep_checkpoints)
 
     def round_dir(self, r: int) -> Path:
@@ -32,12 +31,26 @@ class RoundStore:
         write_dir(self.round_dir(r) / "pairs", lambda d: save_rows(d, pairs))
 
     def pairs(self, r: int) -> list[TokenizedPair]:
-        """Round r's pairs, tokenised as training reads them."""
+        """Round r's pairs as the policy sampled them: its token ids, not the texts tokenised anew (which can come out
+        differently), truncated as any training pair is."""
+        import datasets
+
         source = self.round_dir(r) / "pairs"
         if (source / EMPTY).exists():
             return []
-        pairs, report = load_pairs([str(source)], self.tokenizer, self.settings, self.on_error)
-        log.info("%s: %s", source, report.summary())
+        rows = datasets.load_from_disk(str(source)).select_columns(["prompt_ids", "chosen_ids", "rejected_ids"])
+        pairs = []
+        for row in rows:
+            truncated = truncate(row["prompt_ids"], row["chosen_ids"], row["rejected_ids"], self.settings)
+            if truncated is not None:
+                pairs.append(TokenizedPair(*(tuple(ids) for ids in truncated)))
+        if len(pairs) < len(rows):
+            log.info(
+                "%s: %d of %d pairs dropped: the prompt fills data.max_length",
+                source,
+                len(rows) - len(pairs),
+                len(rows),
+            )
         return pairs
 
     def finish(self, r: int, policy: PolicyGroup, step: int, rows: list[dict]) -> None:

@@ -30,14 +30,19 @@ class PolicyGroup:
         """Each rank's reference scores of its micro-batches (see PolicyWorker.reference_logps)."""
         return self.group.run_each("reference_logps", [(rank_batches,) for rank_batches in plan])
 
-    def export_weights(self) -> ray.ObjectRef:
-        """A reference to the full weights as safetensors bytes (gathered on rank 0), left in Ray's object store."""
-        refs = self.group.submit("export_weights")
-        gather(
-            refs[1:], self.group.call_timeout_s, "policy.export_weights"
-        )  # the other ranks only take part in the gather
-        ray.wait(refs[:1], timeout=self.group.call_timeout_s)
-        return refs[0]
+    def weight_manifest(self) -> tuple[list[tuple], str | None]:
+        """What a weight sync sends (see PolicyWorker.weight_manifest), asked of rank 0: every rank agrees."""
+        return gather([self.group.actors[0].call.remote("weight_manifest")], self.group.call_timeout_s, "policy")[0]
+
+    def weight_group_address(self) -> tuple[str, int]:
+        """Where the weight-sync group meets: rank 0's node and a free port there."""
+        return ray.get(self.group.actors[0].rendezvous_address.remote())
+
+    def join_weight_group(self, address: str, port: int, world_size: int, timeout_s: float) -> list[ray.ObjectRef]:
+        return self.group.submit("join_weight_group", address, port, world_size, timeout_s)
+
+    def send_weights(self, bucket_bytes: int) -> list[ray.ObjectRef]:
+        return self.group.submit("send_weights", bucket_bytes)
 
     def save_pretrained(self, out_dir: str) -> None:
         self.group.run("save_pretrained", out_dir)

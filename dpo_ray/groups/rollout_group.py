@@ -8,20 +8,31 @@ import ray
 
 from ..config import RunConfig
 from ..data.formats import Text
-from ..workers.rollout import Sample, engine_env
+from ..workers.device import device_spec
+from ..workers.engine_args import engine_env
+from ..workers.rollout import Sample
 from .actor_group import ActorGroup
 from .resources import rollout_need
 
 
 class RolloutGroup:
-    def __init__(self, cfg: RunConfig, model_path: str):
+    def __init__(self, cfg: RunConfig, model_path: str, max_model_len: int = 0):
+        """max_model_len: the run's longest prompt + response, sizing engines unless rollout.max_model_len does."""
         need = rollout_need(cfg)
+        lora = cfg.model.lora
         kwargs = dict(
-            model_path=model_path, cfg=cfg.rollout, policy_dtype=cfg.model.dtype, gpus=need.gpus, seed=cfg.online.seed
+            model_path=model_path,
+            cfg=cfg.rollout,
+            policy_dtype=cfg.model.dtype,
+            gpus=need.gpus,
+            seed=cfg.online.seed,
+            max_model_len=max_model_len,
+            lora_rank=lora.r if lora.enabled and cfg.rollout.lora_adapters else 0,
         )
-        self.group = ActorGroup(
-            need, "dpo_ray.workers.rollout.RolloutWorker", cfg.cluster, engine_env(need.gpus), kwargs
-        )
+        env = engine_env(cfg.rollout, need.gpus)
+        self.group = ActorGroup(need, "dpo_ray.workers.rollout.RolloutWorker", cfg.cluster, env, kwargs)
+        self.workers_per_engine = cfg.rollout.tensor_parallel_size
+        self.backend = device_spec(need.gpus).backend
 
     def generate(
         self,
@@ -40,9 +51,27 @@ class RolloutGroup:
             "generate", list(zip(prompts, seeds)), n, temperature, top_p, max_tokens, with_logp
         )
 
-    def load_weights(self, weights: ray.ObjectRef) -> None:
-        """Every engine loads the same safetensors blob; Ray hands each the object, the driver never copies it."""
-        self.group.run("load_weights", weights)
+    def join_weight_group(self, address: str, port: int, first_rank: int, world_size: int) -> list[ray.ObjectRef]:
+        """Every worker of every engine joins the sync group: engine e's workers take the ranks from
+        first_rank + e * workers_per_engine on."""
+        timeout = self.group.call_timeout_s
+        return [
+            actor.call.remote(
+                "join_weight_group",
+                address,
+                port,
+                first_rank + e * self.workers_per_engine,
+                world_size,
+                self.backend,
+                timeout,
+            )
+            for e, actor in enumerate(self.group.actors)
+        ]
+
+    def receive_weights(self, specs: list, bucket_bytes: int, adapter_config: str | None) -> list[ray.ObjectRef]:
+        if adapter_config is None:
+            return self.group.submit("receive_weights", specs, bucket_bytes)
+        return self.group.submit("receive_adapter", specs, bucket_bytes, adapter_config)
 
     def shutdown(self) -> None:
         self.group.shutdown()

@@ -65,6 +65,14 @@ def local_gpu(environ: Mapping[str, str], ray_gpu_ids: list) -> int:
     return visible.index(gpu) if visible else int(gpu)
 
 
+def own_gpus_only(environ: Mapping[str, str], ray_gpu_ids: list) -> dict[str, str]:
+    """What a multi-GPU process (a vLLM engine: its workers count GPUs from 0) must set to see only its actor's GPUs:
+    nothing when Ray already narrowed CUDA_VISIBLE_DEVICES, else exactly Ray's ids for the actor."""
+    if not environ.get("RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES") or not ray_gpu_ids:
+        return {}
+    return {"CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in ray_gpu_ids)}
+
+
 def use_local_gpu(spec: DeviceSpec) -> int:
     """In a GPU actor: make its own GPU the current CUDA device, and say which it is (for LOCAL_RANK)."""
     if spec.kind != "cuda":

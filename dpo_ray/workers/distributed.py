@@ -54,3 +54,29 @@ def init_distributed(
         timeout=timedelta(seconds=timeout_s),
         verbose=False,
     )
+
+
+class BroadcastGroup:
+    """A process group of its own between one sender (rank 0, which hosts the rendezvous) and its receivers, outside
+    any default group: policy rank 0 and vLLM's workers each already belong to one. gloo on CPU, NCCL on GPU."""
+
+    def __init__(self, address: str, port: int, rank: int, world_size: int, backend: str, timeout_s: float = 1800):
+        import torch.distributed as dist
+
+        timeout = timedelta(seconds=timeout_s)
+        store = dist.TCPStore(address, port, world_size, is_master=rank == 0, timeout=timeout)
+        if backend == "nccl":
+            options = dist.ProcessGroupNCCL.Options()
+            options._timeout = timeout
+            self.group = dist.ProcessGroupNCCL(store, rank, world_size, options)
+        else:
+            self.group = dist.ProcessGroupGloo(store, rank, world_size, timeout)
+        self.store, self.rank, self.world_size = store, rank, world_size
+
+    def broadcast(self, tensor) -> None:
+        """tensor, from rank 0 into every rank's tensor of the same size, in place."""
+        import torch.distributed as dist
+
+        options = dist.BroadcastOptions()
+        options.rootRank = 0
+        self.group.broadcast([tensor], options).wait()

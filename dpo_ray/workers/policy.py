@@ -15,9 +15,10 @@ from ..logprobs import forward_pairs, install_scoring_head
 from ..objective import add_metric_sums, micro_batch_objective
 from . import deepspeed_setup
 from .device import device_spec, rank_threads, use_local_gpu
-from .distributed import init_distributed
+from .distributed import BroadcastGroup, init_distributed
 from .models import load_causal_lm, load_tokenizer, restore_rotary_buffers
-from .weights import merge_lora_state, weights_bytes
+from .weight_stream import send_tensors
+from .weights import ADAPTER, WeightUnit, adapter_config_json, adapter_units, full_units, gathered_tensors
 
 
 def nonfinite_pairs(out, reference_chosen: torch.Tensor | None, reference_rejected: torch.Tensor | None) -> list[int]:
@@ -160,16 +161,35 @@ class PolicyWorker:
         state = self.engine._zero3_consolidated_16bit_state_dict(exclude_frozen_parameters=self.cfg.model.lora.enabled)
         return state if self.rank == 0 else None
 
-    def export_weights(self) -> bytes | None:
-        """All ranks call; rank 0 returns the full HF-named weights as safetensors bytes (LoRA: merged into the
-        base)."""
-        state = self.engine._zero3_consolidated_16bit_state_dict()
+    def _weight_units(self) -> tuple[list[WeightUnit], str | None]:
+        """What a sync sends, and the adapter's config when that is the LoRA adapter alone."""
+        model, lora = self.engine.module, self.cfg.model.lora
+        if lora.enabled and self.cfg.rollout.lora_adapters:
+            return adapter_units(model, self.spec.dtype), adapter_config_json(model.peft_config[ADAPTER])
+        return full_units(model, lora.alpha / lora.r if lora.enabled else 0.0), None
+
+    def weight_manifest(self) -> tuple[list[tuple], str | None]:
+        """(name, dtype, shape) of each tensor a sync sends, in order, and the adapter config (None: full weights)."""
+        units, adapter_config = self._weight_units()
+        return [(u.spec.name, u.spec.dtype, u.spec.shape) for u in units], adapter_config
+
+    def join_weight_group(self, address: str, port: int, world_size: int, timeout_s: float) -> None:
+        """Rank 0 joins the sync group as its sender (the other ranks only take part in the gathers)."""
+        if self.rank == 0:
+            self.weight_group = BroadcastGroup(address, port, 0, world_size, self.spec.backend, timeout_s)
+
+    def send_weights(self, bucket_bytes: int) -> int:
+        """All ranks call: parameters are gathered a bucket at a time and rank 0 broadcasts them; returns bytes sent."""
+        import deepspeed
+
+        units, _ = self._weight_units()
+        tensors = gathered_tensors(units, bucket_bytes, deepspeed.zero.GatheredParameters)
         if self.rank != 0:
-            return None
-        if self.cfg.model.lora.enabled:
-            lora = self.cfg.model.lora
-            state = merge_lora_state(state, lora.alpha / lora.r)
-        return weights_bytes(state)
+            for _ in tensors:  # take part in every gather
+                pass
+            return 0
+        specs = [u.spec for u in units]
+        return send_tensors(specs, tensors, bucket_bytes, self.weight_group.broadcast, self.spec.device)
 
     def save_pretrained(self, out_dir: str) -> None:
         """All ranks call; rank 0 writes an HF directory (or the LoRA adapter) atomically: temp dir, then rename."""

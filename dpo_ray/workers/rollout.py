@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..config import RolloutConfig
 from ..data.formats import Text
 from ..data.tokenize import encode_prompt
-from .device import device_spec, passed_on
+from .device import device_spec, own_gpus_only
+from .engine_args import engine_args
 
 
 @dataclass(frozen=True)
@@ -21,15 +26,6 @@ class Sample:
     logp: float | None = None
 
 
-def engine_env(gpus: float) -> dict:
-    """Environment of an engine's process. On CPU the engine runs in-process (3 s start instead of 24 s); that
-    process then ignores torch.set_num_threads, which is why no training ever shares it."""
-    env = {**passed_on(), "TOKENIZERS_PARALLELISM": "false"}
-    if not gpus:
-        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    return env
-
-
 class RolloutWorker:
     def __init__(
         self,
@@ -40,29 +36,53 @@ class RolloutWorker:
         seed: int,
         rank: int,
         world_size: int,
+        max_model_len: int = 0,
+        lora_rank: int = 0,
     ):
+        """One engine; max_model_len: the run's longest prompt + response (0: unknown); lora_rank: the LoRA adapters
+        it will serve (0: none, weights arrive whole)."""
+        if gpus:
+            import ray
+
+            os.environ.update(own_gpus_only(os.environ, ray.get_gpu_ids()))
         from vllm import LLM
 
         dtype = str(policy_dtype if cfg.dtype == "auto" else cfg.dtype)
         spec = device_spec(gpus, dtype)
-        memory = (
-            dict(kv_cache_memory_bytes=cfg.kv_cache_memory_mb << 20)
-            if cfg.kv_cache_memory_mb
-            else dict(gpu_memory_utilization=cfg.gpu_memory_utilization)
-        )
         self.rank = rank
-        self.llm = LLM(
-            model=model_path,
-            dtype=str(spec.dtype).removeprefix("torch."),
-            enforce_eager=cfg.enforce_eager,
-            max_model_len=cfg.max_model_len or None,
-            seed=seed + rank,
-            tensor_parallel_size=cfg.tensor_parallel_size,
-            worker_extension_cls="dpo_ray.workers.vllm_weights.WeightLoader",
-            **memory,
-        )
+        args = engine_args(cfg, gpus, str(spec.dtype).removeprefix("torch."), max_model_len, lora_rank, seed + rank)
+        self.llm = LLM(model=model_path, **args)
         self.tokenizer = self.llm.get_tokenizer()
         self.templated = getattr(self.tokenizer, "chat_template", None) is not None
+        self.adapter = None  # the LoRARequest of the policy's latest adapter, once one has arrived
+        self.adapter_root = Path(tempfile.mkdtemp(prefix="dpo-ray-adapters-"))
+
+    def join_weight_group(self, address: str, port: int, first_rank: int, world_size: int, backend: str, timeout_s):
+        """Every worker of this engine joins the sync group (ranks first_rank, first_rank + 1, ...)."""
+        return self.llm.collective_rpc(
+            "join_weight_group", args=(address, port, first_rank, world_size, backend, timeout_s)
+        )
+
+    def receive_weights(self, specs: list, bucket_bytes: int) -> int:
+        """Load the weights streamed over the sync group in place; cached KV blocks of the old weights go."""
+        loaded = self.llm.collective_rpc("receive_weights", args=(specs, bucket_bytes))[0]
+        self.llm.reset_prefix_cache()
+        return loaded
+
+    def receive_adapter(self, specs: list, bucket_bytes: int, adapter_config: str) -> int:
+        """Receive the policy's LoRA adapter; generation uses it from now on (a new adapter id each time)."""
+        from vllm.lora.request import LoRARequest
+
+        version = self.adapter.lora_int_id + 1 if self.adapter else 1
+        directory = self.adapter_root / f"adapter-{version}"
+        received = self.llm.collective_rpc(
+            "receive_adapter", args=(specs, bucket_bytes, str(directory), adapter_config)
+        )
+        if self.adapter:
+            self.llm.llm_engine.remove_lora(self.adapter.lora_int_id)
+            shutil.rmtree(self.adapter.lora_path, ignore_errors=True)
+        self.adapter = LoRARequest(f"policy-{version}", version, str(directory))
+        return received[0]
 
     def _prompt(self, prompt: Text):
         from vllm.inputs import TokensPrompt
@@ -96,7 +116,8 @@ class RolloutWorker:
             )
             for _, seed in jobs
         ]
-        outputs = self.llm.generate([self._prompt(p) for p, _ in jobs], params, use_tqdm=False)
+        prompts = [self._prompt(p) for p, _ in jobs]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=self.adapter)
         return [
             [
                 Sample(c.text, tuple(c.token_ids), float(c.cumulative_logprob) if with_logp else None)
@@ -104,9 +125,3 @@ class RolloutWorker:
             ]
             for out in outputs
         ]
-
-    def load_weights(self, source) -> int:
-        """Replace the engine's weights in place (safetensors bytes or file); cached KV blocks of old weights go."""
-        loaded = self.llm.collective_rpc("load_safetensors", args=(source,))[0]
-        self.llm.reset_prefix_cache()
-        return loaded

@@ -1,22 +1,55 @@
-"""A vLLM worker extension: loads HF-named weights in place, from safetensors bytes or a safetensors file.
+"""A vLLM worker extension: joins the weight-sync group and loads the policy's weights as they stream in.
 
-vLLM mixes this class into its own worker (`worker_extension_cls`), so `self` there is a vLLM worker. On CPU the
-loaded model is repacked for oneDNN, so plain `load_weights` is wrong after start-up; `reload_weights` redoes that.
+vLLM mixes this class into each of its workers (`worker_extension_cls`; one per tensor-parallel rank), so `self` is a
+vLLM worker, in the engine's own process when vLLM runs multiprocessing. Only small arguments cross vLLM's RPC (its
+msgpack refuses bytes over 4 GiB); the tensors come over the group. `reload_weights` takes HF-named tensors from an
+iterator and shards them for this rank; plain `load_weights` is wrong after start-up on CPU (oneDNN repacking).
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 
-class WeightLoader:
-    def load_safetensors(self, source: bytes | str) -> int:
-        """Load every tensor of source into the running model; returns how many tensors were loaded."""
-        if isinstance(source, (bytes, bytearray)):
-            from safetensors.torch import load
 
-            tensors = load(bytes(source))
-        else:
-            from safetensors.torch import load_file
+class WeightReceiver:
+    def join_weight_group(self, address: str, port: int, first_rank: int, world_size: int, backend: str, timeout_s):
+        """Join the sync group as rank first_rank + this worker's rank in its engine."""
+        from .distributed import BroadcastGroup
 
-            tensors = load_file(source)
-        self.reload_weights(weights_iterator=iter(tensors.items()))
+        self.weight_group = BroadcastGroup(address, port, first_rank + self.rank, world_size, backend, timeout_s)
+        return self.weight_group.rank
+
+    def _stream(self, specs, bucket_bytes: int, device):
+        from .weight_stream import TensorSpec, receive_tensors
+
+        manifest = [TensorSpec(name, dtype, tuple(shape)) for name, dtype, shape in specs]
+        return receive_tensors(manifest, bucket_bytes, self.weight_group.broadcast, device)
+
+    def receive_weights(self, specs: list, bucket_bytes: int) -> int:
+        """Load every tensor of the manifest into the running model as it arrives; returns how many were loaded."""
+        count = 0
+
+        def counted(stream):
+            nonlocal count
+            for item in stream:
+                count += 1
+                yield item
+
+        self.reload_weights(weights_iterator=counted(self._stream(specs, bucket_bytes, self.device)))
+        return count
+
+    def receive_adapter(self, specs: list, bucket_bytes: int, directory: str, adapter_config: str) -> int:
+        """Receive a LoRA adapter and write it as a peft directory vLLM loads (one writer per engine: its rank 0; the
+        directory is renamed into place whole, so no rank reads a half-written one)."""
+        from safetensors.torch import save_file
+
+        tensors = {name: t.cpu() for name, t in self._stream(specs, bucket_bytes, self.device)}
+        if self.rank == 0:
+            target = Path(directory)
+            partial = target.with_name(f".partial-{target.name}")
+            partial.mkdir(parents=True, exist_ok=True)
+            save_file(tensors, str(partial / "adapter_model.safetensors"))
+            (partial / "adapter_config.json").write_text(adapter_config)
+            os.replace(partial, target)
         return len(tensors)

@@ -1,40 +1,98 @@
-"""Full model weights as an inference engine wants them: HF names, LoRA merged in, serialised once."""
+"""The tensors an inference engine gets from the policy, one at a time: HF names, LoRA merged in or the adapter alone.
+
+Each tensor is a unit: its spec, the policy parameters it is made of, and how to make it once those are gathered.
+Units are gathered (ZeRO-3) a bucket's worth at a time, so no rank ever holds the whole model.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
 import torch
 
+from .weight_stream import TensorSpec
+
 PEFT_PREFIX = "base_model.model."
+ADAPTER = "default"  # the adapter name peft gives the one adapter we train
 
 
-def merge_lora_state(
-    state: dict[str, torch.Tensor], scaling: float, adapter: str = "default"
-) -> dict[str, torch.Tensor]:
-    """A peft LoRA model's full state dict -> the base model's, with W + scaling * B @ A for every adapted layer."""
-    merged: dict[str, torch.Tensor] = {}
-    for name, tensor in state.items():
+@dataclass(frozen=True)
+class WeightUnit:
+    spec: TensorSpec
+    params: tuple[torch.nn.Parameter, ...]
+    make: Callable[[], torch.Tensor]  # the tensor, once params are gathered
+
+
+def _shape(p: torch.nn.Parameter) -> tuple[int, ...]:
+    return tuple(getattr(p, "ds_shape", p.shape))  # ZeRO-3 keeps the full shape aside; the local tensor is empty
+
+
+def merged_weight(weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scaling: float) -> torch.Tensor:
+    """W + scaling * B @ A in fp32, back in W's dtype: peft's merge."""
+    return (weight.float() + scaling * (b.float() @ a.float())).to(weight.dtype)
+
+
+def full_units(model: torch.nn.Module, lora_scaling: float = 0.0) -> list[WeightUnit]:
+    """Every weight of the base model under its HF name, LoRA merged in (peft models). A tensor tied under two names
+    (embeddings) comes under both: vLLM's in-place reload does not re-tie lm_head; a name left out keeps old weights."""
+    named = dict(model.named_parameters(remove_duplicate=False))
+    units = []
+    for name, param in named.items():
         if ".lora_" in name:
             continue
-        key = name.removeprefix(PEFT_PREFIX)
-        if ".base_layer." in name:
-            stem = name.split(".base_layer.")[0]
-            key = key.replace(".base_layer.", ".")
-            if name.endswith(".weight") and f"{stem}.lora_A.{adapter}.weight" in state:
-                a, b = state[f"{stem}.lora_A.{adapter}.weight"], state[f"{stem}.lora_B.{adapter}.weight"]
-                tensor = (tensor.float() + scaling * (b.float() @ a.float())).to(tensor.dtype)
-        merged[key] = tensor
-    return merged
+        key = name.removeprefix(PEFT_PREFIX).replace(".base_layer.", ".")
+        stem = name.split(".base_layer.")[0]
+        a, b = named.get(f"{stem}.lora_A.{ADAPTER}.weight"), named.get(f"{stem}.lora_B.{ADAPTER}.weight")
+        spec = TensorSpec.of(key, param.dtype, _shape(param))
+        if ".base_layer." in name and name.endswith(".weight") and a is not None:
+            make = lambda w=param, a=a, b=b: merged_weight(w.data, a.data, b.data, lora_scaling)
+            units.append(WeightUnit(spec, (param, a, b), make))
+        else:
+            units.append(WeightUnit(spec, (param,), lambda p=param: p.data))
+    return units
 
 
-def weights_bytes(state: dict[str, torch.Tensor]) -> bytes:
-    """safetensors bytes of every named tensor. A tensor shared under two names (tied embeddings) is stored under
-    both: vLLM's in-place reload does not re-tie lm_head, so a missing name would keep its old weights."""
-    from safetensors.torch import save
+def adapter_units(model: torch.nn.Module, dtype: torch.dtype) -> list[WeightUnit]:
+    """The LoRA adapter's tensors under the names peft saves them with (the adapter name dropped), in the model's
+    dtype: peft keeps adapters in fp32, vLLM serves them in the model's dtype, so sending fp32 would only double the
+    bytes."""
+    return [
+        WeightUnit(
+            TensorSpec.of(name.replace(f".{ADAPTER}.", "."), dtype, _shape(p)), (p,), lambda p=p: p.data.to(dtype)
+        )
+        for name, p in model.named_parameters()
+        if ".lora_" in name
+    ]
 
-    seen, out = set(), {}
-    for name, tensor in state.items():
-        tensor = tensor.detach().contiguous().cpu()
-        key = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape))
-        out[name] = tensor.clone() if tensor.numel() and key in seen else tensor
-        seen.add(key)
-    return save(out)
+
+def unit_chunks(units: Sequence[WeightUnit], bucket_bytes: int) -> Iterator[list[WeightUnit]]:
+    """Consecutive units whose tensors add up to about one bucket (a larger tensor alone): what one gather holds."""
+    chunk, size = [], 0
+    for unit in units:
+        if chunk and size + unit.spec.nbytes > bucket_bytes:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(unit)
+        size += unit.spec.nbytes
+    if chunk:
+        yield chunk
+
+
+def gathered_tensors(
+    units: Sequence[WeightUnit], bucket_bytes: int, gather: Callable[[list], contextlib.AbstractContextManager]
+) -> Iterator[torch.Tensor]:
+    """Each unit's tensor in order, its parameters gathered a chunk at a time (every rank of the group must iterate)."""
+    for chunk in unit_chunks(units, bucket_bytes):
+        params = list({id(p): p for unit in chunk for p in unit.params}.values())
+        with gather(params):
+            for unit in chunk:
+                yield unit.make()
+
+
+def adapter_config_json(peft_config) -> str:
+    """A peft config as the adapter_config.json peft writes (sets become sorted lists)."""
+    config = {k: sorted(v) if isinstance(v, set) else v for k, v in peft_config.to_dict().items()}
+    return json.dumps(config, default=str)

@@ -52,6 +52,13 @@ def test_two_rounds_raise_the_held_out_accuracy_and_write_each_rounds_data(two_r
         pairs = pairs_of(two_rounds, r)
         assert len(pairs) == rows[r]["pairs"] > 0
         assert all(p["chosen_reward"] > p["rejected_reward"] for p in pairs)
+        # on-policy: a pair holds the very tokens the engine sampled (EOS included), not its text tokenised anew
+        sampled = {json.dumps(row["prompt"]): row for row in samples}
+        for p in pairs:
+            row = sampled[json.dumps(p["prompt"])]
+            drawn = row["response_ids"][row["responses"].index(p["chosen"][0]["content"])]
+            assert p["chosen_ids"] == drawn and p["rejected_ids"] in row["response_ids"]
+        assert any(p["chosen_ids"][-1] == two_rounds_eos(two_rounds) for p in pairs)
         assert {
             "time/generate",
             "time/score",
@@ -64,6 +71,12 @@ def test_two_rounds_raise_the_held_out_accuracy_and_write_each_rounds_data(two_r
     written = [json.loads(line) for line in (two_rounds.run_dir / "rounds.jsonl").read_text().splitlines()]
     assert [row["round"] for row in written] == [0, 1, 2]
     assert (two_rounds.final_model / "model.safetensors").exists()
+
+
+def two_rounds_eos(result) -> int:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(result.final_model).eos_token_id
 
 
 def test_rounds_log_what_the_monitors_read_and_the_report_draws_them(two_rounds):
@@ -109,9 +122,11 @@ def test_a_campaign_stopped_after_round_1_resumes_at_round_2_with_the_same_pairs
 
 
 def test_replay_and_offline_pairs_are_mixed_in_by_ratio(run_config, tiny_model_dir):
-    """No Ray: the mixing reads earlier rounds' pair datasets from the run directory."""
+    """No Ray: the mixing reads earlier rounds' pair datasets from the run directory, as the ids they hold (texts
+    that would tokenise otherwise are not tokenised again)."""
     from dpo_ray.campaign.inputs import OnlineInputs
     from dpo_ray.campaign.round_store import save_rows
+    from dpo_ray.data.tokenize import TokenizedPair
     from dpo_ray.tasks.number_words import prompt
 
     from ..conftest import make_pairs
@@ -128,6 +143,9 @@ def test_replay_and_offline_pairs_are_mixed_in_by_ratio(run_config, tiny_model_d
                 "rejected": "no",
                 "chosen_reward": 1.0,
                 "rejected_reward": 0.0,
+                "prompt_ids": [5, 6, i],
+                "chosen_ids": [7, 8, 9],
+                "rejected_ids": [10],
             }
             for i in range(count)
         ]
@@ -135,6 +153,9 @@ def test_replay_and_offline_pairs_are_mixed_in_by_ratio(run_config, tiny_model_d
     extra = campaign._mixed_in(3, 4)
     replayed, from_offline = extra[:3], extra[3:]
     assert len(replayed) == 3 and len(from_offline) == 2  # at most what earlier rounds hold; 0.5 x 4 offline
+    assert sorted(replayed, key=lambda p: p.prompt_ids) == [
+        TokenizedPair((5, 6, i), (7, 8, 9), (10,)) for i in range(3)
+    ]
     assert all(p in offline for p in from_offline) and not any(p in offline for p in replayed)
     assert campaign._mixed_in(3, 4) == extra  # seeded
 

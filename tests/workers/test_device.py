@@ -31,3 +31,13 @@ def test_network_and_collective_settings_reach_every_actor(monkeypatch):
     assert env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1" and "HOME_SECRET" not in env
     assert env["OMP_NUM_THREADS"] == "2" and env["DS_ACCELERATOR"] == "cpu"
     assert passed_on({"NCCL_DEBUG": "INFO", "PATH": "/bin"}) == {"NCCL_DEBUG": "INFO"}
+
+
+def test_an_engine_sees_only_its_own_gpus_even_when_ray_leaves_every_gpu_visible():
+    from dpo_ray.workers.device import own_gpus_only
+
+    assert own_gpus_only({}, [3, 4]) == {}  # Ray already set CUDA_VISIBLE_DEVICES to them
+    noset = {"RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"}
+    assert own_gpus_only(noset, [3, 4]) == {"CUDA_VISIBLE_DEVICES": "3,4"}
+    assert own_gpus_only({**noset, "CUDA_VISIBLE_DEVICES": "2,3,4,5"}, ["3", "4"]) == {"CUDA_VISIBLE_DEVICES": "3,4"}
+    assert own_gpus_only(noset, []) == {}

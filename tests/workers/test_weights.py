@@ -1,14 +1,16 @@
-"""The weights an engine receives: LoRA merged exactly as peft merges, tied tensors under both names."""
+"""The tensors an engine receives: LoRA merged exactly as peft merges, the adapter as peft saves it, tied tensors under
+both names, and parameters gathered a bucket's worth at a time."""
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
-from safetensors.torch import load
 
-from dpo_ray.workers.weights import merge_lora_state, weights_bytes
+from dpo_ray.workers.weights import adapter_units, full_units, gathered_tensors, unit_chunks
 
 
-def test_merged_lora_state_equals_peft_merge_and_unload(tiny_model_dir):
+def lora_model(tiny_model_dir):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -20,22 +22,66 @@ def test_merged_lora_state_equals_peft_merge_and_unload(tiny_model_dir):
     for name, p in model.named_parameters():
         if "lora_B" in name:
             p.data.normal_()  # peft starts B at zero: make the merge matter
-    merged = merge_lora_state(model.state_dict(), 8 / 4)
+    return model
+
+
+def as_dict(units) -> dict[str, torch.Tensor]:
+    tensors = gathered_tensors(units, 1 << 20, lambda params: contextlib.nullcontext())
+    return {unit.spec.name: tensor for unit, tensor in zip(units, tensors, strict=True)}
+
+
+def test_merged_units_equal_peft_merge_and_unload(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = lora_model(tiny_model_dir)
+    merged = as_dict(full_units(model, 8 / 4))
     expected = model.merge_and_unload().state_dict()
     assert set(merged) == set(expected)
     for name, tensor in expected.items():
         assert torch.allclose(merged[name], tensor, atol=1e-6), name
-    assert any(
-        not torch.equal(merged[n], t)
-        for n, t in AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict().items()
-    )
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    assert any(not torch.equal(merged[n], t) for n, t in base.items())
 
 
-def test_tied_tensors_are_stored_under_every_name(tiny_model_dir):
+def test_adapter_units_are_the_tensors_peft_saves(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    model = lora_model(tiny_model_dir)
+    model.save_pretrained(tmp_path)
+    saved = load_file(tmp_path / "adapter_model.safetensors")
+    sent = as_dict(adapter_units(model, torch.float32))
+    assert set(sent) == set(saved) and len(saved) > 0
+    assert all(torch.equal(sent[k], saved[k]) for k in saved)
+    assert sum(t.numel() for t in sent.values()) < 0.2 * sum(p.numel() for p in model.parameters())
+    in_bf16 = as_dict(adapter_units(model, torch.bfloat16))  # a bf16 model's engine serves its adapter in bf16
+    assert all(in_bf16[k].dtype == torch.bfloat16 and torch.equal(in_bf16[k], saved[k].bfloat16()) for k in saved)
+
+
+def test_tied_tensors_come_under_every_name(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
-    state = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    state = model.state_dict()
     assert state["lm_head.weight"].data_ptr() == state["model.embed_tokens.weight"].data_ptr()
-    loaded = load(weights_bytes(state))
-    assert set(loaded) == set(state)
-    assert torch.equal(loaded["lm_head.weight"], state["model.embed_tokens.weight"])
+    sent = as_dict(full_units(model))
+    assert set(sent) == set(state)
+    assert torch.equal(sent["lm_head.weight"], state["model.embed_tokens.weight"])
+
+
+def test_a_gather_holds_about_one_bucket_and_every_parameter_is_gathered_once_per_chunk(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    units = full_units(AutoModelForCausalLM.from_pretrained(tiny_model_dir))
+    bucket = 4 * max(u.spec.nbytes for u in units) // 3
+    chunks = list(unit_chunks(units, bucket))
+    assert [u for c in chunks for u in c] == units and len(chunks) > 2
+    assert all(sum(u.spec.nbytes for u in c) <= bucket or len(c) == 1 for c in chunks)
+    gathered = []
+
+    @contextlib.contextmanager
+    def recording(params):
+        gathered.append(len(params))
+        yield
+
+    assert len(list(gathered_tensors(units, bucket, recording))) == len(units)
+    assert len(gathered) == len(chunks)
