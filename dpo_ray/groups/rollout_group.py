@@ -9,7 +9,7 @@ import ray
 from ..config import RunConfig
 from ..data.formats import Text
 from ..workers.device import device_spec
-from ..workers.engine_args import engine_env
+from ..workers.engine_args import engine_env, syncs_adapter
 from ..workers.rollout import Sample
 from .actor_group import ActorGroup
 from .resources import rollout_need
@@ -19,7 +19,6 @@ class RolloutGroup:
     def __init__(self, cfg: RunConfig, model_path: str, max_model_len: int = 0):
         """max_model_len: the run's longest prompt + response, sizing engines unless rollout.max_model_len does."""
         need = rollout_need(cfg)
-        lora = cfg.model.lora
         kwargs = dict(
             model_path=model_path,
             cfg=cfg.rollout,
@@ -27,7 +26,7 @@ class RolloutGroup:
             gpus=need.gpus,
             seed=cfg.online.seed,
             max_model_len=max_model_len,
-            lora_rank=lora.r if lora.enabled and cfg.rollout.lora_adapters else 0,
+            lora_rank=cfg.model.lora.r if syncs_adapter(cfg) else 0,
         )
         env = engine_env(cfg.rollout, need.gpus)
         self.group = ActorGroup(need, "dpo_ray.workers.rollout.RolloutWorker", cfg.cluster, env, kwargs)

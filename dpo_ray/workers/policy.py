@@ -16,6 +16,7 @@ from ..objective import add_metric_sums, micro_batch_objective
 from . import deepspeed_setup
 from .device import device_spec, rank_threads, use_local_gpu
 from .distributed import BroadcastGroup, init_distributed
+from .engine_args import syncs_adapter
 from .models import load_causal_lm, load_tokenizer, restore_rotary_buffers
 from .weight_stream import send_tensors
 from .weights import ADAPTER, WeightUnit, adapter_config_json, adapter_units, full_units, gathered_tensors
@@ -164,7 +165,7 @@ class PolicyWorker:
     def _weight_units(self) -> tuple[list[WeightUnit], str | None]:
         """What a sync sends, and the adapter's config when that is the LoRA adapter alone."""
         model, lora = self.engine.module, self.cfg.model.lora
-        if lora.enabled and self.cfg.rollout.lora_adapters:
+        if syncs_adapter(self.cfg):
             return adapter_units(model, self.spec.dtype), adapter_config_json(model.peft_config[ADAPTER])
         return full_units(model, lora.alpha / lora.r if lora.enabled else 0.0), None
 

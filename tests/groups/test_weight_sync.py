@@ -70,7 +70,8 @@ def test_a_lora_policy_syncs_into_a_tensor_parallel_engine(local_ray, run_config
     """Two CPU workers in one engine (vLLM's multiprocessing executor), each a rank of the sync group; with adapters
     on, only the LoRA tensors travel and the engine generates through the adapter."""
     cfg = run_config
-    cfg.model.lora.enabled, cfg.model.lora.save_merged, cfg.rollout.lora_adapters = True, True, adapters
+    cfg.model.lora.enabled, cfg.model.lora.save_merged = True, True
+    cfg.rollout.lora_sync = "adapter" if adapters else "merged"
     cfg.train.optimizer, cfg.train.lr = "adamw", 0.05
     cfg.rollout.tensor_parallel_size, cfg.cluster.rollout_cpus, cfg.rollout.kv_cache_memory_mb = 2, 2, 32
     pairs = make_pairs(4, seed=22)
