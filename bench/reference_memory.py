@@ -26,7 +26,8 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def llama_1b(out_dir: str) -> str:
+def llama_1b(out_dir: str, hidden: int = 2048, intermediate: int = 5632, heads: int = 16) -> str:
+    """A Llama of 16 layers with random weights in bf16 and SmolLM2's tokenizer (~1B at the default sizes)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -34,10 +35,10 @@ def llama_1b(out_dir: str) -> str:
 
     config = LlamaConfig(
         vocab_size=32000,
-        hidden_size=2048,
-        intermediate_size=5632,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
         num_hidden_layers=16,
-        num_attention_heads=16,
+        num_attention_heads=heads,
         num_key_value_heads=4,
         max_position_embeddings=2048,
         tie_word_embeddings=False,
