@@ -77,9 +77,13 @@ def use_local_gpu(spec: DeviceSpec) -> int:
     """In a GPU actor: make its own GPU the current CUDA device, and say which it is (for LOCAL_RANK)."""
     if spec.kind != "cuda":
         return 0
-    import ray
+    try:
+        import ray
 
-    index = local_gpu(os.environ, ray.get_gpu_ids() if ray.is_initialized() else [0])
+        ids = ray.get_gpu_ids() if ray.is_initialized() else [0]
+    except ImportError:  # a worker run in-process without Ray (bench/gpu_check.py on a bare GPU machine)
+        ids = [0]
+    index = local_gpu(os.environ, ids)
     torch.cuda.set_device(index)
     return index
 
