@@ -2,7 +2,7 @@
 
 The driver brokers the rendezvous once (rank 0's node and a free port); each sync then hands out only the manifest
 (names, dtypes, shapes), while the policy ranks gather a bucket at a time and rank 0 broadcasts it. Nothing crosses
-the object store or vLLM's RPC but the manifest, and no host holds more than about two buckets extra.
+the object store or vLLM's RPC but the manifest, and no host holds more than a few buckets and a layer extra.
 """
 
 from __future__ import annotations
