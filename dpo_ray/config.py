@@ -247,7 +247,7 @@ class RolloutConfig:
         "where vLLM's engine core runs; auto: its own process on GPU or with tensor parallelism, inline on CPU",
     )
     sync_bucket_mb: int = opt(
-        1024, "weight sync: MiB per broadcast; a sync holds about two buckets extra on any host", AT_LEAST_ONE
+        1024, "weight sync: MiB per broadcast; a sync holds a few buckets (and a layer) extra on any host", AT_LEAST_ONE
     )
     lora_sync: LoraSync = opt(
         LoraSync.auto,
