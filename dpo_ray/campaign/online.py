@@ -69,6 +69,9 @@ class OnlineCampaign:
         self.run_dir = Path(cfg.output_dir).expanduser()
         self.spec, self.env = run_environment(cfg.cluster, cfg.model.dtype)
         self.tokenizer = load_tokenizer(self.inputs.model_path, cfg.model.trust_remote_code)
+        # Each prompt as the engines are given it, encoded once: engine sizing, every round's pairs, the KL estimate.
+        self.prompt_ids = encoded(self.tokenizer, self.inputs.prompts)
+        self.eval_prompt_ids = encoded(self.tokenizer, self.inputs.eval_prompts)
         per_round = o.prompts_per_round or len(self.inputs.prompts)
         most_pairs = per_round * o.max_pairs_per_prompt * (1 + o.replay_ratio + o.offline_ratio)
         # An upper bound for the learning-rate schedule: a round never yields more pairs than this.
@@ -126,7 +129,7 @@ class OnlineCampaign:
     def _start_groups(self, started: list) -> Groups:
         """Every group, each appended to started as soon as it exists (so a failure shuts down those before it)."""
         cfg, inputs, began = self.cfg, self.inputs, time.perf_counter()
-        longest = longest_prompt(self.tokenizer, [*inputs.prompts, *inputs.eval_prompts]) + cfg.online.max_tokens
+        longest = max(map(len, [*self.prompt_ids, *self.eval_prompt_ids]), default=0) + cfg.online.max_tokens
         rollout = self.rollout = RolloutGroup(cfg, inputs.model_path, longest)
         started.append(rollout)
         started.append(RewardGroup(cfg, inputs.reward_fn, inputs.reward_model))
@@ -157,7 +160,7 @@ class OnlineCampaign:
         rewards = groups.reward.score(prompts, samples)
         lap("score")
         responses = [[_response(prompt, s) for s in outs] for prompt, outs in zip(prompts, samples)]
-        prompt_ids = [encode_prompt(self.tokenizer, p, isinstance(p, list)) for p in prompts]
+        prompt_ids = [self.prompt_ids[i] for i in indices]
         response_ids = [[list(s.token_ids) for s in outs] for outs in drawn]
         pair_rows = build_pairs(
             prompts, responses, rewards, o.min_margin, o.max_pairs_per_prompt, (prompt_ids, response_ids)
@@ -252,7 +255,7 @@ class OnlineCampaign:
             "eval/length": stats.mean_length(sampled),
         }
         if self.uses_reference:
-            pairs, scored = stats.kl_pairs(self.tokenizer, prompts, sampled)
+            pairs, scored = stats.kl_pairs(self.eval_prompt_ids, sampled)
             chosen, rejected = [], []
             if pairs:
                 batches = eval_groups(self.cfg, len(pairs))
@@ -261,9 +264,9 @@ class OnlineCampaign:
         return metrics
 
 
-def longest_prompt(tokenizer, prompts: list[Text]) -> int:
-    """The most tokens any prompt takes, rendered as the engines render it."""
-    return max((len(encode_prompt(tokenizer, p, isinstance(p, list))) for p in prompts), default=0)
+def encoded(tokenizer, prompts: list[Text]) -> list[tuple[int, ...]]:
+    """Each prompt's token ids, rendered as the engines render it."""
+    return [tuple(encode_prompt(tokenizer, p, isinstance(p, list))) for p in prompts]
 
 
 def _response(prompt: Text, text: str):

@@ -3,8 +3,8 @@ Monte-Carlo KL to the reference of held-out samples. Pure functions of the sampl
 
 from __future__ import annotations
 
-from ..data.formats import Text, is_empty
-from ..data.tokenize import TokenizedPair, encode_prompt
+from ..data.formats import is_empty
+from ..data.tokenize import TokenizedPair
 from ..workers.rollout import Sample
 
 
@@ -42,16 +42,15 @@ def sample_statistics(drawn: list[list[Sample]], rewards: list[list[float]], min
     }
 
 
-def kl_pairs(tokenizer, prompts: list[Text], sampled: list[list[Sample]]) -> tuple[list[TokenizedPair], list[list]]:
+def kl_pairs(prompt_ids: list[tuple[int, ...]], sampled: list[list[Sample]]) -> tuple[list[TokenizedPair], list[list]]:
     """Reference pairs that score held-out samples two at a time (a pair's chosen and rejected slots), and for each
     pair the samples it holds (one sample twice when a prompt has an odd count)."""
     pairs, scored = [], []
-    for prompt, outs in zip(prompts, sampled):
-        prompt_ids = tuple(encode_prompt(tokenizer, prompt, isinstance(prompt, list)))
+    for ids, outs in zip(prompt_ids, sampled, strict=True):
         kept = [s for s in outs if s.token_ids]
         for k in range(0, len(kept), 2):
             two = kept[k : k + 2]
-            pairs.append(TokenizedPair(prompt_ids, two[0].token_ids, two[-1].token_ids))
+            pairs.append(TokenizedPair(ids, two[0].token_ids, two[-1].token_ids))
             scored.append(two)
     return pairs, scored
 
