@@ -109,6 +109,50 @@ def build_large_model(tokenizer_dir: str, out_dir: str) -> str:
     return out_dir
 
 
+def build_words_task(out_dir: str, n_pairs: int = 640, seed: int = 0) -> tuple[str, str]:
+    """Issue 17's workload: a ~26M Llama (vocab 1000) and pairs of random words with prompts of 10-40 and responses
+    of 10-60 tokens, as text both systems tokenise alike (one token per word: a word-level tokenizer)."""
+    import random
+    from pathlib import Path
+
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    rng = random.Random(seed)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    words = sorted({"".join(rng.choice(letters) for _ in range(5)) for _ in range(2000)})[:996]
+    vocab = {token: i for i, token in enumerate(["<pad>", "<|end|>", "<unk>", *words])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token="<pad>", eos_token="<|end|>", unk_token="<unk>"
+    )
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=512,
+        intermediate_size=1376,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    model_dir = Path(out_dir) / "model"
+    LlamaForCausalLM(config).save_pretrained(model_dir, safe_serialization=True)
+    tokenizer.save_pretrained(model_dir)
+    text = lambda lo, hi: " ".join(rng.choice(words) for _ in range(rng.randint(lo, hi)))  # noqa: E731
+    train_file = Path(out_dir) / "pairs.jsonl"
+    rows = [
+        {"prompt": text(10, 40), "chosen": " " + text(10, 60), "rejected": " " + text(10, 60)} for _ in range(n_pairs)
+    ]
+    train_file.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(model_dir), str(train_file)
+
+
 def trl_run(model_path: str, train_file: str, steps: int, precompute: bool, batch: int):
     import datasets
     import torch
@@ -163,7 +207,7 @@ def trl_run(model_path: str, train_file: str, steps: int, precompute: bool, batc
     return times[1:], losses[0], time.perf_counter() - began
 
 
-def dpo_ray_run(inputs, steps: int, layout: str, batch: int, ranks: int = 2):
+def dpo_ray_run(inputs, steps: int, layout: str, batch: int, ranks: int = 2, stage: str = "auto"):
     from dpo_ray.campaign.offline import OfflineCampaign
     from dpo_ray.compose import compose
 
@@ -181,6 +225,7 @@ def dpo_ray_run(inputs, steps: int, layout: str, batch: int, ranks: int = 2):
             f"output_dir={tempfile.mkdtemp(prefix='bench-')}",
             f"cluster.policy_ranks={ranks}",
             f"cluster.torch_threads={2 // ranks}",
+            f"deepspeed.zero_stage={stage}",
         ]
     )
     began = time.perf_counter()
@@ -194,7 +239,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--model", choices=["embedded", "llama-50m", "smollm2-135m"], default="embedded")
+    parser.add_argument("--model", choices=["embedded", "llama-26m", "llama-50m", "smollm2-135m"], default="embedded")
     parser.add_argument("--batch", type=int, default=64, help="pairs per step (both systems)")
     parser.add_argument(
         "--systems", nargs="+", default=None, help="substrings of the system names to run (default: all)"
@@ -211,7 +256,16 @@ def main() -> None:
     inputs = offline_inputs(embedded)
     task = ensure_embedded_task(embedded.embedded, embedded.cache_dir)
     train_file = str(task.train_file)
-    if args.model == "llama-50m":
+    if args.model == "llama-26m":
+        from dpo_ray.data.dataset import load_pairs
+        from dpo_ray.data.tokenize import TokenizeSettings
+        from dpo_ray.workers.models import load_tokenizer
+
+        model_dir, train_file = build_words_task(tempfile.mkdtemp(prefix="llama-26m-"))
+        inputs.model_path = inputs.reference_path = model_dir
+        pairs, _ = load_pairs([train_file], load_tokenizer(model_dir), TokenizeSettings(max_length=128))
+        inputs.train, inputs.eval = pairs[:-32], pairs[-32:]
+    elif args.model == "llama-50m":
         large = build_large_model(inputs.model_path, tempfile.mkdtemp(prefix="llama-50m-"))
         inputs.model_path = inputs.reference_path = large
     elif args.model == "smollm2-135m":
@@ -238,6 +292,7 @@ def main() -> None:
             inputs.model_path, train_file, args.steps, True, args.batch
         ),
         "dpo-ray, 2 ranks, padded": lambda: dpo_ray_run(inputs, args.steps, "padded", args.batch),
+        "dpo-ray, 2 ranks ZeRO-3, prefix-shared": lambda: dpo_ray_run(inputs, args.steps, "prefix", args.batch, 2, "3"),
         "dpo-ray, 2 ranks, prefix-shared": lambda: dpo_ray_run(inputs, args.steps, "prefix", args.batch),
         "dpo-ray, 1 rank x 2 threads, prefix-shared": lambda: dpo_ray_run(
             inputs, args.steps, "prefix", args.batch, ranks=1

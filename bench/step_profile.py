@@ -1,7 +1,8 @@
 """Where an offline policy step's time goes at TRL's default batch (run by hand: bench/step_profile.py).
 
 The workload of issue 17: a ~26M Llama (vocab 1000), 8 pairs per step (prompts 10-40, responses 10-60 tokens), fp32,
-AdamW, the default shape (2 ZeRO-3 ranks of 1 CPU, micro-batches of 4, so one micro-batch per rank). After warm-up
+AdamW, the default shape (2 ranks of 1 CPU at the ZeRO stage --zero-stage gives, micro-batches of 4, so one
+micro-batch per rank). After warm-up
 steps, the driver times whole steps and each rank times its own train_step; the difference is the Ray call. Then
 one step of rank 0 runs under torch.profiler (rank 1 steps beside it, unprofiled) and its operators' self time is
 split into compute, collectives (ZeRO-3's all-gathers and reduce-scatters, the non-finite all-reduce), host
@@ -99,6 +100,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=8)
     parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--zero-stage", default="auto", choices=["auto", "0", "1", "2", "3"])
     args = parser.parse_args()
 
     import ray
@@ -112,11 +114,13 @@ def main() -> None:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     cfg = RunConfig()
     cfg.cluster.policy_ranks, cfg.cluster.cpus_per_rank = 2, 1.0
+    cfg.deepspeed.zero_stage = args.zero_stage
     cfg.train.batch_size, cfg.train.micro_batch_size, cfg.train.lr = args.pairs, 4, 1e-6
     per_rank = -(-args.pairs // (2 * cfg.train.micro_batch_size))
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_model(Path(tmp) / "model")
         policy = PolicyGroup(cfg, str(model_dir), 100, per_rank, rank_env(device_spec(0), 1))
+        stage = policy.zero_stage
         try:
             steps = [make_pairs(args.pairs, seed) for seed in range(args.steps + 3)]
             plans = []
@@ -155,7 +159,10 @@ def main() -> None:
         totals[label] = totals.get(label, 0.0) + seconds
         by_op[(label, names[0])] = by_op.get((label, names[0]), 0.0) + seconds
     step, inside = statistics.median(driver), statistics.median(ranks)
-    print(f"\n{args.pairs} pairs/step, 2 ranks, layout {cfg.data.layout}: median of {len(driver)} steps\n")
+    print(
+        f"\n{args.pairs} pairs/step, 2 ranks at ZeRO stage {stage}, layout {cfg.data.layout}: "
+        f"median of {len(driver)} steps\n"
+    )
     print("| part | s | share of the step |")
     print("|---|---|---|")
     print(f"| whole step, driver's clock | {step:.3f} | 100% |")

@@ -32,6 +32,7 @@ Offload = choices("Offload", "none", "cpu", "nvme")
 GradDtype = choices("GradDtype", "fp32", "model")
 EngineProcess = choices("EngineProcess", "auto", "separate", "inline")
 LoraSync = choices("LoraSync", "auto", "adapter", "merged")
+ZeroStage = choices("ZeroStage", "auto", "0", "1", "2", "3")
 
 
 @dataclass
@@ -156,6 +157,11 @@ class TrainConfig:
 
 @dataclass
 class DeepSpeedConfig:
+    zero_stage: ZeroStage = opt(
+        ZeroStage.auto,
+        "the policy's ZeRO stage: 0 (plain data parallel, float32 only), 1 (optimizer states partitioned), 2 (and "
+        "gradients), 3 (and parameters), or auto (the lowest stage whose model states fit half of a rank's device)",
+    )
     offload_optimizer: Offload = opt(
         Offload.none, "where the policy's optimizer states and fp32 master weights live: none (the device), cpu or nvme"
     )
@@ -366,7 +372,7 @@ class RunConfig:
     algo: AlgoConfig = sub(AlgoConfig, "loss")
     train: TrainConfig = sub(TrainConfig, "optimisation")
     reference: ReferenceConfig = sub(ReferenceConfig, "reference group")
-    deepspeed: DeepSpeedConfig = sub(DeepSpeedConfig, "DeepSpeed ZeRO-3 of the policy (and of a zero3 reference)")
+    deepspeed: DeepSpeedConfig = sub(DeepSpeedConfig, "DeepSpeed ZeRO of the policy (and of a zero3 reference)")
     cluster: ClusterConfig = sub(ClusterConfig, "Ray placement: group sizes and resources per actor")
     rollout: RolloutConfig = sub(RolloutConfig, "online: vLLM engine settings")
     reward: RewardConfig = sub(RewardConfig, "online: reward model or rule")

@@ -40,18 +40,30 @@ def micro_batch_objective(
     algo: AlgoConfig,
     scale: StepScale,
     weight: float = 1.0,
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """This micro-batch's share of the step loss (sums over the step's micro-batches to the exact global mean),
-    and metric sums that reduce_metrics turns into means.
+    metric sums (0-d tensors, read once per step: see metric_floats) that reduce_metrics turns into means, and which
+    pairs are not finite.
 
+    A pair whose log-probs, reference log-probs or loss are not finite adds nothing: its inputs are replaced by finite
+    stand-ins and its loss by zero, so its gradient is zero and no host synchronisation decides it.
     sft terms (and ORPO's NLL) use the token mean over the whole step, not per micro-batch, so splits stay exact."""
-    pair_losses, rewards, terms = torch.zeros_like(out.chosen_logps), None, loss_terms(algo)
+    chosen_tokens, rejected_tokens = out.chosen_tokens.clamp(min=1), out.rejected_tokens.clamp(min=1)
+    finite = torch.isfinite(out.chosen_logps.detach()) & torch.isfinite(out.rejected_logps.detach())
+    if reference_chosen is not None:
+        finite = finite & torch.isfinite(reference_chosen) & torch.isfinite(reference_rejected)
+        reference_chosen = torch.where(finite, reference_chosen, 0.0)
+        reference_rejected = torch.where(finite, reference_rejected, 0.0)
+    # Stand-ins: an average log-prob of -1 a token keeps every loss (ORPO's log-odds too) finite.
+    chosen = torch.where(finite, out.chosen_logps, -chosen_tokens.to(out.chosen_logps.dtype))
+    rejected = torch.where(finite, out.rejected_logps, -rejected_tokens.to(out.rejected_logps.dtype))
+    pair_losses, rewards, terms = torch.zeros_like(chosen), None, loss_terms(algo)
     for loss_type, loss_weight in terms:
         if loss_type == "sft":
             continue
         losses, chosen_rewards, rejected_rewards = preference_loss(
-            out.chosen_logps,
-            out.rejected_logps,
+            chosen,
+            rejected,
             reference_chosen,
             reference_rejected,
             loss_type=loss_type,
@@ -65,31 +77,39 @@ def micro_batch_objective(
         if rewards is None:
             rewards = (chosen_rewards, rejected_rewards)
     if rewards is None:  # sft alone: TRL's reference-free rewards
-        rewards = (
-            algo.beta * (out.chosen_logps / out.chosen_tokens.clamp(min=1)).detach(),
-            algo.beta * (out.rejected_logps / out.rejected_tokens.clamp(min=1)).detach(),
-        )
+        rewards = (algo.beta * (chosen / chosen_tokens).detach(), algo.beta * (rejected / rejected_tokens).detach())
+    finite = finite & torch.isfinite(pair_losses.detach())
+    pair_losses = torch.where(finite, pair_losses, 0.0)
+    kept = lambda x: torch.where(finite, x.detach(), 0.0).sum()  # noqa: E731
     chosen_rewards, rejected_rewards = rewards
-    nll_sum = -out.chosen_logps.sum()
+    nll_sum = -torch.where(finite, chosen, 0.0).sum()
     loss = weight * (pair_losses.sum() / scale.pairs + nll_weight(algo, terms) * nll_sum / scale.chosen_tokens)
     sums = {
-        "pairs": len(pair_losses),
-        "loss": loss.item(),
-        "rewards/chosen": chosen_rewards.sum().item(),
-        "rewards/rejected": rejected_rewards.sum().item(),
-        "rewards/accuracies": (chosen_rewards > rejected_rewards).sum().item(),
-        "rewards/margins": (chosen_rewards - rejected_rewards).sum().item(),
-        "logps/chosen": out.chosen_logps.detach().sum().item(),
-        "logps/rejected": out.rejected_logps.detach().sum().item(),
-        "logits/chosen": out.chosen_logits_sum.item(),
-        "logits/rejected": out.rejected_logits_sum.item(),
-        "nll_loss": nll_sum.item(),
-        "tokens/chosen": out.chosen_tokens.sum().item(),
-        "tokens/rejected": out.rejected_tokens.sum().item(),
+        "pairs": finite.sum(),
+        "loss": loss.detach(),
+        "rewards/chosen": kept(chosen_rewards),
+        "rewards/rejected": kept(rejected_rewards),
+        "rewards/accuracies": kept((chosen_rewards > rejected_rewards).float()),
+        "rewards/margins": kept(chosen_rewards - rejected_rewards),
+        "logps/chosen": kept(chosen),
+        "logps/rejected": kept(rejected),
+        "logits/chosen": out.chosen_logits_sum.detach(),
+        "logits/rejected": out.rejected_logits_sum.detach(),
+        "nll_loss": nll_sum.detach(),
+        "tokens/chosen": kept(out.chosen_tokens),
+        "tokens/rejected": kept(out.rejected_tokens),
     }
     if reference_chosen is not None:
-        sums["kl/chosen"] = (out.chosen_logps.detach() - reference_chosen).sum().item()
-    return loss, {k: v * weight for k, v in sums.items()}
+        sums["kl/chosen"] = kept(chosen - reference_chosen)
+    return loss, {k: v * weight for k, v in sums.items()}, ~finite
+
+
+def metric_floats(sums: dict[str, torch.Tensor]) -> dict[str, float]:
+    """0-d metric tensors as numbers, read from the device at once (one synchronisation, not one a metric)."""
+    if not sums:
+        return {}
+    values = torch.stack([v.detach().double().reshape(()) for v in sums.values()]).tolist()
+    return dict(zip(sums, values))
 
 
 PER_PAIR = (
@@ -103,12 +123,13 @@ PER_PAIR = (
 PER_CHOSEN_TOKEN = ("logits/chosen", "nll_loss", "kl/chosen")
 
 
-def add_metric_sums(parts: Iterable[dict[str, float]]) -> dict[str, float]:
-    """Key-wise sums of the numbers; other entries (a rank's non-finite pair positions) are not metrics."""
-    total: dict[str, float] = {}
+def add_metric_sums(parts: Iterable[dict]) -> dict:
+    """Key-wise sums of the numbers (or 0-d tensors); other entries (a rank's non-finite pair positions) are not
+    metrics."""
+    total: dict = {}
     for part in parts:
         for k, v in part.items():
-            if isinstance(v, (int, float)):
+            if isinstance(v, (int, float, torch.Tensor)):
                 total[k] = total.get(k, 0.0) + v
     return total
 

@@ -14,6 +14,11 @@ class Choice(str, Enum):
     def __str__(self) -> str:
         return str(self.value)
 
+    @classmethod
+    def _missing_(cls, value: object) -> Choice | None:
+        # Hydra reads `deepspeed.zero_stage=0` as the number 0: the choice spelt "0" is meant.
+        return cls.__members__.get(str(value)) if isinstance(value, int) and not isinstance(value, bool) else None
+
 
 @dataclass(frozen=True)
 class Bounds:

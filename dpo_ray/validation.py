@@ -9,6 +9,7 @@ import difflib
 from .config import RunConfig
 from .loss_types import LOSS_TYPES, loss_names, takes_label_smoothing
 from .options import Choice, options, shown, value_at
+from .workers.zero_stage import stage_problem
 
 
 class ConfigError(ValueError):
@@ -127,6 +128,11 @@ def _rules(cfg: RunConfig) -> list[str]:
     d = cfg.deepspeed
     if "nvme" in (d.offload_optimizer, d.offload_param) and not d.nvme_path:
         problems.append("deepspeed.nvme_path='': offload to nvme needs a directory on an NVMe drive")
+    if str(d.zero_stage) != "auto":
+        dtype = str(m.dtype) if str(m.dtype) != "auto" else ("bfloat16" if gpu else "float32")
+        why = stage_problem(int(str(d.zero_stage)), dtype, str(d.offload_optimizer), str(d.offload_param))
+        if why:
+            problems.append(f"deepspeed.zero_stage={d.zero_stage}: {why}")
     betas = list(t.adam_betas)
     if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
         problems.append(f"train.adam_betas={betas}: must be two numbers in [0, 1)")

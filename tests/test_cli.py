@@ -148,12 +148,27 @@ def test_every_bad_value_fails_naming_the_option_and_what_it_allows_without_star
         (["+report_to=wandb"], "report_to: unknown option"),
         (["algo=dpoo"], "algo=dpoo: no such preset; did you mean dpo?"),
         (["cluster.policy_ranks=two"], "cluster.policy_ranks: Value 'two' of type 'str' could not be converted"),
+        (["deepspeed.zero_stage=0", "model.dtype=bfloat16"], "deepspeed.zero_stage=0: model.dtype bfloat16: DeepSpeed"),
+        (["deepspeed.zero_stage=2", "deepspeed.offload_param=cpu"], "which only stage 3 does"),
+        (["deepspeed.zero_stage=0", "deepspeed.offload_optimizer=cpu"], "partitioned optimizer states (stage >= 1)"),
+        (["deepspeed.zero_stage=4"], "deepspeed.zero_stage"),
     ],
 )
 def test_rules_between_options_and_unknown_keys_fail_when_composed(overrides, expected):
     with pytest.raises(ConfigError) as error:
         compose(overrides)
     assert expected in str(error.value)
+
+
+def test_zero_stage_is_given_as_a_number_or_auto():
+    assert [str(compose([f"deepspeed.zero_stage={v}"]).deepspeed.zero_stage) for v in (0, 1, 2, 3, "auto")] == [
+        "0",
+        "1",
+        "2",
+        "3",
+        "auto",
+    ]
+    assert str(compose([]).deepspeed.zero_stage) == "auto"
 
 
 def test_all_problems_are_reported_at_once():

@@ -46,7 +46,7 @@ def grads_and_loss(model, pairs, layout):
     model.zero_grad()
     out = forward_pairs(model, collate_pairs(pairs, 0, layout))
     ref = (out.chosen_logps.detach() + 1.0, out.rejected_logps.detach() - 0.5)
-    loss, _ = micro_batch_objective(out, *ref, AlgoConfig(rpo_alpha=0.3), step_scale(pairs))
+    loss, *_ = micro_batch_objective(out, *ref, AlgoConfig(rpo_alpha=0.3), step_scale(pairs))
     loss.backward()
     return out, loss.item(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 

@@ -62,7 +62,9 @@ def test_split_micro_batches_equal_the_global_mean(tiny_model_dir, loss_type):
     scale, parts, total = step_scale(pairs), [], 0.0
     for lo, hi in ((0, 3), (3, 4), (4, 7)):
         refs = (None, None) if free else (ref_c[lo:hi], ref_r[lo:hi])
-        loss, metrics = micro_batch_objective(forward_pairs(model, collate_pairs(pairs[lo:hi], 0)), *refs, algo, scale)
+        loss, metrics, _ = micro_batch_objective(
+            forward_pairs(model, collate_pairs(pairs[lo:hi], 0)), *refs, algo, scale
+        )
         loss.backward()
         parts.append(metrics)
         total += loss.item()
@@ -78,7 +80,7 @@ def test_split_micro_batches_equal_the_global_mean(tiny_model_dir, loss_type):
 def test_filler_micro_batches_contribute_nothing(tiny_model_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     pairs = make_pairs(2)
-    loss, metrics = micro_batch_objective(
+    loss, metrics, _ = micro_batch_objective(
         forward_pairs(model, collate_pairs(pairs, 0)),
         torch.zeros(2),
         torch.zeros(2),
@@ -89,3 +91,28 @@ def test_filler_micro_batches_contribute_nothing(tiny_model_dir):
     loss.backward()
     assert loss.item() == 0 and all(v == 0 for v in metrics.values())
     assert torch.count_nonzero(grads(model)) == 0
+
+
+def test_a_non_finite_pair_adds_nothing_and_the_others_train_as_if_it_were_not_there(tiny_model_dir):
+    """A NaN reference log-prob (as a corrupted cache gives) and an infinite one: those pairs are flagged and add no
+    loss, gradient or metric; the rest give what the same pairs give without them, with no host synchronisation."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    pairs, algo = make_pairs(5, seed=3), AlgoConfig(rpo_alpha=0.5)
+    scale = step_scale(pairs)
+    ref_c, ref_r = torch.full((5,), -20.0), torch.full((5,), -21.0)
+    ref_c[1], ref_r[3] = float("nan"), float("-inf")
+    loss, metrics, bad = micro_batch_objective(forward_pairs(model, collate_pairs(pairs, 0)), ref_c, ref_r, algo, scale)
+    loss.backward()
+    got = grads(model).clone()
+    model.zero_grad()
+    keep = [0, 2, 4]
+    expected, expected_metrics, none_bad = micro_batch_objective(
+        forward_pairs(model, collate_pairs([pairs[i] for i in keep], 0)), ref_c[keep], ref_r[keep], algo, scale
+    )
+    expected.backward()
+    assert bad.tolist() == [False, True, False, True, False] and not none_bad.any()
+    assert torch.isfinite(loss) and abs(loss.item() - expected.item()) < 1e-6
+    assert torch.isfinite(got).all() and torch.allclose(got, grads(model), atol=1e-6)
+    assert metrics["pairs"] == 3
+    for name in ("rewards/chosen", "rewards/margins", "logps/chosen", "nll_loss", "tokens/chosen", "kl/chosen"):
+        assert abs(metrics[name].item() - expected_metrics[name].item()) < 1e-4, name

@@ -99,10 +99,11 @@ class ActorGroup:
             for rank in range(need.size)
         ]
 
-    def start_distributed(self) -> None:
-        """Rank 0 names its address and a free port; then every rank joins the process group at once."""
+    def start_distributed(self, *args) -> None:
+        """Rank 0 names its address and a free port; then every rank joins the process group at once (start's
+        further arguments: args)."""
         address, port = ray.get(self.actors[0].rendezvous_address.remote())
-        self.run("start", address, port)
+        self.run("start", address, port, *args)
 
     def submit(self, method: str, *args, **kwargs) -> list[ray.ObjectRef]:
         """The same call on every rank, not waited for: one result reference per rank."""

@@ -1,20 +1,63 @@
-"""The policy group: N DeepSpeed ZeRO-3 ranks of the trainable policy."""
+"""The policy group: N DeepSpeed ranks of the trainable policy, at the ZeRO stage the run asks for or fits."""
 
 from __future__ import annotations
+
+import logging
 
 import ray
 
 from ..config import RunConfig
 from ..data.batches import MicroBatch, StepScale
+from ..workers.device import device_spec
+from ..workers.models import parameter_count
+from ..workers.zero_stage import STAGES, auto_zero_stage, model_state_bytes, stage_problem
 from .actor_group import ActorGroup, gather
 from .resources import policy_need
+
+log = logging.getLogger(__name__)
 
 
 class PolicyGroup:
     def __init__(self, cfg: RunConfig, model_path: str, total_steps: int, accumulation: int, env: dict[str, str]):
         kwargs = dict(cfg=cfg, model_path=model_path, total_steps=total_steps, accumulation=accumulation)
         self.group = ActorGroup(policy_need(cfg), "dpo_ray.workers.policy.PolicyWorker", cfg.cluster, env, kwargs)
-        self.group.start_distributed()
+        self.zero_stage = self._zero_stage(cfg, model_path)
+        self.group.start_distributed(self.zero_stage)
+
+    def _zero_stage(self, cfg: RunConfig, model_path: str) -> int:
+        """deepspeed.zero_stage, or for auto the lowest stage whose model states fit every rank's device (decided
+        here, once, so that all ranks agree)."""
+        ds = cfg.deepspeed
+        if str(ds.zero_stage) != "auto":
+            return int(str(ds.zero_stage))
+        dtype = device_spec(cfg.cluster.gpus_per_rank, cfg.model.dtype).dtype
+        dtype_name = str(dtype).removeprefix("torch.")
+        offloads = str(ds.offload_optimizer), str(ds.offload_param)
+        allowed = [s for s in STAGES if not stage_problem(s, dtype_name, *offloads)]
+        params = parameter_count(model_path)
+        trainable = 0 if cfg.model.lora.enabled else params  # an adapter is ~1% of the model: the frozen weights rule
+
+        def state_bytes(stage: int) -> float:
+            return model_state_bytes(
+                stage,
+                self.group.size,
+                params,
+                trainable,
+                dtype.itemsize,
+                ds.grad_accum_dtype == "fp32",
+                cfg.train.optimizer == "adamw",
+                ds.offload_optimizer != "none",
+            )
+
+        device = min(self.group.run("device_memory"))
+        stage = auto_zero_stage(allowed, state_bytes, device)
+        log.info(
+            "policy group: ZeRO stage %d (deepspeed.zero_stage=auto): %.2f GB of model states per rank of %.1f GB",
+            stage,
+            state_bytes(stage) / 1e9,
+            device / 1e9,
+        )
+        return stage
 
     @property
     def size(self) -> int:

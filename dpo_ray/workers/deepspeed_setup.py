@@ -1,4 +1,5 @@
-"""DeepSpeed ZeRO-3 engines: the policy's (config, optimizer, learning-rate schedule) and a zero3 reference's config."""
+"""DeepSpeed engines: the policy's at its ZeRO stage (config, optimizer, learning-rate schedule) and a zero3
+reference's config."""
 
 from __future__ import annotations
 
@@ -12,16 +13,19 @@ from ..config import DeepSpeedConfig, TrainConfig
 from .device import DeviceSpec
 
 
-def zero3_section(spec: DeviceSpec, ds: DeepSpeedConfig, optimizer: bool) -> dict[str, Any]:
-    """The zero_optimization block: ZeRO-3 with the run's bucket, prefetch and persistence sizes and its offload."""
-    section: dict[str, Any] = {
-        "stage": 3,
-        "stage3_gather_16bit_weights_on_model_save": True,
-        "reduce_bucket_size": ds.reduce_bucket_size,
-        "stage3_prefetch_bucket_size": ds.prefetch_bucket_size,
-        "stage3_param_persistence_threshold": ds.param_persistence_threshold,
-        "stage3_max_live_parameters": ds.max_live_parameters,
-    }
+def zero_section(spec: DeviceSpec, ds: DeepSpeedConfig, stage: int, optimizer: bool) -> dict[str, Any]:
+    """The zero_optimization block: the stage, the run's bucket sizes (and stage 3's prefetch and persistence), and
+    its offloads."""
+    if stage == 0:
+        return {"stage": 0}
+    section: dict[str, Any] = {"stage": stage, "reduce_bucket_size": ds.reduce_bucket_size}
+    if stage == 3:
+        section.update(
+            stage3_gather_16bit_weights_on_model_save=True,
+            stage3_prefetch_bucket_size=ds.prefetch_bucket_size,
+            stage3_param_persistence_threshold=ds.param_persistence_threshold,
+            stage3_max_live_parameters=ds.max_live_parameters,
+        )
     offloads = {"offload_param": ds.offload_param, **({"offload_optimizer": ds.offload_optimizer} if optimizer else {})}
     for key, device in offloads.items():
         if device != "none":
@@ -33,16 +37,22 @@ def zero3_section(spec: DeviceSpec, ds: DeepSpeedConfig, optimizer: bool) -> dic
 
 
 def deepspeed_config(
-    spec: DeviceSpec, world: int, micro_batch_size: int, accumulation: int, max_grad_norm: float, ds: DeepSpeedConfig
+    spec: DeviceSpec,
+    world: int,
+    micro_batch_size: int,
+    accumulation: int,
+    max_grad_norm: float,
+    ds: DeepSpeedConfig,
+    stage: int = 3,
 ) -> dict[str, Any]:
-    """The policy's training engine."""
+    """The policy's training engine at a ZeRO stage (at stage 0 the optimizer clips: see clip_before_step)."""
     config = {
         "train_micro_batch_size_per_gpu": micro_batch_size,
         "gradient_accumulation_steps": accumulation,
         "train_batch_size": micro_batch_size * accumulation * world,
         # DeepSpeed clips at 1.0 unless told otherwise: always say it.
-        "gradient_clipping": max_grad_norm,
-        "zero_optimization": zero3_section(spec, ds, optimizer=True),
+        "gradient_clipping": max_grad_norm if stage else 0.0,
+        "zero_optimization": zero_section(spec, ds, stage, optimizer=True),
         "bf16": {"enabled": spec.dtype == torch.bfloat16},
         "data_types": {"grad_accum_dtype": "fp32" if ds.grad_accum_dtype == "fp32" else _dtype_name(spec.dtype)},
         "zero_allow_untested_optimizer": True,
@@ -61,7 +71,7 @@ def inference_config(spec: DeviceSpec, world: int, ds: DeepSpeedConfig) -> dict[
     return {
         "train_micro_batch_size_per_gpu": 1,
         "train_batch_size": world,
-        "zero_optimization": zero3_section(spec, ds, optimizer=False),
+        "zero_optimization": zero_section(spec, ds, 3, optimizer=False),
         "bf16": {"enabled": spec.dtype == torch.bfloat16},
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
@@ -102,6 +112,17 @@ def make_optimizer(params, train: TrainConfig, offloaded: bool, cache_dir: str) 
             params, lr=train.lr, betas=tuple(train.adam_betas), weight_decay=train.weight_decay, adamw_mode=True
         )
     return torch.optim.AdamW(params, lr=train.lr, betas=tuple(train.adam_betas), weight_decay=train.weight_decay)
+
+
+def clip_before_step(optimizer: torch.optim.Optimizer, max_grad_norm: float) -> None:
+    """Stage 0: clip the (already averaged) gradients before each step and leave their norm where DeepSpeed reads
+    it, since its plain data-parallel path clips without keeping the norm (and skips it when not clipping)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+
+    def clip(opt, args, kwargs):
+        opt._global_grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm or math.inf))
+
+    optimizer.register_step_pre_hook(clip)
 
 
 def scheduler_factory(train: TrainConfig, total_steps: int) -> Callable[[torch.optim.Optimizer], Any]:

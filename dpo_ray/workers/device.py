@@ -31,6 +31,14 @@ def device_spec(gpus_per_rank: float, dtype: str = "auto") -> DeviceSpec:
     return DeviceSpec(kind, "nccl" if kind == "cuda" else "gloo", getattr(torch, str(dtype)))
 
 
+def device_memory(spec: DeviceSpec, world: int) -> int:
+    """Bytes of the memory a rank's model lives in: its GPU, or on CPU its node's memory shared by the group's
+    ranks (as if all were on it)."""
+    if spec.kind == "cuda":
+        return torch.cuda.get_device_properties(spec.device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // world
+
+
 def rank_threads(cpus_per_rank: float, torch_threads: int = 0) -> int:
     """torch threads for one rank: cluster.torch_threads, else its CPU share rounded up."""
     return torch_threads or max(1, math.ceil(cpus_per_rank))

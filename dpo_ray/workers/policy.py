@@ -1,4 +1,4 @@
-"""One DeepSpeed ZeRO-3 rank of the trainable policy (full fine-tune or peft LoRA)."""
+"""One DeepSpeed rank of the trainable policy (full fine-tune or peft LoRA) at its ZeRO stage (0-3)."""
 
 from __future__ import annotations
 
@@ -12,23 +12,14 @@ from ..config import RunConfig
 from ..data.batches import MicroBatch, StepScale
 from ..data.collate import collate_pairs, make_layout
 from ..logprobs import forward_pairs, install_scoring_head
-from ..objective import add_metric_sums, micro_batch_objective
+from ..objective import add_metric_sums, metric_floats, micro_batch_objective
 from . import deepspeed_setup
-from .device import device_spec, rank_threads, use_local_gpu
+from .device import device_memory, device_spec, rank_threads, use_local_gpu
 from .distributed import BroadcastGroup, init_distributed
 from .engine_args import syncs_adapter
 from .models import load_causal_lm, load_tokenizer, restore_rotary_buffers
 from .weight_stream import send_tensors
 from .weights import ADAPTER, WeightUnit, adapter_config_json, adapter_units, full_units, gathered_tensors
-
-
-def nonfinite_pairs(out, reference_chosen: torch.Tensor | None, reference_rejected: torch.Tensor | None) -> list[int]:
-    """Positions of the pairs whose log-probs or reference log-probs are not finite (all of them if none is)."""
-    values = [out.chosen_logps.detach(), out.rejected_logps.detach()]
-    values += [r for r in (reference_chosen, reference_rejected) if r is not None]
-    finite = torch.stack([torch.isfinite(v) for v in values]).all(0)
-    bad = (~finite).nonzero().flatten().tolist()
-    return bad or list(range(len(finite)))
 
 
 class PolicyWorker:
@@ -42,18 +33,28 @@ class PolicyWorker:
         torch.manual_seed(cfg.train.seed)
         self.engine = None
 
-    def start(self, address: str, port: int) -> None:
-        """Join the process group and build the ZeRO-3 engine (all ranks at once)."""
+    def device_memory(self) -> int:
+        return device_memory(self.spec, self.world)
+
+    def start(self, address: str, port: int, zero_stage: int = 3) -> None:
+        """Join the process group and build the DeepSpeed engine at this ZeRO stage (all ranks at once)."""
         local_rank = use_local_gpu(self.spec)
         init_distributed(self.rank, self.world, address, port, self.spec.backend, local_rank=local_rank)
         from transformers.integrations import HfDeepSpeedConfig
         from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
         cfg = self.cfg
+        self.zero_stage = zero_stage
         ds_config = deepspeed_setup.deepspeed_config(
-            self.spec, self.world, cfg.train.micro_batch_size, self.accumulation, cfg.train.max_grad_norm, cfg.deepspeed
+            self.spec,
+            self.world,
+            cfg.train.micro_batch_size,
+            self.accumulation,
+            cfg.train.max_grad_norm,
+            cfg.deepspeed,
+            zero_stage,
         )
-        hf_ds_config = HfDeepSpeedConfig(ds_config)  # while it lives, from_pretrained builds the model partitioned
+        hf_ds_config = HfDeepSpeedConfig(ds_config)  # while it lives, from_pretrained partitions at stage 3
         model = load_causal_lm(
             self.model_path, self.spec.dtype, cfg.model.attn_implementation, cfg.model.trust_remote_code
         )
@@ -85,6 +86,8 @@ class PolicyWorker:
         trainable = [p for p in model.parameters() if p.requires_grad]
         offloaded = cfg.deepspeed.offload_optimizer != "none"
         optimizer = deepspeed_setup.make_optimizer(trainable, cfg.train, offloaded, cfg.cache_dir)
+        if zero_stage == 0:
+            deepspeed_setup.clip_before_step(optimizer, cfg.train.max_grad_norm)
         self.engine = deepspeed_setup.initialize(
             model, ds_config, optimizer, deepspeed_setup.scheduler_factory(cfg.train, self.total_steps)
         )
@@ -103,37 +106,30 @@ class PolicyWorker:
         return as_tensor(micro.reference_chosen_logps), as_tensor(micro.reference_rejected_logps)
 
     def train_step(self, micro_batches: list[MicroBatch], scale: StepScale) -> dict[str, float]:
-        """One optimizer step over this rank's micro-batches; returns metric sums plus grad norm and learning rate."""
+        """One optimizer step over this rank's micro-batches; returns metric sums plus grad norm, learning rate and,
+        per micro-batch, the positions of its pairs whose loss was not finite (they added no gradient). Nothing in
+        the loop waits for the device or the other ranks beyond DeepSpeed's own collectives: the metrics and the
+        non-finite pairs are read once, after the step."""
         self.engine.train()
-        sums: list[dict[str, float]] = []
-        nonfinite: list[list[int]] = []  # per micro-batch: positions of the pairs with a non-finite loss here
+        sums, nonfinite = [], []
         lr = self.engine.get_lr()[0]
         for micro in micro_batches:
             out = forward_pairs(self.engine, self._batch(micro))
-            references = self._references(micro)
-            loss, metrics = micro_batch_objective(out, *references, self.cfg.algo, scale, micro.weight)
-            finite = bool(torch.isfinite(loss))
-            if self._any_rank(not finite):
-                # Every rank still runs one backward per micro-batch (ZeRO-3's collectives), with a zero-gradient loss.
-                loss, metrics = 0.0 * (out.chosen_logps.sum() + out.rejected_logps.sum()), {}
-            nonfinite.append(nonfinite_pairs(out, *references) if not finite and micro.weight else [])
+            loss, metrics, bad = micro_batch_objective(
+                out, *self._references(micro), self.cfg.algo, scale, micro.weight
+            )
             # The loss is already this micro-batch's share of the global mean; undo DeepSpeed's average over ranks.
             self.engine.backward(loss * self.world, scale_wrt_gas=False)
             self.engine.step()
             sums.append(metrics)
-        result = add_metric_sums(sums)
+            nonfinite.append(bad if micro.weight else torch.zeros_like(bad))
+        result = metric_floats(add_metric_sums(sums))
+        flags = iter(torch.cat(nonfinite).tolist())  # one read for all micro-batches
+        result["nonfinite"] = [[i for i in range(len(mask)) if next(flags)] for mask in nonfinite]
         grad_norm = self.engine.get_global_grad_norm()
         result["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
         result["learning_rate"] = lr
-        result["nonfinite"] = nonfinite
         return result
-
-    def _any_rank(self, flag: bool) -> bool:
-        import torch.distributed as dist
-
-        value = torch.tensor([float(flag)], device=self.spec.device)
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
-        return bool(value.item())
 
     @torch.no_grad()
     def evaluate(self, micro_batches: list[MicroBatch], scale: StepScale) -> dict[str, float]:
@@ -142,7 +138,7 @@ class PolicyWorker:
         for micro in micro_batches:
             out = forward_pairs(self.engine, self._batch(micro))
             sums.append(micro_batch_objective(out, *self._references(micro), self.cfg.algo, scale, micro.weight)[1])
-        return add_metric_sums(sums)
+        return metric_floats(add_metric_sums(sums))
 
     @torch.no_grad()
     def reference_logps(self, micro_batches: list[MicroBatch]) -> list[list[tuple[float, float]]]:
@@ -158,9 +154,18 @@ class PolicyWorker:
         return scores
 
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
-        """All ranks must call: ZeRO-3 shards are gathered layer by layer onto rank 0 (others get None)."""
-        state = self.engine._zero3_consolidated_16bit_state_dict(exclude_frozen_parameters=self.cfg.model.lora.enabled)
-        return state if self.rank == 0 else None
+        """All ranks must call: rank 0 gets the weights in the model's dtype (at stage 3 its shards gathered layer
+        by layer), the others None; with LoRA, the adapter's only."""
+        lora = self.cfg.model.lora.enabled
+        if self.zero_stage == 3:
+            state = self.engine._zero3_consolidated_16bit_state_dict(exclude_frozen_parameters=lora)
+            return state if self.rank == 0 else None
+        if self.rank != 0:
+            return None
+        module = self.engine.module
+        if lora:  # the trainable parameters by name (a state dict would also name the tied output layer)
+            return {n: p.detach() for n, p in module.named_parameters() if p.requires_grad}
+        return module.state_dict()
 
     def _weight_units(self) -> tuple[list[WeightUnit], str | None]:
         """What a sync sends, and the adapter's config when that is the LoRA adapter alone."""

@@ -9,7 +9,7 @@ from ..config import RunConfig
 from ..data.batches import MicroBatch
 from ..data.collate import collate_pairs, make_layout
 from ..logprobs import forward_pairs, install_scoring_head
-from .device import device_spec, rank_threads, use_local_gpu
+from .device import device_memory, device_spec, rank_threads, use_local_gpu
 from .models import load_causal_lm, load_tokenizer, restore_rotary_buffers
 
 
@@ -25,13 +25,7 @@ class ReferenceWorker:
         self.model: torch.nn.Module | None = None
 
     def device_memory(self) -> int:
-        """Bytes of the memory one replica would live in: this rank's GPU, or on CPU this node's memory shared by
-        the group's ranks (as if all were on it)."""
-        if self.spec.kind == "cuda":
-            return torch.cuda.get_device_properties(self.spec.device).total_memory
-        import os
-
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // self.world
+        return device_memory(self.spec, self.world)
 
     def load_replica(self) -> None:
         self.model = self._load().to(self.spec.device)
