@@ -1,19 +1,22 @@
 """dpo-ray vs Hugging Face TRL's DPOTrainer on the same machine, model, pairs and batch settings (run by hand:
 .venv/bin/pip install trl==1.16.0 --no-deps && .venv/bin/python bench/offline_vs_trl.py).
 
-Both train the embedded task's pairs with the sigmoid loss (beta 0.1), batch 64 pairs, constant lr, float32, no
-warmup. TRL runs in one process with 2 threads, in its default mode (a reference forward every step) and with
-precomputed reference log-probs; dpo-ray runs through Ray with 2 ZeRO-3 ranks of 1 thread each (its default), padded
-and prefix-shared, and with 1 rank of 2 threads (TRL's process shape). Reported: median training-step seconds
-(first step left out), pairs/s, the ratio to TRL's default,
-and the first step's loss (ln 2 for both: policy == reference). Runs alternate A B A B.
+Both train the embedded task's pairs with the sigmoid loss (beta 0.1), batch 64 pairs (--batch), constant lr,
+float32 (TRL's bf16 autocast, on by default, is turned off), no warmup. TRL runs in one process with 2 threads, in its
+default mode (a reference forward every step) and with precomputed reference log-probs; dpo-ray runs through Ray
+with 2 ranks of 1 thread each (its default; at the ZeRO stage auto picks, and at ZeRO-3), padded and prefix-shared,
+and with 1 rank of 2 threads (TRL's process shape). Reported: median training-step seconds (first step left out),
+tokens/s, the ratio to TRL's default, MFU, and the first step's loss (ln 2 for both: policy == reference). Runs
+alternate A B A B.
 
---model llama-50m trains a 50M-parameter Llama built on the fly (same tokenizer and pairs) instead of the 0.42M
-embedded model, where the tiny model is overhead-bound; --model smollm2-135m trains SmolLM2-135M-Instruct (installed
-offline, see dpo_ray/tasks/pretrained.py) on the same pairs in its own tokenizer and chat template. The MFU column
-is the achieved FLOP/s over this machine's
-float32 matmul peak, measured in the same run: 6 x params x tokens per training step (chosen + rejected tokens,
-counted the same way for every system) plus 2 x params x tokens for each reference forward the step runs."""
+--model llama-26m is issue 17's workload: a ~24M Llama with a 999-word vocabulary and random-word pairs (prompts of
+10-40, responses of 10-60 words, one token each). --model llama-50m trains a 50M-parameter Llama built on the fly
+(the embedded task's tokenizer and pairs) instead of the 0.42M embedded model, where the tiny model is
+overhead-bound; --model smollm2-135m trains SmolLM2-135M-Instruct (installed offline, see
+dpo_ray/tasks/pretrained.py) on the same pairs in its own tokenizer and chat template. The MFU column is the achieved
+FLOP/s over this machine's float32 matmul peak, measured in the same run: 6 x params x tokens per training step
+(chosen + rejected tokens, counted the same way for every system) plus 2 x params x tokens for each reference
+forward the step runs."""
 
 from __future__ import annotations
 
@@ -189,6 +192,7 @@ def trl_run(model_path: str, train_file: str, steps: int, precompute: bool, batc
         report_to=[],
         save_strategy="no",
         use_cpu=True,
+        bf16=False,  # TRL turns bf16 autocast on by default, also on CPU, where bf16 matmuls are slow here
         precompute_ref_log_probs=precompute,
         dataloader_num_workers=0,
         seed=0,
@@ -204,6 +208,8 @@ def trl_run(model_path: str, train_file: str, steps: int, precompute: bool, batc
     trainer.train()
     if threads != {2}:
         raise RuntimeError(f"TRL trained with {threads} torch threads, not 2: the comparison would be unfair")
+    if trainer.args.bf16 or trainer.args.fp16 or trainer.model.dtype != torch.float32:
+        raise RuntimeError("TRL did not train in float32: the comparison would be unfair")
     return times[1:], losses[0], time.perf_counter() - began
 
 
@@ -256,12 +262,13 @@ def main() -> None:
     inputs = offline_inputs(embedded)
     task = ensure_embedded_task(embedded.embedded, embedded.cache_dir)
     train_file = str(task.train_file)
-    if args.model == "llama-26m":
+    words = args.model == "llama-26m"
+    if words:
         from dpo_ray.data.dataset import load_pairs
         from dpo_ray.data.tokenize import TokenizeSettings
         from dpo_ray.workers.models import load_tokenizer
 
-        model_dir, train_file = build_words_task(tempfile.mkdtemp(prefix="llama-26m-"))
+        model_dir, train_file = build_words_task(tempfile.mkdtemp(prefix="llama-26m-"), args.steps * args.batch + 32)
         inputs.model_path = inputs.reference_path = model_dir
         pairs, _ = load_pairs([train_file], load_tokenizer(model_dir), TokenizeSettings(max_length=128))
         inputs.train, inputs.eval = pairs[:-32], pairs[-32:]
@@ -310,7 +317,7 @@ def main() -> None:
     first = next(iter(results))
     base = statistics.median(s for steps, *_ in results[first] for s in steps)
     print(
-        f"\n{args.model} ({params / 1e6:.2f}M params), embedded task pairs, "
+        f"\n{args.model} ({params / 1e6:.2f}M params), {'random-word' if words else 'embedded task'} pairs, "
         f"batch {args.batch} pairs (~{tokens:.0f} tokens), "
         f"{args.steps} steps x {args.repeats} runs, 2 CPUs; float32 matmul peak {peak / 1e9:.1f} GFLOP/s\n"
     )

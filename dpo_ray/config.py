@@ -215,7 +215,7 @@ class ClusterConfig:
     )
     nodes: int = opt(0, "Ray nodes the run expects; > 0 waits up to nodes_wait_s for them to join", NON_NEGATIVE)
     nodes_wait_s: float = opt(300.0, "how long to wait for cluster.nodes nodes before failing", NON_NEGATIVE)
-    policy_ranks: int = opt(1, "policy group size: one DeepSpeed ZeRO-3 rank per Ray actor", AT_LEAST_ONE)
+    policy_ranks: int = opt(1, "policy group size: one DeepSpeed rank per Ray actor", AT_LEAST_ONE)
     reference_ranks: int = opt(1, "reference group size", AT_LEAST_ONE)
     placement: Placement = opt(Placement.PACK, "placement-group strategy of every group")
     cpus_per_rank: float = opt(1.0, "CPUs reserved per policy or reference actor", POSITIVE)

@@ -1,4 +1,4 @@
-"""One optimizer step's pairs -> equal-length lists of micro-batches per rank (ZeRO-3 ranks run in lockstep)."""
+"""One optimizer step's pairs -> equal-length lists of micro-batches per rank (the ranks' collectives run in step)."""
 
 from __future__ import annotations
 
