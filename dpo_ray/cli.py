@@ -10,6 +10,8 @@ from pathlib import Path
 USAGE = """usage: dpo-ray train [OVERRIDE ...]     offline DPO on a preference dataset
        dpo-ray online [OVERRIDE ...]    online / iterative DPO: vLLM samples -> rewards -> pairs -> DPO -> weight sync
        dpo-ray report RUN_DIR           rebuild RUN_DIR/report.md and its plots (every run writes one when it ends)
+       dpo-ray plan [train|online] [OVERRIDE ...] [--nodes N ...]
+                                        where every actor goes and whether it fits in memory (dpo-ray plan --help)
        dpo-ray submit [OPTIONS] {train,online} [OVERRIDE ...]
                                         the same, as a Ray job on an existing cluster (dpo-ray submit --help)
        dpo-ray {train,online} [OVERRIDE ...] --help
@@ -117,11 +119,20 @@ def report(arguments: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     from .campaign.preflight import InputError
     from .data.errors import DataError
+    from .plan import PlanError
     from .validation import ConfigError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     command, rest = (argv[0], argv[1:]) if argv else ("--help", [])
     overrides = [a for a in rest if a not in ("-h", "--help", "--cfg")]
+    if command == "plan":
+        from .plan.command import USAGE as PLAN_USAGE
+        from .plan.command import plan_command
+
+        if "-h" in rest or "--help" in rest:
+            print(PLAN_USAGE)
+            return 0
+        return _guarded(command, lambda: plan_command(rest), (ConfigError, ValueError))
     if command == "submit":
         from .submit import USAGE as SUBMIT_USAGE
         from .submit import submit
@@ -140,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return _guarded(command, lambda: commands[command](rest), (ConfigError, InputError, DataError))
+    return _guarded(command, lambda: commands[command](rest), (ConfigError, InputError, DataError, PlanError))
 
 
 def _print(text: str, end: str = "\n") -> int:

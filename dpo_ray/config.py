@@ -160,7 +160,7 @@ class DeepSpeedConfig:
     zero_stage: ZeroStage = opt(
         ZeroStage.auto,
         "the policy's ZeRO stage: 0 (plain data parallel, float32 only), 1 (optimizer states partitioned), 2 (and "
-        "gradients), 3 (and parameters), or auto (the lowest stage whose model states fit half of a rank's device)",
+        "gradients), 3 (and parameters), or auto (the lowest stage whose estimated rank memory fits: dpo-ray plan)",
     )
     offload_optimizer: Offload = opt(
         Offload.none, "where the policy's optimizer states and fp32 master weights live: none (the device), cpu or nvme"
@@ -223,6 +223,9 @@ class ClusterConfig:
         0.0, "GPUs per actor: 0 (CPU, gloo, float32) or a whole number (CUDA, NCCL, bf16)", NON_NEGATIVE
     )
     torch_threads: int = opt(0, "torch threads per actor; 0: cpus_per_rank rounded up", NON_NEGATIVE)
+    memory_check: bool = opt(
+        True, "refuse to start when the plan (dpo-ray plan) says a GPU or node runs out of memory; false: warn only"
+    )
     call_timeout_s: float = opt(1800.0, "longest a group call may take before the run treats it as hung", POSITIVE)
     rollout_engines: int = opt(
         1, "online: vLLM engines in the rollout group (prompts are sharded across them)", AT_LEAST_ONE

@@ -14,6 +14,7 @@ from ..data.pair_stats import pair_statistics
 from ..groups.policy_group import PolicyGroup
 from ..groups.resources import group_needs, reference_group_needed
 from ..objective import needs_reference
+from ..plan.plan import PlanModels
 from ..run_files import DATA_STATS
 from ..validation import validate
 from ..workers.device import run_environment
@@ -21,7 +22,7 @@ from .checkpoints import CheckpointStore
 from .inputs import OfflineInputs, offline_inputs
 from .metrics import MetricsWriter
 from .reference import ReferenceScorer
-from .runtime import run_campaign
+from .runtime import PlanCheck, run_campaign
 from .trainer import PolicyTrainer, accumulation_steps, epoch_groups, eval_groups
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,10 @@ class OfflineCampaign:
     def run(self) -> OfflineResult:
         # A reference group finishes before the policy group starts: they need not fit together.
         needs = group_needs(self.cfg, reference_group_needed(self.cfg, online=False), online=False)
-        result, restarts = run_campaign(self.cfg, needs, self._run, concurrent=False, cleanup=self.reference.shutdown)
+        check = PlanCheck("train", PlanModels(self.inputs.model_path, self.inputs.reference_path))
+        result, restarts = run_campaign(
+            self.cfg, needs, self._run, check, concurrent=False, cleanup=self.reference.shutdown
+        )
         result.restarts = restarts
         return result
 

@@ -18,11 +18,12 @@ from ..data.pair_stats import pair_statistics
 from ..data.pairs import build_pairs
 from ..data.tokenize import TokenizedPair, TokenizeSettings, encode_prompt
 from ..groups.policy_group import PolicyGroup
-from ..groups.resources import group_needs, reference_group_needed
+from ..groups.resources import group_needs, reference_group_needed, uses_reward_model
 from ..groups.reward_group import RewardGroup
 from ..groups.rollout_group import RolloutGroup
 from ..groups.weight_sync import WeightSync
 from ..objective import needs_reference
+from ..plan.plan import PlanModels
 from ..report import round_monitors
 from ..validation import validate
 from ..workers.device import run_environment
@@ -33,7 +34,7 @@ from .inputs import OnlineInputs, online_inputs
 from .metrics import MetricsWriter
 from .reference import ReferenceScorer
 from .round_store import RoundStore
-from .runtime import run_campaign
+from .runtime import PlanCheck, run_campaign
 from .trainer import PolicyTrainer, accumulation_steps, epoch_groups, eval_groups
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,10 @@ class OnlineCampaign:
 
     def run(self) -> OnlineResult:
         needs = group_needs(self.cfg, reference_group_needed(self.cfg, online=True), online=True)
-        result, restarts = run_campaign(self.cfg, needs, self._run)
+        i = self.inputs
+        reward = i.reward_model if uses_reward_model(self.cfg) else ""
+        check = PlanCheck("online", PlanModels(i.model_path, i.reference_path, reward), self.engine_length())
+        result, restarts = run_campaign(self.cfg, needs, self._run, check)
         result.restarts = restarts
         return result
 
@@ -126,11 +130,14 @@ class OnlineCampaign:
                 group.shutdown()
         return result
 
+    def engine_length(self) -> int:
+        """The longest prompt + response the engines will hold."""
+        return max(map(len, [*self.prompt_ids, *self.eval_prompt_ids]), default=0) + self.cfg.online.max_tokens
+
     def _start_groups(self, started: list) -> Groups:
         """Every group, each appended to started as soon as it exists (so a failure shuts down those before it)."""
         cfg, inputs, began = self.cfg, self.inputs, time.perf_counter()
-        longest = max(map(len, [*self.prompt_ids, *self.eval_prompt_ids]), default=0) + cfg.online.max_tokens
-        rollout = self.rollout = RolloutGroup(cfg, inputs.model_path, longest)
+        rollout = self.rollout = RolloutGroup(cfg, inputs.model_path, self.engine_length())
         started.append(rollout)
         started.append(RewardGroup(cfg, inputs.reward_fn, inputs.reward_model))
         started.append(ReferenceScorer(cfg, inputs.reference_path, self.spec, self.env))

@@ -8,7 +8,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -16,29 +16,43 @@ import ray
 
 from ..atomic import write_text
 from ..config import ClusterConfig, Resume, RunConfig
-from ..groups.resources import GroupNeed, alive_nodes, check_fit
-from ..run_files import CONFIG
+from ..groups.resources import GroupNeed, alive_nodes, check_fit, local_cpus
+from ..plan import PlanError
+from ..plan.nodes import ray_nodes
+from ..plan.plan import PlanModels, make_plan, render, verdict
+from ..run_files import CONFIG, PLAN
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class PlanCheck:
+    """What the memory check before any actor starts needs: the command, its models and its engines' length."""
+
+    command: str
+    models: PlanModels
+    max_model_len: int = 0
 
 
 def run_campaign(
     cfg: RunConfig,
     needs: Sequence[GroupNeed],
     attempt: Callable[[bool], T],
+    check: PlanCheck,
     concurrent: bool = True,
     cleanup: Callable[[], None] = lambda: None,
 ) -> tuple[T, list[dict]]:
     """attempt(resume) inside the run's frame: the run directory with the composed config.json, Ray for these groups,
-    restarts (resuming from the latest checkpoint) after a lost actor or a hung call, then cleanup() and Ray shut
-    down if this call started it. Returns the result and one record per restart."""
+    the plan checked (plan.txt), restarts (resuming from the latest checkpoint) after a lost actor or a hung call,
+    then cleanup() and Ray shut down if this call started it. Returns the result and one record per restart."""
     run_dir = Path(cfg.output_dir).expanduser()
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / CONFIG, json.dumps(asdict(cfg), indent=2))
     started = ensure_ray(cfg.cluster, needs, concurrent)
     restarts: list[dict] = []
     try:
+        check_plan(cfg, check, run_dir)
         return with_restarts(attempt, cfg.resume == Resume.auto, cfg.train.max_restarts, restarts), restarts
     finally:
         cleanup()
@@ -56,11 +70,8 @@ def ensure_ray(cluster: ClusterConfig, needs: Sequence[GroupNeed], concurrent: b
         if address:
             ray.init(address=address, log_to_driver=True)
         else:
-            # Groups alternate phases, so a local run may reserve more CPUs than the machine has.
-            per_group = [n.size * n.cpus for n in needs]
-            wanted = sum(per_group) if concurrent else max(per_group, default=1)
             ray.init(
-                num_cpus=max(os.cpu_count() or 1, int(-(-wanted // 1))),
+                num_cpus=local_cpus(needs, concurrent, os.cpu_count() or 1),
                 include_dashboard=False,
                 object_store_memory=1 << 30,
                 log_to_driver=True,
@@ -75,6 +86,19 @@ def ensure_ray(cluster: ClusterConfig, needs: Sequence[GroupNeed], concurrent: b
             ray.shutdown()
         raise
     return started
+
+
+def check_plan(cfg: RunConfig, check: PlanCheck, run_dir: Path) -> None:
+    """The plan of this run on the cluster's nodes, written to plan.txt; a run that does not fit stops here (before
+    any actor starts) unless cluster.memory_check is off."""
+    plan = make_plan(cfg, check.command, ray_nodes(), check.models, "the Ray cluster", check.max_model_len)
+    write_text(run_dir / PLAN, render(plan) + "\n")
+    if plan.fits:
+        log.info("plan: fits (%s)", run_dir / PLAN)
+    elif cfg.cluster.memory_check:
+        raise PlanError(f"{verdict(plan)}\n(the whole plan: {run_dir / PLAN}; cluster.memory_check=false runs anyway)")
+    else:
+        log.warning("plan: %s (cluster.memory_check=false: running anyway)", verdict(plan))
 
 
 def wait_for_nodes(expected: int, timeout_s: float) -> list[dict[str, float]]:

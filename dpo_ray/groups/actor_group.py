@@ -66,6 +66,31 @@ def gather(refs: Sequence[ray.ObjectRef], timeout_s: float, what: str) -> list[A
     return [results[ref] for ref in refs]
 
 
+def reserve(need: GroupNeed, strategy: str, ready_timeout_s: float = 300):
+    """The placement group of need.size bundles of need's resources, once Ray has placed it (a RuntimeError if it
+    does not fit within ready_timeout_s)."""
+    bundle = need.bundle()
+    placement = placement_group(
+        [dict(bundle) for _ in range(need.size)], strategy=strategy, name=f"dpo-ray-{need.name}"
+    )
+    ready, _ = ray.wait([placement.ready()], timeout=ready_timeout_s)
+    if not ready:
+        remove_placement_group(placement)
+        raise RuntimeError(
+            f"{need.name} group: {need.size} x {bundle} with {strategy} placement did not fit the cluster "
+            f"within {ready_timeout_s:.0f}s (available: {ray.available_resources()})"
+        )
+    return placement
+
+
+def bundle_nodes(placement) -> list[str]:
+    """The Ray node id each bundle of a placement group landed on, in bundle order."""
+    from ray.util import placement_group_table
+
+    table = placement_group_table(placement)["bundles_to_node_id"]
+    return [table[i] for i in range(len(table))]
+
+
 class ActorGroup:
     def __init__(
         self,
@@ -78,17 +103,7 @@ class ActorGroup:
     ):
         """need.size actors of worker_path, one per bundle of need's resources, placed by cluster.placement."""
         self.name, self.size, self.call_timeout_s = need.name, need.size, cluster.call_timeout_s
-        bundle, strategy = need.bundle(), str(cluster.placement)
-        self.placement = placement_group(
-            [dict(bundle) for _ in range(need.size)], strategy=strategy, name=f"dpo-ray-{need.name}"
-        )
-        ready, _ = ray.wait([self.placement.ready()], timeout=ready_timeout_s)
-        if not ready:
-            remove_placement_group(self.placement)
-            raise RuntimeError(
-                f"{need.name} group: {need.size} x {bundle} with {strategy} placement did not fit the cluster "
-                f"within {ready_timeout_s:.0f}s (available: {ray.available_resources()})"
-            )
+        self.placement = reserve(need, str(cluster.placement), ready_timeout_s)
         self.actors = [
             WorkerActor.options(
                 num_cpus=need.cpus,
@@ -131,9 +146,7 @@ class ActorGroup:
         return gather(refs, self.call_timeout_s, f"{self.name}.{method}")
 
     def node_ids(self) -> list[str]:
-        from ray.util import placement_group_table
-
-        return list(placement_group_table(self.placement)["bundles_to_node_id"].values())
+        return bundle_nodes(self.placement)
 
     def shutdown(self) -> None:
         for actor in self.actors:

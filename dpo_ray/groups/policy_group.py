@@ -8,9 +8,7 @@ import ray
 
 from ..config import RunConfig
 from ..data.batches import MicroBatch, StepScale
-from ..workers.device import device_spec
-from ..workers.models import parameter_count
-from ..workers.zero_stage import STAGES, auto_zero_stage, model_state_bytes, stage_problem
+from ..workers.memory_estimate import policy_rank, policy_shape, policy_zero_stage, rank_bytes
 from .actor_group import ActorGroup, gather
 from .resources import policy_need
 
@@ -25,36 +23,16 @@ class PolicyGroup:
         self.group.start_distributed(self.zero_stage)
 
     def _zero_stage(self, cfg: RunConfig, model_path: str) -> int:
-        """deepspeed.zero_stage, or for auto the lowest stage whose model states fit every rank's device (decided
-        here, once, so that all ranks agree)."""
-        ds = cfg.deepspeed
-        if str(ds.zero_stage) != "auto":
-            return int(str(ds.zero_stage))
-        dtype = device_spec(cfg.cluster.gpus_per_rank, cfg.model.dtype).dtype
-        dtype_name = str(dtype).removeprefix("torch.")
-        offloads = str(ds.offload_optimizer), str(ds.offload_param)
-        allowed = [s for s in STAGES if not stage_problem(s, dtype_name, *offloads)]
-        params = parameter_count(model_path)
-        trainable = 0 if cfg.model.lora.enabled else params  # an adapter is ~1% of the model: the frozen weights rule
-
-        def state_bytes(stage: int) -> float:
-            return model_state_bytes(
-                stage,
-                self.group.size,
-                params,
-                trainable,
-                dtype.itemsize,
-                ds.grad_accum_dtype == "fp32",
-                cfg.train.optimizer == "adamw",
-                ds.offload_optimizer != "none",
-            )
-
-        device = min(self.group.run("device_memory"))
-        stage = auto_zero_stage(allowed, state_bytes, device)
+        """deepspeed.zero_stage, or for auto the lowest stage at which a rank's estimated memory fits every rank's
+        device (decided here, once, so that all ranks agree; dpo-ray plan decides the same)."""
+        if str(cfg.deepspeed.zero_stage) != "auto":
+            return int(str(cfg.deepspeed.zero_stage))
+        shape, device = policy_shape(cfg, model_path), min(self.group.run("device_memory"))
+        stage = policy_zero_stage(cfg, shape, self.group.size, device)
         log.info(
-            "policy group: ZeRO stage %d (deepspeed.zero_stage=auto): %.2f GB of model states per rank of %.1f GB",
+            "policy group: ZeRO stage %d (deepspeed.zero_stage=auto): %.2f GB estimated per rank of %.1f GB",
             stage,
-            state_bytes(stage) / 1e9,
+            rank_bytes(policy_rank(cfg, shape, self.group.size, stage), cfg.cluster.gpus_per_rank > 0) / 1e9,
             device / 1e9,
         )
         return stage

@@ -10,7 +10,7 @@ from ..config import RunConfig
 from ..data.batches import as_micro_batches, deal_groups, scores_by_pair
 from ..data.tokenize import TokenizedPair
 from ..workers.device import device_spec
-from ..workers.models import parameter_count
+from ..workers.model_shape import model_shape
 from .actor_group import ActorGroup
 from .resources import reference_need
 
@@ -18,6 +18,14 @@ log = logging.getLogger(__name__)
 
 
 AUTO_ZERO3_SHARE = 0.5  # reference.sharding=auto partitions the model once a replica would fill this share of a device
+
+
+def reference_sharding(setting: str, ranks: int, replica_bytes: float, device_bytes: float) -> str:
+    """reference.sharding, or for auto: zero3 when there are ranks to share a replica that would fill more than
+    AUTO_ZERO3_SHARE of the smallest device, else replicas."""
+    if setting != "auto":
+        return setting
+    return "zero3" if ranks > 1 and replica_bytes > AUTO_ZERO3_SHARE * device_bytes else "replicas"
 
 
 class ReferenceGroup:
@@ -28,10 +36,10 @@ class ReferenceGroup:
         if self.sharding == "auto":
             # Decided where the model will live: the ranks report their device's memory.
             replica = (
-                parameter_count(model_path) * device_spec(cfg.cluster.gpus_per_rank, cfg.model.dtype).dtype.itemsize
+                model_shape(model_path, cfg.model.trust_remote_code).params
+                * device_spec(cfg.cluster.gpus_per_rank, cfg.model.dtype).dtype.itemsize
             )
-            smallest = min(self.group.run("device_memory"))
-            self.sharding = "zero3" if self.group.size > 1 and replica > AUTO_ZERO3_SHARE * smallest else "replicas"
+            self.sharding = reference_sharding("auto", self.group.size, replica, min(self.group.run("device_memory")))
         if self.sharding == "zero3":
             self.group.start_distributed()
         else:

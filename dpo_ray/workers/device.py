@@ -39,6 +39,19 @@ def device_memory(spec: DeviceSpec, world: int) -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // world
 
 
+def host_rss() -> int:
+    """Bytes of this process's resident memory (Linux)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def host_peak_rss() -> int:
+    """Bytes of this process's peak resident memory so far (Linux's VmHWM)."""
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
+
+
 def rank_threads(cpus_per_rank: float, torch_threads: int = 0) -> int:
     """torch threads for one rank: cluster.torch_threads, else its CPU share rounded up."""
     return torch_threads or max(1, math.ceil(cpus_per_rank))

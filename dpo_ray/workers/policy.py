@@ -14,7 +14,7 @@ from ..data.collate import collate_pairs, make_layout
 from ..logprobs import forward_pairs, install_scoring_head
 from ..objective import add_metric_sums, metric_floats, micro_batch_objective
 from . import deepspeed_setup
-from .device import device_memory, device_spec, rank_threads, use_local_gpu
+from .device import device_memory, device_spec, host_peak_rss, host_rss, rank_threads, use_local_gpu
 from .distributed import BroadcastGroup, init_distributed
 from .engine_args import syncs_adapter
 from .models import load_causal_lm, load_tokenizer, restore_rotary_buffers
@@ -36,6 +36,17 @@ class PolicyWorker:
     def device_memory(self) -> int:
         return device_memory(self.spec, self.world)
 
+    def memory_growth(self) -> dict[str, int]:
+        """Host RSS gained since the model began loading, now and at its peak (on CPU: the model states, DeepSpeed's
+        buffers and what the allocator keeps) and, on GPU, the device bytes allocated now and at their peak: what
+        dpo-ray plan's estimate is checked against."""
+        before = self.rss_before_model
+        grown = {"host_rss_growth": host_rss() - before, "host_peak_growth": host_peak_rss() - before}
+        if self.spec.kind == "cuda":
+            grown["device_allocated"] = torch.cuda.memory_allocated(self.spec.device)
+            grown["device_peak"] = torch.cuda.max_memory_allocated(self.spec.device)
+        return grown
+
     def start(self, address: str, port: int, zero_stage: int = 3) -> None:
         """Join the process group and build the DeepSpeed engine at this ZeRO stage (all ranks at once)."""
         local_rank = use_local_gpu(self.spec)
@@ -55,6 +66,7 @@ class PolicyWorker:
             zero_stage,
         )
         hf_ds_config = HfDeepSpeedConfig(ds_config)  # while it lives, from_pretrained partitions at stage 3
+        self.rss_before_model = host_rss()
         model = load_causal_lm(
             self.model_path, self.spec.dtype, cfg.model.attn_implementation, cfg.model.trust_remote_code
         )

@@ -1,10 +1,12 @@
-"""The policy's ZeRO stage: the stages a run can use, the bytes of model states a rank holds at each, and the lowest
-stage that fits (deepspeed.zero_stage=auto). A stage that fits skips the cost of the stages above it: stage 3
-gathers every layer's parameters for each forward and backward, stages 1 and 2 only split the optimizer's work."""
+"""The policy's ZeRO stages: the stages a run can use, and the bytes of model states a rank holds at each
+(workers/memory_estimate.policy_zero_stage picks the lowest that fits for deepspeed.zero_stage=auto). A stage that
+fits skips the cost of the stages above it: stage 3 gathers every layer's parameters for each forward and backward,
+stages 1 and 2 only split the optimizer's work."""
 
 from __future__ import annotations
 
-AUTO_FIT_SHARE = 0.5  # model states may fill this share of a rank's device: activations and buffers need the rest
+from dataclasses import dataclass
+
 STAGES = (0, 1, 2, 3)
 
 
@@ -24,7 +26,21 @@ def stage_problem(stage: int, dtype: str, offload_optimizer: str, offload_param:
     return None
 
 
-def model_state_bytes(
+@dataclass(frozen=True)
+class ModelStates:
+    """Bytes one rank holds for the model's states: on its device, and offloaded to its host."""
+
+    weights: float
+    gradients: float
+    optimizer: float  # float32 master weights and the optimizer's moments
+    host: float = 0.0  # what deepspeed.offload_* moved to host memory
+
+    @property
+    def device(self) -> float:
+        return self.weights + self.gradients + self.optimizer
+
+
+def model_states(
     stage: int,
     world: int,
     params: int,
@@ -32,22 +48,21 @@ def model_state_bytes(
     dtype_bytes: int,
     grad_accum_fp32: bool,
     adam: bool,
-    offload_optimizer: bool,
-) -> float:
-    """Bytes one of world ranks holds for weights, gradients and optimizer states (ZeRO paper, section 3):
-    stage 1 splits the optimizer states (float32 master weights below float32, Adam's two moments), stage 2 also
-    the gradients, stage 3 also the weights."""
+    offload_optimizer: bool = False,
+    offload_param: bool = False,
+) -> ModelStates:
+    """What one of world ranks holds (ZeRO paper, section 3): stage 1 splits the optimizer states (float32 master
+    weights, Adam's two moments), stage 2 also the gradients, stage 3 also the weights. DeepSpeed keeps a float32
+    master copy at stages 1-3 even of float32 weights; stage 0 is plain torch, updating the weights in place. An
+    offloaded optimizer takes the gradients' partitions to the host with it (ZeRO-Offload)."""
     weights = params * dtype_bytes / (world if stage >= 3 else 1)
     grads = trainable * (4 if grad_accum_fp32 else dtype_bytes) / (world if stage >= 2 else 1)
-    per_param = (4 if dtype_bytes < 4 else 0) + (8 if adam else 0)
-    optimizer = 0 if offload_optimizer else trainable * per_param / (world if stage >= 1 else 1)
-    return weights + grads + optimizer
-
-
-def auto_zero_stage(allowed: list[int], state_bytes, device_bytes: int) -> int:
-    """The lowest allowed stage whose model states (state_bytes(stage)) fit AUTO_FIT_SHARE of the device; else the
-    highest allowed stage."""
-    for stage in allowed:
-        if state_bytes(stage) <= AUTO_FIT_SHARE * device_bytes:
-            return stage
-    return allowed[-1]
+    per_param = (4 if stage >= 1 or dtype_bytes < 4 else 0) + (8 if adam else 0)
+    optimizer = trainable * per_param / (world if stage >= 1 else 1)
+    host = (optimizer + grads if offload_optimizer else 0.0) + (weights if offload_param else 0.0)
+    return ModelStates(
+        0.0 if offload_param else weights,
+        0.0 if offload_optimizer else grads,
+        0.0 if offload_optimizer else optimizer,
+        host,
+    )

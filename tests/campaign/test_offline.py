@@ -107,6 +107,8 @@ def test_embedded_task_end_to_end_improves_held_out_and_sampled_accuracy(local_r
     ).is_dir()
     from ..report.checks import check_report
 
+    plan = (run_dir / "plan.txt").read_text()  # the plan of this run, made before any actor started
+    assert "policy      2 x {CPU: 1}  ZeRO stage 0 (auto)" in plan and plan.endswith("verdict: fits\n")
     stats = json.loads((run_dir / "data_stats.json").read_text())
     assert 0 <= stats["eval"]["pairs/reference_disagrees"] <= 1 and stats["train"]["length/chosen"] > 0
     check_report(run_dir, ["training.png"])
@@ -148,6 +150,28 @@ def _reference_groups_so_far():
     from ray.util import placement_group_table
 
     return sum(1 for t in placement_group_table().values() if t["name"] == "dpo-ray-reference")
+
+
+def test_a_run_its_plan_says_does_not_fit_stops_before_any_group_is_placed(local_ray, run_config, tiny_model_dir):
+    from ray.util import placement_group_table
+
+    from dpo_ray.campaign.runtime import PlanCheck, check_plan
+    from dpo_ray.plan import PlanError
+    from dpo_ray.plan.plan import PlanModels
+
+    cfg = run_config
+    cfg.train.batch_size = cfg.train.micro_batch_size = 100_000  # 10^8 tokens of activations: terabytes
+    pairs = make_pairs(20, seed=3)
+    groups = len(placement_group_table())
+    with pytest.raises(
+        PlanError, match=r"verdict: does not fit\n  .* host memory: .*\(policy .*\n    would fit with: "
+    ):
+        OfflineCampaign(cfg, OfflineInputs(tiny_model_dir, tiny_model_dir, pairs[:16], pairs[16:])).run()
+    assert len(placement_group_table()) == groups
+    plan = (Path(cfg.output_dir) / "plan.txt").read_text()
+    assert "train.micro_batch_size=" in plan  # the option that would make it fit, with its size
+    cfg.cluster.memory_check = False  # warned, not stopped
+    check_plan(cfg, PlanCheck("train", PlanModels(tiny_model_dir, tiny_model_dir)), Path(cfg.output_dir))
 
 
 @pytest.mark.parametrize("loss_type", ["simpo", "orpo"])

@@ -1,0 +1,391 @@
+"""A run's plan, before any actor starts: where each group's actors land (the placement Ray's scheduler makes, see
+groups/resources.place_groups), what each holds in memory by part (plan/memory.py), and whether that fits every GPU
+and every node; when it does not, which part overflows and the options that would make it fit."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+from ..config import RunConfig
+from ..groups.reference_group import reference_sharding
+from ..groups.resources import GroupNeed, group_needs, place_groups, reference_group_needed, uses_reward_model
+from ..workers import memory_estimate as memory
+from ..workers.memory_estimate import GIB, ActorMemory, policy_shape, policy_zero_stage
+from ..workers.model_shape import ModelShape, model_shape
+from .nodes import NodeSpec
+
+
+@dataclass(frozen=True)
+class PlanModels:
+    """The model directories a run loads (each holding at least a config.json); reward '' for a rule reward."""
+
+    policy: str
+    reference: str
+    reward: str = ""
+
+
+@dataclass
+class GroupPlan:
+    need: GroupNeed
+    nodes: list[int]  # node index of each actor
+    gpus: list[list[int]]  # each actor's GPU indices on its node
+    memory: ActorMemory  # one actor's (the group's actors are alike)
+    setting: str  # the choice made for it: ZeRO stage, reference sharding, engine layout
+
+
+@dataclass
+class Problem:
+    where: str
+    text: str
+    fixes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    command: str
+    nodes: list[NodeSpec]
+    source: str  # where the nodes came from
+    shape: ModelShape
+    groups: list[GroupPlan]
+    concurrent: bool
+    problems: list[Problem]
+
+    @property
+    def fits(self) -> bool:
+        return not self.problems
+
+
+def device_bytes(nodes: list[NodeSpec], where: list[int], world: int, gpus: float) -> float:
+    """The memory a rank's model lives in, as workers/device.device_memory measures it: its GPU, or its node's memory
+    shared by the group's ranks (the smallest node's, over the nodes the group lands on)."""
+    hosts = [nodes[i] for i in set(where)] or nodes
+    if gpus:
+        return min(n.gpu_memory or 0.0 for n in hosts)
+    return min(n.memory for n in hosts) / world
+
+
+def group_memory(
+    cfg: RunConfig, name: str, models: PlanModels, device: float, world: int, max_model_len: int
+) -> tuple[ActorMemory, str]:
+    """One actor's memory in group name, and the choice it implies (ZeRO stage, sharding, ...)."""
+    if name == "policy":
+        shape = policy_shape(cfg, models.policy)
+        stage = policy_zero_stage(cfg, shape, world, device)
+        auto = " (auto)" if str(cfg.deepspeed.zero_stage) == "auto" else ""
+        return memory.policy_rank(cfg, shape, world, stage), f"ZeRO stage {stage}{auto}"
+    if name == "reference":
+        shape = model_shape(models.reference, cfg.model.trust_remote_code)
+        replica = shape.params * memory.dtype_bytes(cfg)
+        sharding = reference_sharding(str(cfg.reference.sharding), world, replica, device)
+        return memory.reference_rank(cfg, shape, world, sharding == "zero3"), sharding
+    if name == "rollout":
+        shape = model_shape(models.policy, cfg.model.trust_remote_code)
+        setting = f"tensor parallel {cfg.rollout.tensor_parallel_size}, max_model_len {max_model_len}"
+        return memory.engine_gpu(cfg, shape, max_model_len, device), setting
+    if models.reward:
+        shape = model_shape(models.reward, cfg.model.trust_remote_code, classifier=True)
+        return memory.reward_rank(cfg, shape), f"reward model, {shape.params / 1e6:.0f}M parameters"
+    return memory.rule_worker(), "rule"
+
+
+def engine_length(cfg: RunConfig, shape: ModelShape, known: int) -> int:
+    """An engine's max_model_len: rollout.max_model_len, else the run's (known once prompts are read), else
+    data.max_length + online.max_tokens, within the model's positions."""
+    if cfg.rollout.max_model_len or known:
+        return cfg.rollout.max_model_len or known
+    length = (cfg.data.max_length or shape.max_positions) + cfg.online.max_tokens
+    return min(length, shape.max_positions) if shape.max_positions else length
+
+
+def make_plan(
+    cfg: RunConfig, command: str, nodes: list[NodeSpec], models: PlanModels, source: str, max_model_len: int = 0
+) -> Plan:
+    online = command == "online"
+    needs = group_needs(cfg, reference_group_needed(cfg, online), online)
+    shape = policy_shape(cfg, models.policy)
+    plan = Plan(command, nodes, source, shape, [], online, [])
+    try:
+        placed = place_groups(needs, [n.resources() for n in nodes], str(cfg.cluster.placement), online)
+    except ValueError as error:
+        plan.problems.append(Problem("placement", str(error), ["more nodes, or fewer/smaller groups (cluster.*)"]))
+        placed = [[] for _ in needs]
+    length = engine_length(cfg, shape, max_model_len)
+    for need, where in zip(needs, placed):
+        world = need.size
+        device = device_bytes(nodes, where, world, need.gpus)
+        actor, setting = group_memory(cfg, need.name, models, device, world, length)
+        plan.groups.append(GroupPlan(need, where, [], actor, setting))
+    assign_gpus(plan)
+    check(cfg, plan, models, length)
+    return plan
+
+
+def assign_gpus(plan: Plan) -> None:
+    """GPU indices on each node, in the order actors are created (an offline run reuses the reference's GPUs)."""
+    used = [0] * len(plan.nodes)
+    for group in plan.groups:
+        if not plan.concurrent:
+            used = [0] * len(plan.nodes)
+        for node in group.nodes:
+            count = int(group.need.gpus)
+            group.gpus.append(list(range(used[node], used[node] + count)))
+            used[node] += count
+
+
+def check(cfg: RunConfig, plan: Plan, models: PlanModels, length: int) -> None:
+    """Each GPU against its memory, each node's host memory against its own (at the peak: all groups at once online;
+    the larger phase offline), each engine's KV cache against one full sequence."""
+    for group in plan.groups:
+        if not group.nodes:
+            continue
+        m = group.memory
+        gpu_memory = min((plan.nodes[i].gpu_memory or 0.0) for i in group.nodes)
+        if group.need.gpus and m.device and gpu_memory and m.device_total > gpu_memory:
+            largest = max(m.device, key=lambda p: p.bytes)
+            text = (
+                f"{m.device_total / GIB:.1f} GiB per GPU of {gpu_memory / GIB:.1f} GiB (largest part: {largest.name}, "
+                f"{largest.bytes / GIB:.1f} GiB)"
+            )
+            plan.problems.append(Problem(group.need.name, text, fixes(cfg, plan, group, models, length, gpu_memory)))
+        if m.shortfall:
+            text = f"the KV cache is {m.shortfall / GIB:.2f} GiB short of one sequence of max_model_len={length}"
+            plan.problems.append(Problem(group.need.name, text, fixes(cfg, plan, group, models, length, gpu_memory)))
+    for node, held in node_host_memory(plan).items():
+        spec = plan.nodes[node]
+        if held and sum(held.values()) > spec.memory:
+            parts = ", ".join(f"{name} {b / GIB:.1f}" for name, b in held.items())
+            text = f"{sum(held.values()) / GIB:.1f} GiB of host memory ({parts}) on a node of {spec.memory / GIB:.1f}"
+            largest = max(held, key=held.get)
+            group = next(g for g in plan.groups if g.need.name == largest)
+            room = spec.memory - (sum(held.values()) - held[largest])
+            count = group.nodes.count(node)
+            found = fixes(cfg, plan, group, models, length, room, count)
+            plan.problems.append(Problem(f"{spec.name} host memory", text, found))
+
+
+def node_host_memory(plan: Plan) -> dict[int, dict[str, float]]:
+    """Host bytes each node holds at its peak, by group: all groups together online, the larger group offline."""
+    phases = [plan.groups] if plan.concurrent else [[g] for g in plan.groups]
+    peak: dict[int, dict[str, float]] = {}
+    for phase in phases:
+        held: dict[int, dict[str, float]] = {}
+        for group in phase:
+            for node in group.nodes:
+                per_group = held.setdefault(node, {})
+                per_group[group.need.name] = per_group.get(group.need.name, 0.0) + group.memory.host_total
+        for node, by_group in held.items():
+            if sum(by_group.values()) > sum(peak.get(node, {}).values()):
+                peak[node] = by_group
+    return peak
+
+
+# Options that shrink a group's per-actor memory, tried in this order: (group, option, values to try).
+REMEDIES = {
+    "policy": [
+        ("model.gradient_checkpointing", [True]),
+        ("cluster.policy_ranks", [2, 4, 8, 16, 32, 64, 128, 256, 512]),
+        ("deepspeed.offload_optimizer", ["cpu"]),
+        ("model.lora.enabled", [True]),
+        ("train.micro_batch_size", [2, 1]),
+        ("data.max_length", [2048, 1024, 512]),
+    ],
+    "reference": [
+        ("reference.sharding", ["zero3"]),
+        ("cluster.reference_ranks", [2, 4, 8, 16, 32, 64]),
+        ("train.micro_batch_size", [2, 1]),
+    ],
+    "rollout": [
+        ("rollout.tensor_parallel_size", [2, 4, 8]),
+        ("rollout.gpu_memory_utilization", [0.9, 0.95]),
+        ("rollout.max_model_len", [8192, 4096, 2048, 1024]),
+    ],
+    "reward": [("reward.micro_batch_size", [8, 1])],
+}
+
+
+def set_option(cfg: RunConfig, dotted: str, value) -> RunConfig:
+    changed = copy.deepcopy(cfg)
+    *path, name = dotted.split(".")
+    target = changed
+    for part in path:
+        target = getattr(target, part)
+    setattr(target, name, value)
+    return changed
+
+
+GROWING = ("cluster.policy_ranks", "cluster.reference_ranks", "rollout.tensor_parallel_size", "rollout.gpu_memory")
+
+
+def fixes(
+    cfg: RunConfig, plan: Plan, group: GroupPlan, models: PlanModels, length: int, room: float, count: int = 0
+) -> list[str]:
+    """Each single option change (REMEDIES) after which the group fits its room: one actor on its GPU, or with count
+    its count actors' host memory on a node (a change that adds GPU ranks says how many GPUs the group then asks
+    for); when no single change does, the changes that keep the cluster's shape, in REMEDIES' order, each kept if it
+    helps, until the group fits."""
+    name, gpu = group.need.name, not count
+    unit = "GiB per GPU" if gpu else f"GiB for the {count} on the node"
+
+    def trial_of(base: RunConfig, option: str, value) -> tuple[RunConfig, float, bool, int]:
+        trial = set_option(base, option, value)
+        if option == "cluster.reference_ranks":
+            trial = set_option(trial, "reference.sharding", "zero3")
+        world = {"policy": trial.cluster.policy_ranks, "reference": trial.cluster.reference_ranks}.get(
+            name, group.need.size
+        )
+        device = room if gpu else min(plan.nodes[i].memory for i in group.nodes) / world
+        actor, _ = group_memory(trial, name, models, device, world, trial.rollout.max_model_len or length)
+        need = actor.device_total if gpu else actor.host_total * count
+        return trial, need, need <= room and not actor.shortfall, world
+
+    def changes(base: RunConfig, option: str, values: list) -> list:
+        if option.startswith("cluster.") and not gpu:
+            return []
+        current = option_value(base, option)
+        return [v for v in values if v != current and not (option.startswith(GROWING) and v < current)]
+
+    found = []
+    for option, values in REMEDIES.get(name, []):
+        for value in changes(cfg, option, values):
+            _, need, fits, world = trial_of(cfg, option, value)
+            if fits:
+                asks = f", {world * group.need.gpus:g} GPUs for the group" if option.startswith("cluster.") else ""
+                found.append(f"{setting_text(option, value)} ({need / GIB:.1f} {unit}{asks})")
+                break
+    if found:
+        return found
+    base, kept = cfg, []
+    _, now, _, _ = trial_of(cfg, "output_dir", cfg.output_dir)
+    for option, values in REMEDIES.get(name, []):
+        for value in changes(base, option, values) if not option.startswith("cluster.") else []:
+            trial, need, fits, _ = trial_of(base, option, value)
+            if need < now:
+                base, now = trial, need
+                kept.append(setting_text(option, value))
+                if fits:
+                    return [f"{' '.join(kept)} together ({now / GIB:.1f} {unit})"]
+                break
+    return []
+
+
+def setting_text(option: str, value) -> str:
+    shown = str(value).lower() if isinstance(value, bool) else value
+    return f"{option}={shown}" + (" reference.sharding=zero3" if option == "cluster.reference_ranks" else "")
+
+
+def option_value(cfg: RunConfig, dotted: str):
+    target = cfg
+    for part in dotted.split("."):
+        target = getattr(target, part)
+    return target
+
+
+def render(plan: Plan) -> str:
+    """The plan as text: the cluster, each group's placement and per-actor memory by part, the verdict."""
+    lines = [f"dpo-ray plan: {plan.command} on {describe_nodes(plan.nodes)} ({plan.source})"]
+    s = plan.shape
+    lines.append(
+        f"policy model: {s.params / 1e9:.2f}B parameters, {s.layers} layers, hidden {s.hidden}, "
+        f"{s.heads}/{s.kv_heads} heads, vocabulary {s.vocab}"
+    )
+    order = "all groups live at once" if plan.concurrent else "one group at a time: the reference is released first"
+    lines += ["", f"groups, in start order ({order}):"]
+    for g in plan.groups:
+        lines.append(
+            f"  {g.need.name:<9} {g.need.size:>3} x {bundle_text(g.need.bundle())}  {g.setting}; "
+            f"{placement_text(plan, g)}"
+        )
+    lines += ["", "memory per actor, GiB (actors of a group are alike):"]
+    for g in plan.groups:
+        m = g.memory
+        if m.device:
+            gpu_memory = min((plan.nodes[i].gpu_memory or 0.0) for i in g.nodes) if g.nodes else 0.0
+            lines.append(
+                f"  {g.need.name} GPU: {parts_text(m.device)} = {m.device_total / GIB:.2f}"
+                + (f" of {gpu_memory / GIB:.1f}" if gpu_memory else "")
+            )
+        lines.append(f"  {g.need.name} host: {parts_text(m.host)} = {m.host_total / GIB:.2f}")
+        lines += [f"    {note}" for note in m.notes]
+    peak = node_host_memory(plan)
+    if peak:
+        lines += ["", "host memory per node at its peak, GiB:"]
+        for node, held in sorted(peak.items()):
+            parts = ", ".join(f"{name} {b / GIB:.1f}" for name, b in held.items())
+            lines.append(
+                f"  {plan.nodes[node].name}: {parts} = {sum(held.values()) / GIB:.1f} of "
+                f"{plan.nodes[node].memory / GIB:.1f}"
+            )
+    lines.append("")
+    if plan.fits:
+        lines.append("verdict: fits")
+    else:
+        lines.append("verdict: does not fit")
+        for p in plan.problems:
+            lines.append(f"  {p.where}: {p.text}")
+            lines.append(
+                f"    would fit with: {'; '.join(p.fixes)}" if p.fixes else "    no single option tried fits it"
+            )
+    return "\n".join(lines)
+
+
+def describe_nodes(nodes: list[NodeSpec]) -> str:
+    kinds: dict[tuple, int] = {}
+    for n in nodes:
+        key = (n.gpus, n.gpu_memory, n.cpus, n.memory)
+        kinds[key] = kinds.get(key, 0) + 1
+    parts = []
+    for (gpus, gpu_memory, cpus, mem), count in kinds.items():
+        gpu = f"{gpus} GPUs ({gpu_memory / GIB:.0f} GiB)" if gpus and gpu_memory else f"{gpus} GPUs"
+        parts.append(f"{count} node(s) of {gpu + ', ' if gpus else ''}{cpus:g} CPUs, {mem / GIB:.0f} GiB")
+    return " + ".join(parts)
+
+
+def bundle_text(bundle: dict[str, float]) -> str:
+    return "{" + ", ".join(f"{k}: {v:g}" for k, v in bundle.items()) + "}"
+
+
+def placement_text(plan: Plan, group: GroupPlan) -> str:
+    """Which ranks land on which node (and GPUs): 'node0: ranks 0-7 (GPUs 0-7); node1: ranks 8-15 (GPUs 0-7)'."""
+    if not group.nodes:
+        return "not placed"
+    ranks: dict[int, list[int]] = {}
+    gpus: dict[int, list[int]] = {}
+    for rank, (node, held) in enumerate(zip(group.nodes, group.gpus)):
+        ranks.setdefault(node, []).append(rank)
+        gpus.setdefault(node, []).extend(held)
+    return "; ".join(
+        f"{plan.nodes[n].name}: ranks {spans(r)}" + (f" (GPUs {spans(gpus[n])})" if gpus[n] else "")
+        for n, r in ranks.items()
+    )
+
+
+def spans(numbers: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2,5'."""
+    out, start = [], None
+    for i, n in enumerate(numbers):
+        if start is None:
+            start = n
+        if i + 1 == len(numbers) or numbers[i + 1] != n + 1:
+            out.append(f"{start}" if start == n else f"{start}-{n}")
+            start = None
+    return ",".join(out)
+
+
+def parts_text(parts: list[memory.Part]) -> str:
+    return " + ".join(f"{p.name} {p.bytes / GIB:.2f}" for p in parts) or "0"
+
+
+def plan_models(cfg: RunConfig, command: str) -> PlanModels:
+    """The model directories the run would load: built-in names resolved (built once into the cache)."""
+    from ..tasks.registry import MODELS, resolve_model, resolve_reward_model
+
+    policy = resolve_model(cfg).model_path if cfg.model.path in MODELS else cfg.model.path
+    reward = resolve_reward_model(cfg) if command == "online" and uses_reward_model(cfg) else ""
+    return PlanModels(policy, cfg.model.reference_path or policy, reward)
+
+
+def verdict(plan: Plan) -> str:
+    """The verdict lines of render(plan)."""
+    text = render(plan)
+    return text[text.index("verdict:") :]

@@ -1,0 +1,82 @@
+"""A model's shape from its config.json alone (no weights): parameter counts (all, LoRA-trainable, the largest module's
+own) and the sizes the memory formulas need. The model is built on torch's meta device, so the counts are exact for
+any architecture transformers knows, and a 70B model is counted in a second on a laptop."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    params: int
+    largest_module_params: int  # the most parameters one module owns directly: what ZeRO-3 gathers at once
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    max_positions: int
+    largest_file_bytes: int  # the largest *.safetensors file in the directory (0: a config alone)
+    lora_params: dict[tuple[int, str], int]  # (r, target_modules) -> adapter parameters, for the ranks asked for
+
+    def trainable(self, lora_r: int = 0, target_modules: str = "all-linear") -> int:
+        """Parameters the optimizer updates: all, or only a LoRA adapter's."""
+        return self.lora_params[(lora_r, target_modules)] if lora_r else self.params
+
+
+def lora_targets(name: str, module, target_modules: str, output_layer) -> bool:
+    """Whether peft's LoRA adapts this module: 'all-linear' is every Linear but the output layer; a list matches a
+    module whose name is one of the names or ends with '.<name>'."""
+    import torch
+
+    if not isinstance(module, torch.nn.Linear):
+        return False
+    if target_modules == "all-linear":
+        return module is not output_layer
+    return any(name == t or name.endswith(f".{t}") for t in (t.strip() for t in target_modules.split(",")))
+
+
+@lru_cache(maxsize=16)
+def model_shape(
+    path: str, trust_remote_code: bool = False, lora: tuple[tuple[int, str], ...] = (), classifier: bool = False
+) -> ModelShape:
+    """The shape of the causal LM (or sequence classifier: a reward model) in directory path (its config.json), with
+    the adapter sizes of each (r, targets)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    if not (Path(path).expanduser() / "config.json").exists():
+        raise ValueError(f"{path}: no config.json")
+    config = AutoConfig.from_pretrained(Path(path).expanduser(), trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        kind = AutoModelForSequenceClassification if classifier else AutoModelForCausalLM
+        model = kind.from_config(config, trust_remote_code=trust_remote_code)
+    output_layer = model.get_output_embeddings()
+    adapters = {}
+    for r, targets in lora:
+        adapters[(r, targets)] = sum(
+            r * (m.in_features + m.out_features)
+            for name, m in model.named_modules()
+            if lora_targets(name, m, targets, output_layer)
+        )
+    text = config.get_text_config()
+    heads = text.num_attention_heads
+    return ModelShape(
+        params=sum(p.numel() for p in model.parameters()),
+        largest_module_params=max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules()),
+        hidden=text.hidden_size,
+        intermediate=getattr(text, "intermediate_size", 4 * text.hidden_size),
+        layers=text.num_hidden_layers,
+        heads=heads,
+        kv_heads=getattr(text, "num_key_value_heads", None) or heads,
+        head_dim=getattr(text, "head_dim", None) or text.hidden_size // heads,
+        vocab=text.vocab_size,
+        max_positions=getattr(text, "max_position_embeddings", 0) or 0,
+        largest_file_bytes=max((f.stat().st_size for f in Path(path).expanduser().glob("*.safetensors")), default=0),
+        lora_params=adapters,
+    )

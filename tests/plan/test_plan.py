@@ -1,0 +1,179 @@
+"""`dpo-ray plan`: a 70B run planned from a config.json alone, the GPU presets planned for their stated model sizes,
+and the placement the plan predicts made for real by Ray on a cluster of fake GPU nodes."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+
+import pytest
+
+from dpo_ray.cli import main
+from dpo_ray.compose import compose
+from dpo_ray.plan.nodes import described_nodes, ray_nodes
+from dpo_ray.plan.plan import PlanModels, make_plan
+
+from ..workers.test_memory_estimate import LLAMA_8B, LLAMA_70B, config_dir
+
+LLAMA_13B = dict(
+    LLAMA_70B,
+    hidden_size=5120,
+    intermediate_size=13824,
+    num_attention_heads=40,
+    num_key_value_heads=40,
+    num_hidden_layers=40,
+    vocab_size=32000,
+    max_position_embeddings=4096,
+)
+REWARD_8B = dict(LLAMA_8B, architectures=["LlamaForSequenceClassification"], num_labels=1)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("configs")
+    shapes = {"8b": LLAMA_8B, "13b": LLAMA_13B, "70b": LLAMA_70B, "rm-8b": REWARD_8B}
+    return {name: config_dir(root, name, config) for name, config in shapes.items()}
+
+
+def plan(capsys, *arguments) -> tuple[int, str]:
+    status = main(["plan", *arguments])
+    return status, capsys.readouterr().out
+
+
+def test_a_70b_reference_replica_does_not_fit_80gb_and_sharded_it_does(models, capsys):
+    run = ["train", f"model.path={models['70b']}", "cluster=multi_node_70b", "reference.from_policy=false"]
+    status, out = plan(capsys, *run, "reference.sharding=replicas", "--nodes", "4")
+    assert status == 1
+    verdict = out[out.index("verdict:") :]
+    assert verdict.startswith("verdict: does not fit\n  reference: ")
+    assert "(largest part: weights, 131.4 GiB)" in verdict  # 70.55B parameters in bf16
+    assert "reference.sharding=zero3" in verdict  # what would fix it
+    status, out = plan(capsys, *run, "--nodes=4")  # the preset's zero3: 8 ranks of 16.4 GiB of weights each
+    assert status == 0 and "verdict: fits" in out
+    assert "reference   8 x {CPU: 4, GPU: 1}  zero3; node0: ranks 0-7 (GPUs 0-7)" in out
+
+
+def test_a_bad_flag_is_a_usage_error(models, capsys):
+    assert main(["plan", f"model.path={models['8b']}", "--nodes", "two"]) == 2
+    assert "--nodes takes a number, not 'two'" in capsys.readouterr().err
+    assert main(["plan", f"model.path={models['8b']}", "--gpus", "8"]) == 2
+    assert "unknown flag --gpus" in capsys.readouterr().err
+
+
+# Each GPU preset with the model size its comment states.
+PRESETS = [("single_node_8gpu", "8b", 1), ("multi_node", "13b", 4), ("multi_node_70b", "70b", 4)]
+
+
+def reward_option(preset: str, models: dict) -> str:
+    """A reward model on its GPUs, but a rule for the 70B preset (its 32 GPUs go to policy, reference and engine)."""
+    return "reward.fn=os.path:join" if preset == "multi_node_70b" else f"reward.model_path={models['rm-8b']}"
+
+
+@pytest.mark.parametrize("command", ["train", "online"])
+@pytest.mark.parametrize("preset, model, nodes", PRESETS)
+def test_gpu_presets_plan_cleanly_for_their_stated_model_sizes(models, capsys, preset, model, nodes, command):
+    reward = reward_option(preset, models)
+    status, out = plan(capsys, command, f"model.path={models[model]}", f"cluster={preset}", reward, f"--nodes={nodes}")
+    assert status == 0, out
+    assert "verdict: fits" in out
+
+
+def test_a_model_that_does_not_fit_names_the_part_and_the_options_that_fit(models, capsys):
+    status, out = plan(capsys, "train", f"model.path={models['13b']}", "cluster=multi_node", "--nodes=4")
+    assert status == 0  # ZeRO-3 with 35.6 GiB of activations at micro-batch 4
+    status, out = plan(
+        capsys, "train", f"model.path={models['13b']}", "cluster=multi_node", "deepspeed.zero_stage=2", "--nodes=4"
+    )
+    assert status == 1
+    assert "policy: 86.4 GiB per GPU of 80.0 GiB (largest part: activations, 35.6 GiB)" in out
+    assert "model.gradient_checkpointing=true (49.9 GiB per GPU)" in out
+
+
+def canonical(groups: list[tuple[str, list[str]]], concurrent: bool) -> list:
+    """A placement up to the naming of interchangeable nodes: for each group, which ranks share a node; and for the
+    groups alive together, the multiset of what each node holds (one group at a time offline: after the reference
+    group is released every node is alike again)."""
+    phases = [groups] if concurrent else [[g] for g in groups]
+    shapes = []
+    for phase in phases:
+        held: dict[str, Counter] = {}
+        for name, nodes in phase:
+            for node in nodes:
+                held.setdefault(node, Counter())[name] += 1
+        ranks = {
+            name: sorted(tuple(i for i, n in enumerate(nodes) if n == node) for node in set(nodes))
+            for name, nodes in phase
+        }
+        shapes.append((ranks, sorted(tuple(sorted(c.items())) for c in held.values())))
+    return shapes
+
+
+@pytest.fixture(scope="module")
+def fake_gpu_cluster(tmp_path_factory):
+    """Four Ray nodes of 8 fake GPUs and 48 CPUs each: placement groups are made for real, no model is loaded."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    os.environ["RAY_TMPDIR"] = str(tmp_path_factory.mktemp("ray-gpu"))
+    node = {"num_cpus": 48, "num_gpus": 8, "object_store_memory": 128 << 20}
+    cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+    for _ in range(3):
+        cluster.add_node(**node)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["train", "online"])
+@pytest.mark.parametrize("preset, model, nodes", PRESETS)
+def test_ray_places_every_group_where_the_plan_said(fake_gpu_cluster, models, preset, model, nodes, command):
+    from ray.util.placement_group import remove_placement_group
+
+    from dpo_ray.groups.actor_group import bundle_nodes, reserve
+    from dpo_ray.groups.resources import group_needs, reference_group_needed
+
+    overrides = [f"model.path={models[model]}", f"cluster={preset}", "reference.from_policy=false"]
+    cfg = compose(overrides + [reward_option(preset, models)], command)
+    live = ray_nodes()
+    assert len(live) == 4 and all(n.gpus == 8 for n in live)
+    planned = make_plan(
+        cfg,
+        command,
+        live,
+        PlanModels(models[model], models[model], models["rm-8b"] if preset != "multi_node_70b" else ""),
+        "test",
+    )
+    assert all(g.nodes for g in planned.groups), planned.problems
+    online = command == "online"
+    placed, alive = [], []
+    for need in group_needs(cfg, reference_group_needed(cfg, online), online):  # as the campaign starts them
+        group = reserve(need, str(cfg.cluster.placement), ready_timeout_s=60)
+        placed.append((need.name, bundle_nodes(group)))
+        alive.append(group)
+        if not online:  # an offline run releases its reference group before the policy group starts
+            remove_placement_group(alive.pop())
+    for group in alive:
+        remove_placement_group(group)
+    predicted = [(g.need.name, [live[i].node_id for i in g.nodes]) for g in planned.groups]
+    assert canonical(placed, online) == canonical(predicted, online)
+    # and the plan made for the same nodes described by flags places the groups alike
+    described = described_nodes(4, 8, 80, 48, 256)
+    flagged = make_plan(
+        cfg,
+        command,
+        described,
+        PlanModels(models[model], models[model], models["rm-8b"] if preset != "multi_node_70b" else ""),
+        "flags",
+    )
+    flagged_at = [(g.need.name, [str(i) for i in g.nodes]) for g in flagged.groups]
+    assert canonical(flagged_at, online) == canonical(predicted, online)
+
+
+@pytest.mark.slow
+def test_without_nodes_it_plans_the_embedded_default_for_this_machine(capsys, task_cache_dir):
+    status, out = plan(capsys, "train", f"cache_dir={task_cache_dir}")
+    assert status == 0, out
+    assert "(this machine, a local Ray)" in out and "ZeRO stage 0 (auto)" in out and "verdict: fits" in out

@@ -1,0 +1,143 @@
+"""The memory estimate behind `dpo-ray plan` and deepspeed.zero_stage=auto, against numbers computed another way:
+what autograd saves, DeepSpeed's own ZeRO-3 estimate."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from dpo_ray.config import RunConfig
+from dpo_ray.workers.memory_estimate import GIB, layer_activation_bytes, policy_rank, policy_zero_stage
+from dpo_ray.workers.model_shape import ModelShape, model_shape
+from dpo_ray.workers.zero_stage import model_states
+
+LLAMA_70B = dict(
+    architectures=["LlamaForCausalLM"],
+    model_type="llama",
+    hidden_size=8192,
+    intermediate_size=28672,
+    num_attention_heads=64,
+    num_hidden_layers=80,
+    num_key_value_heads=8,
+    vocab_size=128256,
+    max_position_embeddings=8192,
+    tie_word_embeddings=False,
+)
+LLAMA_8B = dict(LLAMA_70B, hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_hidden_layers=32)
+
+
+def config_dir(tmp_path, name: str, config: dict) -> str:
+    """A model directory holding only a config.json (no weights), as a user plans a 70B run on a laptop."""
+    path = tmp_path / name
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps(config))
+    return str(path)
+
+
+def test_a_config_alone_gives_the_exact_parameter_counts(tmp_path):
+    shape = model_shape(config_dir(tmp_path, "70b", LLAMA_70B), lora=((16, "all-linear"), (8, "q_proj,v_proj")))
+    assert shape.params == 70_553_706_496  # Llama-3-70B's published count
+    assert shape.largest_module_params == 128256 * 8192  # an embedding (the output layer is as large)
+    assert (shape.layers, shape.kv_heads, shape.head_dim) == (80, 8, 128)
+    # LoRA adds r x (in + out) per adapted Linear: all-linear leaves out the output layer
+    q, kv, o, mlp = (8192, 8192), (8192, 1024), (8192, 8192), 3 * (8192 + 28672)
+    per_layer = 16 * (sum(q) + 2 * sum(kv) + sum(o) + mlp)
+    assert shape.trainable(16, "all-linear") == 80 * per_layer
+    assert shape.trainable(8, "q_proj,v_proj") == 80 * 8 * (sum(q) + sum(kv))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_activations_per_token_and_layer_are_what_autograd_saves(dtype, attention):
+    """Every tensor a Llama's decoder layers save for backward, counted once by storage (weights left out): the
+    difference between 4 and 2 layers, per token and layer, against the formula."""
+
+    def saved_bytes(layers: int, tokens: int, checkpointing: bool = False) -> int:
+        config = LlamaConfig(
+            vocab_size=512,
+            hidden_size=256,
+            intermediate_size=688,
+            num_hidden_layers=layers,
+            num_attention_heads=8,
+            num_key_value_heads=2,
+            attn_implementation=attention,
+        )
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config).to(dtype).train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        saved: dict[int, int] = {}
+
+        def pack(t):
+            if t.untyped_storage().data_ptr() not in weights:
+                saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model.model(input_ids=torch.randint(0, 512, (1, tokens)), use_cache=False)
+        return sum(saved.values())
+
+    tokens = 256
+    measured = (saved_bytes(4, tokens) - saved_bytes(2, tokens)) / 2 / tokens
+    shape = ModelShape(0, 0, 256, 688, 4, 8, 2, 32, 512, 1024, 0, {})
+    estimated = layer_activation_bytes(shape, dtype.itemsize, tokens if attention == "eager" else 0)
+    assert estimated == pytest.approx(measured, rel=0.1)
+    if attention == "sdpa":  # checkpointing keeps each layer's input: hidden x dtype bytes per token, exactly
+        kept = (saved_bytes(4, tokens, True) - saved_bytes(2, tokens, True)) / 2 / tokens
+        assert kept == 256 * dtype.itemsize
+
+
+def test_zero3_model_states_match_deepspeeds_own_estimate(tmp_path):
+    """DeepSpeed's estimate_zero3_model_states_mem_needs (18 bytes a parameter over the GPUs: bf16 weights, fp32
+    gradients, fp32 master weights and Adam's moments; offloading moves them to the nodes' memory), for a 70B model
+    on 4 x 8 GPUs, without its largest-layer term and buffer factor (which the plan counts as ZeRO-3's gathers)."""
+    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs as deepspeed_estimate
+
+    shape = model_shape(config_dir(tmp_path, "70b", LLAMA_70B))
+    p, nodes, per_node = shape.params, 4, 8
+    world = nodes * per_node
+
+    def ours(optimizer: bool, params: bool):
+        return model_states(3, world, p, p, 2, True, True, offload_optimizer=optimizer, offload_param=params)
+
+    for optimizer, params in [(False, False), (True, False), (True, True)]:
+        host, gpu, largest = deepspeed_estimate(p, shape.largest_module_params, per_node, nodes, optimizer, params)
+        states = ours(optimizer, params)
+        assert states.device == pytest.approx(gpu - largest, rel=1e-6)
+        if optimizer:  # DeepSpeed's host figure is per node, with a 1.5 buffer factor
+            assert states.host * per_node == pytest.approx(host / 1.5, rel=1e-6)
+
+
+def gpu_run(**changes) -> RunConfig:
+    cfg = RunConfig()
+    cfg.cluster.gpus_per_rank = 1.0
+    for dotted, value in changes.items():
+        section, name = dotted.split("__")
+        setattr(getattr(cfg, section), name, value)
+    return cfg
+
+
+def test_auto_picks_the_lowest_stage_at_which_a_rank_fits(tmp_path):
+    shape_8b = model_shape(config_dir(tmp_path, "8b", LLAMA_8B), lora=((8, "all-linear"),))
+    gb80 = 80 * GIB
+    # 8B full fine-tune on 4 x 80 GB: stage 2 still holds the whole 15 GB of weights beside 24 GiB of activations, the
+    # gradient buckets and the margins (88 GiB); stage 3 partitions them (77 GiB)
+    assert policy_zero_stage(gpu_run(), shape_8b, 4, gb80) == 3
+    assert (
+        policy_rank(gpu_run(), shape_8b, 4, 2).device_total > gb80 > policy_rank(gpu_run(), shape_8b, 4, 3).device_total
+    )
+    # gradient checkpointing keeps 2 GiB of the activations: stage 2 fits
+    assert policy_zero_stage(gpu_run(model__gradient_checkpointing=True), shape_8b, 4, gb80) == 2
+    # twice the micro-batch fits at no stage: the highest, and the plan says what overflows
+    bigger = gpu_run(train__micro_batch_size=8)
+    assert policy_zero_stage(bigger, shape_8b, 4, gb80) == 3 and policy_rank(bigger, shape_8b, 4, 3).device_total > gb80
+    # LoRA: frozen weights and a small adapter fit at stage 1 (bf16 never runs at stage 0)
+    lora = gpu_run()
+    lora.model.lora.enabled = True
+    assert policy_zero_stage(lora, shape_8b, 4, gb80) == 1
+    # the tiny CPU run: plain data parallel in float32
+    assert policy_zero_stage(RunConfig(), shape_8b, 2, 1e15) == 0
