@@ -1,6 +1,6 @@
 """A run's plan, before any actor starts: where each group's actors land (the placement Ray's scheduler makes, see
-groups/resources.place_groups), what each holds in memory by part (plan/memory.py), and whether that fits every GPU
-and every node; when it does not, which part overflows and the options that would make it fit."""
+groups/resources.place_groups), what each holds in memory by part (workers/memory_estimate.py), and whether that
+fits every GPU and every node; when it does not, which part overflows and the options that would make it fit."""
 
 from __future__ import annotations
 
@@ -46,6 +46,7 @@ class Plan:
     command: str
     nodes: list[NodeSpec]
     source: str  # where the nodes came from
+    strategy: str  # cluster.placement
     shape: ModelShape
     groups: list[GroupPlan]
     concurrent: bool
@@ -104,7 +105,7 @@ def make_plan(
     online = command == "online"
     needs = group_needs(cfg, reference_group_needed(cfg, online), online)
     shape = policy_shape(cfg, models.policy)
-    plan = Plan(command, nodes, source, shape, [], online, [])
+    plan = Plan(command, nodes, source, str(cfg.cluster.placement), shape, [], online, [])
     try:
         placed = place_groups(needs, [n.resources() for n in nodes], str(cfg.cluster.placement), online)
     except ValueError as error:
@@ -115,10 +116,21 @@ def make_plan(
         world = need.size
         device = device_bytes(nodes, where, world, need.gpus)
         actor, setting = group_memory(cfg, need.name, models, device, world, length)
+        if need.name == "policy":
+            actor.notes.append(checkpointing_note(cfg, models, device, world, length))
         plan.groups.append(GroupPlan(need, where, [], actor, setting))
     assign_gpus(plan)
     check(cfg, plan, models, length)
     return plan
+
+
+def checkpointing_note(cfg: RunConfig, models: PlanModels, device: float, world: int, length: int) -> str:
+    """The policy's activations the other way: with gradient checkpointing when it is off, without when on."""
+    on = not cfg.model.gradient_checkpointing
+    other_cfg = set_option(cfg, "model.gradient_checkpointing", on)
+    other, _ = group_memory(other_cfg, "policy", models, device, world, length)
+    activations = next(p.bytes for p in other.device + other.host if p.name == "activations")
+    return f"with model.gradient_checkpointing={str(on).lower()} the activations would take {activations / GIB:.2f}"
 
 
 def assign_gpus(plan: Plan) -> None:
@@ -290,7 +302,7 @@ def render(plan: Plan) -> str:
         f"{s.heads}/{s.kv_heads} heads, vocabulary {s.vocab}"
     )
     order = "all groups live at once" if plan.concurrent else "one group at a time: the reference is released first"
-    lines += ["", f"groups, in start order ({order}):"]
+    lines += ["", f"groups, in start order ({order}), placement {plan.strategy}:"]
     for g in plan.groups:
         lines.append(
             f"  {g.need.name:<9} {g.need.size:>3} x {bundle_text(g.need.bundle())}  {g.setting}; "
@@ -316,6 +328,8 @@ def render(plan: Plan) -> str:
                 f"  {plan.nodes[node].name}: {parts} = {sum(held.values()) / GIB:.1f} of "
                 f"{plan.nodes[node].memory / GIB:.1f}"
             )
+    if any(n.gpus and not n.gpu_memory for n in plan.nodes):
+        lines += ["", "GPU memory unknown (no nvidia-smi answered on a GPU node): the GPUs were not checked"]
     lines.append("")
     if plan.fits:
         lines.append("verdict: fits")

@@ -4,8 +4,8 @@ Every formula is written out here, in bytes (checked against measurement: tests/
 the RSS test in tests/groups/test_policy_group.py):
 - model states of a policy rank: workers/zero_stage.model_states (ZeRO paper; DeepSpeed's float32 master copy);
 - ZeRO's buffers (zero_buffers): stage 3's gathered parameters, up to deepspeed.max_live_parameters; at stages 1-3
-  the gradient reduce bucket and the step's float32 copy of the gradient partition; at stage 3 each rank reads a
-  whole weights file while loading (host memory);
+  the gradient reduce bucket (and at stage 3 the reduce-scatter's output) and the step's float32 copy of the gradient
+  partition; at stage 3 each rank reads a whole weights file while loading (host memory);
 - activations kept for backward, per token and decoder layer of a Llama-style model (a = dtype bytes, h hidden,
   q = heads x head_dim, kv = kv_heads x head_dim, I intermediate): two RMSNorms keep their float32 input and their
   output (2 (4h + a h)); q, k and v projections and the rotated q and k (a (2q + 3kv)); the attention output (a q);
@@ -165,13 +165,17 @@ def zero_buffers(cfg: RunConfig, shape: ModelShape, stage: int, a: int, trainabl
     """What ZeRO holds beside the partitions. Stage 3 gathers parameters (DeepSpeed keeps those it will reuse within
     stage3_max_reuse_distance, so up to deepspeed.max_live_parameters, or the whole model when it is smaller).
     Training at stages 1-3 adds the gradient reduce bucket (deepspeed.reduce_bucket_size elements, or all trainable
-    ones) and, during the optimizer step, the float32 copy of the rank's gradient partition DeepSpeed flattens."""
+    ones), at stage 3 the reduce-scatter's output (the rank's share of a bucket, before it is copied into the
+    partition) and, during the optimizer step, the float32 copy of the rank's gradient partition DeepSpeed flattens."""
     ds, parts = cfg.deepspeed, []
     if stage >= 3:
         parts.append(Part("ZeRO-3 gathers", min(shape.params, ds.max_live_parameters) * a, "max_live_parameters"))
     if stage >= 1 and trainable:
         grad = 4 if ds.grad_accum_dtype == "fp32" else a
-        parts.append(Part("reduce bucket", min(trainable, ds.reduce_bucket_size) * grad, "reduce_bucket_size"))
+        bucket = min(trainable, ds.reduce_bucket_size) * grad
+        parts.append(Part("reduce bucket", bucket, "reduce_bucket_size"))
+        if stage >= 3:
+            parts.append(Part("reduce-scatter output", bucket / world, "a bucket's share"))
         if ds.offload_optimizer == "none":
             parts.append(Part("step's gradient copy", trainable * 4 / world, "the partition, flattened in float32"))
     return parts
@@ -237,7 +241,8 @@ def engine_gpu(cfg: RunConfig, shape: ModelShape, max_model_len: int, gpu_bytes:
     sequences = max(0.0, kv) / needed if needed else 0.0
     notes.append(
         f"KV cache {kv / GIB:.1f} GiB holds {sequences:.1f} sequences of max_model_len={max_model_len} "
-        f"({per_token / 1024:.0f} KiB per token per GPU)"
+        f"({per_token / 1024:.0f} KiB per token per GPU); vLLM runs up to {ENGINE_MAX_SEQS} at once, "
+        f"online.samples_per_prompt={cfg.online.samples_per_prompt} per prompt"
     )
     device = [
         Part("weights", weights, f"tensor_parallel_size={tp}"),

@@ -281,7 +281,7 @@ def test_the_plans_rank_memory_is_within_20_percent_of_the_measured_rss(
     local_ray, run_config, smollm2_shaped_dir, stage
 ):
     """SmolLM2-135M's shape in float32 on 2 CPU ranks (measured on the CI box, 2026-12-01: peaks of 2.31, 2.52, 2.37
-    and 3.38-3.50 GB at stages 0-3 against estimates of 2.15, 2.69, 2.42 and 3.23)."""
+    and 3.38-3.87 GB at stages 0-3 against estimates of 2.15, 2.69, 2.42 and 3.50)."""
     grown, estimated = measured_and_estimated(run_config, smollm2_shaped_dir, stage)
     for rank_growth in grown:
         assert estimated == pytest.approx(rank_growth, rel=0.2)

@@ -62,3 +62,26 @@ def test_the_slurm_shape_refuses_a_bad_option_before_anything_is_queued(capsys):
     assert main(["online", "cluster.gpus_per_rank=0.5"]) == 2
     assert "cluster.gpus_per_rank=0.5: must be 0 or a whole number" in capsys.readouterr().err
     assert main(["serve"]) == 2 and "command 'serve': must be one of train, online" in capsys.readouterr().err
+
+
+def test_placement_follows_rays_scheduler_emptiest_node_first():
+    from dpo_ray.groups.resources import place_groups
+
+    nodes = [{"CPU": 16.0, "GPU": 8.0}, {"CPU": 16.0, "GPU": 8.0}, {"CPU": 16.0, "GPU": 4.0}]
+    needs = [GroupNeed("rollout", 1, 4, 2), GroupNeed("reference", 2, 1, 1), GroupNeed("policy", 10, 1, 1)]
+    # PACK: each group starts on the node whose free share after one bundle is largest (summed over CPU and GPU),
+    # then fills it before the next. The engine takes node 0 (a tie: the first); the reference node 1 (15/16 + 7/8
+    # against node 0's 11/12 + 5/6); the policy node 1's 6 GPUs (13/14 + 5/6 beats 11/12 + 5/6), then node 0
+    assert place_groups(needs, nodes, "PACK", concurrent=True) == [[0], [1, 1], [1] * 6 + [0] * 4]
+    # offline the groups do not overlap: each starts on empty nodes
+    assert place_groups(needs, nodes, "PACK", concurrent=False) == [[0], [0, 0], [0] * 8 + [1] * 2]
+    assert place_groups([GroupNeed("policy", 4, 1, 1)], nodes, "SPREAD", True) == [[0, 1, 2, 0]]
+    assert place_groups([GroupNeed("policy", 3, 1, 1)], nodes, "STRICT_SPREAD", True) == [[0, 1, 2]]
+    assert place_groups([GroupNeed("policy", 2, 1, 2)], nodes[2:] + nodes[:1], "STRICT_PACK", True) == [[1, 1]]
+
+
+def test_groups_whose_totals_fit_but_whose_bundles_do_not_divide_among_the_nodes_are_refused():
+    nodes = [{"CPU": 16.0, "GPU": 8.0}, {"CPU": 16.0, "GPU": 8.0}]
+    needs = [GroupNeed("rollout", 3, 1, 3), GroupNeed("policy", 1, 1, 6)]  # 9 + 6 of 16 GPUs; 2 and 5 left after
+    with pytest.raises(ValueError, match=r"policy group: 1 x \{'CPU': 1, 'GPU': 6\} with PACK placement do not fit"):
+        check_fit(needs, nodes, "PACK")
