@@ -44,31 +44,32 @@ def gpu_memory_here() -> tuple[int, float | None]:
     return len(mib), (min(mib) * (1 << 20) if mib else None)
 
 
+def memory_here() -> tuple[float, float | None]:
+    """This machine's memory, as a CPU rank measures it (workers/device.device_memory), and its GPUs' (or None)."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), gpu_memory_here()[1]
+
+
 def this_machine(cpus: float) -> list[NodeSpec]:
     """This machine as a local Ray would see it, with cpus CPUs (a local run may reserve more than it has)."""
     gpus, gpu_memory = gpu_memory_here()
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return [NodeSpec("this machine", cpus, gpus, memory, gpu_memory)]
+    return [NodeSpec("this machine", cpus, gpus, memory_here()[0], gpu_memory)]
 
 
 def ray_nodes() -> list[NodeSpec]:
-    """The alive nodes of the Ray cluster this process has joined: their resources, and each GPU node's GPU memory
-    asked of nvidia-smi on it (a task that takes no resources, so busy GPUs do not delay it)."""
+    """The alive nodes of the Ray cluster this process has joined: their resources, and their memory and GPU memory
+    asked on each (a task that takes no resources, so busy nodes do not delay it)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     alive = [n for n in ray.nodes() if n["Alive"]]
-    probe = ray.remote(num_cpus=0)(gpu_memory_here)
-    found = {
-        n["NodeID"]: probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
+    probe = ray.remote(num_cpus=0)(memory_here)
+    asked = [
+        probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
         for n in alive
-        if n["Resources"].get("GPU")
-    }
+    ]
     specs = []
-    for n in alive:
+    for n, (memory, gpu_memory) in zip(alive, ray.get(asked, timeout=120)):
         r = n["Resources"]
-        gpu_memory = ray.get(found[n["NodeID"]], timeout=120)[1] if n["NodeID"] in found else None
-        memory = r.get("memory", 0.0) + r.get("object_store_memory", 0.0)
         name = f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})"
         specs.append(NodeSpec(name, r.get("CPU", 0.0), int(r.get("GPU", 0)), memory, gpu_memory, n["NodeID"]))
     return specs
