@@ -149,6 +149,7 @@ def zero3_step(model_dir: Path, pairs, on_gpu: bool, work: Path) -> dict:
     from dpo_ray.data.collate import collate_pairs
     from dpo_ray.logprobs import forward_pairs
     from dpo_ray.workers.distributed import free_port
+    from dpo_ray.workers.memory_estimate import policy_rank, policy_shape
     from dpo_ray.workers.policy import PolicyWorker
 
     device = torch.device("cuda" if on_gpu else "cpu")
@@ -179,10 +180,17 @@ def zero3_step(model_dir: Path, pairs, on_gpu: bool, work: Path) -> dict:
         began = time.perf_counter()
         metrics = worker.train_step([MicroBatch(pairs, *reference)], step_scale(pairs))
         seconds = time.perf_counter() - began
+        grown = worker.memory_growth()
         state = worker.full_state_dict()
         expected = plain.state_dict()
         gap = max((state[k].float().cpu() - expected[k].float().cpu()).abs().max().item() for k in expected)
         results[name] = {"loss": metrics["loss"], "plain_loss": loss.item(), "max_param_gap": gap, "step_s": seconds}
+        # dpo-ray plan's estimate of the rank's model states and ZeRO buffers, against the peak the step reached
+        estimate = policy_rank(cfg, policy_shape(cfg, str(model_dir)), 1, 3)
+        parts = estimate.device if on_gpu else estimate.host
+        margins = ("activations", "log-prob chunk", "process", "CUDA context, NCCL, allocator", "fragmentation")
+        results[name]["plan_estimate_gb"] = sum(p.bytes for p in parts if p.name not in margins) / 1e9
+        results[name]["measured_peak_gb"] = grown["device_peak" if on_gpu else "host_peak_growth"] / 1e9
         worker.engine.destroy()
     return results
 
@@ -254,15 +262,19 @@ def markdown(report: dict) -> str:
                 f"| {key} | {row['max_abs_vs_fp32']:.3g} | {row['max_abs_vs_padded_bf16']:.3g} "
                 f"| {row['step0_log_ratio_max_abs']:.3g} | {row['fwd_bwd_s']:.3f} |"
             )
-    lines += ["", "| ZeRO-3 rank | loss | plain loss | max param gap | step s |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| ZeRO-3 rank | loss | plain loss | max param gap | step s | plan estimate GB | measured peak GB |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, row in report["zero3"].items():
         if isinstance(row, dict):
             lines.append(
                 f"| {name} | {row['loss']:.6f} | {row['plain_loss']:.6f} | {row['max_param_gap']:.2g} "
-                f"| {row['step_s']:.2f} |"
+                f"| {row['step_s']:.2f} | {row['plan_estimate_gb']:.3f} | {row['measured_peak_gb']:.3f} |"
             )
         else:
-            lines.append(f"| {name} | {row} | | | |")
+            lines.append(f"| {name} | {row} | | | | | |")
     lines += ["", "| pairs/step | grad ckpt | tokens | s | tokens/s | MFU |", "|---|---|---|---|---|---|"]
     for row in report["throughput"]:
         lines.append(
