@@ -57,6 +57,11 @@ class ModelConfig:
     attn_implementation: Attention = opt(Attention.sdpa, "transformers attention (flash_attention_* need GPUs)")
     trust_remote_code: bool = opt(False, "allow model code from the model directory to run")
     gradient_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
+    disable_dropout: bool = opt(
+        True,
+        "zero the model's dropout (TRL's disable_dropout): with dropout on, the training policy differs from the "
+        "reference at step 0 and DPO learns from noise; model.lora.dropout still applies",
+    )
     logits_chunk_mb: int = opt(
         256,
         "log-probs take the vocabulary in chunks of at most this many MiB of fp32 logits (never tokens x vocab)",

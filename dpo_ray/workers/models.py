@@ -17,6 +17,21 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     return tokenizer
 
 
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Zero every dropout of a model (TRL's disable_dropout): its nn.Dropout modules and the dropout rates attention
+    layers and the config keep as numbers (Llama's attention_dropout is one)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        for name in ("attention_dropout", "dropout"):
+            if isinstance(getattr(module, name, None), float):
+                setattr(module, name, 0.0)
+    config = getattr(model, "config", None)
+    for name, value in vars(config).items() if config is not None else ():
+        if "dropout" in name and isinstance(value, float):
+            setattr(config, name, 0.0)
+
+
 def load_causal_lm(path: str, dtype: torch.dtype, attn_implementation: str = "sdpa", trust_remote_code: bool = False):
     from transformers import AutoModelForCausalLM
 

@@ -17,7 +17,7 @@ from . import deepspeed_setup
 from .device import device_memory, device_spec, host_peak_rss, host_rss, rank_threads, use_local_gpu
 from .distributed import BroadcastGroup, init_distributed
 from .engine_args import syncs_adapter
-from .models import load_causal_lm, load_tokenizer, restore_rotary_buffers
+from .models import disable_dropout, load_causal_lm, load_tokenizer, restore_rotary_buffers
 from .weight_stream import send_tensors
 from .weights import ADAPTER, WeightUnit, adapter_config_json, adapter_units, full_units, gathered_tensors
 
@@ -71,6 +71,8 @@ class PolicyWorker:
             self.model_path, self.spec.dtype, cfg.model.attn_implementation, cfg.model.trust_remote_code
         )
         restore_rotary_buffers(model)
+        if cfg.model.disable_dropout:  # before peft: model.lora.dropout applies as set
+            disable_dropout(model)
         install_scoring_head(model, cfg.model.logits_chunk_mb << 20)  # before peft and DeepSpeed wrap it
         del hf_ds_config
         unset_hf_deepspeed_config()  # later loads (the LoRA merge on rank 0) must not start collectives

@@ -10,7 +10,7 @@ from ..data.batches import MicroBatch
 from ..data.collate import collate_pairs, make_layout
 from ..logprobs import forward_pairs, install_scoring_head
 from .device import device_memory, device_spec, rank_threads, use_local_gpu
-from .models import load_causal_lm, load_tokenizer, restore_rotary_buffers
+from .models import disable_dropout, load_causal_lm, load_tokenizer, restore_rotary_buffers
 
 
 class ReferenceWorker:
@@ -35,6 +35,8 @@ class ReferenceWorker:
         model = load_causal_lm(self.model_path, self.spec.dtype, m.attn_implementation, m.trust_remote_code).eval()
         model.requires_grad_(False)
         restore_rotary_buffers(model)
+        if m.disable_dropout:  # inactive in eval mode; zeroed so that the reference is the policy's model exactly
+            disable_dropout(model)
         install_scoring_head(model, m.logits_chunk_mb << 20)
         return model
 

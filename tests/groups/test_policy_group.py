@@ -294,3 +294,34 @@ def test_the_embedded_models_states_are_below_the_fixed_cost_the_plan_states(loc
 
     grown, estimated = measured_and_estimated(run_config, tiny_model_dir, "0")
     assert all(estimated < g < estimated + HOST_PROCESS_BYTES for g in grown)
+
+
+@pytest.mark.parametrize("disable", [True, False], ids=["dropout-off", "dropout-on"])
+def test_at_step_0_the_training_policy_scores_as_its_reference_once_dropout_is_off(
+    local_ray, run_config, tokenizer, tmp_path, disable
+):
+    """A GPT-2 with its default dropout (0.1): with model.disable_dropout (the default) the policy in training mode
+    gives the reference's log-probs at step 0, so rewards and KL start at 0; with dropout on they start as noise."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from dpo_ray.data.batches import step_scale
+
+    torch.manual_seed(0)
+    GPT2LMHeadModel(
+        GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=64, n_layer=2, n_head=2)
+    ).save_pretrained(tmp_path / "gpt2", safe_serialization=True)
+    tokenizer.save_pretrained(tmp_path / "gpt2")
+    cfg = run_config
+    cfg.model.disable_dropout, cfg.model.attn_implementation, cfg.data.layout = disable, "eager", "padded"
+    pairs = make_pairs(8, seed=4)
+    policy = PolicyGroup(cfg, str(tmp_path / "gpt2"), total_steps=1, accumulation=1, env=ENV)
+    try:
+        _, plan = build_micro_batches(pairs, range(8), 1, 8, None, per_rank=1)
+        scored = policy.reference_logps(plan)[0][0]  # the policy before its first step, in eval mode: the reference
+        reference = ([c for c, _ in scored], [r for _, r in scored])
+        _, plan = build_micro_batches(pairs, range(8), 1, 8, reference, per_rank=1)
+        metrics = reduce_metrics(policy.train_step(plan, step_scale(pairs)))
+    finally:
+        policy.shutdown()
+    drift = max(abs(metrics["rewards/chosen"]), abs(metrics["rewards/rejected"]), abs(metrics["kl/chosen"]))
+    assert (drift < 1e-6) if disable else (drift > 1e-3)
