@@ -57,7 +57,10 @@ def _compose(overrides: list[str], command: str) -> RunConfig:
         unknown = _unknown_keys(composed, RunConfig)
         if unknown:
             raise ConfigError("\n".join(_unknown(key) for key in unknown))
-        return OmegaConf.to_object(composed)
+        cfg = OmegaConf.to_object(composed)
+        if isinstance(cfg.algo.loss_type, list):  # TRL's list form, read as the same names joined by commas
+            cfg.algo.loss_type = ",".join(str(name) for name in cfg.algo.loss_type)
+        return cfg
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(_message(error)) from None
 

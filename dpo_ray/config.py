@@ -5,6 +5,7 @@ Hydra checks when it composes; numbers carry Bounds that `validation.validate` c
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
@@ -103,10 +104,11 @@ class DataConfig:
 
 @dataclass
 class AlgoConfig:
-    loss_type: str = opt(
+    loss_type: Any = opt(
         "sigmoid",
-        "loss by TRL's name, or several joined by commas (MPO): sigmoid hinge ipo exo_pair nca_pair robust bco_pair "
-        "sppo_hard aot aot_unpaired apo_zero apo_down discopop sft sigmoid_norm; reference-free: simpo orpo",
+        "loss by TRL's name, or several (MPO) as a list ([sigmoid,sft], TRL's form) or joined by commas: sigmoid hinge "
+        "ipo exo_pair nca_pair robust bco_pair sppo_hard aot aot_unpaired apo_zero apo_down discopop sft sigmoid_norm; "
+        "reference-free: simpo orpo",
     )
     loss_weights: list[float] = opt([], "weight of each loss in loss_type; empty: 1.0 each")
     beta: float = opt(0.1, "strength of the implicit KL constraint (the reward scale for simpo/orpo)", POSITIVE)

@@ -39,9 +39,10 @@ LOSS_TYPES: dict[str, LossType] = {
 NLL_TERMS = ("sft", "orpo")  # terms whose weight adds to the chosen-response NLL coefficient
 
 
-def loss_names(loss_type: str) -> list[str]:
-    """algo.loss_type's terms, in order: 'sigmoid,sft' -> ['sigmoid', 'sft']."""
-    return [t.strip() for t in loss_type.split(",") if t.strip()]
+def loss_names(loss_type: str | list[str]) -> list[str]:
+    """algo.loss_type's terms, in order: 'sigmoid,sft' or ['sigmoid', 'sft'] -> ['sigmoid', 'sft']."""
+    joined = ",".join(loss_type) if isinstance(loss_type, list) else str(loss_type)
+    return [t.strip() for t in joined.split(",") if t.strip()]
 
 
 def loss_terms(loss_type: str, weights: list[float]) -> list[tuple[str, float]]:

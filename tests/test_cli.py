@@ -171,6 +171,17 @@ def test_zero_stage_is_given_as_a_number_or_auto():
     assert str(compose([]).deepspeed.zero_stage) == "auto"
 
 
+def test_several_losses_are_given_as_trls_list_or_joined_by_commas():
+    from dpo_ray.loss_types import loss_terms
+
+    listed = compose(["algo.loss_type=[sigmoid,sft]", "algo.loss_weights=[1.0,0.5]"]).algo
+    joined = compose(["algo.loss_type='sigmoid,sft'", "algo.loss_weights=[1.0,0.5]"]).algo
+    assert listed.loss_type == joined.loss_type == "sigmoid,sft"
+    assert loss_terms(listed.loss_type, listed.loss_weights) == [("sigmoid", 1.0), ("sft", 0.5)]
+    with pytest.raises(ConfigError, match="unknown loss 'sfft'; did you mean sft"):
+        compose(["algo.loss_type=[sigmoid,sfft]"])
+
+
 def test_all_problems_are_reported_at_once():
     with pytest.raises(ConfigError) as error:
         compose(["algo.beta=0", "cluster.policy_ranks=0", "online.top_p=2"])
