@@ -31,12 +31,31 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def line_style(points: int) -> dict:
+    """How a series of this many points is drawn: markers alone below three points (two held-out evaluations are two
+    measurements, not a trend), a line with markers up to 30, a line beyond."""
+    if points < 3:
+        return {"linestyle": "none", "marker": "o", "markersize": 5}
+    return {"marker": "o" if points < 30 else None, "markersize": 3}
+
+
+def round_ends(rounds: Sequence[dict]) -> list[int]:
+    """The training step each online round ended at (the round rows' steps, summed), for marking per-step plots."""
+    ends, step = [], 0
+    for row in rounds:
+        if row.get("steps"):
+            step += row["steps"]
+            ends.append(step)
+    return ends
+
+
 def _grid(
     panels: Sequence[Panel],
     series: dict[str, tuple[list[float], list[float]]],
     x_label: str,
     path: Path,
     columns: int = 4,
+    boundaries: Sequence[float] = (),
 ) -> Path | None:
     drawn = [(title, [(k, label) for k, label in lines if series.get(k, ([], []))[0]]) for title, lines in panels]
     drawn = [(title, lines) for title, lines in drawn if lines]
@@ -50,7 +69,9 @@ def _grid(
     for ax, (title, lines) in zip(axes.flat, drawn):
         for key, label in lines:
             xs, ys = series[key]
-            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=label)
+            ax.plot(xs, ys, label=label, **line_style(len(xs)))
+        for boundary in boundaries:
+            ax.axvline(boundary, color="0.85", linewidth=0.8, zorder=0)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel(x_label, fontsize=8)
         ax.tick_params(labelsize=7)
@@ -112,8 +133,9 @@ ROUNDS: list[Panel] = [
 
 
 def training_plot(records: RunRecords, path: Path) -> Path | None:
+    """Per-step training and held-out values; in an online run, grey lines where each round's training ended."""
     series = _columns(records.steps + records.evals, "step")
-    return _grid(TRAINING, series, "step", path)
+    return _grid(TRAINING, series, "step", path, boundaries=round_ends(records.rounds))
 
 
 def rounds_plot(records: RunRecords, path: Path) -> Path | None:

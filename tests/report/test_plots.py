@@ -1,0 +1,27 @@
+"""How the report draws its series: a few held-out points are not a trend; online rounds are marked on steps."""
+
+from __future__ import annotations
+
+from dpo_ray.report.plots import _grid, line_style, round_ends
+
+
+def test_two_points_are_drawn_as_markers_and_three_or_more_as_a_line(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    drawn = []
+    plot = matplotlib.axes.Axes.plot
+
+    def record(ax, xs, ys, **style):
+        drawn.append((len(xs), style))
+        return plot(ax, xs, ys, **style)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", record)
+    series = {"loss": ([1, 2, 3, 4], [1.0, 0.9, 0.8, 0.7]), "eval_loss": ([0, 4], [1.0, 0.75])}
+    assert _grid([("loss", [("loss", "train"), ("eval_loss", "held-out")])], series, "step", tmp_path / "p.png")
+    assert [(n, style.get("linestyle")) for n, style in drawn] == [(4, None), (2, "none")]
+    assert line_style(2)["linestyle"] == "none" and "linestyle" not in line_style(3)
+
+
+def test_round_ends_are_the_steps_each_round_trained_summed():
+    rounds = [{"round": 0}, {"round": 1, "steps": 4}, {"round": 2, "steps": 0}, {"round": 3, "steps": 6}]
+    assert round_ends(rounds) == [4, 10]
