@@ -35,6 +35,8 @@ class PairLogps:
     rejected_tokens: torch.Tensor
     chosen_logits_sum: torch.Tensor  # scalar: sum over chosen completion tokens of the vocab-mean logit
     rejected_logits_sum: torch.Tensor
+    entropy_sum: torch.Tensor  # scalar: sum over all completion tokens of the policy's entropy (nats)
+    chosen_top1_sum: torch.Tensor  # scalar: chosen completion tokens that are the policy's top-1 prediction
 
 
 def _transform(raw: torch.Tensor, scale: float, softcap: float | None) -> tuple[torch.Tensor, torch.Tensor | float]:
@@ -48,31 +50,42 @@ def _transform(raw: torch.Tensor, scale: float, softcap: float | None) -> tuple[
 
 class TokenLogProbs(torch.autograd.Function):
     """log p(target) of each row of hidden under the output layer (weight, bias), in fp32, a vocabulary chunk at a time
-    (forward and backward both), plus each row's mean logit (a metric, no gradient)."""
+    (forward and backward both), plus three metrics of each row (no gradient): its mean logit, the entropy of its
+    distribution, and whether the target is the top-1 token. The entropy, logz - E_p[logit], is accumulated over the
+    chunks as sums of exp(logit - m) and exp(logit - m) * logit, rescaled whenever the running maximum m grows."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, chunk_rows: int, scale: float, softcap: float | None):
         h = hidden.float()
         rows = torch.arange(len(targets), device=h.device)
-        logz = torch.full((len(targets),), -math.inf, dtype=torch.float32, device=h.device)
-        target_logit = torch.zeros_like(logz)
-        logit_sum = torch.zeros_like(logz)
+        top = torch.full((len(targets),), -math.inf, dtype=torch.float32, device=h.device)
+        mass, weighted = torch.zeros_like(top), torch.zeros_like(top)  # sums of exp(l - top) and exp(l - top) * l
+        target_logit = torch.zeros_like(top)
+        logit_sum = torch.zeros_like(top)
         for lo in range(0, weight.shape[0], chunk_rows):
             hi = min(lo + chunk_rows, weight.shape[0])
             raw = h @ weight[lo:hi].float().T + (bias[lo:hi].float() if bias is not None else 0.0)
             logits, _ = _transform(raw, scale, softcap)
-            logz = torch.logaddexp(logz, torch.logsumexp(logits, dim=-1))
+            new_top = torch.maximum(top, logits.max(-1).values)
+            rescale = torch.exp(top - new_top)
+            p = torch.exp(logits - new_top[:, None])
+            mass = mass * rescale + p.sum(-1)
+            weighted = weighted * rescale + (p * logits).sum(-1)
+            top = new_top
             inside = (targets >= lo) & (targets < hi)
             target_logit[inside] = logits[rows[inside], targets[inside] - lo]
             logit_sum += logits.sum(-1)
+        logz = top + torch.log(mass)
         ctx.save_for_backward(hidden, weight, bias, targets, logz)
         ctx.chunk_rows, ctx.scale, ctx.softcap = chunk_rows, scale, softcap
         mean_logit = logit_sum / weight.shape[0]
-        ctx.mark_non_differentiable(mean_logit)
-        return target_logit - logz, mean_logit
+        entropy = logz - weighted / mass
+        is_top1 = (target_logit >= top).float()
+        ctx.mark_non_differentiable(mean_logit, entropy, is_top1)
+        return target_logit - logz, mean_logit, entropy, is_top1
 
     @staticmethod
-    def backward(ctx, grad_logp, _grad_mean):
+    def backward(ctx, grad_logp, _grad_mean, _grad_entropy, _grad_top1):
         hidden, weight, bias, targets, logz = ctx.saved_tensors
         h, g = hidden.float(), grad_logp.float()
         rows = torch.arange(len(targets), device=h.device)
@@ -162,7 +175,7 @@ def forward_pairs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Pai
     hidden = head.take_hidden()
     scored = hidden.reshape(-1, hidden.shape[-1])[batch["predictor_index"]]
     targets = batch["input_ids"].reshape(-1)[batch["target_index"]]
-    token_logps, mean_logits = head(scored, targets)
+    token_logps, mean_logits, entropy, is_top1 = head(scored, targets)
     n, seq = int(batch["num_sequences"]), batch["sequence_ids"]
     sums = torch.zeros(n, dtype=token_logps.dtype, device=token_logps.device).index_add(0, seq, token_logps)
     tokens = torch.zeros(n, dtype=token_logps.dtype, device=token_logps.device).index_add(
@@ -176,4 +189,6 @@ def forward_pairs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Pai
         rejected_tokens=tokens[n // 2 :],
         chosen_logits_sum=mean_logits[chosen].sum(),
         rejected_logits_sum=mean_logits[~chosen].sum(),
+        entropy_sum=entropy.sum(),
+        chosen_top1_sum=is_top1[chosen].sum(),
     )

@@ -95,6 +95,8 @@ def micro_batch_objective(
         "logps/rejected": kept(rejected),
         "logits/chosen": out.chosen_logits_sum.detach(),
         "logits/rejected": out.rejected_logits_sum.detach(),
+        "entropy": out.entropy_sum.detach(),
+        "mean_token_accuracy": out.chosen_top1_sum.detach(),
         "nll_loss": nll_sum.detach(),
         "tokens/chosen": kept(out.chosen_tokens),
         "tokens/rejected": kept(out.rejected_tokens),
@@ -120,7 +122,7 @@ PER_PAIR = (
     "logps/chosen",
     "logps/rejected",
 )
-PER_CHOSEN_TOKEN = ("logits/chosen", "nll_loss", "kl/chosen")
+PER_CHOSEN_TOKEN = ("logits/chosen", "nll_loss", "kl/chosen", "mean_token_accuracy")
 
 
 def add_metric_sums(parts: Iterable[dict]) -> dict:
@@ -143,4 +145,6 @@ def reduce_metrics(parts: Iterable[dict[str, float]]) -> dict[str, float]:
     out.update({k: total[k] / max(total["tokens/chosen"], 1.0) for k in PER_CHOSEN_TOKEN if k in total})
     if "logits/rejected" in total:
         out["logits/rejected"] = total["logits/rejected"] / max(total["tokens/rejected"], 1.0)
+    if "entropy" in total:  # TRL's: over every completion token, chosen and rejected
+        out["entropy"] = total["entropy"] / max(total["tokens/chosen"] + total["tokens/rejected"], 1.0)
     return out

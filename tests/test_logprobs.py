@@ -123,21 +123,26 @@ def test_flash_attention_layouts_match_padded_sdpa_with_many_rows(tiny_model_dir
 @pytest.mark.parametrize("scale, softcap, bias", [(1.0, None, False), (0.5, 30.0, True)])
 def test_the_chunked_fp32_head_gives_the_log_probs_and_gradients_of_a_float64_softmax(scale, softcap, bias):
     """TokenLogProbs over vocabulary chunks of 7 rows (the last one short) against autograd through full float64
-    logits, with a logit scale (Cohere, Granite), a soft cap (Gemma) and a bias."""
+    logits, with a logit scale (Cohere, Granite), a soft cap (Gemma) and a bias; and its metrics (mean logit,
+    entropy, top-1) against the same float64 logits, half of the targets being the top-1 token."""
     from dpo_ray.logprobs import TokenLogProbs
 
     gen = torch.Generator().manual_seed(0)
     hidden = torch.randn(11, 16, generator=gen, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(40, 16, generator=gen, dtype=torch.float64, requires_grad=True)
     b = torch.randn(40, generator=gen, dtype=torch.float64, requires_grad=True) if bias else None
-    targets = torch.randint(0, 40, (11,), generator=gen)
-    got, mean = TokenLogProbs.apply(hidden, weight, b, targets, 7, scale, softcap)
     logits = (hidden @ weight.T + (b if bias else 0)) * scale
     logits = softcap * torch.tanh(logits / softcap) if softcap else logits
+    targets = torch.randint(0, 40, (11,), generator=gen)
+    targets[::2] = logits.argmax(-1)[::2]
+    got, mean, entropy, top1 = TokenLogProbs.apply(hidden, weight, b, targets, 7, scale, softcap)
     expected = torch.log_softmax(logits, -1).gather(1, targets[:, None]).squeeze(1)
     assert torch.allclose(got.double(), expected, atol=1e-5) and torch.allclose(
         mean.double(), logits.mean(-1), atol=1e-5
     )
+    exact_entropy = -(torch.softmax(logits, -1) * torch.log_softmax(logits, -1)).sum(-1)
+    assert torch.allclose(entropy.double(), exact_entropy, atol=1e-5)
+    assert top1.tolist() == (logits.argmax(-1) == targets).double().tolist() and 6 <= top1.sum() < 11
     upstream = torch.randn(11, generator=gen, dtype=torch.float64)
     grads = torch.autograd.grad(got, [hidden, weight] + ([b] if bias else []), upstream)
     reference = torch.autograd.grad(expected, [hidden, weight] + ([b] if bias else []), upstream)
@@ -162,7 +167,7 @@ def test_in_bf16_the_fp32_head_removes_the_rounding_of_bf16_logits(tiny_model_di
         exact = torch.log_softmax(exact_logits, -1).gather(1, targets[:, None]).squeeze(1)
         old_logits = (scored @ model.lm_head.weight.T).float()
         old = torch.log_softmax(old_logits, -1).gather(1, targets[:, None]).squeeze(1)
-        new, _ = install_scoring_head(model)(scored, targets)
+        new, *_ = install_scoring_head(model)(scored, targets)
     assert (new.double() - exact).abs().max() < 1e-4 < 1e-2 < (old.double() - exact).abs().max()
 
 

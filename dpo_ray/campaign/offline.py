@@ -111,8 +111,8 @@ class OfflineCampaign:
 
     def _train(self, policy: PolicyGroup, train_ref, eval_ref, result: OfflineResult, state: dict | None) -> None:
         writer = MetricsWriter(self.run_dir, append=state is not None)
-        step = state["step"] if state else 0
-        trainer = PolicyTrainer(self.cfg, policy, writer, self.checkpoints, self.total_steps, step)
+        step, tokens = (state["step"], state.get("num_tokens", 0)) if state else (0, 0)
+        trainer = PolicyTrainer(self.cfg, policy, writer, self.checkpoints, self.total_steps, step, num_tokens=tokens)
         try:
             result.before = state["before"] if state else trainer.evaluate(self.inputs.eval, eval_ref)
             trainer.checkpoint_state = {"before": result.before}

@@ -102,7 +102,13 @@ class OnlineCampaign:
             writer = MetricsWriter(self.run_dir, append=state is not None)
             checkpoints = CheckpointStore(self.run_dir / "checkpoints", cfg.train.keep_checkpoints)
             trainer = PolicyTrainer(
-                cfg, groups.policy, writer, checkpoints, self.total_steps, state["step"] if state else 0
+                cfg,
+                groups.policy,
+                writer,
+                checkpoints,
+                self.total_steps,
+                state["step"] if state else 0,
+                num_tokens=(state or {}).get("num_tokens", 0),
             )
             try:
                 if state:
@@ -120,7 +126,7 @@ class OnlineCampaign:
                     for warning in tripped:
                         log.warning("round %d: monitor: %s", r, warning)
                     writer.write(trainer.step, {k: v for k, v in row.items() if isinstance(v, (int, float))})
-                    self.store.finish(r, groups.policy, trainer.step, result.rounds)
+                    self.store.finish(r, groups.policy, trainer.step, result.rounds, trainer.num_tokens)
                 groups.policy.save_pretrained(str(result.final_model))
             finally:
                 trainer.close()

@@ -53,11 +53,12 @@ class RoundStore:
             )
         return pairs
 
-    def finish(self, r: int, policy: PolicyGroup, step: int, rows: list[dict]) -> None:
-        """The summary, then the round's checkpoint (its state names the round): a crash before it leaves round r
-        unfinished."""
+    def finish(self, r: int, policy: PolicyGroup, step: int, rows: list[dict], num_tokens: int = 0) -> None:
+        """The summary, then the round's checkpoint (its state names the round, the step and the tokens trained on):
+        a crash before it leaves round r unfinished."""
         write_text(self.run_dir / ROUNDS, "".join(json.dumps(row) + "\n" for row in rows))
-        self.checkpoints.save(policy, f"round_{r}", {"round": r, "step": step, "rows": rows})
+        state = {"round": r, "step": step, "num_tokens": num_tokens, "rows": rows}
+        self.checkpoints.save(policy, f"round_{r}", state)
 
     def finished(self) -> dict | None:
         """The state of the last finished round (its number, step and summary rows), or None."""

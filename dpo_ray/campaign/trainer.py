@@ -66,12 +66,14 @@ class PolicyTrainer:
         total_steps: int,
         step: int = 0,
         checkpoint_state: dict | None = None,
+        num_tokens: int = 0,
     ):
         self.cfg, self.policy, self.writer = cfg, policy, writer
         self.nonfinite_file = Path(cfg.output_dir).expanduser() / NONFINITE_ROWS
         self.skipped_pairs = 0
         self.accumulation = accumulation_steps(cfg)
         self.checkpoints, self.total_steps, self.step = checkpoints, total_steps, step
+        self.num_tokens = num_tokens  # TRL's num_tokens: prompt and completion tokens of every pair trained on, so far
         # saved with every step checkpoint (e.g. the metrics before training)
         self.checkpoint_state = checkpoint_state or {}
         self.step_seconds: list[float] = []
@@ -117,7 +119,9 @@ class PolicyTrainer:
                     self.evaluate(eval_pairs, eval_reference)
                 if t.checkpoint_every and self.step % t.checkpoint_every == 0:
                     self.checkpoints.save(
-                        self.policy, f"step_{self.step}", {"step": self.step, **self.checkpoint_state}
+                        self.policy,
+                        f"step_{self.step}",
+                        {"step": self.step, "num_tokens": self.num_tokens, **self.checkpoint_state},
                     )
 
     def _step(
@@ -139,6 +143,7 @@ class PolicyTrainer:
             parts[0]["grad_norm"],
         )
         self.step_seconds.append(seconds)
+        self.num_tokens += sum(pairs[i].tokens for i in indices)
         metrics = reduce_metrics(parts)
         metrics.update(
             grad_norm=parts[0]["grad_norm"],
@@ -146,6 +151,7 @@ class PolicyTrainer:
             epoch=epoch,
             step_seconds=seconds,
             tokens_per_second=sum(pairs[i].tokens for i in indices) / seconds,
+            num_tokens=self.num_tokens,
         )
         if self.skipped_pairs:
             metrics["nonfinite/skipped_pairs"] = self.skipped_pairs

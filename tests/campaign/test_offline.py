@@ -100,7 +100,14 @@ def test_embedded_task_end_to_end_improves_held_out_and_sampled_accuracy(local_r
         "grad_norm",
         "learning_rate",
         "tokens_per_second",
+        "entropy",
+        "num_tokens",
+        "mean_token_accuracy",
     } <= set(train_steps[0])
+    # TRL's num_tokens: every trained pair's prompt and completion tokens, counted on over the steps (2 epochs)
+    assert train_steps[-1]["num_tokens"] == 2 * sum(p.tokens for p in campaign.inputs.train)
+    assert all(0 < s["entropy"] and 0 <= s["mean_token_accuracy"] <= 1 for s in train_steps)
+    assert {"eval_entropy", "eval_mean_token_accuracy"} <= set(result.after)
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert (run_dir / "checkpoints" / "latest").read_text() == "step_10" and (
         run_dir / "checkpoints" / "step_10"

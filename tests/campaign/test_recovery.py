@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -23,6 +24,11 @@ def configure(cfg, run_dir):
     cfg.train.optimizer, cfg.train.lr, cfg.train.epochs = "adamw", 1e-2, 2
     cfg.train.checkpoint_every, cfg.train.keep_checkpoints = 4, 2
     return cfg
+
+
+def last_num_tokens(run_dir) -> int:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return max((row for row in rows if "num_tokens" in row), key=lambda row: row["step"])["num_tokens"]
 
 
 def test_a_killed_policy_rank_is_replaced_and_training_ends_bit_identical(
@@ -59,6 +65,12 @@ def test_a_killed_policy_rank_is_replaced_and_training_ends_bit_identical(
     expected = load_file(clean.final_model / "model.safetensors")
     assert final.keys() == expected.keys() and all(torch.equal(final[k], expected[k]) for k in expected)
     assert result.after == clean.after
+    # TRL's num_tokens counts on across the restart: the last step's count is the uninterrupted run's
+    assert (
+        last_num_tokens(tmp_path / "killed")
+        == last_num_tokens(tmp_path / "clean")
+        == 2 * sum(p.tokens for p in pairs[:40] + pairs[:8])
+    )
     print(
         f"recovery: killed after {killed[0]}, resumed from {result.resumed_from}; run {recovered_seconds:.1f}s "
         f"vs {clean_seconds:.1f}s uninterrupted"
