@@ -34,6 +34,7 @@ GradDtype = choices("GradDtype", "fp32", "model")
 EngineProcess = choices("EngineProcess", "auto", "separate", "inline")
 LoraSync = choices("LoraSync", "auto", "adapter", "merged")
 ZeroStage = choices("ZeroStage", "auto", "0", "1", "2", "3")
+FDivergence = choices("FDivergence", "reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
 
 
 @dataclass
@@ -123,6 +124,12 @@ class AlgoConfig:
     )
     simpo_gamma: float = opt(0.5, "SimPO target reward margin gamma")
     discopop_tau: float = opt(0.05, "DiscoPOP temperature of the log-ratio modulation", POSITIVE)
+    f_divergence_type: FDivergence = opt(
+        FDivergence.reverse_kl,
+        "f-DPO's divergence to the reference (TRL's): reverse_kl (DPO), forward_kl, js_divergence, alpha_divergence; "
+        "for the losses on the chosen-rejected difference: sigmoid sigmoid_norm hinge ipo exo_pair robust discopop sft",
+    )
+    f_alpha_divergence_coef: float = opt(0.5, "alpha of f_divergence_type=alpha_divergence")
 
 
 @dataclass

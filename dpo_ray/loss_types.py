@@ -14,25 +14,29 @@ class LossType:
     per_token: bool = False  # reads response lengths (length-normalised log-probs)
     label_smoothing: Bounds | None = None  # the algo.label_smoothing values it takes; None: it does not read it
     options: tuple[str, ...] = ()  # further algo.* options it reads
+    f_divergence: bool = False  # built on the chosen-rejected score difference: takes algo.f_divergence_type (TRL)
 
 
 _NOISE = Bounds(0, 1, high_open=True)
+F_OPTIONS = ("f_divergence_type", "f_alpha_divergence_coef")  # the f-DPO regulariser of the score-difference losses
 LOSS_TYPES: dict[str, LossType] = {
-    "sigmoid": LossType(options=("cdpo_label_smoothing",)),
-    "hinge": LossType(),
-    "ipo": LossType(per_token=True),
-    "exo_pair": LossType(label_smoothing=Bounds(0, 1, low_open=True, high_open=True)),
+    "sigmoid": LossType(options=("cdpo_label_smoothing", *F_OPTIONS), f_divergence=True),
+    "hinge": LossType(options=F_OPTIONS, f_divergence=True),
+    "ipo": LossType(per_token=True, options=F_OPTIONS, f_divergence=True),
+    "exo_pair": LossType(
+        label_smoothing=Bounds(0, 1, low_open=True, high_open=True), options=F_OPTIONS, f_divergence=True
+    ),
     "nca_pair": LossType(),
-    "robust": LossType(label_smoothing=Bounds(0, 0.5, high_open=True)),
+    "robust": LossType(label_smoothing=Bounds(0, 0.5, high_open=True), options=F_OPTIONS, f_divergence=True),
     "bco_pair": LossType(),
     "sppo_hard": LossType(),
     "aot": LossType(label_smoothing=_NOISE),
     "aot_unpaired": LossType(label_smoothing=_NOISE),
     "apo_zero": LossType(),
     "apo_down": LossType(),
-    "discopop": LossType(options=("discopop_tau",)),
-    "sft": LossType(reference_free=True, per_token=True),
-    "sigmoid_norm": LossType(per_token=True),
+    "discopop": LossType(options=("discopop_tau", *F_OPTIONS), f_divergence=True),
+    "sft": LossType(reference_free=True, per_token=True, f_divergence=True),
+    "sigmoid_norm": LossType(per_token=True, options=F_OPTIONS, f_divergence=True),
     "simpo": LossType(reference_free=True, per_token=True, label_smoothing=_NOISE, options=("simpo_gamma",)),
     "orpo": LossType(reference_free=True, per_token=True),
 }

@@ -20,15 +20,34 @@ Formulas follow TRL's DPOTrainer (1.16) exactly, with d = (log pi_c - log ref_c)
 Reference-free (reference tensors None), a_c = log pi_c / |c|:
   simpo         -(1-e) log s(beta (a_c - a_r) - gamma) - e log s(-beta (a_c - a_r) + gamma), gamma = simpo_gamma
   orpo          -beta log s(log odds(a_c) - log odds(a_r)), odds(a) = exp(a) / (1 - exp(a)); ORPO adds the chosen NLL
-Rewards are beta * log-ratios (beta * average log-probs for the reference-free losses), as TRL logs them.
+With algo.f_divergence_type (f-DPO; the losses marked f_divergence in loss_types.py) every log-ratio r above is first
+replaced by its score f_scores(r). Rewards are beta * log-ratios (beta * average log-probs for the reference-free
+losses), as TRL logs them.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 
 from .loss_types import LOSS_TYPES
+
+
+def f_scores(logratios: torch.Tensor, f_divergence_type: str, alpha: float) -> torch.Tensor:
+    """f-DPO's score of a log-ratio u = log(pi/ref), f'(exp(u)) of the f-divergence (TRL's): reverse_kl u (DPO),
+    forward_kl 1 - exp(-u), js_divergence log 2 + log s(u), alpha_divergence (exp((alpha-1) u) - 1) / (alpha-1)
+    (u at alpha = 1; the exponent clamped at 80 so it stays finite)."""
+    if f_divergence_type == "forward_kl":
+        return 1 - torch.exp(-logratios)
+    if f_divergence_type == "js_divergence":
+        return math.log(2) + F.logsigmoid(logratios)
+    if f_divergence_type == "alpha_divergence" and abs(alpha - 1.0) >= 1e-6:
+        wide = torch.promote_types(logratios.dtype, torch.float32)  # at least float32, as TRL computes it
+        exponent = torch.clamp(((alpha - 1.0) * logratios).to(wide), max=80.0)
+        return ((torch.exp(exponent) - 1.0) / (alpha - 1.0)).to(logratios.dtype)
+    return logratios
 
 
 def _smoothed_sigmoid(x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -72,7 +91,12 @@ def preference_loss(
     if reference_chosen_logps is None or reference_rejected_logps is None:
         raise ValueError(f"loss {loss_type!r} needs reference log-probs")
     rc, rr = reference_chosen_logps, reference_rejected_logps
-    chosen_logratios, rejected_logratios = pc - rc, pr - rr
+    logratio_c, logratio_r = pc - rc, pr - rr
+    f_type, alpha = (
+        str(variant_options.get("f_divergence_type", "reverse_kl")),
+        variant_options.get("f_alpha_divergence_coef", 0.5),
+    )
+    chosen_logratios, rejected_logratios = f_scores(logratio_c, f_type, alpha), f_scores(logratio_r, f_type, alpha)
     d = chosen_logratios - rejected_logratios
     if loss_type == "sigmoid":
         losses = _smoothed_sigmoid(beta * d, variant_options.get("cdpo_label_smoothing", 0.0))
@@ -116,4 +140,4 @@ def preference_loss(
     else:  # sigmoid_norm
         avg = chosen_logratios / chosen_lengths.clamp(min=1) - rejected_logratios / rejected_lengths.clamp(min=1)
         losses = -F.logsigmoid(beta * avg)
-    return losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
+    return losses, beta * logratio_c.detach(), beta * logratio_r.detach()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import difflib
 
 from .config import RunConfig
-from .loss_types import LOSS_TYPES, loss_names, takes_label_smoothing
+from .loss_types import F_OPTIONS, LOSS_TYPES, loss_names, takes_label_smoothing
 from .options import Choice, options, shown, value_at
 from .workers.zero_stage import stage_problem
 
@@ -72,8 +72,21 @@ def _losses(cfg: RunConfig) -> list[str]:
         if not bounds.allows(algo.label_smoothing):
             hint = " (the EXO paper uses 1e-3)" if name == "exo_pair" else ""
             problems.append(f"algo.label_smoothing={algo.label_smoothing!r}: {name} needs it {bounds}{hint}")
+    f_type = str(algo.f_divergence_type)
+    unsupported = [n for n in names if not LOSS_TYPES[n].f_divergence]
+    if f_type != "reverse_kl" and unsupported:
+        takers = ", ".join(n for n, t in LOSS_TYPES.items() if t.f_divergence)
+        problems.append(
+            f"algo.f_divergence_type={f_type}: only for the losses built on the chosen-rejected difference ({takers}), "
+            f"not {', '.join(unsupported)}"
+        )
+    if algo.f_alpha_divergence_coef != type(algo)().f_alpha_divergence_coef and f_type != "alpha_divergence":
+        problems.append(
+            f"algo.f_alpha_divergence_coef={algo.f_alpha_divergence_coef!r}: read by "
+            f"f_divergence_type=alpha_divergence only, not {f_type}"
+        )
     defaults = type(algo)()
-    for option in sorted({o for t in LOSS_TYPES.values() for o in t.options}):
+    for option in sorted({o for t in LOSS_TYPES.values() for o in t.options} - set(F_OPTIONS)):
         readers = [n for n, t in LOSS_TYPES.items() if option in t.options]
         if getattr(algo, option) != getattr(defaults, option) and not set(readers) & set(names):
             problems.append(

@@ -140,6 +140,8 @@ def test_every_bad_value_fails_naming_the_option_and_what_it_allows_without_star
         (["algo.loss_type=exo_pair"], "exo_pair needs it in (0, 1) (the EXO paper uses 1e-3)"),
         (["algo.loss_type=robust", "algo.label_smoothing=0.5"], "robust needs it in [0, 0.5)"),
         (["algo.loss_type=hinge", "algo.cdpo_label_smoothing=0.1"], "read by sigmoid only"),
+        (["algo.loss_type=nca_pair", "algo.f_divergence_type=js_divergence"], "chosen-rejected difference (sigmoid,"),
+        (["algo.f_alpha_divergence_coef=0.3"], "read by f_divergence_type=alpha_divergence only, not reverse_kl"),
         (["algo.simpo_gamma=1.0"], "algo.simpo_gamma=1.0: read by simpo only"),
         (["algo=simpo", "model.reference_path=/models/ref"], "is reference-free, so no reference is loaded"),
         (["model.lora.enabled=true", "model.reference_path=/models/ref"], "cannot be another model"),

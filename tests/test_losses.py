@@ -130,3 +130,36 @@ def test_missing_reference_and_unknown_option_are_errors():
         preference_loss(x, x, None, None)
     with pytest.raises(TypeError, match="takes no option"):
         preference_loss(x, x, x, x, loss_type="hinge", discopop_tau=0.1)
+
+
+@pytest.mark.parametrize(
+    "f_type, alpha", [("forward_kl", 0.5), ("js_divergence", 0.5), ("alpha_divergence", 0.5), ("alpha_divergence", 2.0)]
+)
+@pytest.mark.parametrize("loss_type", ["sigmoid", "hinge", "ipo", "sigmoid_norm"])
+def test_f_divergences_replace_each_log_ratio_by_trls_score(loss_type, f_type, alpha):
+    """TRL's f-DPO scores, transcribed: forward_kl 1 - 1/t, js_divergence log(2t/(t+1)), alpha_divergence
+    (t^(alpha-1) - 1)/(alpha-1) with t = pi/ref; the losses then read scores where they read log-ratios, and the
+    rewards stay beta * log-ratios."""
+    pc, pr, rc, rr, lc, lr = inputs(3)
+    score = {
+        "forward_kl": lambda u: 1 - 1 / math.exp(u),
+        "js_divergence": lambda u: math.log(2 * math.exp(u) / (math.exp(u) + 1)),
+        "alpha_divergence": lambda u: (math.exp(u) ** (alpha - 1) - 1) / (alpha - 1),
+    }[f_type]
+    b = 0.3
+    losses, chosen_rewards, _ = preference_loss(
+        pc, pr, rc, rr, loss_type=loss_type, beta=b, chosen_lengths=lc, rejected_lengths=lr,
+        f_divergence_type=f_type, f_alpha_divergence_coef=alpha,
+    )  # fmt: skip
+    for i, got in enumerate(losses.tolist()):
+        c, r = score(pc[i].item() - rc[i].item()), score(pr[i].item() - rr[i].item())
+        want = {
+            "sigmoid": lambda: -ls(b * (c - r)),
+            "hinge": lambda: max(0.0, 1 - b * (c - r)),
+            "ipo": lambda: (c / lc[i].item() - r / lr[i].item() - 1 / (2 * b)) ** 2,
+            "sigmoid_norm": lambda: -ls(b * (c / lc[i].item() - r / lr[i].item())),
+        }[loss_type]()
+        assert abs(got - want) <= 1e-9 * max(1.0, abs(want))
+    assert torch.allclose(chosen_rewards, b * (pc - rc))
+    reverse, *_ = preference_loss(pc, pr, rc, rr, loss_type=loss_type, beta=b, chosen_lengths=lc, rejected_lengths=lr)
+    assert not torch.allclose(losses, reverse)
