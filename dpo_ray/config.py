@@ -24,7 +24,14 @@ Truncation = choices("Truncation", "keep_start", "keep_end")
 Layout = choices("Layout", "padded", "packed", "prefix_shared")
 OnError = choices("OnError", "raise", "skip")
 Optimizer = choices("Optimizer", "adamw", "sgd")
-Scheduler = choices("Scheduler", "cosine", "linear", "constant")
+Scheduler = choices(
+    "Scheduler",
+    "cosine",
+    "linear",
+    "constant",
+    *("cosine_with_restarts", "polynomial", "constant_with_warmup", "inverse_sqrt"),
+    *("cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay"),
+)
 OnNonFinite = choices("OnNonFinite", "stop", "skip")
 Placement = choices("Placement", "PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 Resume = choices("Resume", "auto", "never")
@@ -144,7 +151,14 @@ class TrainConfig:
     lr: float = opt(5e-7, "peak learning rate", POSITIVE)
     weight_decay: float = opt(0.0, "weight decay", NON_NEGATIVE)
     adam_betas: list[float] = opt([0.9, 0.999], "AdamW betas: two numbers in [0, 1)")
-    lr_scheduler: Scheduler = opt(Scheduler.cosine, "learning-rate decay after warmup")
+    lr_scheduler: Scheduler = opt(
+        Scheduler.cosine,
+        "learning-rate decay after warmup: cosine, linear, constant (warmup from 1/(w+1), never a step at 0), or a "
+        "transformers scheduler by its name (TRL's; warmup from 0), configured by lr_scheduler_kwargs",
+    )
+    lr_scheduler_kwargs: dict[str, Any] = opt(
+        {}, "a transformers scheduler's arguments (TRL's): +train.lr_scheduler_kwargs={min_lr_rate:0.1} (Hydra's +)"
+    )
     warmup_steps: float = opt(
         0.1,
         "linear warmup from 0 (transformers' warmup_steps): a whole number of steps (>= 1), or below 1 a share of all "

@@ -96,11 +96,31 @@ def _losses(cfg: RunConfig) -> list[str]:
     return problems
 
 
+# transformers schedulers' arguments without a default: one of each tuple must be given in train.lr_scheduler_kwargs
+SCHEDULER_NEEDS = {
+    "cosine_with_min_lr": ("min_lr", "min_lr_rate"),
+    "cosine_warmup_with_min_lr": ("min_lr", "min_lr_rate"),
+    "warmup_stable_decay": ("num_decay_steps",),
+}
+
+
+def _scheduler(t) -> list[str]:
+    """lr_scheduler_kwargs only for transformers' schedulers, with the arguments they cannot do without."""
+    kind, kwargs = str(t.lr_scheduler), dict(t.lr_scheduler_kwargs)
+    if kwargs and kind in ("cosine", "linear", "constant"):
+        return [f"train.lr_scheduler_kwargs={kwargs}: read by transformers' schedulers only, not {kind}"]
+    needs = SCHEDULER_NEEDS.get(kind, ())
+    if needs and not set(needs) & set(kwargs):
+        return [f"train.lr_scheduler={kind}: needs train.lr_scheduler_kwargs with {' or '.join(needs)}"]
+    return []
+
+
 def _rules(cfg: RunConfig) -> list[str]:
     """Rules between options."""
     from .tasks.registry import PROMPT_TASKS
 
     m, c, t, problems = cfg.model, cfg.cluster, cfg.train, []
+    problems += _scheduler(t)
     names = [n for n in loss_names(cfg.algo.loss_type) if n in LOSS_TYPES]
     reference_free = bool(names) and all(LOSS_TYPES[n].reference_free for n in names)
     if m.reference_path and reference_free:

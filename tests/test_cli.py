@@ -142,6 +142,8 @@ def test_every_bad_value_fails_naming_the_option_and_what_it_allows_without_star
         (["algo.loss_type=hinge", "algo.cdpo_label_smoothing=0.1"], "read by sigmoid only"),
         (["algo.loss_type=nca_pair", "algo.f_divergence_type=js_divergence"], "chosen-rejected difference (sigmoid,"),
         (["algo.f_alpha_divergence_coef=0.3"], "read by f_divergence_type=alpha_divergence only, not reverse_kl"),
+        (["train.lr_scheduler=cosine_with_min_lr"], "needs train.lr_scheduler_kwargs with min_lr or min_lr_rate"),
+        (["+train.lr_scheduler_kwargs={power: 2}"], "read by transformers' schedulers only, not cosine"),
         (["algo.simpo_gamma=1.0"], "algo.simpo_gamma=1.0: read by simpo only"),
         (["algo=simpo", "model.reference_path=/models/ref"], "is reference-free, so no reference is loaded"),
         (["model.lora.enabled=true", "model.reference_path=/models/ref"], "cannot be another model"),

@@ -128,9 +128,23 @@ def clip_before_step(optimizer: torch.optim.Optimizer, max_grad_norm: float) -> 
     optimizer.register_step_pre_hook(clip)
 
 
+OWN_SCHEDULES = ("cosine", "linear", "constant")  # lr_factor's; every other train.lr_scheduler is transformers'
+
+
 def scheduler_factory(train: TrainConfig, total_steps: int) -> Callable[[torch.optim.Optimizer], Any]:
-    return lambda optimizer: torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total_steps, train.warmup_steps, str(train.lr_scheduler))
+    kind = str(train.lr_scheduler)
+    if kind in OWN_SCHEDULES:
+        return lambda optimizer: torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step, total_steps, train.warmup_steps, kind)
+        )
+    from transformers import get_scheduler
+
+    return lambda optimizer: get_scheduler(
+        kind,
+        optimizer,
+        num_warmup_steps=warmup_length(train.warmup_steps, total_steps),
+        num_training_steps=total_steps,
+        scheduler_specific_kwargs=dict(train.lr_scheduler_kwargs),
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from dpo_ray.workers.deepspeed_setup import lr_factor, warmup_length
@@ -19,3 +21,29 @@ def test_warmup_in_steps_makes_the_schedule_independent_of_the_horizon():
 def test_warmup_below_one_is_a_share_of_all_steps_and_whole_numbers_are_steps():
     assert warmup_length(0.1, 27) == 3 and warmup_length(0.0, 27) == 0
     assert warmup_length(1, 27) == 1 and warmup_length(2.0, 1000) == 2
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, factor",
+    [
+        # transformers' formulas, transcribed: warmup s/w from 0, then p = (s - w) / (total - w)
+        ("cosine_with_min_lr", {"min_lr_rate": 0.1}, lambda p: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p))),
+        ("constant_with_warmup", {}, lambda p: 1.0),
+        ("polynomial", {"power": 2.0, "lr_end": 0.0}, lambda p: (1 - p) ** 2),
+    ],
+)
+def test_transformers_schedulers_run_by_name_with_their_arguments(name, kwargs, factor):
+    import torch
+
+    from dpo_ray.config import TrainConfig
+    from dpo_ray.workers.deepspeed_setup import scheduler_factory
+
+    train = TrainConfig(lr=1.0, lr_scheduler=name, lr_scheduler_kwargs=kwargs, warmup_steps=2)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = scheduler_factory(train, total_steps=10)(optimizer)
+    got = []
+    for _ in range(10):
+        got.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert got == pytest.approx([0.0, 0.5] + [factor((s - 2) / 8) for s in range(2, 10)])
