@@ -40,6 +40,7 @@ Offload = choices("Offload", "none", "cpu", "nvme")
 GradDtype = choices("GradDtype", "fp32", "model")
 EngineProcess = choices("EngineProcess", "auto", "separate", "inline")
 LoraSync = choices("LoraSync", "auto", "adapter", "merged")
+LoraBias = choices("LoraBias", "none", "all", "lora_only")
 ZeroStage = choices("ZeroStage", "auto", "0", "1", "2", "3")
 FDivergence = choices("FDivergence", "reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
 
@@ -51,6 +52,10 @@ class LoraConfig:
     alpha: int = opt(16, "LoRA scaling alpha", POSITIVE)
     dropout: float = opt(0.0, "LoRA dropout", Bounds(0, 1, high_open=True))
     target_modules: str = opt("all-linear", "modules to adapt: 'all-linear' or a comma-separated list of module names")
+    use_dora: bool = opt(False, "weight-decomposed LoRA (DoRA): a trained magnitude per output row beside the adapter")
+    use_rslora: bool = opt(False, "rank-stabilised LoRA: scale the adapter by alpha / sqrt(r) instead of alpha / r")
+    modules_to_save: list[str] = opt([], "modules trained in full beside the adapter (e.g. [lm_head]), peft's names")
+    bias: LoraBias = opt(LoraBias.none, "biases trained too: none, all, or lora_only (those of adapted layers)")
     save_merged: bool = opt(False, "also save the base model with the adapter merged in")
 
 

@@ -9,6 +9,7 @@ import difflib
 from .config import RunConfig
 from .loss_types import F_OPTIONS, LOSS_TYPES, loss_names, takes_label_smoothing
 from .options import Choice, options, shown, value_at
+from .workers.engine_args import unservable_adapter
 from .workers.zero_stage import stage_problem
 
 
@@ -148,6 +149,12 @@ def _rules(cfg: RunConfig) -> list[str]:
         problems.append(
             f"rollout.engine_process=inline: a tensor-parallel engine (rollout.tensor_parallel_size="
             f"{cfg.rollout.tensor_parallel_size}) runs its workers in processes of their own; use auto or separate"
+        )
+    unservable = unservable_adapter(m.lora) if m.lora.enabled else []
+    if unservable and str(cfg.rollout.lora_sync) == "adapter":
+        problems.append(
+            f"rollout.lora_sync=adapter: vLLM cannot serve an adapter with model.lora.{', '.join(unservable)}; use "
+            "rollout.lora_sync=merged (or auto)"
         )
     if m.lora.enabled and str(cfg.rollout.lora_sync) != "merged" and m.lora.r > 512:
         problems.append(

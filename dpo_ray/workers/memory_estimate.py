@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import RunConfig
-from .model_shape import ModelShape, model_shape
+from .model_shape import ModelShape, lora_setting, model_shape
 from .zero_stage import STAGES, ModelStates, model_states, stage_problem
 
 GIB = 1 << 30
@@ -138,10 +138,15 @@ def loading_buffer(shape: ModelShape, a: int) -> Part:
     return Part("checkpoint loading", size, "the largest weights file, read whole by each rank")
 
 
+def run_lora(cfg: RunConfig) -> tuple:
+    """The run's LoRA setting as model_shape keys it."""
+    lora = cfg.model.lora
+    return lora_setting(lora.r, lora.target_modules, lora.use_dora, tuple(lora.modules_to_save), str(lora.bias))
+
+
 def policy_shape(cfg: RunConfig, model_path: str) -> ModelShape:
     """The policy model's shape, with its LoRA adapter's size when the run trains one."""
-    lora = cfg.model.lora
-    adapters = ((lora.r, lora.target_modules),) if lora.enabled else ()
+    adapters = (run_lora(cfg),) if cfg.model.lora.enabled else ()
     return model_shape(model_path, cfg.model.trust_remote_code, adapters)
 
 
@@ -152,7 +157,7 @@ def rank_model_states(cfg: RunConfig, shape: ModelShape, world: int, stage: int)
         stage,
         world,
         shape.params,
-        shape.trainable(lora.r if lora.enabled else 0, lora.target_modules),
+        shape.trainable(run_lora(cfg) if lora.enabled else None),
         dtype_bytes(cfg),
         ds.grad_accum_dtype == "fp32",
         cfg.train.optimizer == "adamw",
@@ -190,8 +195,7 @@ def policy_rank(cfg: RunConfig, shape: ModelShape, world: int, stage: int) -> Ac
         Part("gradients", states.gradients, f"{cfg.deepspeed.grad_accum_dtype}, {'split' if stage >= 2 else 'whole'}"),
         Part("optimizer states", states.optimizer, f"{cfg.train.optimizer}, float32 master weights"),
     ]
-    lora = cfg.model.lora
-    trainable = shape.trainable(lora.r if lora.enabled else 0, lora.target_modules)
+    trainable = shape.trainable(run_lora(cfg) if cfg.model.lora.enabled else None)
     device += zero_buffers(cfg, shape, stage, a, trainable, world)
     device += training_activations(cfg, shape, a)
     host = [Part("offloaded states", states.host, "deepspeed.offload_*")] if states.host else []

@@ -22,11 +22,33 @@ class ModelShape:
     vocab: int
     max_positions: int
     largest_file_bytes: int  # the largest *.safetensors file in the directory (0: a config alone)
-    lora_params: dict[tuple[int, str], int]  # (r, target_modules) -> adapter parameters, for the ranks asked for
+    lora_params: dict[tuple, int]  # LoRA setting (lora_setting's key) -> the parameters it trains, for those asked for
 
-    def trainable(self, lora_r: int = 0, target_modules: str = "all-linear") -> int:
-        """Parameters the optimizer updates: all, or only a LoRA adapter's."""
-        return self.lora_params[(lora_r, target_modules)] if lora_r else self.params
+    def trainable(self, lora: tuple | None = None) -> int:
+        """Parameters the optimizer updates: all, or what a LoRA setting trains."""
+        return self.lora_params[lora] if lora else self.params
+
+
+def lora_setting(r: int, targets: str, dora: bool = False, saved: tuple = (), bias: str = "none") -> tuple:
+    """The LoRA settings that decide what it trains, as a key: rank, target modules, DoRA, modules trained in full,
+    biases."""
+    return (r, targets, dora, tuple(saved), bias)
+
+
+def lora_trained(model, setting: tuple) -> int:
+    """Parameters a LoRA setting trains: r (in + out) per adapted Linear, DoRA's magnitude per output row, the
+    modules saved in full, and the biases it frees (all, or those of adapted layers)."""
+    r, targets, dora, saved, bias = setting
+    output_layer, count = model.get_output_embeddings(), 0
+    for name, m in model.named_modules():
+        if any(name == s or name.endswith(f".{s}") for s in saved):
+            count += sum(p.numel() for p in m.parameters())
+        elif lora_targets(name, m, targets, output_layer):
+            count += r * (m.in_features + m.out_features) + (m.out_features if dora else 0)
+            count += m.bias.numel() if bias == "lora_only" and m.bias is not None else 0
+        if bias == "all":
+            count += sum(p.numel() for n, p in m.named_parameters(recurse=False) if n == "bias")
+    return count
 
 
 def lora_targets(name: str, module, target_modules: str, output_layer) -> bool:
@@ -43,10 +65,10 @@ def lora_targets(name: str, module, target_modules: str, output_layer) -> bool:
 
 @lru_cache(maxsize=16)
 def model_shape(
-    path: str, trust_remote_code: bool = False, lora: tuple[tuple[int, str], ...] = (), classifier: bool = False
+    path: str, trust_remote_code: bool = False, lora: tuple[tuple, ...] = (), classifier: bool = False
 ) -> ModelShape:
     """The shape of the causal LM (or sequence classifier: a reward model) in directory path (its config.json), with
-    the adapter sizes of each (r, targets)."""
+    what each LoRA setting (lora_setting) trains."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -56,14 +78,7 @@ def model_shape(
     with torch.device("meta"):
         kind = AutoModelForSequenceClassification if classifier else AutoModelForCausalLM
         model = kind.from_config(config, trust_remote_code=trust_remote_code)
-    output_layer = model.get_output_embeddings()
-    adapters = {}
-    for r, targets in lora:
-        adapters[(r, targets)] = sum(
-            r * (m.in_features + m.out_features)
-            for name, m in model.named_modules()
-            if lora_targets(name, m, targets, output_layer)
-        )
+    adapters = {setting: lora_trained(model, setting) for setting in lora}
     text = config.get_text_config()
     heads = text.num_attention_heads
     return ModelShape(

@@ -19,7 +19,15 @@ from .distributed import BroadcastGroup, init_distributed
 from .engine_args import syncs_adapter
 from .models import disable_dropout, load_causal_lm, load_tokenizer, restore_rotary_buffers
 from .weight_stream import send_tensors
-from .weights import ADAPTER, WeightUnit, adapter_config_json, adapter_units, full_units, gathered_tensors
+from .weights import (
+    ADAPTER,
+    WeightUnit,
+    adapter_config_json,
+    adapter_units,
+    full_units,
+    gathered_tensors,
+    lora_scaling,
+)
 
 
 class PolicyWorker:
@@ -94,6 +102,10 @@ class PolicyWorker:
                     lora_alpha=lora.alpha,
                     lora_dropout=lora.dropout,
                     target_modules=targets,
+                    use_dora=lora.use_dora,
+                    use_rslora=lora.use_rslora,
+                    modules_to_save=list(lora.modules_to_save) or None,
+                    bias=str(lora.bias),
                     task_type="CAUSAL_LM",
                 ),
             )
@@ -186,7 +198,7 @@ class PolicyWorker:
         model, lora = self.engine.module, self.cfg.model.lora
         if syncs_adapter(self.cfg):
             return adapter_units(model, self.spec.dtype), adapter_config_json(model.peft_config[ADAPTER])
-        return full_units(model, lora.alpha / lora.r if lora.enabled else 0.0), None
+        return full_units(model, lora_scaling(lora) if lora.enabled else 0.0), None
 
     def weight_manifest(self) -> tuple[list[tuple], str | None]:
         """(name, dtype, shape) of each tensor a sync sends, in order, and the adapter config (None: full weights)."""

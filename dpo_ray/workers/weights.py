@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -30,9 +31,20 @@ def _shape(p: torch.nn.Parameter) -> tuple[int, ...]:
     return tuple(getattr(p, "ds_shape", p.shape))  # ZeRO-3 keeps the full shape aside; the local tensor is empty
 
 
-def merged_weight(weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scaling: float) -> torch.Tensor:
-    """W + scaling * B @ A in fp32, back in W's dtype: peft's merge."""
-    return (weight.float() + scaling * (b.float() @ a.float())).to(weight.dtype)
+def lora_scaling(lora) -> float:
+    """The adapter's scale: alpha / r, or alpha / sqrt(r) with use_rslora (peft's)."""
+    return lora.alpha / (math.sqrt(lora.r) if lora.use_rslora else lora.r)
+
+
+def merged_weight(
+    weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scaling: float, magnitude: torch.Tensor | None = None
+) -> torch.Tensor:
+    """W + scaling * B @ A in fp32, back in W's dtype: peft's merge. With DoRA's magnitude m, each output row of that
+    sum is rescaled to m's length: m / ||W + s B A||_row * (W + s B A)."""
+    merged = weight.float() + scaling * (b.float() @ a.float())
+    if magnitude is not None:
+        merged = (magnitude.float() / torch.linalg.norm(merged, dim=1))[:, None] * merged
+    return merged.to(weight.dtype)
 
 
 def full_units(model: torch.nn.Module, lora_scaling: float = 0.0) -> list[WeightUnit]:
@@ -41,15 +53,18 @@ def full_units(model: torch.nn.Module, lora_scaling: float = 0.0) -> list[Weight
     named = dict(model.named_parameters(remove_duplicate=False))
     units = []
     for name, param in named.items():
-        if ".lora_" in name:
+        if ".lora_" in name or ".original_module." in name:  # adapters merge into their layer; a saved copy wins
             continue
-        key = name.removeprefix(PEFT_PREFIX).replace(".base_layer.", ".")
+        key = name.removeprefix(PEFT_PREFIX).replace(".base_layer.", ".").replace(f".modules_to_save.{ADAPTER}.", ".")
         stem = name.split(".base_layer.")[0]
         a, b = named.get(f"{stem}.lora_A.{ADAPTER}.weight"), named.get(f"{stem}.lora_B.{ADAPTER}.weight")
+        m = named.get(f"{stem}.lora_magnitude_vector.{ADAPTER}.weight")
         spec = TensorSpec.of(key, param.dtype, _shape(param))
         if ".base_layer." in name and name.endswith(".weight") and a is not None:
-            make = lambda w=param, a=a, b=b: merged_weight(w.data, a.data, b.data, lora_scaling)
-            units.append(WeightUnit(spec, (param, a, b), make))
+            make = lambda w=param, a=a, b=b, m=m: merged_weight(
+                w.data, a.data, b.data, lora_scaling, None if m is None else m.data
+            )
+            units.append(WeightUnit(spec, (param, a, b) + ((m,) if m is not None else ()), make))
         else:
             units.append(WeightUnit(spec, (param,), lambda p=param: p.data))
     return units

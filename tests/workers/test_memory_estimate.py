@@ -11,7 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from dpo_ray.config import RunConfig
 from dpo_ray.workers.memory_estimate import GIB, layer_activation_bytes, policy_rank, policy_zero_stage
-from dpo_ray.workers.model_shape import ModelShape, model_shape
+from dpo_ray.workers.model_shape import ModelShape, lora_setting, model_shape
 from dpo_ray.workers.zero_stage import model_states
 
 LLAMA_70B = dict(
@@ -38,15 +38,39 @@ def config_dir(tmp_path, name: str, config: dict) -> str:
 
 
 def test_a_config_alone_gives_the_exact_parameter_counts(tmp_path):
-    shape = model_shape(config_dir(tmp_path, "70b", LLAMA_70B), lora=((16, "all-linear"), (8, "q_proj,v_proj")))
+    all_linear, qv = lora_setting(16, "all-linear"), lora_setting(8, "q_proj,v_proj")
+    shape = model_shape(config_dir(tmp_path, "70b", LLAMA_70B), lora=(all_linear, qv))
     assert shape.params == 70_553_706_496  # Llama-3-70B's published count
     assert shape.largest_module_params == 128256 * 8192  # an embedding (the output layer is as large)
     assert (shape.layers, shape.kv_heads, shape.head_dim) == (80, 8, 128)
     # LoRA adds r x (in + out) per adapted Linear: all-linear leaves out the output layer
     q, kv, o, mlp = (8192, 8192), (8192, 1024), (8192, 8192), 3 * (8192 + 28672)
     per_layer = 16 * (sum(q) + 2 * sum(kv) + sum(o) + mlp)
-    assert shape.trainable(16, "all-linear") == 80 * per_layer
-    assert shape.trainable(8, "q_proj,v_proj") == 80 * 8 * (sum(q) + sum(kv))
+    assert shape.trainable(all_linear) == 80 * per_layer
+    assert shape.trainable(qv) == 80 * 8 * (sum(q) + sum(kv))
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [{}, {"use_dora": True}, {"modules_to_save": ["lm_head"]}, {"bias": "all"}, {"bias": "lora_only"}],
+    ids=["lora", "dora", "modules_to_save", "bias-all", "bias-lora_only"],
+)
+def test_what_a_lora_setting_trains_is_what_peft_trains(tmp_path, variant):
+    """From the config alone against peft's own count on the built model (a Qwen2-shaped model: q, k, v have biases)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    config = Qwen2Config(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
+    path = tmp_path / "qwen2"
+    config.save_pretrained(path)
+    setting = lora_setting(4, "all-linear", variant.get("use_dora", False), tuple(variant.get("modules_to_save", ())),
+                           variant.get("bias", "none"))  # fmt: skip
+    shape = model_shape(str(path), lora=(setting,))
+    peft_model = get_peft_model(
+        AutoModelForCausalLM.from_config(config), LoraConfig(r=4, target_modules="all-linear", **variant)
+    )
+    assert shape.trainable(setting) == peft_model.get_nb_trainable_parameters()[0]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -122,7 +146,7 @@ def gpu_run(**changes) -> RunConfig:
 
 
 def test_auto_picks_the_lowest_stage_at_which_a_rank_fits(tmp_path):
-    shape_8b = model_shape(config_dir(tmp_path, "8b", LLAMA_8B), lora=((8, "all-linear"),))
+    shape_8b = model_shape(config_dir(tmp_path, "8b", LLAMA_8B), lora=(lora_setting(8, "all-linear"),))
     gb80 = 80 * GIB
     # 8B full fine-tune on 4 x 80 GB: stage 2 still holds the whole 15 GB of weights beside 24 GiB of activations, the
     # gradient buckets and the margins (88 GiB); stage 3 partitions them (77 GiB)

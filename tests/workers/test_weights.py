@@ -5,23 +5,24 @@ from __future__ import annotations
 
 import contextlib
 
+import pytest
 import torch
 
 from dpo_ray.workers.weights import adapter_units, full_units, gathered_tensors, unit_chunks
 
 
-def lora_model(tiny_model_dir):
+def lora_model(tiny_model_dir, **variant):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     model = get_peft_model(
         AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-        LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"),
+        LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM", **variant),
     )
     torch.manual_seed(1)
     for name, p in model.named_parameters():
-        if "lora_B" in name:
-            p.data.normal_()  # peft starts B at zero: make the merge matter
+        if "lora_B" in name or "lora_magnitude" in name or "modules_to_save" in name:
+            p.data.normal_()  # peft starts B at zero and the rest at the base's: make the merge matter
     return model
 
 
@@ -41,6 +42,30 @@ def test_merged_units_equal_peft_merge_and_unload(tiny_model_dir):
         assert torch.allclose(merged[name], tensor, atol=1e-6), name
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
     assert any(not torch.equal(merged[n], t) for n, t in base.items())
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [{"use_rslora": True}, {"use_dora": True}, {"modules_to_save": ["lm_head"]}, {"bias": "lora_only"}],
+    ids=["rslora", "dora", "modules_to_save", "bias"],
+)
+def test_merged_units_equal_peft_merge_and_unload_for_every_lora_variant(tiny_model_dir, variant):
+    """DoRA's magnitudes, rsLoRA's alpha / sqrt(r), a module trained in full and trained biases: the weights an engine
+    gets are peft's merged model's."""
+    from types import SimpleNamespace
+
+    from dpo_ray.workers.weights import lora_scaling
+
+    model = lora_model(tiny_model_dir, **variant)
+    for name, p in model.named_parameters():
+        if name.endswith(".bias") and p.requires_grad:
+            p.data.normal_()
+    scaling = lora_scaling(SimpleNamespace(alpha=8, r=4, use_rslora=variant.get("use_rslora", False)))
+    merged = as_dict(full_units(model, scaling))
+    expected = model.merge_and_unload().state_dict()
+    assert set(merged) == set(expected)
+    for name, tensor in expected.items():
+        assert torch.allclose(merged[name], tensor, atol=1e-5), name
 
 
 def test_adapter_units_are_the_tensors_peft_saves(tiny_model_dir, tmp_path):
