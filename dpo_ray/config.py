@@ -142,6 +142,12 @@ class AlgoConfig:
         "for the losses on the chosen-rejected difference: sigmoid sigmoid_norm hinge ipo exo_pair robust discopop sft",
     )
     f_alpha_divergence_coef: float = opt(0.5, "alpha of f_divergence_type=alpha_divergence")
+    ld_alpha: float | None = opt(
+        None,
+        "LD-DPO (TRL's): a response's tokens beyond its pair's shorter response count this much in its log-prob "
+        "(policy and reference); null: all count fully",
+        Bounds(0, 1, also=(None,)),
+    )
 
 
 @dataclass

@@ -163,9 +163,20 @@ def _scoring_head(model: torch.nn.Module) -> ScoringHead:
     return install_scoring_head(inner)
 
 
-def forward_pairs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> PairLogps:
+def verbosity_weights(seq: torch.Tensor, tokens: torch.Tensor, ld_alpha: float) -> torch.Tensor:
+    """Each scored token's LD-DPO weight: 1 within the shorter response's length of its pair, ld_alpha beyond it. A
+    sequence's tokens come in order, so a token's position is how many of its sequence's tokens precede it."""
+    n = len(tokens)
+    seen = torch.nn.functional.one_hot(seq, n).cumsum(0)
+    position = seen.gather(1, seq[:, None]).squeeze(1) - 1
+    shared = torch.minimum(tokens[: n // 2], tokens[n // 2 :]).repeat(2)
+    return torch.where(position < shared[seq], 1.0, ld_alpha).to(tokens.dtype)
+
+
+def forward_pairs(model: torch.nn.Module, batch: dict[str, torch.Tensor], ld_alpha: float | None = None) -> PairLogps:
     """Forward once and score each completion token from the position that predicts it (use_cache off: with a cache,
-    transformers reads masks differently and packed sequences would attend across boundaries)."""
+    transformers reads masks differently and packed sequences would attend across boundaries). With ld_alpha
+    (LD-DPO, TRL's), a response's tokens beyond the shorter response of its pair count ld_alpha times."""
     head = _scoring_head(model)
     head.capturing = True
     try:
@@ -181,6 +192,8 @@ def forward_pairs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Pai
     tokens = torch.zeros(n, dtype=token_logps.dtype, device=token_logps.device).index_add(
         0, seq, torch.ones_like(token_logps)
     )
+    if ld_alpha is not None:
+        sums = torch.zeros_like(sums).index_add(0, seq, token_logps * verbosity_weights(seq, tokens, ld_alpha))
     chosen = seq < n // 2
     return PairLogps(
         chosen_logps=sums[: n // 2],

@@ -42,6 +42,30 @@ def test_padded_batch_matches_per_example(tiny_model_dir):
         assert out.chosen_tokens[i].item() == len(p.chosen_ids)
 
 
+def per_token_logps(model, prompt, completion) -> list[float]:
+    ids = torch.tensor([list(prompt) + list(completion)])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].double(), -1)
+    return [logp[j - 1, ids[0, j]].item() for j in range(max(len(prompt), 1), ids.shape[1])]
+
+
+@pytest.mark.parametrize("kind", ["padded", "packed", "prefix_shared"])
+def test_ld_dpo_weighs_the_longer_responses_tail_as_trl_does_in_every_layout(tiny_model_dir, kind):
+    """TRL's LD-DPO, transcribed: in each pair both responses count their first min(|c|, |r|) tokens fully and the
+    rest ld_alpha times."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    pairs = make_pairs(7, seed=5) + [TokenizedPair((), (7, 8, 9), (10, 11))]
+    with torch.no_grad():
+        out = forward_pairs(model, collate_pairs(pairs, 0, BatchLayout(kind, pack_length=40)), ld_alpha=0.3)
+    for i, p in enumerate(pairs):
+        chosen = per_token_logps(model, p.prompt_ids, p.chosen_ids)
+        rejected = per_token_logps(model, p.prompt_ids, p.rejected_ids)
+        shared = min(len(chosen), len(rejected))
+        for got, tokens in ((out.chosen_logps[i], chosen), (out.rejected_logps[i], rejected)):
+            assert got.item() == pytest.approx(sum(tokens[:shared]) + 0.3 * sum(tokens[shared:]), abs=1e-4)
+    assert any(len(p.chosen_ids) != len(p.rejected_ids) for p in pairs)  # some tails are weighed
+
+
 def grads_and_loss(model, pairs, layout):
     model.zero_grad()
     out = forward_pairs(model, collate_pairs(pairs, 0, layout))

@@ -35,6 +35,7 @@ class ReferenceScorer:
             "lora": str(m.lora.enabled),
             "packing": str(self.cfg.data.layout != "padded"),
             "groups": json.dumps(groups),  # in bf16 a pair's log-probs depend on the micro-batch it is scored in
+            "ld_alpha": str(self.cfg.algo.ld_alpha),
         }
         return cache_key(pairs, model_fingerprint(self.reference_path), settings)
 

@@ -140,7 +140,7 @@ class PolicyWorker:
         sums, nonfinite = [], []
         lr = self.engine.get_lr()[0]
         for micro in micro_batches:
-            out = forward_pairs(self.engine, self._batch(micro))
+            out = forward_pairs(self.engine, self._batch(micro), self.cfg.algo.ld_alpha)
             loss, metrics, bad = micro_batch_objective(
                 out, *self._references(micro), self.cfg.algo, scale, micro.weight
             )
@@ -162,7 +162,7 @@ class PolicyWorker:
         self.engine.eval()
         sums = []
         for micro in micro_batches:
-            out = forward_pairs(self.engine, self._batch(micro))
+            out = forward_pairs(self.engine, self._batch(micro), self.cfg.algo.ld_alpha)
             sums.append(micro_batch_objective(out, *self._references(micro), self.cfg.algo, scale, micro.weight)[1])
         return metric_floats(add_metric_sums(sums))
 
@@ -174,7 +174,7 @@ class PolicyWorker:
         scores = []
         with self.engine.module.disable_adapter() if self.cfg.model.lora.enabled else contextlib.nullcontext():
             for micro in micro_batches:
-                out = forward_pairs(self.engine, self._batch(micro))
+                out = forward_pairs(self.engine, self._batch(micro), self.cfg.algo.ld_alpha)
                 pairs = zip(out.chosen_logps.tolist(), out.rejected_logps.tolist())
                 scores.append(list(pairs) if micro.weight else [])
         return scores

@@ -71,6 +71,7 @@ class ReferenceWorker:
         scores = []
         for micro in micro_batches:
             batch = collate_pairs(micro.pairs, self.pad_id, self.layout, self.spec.dtype)
-            out = forward_pairs(self.model, {k: v.to(self.spec.device) for k, v in batch.items()})
+            on_device = {k: v.to(self.spec.device) for k, v in batch.items()}
+            out = forward_pairs(self.model, on_device, self.cfg.algo.ld_alpha)
             scores.append(list(zip(out.chosen_logps.tolist(), out.rejected_logps.tolist())) if micro.weight else [])
         return scores
