@@ -156,6 +156,8 @@ def install_scoring_head(model: torch.nn.Module, chunk_bytes: int = DEFAULT_CHUN
 def _scoring_head(model: torch.nn.Module) -> ScoringHead:
     inner = getattr(model, "module", model)  # a DeepSpeed engine wraps the model
     head = inner.get_output_embeddings()
+    if hasattr(head, "original_module"):  # peft's modules_to_save trains a copy: the one the forward runs now
+        head = head.original_module if head.disable_adapters else head.modules_to_save[head.active_adapters[0]]
     if isinstance(head, ScoringHead):
         return head
     if inner is not model:

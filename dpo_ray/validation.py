@@ -10,7 +10,7 @@ from .config import RunConfig
 from .loss_types import F_OPTIONS, LOSS_TYPES, loss_names, takes_label_smoothing
 from .options import Choice, options, shown, value_at
 from .workers.engine_args import unservable_adapter
-from .workers.zero_stage import stage_problem
+from .workers.zero_stage import STAGES, stage_problem
 
 
 class ConfigError(ValueError):
@@ -168,11 +168,15 @@ def _rules(cfg: RunConfig) -> list[str]:
     d = cfg.deepspeed
     if "nvme" in (d.offload_optimizer, d.offload_param) and not d.nvme_path:
         problems.append("deepspeed.nvme_path='': offload to nvme needs a directory on an NVMe drive")
+    dtype = str(m.dtype) if str(m.dtype) != "auto" else ("bfloat16" if gpu else "float32")
+    limits = dtype, str(d.offload_optimizer), str(d.offload_param), m.lora.enabled and bool(m.lora.modules_to_save)
     if str(d.zero_stage) != "auto":
-        dtype = str(m.dtype) if str(m.dtype) != "auto" else ("bfloat16" if gpu else "float32")
-        why = stage_problem(int(str(d.zero_stage)), dtype, str(d.offload_optimizer), str(d.offload_param))
+        why = stage_problem(int(str(d.zero_stage)), *limits)
         if why:
             problems.append(f"deepspeed.zero_stage={d.zero_stage}: {why}")
+    elif all(stage_problem(s, *limits) for s in STAGES):
+        reasons = "; ".join(sorted({stage_problem(s, *limits) for s in STAGES}))
+        problems.append(f"deepspeed.zero_stage=auto: no ZeRO stage suits these options ({reasons})")
     betas = list(t.adam_betas)
     if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
         problems.append(f"train.adam_betas={betas}: must be two numbers in [0, 1)")

@@ -143,6 +143,18 @@ def test_every_bad_value_fails_naming_the_option_and_what_it_allows_without_star
         (["algo.loss_type=nca_pair", "algo.f_divergence_type=js_divergence"], "chosen-rejected difference (sigmoid,"),
         (["algo.f_alpha_divergence_coef=0.3"], "read by f_divergence_type=alpha_divergence only, not reverse_kl"),
         (["train.lr_scheduler=cosine_with_min_lr"], "needs train.lr_scheduler_kwargs with min_lr or min_lr_rate"),
+        (
+            ["model.lora.enabled=true", "model.lora.modules_to_save=[lm_head]", "deepspeed.zero_stage=3"],
+            "peft copies those modules after ZeRO-3 has partitioned them",
+        ),
+        (
+            ["model.lora.enabled=true", "model.lora.modules_to_save=[lm_head]", "deepspeed.offload_param=cpu"],
+            "deepspeed.zero_stage=auto: no ZeRO stage suits these options",
+        ),
+        (
+            ["model.lora.enabled=true", "model.lora.use_dora=true", "rollout.lora_sync=adapter"],
+            "vLLM cannot serve an adapter with model.lora.use_dora=true",
+        ),
         (["+train.lr_scheduler_kwargs={power: 2}"], "read by transformers' schedulers only, not cosine"),
         (["algo.simpo_gamma=1.0"], "algo.simpo_gamma=1.0: read by simpo only"),
         (["algo=simpo", "model.reference_path=/models/ref"], "is reference-free, so no reference is loaded"),

@@ -284,7 +284,9 @@ def policy_zero_stage(cfg: RunConfig, shape: ModelShape, world: int, device_byte
     if str(ds.zero_stage) != "auto":
         return int(str(ds.zero_stage))
     dtype = "float32" if dtype_bytes(cfg) == 4 else "bfloat16"
-    allowed = [s for s in STAGES if not stage_problem(s, dtype, str(ds.offload_optimizer), str(ds.offload_param))]
+    saves = cfg.model.lora.enabled and bool(cfg.model.lora.modules_to_save)
+    offloads = str(ds.offload_optimizer), str(ds.offload_param)
+    allowed = [s for s in STAGES if not stage_problem(s, dtype, *offloads, saves)]
     gpu = cfg.cluster.gpus_per_rank > 0
     for stage in allowed:
         if rank_bytes(policy_rank(cfg, shape, world, stage), gpu) <= device_bytes:

@@ -82,8 +82,6 @@ class PolicyWorker:
         if cfg.model.disable_dropout:  # before peft: model.lora.dropout applies as set
             disable_dropout(model)
         install_scoring_head(model, cfg.model.logits_chunk_mb << 20)  # before peft and DeepSpeed wrap it
-        del hf_ds_config
-        unset_hf_deepspeed_config()  # later loads (the LoRA merge on rank 0) must not start collectives
         if cfg.model.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         if cfg.model.lora.enabled:
@@ -109,6 +107,10 @@ class PolicyWorker:
                     task_type="CAUSAL_LM",
                 ),
             )
+        # peft gathers partitioned weights where it needs them (DoRA's norms) while ZeRO-3 is known to transformers;
+        # later loads (the LoRA merge on rank 0) must not start collectives
+        del hf_ds_config
+        unset_hf_deepspeed_config()
         trainable = [p for p in model.parameters() if p.requires_grad]
         offloaded = cfg.deepspeed.offload_optimizer != "none"
         optimizer = deepspeed_setup.make_optimizer(trainable, cfg.train, offloaded, cfg.cache_dir)

@@ -10,8 +10,13 @@ from dataclasses import dataclass
 STAGES = (0, 1, 2, 3)
 
 
-def stage_problem(stage: int, dtype: str, offload_optimizer: str, offload_param: str) -> str | None:
-    """Why a run cannot use this stage (None if it can). dtype is the resolved parameter dtype."""
+def stage_problem(
+    stage: int, dtype: str, offload_optimizer: str, offload_param: str, saves_modules: bool = False
+) -> str | None:
+    """Why a run cannot use this stage (None if it can). dtype is the resolved parameter dtype; saves_modules: a LoRA
+    run with model.lora.modules_to_save."""
+    if saves_modules and stage == 3:
+        return "model.lora.modules_to_save: peft copies those modules after ZeRO-3 has partitioned them; use stage 0-2"
     if offload_param != "none" and stage < 3:
         return f"deepspeed.offload_param={offload_param} partitions parameters, which only stage 3 does"
     if offload_optimizer == "nvme" and stage < 3:

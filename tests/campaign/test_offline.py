@@ -45,11 +45,22 @@ def test_reference_cache_is_written_once_reused_and_invalidated_by_new_data(loca
     campaign.reference.shutdown()
 
 
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {},
+        {"use_dora": True, "use_rslora": True, "zero_stage": "3"},
+        {"use_dora": True, "modules_to_save": ["lm_head"], "zero_stage": "2"},
+    ],
+    ids=["lora", "dora-rslora-zero3", "dora-lm_head-zero2"],
+)
 def test_lora_run_scores_the_reference_with_the_adapter_off_and_saves_adapter_and_merged_model(
-    local_ray, run_config, tiny_model_dir
+    local_ray, run_config, tiny_model_dir, variant
 ):
     cfg = run_config
     cfg.model.lora.enabled, cfg.model.lora.save_merged = True, True
+    for name, value in variant.items():
+        setattr(cfg.deepspeed if name == "zero_stage" else cfg.model.lora, name, value)
     cfg.data.layout = "prefix_shared"  # the adapter-off reference forward takes the shared layout too
     cfg.cluster.policy_ranks = 2
     cfg.train.optimizer, cfg.train.lr, cfg.train.epochs = "adamw", 1e-2, 2

@@ -33,3 +33,5 @@ def test_stages_a_run_cannot_use_are_refused_with_the_reason():
     assert "needs stage 3" in stage_problem(1, "float32", "nvme", "none")
     assert "stage >= 1" in stage_problem(0, "float32", "cpu", "none")
     assert stage_problem(1, "float32", "cpu", "none") is None and stage_problem(0, "float32", "none", "none") is None
+    assert "modules_to_save" in stage_problem(3, "float32", "none", "none", saves_modules=True)
+    assert stage_problem(2, "float32", "none", "none", saves_modules=True) is None
