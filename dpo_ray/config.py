@@ -142,6 +142,9 @@ class AlgoConfig:
         "for the losses on the chosen-rejected difference: sigmoid sigmoid_norm hinge ipo exo_pair robust discopop sft",
     )
     f_alpha_divergence_coef: float = opt(0.5, "alpha of f_divergence_type=alpha_divergence")
+    use_weighting: bool = opt(
+        False, "WPO (TRL's use_weighting): weigh each pair's loss by its responses' mean aligned token probability"
+    )
     ld_alpha: float | None = opt(
         None,
         "LD-DPO (TRL's): a response's tokens beyond its pair's shorter response count this much in its log-prob "

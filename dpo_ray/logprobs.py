@@ -37,6 +37,8 @@ class PairLogps:
     rejected_logits_sum: torch.Tensor
     entropy_sum: torch.Tensor  # scalar: sum over all completion tokens of the policy's entropy (nats)
     chosen_top1_sum: torch.Tensor  # scalar: chosen completion tokens that are the policy's top-1 prediction
+    chosen_log_weight: torch.Tensor  # (pairs,): log of WPO's weight of each chosen response (no gradient)
+    rejected_log_weight: torch.Tensor
 
 
 def _transform(raw: torch.Tensor, scale: float, softcap: float | None) -> tuple[torch.Tensor, torch.Tensor | float]:
@@ -50,9 +52,10 @@ def _transform(raw: torch.Tensor, scale: float, softcap: float | None) -> tuple[
 
 class TokenLogProbs(torch.autograd.Function):
     """log p(target) of each row of hidden under the output layer (weight, bias), in fp32, a vocabulary chunk at a time
-    (forward and backward both), plus three metrics of each row (no gradient): its mean logit, the entropy of its
-    distribution, and whether the target is the top-1 token. The entropy, logz - E_p[logit], is accumulated over the
-    chunks as sums of exp(logit - m) and exp(logit - m) * logit, rescaled whenever the running maximum m grows."""
+    (forward and backward both), plus four numbers of each row (no gradient): its mean logit, the entropy of its
+    distribution, whether the target is the top-1 token, and log sum_v p_v^2 (WPO's weights). The entropy,
+    logz - E_p[logit], and sum_v p_v^2 are accumulated over the chunks as sums of exp(logit - m), exp(logit - m) *
+    logit and exp(logit - m)^2, rescaled whenever the running maximum m grows."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, chunk_rows: int, scale: float, softcap: float | None):
@@ -60,6 +63,7 @@ class TokenLogProbs(torch.autograd.Function):
         rows = torch.arange(len(targets), device=h.device)
         top = torch.full((len(targets),), -math.inf, dtype=torch.float32, device=h.device)
         mass, weighted = torch.zeros_like(top), torch.zeros_like(top)  # sums of exp(l - top) and exp(l - top) * l
+        squared = torch.zeros_like(top)  # sum of exp(l - top)^2
         target_logit = torch.zeros_like(top)
         logit_sum = torch.zeros_like(top)
         for lo in range(0, weight.shape[0], chunk_rows):
@@ -71,6 +75,7 @@ class TokenLogProbs(torch.autograd.Function):
             p = torch.exp(logits - new_top[:, None])
             mass = mass * rescale + p.sum(-1)
             weighted = weighted * rescale + (p * logits).sum(-1)
+            squared = squared * rescale * rescale + (p * p).sum(-1)
             top = new_top
             inside = (targets >= lo) & (targets < hi)
             target_logit[inside] = logits[rows[inside], targets[inside] - lo]
@@ -81,11 +86,12 @@ class TokenLogProbs(torch.autograd.Function):
         mean_logit = logit_sum / weight.shape[0]
         entropy = logz - weighted / mass
         is_top1 = (target_logit >= top).float()
-        ctx.mark_non_differentiable(mean_logit, entropy, is_top1)
-        return target_logit - logz, mean_logit, entropy, is_top1
+        log_sum_sq = torch.log(squared) - 2 * torch.log(mass)  # log sum_v p_v^2, p = exp(l - top) / mass
+        ctx.mark_non_differentiable(mean_logit, entropy, is_top1, log_sum_sq)
+        return target_logit - logz, mean_logit, entropy, is_top1, log_sum_sq
 
     @staticmethod
-    def backward(ctx, grad_logp, _grad_mean, _grad_entropy, _grad_top1):
+    def backward(ctx, grad_logp, _grad_mean, _grad_entropy, _grad_top1, _grad_sum_sq):
         hidden, weight, bias, targets, logz = ctx.saved_tensors
         h, g = hidden.float(), grad_logp.float()
         rows = torch.arange(len(targets), device=h.device)
@@ -188,7 +194,7 @@ def forward_pairs(model: torch.nn.Module, batch: dict[str, torch.Tensor], ld_alp
     hidden = head.take_hidden()
     scored = hidden.reshape(-1, hidden.shape[-1])[batch["predictor_index"]]
     targets = batch["input_ids"].reshape(-1)[batch["target_index"]]
-    token_logps, mean_logits, entropy, is_top1 = head(scored, targets)
+    token_logps, mean_logits, entropy, is_top1, log_sum_sq = head(scored, targets)
     n, seq = int(batch["num_sequences"]), batch["sequence_ids"]
     sums = torch.zeros(n, dtype=token_logps.dtype, device=token_logps.device).index_add(0, seq, token_logps)
     tokens = torch.zeros(n, dtype=token_logps.dtype, device=token_logps.device).index_add(
@@ -196,6 +202,8 @@ def forward_pairs(model: torch.nn.Module, batch: dict[str, torch.Tensor], ld_alp
     )
     if ld_alpha is not None:
         sums = torch.zeros_like(sums).index_add(0, seq, token_logps * verbosity_weights(seq, tokens, ld_alpha))
+    # WPO (eq. 2): the mean over a response's tokens of log p(token) - log sum_v p_v^2, the log of its weight
+    aligned = torch.zeros_like(sums).index_add(0, seq, (token_logps - log_sum_sq).detach()) / tokens.clamp(min=1)
     chosen = seq < n // 2
     return PairLogps(
         chosen_logps=sums[: n // 2],
@@ -206,4 +214,6 @@ def forward_pairs(model: torch.nn.Module, batch: dict[str, torch.Tensor], ld_alp
         rejected_logits_sum=mean_logits[~chosen].sum(),
         entropy_sum=entropy.sum(),
         chosen_top1_sum=is_top1[chosen].sum(),
+        chosen_log_weight=aligned[: n // 2],
+        rejected_log_weight=aligned[n // 2 :],
     )

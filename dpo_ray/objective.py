@@ -58,6 +58,9 @@ def micro_batch_objective(
     chosen = torch.where(finite, out.chosen_logps, -chosen_tokens.to(out.chosen_logps.dtype))
     rejected = torch.where(finite, out.rejected_logps, -rejected_tokens.to(out.rejected_logps.dtype))
     pair_losses, rewards, terms = torch.zeros_like(chosen), None, loss_terms(algo)
+    pair_weights = None  # WPO (TRL's use_weighting): each pair's terms weighed by its responses' probability weights
+    if algo.use_weighting:
+        pair_weights = torch.exp(torch.where(finite, out.chosen_log_weight + out.rejected_log_weight, 0.0))
     for loss_type, loss_weight in terms:
         if loss_type == "sft":
             continue
@@ -73,7 +76,7 @@ def micro_batch_objective(
             rejected_lengths=out.rejected_tokens,
             **_options(loss_type, algo),
         )
-        pair_losses = pair_losses + loss_weight * losses
+        pair_losses = pair_losses + loss_weight * (losses if pair_weights is None else losses * pair_weights)
         if rewards is None:
             rewards = (chosen_rewards, rejected_rewards)
     if rewards is None:  # sft alone: TRL's reference-free rewards
@@ -82,8 +85,13 @@ def micro_batch_objective(
     pair_losses = torch.where(finite, pair_losses, 0.0)
     kept = lambda x: torch.where(finite, x.detach(), 0.0).sum()  # noqa: E731
     chosen_rewards, rejected_rewards = rewards
-    nll_sum = -torch.where(finite, chosen, 0.0).sum()
-    loss = weight * (pair_losses.sum() / scale.pairs + nll_weight(algo, terms) * nll_sum / scale.chosen_tokens)
+    kept_chosen = torch.where(finite, chosen, 0.0)
+    nll_sum = -kept_chosen.sum()
+    nll_term = nll_weight(algo, terms) * nll_sum
+    sft_weight = sum(w for t, w in terms if t == "sft")
+    if pair_weights is not None and sft_weight:  # sft terms are weighed per pair too (rpo_alpha's NLL is not, as TRL)
+        nll_term = nll_term + sft_weight * (-(kept_chosen * pair_weights).sum() - nll_sum)
+    loss = weight * (pair_losses.sum() / scale.pairs + nll_term / scale.chosen_tokens)
     sums = {
         "pairs": finite.sum(),
         "loss": loss.detach(),

@@ -86,6 +86,12 @@ def _losses(cfg: RunConfig) -> list[str]:
             f"algo.f_alpha_divergence_coef={algo.f_alpha_divergence_coef!r}: read by "
             f"f_divergence_type=alpha_divergence only, not {f_type}"
         )
+    sorting = [n for n in names if n in ("aot", "aot_unpaired")]
+    if algo.use_weighting and sorting:
+        problems.append(
+            f"algo.use_weighting=true: not with {', '.join(sorting)}, which sort the pairs and would misalign the "
+            "per-pair weights (as TRL)"
+        )
     defaults = type(algo)()
     for option in sorted({o for t in LOSS_TYPES.values() for o in t.options} - set(F_OPTIONS)):
         readers = [n for n, t in LOSS_TYPES.items() if option in t.options]

@@ -143,6 +143,7 @@ def test_every_bad_value_fails_naming_the_option_and_what_it_allows_without_star
         (["algo.loss_type=nca_pair", "algo.f_divergence_type=js_divergence"], "chosen-rejected difference (sigmoid,"),
         (["algo.f_alpha_divergence_coef=0.3"], "read by f_divergence_type=alpha_divergence only, not reverse_kl"),
         (["train.lr_scheduler=cosine_with_min_lr"], "needs train.lr_scheduler_kwargs with min_lr or min_lr_rate"),
+        (["algo.loss_type=aot", "algo.use_weighting=true"], "not with aot, which sort the pairs"),
         (
             ["model.lora.enabled=true", "model.lora.modules_to_save=[lm_head]", "deepspeed.zero_stage=3"],
             "peft copies those modules after ZeRO-3 has partitioned them",

@@ -159,13 +159,15 @@ def test_the_chunked_fp32_head_gives_the_log_probs_and_gradients_of_a_float64_so
     logits = softcap * torch.tanh(logits / softcap) if softcap else logits
     targets = torch.randint(0, 40, (11,), generator=gen)
     targets[::2] = logits.argmax(-1)[::2]
-    got, mean, entropy, top1 = TokenLogProbs.apply(hidden, weight, b, targets, 7, scale, softcap)
+    got, mean, entropy, top1, log_sum_sq = TokenLogProbs.apply(hidden, weight, b, targets, 7, scale, softcap)
     expected = torch.log_softmax(logits, -1).gather(1, targets[:, None]).squeeze(1)
     assert torch.allclose(got.double(), expected, atol=1e-5) and torch.allclose(
         mean.double(), logits.mean(-1), atol=1e-5
     )
     exact_entropy = -(torch.softmax(logits, -1) * torch.log_softmax(logits, -1)).sum(-1)
     assert torch.allclose(entropy.double(), exact_entropy, atol=1e-5)
+    exact_sum_sq = torch.logsumexp(2 * torch.log_softmax(logits, -1), -1)  # WPO's log sum_v p_v^2
+    assert torch.allclose(log_sum_sq.double(), exact_sum_sq, atol=1e-5)
     assert top1.tolist() == (logits.argmax(-1) == targets).double().tolist() and 6 <= top1.sum() < 11
     upstream = torch.randn(11, generator=gen, dtype=torch.float64)
     grads = torch.autograd.grad(got, [hidden, weight] + ([b] if bias else []), upstream)

@@ -18,9 +18,26 @@ def grads(model):
     return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 
 
-def whole_batch_loss(loss_type, out, ref_c, ref_r):
+def wpo_log_weights(model, pairs, response: str) -> torch.Tensor:
+    """WPO's eq. 2, one unpadded sequence at a time from full float64 logits: the mean over a response's tokens of
+    log p(token) - log sum_v p_v^2."""
+    weights = []
+    for p in pairs:
+        ids = torch.tensor([list(p.prompt_ids) + list(getattr(p, f"{response}_ids"))])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids).logits[0].double(), -1)
+        rows = range(max(len(p.prompt_ids), 1), ids.shape[1])
+        weights.append(sum(logp[j - 1, ids[0, j]] - torch.logsumexp(2 * logp[j - 1], -1) for j in rows) / len(rows))
+    return torch.stack(weights)
+
+
+def whole_batch_loss(loss_type, out, ref_c, ref_r, pair_weights=None):
     """The step loss written out over the whole batch (TRL's reductions), for each configuration below."""
     nll = -out.chosen_logps.sum() / out.chosen_tokens.sum()
+    if loss_type == "sigmoid,sft+wpo":  # TRL's use_weighting: every term per pair times w_c w_r; rpo_alpha's NLL not
+        d = (out.chosen_logps - ref_c) - (out.rejected_logps - ref_r)
+        weighted_sft = -(out.chosen_logps * pair_weights).sum() / out.chosen_tokens.sum()
+        return (-F.logsigmoid(0.2 * d) * pair_weights).mean() + 1.5 * weighted_sft + 0.7 * nll
     if loss_type == "sigmoid":  # with rpo_alpha=0.7
         return -F.logsigmoid(0.2 * ((out.chosen_logps - ref_c) - (out.rejected_logps - ref_r))).mean() + 0.7 * nll
     if loss_type == "hinge,sft":  # weights 0.5, 2.0
@@ -39,6 +56,9 @@ CONFIGS = {
     "hinge,sft": AlgoConfig(beta=0.2, loss_type="hinge,sft", loss_weights=[0.5, 2.0]),
     "simpo": AlgoConfig(beta=0.2, loss_type="simpo"),
     "orpo": AlgoConfig(beta=0.2, loss_type="orpo"),
+    "sigmoid,sft+wpo": AlgoConfig(
+        beta=0.2, loss_type="sigmoid,sft", loss_weights=[1.0, 1.5], rpo_alpha=0.7, use_weighting=True
+    ),
 }
 
 
@@ -54,7 +74,12 @@ def test_split_micro_batches_equal_the_global_mean(tiny_model_dir, loss_type):
         ref_c = ref_r = None
 
     out = forward_pairs(model, collate_pairs(pairs, 0))
-    expected = whole_batch_loss(loss_type, out, ref_c, ref_r)
+    weights = None
+    if algo.use_weighting:
+        weights = torch.exp(wpo_log_weights(model, pairs, "chosen") + wpo_log_weights(model, pairs, "rejected"))
+        assert torch.allclose(torch.exp(out.chosen_log_weight + out.rejected_log_weight).double(), weights, rtol=1e-4)
+        weights = weights.float()
+    expected = whole_batch_loss(loss_type, out, ref_c, ref_r, weights)
     expected.backward()
     whole = grads(model).clone()
     model.zero_grad()
