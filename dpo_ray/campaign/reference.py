@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 ReferenceLogps = tuple[list[float], list[float]]
 
 
+WAVE = 8  # micro-batches per rank in one call of the reference pass: a progress update, not a noticeable cost
+
+
 class ReferenceScorer:
     def __init__(self, cfg: RunConfig, reference_path: str, spec: DeviceSpec, env: dict[str, str]):
         self.cfg, self.reference_path, self.spec, self.env = cfg, reference_path, spec, env
@@ -51,17 +54,37 @@ class ReferenceScorer:
             log.info("reference log-probs: cache hit %s", key)
             return cached, False
         start = time.perf_counter()
-        if policy is not None:
-            index_plan = deal_groups(groups, policy.size)
-            per_rank = policy.reference_logps(as_micro_batches(pairs, index_plan))
-            chosen, rejected = scores_by_pair(index_plan, per_rank, len(pairs))
-        else:
+        if policy is None:
             self.start()
-            chosen, rejected = self.group.logps(pairs, groups)
+        chosen, rejected = self._score(pairs, groups, policy)
         log.info("reference log-probs for %d pairs in %.1fs", len(pairs), time.perf_counter() - start)
         if self.cache:
             self.cache.save(key, chosen, rejected)
         return (chosen, rejected), True
+
+    def _score(
+        self, pairs: list[TokenizedPair], groups: list[list[int]], policy: PolicyGroup | None
+    ) -> tuple[list[float], list[float]]:
+        """Every pair scored in its micro-batch, WAVE micro-batches a rank at a time, so that the progress bar counts
+        pairs with an ETA (each micro-batch is the same whichever wave scores it: so are its numbers)."""
+        from tqdm.auto import tqdm
+
+        size = policy.size if policy is not None else self.group.size
+        chosen, rejected = [0.0] * len(pairs), [0.0] * len(pairs)
+        total = sum(len(g) for g in groups)
+        with tqdm(total=total, desc="reference", unit="pair", disable=not self.cfg.progress, dynamic_ncols=True) as bar:
+            for lo in range(0, len(groups), WAVE * size):
+                part = groups[lo : lo + WAVE * size]
+                if policy is not None:
+                    index_plan = deal_groups(part, size)
+                    per_rank = policy.reference_logps(as_micro_batches(pairs, index_plan))
+                    c, r = scores_by_pair(index_plan, per_rank, len(pairs))
+                else:
+                    c, r = self.group.logps(pairs, part)
+                for i in (i for g in part for i in g):
+                    chosen[i], rejected[i] = c[i], r[i]
+                bar.update(sum(len(g) for g in part))
+        return chosen, rejected
 
     def start(self) -> None:
         """Start the reference group now (its replicas load while other groups start) instead of on first need."""

@@ -66,7 +66,8 @@ def ensure_ray(cluster: ClusterConfig, needs: Sequence[GroupNeed], concurrent: b
     or joined Ray (and so should shut it down)."""
     started = False
     if not ray.is_initialized():
-        address = cluster.address or os.environ.get("RAY_ADDRESS", "")
+        address, began = cluster.address or os.environ.get("RAY_ADDRESS", ""), time.perf_counter()
+        log.info("Ray: %s ...", f"joining the cluster at {address}" if address else "starting a local instance")
         if address:
             ray.init(address=address, log_to_driver=True)
         else:
@@ -76,6 +77,7 @@ def ensure_ray(cluster: ClusterConfig, needs: Sequence[GroupNeed], concurrent: b
                 object_store_memory=1 << 30,
                 log_to_driver=True,
             )
+        log.info("Ray: ready in %.1fs", time.perf_counter() - began)
         started = True
     try:
         nodes = wait_for_nodes(cluster.nodes, cluster.nodes_wait_s)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import ray
 
@@ -18,9 +19,16 @@ log = logging.getLogger(__name__)
 class PolicyGroup:
     def __init__(self, cfg: RunConfig, model_path: str, total_steps: int, accumulation: int, env: dict[str, str]):
         kwargs = dict(cfg=cfg, model_path=model_path, total_steps=total_steps, accumulation=accumulation)
+        began = time.perf_counter()
         self.group = ActorGroup(policy_need(cfg), "dpo_ray.workers.policy.PolicyWorker", cfg.cluster, env, kwargs)
         self.zero_stage = self._zero_stage(cfg, model_path)
         self.group.start_distributed(self.zero_stage)
+        log.info(
+            "policy group: %d rank(s) loaded the model at ZeRO stage %d in %.1fs",
+            self.group.size,
+            self.zero_stage,
+            time.perf_counter() - began,
+        )
 
     def _zero_stage(self, cfg: RunConfig, model_path: str) -> int:
         """deepspeed.zero_stage, or for auto the lowest stage at which a rank's estimated memory fits every rank's

@@ -4,6 +4,7 @@ scoring micro-batches dealt to them in turn."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 
 from ..config import RunConfig
@@ -31,6 +32,7 @@ def reference_sharding(setting: str, ranks: int, replica_bytes: float, device_by
 class ReferenceGroup:
     def __init__(self, cfg: RunConfig, model_path: str, env: dict[str, str]):
         worker, kwargs = "dpo_ray.workers.reference.ReferenceWorker", dict(cfg=cfg, model_path=model_path)
+        began = time.perf_counter()
         self.group = ActorGroup(reference_need(cfg), worker, cfg.cluster, env, kwargs)
         self.sharding = str(cfg.reference.sharding)
         if self.sharding == "auto":
@@ -46,11 +48,16 @@ class ReferenceGroup:
             self.group.run("load_replica")
         held = self.group.run("parameter_bytes")
         log.info(
-            "reference group: %d rank(s), %s, %.1f MB of parameters per rank",
+            "reference group: %d rank(s), %s, %.1f MB of parameters per rank, loaded in %.1fs",
             self.group.size,
             self.sharding,
             max(held) / 1e6,
+            time.perf_counter() - began,
         )
+
+    @property
+    def size(self) -> int:
+        return self.group.size
 
     def logps(self, pairs: Sequence[TokenizedPair], groups: list[list[int]]) -> tuple[list[float], list[float]]:
         """(chosen, rejected) of every pair, each scored in its micro-batch of groups (dealt to the ranks in turn)."""

@@ -45,6 +45,33 @@ def test_reference_cache_is_written_once_reused_and_invalidated_by_new_data(loca
     campaign.reference.shutdown()
 
 
+def test_the_reference_pass_in_waves_gives_the_numbers_of_one_pass(local_ray, run_config, tiny_model_dir, monkeypatch):
+    """Scored a micro-batch per rank per call (the progress bar's waves), each pair keeps its micro-batch: the same
+    numbers as one call with all of them, through a reference group and through the policy."""
+    from dpo_ray.campaign import reference
+
+    run_config.reference.cache, run_config.cluster.reference_ranks = False, 2
+    pairs = make_pairs(14, seed=9)
+    groups = [[i, i + 1] for i in range(0, 14, 2)][::-1]  # 7 micro-batches, not in index order
+    campaign = OfflineCampaign(run_config, OfflineInputs(tiny_model_dir, tiny_model_dir, pairs, pairs[:2]))
+    whole, _ = campaign.reference.logps(pairs, groups)
+    from dpo_ray.groups.policy_group import PolicyGroup
+
+    policy = PolicyGroup(run_config, tiny_model_dir, 1, 1, campaign.env)
+    try:
+        by_policy, _ = campaign.reference.logps(pairs, groups, policy)
+        monkeypatch.setattr(reference, "WAVE", 1)
+        waves, _ = campaign.reference.logps(pairs, groups)
+        policy_waves, _ = campaign.reference.logps(pairs, groups, policy)
+    finally:
+        policy.shutdown()
+        campaign.reference.shutdown()
+    assert waves == whole and policy_waves == by_policy
+    with torch.no_grad():
+        out = forward_pairs(AutoModelForCausalLM.from_pretrained(tiny_model_dir), collate_pairs(pairs, 0))
+    assert torch.allclose(torch.tensor(whole[0]), out.chosen_logps, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     "variant",
     [
