@@ -163,8 +163,10 @@ class OnlineCampaign:
             nonlocal clock
             now = time.perf_counter()
             seconds[phase], clock = now - clock, now
+            log.info("round %d/%d: %s done in %.1fs", r, o.rounds, phase, seconds[phase])
 
         indices = self._round_prompts(r)
+        log.info("round %d/%d: generating %d prompts x %d samples", r, o.rounds, len(indices), o.samples_per_prompt)
         prompts = [self.inputs.prompts[i] for i in indices]
         seeds = [stats.sample_seed(o.seed, r, i) for i in indices]
         drawn = groups.rollout.generate(prompts, seeds, o.samples_per_prompt, o.temperature, o.top_p, o.max_tokens)
