@@ -30,6 +30,18 @@ import time
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
+# The issue-17 workload's model (~26M parameters with a 1000-word vocabulary); bench/step_profile.py profiles it too
+LLAMA_26M = dict(
+    hidden_size=512,
+    intermediate_size=1376,
+    num_hidden_layers=8,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    max_position_embeddings=256,
+    tie_word_embeddings=True,
+)
+
+
 def matmul_peak(threads: int = 2, n: int = 2048, repeats: int = 5) -> float:
     """This machine's float32 matmul FLOP/s with `threads` threads: the best of a few large matmuls."""
     import torch
@@ -132,16 +144,7 @@ def build_words_task(out_dir: str, n_pairs: int = 640, seed: int = 0) -> tuple[s
         tokenizer_object=core, pad_token="<pad>", eos_token="<|end|>", unk_token="<unk>"
     )
     config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=512,
-        intermediate_size=1376,
-        num_hidden_layers=8,
-        num_attention_heads=8,
-        num_key_value_heads=4,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **LLAMA_26M
     )
     torch.manual_seed(0)
     model_dir = Path(out_dir) / "model"

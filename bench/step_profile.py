@@ -31,20 +31,12 @@ CATEGORIES = (  # the first match names an operator's category
 
 def build_model(out_dir: Path) -> Path:
     import torch
+    from offline_vs_trl import LLAMA_26M
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from dpo_ray.tasks.embedded import build_tokenizer
 
-    config = LlamaConfig(
-        vocab_size=1000,
-        hidden_size=512,
-        intermediate_size=1376,
-        num_hidden_layers=8,
-        num_attention_heads=8,
-        num_key_value_heads=4,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-    )
+    config = LlamaConfig(vocab_size=1000, **LLAMA_26M)
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(out_dir, safe_serialization=True)
     build_tokenizer([f"{n} is a number" for n in range(200)]).save_pretrained(out_dir)

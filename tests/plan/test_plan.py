@@ -139,13 +139,8 @@ def test_ray_places_every_group_where_the_plan_said(fake_gpu_cluster, models, pr
     cfg = compose(overrides + [reward_option(preset, models)], command)
     live = ray_nodes()
     assert len(live) == 4 and all(n.gpus == 8 for n in live)
-    planned = make_plan(
-        cfg,
-        command,
-        live,
-        PlanModels(models[model], models[model], models["rm-8b"] if preset != "multi_node_70b" else ""),
-        "test",
-    )
+    run_models = PlanModels(models[model], models[model], models["rm-8b"] if preset != "multi_node_70b" else "")
+    planned = make_plan(cfg, command, live, run_models, "test")
     assert all(g.nodes for g in planned.groups), planned.problems
     online = command == "online"
     placed, alive = [], []
@@ -161,13 +156,7 @@ def test_ray_places_every_group_where_the_plan_said(fake_gpu_cluster, models, pr
     assert canonical(placed, online) == canonical(predicted, online)
     # and the plan made for the same nodes described by flags places the groups alike
     described = described_nodes(4, 8, 80, 48, 256)
-    flagged = make_plan(
-        cfg,
-        command,
-        described,
-        PlanModels(models[model], models[model], models["rm-8b"] if preset != "multi_node_70b" else ""),
-        "flags",
-    )
+    flagged = make_plan(cfg, command, described, run_models, "flags")
     flagged_at = [(g.need.name, [str(i) for i in g.nodes]) for g in flagged.groups]
     assert canonical(flagged_at, online) == canonical(predicted, online)
 
