@@ -126,6 +126,21 @@ def fake_gpu_cluster(tmp_path_factory):
     cluster.shutdown()
 
 
+def wait_until_released(timeout_s: float = 30.0) -> None:
+    """Until every CPU and GPU of the cluster is available again (removed placement groups free them a moment later)."""
+    import time
+
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        total, free = ray.cluster_resources(), ray.available_resources()
+        if all(free.get(k, 0.0) >= total.get(k, 0.0) for k in ("CPU", "GPU")):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"resources not released: {ray.available_resources()} of {ray.cluster_resources()}")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("command", ["train", "online"])
 @pytest.mark.parametrize("preset, model, nodes", PRESETS)
@@ -144,12 +159,14 @@ def test_ray_places_every_group_where_the_plan_said(fake_gpu_cluster, models, pr
     assert all(g.nodes for g in planned.groups), planned.problems
     online = command == "online"
     placed, alive = [], []
+    wait_until_released()  # the previous case's groups: Ray returns their resources asynchronously
     for need in group_needs(cfg, reference_group_needed(cfg, online), online):  # as the campaign starts them
         group = reserve(need, str(cfg.cluster.placement), ready_timeout_s=60)
         placed.append((need.name, bundle_nodes(group)))
         alive.append(group)
         if not online:  # an offline run releases its reference group before the policy group starts
             remove_placement_group(alive.pop())
+            wait_until_released()
     for group in alive:
         remove_placement_group(group)
     predicted = [(g.need.name, [live[i].node_id for i in g.nodes]) for g in planned.groups]
