@@ -151,6 +151,13 @@ class AlgoConfig:
         "(policy and reference); null: all count fully",
         Bounds(0, 1, also=(None,)),
     )
+    sync_ref_model: bool = opt(
+        False,
+        "TR-DPO (TRL's): every ref_model_sync_steps steps the reference becomes alpha * policy + (1 - alpha) * "
+        "reference; the reference group stays up beside the policy and scores each batch after the first mix",
+    )
+    ref_model_mixup_alpha: float = opt(0.6, "TR-DPO's alpha: the policy's share in each mix", Bounds(0, 1))
+    ref_model_sync_steps: int = opt(512, "TR-DPO: optimizer steps between two mixes", AT_LEAST_ONE)
 
 
 @dataclass

@@ -122,6 +122,25 @@ def _scheduler(t) -> list[str]:
     return []
 
 
+def _reference_sync(algo, lora: bool, reference_free: bool) -> list[str]:
+    """TR-DPO moves a reference of its own; its two settings are read only when it is on."""
+    defaults = type(algo)()
+    if not algo.sync_ref_model:
+        return [
+            f"algo.{name}={getattr(algo, name)!r}: read by algo.sync_ref_model=true only (TR-DPO)"
+            for name in ("ref_model_mixup_alpha", "ref_model_sync_steps")
+            if getattr(algo, name) != getattr(defaults, name)
+        ]
+    if reference_free:
+        return [f"algo.sync_ref_model=true: algo.loss_type={algo.loss_type!r} is reference-free; nothing to sync"]
+    if lora:
+        return [
+            "algo.sync_ref_model=true: with model.lora.enabled=true the reference is the policy's base with the "
+            "adapter off, which cannot move on its own (as TRL); train all weights (model.lora.enabled=false)"
+        ]
+    return []
+
+
 def _rules(cfg: RunConfig) -> list[str]:
     """Rules between options."""
     from .tasks.registry import PROMPT_TASKS
@@ -140,6 +159,7 @@ def _rules(cfg: RunConfig) -> list[str]:
             f"model.reference_path={m.reference_path!r}: with model.lora.enabled=true the reference is the policy's "
             "base model with the adapter off, so it cannot be another model"
         )
+    problems += _reference_sync(cfg.algo, m.lora.enabled, reference_free)
     gpu = c.gpus_per_rank > 0
     if gpu and c.gpus_per_rank != int(c.gpus_per_rank):
         problems.append(

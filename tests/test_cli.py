@@ -144,6 +144,10 @@ def test_every_bad_value_fails_naming_the_option_and_what_it_allows_without_star
         (["algo.f_alpha_divergence_coef=0.3"], "read by f_divergence_type=alpha_divergence only, not reverse_kl"),
         (["train.lr_scheduler=cosine_with_min_lr"], "needs train.lr_scheduler_kwargs with min_lr or min_lr_rate"),
         (["algo.loss_type=aot", "algo.use_weighting=true"], "not with aot, which sort the pairs"),
+        (["algo.ref_model_sync_steps=8"], "algo.ref_model_sync_steps=8: read by algo.sync_ref_model=true only"),
+        (["algo=simpo", "algo.sync_ref_model=true"], "is reference-free; nothing to sync"),
+        (["algo.sync_ref_model=true", "model.lora.enabled=true"], "the policy's base with the adapter"),
+        (["algo.sync_ref_model=true", "algo.ref_model_mixup_alpha=1.5"], "algo.ref_model_mixup_alpha=1.5: must be"),
         (
             ["model.lora.enabled=true", "model.lora.modules_to_save=[lm_head]", "deepspeed.zero_stage=3"],
             "peft copies those modules after ZeRO-3 has partitioned them",
@@ -257,7 +261,8 @@ def test_cfg_prints_the_composed_config_as_yaml_that_hydra_reads_back(capsys):
     assert [f.name for f in fields(RunConfig)] == list(composed)
 
 
-def test_submit_refuses_a_bad_option_before_contacting_the_cluster(capsys):
+def test_submit_refuses_a_bad_option_before_contacting_the_cluster(capsys, monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # else submit sets token mode for the tests after it
     from dpo_ray.cli import main
 
     # nothing listens on port 9: a submit that got as far as the job server would fail differently

@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from ..atomic import write_text
@@ -23,12 +24,15 @@ class CheckpointStore:
     def __init__(self, root: Path, keep: int = 3):
         self.root, self.keep = Path(root), keep
 
-    def save(self, policy: PolicyGroup, tag: str, state: dict) -> Path:
-        """All policy ranks write their shards under a partial name; then the state, the rename, and the pointer."""
+    def save(self, policy: PolicyGroup, tag: str, state: dict, also: Callable[[Path], None] | None = None) -> Path:
+        """All policy ranks write their shards under a partial name (also writes what else belongs there: TR-DPO's
+        reference); then the state, the rename, and the pointer."""
         self.root.mkdir(parents=True, exist_ok=True)
         partial, final = self.root / f"{PARTIAL}{tag}", self.root / tag
         shutil.rmtree(partial, ignore_errors=True)
         policy.save_checkpoint(str(self.root), partial.name)
+        if also is not None:
+            also(partial)
         write_text(partial / STATE, json.dumps({"tag": tag, **state}))
         if final.exists():
             shutil.rmtree(final)
@@ -62,6 +66,9 @@ class CheckpointStore:
 
     def load(self, policy: PolicyGroup, state: dict) -> None:
         policy.load_checkpoint(str(self.root), state["tag"])
+
+    def directory(self, state: dict) -> Path:
+        return self.root / state["tag"]
 
     def _prune(self) -> None:
         for stale in self.root.glob(f"{PARTIAL}*"):

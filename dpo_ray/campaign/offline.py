@@ -12,7 +12,8 @@ from ..atomic import write_text
 from ..config import RunConfig
 from ..data.pair_stats import pair_statistics
 from ..groups.policy_group import PolicyGroup
-from ..groups.resources import group_needs, reference_group_needed
+from ..groups.reference_mix import ReferenceMix
+from ..groups.resources import group_needs, groups_live_together, reference_group_needed
 from ..objective import needs_reference
 from ..plan.plan import PlanModels
 from ..run_files import DATA_STATS
@@ -59,8 +60,9 @@ class OfflineCampaign:
         # A reference group finishes before the policy group starts: they need not fit together.
         needs = group_needs(self.cfg, reference_group_needed(self.cfg, online=False), online=False)
         check = PlanCheck("train", PlanModels(self.inputs.model_path, self.inputs.reference_path))
+        together = groups_live_together(self.cfg, online=False)
         result, restarts = run_campaign(
-            self.cfg, needs, self._run, check, concurrent=False, cleanup=self.reference.shutdown
+            self.cfg, needs, self._run, check, concurrent=together, cleanup=self.reference.shutdown
         )
         result.restarts = restarts
         return result
@@ -70,14 +72,18 @@ class OfflineCampaign:
         state = self.checkpoints.latest() if resume else None
         everything, n_train, groups = inputs.train + inputs.eval, len(inputs.train), self.reference_groups()
         result = OfflineResult(self.run_dir, self.run_dir / "final", resumed_from=state["tag"] if state else None)
-        reference, by_group = None, reference_group_needed(cfg, online=False)
+        reference, by_group, moving = None, reference_group_needed(cfg, online=False), cfg.algo.sync_ref_model
         if by_group:
             reference, result.reference_computed = self.reference.logps(everything, groups)
-            self.reference.shutdown()  # offline runs need the reference group only once
+            if moving:
+                self.reference.start()  # a cache hit started none; TR-DPO mixes into it and scores with it
+            else:
+                self.reference.shutdown()  # the frozen reference is needed only once
         policy = self.policy = PolicyGroup(cfg, inputs.model_path, self.total_steps, accumulation_steps(cfg), self.env)
         result.policy_nodes = policy.group.node_ids()
         log.info("policy ranks on %d node(s): %s", len(set(result.policy_nodes)), result.policy_nodes)
         try:
+            mix = ReferenceMix(cfg, policy, self.reference.group) if moving else None
             if self.uses_reference and not by_group:  # before any checkpoint loads: the policy is still the reference
                 reference, result.reference_computed = self.reference.logps(everything, groups, policy)
             train_ref = None if reference is None else (reference[0][:n_train], reference[1][:n_train])
@@ -86,11 +92,15 @@ class OfflineCampaign:
             if state:
                 log.info("resuming from checkpoint %s (step %d)", state["tag"], state["step"])
                 self.checkpoints.load(policy, state)
-            self._train(policy, train_ref, eval_ref, result, state)
+                if state.get("reference_mixes"):
+                    mix.load(self.checkpoints.directory(state), state["reference_mixes"])
+            self._train(policy, train_ref, eval_ref, result, state, mix)
             policy.save_pretrained(str(result.final_model))
         finally:
             self.policy = None
             policy.shutdown()
+            if moving:
+                self.reference.shutdown()  # a restart starts both groups afresh
         return result
 
     def reference_groups(self) -> list[list[int]]:
@@ -109,10 +119,12 @@ class OfflineCampaign:
         }
         write_text(self.run_dir / DATA_STATS, json.dumps(stats, indent=2))
 
-    def _train(self, policy: PolicyGroup, train_ref, eval_ref, result: OfflineResult, state: dict | None) -> None:
+    def _train(self, policy: PolicyGroup, train_ref, eval_ref, result: OfflineResult, state: dict | None, mix) -> None:
         writer = MetricsWriter(self.run_dir, append=state is not None)
         step, tokens = (state["step"], state.get("num_tokens", 0)) if state else (0, 0)
-        trainer = PolicyTrainer(self.cfg, policy, writer, self.checkpoints, self.total_steps, step, num_tokens=tokens)
+        trainer = PolicyTrainer(
+            self.cfg, policy, writer, self.checkpoints, self.total_steps, step, num_tokens=tokens, reference_mix=mix
+        )
         try:
             result.before = state["before"] if state else trainer.evaluate(self.inputs.eval, eval_ref)
             trainer.checkpoint_state = {"before": result.before}

@@ -18,6 +18,7 @@ from ..data.pair_stats import pair_statistics
 from ..data.pairs import build_pairs
 from ..data.tokenize import TokenizedPair, TokenizeSettings, encode_prompt
 from ..groups.policy_group import PolicyGroup
+from ..groups.reference_mix import ReferenceMix
 from ..groups.resources import group_needs, reference_group_needed, uses_reward_model
 from ..groups.reward_group import RewardGroup
 from ..groups.rollout_group import RolloutGroup
@@ -60,6 +61,12 @@ class Groups:
     reference: ReferenceScorer
     policy: PolicyGroup
     sync: WeightSync
+    mix: ReferenceMix | None  # TR-DPO's moving reference
+
+    @property
+    def mixes(self) -> int:
+        """How many times TR-DPO has mixed the policy into the reference so far."""
+        return self.mix.mixes if self.mix is not None else 0
 
 
 class OnlineCampaign:
@@ -109,11 +116,14 @@ class OnlineCampaign:
                 self.total_steps,
                 state["step"] if state else 0,
                 num_tokens=(state or {}).get("num_tokens", 0),
+                reference_mix=groups.mix,
             )
             try:
                 if state:
                     log.info("resuming after round %d (step %d) from %s", state["round"], state["step"], self.run_dir)
                     self.store.load(groups.policy, state)
+                    if state.get("reference_mixes"):
+                        groups.mix.load(self.store.directory(state), state["reference_mixes"])
                     groups.sync()
                     result.rounds = state["rows"]
                 else:
@@ -126,7 +136,7 @@ class OnlineCampaign:
                     for warning in tripped:
                         log.warning("round %d: monitor: %s", r, warning)
                     writer.write(trainer.step, {k: v for k, v in row.items() if isinstance(v, (int, float))})
-                    self.store.finish(r, groups.policy, trainer.step, result.rounds, trainer.num_tokens)
+                    self.store.finish(r, groups.policy, result.rounds, trainer.resume_state(), trainer.save_also)
                 groups.policy.save_pretrained(str(result.final_model))
             finally:
                 trainer.close()
@@ -151,8 +161,9 @@ class OnlineCampaign:
             started[-1].start()  # every round needs it: its replicas load while the policy starts
         started.append(PolicyGroup(cfg, inputs.model_path, self.total_steps, accumulation_steps(cfg), self.env))
         sync = WeightSync(cfg, started[-1], rollout)
+        mix = ReferenceMix(cfg, started[-1], started[2].group) if cfg.algo.sync_ref_model else None
         log.info("rollout, reward, reference and policy groups started in %.1fs", time.perf_counter() - began)
-        return Groups(*started, sync)
+        return Groups(*started, sync, mix)
 
     def _round(self, r: int, groups: Groups, trainer: PolicyTrainer) -> dict:
         """Generate, score, pair, score the reference, train, sync the engines, evaluate: one round's summary row."""
@@ -191,11 +202,11 @@ class OnlineCampaign:
         ref, shuffle_seed = None, self.cfg.data.shuffle_seed + 1000 * r
         if self.uses_reference and train_pairs:
             batches = epoch_groups(self.cfg, len(train_pairs), shuffle_seed)  # as the policy will see them first
-            ref, _ = groups.reference.logps(train_pairs, batches, self._adapter_base(groups.policy))
+            ref, _ = groups.reference.logps(train_pairs, batches, self._adapter_base(groups.policy), groups.mixes)
         lap("reference")
-        steps_before = trainer.step
+        steps_before, mixes = trainer.step, groups.mixes
         if train_pairs:
-            trainer.train(train_pairs, ref, o.epochs_per_round, shuffle_seed)
+            trainer.train(train_pairs, ref, o.epochs_per_round, shuffle_seed, reference_mixes=mixes)
         else:
             log.warning("round %d: no pairs (every prompt's samples tied); the policy is unchanged", r)
         lap("train")
@@ -274,7 +285,8 @@ class OnlineCampaign:
             chosen, rejected = [], []
             if pairs:
                 batches = eval_groups(self.cfg, len(pairs))
-                chosen, rejected = groups.reference.logps(pairs, batches, self._adapter_base(groups.policy))[0]
+                base = self._adapter_base(groups.policy)
+                chosen, rejected = groups.reference.logps(pairs, batches, base, groups.mixes)[0]
             metrics["eval/kl"] = stats.kl_estimate(scored, chosen, rejected)
         return metrics
 

@@ -18,7 +18,7 @@ from ..workers.models import model_fingerprint
 from .reference_cache import ReferenceCache, cache_key
 
 log = logging.getLogger(__name__)
-ReferenceLogps = tuple[list[float], list[float]]
+ReferenceLogps = tuple[list[float], list[float]]  # by pair index (a step's moved reference: dicts of its pairs)
 
 
 WAVE = 8  # micro-batches per rank in one call of the reference pass: a progress update, not a noticeable cost
@@ -30,7 +30,7 @@ class ReferenceScorer:
         self.cache = ReferenceCache(cfg.cache_dir) if cfg.reference.cache else None
         self.group: ReferenceGroup | None = None
 
-    def key(self, pairs: Sequence[TokenizedPair], groups: list[list[int]]) -> str:
+    def key(self, pairs: Sequence[TokenizedPair], groups: list[list[int]], mixes: int = 0) -> str:
         m = self.cfg.model
         settings = {
             "dtype": str(self.spec.dtype),
@@ -40,15 +40,18 @@ class ReferenceScorer:
             "groups": json.dumps(groups),  # in bf16 a pair's log-probs depend on the micro-batch it is scored in
             "ld_alpha": str(self.cfg.algo.ld_alpha),
         }
+        if mixes:  # TR-DPO: the reference's weights after this many mixes of the policy (a resumed run has them)
+            settings["reference_mixes"] = str(mixes)
         return cache_key(pairs, model_fingerprint(self.reference_path), settings)
 
     def logps(
-        self, pairs: list[TokenizedPair], groups: list[list[int]], policy: PolicyGroup | None = None
+        self, pairs: list[TokenizedPair], groups: list[list[int]], policy: PolicyGroup | None = None, mixes: int = 0
     ) -> tuple[ReferenceLogps, bool]:
         """(chosen, rejected) reference log-probs for pairs, each scored in its micro-batch of groups (the ones the
         policy will see it in first, so that at step 0 both compute the same numbers), and whether they had to be
-        computed. With policy: the policy group scores them (its adapter off for LoRA; as it is before any step)."""
-        key = self.key(pairs, groups)
+        computed. With policy: the policy group scores them (its adapter off for LoRA; as it is before any step).
+        mixes: how many times TR-DPO has mixed the policy into the reference group's weights."""
+        key = self.key(pairs, groups, mixes)
         cached = self.cache.load(key) if self.cache else None
         if cached is not None:
             log.info("reference log-probs: cache hit %s", key)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from ..atomic import write_dir, write_text
@@ -53,12 +54,11 @@ class RoundStore:
             )
         return pairs
 
-    def finish(self, r: int, policy: PolicyGroup, step: int, rows: list[dict], num_tokens: int = 0) -> None:
-        """The summary, then the round's checkpoint (its state names the round, the step and the tokens trained on):
-        a crash before it leaves round r unfinished."""
+    def finish(self, r: int, policy: PolicyGroup, rows: list[dict], trainer_state: dict, also: Callable | None) -> None:
+        """The summary, then the round's checkpoint (its state names the round, the trainer's step, tokens and the like;
+        also writes what else belongs in it): a crash before it leaves round r unfinished."""
         write_text(self.run_dir / ROUNDS, "".join(json.dumps(row) + "\n" for row in rows))
-        state = {"round": r, "step": step, "num_tokens": num_tokens, "rows": rows}
-        self.checkpoints.save(policy, f"round_{r}", state)
+        self.checkpoints.save(policy, f"round_{r}", {"round": r, **trainer_state, "rows": rows}, also)
 
     def finished(self) -> dict | None:
         """The state of the last finished round (its number, step and summary rows), or None."""
@@ -66,6 +66,9 @@ class RoundStore:
 
     def load(self, policy: PolicyGroup, state: dict) -> None:
         self.checkpoints.load(policy, state)
+
+    def directory(self, state: dict) -> Path:
+        return self.checkpoints.directory(state)
 
 
 def save_rows(directory: Path, rows: list[dict]) -> None:

@@ -15,6 +15,7 @@ from ..config import RunConfig
 from ..data.batches import build_micro_batches, step_groups, step_scale
 from ..data.tokenize import TokenizedPair
 from ..groups.policy_group import PolicyGroup
+from ..groups.reference_mix import ReferenceMix
 from ..objective import reduce_metrics
 from ..run_files import NONFINITE_ROWS
 from .checkpoints import CheckpointStore
@@ -67,8 +68,11 @@ class PolicyTrainer:
         step: int = 0,
         checkpoint_state: dict | None = None,
         num_tokens: int = 0,
+        reference_mix: ReferenceMix | None = None,
     ):
+        """reference_mix: TR-DPO's moving reference (mixed after steps, and scoring pairs once it has moved)."""
         self.cfg, self.policy, self.writer = cfg, policy, writer
+        self.reference_mix = reference_mix
         self.nonfinite_file = Path(cfg.output_dir).expanduser() / NONFINITE_ROWS
         self.skipped_pairs = 0
         self.accumulation = accumulation_steps(cfg)
@@ -82,11 +86,14 @@ class PolicyTrainer:
 
         self.progress = tqdm(total=total_steps, initial=step, desc="dpo", disable=not cfg.progress, dynamic_ncols=True)
 
-    def evaluate(self, pairs: Sequence[TokenizedPair], reference: ReferenceLogps | None) -> dict[str, float]:
-        """Held-out metrics (TRL's names, prefixed eval_), also written to the metrics log at the current step."""
-        _, plan = build_micro_batches(
-            pairs, range(len(pairs)), self.policy.size, self.cfg.train.micro_batch_size, reference
-        )
+    def evaluate(
+        self, pairs: Sequence[TokenizedPair], reference: ReferenceLogps | None, reference_mixes: int = 0
+    ) -> dict[str, float]:
+        """Held-out metrics (TRL's names, prefixed eval_), also written to the metrics log at the current step.
+        reference_mixes: the TR-DPO mixes the reference had had when it scored reference (a moved one scores anew)."""
+        indices, micro = range(len(pairs)), self.cfg.train.micro_batch_size
+        reference = self._current(pairs, step_groups(indices, self.policy.size, micro), reference, reference_mixes)
+        _, plan = build_micro_batches(pairs, indices, self.policy.size, micro, reference)
         metrics = {f"eval_{k}": v for k, v in reduce_metrics(self.policy.evaluate(plan, step_scale(pairs))).items()}
         self.writer.write(self.step, metrics)
         return metrics
@@ -100,9 +107,10 @@ class PolicyTrainer:
         eval_pairs: Sequence[TokenizedPair] = (),
         eval_reference: ReferenceLogps | None = None,
         skip_batches: int = 0,
+        reference_mixes: int = 0,
     ) -> None:
         """epochs passes over pairs (reshuffled each epoch, so a resumed run skips the batches it already trained on),
-        stopping at the trainer's total_steps."""
+        stopping at the trainer's total_steps. reference_mixes: as evaluate's, for reference and eval_reference."""
         t = self.cfg.train
         batch_index = 0
         for epoch in range(epochs):
@@ -114,20 +122,50 @@ class PolicyTrainer:
                 if self.step >= self.total_steps:
                     return
                 indices = order[start : start + t.batch_size]
-                self._step(pairs, indices, reference, epoch + start / len(order))
+                self._step(pairs, indices, reference, epoch + start / len(order), reference_mixes)
+                if self.reference_mix is not None:
+                    self.reference_mix.after_step(self.step)
                 if t.eval_every and self.step % t.eval_every == 0 and self.step < self.total_steps and eval_pairs:
-                    self.evaluate(eval_pairs, eval_reference)
+                    self.evaluate(eval_pairs, eval_reference, reference_mixes)
                 if t.checkpoint_every and self.step % t.checkpoint_every == 0:
-                    self.checkpoints.save(
-                        self.policy,
-                        f"step_{self.step}",
-                        {"step": self.step, "num_tokens": self.num_tokens, **self.checkpoint_state},
-                    )
+                    state = {**self.resume_state(), **self.checkpoint_state}
+                    self.checkpoints.save(self.policy, f"step_{self.step}", state, self.save_also)
+
+    def resume_state(self) -> dict:
+        """What a checkpoint's state records of the trainer: its step, tokens and (TR-DPO) the reference's mixes."""
+        mixes = {"reference_mixes": self.reference_mix.mixes} if self.reference_mix is not None else {}
+        return {"step": self.step, "num_tokens": self.num_tokens, **mixes}
+
+    @property
+    def save_also(self):
+        """What a checkpoint holds beside the policy: TR-DPO's moved reference."""
+        mix = self.reference_mix
+        return mix.save if mix is not None and mix.mixes else None
+
+    def _current(
+        self, pairs: Sequence[TokenizedPair], groups: list[list[int]], reference: ReferenceLogps | None, mixes: int
+    ) -> ReferenceLogps | None:
+        """reference, or once TR-DPO has moved the reference since it scored it, the moved reference's log-probs of
+        the pairs in groups (by pair index; scored in those micro-batches)."""
+        mix = self.reference_mix
+        if reference is None or mix is None or mix.mixes == mixes:
+            return reference
+        wanted = [i for group in groups for i in group]
+        position = {i: k for k, i in enumerate(wanted)}
+        chosen, rejected = mix.logps([pairs[i] for i in wanted], [[position[i] for i in g] for g in groups])
+        return dict(zip(wanted, chosen)), dict(zip(wanted, rejected))
 
     def _step(
-        self, pairs: Sequence[TokenizedPair], indices: list[int], reference: ReferenceLogps | None, epoch: float
+        self,
+        pairs: Sequence[TokenizedPair],
+        indices: list[int],
+        reference: ReferenceLogps | None,
+        epoch: float,
+        reference_mixes: int,
     ) -> None:
         t = self.cfg.train
+        groups = step_groups(indices, self.policy.size, t.micro_batch_size, self.accumulation)
+        reference = self._current(pairs, groups, reference, reference_mixes)
         index_plan, plan = build_micro_batches(
             pairs, indices, self.policy.size, t.micro_batch_size, reference, self.accumulation
         )

@@ -10,6 +10,7 @@ import ray
 from ..config import RunConfig
 from ..data.batches import MicroBatch, StepScale
 from ..workers.memory_estimate import policy_rank, policy_shape, policy_zero_stage, rank_bytes
+from ..workers.weights import ENGINES
 from .actor_group import ActorGroup, gather
 from .resources import policy_need
 
@@ -59,19 +60,22 @@ class PolicyGroup:
         """Each rank's reference scores of its micro-batches (see PolicyWorker.reference_logps)."""
         return self.group.run_each("reference_logps", [(rank_batches,) for rank_batches in plan])
 
-    def weight_manifest(self) -> tuple[list[tuple], str | None]:
+    def weight_manifest(self, target: str = ENGINES) -> tuple[list[tuple], str | None]:
         """What a weight sync sends (see PolicyWorker.weight_manifest), asked of rank 0: every rank agrees."""
-        return gather([self.group.actors[0].call.remote("weight_manifest")], self.group.call_timeout_s, "policy")[0]
+        ref = self.group.actors[0].call.remote("weight_manifest", target)
+        return gather([ref], self.group.call_timeout_s, "policy")[0]
 
     def weight_group_address(self) -> tuple[str, int]:
         """Where the weight-sync group meets: rank 0's node and a free port there."""
         return ray.get(self.group.actors[0].rendezvous_address.remote())
 
-    def join_weight_group(self, address: str, port: int, world_size: int, timeout_s: float) -> list[ray.ObjectRef]:
-        return self.group.submit("join_weight_group", address, port, world_size, timeout_s)
+    def join_weight_group(
+        self, address: str, port: int, world_size: int, timeout_s: float, target: str = ENGINES
+    ) -> list[ray.ObjectRef]:
+        return self.group.submit("join_weight_group", address, port, world_size, timeout_s, target)
 
-    def send_weights(self, bucket_bytes: int) -> list[ray.ObjectRef]:
-        return self.group.submit("send_weights", bucket_bytes)
+    def send_weights(self, bucket_bytes: int, target: str = ENGINES) -> list[ray.ObjectRef]:
+        return self.group.submit("send_weights", bucket_bytes, target)
 
     def save_pretrained(self, out_dir: str) -> None:
         self.group.run("save_pretrained", out_dir)

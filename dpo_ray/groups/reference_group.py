@@ -7,6 +7,8 @@ import logging
 import time
 from collections.abc import Sequence
 
+import ray
+
 from ..config import RunConfig
 from ..data.batches import as_micro_batches, deal_groups, scores_by_pair
 from ..data.tokenize import TokenizedPair
@@ -64,6 +66,18 @@ class ReferenceGroup:
         index_plan = deal_groups(groups, self.group.size)
         per_rank = self.group.run_each("logps", [(rank,) for rank in as_micro_batches(pairs, index_plan)])
         return scores_by_pair(index_plan, per_rank, len(pairs))
+
+    def join_weight_group(self, address: str, port: int, world_size: int, timeout_s: float) -> list[ray.ObjectRef]:
+        return self.group.submit("join_weight_group", address, port, world_size, timeout_s)
+
+    def mix_weights(self, specs: list, bucket_bytes: int, alpha: float) -> list[ray.ObjectRef]:
+        return self.group.submit("mix_weights", specs, bucket_bytes, alpha)
+
+    def save_weights(self, directory: str) -> None:
+        self.group.run("save_weights", directory)
+
+    def load_weights(self, directory: str) -> None:
+        self.group.run("load_weights", directory)
 
     def shutdown(self) -> None:
         self.group.shutdown()

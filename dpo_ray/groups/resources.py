@@ -47,13 +47,21 @@ def reference_need(cfg: RunConfig) -> GroupNeed:
 
 def reference_group_needed(cfg: RunConfig, online: bool) -> bool:
     """Whether a run starts a reference group: its loss uses a reference, that is not the LoRA policy's own base, and
-    (offline) the policy cannot score it before its first step (another model, or reference.from_policy off)."""
+    (offline) the policy cannot score it before its first step (another model, or reference.from_policy off) or it
+    moves (TR-DPO)."""
     from ..loss_types import LOSS_TYPES, loss_names
 
     uses_reference = any(not LOSS_TYPES[name].reference_free for name in loss_names(cfg.algo.loss_type))
     if not uses_reference or cfg.model.lora.enabled:
         return False
-    return online or not (cfg.reference.from_policy and cfg.model.reference_path in ("", cfg.model.path))
+    moving = cfg.algo.sync_ref_model  # TR-DPO: the reference moves on its own while the policy trains
+    return online or moving or not (cfg.reference.from_policy and cfg.model.reference_path in ("", cfg.model.path))
+
+
+def groups_live_together(cfg: RunConfig, online: bool) -> bool:
+    """Whether a run's groups all live at once (online; offline TR-DPO, whose reference moves while the policy
+    trains), or one at a time (offline: the reference is released before the policy starts)."""
+    return online or cfg.algo.sync_ref_model
 
 
 def group_needs(cfg: RunConfig, reference: bool, online: bool) -> list[GroupNeed]:

@@ -9,7 +9,14 @@ from dataclasses import dataclass, field
 
 from ..config import RunConfig
 from ..groups.reference_group import reference_sharding
-from ..groups.resources import GroupNeed, group_needs, place_groups, reference_group_needed, uses_reward_model
+from ..groups.resources import (
+    GroupNeed,
+    group_needs,
+    groups_live_together,
+    place_groups,
+    reference_group_needed,
+    uses_reward_model,
+)
 from ..workers import memory_estimate as memory
 from ..workers.memory_estimate import GIB, ActorMemory, policy_shape, policy_zero_stage
 from ..workers.model_shape import ModelShape, model_shape
@@ -105,9 +112,10 @@ def make_plan(
     online = command == "online"
     needs = group_needs(cfg, reference_group_needed(cfg, online), online)
     shape = policy_shape(cfg, models.policy)
-    plan = Plan(command, nodes, source, str(cfg.cluster.placement), shape, [], online, [])
+    together = groups_live_together(cfg, online)
+    plan = Plan(command, nodes, source, str(cfg.cluster.placement), shape, [], together, [])
     try:
-        placed = place_groups(needs, [n.resources() for n in nodes], str(cfg.cluster.placement), online)
+        placed = place_groups(needs, [n.resources() for n in nodes], str(cfg.cluster.placement), together)
     except ValueError as error:
         plan.problems.append(Problem("placement", str(error), ["more nodes, or fewer/smaller groups (cluster.*)"]))
         placed = [[] for _ in needs]

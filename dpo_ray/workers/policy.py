@@ -21,6 +21,7 @@ from .models import disable_dropout, load_causal_lm, load_tokenizer, restore_rot
 from .weight_stream import send_tensors
 from .weights import (
     ADAPTER,
+    ENGINES,
     WeightUnit,
     adapter_config_json,
     adapter_units,
@@ -40,6 +41,7 @@ class PolicyWorker:
         torch.set_num_threads(rank_threads(cfg.cluster.cpus_per_rank, cfg.cluster.torch_threads))
         torch.manual_seed(cfg.train.seed)
         self.engine = None
+        self.weight_groups: dict[str, BroadcastGroup] = {}  # by target: the engines, the reference (TR-DPO)
 
     def device_memory(self) -> int:
         return device_memory(self.spec, self.world)
@@ -195,35 +197,38 @@ class PolicyWorker:
             return {n: p.detach() for n, p in module.named_parameters() if p.requires_grad}
         return module.state_dict()
 
-    def _weight_units(self) -> tuple[list[WeightUnit], str | None]:
-        """What a sync sends, and the adapter's config when that is the LoRA adapter alone."""
+    def _weight_units(self, target: str = ENGINES) -> tuple[list[WeightUnit], str | None]:
+        """What a sync to target sends, and the adapter's config when that is the LoRA adapter alone (engines only:
+        the reference takes full weights)."""
         model, lora = self.engine.module, self.cfg.model.lora
-        if syncs_adapter(self.cfg):
+        if target == ENGINES and syncs_adapter(self.cfg):
             return adapter_units(model, self.spec.dtype), adapter_config_json(model.peft_config[ADAPTER])
         return full_units(model, lora_scaling(lora) if lora.enabled else 0.0), None
 
-    def weight_manifest(self) -> tuple[list[tuple], str | None]:
+    def weight_manifest(self, target: str = ENGINES) -> tuple[list[tuple], str | None]:
         """(name, dtype, shape) of each tensor a sync sends, in order, and the adapter config (None: full weights)."""
-        units, adapter_config = self._weight_units()
+        units, adapter_config = self._weight_units(target)
         return [(u.spec.name, u.spec.dtype, u.spec.shape) for u in units], adapter_config
 
-    def join_weight_group(self, address: str, port: int, world_size: int, timeout_s: float) -> None:
-        """Rank 0 joins the sync group as its sender (the other ranks only take part in the gathers)."""
+    def join_weight_group(self, address: str, port: int, world_size: int, timeout_s: float, target: str = ENGINES):
+        """Rank 0 joins target's sync group as its sender (the other ranks only take part in the gathers)."""
         if self.rank == 0:
-            self.weight_group = BroadcastGroup(address, port, 0, world_size, self.spec.backend, timeout_s)
+            group = BroadcastGroup(address, port, 0, world_size, self.spec.backend, timeout_s)
+            self.weight_groups[target] = group
 
-    def send_weights(self, bucket_bytes: int) -> int:
-        """All ranks call: parameters are gathered a bucket at a time and rank 0 broadcasts them; returns bytes sent."""
+    def send_weights(self, bucket_bytes: int, target: str = ENGINES) -> int:
+        """All ranks call: parameters are gathered a bucket at a time and rank 0 broadcasts them to target's group;
+        returns the bytes sent."""
         import deepspeed
 
-        units, _ = self._weight_units()
+        units, _ = self._weight_units(target)
         tensors = gathered_tensors(units, bucket_bytes, deepspeed.zero.GatheredParameters)
         if self.rank != 0:
             for _ in tensors:  # take part in every gather
                 pass
             return 0
         specs = [u.spec for u in units]
-        return send_tensors(specs, tensors, bucket_bytes, self.weight_group.broadcast, self.spec.device)
+        return send_tensors(specs, tensors, bucket_bytes, self.weight_groups[target].broadcast, self.spec.device)
 
     def save_pretrained(self, out_dir: str) -> None:
         """All ranks call; rank 0 writes an HF directory (or the LoRA adapter) atomically: temp dir, then rename."""

@@ -1,5 +1,6 @@
-"""One rank of the frozen reference: a full replica, or (reference.sharding=zero3) a partition of the model that the
-ranks hold together as a DeepSpeed ZeRO-3 inference engine, running every micro-batch in lockstep."""
+"""One rank of the reference: a full replica, or (reference.sharding=zero3) a partition of the model that the ranks
+hold together as a DeepSpeed ZeRO-3 inference engine, running every micro-batch in lockstep. Frozen, except under
+TR-DPO, where the policy's weights streamed in are mixed into it and it is saved with each checkpoint."""
 
 from __future__ import annotations
 
@@ -75,3 +76,78 @@ class ReferenceWorker:
             out = forward_pairs(self.model, on_device, self.cfg.algo.ld_alpha)
             scores.append(list(zip(out.chosen_logps.tolist(), out.rejected_logps.tolist())) if micro.weight else [])
         return scores
+
+    def join_weight_group(self, address: str, port: int, world_size: int, timeout_s: float) -> None:
+        """Join the policy's TR-DPO sync group as receiver rank 1 + this rank."""
+        from .distributed import BroadcastGroup
+
+        self.weight_group = BroadcastGroup(address, port, 1 + self.rank, world_size, self.spec.backend, timeout_s)
+
+    @torch.no_grad()
+    def mix_weights(self, specs: list, bucket_bytes: int, alpha: float) -> int:
+        """TR-DPO: each parameter becomes alpha * the policy's (streamed in, one tensor at a time) + (1 - alpha) * its
+        own (TRL's mix, in the model's dtype); returns how many parameters were mixed."""
+        from .weight_stream import TensorSpec, receive_tensors
+
+        manifest = [TensorSpec(name, dtype, tuple(shape)) for name, dtype, shape in specs]
+        params, mixed = self._parameters(remove_duplicate=False), set()
+        stream = receive_tensors(manifest, bucket_bytes, self.weight_group.broadcast, self.spec.device)
+        for name, full in stream:
+            param = params.get(name)
+            if param is None:
+                raise KeyError(f"the policy sent {name!r}, which the reference model does not have")
+            if id(param) in mixed:  # a tied tensor, sent under each of its names, mixes once
+                continue
+            mixed.add(id(param))
+            for held, part in self._pieces(param, full):
+                held.mul_(1 - alpha).add_(part.to(held.dtype), alpha=alpha)
+        return len(mixed)
+
+    def _parameters(self, remove_duplicate: bool = True) -> dict[str, torch.nn.Parameter]:
+        module = getattr(self.model, "module", self.model)
+        return dict(module.named_parameters(remove_duplicate=remove_duplicate))
+
+    def _pieces(self, param: torch.nn.Parameter, full: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(what this rank holds of param, flat, and the matching part of full): a replica's whole tensor; under
+        ZeRO-3 its partition (the flat tensor cut into world equal parts, the last padded) and, where the parameter
+        is also present whole (gathered and kept: small ones persist), that too."""
+        flat = full.reshape(-1)
+        partition = getattr(param, "ds_tensor", None)
+        if partition is None:
+            return [(param.data.view(-1), flat)]
+        size = partition.numel()
+        part = flat[self.rank * size : (self.rank + 1) * size]
+        pieces = [(partition.data.view(-1)[: part.numel()], part)]
+        if param.data.numel() == flat.numel():
+            pieces.append((param.data.view(-1), flat))
+        return pieces
+
+    def _partitioned(self) -> bool:
+        return any(hasattr(p, "ds_tensor") for p in self._parameters().values())
+
+    def save_weights(self, directory: str) -> None:
+        """Write what this rank holds into a checkpoint directory: a replica's weights (rank 0's only; all are the
+        same), or each rank its ZeRO-3 partitions (no rank ever holds the whole model)."""
+        from safetensors.torch import save_file
+
+        partitioned = self._partitioned()
+        if partitioned or self.rank == 0:
+            held = {n: getattr(p, "ds_tensor", p).data.contiguous().cpu() for n, p in self._parameters().items()}
+            save_file(held, f"{directory}/reference-rank{self.rank if partitioned else 0}.safetensors")
+
+    @torch.no_grad()
+    def load_weights(self, directory: str) -> None:
+        """The weights save_weights wrote, back in place (a resumed TR-DPO run continues from the mixed reference);
+        under ZeRO-3, a parameter present whole is gathered anew from the loaded partitions."""
+        from safetensors.torch import load_file
+
+        partitioned = self._partitioned()
+        saved = load_file(f"{directory}/reference-rank{self.rank if partitioned else 0}.safetensors")
+        for name, param in self._parameters().items():
+            getattr(param, "ds_tensor", param).data.copy_(saved[name])
+            if partitioned and param.data.numel() == getattr(param, "ds_numel", -1):
+                import torch.distributed as dist
+
+                parts = [torch.empty_like(param.ds_tensor.data) for _ in range(self.world)]
+                dist.all_gather(parts, param.ds_tensor.data.contiguous())
+                param.data.view(-1).copy_(torch.cat(parts)[: param.data.numel()])

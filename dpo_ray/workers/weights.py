@@ -18,6 +18,7 @@ from .weight_stream import TensorSpec
 
 PEFT_PREFIX = "base_model.model."
 ADAPTER = "default"  # the adapter name peft gives the one adapter we train
+ENGINES, REFERENCE = "engines", "reference"  # where the policy's weights go: the vLLM engines, TR-DPO's reference
 
 
 @dataclass(frozen=True)

@@ -270,3 +270,61 @@ def test_in_bf16_policy_and_reference_agree_exactly_at_step_0(
     for metrics, prefix in ((result.before, "eval_"), (first_step, "")):
         assert metrics[f"{prefix}rewards/chosen"] == metrics[f"{prefix}rewards/rejected"] == 0.0, metrics
         assert metrics[f"{prefix}rewards/accuracies"] == 0.0 and metrics[f"{prefix}kl/chosen"] == 0.0
+
+
+def _mixed(start: dict, policy: dict, alpha: float) -> dict:
+    """TRL's TR-DPO mix, written out: ref <- (1 - alpha) * ref + alpha * policy, in place, in the weights' dtype."""
+    return {n: start[n].clone().mul_(1 - alpha).add_(policy[n], alpha=alpha) for n in policy}
+
+
+@pytest.mark.parametrize("sharding, ranks", [("replicas", 1), ("zero3", 2)])
+def test_tr_dpo_mixes_the_policy_into_the_reference_and_scores_with_the_mix(
+    local_ray, run_config, tiny_model_dir, sharding, ranks
+):
+    """After step k the reference's weights are alpha * policy + (1 - alpha) * reference, exactly (a replica's, or the
+    ZeRO-3 partitions put together), and the held-out metrics after it use the mixed weights' log-probs."""
+    from safetensors.torch import load_file
+
+    cfg, alpha = run_config, 0.3
+    cfg.algo.sync_ref_model, cfg.algo.ref_model_mixup_alpha, cfg.algo.ref_model_sync_steps = True, alpha, 2
+    cfg.train.max_steps, cfg.train.checkpoint_every = 2, 2
+    cfg.reference.sharding, cfg.cluster.reference_ranks = sharding, ranks
+    pairs = make_pairs(24, seed=3)
+    result = OfflineCampaign(cfg, OfflineInputs(tiny_model_dir, tiny_model_dir, pairs[:16], pairs[16:])).run()
+
+    policy = load_file(result.final_model / "model.safetensors")
+    expected = _mixed(load_file(Path(tiny_model_dir) / "model.safetensors"), policy, alpha)
+    parts = [load_file(f) for f in sorted((result.run_dir / "checkpoints" / "step_2").glob("reference-rank*"))]
+    assert len(parts) == (1 if sharding == "replicas" else ranks)
+    for name, want in expected.items():
+        got = torch.cat([p[name].reshape(-1) for p in parts])[: want.numel()].view_as(want)
+        assert torch.equal(got, want), name
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model.load_state_dict(expected, strict=False)
+    with torch.no_grad():
+        out = forward_pairs(model.eval(), collate_pairs(pairs[16:], 0))
+    reference_chosen = result.after["eval_logps/chosen"] - result.after["eval_rewards/chosen"] / cfg.algo.beta
+    assert reference_chosen == pytest.approx(out.chosen_logps.mean().item(), abs=1e-4)
+    before = result.before["eval_logps/chosen"] - result.before["eval_rewards/chosen"] / cfg.algo.beta
+    assert abs(before - reference_chosen) > 1e-3  # the reference did move
+
+
+def test_a_resumed_tr_dpo_run_continues_from_the_mixed_reference(local_ray, run_config, tiny_model_dir, tmp_path):
+    """Stopped after a mix and resumed, TR-DPO ends with the weights of an uninterrupted run (the checkpoint holds the
+    mixed reference: the original one would train the later steps against another reference)."""
+    from safetensors.torch import load_file
+
+    cfg = run_config
+    cfg.algo.sync_ref_model, cfg.algo.ref_model_sync_steps = True, 1
+    cfg.train.checkpoint_every, cfg.reference.cache = 2, False
+    pairs = make_pairs(32, seed=5)
+    inputs = OfflineInputs(tiny_model_dir, tiny_model_dir, pairs[:24], pairs[24:])
+    whole = OfflineCampaign(cfg, inputs).run()
+    cfg.output_dir, cfg.train.max_steps = str(tmp_path / "stopped"), 2
+    OfflineCampaign(cfg, inputs).run()
+    cfg.train.max_steps = 3
+    resumed = OfflineCampaign(cfg, inputs).run()
+    assert resumed.resumed_from == "step_2"
+    a, b = (load_file(r.final_model / "model.safetensors") for r in (whole, resumed))
+    assert all(torch.equal(a[n], b[n]) for n in a)

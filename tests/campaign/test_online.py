@@ -18,7 +18,7 @@ def cache_dir(task_cache_dir):
     return task_cache_dir
 
 
-def run_online(run_dir, cache_dir, rounds):
+def run_online(run_dir, cache_dir, rounds, *overrides):
     cfg = compose(
         [
             f"output_dir={run_dir}",
@@ -26,6 +26,7 @@ def run_online(run_dir, cache_dir, rounds):
             "progress=false",
             f"online.rounds={rounds}",
             "cluster.reward_cpus=0.5",
+            *overrides,
         ],
         "online",
     )
@@ -119,6 +120,21 @@ def test_a_campaign_stopped_after_round_1_resumes_at_round_2_with_the_same_pairs
     assert pairs_of(resumed, 2) == pairs_of(two_rounds, 2)
     same = lambda row: {k: v for k, v in row.items() if not k.startswith("time/")}
     assert same(resumed.rounds[2]) == same(two_rounds.rounds[2])
+
+
+def test_online_tr_dpo_mixes_every_k_steps_and_resumes_with_the_mixed_reference(local_ray, tmp_path_factory, cache_dir):
+    """TR-DPO online: the reference moves every k steps (mid-round too: later steps score against the moved one), the
+    round checkpoint holds it, and a campaign stopped after round 1 ends round 2 as an uninterrupted one does."""
+    tr_dpo = ("algo.sync_ref_model=true", "algo.ref_model_sync_steps=3")
+    whole = run_online(tmp_path_factory.mktemp("tr-dpo-a"), cache_dir, 2, *tr_dpo)
+    state = json.loads((whole.run_dir / "round_checkpoints" / "round_2" / "run_state.json").read_text())
+    assert state["reference_mixes"] == state["step"] // 3 > 0
+    assert (whole.run_dir / "round_checkpoints" / "round_2" / "reference-rank0.safetensors").exists()
+    run_dir = tmp_path_factory.mktemp("tr-dpo-b")
+    run_online(run_dir, cache_dir, 1, *tr_dpo)
+    resumed = run_online(run_dir, cache_dir, 2, *tr_dpo)
+    same = lambda row: {k: v for k, v in row.items() if not k.startswith("time/")}
+    assert resumed.resumed_from == 1 and same(resumed.rounds[2]) == same(whole.rounds[2])
 
 
 def test_replay_and_offline_pairs_are_mixed_in_by_ratio(run_config, tiny_model_dir):
