@@ -16,6 +16,8 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from ..config import ClusterConfig
 from .resources import GroupNeed
 
+log = logging.getLogger(__name__)
+
 
 @ray.remote
 class WorkerActor:
@@ -28,6 +30,9 @@ class WorkerActor:
 
     def call(self, method: str, *args, **kwargs) -> Any:
         return getattr(self.worker, method)(*args, **kwargs)
+
+    def ready(self) -> None:
+        """Returns once the worker is built (Ray runs it after __init__)."""
 
     def rendezvous_address(self):
         from ..workers.distributed import free_port, node_address
@@ -113,6 +118,28 @@ class ActorGroup:
             ).remote(worker_path, rank=rank, world_size=need.size, **(init_kwargs or {}))
             for rank in range(need.size)
         ]
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.shutdown()  # the caller never gets the group: its actors and reservation go now
+            raise
+
+    def wait_ready(self, report_every_s: float = 5.0) -> None:
+        """Wait until every actor has built its worker, logging actors ready / total as they come up (at most every
+        report_every_s, and when all are); a worker that failed to build raises here."""
+        began = last = time.perf_counter()
+        pending, ready = [actor.ready.remote() for actor in self.actors], 0
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1, timeout=self.call_timeout_s)
+            if not done:
+                raise GroupCallTimeout(
+                    f"{self.name} group: {ready} of {self.size} actors ready after {self.call_timeout_s:.0f}s"
+                )
+            ray.get(done[0])
+            ready, now = ready + 1, time.perf_counter()
+            if ready == self.size or now - last >= report_every_s:
+                log.info("%s group: %d/%d actors ready (%.1fs)", self.name, ready, self.size, now - began)
+                last = now
 
     def start_distributed(self, *args) -> None:
         """Rank 0 names its address and a free port; then every rank joins the process group at once (start's

@@ -23,6 +23,7 @@ class PolicyGroup:
         began = time.perf_counter()
         self.group = ActorGroup(policy_need(cfg), "dpo_ray.workers.policy.PolicyWorker", cfg.cluster, env, kwargs)
         self.zero_stage = self._zero_stage(cfg, model_path)
+        log.info("policy group: loading %s on %d rank(s) at ZeRO stage %d", model_path, self.size, self.zero_stage)
         self.group.start_distributed(self.zero_stage)
         log.info(
             "policy group: %d rank(s) loaded the model at ZeRO stage %d in %.1fs",

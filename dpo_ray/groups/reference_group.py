@@ -44,6 +44,7 @@ class ReferenceGroup:
                 * device_spec(cfg.cluster.gpus_per_rank, cfg.model.dtype).dtype.itemsize
             )
             self.sharding = reference_sharding("auto", self.group.size, replica, min(self.group.run("device_memory")))
+        log.info("reference group: loading %s on %d rank(s), %s", model_path, self.group.size, self.sharding)
         if self.sharding == "zero3":
             self.group.start_distributed()
         else:

@@ -112,6 +112,23 @@ def test_group_that_cannot_fit_says_so(local_ray, run_config, tiny_model_dir):
         )
 
 
+def test_a_group_reports_its_actors_ready_and_a_worker_that_cannot_build_fails_its_start(
+    local_ray, run_config, tiny_model_dir, caplog
+):
+    from dpo_ray.groups.actor_group import ActorGroup
+    from dpo_ray.groups.resources import GroupNeed
+
+    caplog.set_level("INFO", logger="dpo_ray.groups.actor_group")
+    need, worker = GroupNeed("reference", 2, 0.5, 0.0), "dpo_ray.workers.reference.ReferenceWorker"
+    group = ActorGroup(need, worker, run_config.cluster, ENV, dict(cfg=run_config, model_path=tiny_model_dir))
+    group.shutdown()
+    assert "reference group: 2/2 actors ready" in caplog.text
+    from ray.exceptions import RayActorError
+
+    with pytest.raises(RayActorError, match="not-a-model"):
+        ActorGroup(need, worker, run_config.cluster, ENV, dict(cfg=run_config, model_path="/not-a-model"))
+
+
 def test_a_zero3_reference_partitions_the_model_and_scores_as_the_replicas_do(local_ray, run_config, tiny_model_dir):
     """reference.sharding=zero3 on 2 ranks: the same log-probs as one whole model, in the order of the pairs, while
     each rank holds about half of the parameters (measured on the ranks: their partitions' bytes); auto keeps a model
