@@ -79,7 +79,7 @@ def train(overrides: list[str]) -> int:
     print(
         f"\nfinal model: {result.final_model}\nmetrics: {result.run_dir / 'metrics.jsonl'}  "
         f"({len(steps)} steps, median {median:.3f}s/step on {cfg.cluster.policy_ranks} policy ranks)\n"
-        f"report: {write_report(result.run_dir)}\n\n{table}"
+        f"report: {write_report(result.run_dir, cfg.report_to, cfg.run_name)}\n\n{table}"
     )
     return 0
 
@@ -97,7 +97,8 @@ def online(overrides: list[str]) -> int:
     resumed = f" (resumed after round {result.resumed_from})" if result.resumed_from else ""
     print(
         f"\nfinal model: {result.final_model}{resumed}\nrounds: {result.run_dir / 'rounds.jsonl'}, "
-        f"samples and pairs per round: {result.run_dir / 'rounds'}\nreport: {write_report(result.run_dir)}\n\n{table}"
+        f"samples and pairs per round: {result.run_dir / 'rounds'}\n"
+        f"report: {write_report(result.run_dir, cfg.report_to, cfg.run_name)}\n\n{table}"
     )
     return 0
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import RunConfig, register
+from .report.trackers import report_names
 from .validation import ConfigError, closest, validate
 
 COMMANDS = ("train", "online")
@@ -60,6 +61,7 @@ def _compose(overrides: list[str], command: str) -> RunConfig:
         cfg = OmegaConf.to_object(composed)
         if isinstance(cfg.algo.loss_type, list):  # TRL's list form, read as the same names joined by commas
             cfg.algo.loss_type = ",".join(str(name) for name in cfg.algo.loss_type)
+        cfg.report_to = report_names(cfg.report_to) or ["none"]  # one name, or several joined by commas: a list
         return cfg
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(_message(error)) from None

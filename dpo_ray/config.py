@@ -416,6 +416,12 @@ class RunConfig:
     output_dir: str = opt("runs/latest", "run directory: metrics, checkpoints, the final model")
     cache_dir: str = opt("~/.cache/dpo-ray", "cache of built tasks, converted models and reference log-probs")
     progress: bool = opt(True, "show a progress bar")
+    report_to: Any = opt(
+        ["tensorboard"],
+        "trackers (TRL's report_to), a list or one name: tensorboard, wandb (WANDB_MODE=offline works), mlflow "
+        "(MLFLOW_TRACKING_URI, else a file store in output_dir), or none",
+    )
+    run_name: str = opt("", "the run's name in the trackers; empty: output_dir's last part")
     resume: Resume = opt(
         Resume.auto, "auto: continue from the latest complete checkpoint (online: round); never: start over"
     )

@@ -9,6 +9,7 @@ import difflib
 from .config import RunConfig
 from .loss_types import F_OPTIONS, LOSS_TYPES, loss_names, takes_label_smoothing
 from .options import Choice, options, shown, value_at
+from .report.trackers import report_problems
 from .workers.engine_args import unservable_adapter
 from .workers.zero_stage import STAGES, stage_problem
 
@@ -160,6 +161,7 @@ def _rules(cfg: RunConfig) -> list[str]:
             "base model with the adapter off, so it cannot be another model"
         )
     problems += _reference_sync(cfg.algo, m.lora.enabled, reference_free)
+    problems += report_problems(cfg.report_to)
     gpu = c.gpus_per_rank > 0
     if gpu and c.gpus_per_rank != int(c.gpus_per_rank):
         problems.append(

@@ -166,7 +166,7 @@ def test_every_bad_value_fails_naming_the_option_and_what_it_allows_without_star
         (["model.lora.enabled=true", "model.reference_path=/models/ref"], "cannot be another model"),
         (["+algo.betta=0.1"], "algo.betta: unknown option; did you mean algo.beta?"),
         (["algo.betta=0.1"], "algo.betta: unknown option; did you mean algo.beta?"),
-        (["+report_to=wandb"], "report_to: unknown option"),
+        (["+report_too=wandb"], "report_too: unknown option; did you mean report_to?"),
         (["algo=dpoo"], "algo=dpoo: no such preset; did you mean dpo?"),
         (["cluster.policy_ranks=two"], "cluster.policy_ranks: Value 'two' of type 'str' could not be converted"),
         (["deepspeed.zero_stage=0", "model.dtype=bfloat16"], "deepspeed.zero_stage=0: model.dtype bfloat16: DeepSpeed"),

@@ -120,7 +120,7 @@ class OfflineCampaign:
         write_text(self.run_dir / DATA_STATS, json.dumps(stats, indent=2))
 
     def _train(self, policy: PolicyGroup, train_ref, eval_ref, result: OfflineResult, state: dict | None, mix) -> None:
-        writer = MetricsWriter(self.run_dir, append=state is not None)
+        writer = MetricsWriter(self.run_dir, self.cfg, append=state is not None)
         step, tokens = (state["step"], state.get("num_tokens", 0)) if state else (0, 0)
         trainer = PolicyTrainer(
             self.cfg, policy, writer, self.checkpoints, self.total_steps, step, num_tokens=tokens, reference_mix=mix

@@ -106,7 +106,7 @@ class OnlineCampaign:
         started: list = []
         try:
             groups = self._start_groups(started)
-            writer = MetricsWriter(self.run_dir, append=state is not None)
+            writer = MetricsWriter(self.run_dir, self.cfg, append=state is not None)
             checkpoints = CheckpointStore(self.run_dir / "checkpoints", cfg.train.keep_checkpoints)
             trainer = PolicyTrainer(
                 cfg,

@@ -9,11 +9,25 @@ from pathlib import Path
 from ..config import MonitorConfig
 
 
-def write_report(run_dir: Path) -> Path:
-    """Build run_dir/report.md and its plots from what the run wrote; returns the report's path."""
+def write_report(run_dir: Path, report_to=(), run_name: str = "") -> Path:
+    """Build run_dir/report.md and its plots from what the run wrote; returns the report's path. With report_to, the
+    plots also go to those trackers' runs of this run directory, at the last step logged."""
+    from .markdown import PLOTS
     from .markdown import write_report as write
+    from .records import load_records
+    from .trackers import Trackers, report_names
 
-    return write(run_dir)
+    report = write(run_dir)
+    if report_names(report_to):
+        records = load_records(run_dir)
+        step = max((row["step"] for row in records.steps + records.evals), default=0)
+        plots = {path.stem: path for path in sorted((run_dir / PLOTS).glob("*.png"))}
+        trackers = Trackers(run_dir, report_to, run_name, {}, resume=True)
+        try:
+            trackers.images(plots, step)
+        finally:
+            trackers.close()
+    return report
 
 
 def round_monitors(rows: Sequence[dict], thresholds: MonitorConfig) -> tuple[dict[str, float], list[str]]:

@@ -328,3 +328,53 @@ def test_a_resumed_tr_dpo_run_continues_from_the_mixed_reference(local_ray, run_
     assert resumed.resumed_from == "step_2"
     a, b = (load_file(r.final_model / "model.safetensors") for r in (whole, resumed))
     assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_report_to_sends_metrics_config_and_plots_to_tensorboard_wandb_and_mlflow(
+    local_ray, run_config, tiny_model_dir, monkeypatch
+):
+    """A short run reporting to all three trackers, then resumed for one more step: each tracker's own files hold the
+    metrics of every step as metrics.jsonl has them, the config, the run name and the report's plots; the resumed run
+    reports into the same W&B and MLflow runs."""
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from dpo_ray.report import write_report
+    from dpo_ray.report.trackers import IDS
+
+    from ..report.test_trackers import wandb_records
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = run_config
+    cfg.report_to, cfg.run_name = ["tensorboard", "wandb", "mlflow"], "tiny-dpo"
+    cfg.train.max_steps, cfg.train.checkpoint_every, cfg.train.eval_every = 2, 2, 1
+    inputs = OfflineInputs(tiny_model_dir, tiny_model_dir, make_pairs(32, seed=8)[:24], make_pairs(8, seed=9))
+    result = OfflineCampaign(cfg, inputs).run()
+    write_report(result.run_dir, cfg.report_to, cfg.run_name)
+    ids = json.loads((result.run_dir / IDS).read_text())
+    cfg.train.max_steps = 3
+    OfflineCampaign(cfg, inputs).run()
+    assert json.loads((result.run_dir / IDS).read_text()) == ids
+
+    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = {row["step"]: row["loss"] for row in rows if "loss" in row}
+    assert sorted(losses) == [1, 2, 3]
+
+    history, config, names = wandb_records(result.run_dir)
+    assert {row["_step"]: row["loss"] for row in history if "loss" in row} == losses
+    assert any(row.get("report/training/_type") == "image-file" for row in history)
+    assert config["algo"]["beta"] == cfg.algo.beta and names == {"tiny-dpo"}
+    assert len({p.name.rsplit("-", 1)[1] for p in result.run_dir.glob("wandb/offline-run-*")}) == 1  # one W&B run
+
+    client = MlflowClient(tracking_uri=(result.run_dir / "mlruns").resolve().as_uri())
+    run = client.get_run(ids["mlflow"])
+    assert run.info.run_name == "tiny-dpo" and run.data.params["algo.beta"] == str(cfg.algo.beta)
+    assert {m.step: m.value for m in client.get_metric_history(ids["mlflow"], "loss")} == losses
+    assert "report/training.png" in [a.path for a in client.list_artifacts(ids["mlflow"], "report")]
+
+    events = EventAccumulator(str(result.run_dir / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    assert {e.step: e.value for e in events.Scalars("loss")} == pytest.approx(losses)
+    assert "report/training" in events.Tags()["images"]
