@@ -64,9 +64,13 @@ def _check_online(cfg: RunConfig, has_task_data: bool) -> None:
 
 
 def check_files(option: str, paths: list[str]) -> None:
+    """Each a file or directory that exists (SOURCE:SPLIT names a split of one), or a dataset name (loaded later)."""
+    from ..data.loading import is_dataset_name, split_spec
+
     for path in paths:
-        if not Path(path).expanduser().exists():
-            raise InputError(f"{option}: {path}: no such file or directory")
+        source, _ = split_spec(path)
+        if not Path(source).expanduser().exists() and not is_dataset_name(source):
+            raise InputError(f"{option}: {path}: no such file or directory (nor a dataset name: OWNER/NAME[:SPLIT])")
 
 
 def check_model_dir(option: str, path: str, alternatives: str = "") -> None:
