@@ -44,6 +44,15 @@ def _key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
+def _as_dict_override(override: str) -> str:
+    """A dict option set whole (data.columns={question:prompt}) as Hydra's forced override, which may add keys to the
+    empty default (a plain one may not: the config is a struct)."""
+    from .options import options
+
+    dicts = {o.name for o in options(RunConfig) if isinstance(o.default, dict)}
+    return f"++{override}" if not override.startswith(("+", "~")) and _key(override) in dicts else override
+
+
 def _compose(overrides: list[str], command: str) -> RunConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -54,7 +63,7 @@ def _compose(overrides: list[str], command: str) -> RunConfig:
     register()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-            composed = hydra_compose(config_name=command, overrides=list(overrides))
+            composed = hydra_compose(config_name=command, overrides=[_as_dict_override(o) for o in overrides])
         unknown = _unknown_keys(composed, RunConfig)
         if unknown:
             raise ConfigError("\n".join(_unknown(key) for key in unknown))

@@ -87,9 +87,14 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     train_files: list[str] = opt(
-        [], "preference files (.json, .jsonl, .parquet) or save_to_disk directories; empty: the built-in task's"
+        [],
+        "preference sources: files (.json .jsonl .parquet, .gz .bz2 .xz .zst), directories of them, save_to_disk "
+        "directories, dataset names (OWNER/NAME); SOURCE:SPLIT picks a split; empty: the built-in task's",
     )
     eval_files: list[str] = opt([], "held-out preference files; empty: a split of the training data")
+    columns: dict[str, str] = opt(
+        {}, "the data's own column names onto prompt, chosen, rejected, system: data.columns={question:prompt}"
+    )
     eval_fraction: float = opt(0.1, "share of training pairs held out when eval_files is empty", OPEN_SHARE)
     chat_template: ChatTemplate = opt(
         ChatTemplate.auto, "auto: template conversational rows only (TRL); always: also string rows; never"
@@ -178,7 +183,7 @@ class TrainConfig:
         "transformers scheduler by its name (TRL's; warmup from 0), configured by lr_scheduler_kwargs",
     )
     lr_scheduler_kwargs: dict[str, Any] = opt(
-        {}, "a transformers scheduler's arguments (TRL's): +train.lr_scheduler_kwargs={min_lr_rate:0.1} (Hydra's +)"
+        {}, "a transformers scheduler's arguments (TRL's): train.lr_scheduler_kwargs={min_lr_rate:0.1}"
     )
     warmup_steps: float = opt(
         0.1,

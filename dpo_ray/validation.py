@@ -162,6 +162,13 @@ def _rules(cfg: RunConfig) -> list[str]:
         )
     problems += _reference_sync(cfg.algo, m.lora.enabled, reference_free)
     problems += report_problems(cfg.report_to)
+    from .data.formats import COLUMNS
+
+    problems += [
+        f"data.columns={dict(cfg.data.columns)}: {column!r} maps onto {target!r}; the targets are {', '.join(COLUMNS)}"
+        for column, target in dict(cfg.data.columns).items()
+        if target not in COLUMNS
+    ]
     gpu = c.gpus_per_rank > 0
     if gpu and c.gpus_per_rank != int(c.gpus_per_rank):
         problems.append(

@@ -27,6 +27,7 @@ class OfflineInputs:
     train: list[TokenizedPair]
     eval: list[TokenizedPair]
     task_metrics: Callable[[Any, Any], dict[str, float]] | None = None  # (model, tokenizer) -> the task's own metrics
+    data_note: str = ""  # where the train and held-out pairs came from, for the log and the summary
 
 
 @dataclass
@@ -49,16 +50,26 @@ def offline_inputs(cfg: RunConfig) -> OfflineInputs:
     train = _pairs(cfg, "train", train_files, tokenizer)
     if eval_files:
         evals = _pairs(cfg, "eval", eval_files, tokenizer)
+        note = f"{len(train)} train pairs of {', '.join(map(str, train_files))}; {len(evals)} held-out pairs of " + (
+            ", ".join(map(str, eval_files))
+        )
     else:
         train, evals = split_eval(train, cfg.data.eval_fraction, cfg.data.shuffle_seed)
-    return OfflineInputs(task.model_path, cfg.model.reference_path or task.model_path, train, evals, task.metrics)
+        note = (
+            f"{len(train)} train pairs and {len(evals)} held out of {', '.join(map(str, train_files))} "
+            f"(data.eval_fraction={cfg.data.eval_fraction}, seed {cfg.data.shuffle_seed})"
+        )
+    log.info("data: %s", note)
+    reference = cfg.model.reference_path or task.model_path
+    return OfflineInputs(task.model_path, reference, train, evals, task.metrics, note)
 
 
 def online_inputs(cfg: RunConfig) -> OnlineInputs:
     check_inputs(cfg, "online")
     o, task, prompt_task = cfg.online, resolve_model(cfg), resolve_prompt_task(cfg)
-    prompts = load_prompts(o.prompt_files, cfg.data.on_error) if o.prompt_files else []
-    eval_prompts = load_prompts(o.eval_prompt_files, cfg.data.on_error) if o.eval_prompt_files else []
+    columns = cfg.data.columns
+    prompts = load_prompts(o.prompt_files, cfg.data.on_error, columns) if o.prompt_files else []
+    eval_prompts = load_prompts(o.eval_prompt_files, cfg.data.on_error, columns) if o.eval_prompt_files else []
     prompts = prompts or prompt_task.prompts or task.prompts
     eval_prompts = eval_prompts or prompt_task.eval_prompts or task.eval_prompts
     tokenizer = load_tokenizer(task.model_path, cfg.model.trust_remote_code)
@@ -79,6 +90,6 @@ def online_inputs(cfg: RunConfig) -> OnlineInputs:
 
 
 def _pairs(cfg: RunConfig, name: str, files: list[str], tokenizer) -> list[TokenizedPair]:
-    pairs, report = load_pairs(files, tokenizer, TokenizeSettings.of(cfg.data), cfg.data.on_error)
+    pairs, report = load_pairs(files, tokenizer, TokenizeSettings.of(cfg.data), cfg.data.on_error, cfg.data.columns)
     log.info("%s data: %s", name, report.summary())
     return pairs

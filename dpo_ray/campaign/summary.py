@@ -57,8 +57,9 @@ def offline_summary(result, inputs) -> str:
             after.update(inputs.task_metrics(load_trained_model(result.final_model, inputs.model_path), tokenizer))
     steps = sorted(result.step_seconds)
     timing = {"steps": len(steps), "median_step_seconds": steps[len(steps) // 2] if steps else float("nan")}
-    table = format_table(before, after)
-    write_text(result.run_dir / SUMMARY_JSON, json.dumps({"before": before, "after": after, **timing}, indent=2))
+    table = format_table(before, after) + (f"\n\npairs: {inputs.data_note}" if inputs.data_note else "")
+    summary = {"before": before, "after": after, **timing, "data": inputs.data_note}
+    write_text(result.run_dir / SUMMARY_JSON, json.dumps(summary, indent=2))
     write_text(result.run_dir / SUMMARY_MD, table + "\n")
     return table
 

@@ -12,24 +12,29 @@ from .loading import iter_rows
 from .tokenize import TokenizedPair, TokenizeSettings, tokenize_rows
 
 
-def _rows(sources: Sequence[Any], policy: ErrorPolicy) -> Iterator[PreferenceRow]:
+def _rows(sources: Sequence[Any], policy: ErrorPolicy, columns: dict[str, str]) -> Iterator[PreferenceRow]:
     for spec in sources:
         for source, index, raw in iter_rows(spec):
             policy.report.rows += 1
             try:
                 if isinstance(raw, DataError):
                     raise raw
-                yield normalise(raw, source, index)
+                yield normalise(raw, source, index, columns)
             except DataError as error:
                 policy.handle(error)
 
 
 def load_pairs(
-    sources: Sequence[Any], tokenizer, settings: TokenizeSettings, on_error: str = "raise"
+    sources: Sequence[Any],
+    tokenizer,
+    settings: TokenizeSettings,
+    on_error: str = "raise",
+    columns: dict[str, str] | None = None,
 ) -> tuple[list[TokenizedPair], DataReport]:
+    """Every source's rows (columns renamed by columns: data.columns) as tokenised pairs, and what was dropped."""
     report = DataReport()
     policy = ErrorPolicy(on_error, report)
-    pairs = tokenize_rows(_rows(sources, policy), tokenizer, settings, policy)
+    pairs = tokenize_rows(_rows(sources, policy, dict(columns or {})), tokenizer, settings, policy)
     if not pairs:
         raise ValueError(f"no usable preference pairs in {', '.join(map(str, sources))}: {report.summary()}")
     return pairs, report

@@ -78,25 +78,103 @@ def _split_implicit(chosen: Text, rejected: Text):
     return chosen[:n], chosen[n:], rejected[n:]
 
 
-def normalise(raw: Any, source: str, row: int) -> PreferenceRow:
-    """One raw row -> PreferenceRow, or a DataError naming source, row and field."""
+COLUMNS = ("prompt", "chosen", "rejected", "system")  # what data.columns may map a dataset's own columns onto
+UNSUPPORTED = {
+    "images": "image rows are not supported: dpo-ray trains text-only causal language models (drop the column)",
+    "tools": "tool definitions are not supported: the chat template is applied without tools (drop the column)",
+}
+
+
+def mapped_columns(raw: Any, columns: dict[str, str]) -> Any:
+    """A row with its columns renamed by data.columns (a mapped column replaces one of the target's name)."""
+    if not columns or not isinstance(raw, dict):
+        return raw
+    renamed = {k: v for k, v in raw.items() if k not in columns.values()}
+    renamed.update({columns[k]: v for k, v in raw.items() if k in columns})
+    return renamed
+
+
+def _missing(raw: dict, names: tuple[str, ...], source: str, row: int, unless_alone: bool = False) -> None:
+    """A DataError for the first of names the row lacks, listing the other columns it has and how to map them (with
+    unless_alone, only when there are such columns)."""
+    for name in names:
+        if raw.get(name) is None:
+            others = [k for k in raw if k not in COLUMNS]
+            if unless_alone and not others:
+                return
+            if not others:
+                raise DataError(source, row, name, "missing")
+            hint = f"the row's columns: {', '.join(others)} (map one: data.columns={{{others[0]}:{name}}})"
+            raise DataError(source, row, name, f"missing; {hint}")
+
+
+def _with_system(system: str, prompt: Text, chosen: Text, rejected: Text):
+    """A system column as the conversation's first message: string rows become conversations (so the chat template
+    places it); a conversation that starts with a system message keeps its own."""
+    if isinstance(prompt, str):
+        prompt = [{"role": "user", "content": prompt}]
+        chosen, rejected = ([{"role": "assistant", "content": text}] for text in (chosen, rejected))
+    if prompt and prompt[0]["role"] == "system":
+        return prompt, chosen, rejected
+    return [{"role": "system", "content": system}, *prompt], chosen, rejected
+
+
+def _prompt_of_conversations(prompt: str, chosen: Messages, rejected: Messages, source: str, row: int):
+    """A string prompt beside conversations that repeat it (UltraFeedback binarized): the prompt is the
+    conversations' shared leading messages, whose last user turn must be the string prompt."""
+    messages, chosen, rejected = _split_implicit(chosen, rejected)
+    users = [m["content"] for m in messages if m["role"] == "user"]
+    if not users:
+        raise DataError(
+            source,
+            row,
+            "prompt",
+            "a string prompt beside message lists that share no user turn: give the prompt as "
+            "messages, or responses as strings",
+        )
+    if users[-1].strip() != prompt.strip():
+        raise DataError(
+            source,
+            row,
+            "prompt",
+            f"the string prompt {prompt[:60]!r} differs from the conversations' shared user turn {users[-1][:60]!r}",
+        )
+    return messages, chosen, rejected
+
+
+def normalise(raw: Any, source: str, row: int, columns: dict[str, str] | None = None) -> PreferenceRow:
+    """One raw row (its columns renamed by columns) -> PreferenceRow, or a DataError naming source, row and field."""
     if not isinstance(raw, dict):
         raise DataError(
             source, row, "<row>", f"a row must be an object with prompt/chosen/rejected, got {type(raw).__name__}"
         )
+    raw = mapped_columns(raw, columns or {})
+    for name, reason in UNSUPPORTED.items():
+        if raw.get(name):
+            raise DataError(source, row, name, reason)
+    _missing(raw, ("chosen", "rejected"), source, row)
     chosen = text_field(raw, "chosen", source, row)
     rejected = text_field(raw, "rejected", source, row)
     if isinstance(chosen, str) != isinstance(rejected, str):
         raise DataError(source, row, "rejected", "chosen and rejected must both be strings or both be message lists")
     if raw.get("prompt") is None:
         prompt, chosen, rejected = _split_implicit(chosen, rejected)
+        if is_empty(prompt):  # no shared start: the prompt is likely in a column of another name
+            _missing(raw, ("prompt",), source, row, unless_alone=True)
     else:
         prompt = text_field(raw, "prompt", source, row)
-        if isinstance(prompt, str) != isinstance(chosen, str):
-            raise DataError(source, row, "prompt", "prompt and responses must both be strings or both be message lists")
+        if isinstance(prompt, str) and isinstance(chosen, list):
+            prompt, chosen, rejected = _prompt_of_conversations(prompt, chosen, rejected, source, row)
+        elif isinstance(prompt, str) != isinstance(chosen, str):
+            raise DataError(source, row, "prompt", "a message-list prompt needs message-list responses")
     for name, value in (("chosen", chosen), ("rejected", rejected)):
         if is_empty(value):
             raise DataError(source, row, name, "empty response")
     if isinstance(chosen, list) and isinstance(prompt, list) and not prompt:
         raise DataError(source, row, "prompt", "no prompt messages")
+    system = raw.get("system")
+    if system is not None and not isinstance(system, str):
+        raise DataError(source, row, "system", f"must be a string, got {type(system).__name__}")
+    if system and system.strip():
+        prompt, chosen, rejected = _with_system(system, prompt, chosen, rejected)
     return PreferenceRow(prompt=prompt, chosen=chosen, rejected=rejected, source=source, row=row)

@@ -6,12 +6,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from .errors import DataError, DataReport, ErrorPolicy
-from .formats import Text, is_empty, text_field
+from .formats import Text, is_empty, mapped_columns, text_field
 from .loading import iter_rows
 
 
-def load_prompts(sources: Sequence[Any], on_error: str = "raise") -> list[Text]:
-    """Every row's prompt; a malformed row raises a DataError naming file, row and field, or is skipped and counted."""
+def load_prompts(sources: Sequence[Any], on_error: str = "raise", columns: dict[str, str] | None = None) -> list[Text]:
+    """Every row's prompt (columns renamed by columns: data.columns); a malformed row raises a DataError naming file,
+    row and field, or is skipped and counted."""
     policy = ErrorPolicy(on_error, DataReport())
     prompts: list[Text] = []
     for spec in sources:
@@ -23,6 +24,7 @@ def load_prompts(sources: Sequence[Any], on_error: str = "raise") -> list[Text]:
                     raise DataError(
                         source, index, "<row>", f"a row must be an object with a 'prompt', got {type(raw).__name__}"
                     )
+                raw = mapped_columns(raw, dict(columns or {}))
                 prompt = text_field(raw, "prompt", source, index)
                 if is_empty(prompt):
                     raise DataError(source, index, "prompt", "empty prompt")
