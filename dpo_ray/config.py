@@ -126,7 +126,7 @@ class AlgoConfig:
         "sigmoid",
         "loss by TRL's name, or several (MPO) as a list ([sigmoid,sft], TRL's form) or joined by commas: sigmoid hinge "
         "ipo exo_pair nca_pair robust bco_pair sppo_hard aot aot_unpaired apo_zero apo_down discopop sft sigmoid_norm; "
-        "reference-free: simpo orpo",
+        "reference-free: simpo orpo; unpaired (labelled completions, alone): kto apo_zero_unpaired",
     )
     loss_weights: list[float] = opt([], "weight of each loss in loss_type; empty: 1.0 each")
     beta: float = opt(0.1, "strength of the implicit KL constraint (the reward scale for simpo/orpo)", POSITIVE)
@@ -155,6 +155,10 @@ class AlgoConfig:
         "LD-DPO (TRL's): a response's tokens beyond its pair's shorter response count this much in its log-prob "
         "(policy and reference); null: all count fully",
         Bounds(0, 1, also=(None,)),
+    )
+    desirable_weight: float = opt(1.0, "KTO (kto, apo_zero_unpaired): weight of desirable examples' losses", POSITIVE)
+    undesirable_weight: float = opt(
+        1.0, "KTO: weight of undesirable examples' losses (the KTO paper balances them by their counts)", POSITIVE
     )
     sync_ref_model: bool = opt(
         False,

@@ -15,6 +15,7 @@ class LossType:
     label_smoothing: Bounds | None = None  # the algo.label_smoothing values it takes; None: it does not read it
     options: tuple[str, ...] = ()  # further algo.* options it reads
     f_divergence: bool = False  # built on the chosen-rejected score difference: takes algo.f_divergence_type (TRL)
+    unpaired: bool = False  # KTO-style: one completion and its label per example (TRL's KTOTrainer), trained alone
 
 
 _NOISE = Bounds(0, 1, high_open=True)
@@ -39,6 +40,8 @@ LOSS_TYPES: dict[str, LossType] = {
     "sigmoid_norm": LossType(per_token=True, options=F_OPTIONS, f_divergence=True),
     "simpo": LossType(reference_free=True, per_token=True, label_smoothing=_NOISE, options=("simpo_gamma",)),
     "orpo": LossType(reference_free=True, per_token=True),
+    "kto": LossType(unpaired=True, options=("desirable_weight", "undesirable_weight")),
+    "apo_zero_unpaired": LossType(unpaired=True, options=("desirable_weight", "undesirable_weight")),
 }
 NLL_TERMS = ("sft", "orpo")  # terms whose weight adds to the chosen-response NLL coefficient
 
@@ -53,6 +56,11 @@ def loss_terms(loss_type: str, weights: list[float]) -> list[tuple[str, float]]:
     """(loss type, weight) of each term; empty weights mean 1.0 each (validated when the config is composed)."""
     names = loss_names(loss_type)
     return list(zip(names, list(weights) or [1.0] * len(names)))
+
+
+def is_unpaired(loss_type: str | list[str]) -> bool:
+    """Whether the loss trains on labelled completions (KTO) rather than pairs."""
+    return any(LOSS_TYPES[n].unpaired for n in loss_names(loss_type) if n in LOSS_TYPES)
 
 
 def takes_label_smoothing(names: list[str]) -> list[str]:

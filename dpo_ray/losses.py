@@ -141,3 +141,37 @@ def preference_loss(
         avg = chosen_logratios / chosen_lengths.clamp(min=1) - rejected_logratios / rejected_lengths.clamp(min=1)
         losses = -F.logsigmoid(beta * avg)
     return losses, beta * logratio_c.detach(), beta * logratio_r.detach()
+
+
+def unpaired_loss(
+    logps: torch.Tensor,
+    reference_logps: torch.Tensor,
+    kl_logps: torch.Tensor,
+    reference_kl_logps: torch.Tensor,
+    desirable: torch.Tensor,
+    loss_type: str,
+    beta: float,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+    kl_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """TRL's KTO losses of one micro-batch of labelled completions: (per-example weighted losses, rewards, z0).
+
+    kto (KTO eq. 7): r = log pi(y|x) - log ref(y|x); the reference point z0 = the batch's mean log-ratio of mismatched
+    (x, y') pairs (those kl_mask keeps), detached and clamped at 0; desirable 1 - s(beta (r - z0)), undesirable
+    1 - s(beta (z0 - r)). apo_zero_unpaired: desirable 1 - s(beta r), undesirable s(beta r) (no z0). Rewards are
+    beta r, detached."""
+    logratios = logps - reference_logps
+    if loss_type == "kto":
+        kl = (kl_logps - reference_kl_logps).detach()
+        if kl_mask is None:
+            kl_mask = torch.ones_like(kl, dtype=torch.bool)
+        z0 = (torch.where(kl_mask, kl, 0.0).sum() / kl_mask.sum().clamp(min=1)).clamp(min=0)
+        good, bad = 1 - torch.sigmoid(beta * (logratios - z0)), 1 - torch.sigmoid(beta * (z0 - logratios))
+    elif loss_type == "apo_zero_unpaired":
+        z0 = torch.zeros((), dtype=logps.dtype, device=logps.device)
+        good, bad = 1 - torch.sigmoid(beta * logratios), torch.sigmoid(beta * logratios)
+    else:
+        raise ValueError(f"unknown unpaired loss type {loss_type!r}")
+    losses = torch.where(desirable, desirable_weight * good, undesirable_weight * bad)
+    return losses, beta * logratios.detach(), z0

@@ -11,7 +11,7 @@ from .data.batches import StepScale
 from .logprobs import PairLogps
 from .loss_types import LOSS_TYPES, NLL_TERMS
 from .loss_types import loss_terms as parse_terms
-from .losses import preference_loss
+from .losses import preference_loss, unpaired_loss
 
 
 def loss_terms(algo: AlgoConfig) -> list[tuple[str, float]]:
@@ -40,6 +40,7 @@ def micro_batch_objective(
     algo: AlgoConfig,
     scale: StepScale,
     weight: float = 1.0,
+    labels: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """This micro-batch's share of the step loss (sums over the step's micro-batches to the exact global mean),
     metric sums (0-d tensors, read once per step: see metric_floats) that reduce_metrics turns into means, and which
@@ -47,7 +48,11 @@ def micro_batch_objective(
 
     A pair whose log-probs, reference log-probs or loss are not finite adds nothing: its inputs are replaced by finite
     stand-ins and its loss by zero, so its gradient is zero and no host synchronisation decides it.
-    sft terms (and ORPO's NLL) use the token mean over the whole step, not per micro-batch, so splits stay exact."""
+    sft terms (and ORPO's NLL) use the token mean over the whole step, not per micro-batch, so splits stay exact.
+    labels: KTO's desirable flags, one per example (its completion in the chosen slot, a mismatched one in the
+    other)."""
+    if labels is not None:
+        return _unpaired_objective(out, reference_chosen, reference_rejected, labels, algo, scale, weight)
     chosen_tokens, rejected_tokens = out.chosen_tokens.clamp(min=1), out.rejected_tokens.clamp(min=1)
     finite = torch.isfinite(out.chosen_logps.detach()) & torch.isfinite(out.rejected_logps.detach())
     if reference_chosen is not None:
@@ -114,6 +119,55 @@ def micro_batch_objective(
     return loss, {k: v * weight for k, v in sums.items()}, ~finite
 
 
+def _unpaired_objective(
+    out: PairLogps,
+    reference: torch.Tensor,
+    reference_kl: torch.Tensor,
+    desirable: torch.Tensor,
+    algo: AlgoConfig,
+    scale: StepScale,
+    weight: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """KTO's objective of a micro-batch of labelled completions (TRL's losses and metric names), with the same finite
+    stand-ins as the pairs': an example whose log-probs are not finite adds nothing, to the loss or to z0."""
+    finite = torch.isfinite(out.chosen_logps.detach()) & torch.isfinite(out.rejected_logps.detach())
+    finite = finite & torch.isfinite(reference) & torch.isfinite(reference_kl)
+    zero = lambda x: torch.where(finite, x, 0.0)  # noqa: E731
+    ((loss_type, _),) = loss_terms(algo)
+    losses, rewards, z0 = unpaired_loss(
+        zero(out.chosen_logps),
+        zero(reference),
+        zero(out.rejected_logps.detach()),
+        zero(reference_kl),
+        desirable,
+        loss_type,
+        algo.beta,
+        algo.desirable_weight,
+        algo.undesirable_weight,
+        kl_mask=finite,
+    )
+    finite = finite & torch.isfinite(losses.detach())
+    loss = weight * torch.where(finite, losses, 0.0).sum() / scale.pairs
+    good, bad = finite & desirable, finite & ~desirable
+    part = lambda x, mask: torch.where(mask, x.detach(), 0.0).sum()  # noqa: E731
+    sums = {
+        "pairs": finite.sum(),
+        "loss": loss.detach(),
+        "count/chosen": good.sum(),
+        "count/rejected": bad.sum(),
+        "rewards/chosen": part(rewards, good),
+        "rewards/rejected": part(rewards, bad),
+        "logps/chosen": part(out.chosen_logps, good),
+        "logps/rejected": part(out.chosen_logps, bad),
+        "kl": z0.detach(),
+        "kl_batches": torch.ones((), device=z0.device),
+        "entropy": out.entropy_sum.detach(),
+        "tokens/chosen": part(out.chosen_tokens, finite),
+        "tokens/rejected": part(out.rejected_tokens, finite),
+    }
+    return loss, {k: v * weight for k, v in sums.items()}, ~finite
+
+
 def metric_floats(sums: dict[str, torch.Tensor]) -> dict[str, float]:
     """0-d metric tensors as numbers, read from the device at once (one synchronisation, not one a metric)."""
     if not sums:
@@ -147,6 +201,8 @@ def add_metric_sums(parts: Iterable[dict]) -> dict:
 def reduce_metrics(parts: Iterable[dict[str, float]]) -> dict[str, float]:
     """Sum micro-batch metric sums over ranks and micro-batches, then divide by the right count."""
     total = add_metric_sums(parts)
+    if "count/chosen" in total:
+        return _reduce_unpaired(total)
     pairs = max(total.get("pairs", 0.0), 1.0)
     out = {"loss": total.get("loss", 0.0)}
     out.update({k: total[k] / pairs for k in PER_PAIR if k in total})
@@ -155,4 +211,19 @@ def reduce_metrics(parts: Iterable[dict[str, float]]) -> dict[str, float]:
         out["logits/rejected"] = total["logits/rejected"] / max(total["tokens/rejected"], 1.0)
     if "entropy" in total:  # TRL's: over every completion token, chosen and rejected
         out["entropy"] = total["entropy"] / max(total["tokens/chosen"] + total["tokens/rejected"], 1.0)
+    return out
+
+
+def _reduce_unpaired(total: dict[str, float]) -> dict[str, float]:
+    """KTO's step metrics (TRL's): rewards and log-probs averaged over the desirable and the undesirable examples,
+    their margin when both are there, z0 as kl (averaged over micro-batches), the counts of each."""
+    out = {"loss": total["loss"], "count/chosen": total["count/chosen"], "count/rejected": total["count/rejected"]}
+    for side in ("chosen", "rejected"):
+        if total[f"count/{side}"] > 0:
+            for key in (f"rewards/{side}", f"logps/{side}"):
+                out[key] = total[key] / total[f"count/{side}"]
+    if "rewards/chosen" in out and "rewards/rejected" in out:
+        out["rewards/margins"] = out["rewards/chosen"] - out["rewards/rejected"]
+    out["kl"] = total["kl"] / max(total["kl_batches"], 1.0)
+    out["entropy"] = total["entropy"] / max(total["tokens/chosen"] + total["tokens/rejected"], 1.0)
     return out

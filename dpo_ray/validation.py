@@ -87,6 +87,16 @@ def _losses(cfg: RunConfig) -> list[str]:
             f"algo.f_alpha_divergence_coef={algo.f_alpha_divergence_coef!r}: read by "
             f"f_divergence_type=alpha_divergence only, not {f_type}"
         )
+    unpaired = [n for n in names if LOSS_TYPES[n].unpaired]
+    if unpaired and len(names) > 1:
+        problems.append(
+            f"algo.loss_type={algo.loss_type!r}: {unpaired[0]} trains on labelled completions, not pairs; it takes no "
+            "other loss beside it"
+        )
+    kto_free = {"rpo_alpha": 0.0, "use_weighting": False, "ld_alpha": None}  # pair-only options
+    for option, off in kto_free.items():
+        if unpaired and getattr(algo, option) != off:
+            problems.append(f"algo.{option}={getattr(algo, option)!r}: not with {unpaired[0]} (a pair option)")
     sorting = [n for n in names if n in ("aot", "aot_unpaired")]
     if algo.use_weighting and sorting:
         problems.append(

@@ -69,7 +69,7 @@ SMOOTHING = {"exo_pair": 1e-3, "robust": 0.2, "aot": 0.1, "aot_unpaired": 0.1, "
 OPTIONS = {"sigmoid": {"cdpo_label_smoothing": 0.15}, "discopop": {"discopop_tau": 0.05}, "simpo": {"simpo_gamma": 0.7}}
 
 
-@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@pytest.mark.parametrize("loss_type", [name for name, spec in LOSS_TYPES.items() if not spec.unpaired])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_loss_equals_its_formula_and_has_finite_gradients(loss_type, seed):
     pc, pr, rc, rr, lc, lr = inputs(seed)
@@ -163,3 +163,42 @@ def test_f_divergences_replace_each_log_ratio_by_trls_score(loss_type, f_type, a
     assert torch.allclose(chosen_rewards, b * (pc - rc))
     reverse, *_ = preference_loss(pc, pr, rc, rr, loss_type=loss_type, beta=b, chosen_lengths=lc, rejected_lengths=lr)
     assert not torch.allclose(losses, reverse)
+
+
+def trl_kto(logps, ref, kl_logps, ref_kl, labels, loss_type, beta, w_good, w_bad):
+    """TRL's KTOTrainer._compute_loss on one batch, per example in plain Python (float64): z0 the mean mismatched
+    log-ratio, clamped at 0; the losses of desirable then undesirable examples, weighted; their mean."""
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    z0 = max(sum(k - rk for k, rk in zip(kl_logps, ref_kl)) / len(kl_logps), 0.0) if loss_type == "kto" else 0.0
+    good, bad = [], []
+    for lp, rp, label in zip(logps, ref, labels):
+        r = lp - rp
+        if loss_type == "kto":
+            (good if label else bad).append(1 - sig(beta * (r - z0)) if label else 1 - sig(beta * (z0 - r)))
+        else:
+            (good if label else bad).append(1 - sig(beta * r) if label else sig(beta * r))
+    losses = [w_good * x for x in good] + [w_bad * x for x in bad]
+    return sum(losses) / len(losses), z0
+
+
+@pytest.mark.parametrize("loss_type", ["kto", "apo_zero_unpaired"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kto_losses_and_z0_equal_trls_formulas(loss_type, seed):
+    from dpo_ray.losses import unpaired_loss
+
+    g = torch.Generator().manual_seed(seed)
+    logps, ref = (
+        -torch.rand(N, generator=g, dtype=torch.float64) * 20,
+        -torch.rand(N, generator=g, dtype=torch.float64) * 20,
+    )
+    kl, ref_kl = logps + torch.randn(N, generator=g, dtype=torch.float64), logps.clone()
+    labels = torch.rand(N, generator=g) < 0.6
+    if seed == 2:
+        kl = ref_kl - 1.0  # a negative mean mismatched log-ratio: z0 clamps at 0
+    losses, rewards, z0 = unpaired_loss(logps, ref, kl, ref_kl, labels, loss_type, 0.3, 1.5, 0.7)
+    expected, expected_z0 = trl_kto(
+        logps.tolist(), ref.tolist(), kl.tolist(), ref_kl.tolist(), labels.tolist(), loss_type, 0.3, 1.5, 0.7
+    )
+    assert losses.mean().item() == pytest.approx(expected, abs=1e-9)
+    assert z0.item() == pytest.approx(expected_z0, abs=1e-9) and (seed != 2 or z0.item() == 0.0)
+    assert torch.allclose(rewards, 0.3 * (logps - ref), atol=1e-12)

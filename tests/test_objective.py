@@ -141,3 +141,40 @@ def test_a_non_finite_pair_adds_nothing_and_the_others_train_as_if_it_were_not_t
     assert metrics["pairs"] == 3
     for name in ("rewards/chosen", "rewards/margins", "logps/chosen", "nll_loss", "tokens/chosen", "kl/chosen"):
         assert abs(metrics[name].item() - expected_metrics[name].item()) < 1e-4, name
+
+
+def test_kto_objective_takes_trls_mean_over_examples_and_reports_per_label_metrics():
+    """One micro-batch of labelled completions: the loss is TRL's mean, an example whose log-probs are not finite
+    adds nothing (to the loss or z0), and the metrics average over the desirable and undesirable examples."""
+    from dpo_ray.config import AlgoConfig
+    from dpo_ray.data.batches import StepScale
+    from dpo_ray.logprobs import PairLogps
+    from dpo_ray.objective import micro_batch_objective, reduce_metrics
+
+    from .test_losses import trl_kto
+
+    logps = torch.tensor([-5.0, -7.0, -3.0, -9.0, float("nan")], dtype=torch.float64)
+    kl = torch.tensor([-6.0, -6.5, -4.0, -8.0, -1.0], dtype=torch.float64)
+    ref, ref_kl = logps.nan_to_num(-4.0) + 0.5, kl - 0.25
+    labels = torch.tensor([True, False, True, False, True])
+    zeros, ones = torch.zeros(5, dtype=torch.float64), torch.ones(5)
+    out = PairLogps(logps, kl, ones * 2, ones * 3, *(torch.tensor(0.0),) * 4, zeros, zeros)
+    algo = AlgoConfig(loss_type="kto", beta=0.2, desirable_weight=1.3)
+    loss, sums, bad = micro_batch_objective(out, ref, ref_kl, algo, StepScale(4, 8), labels=labels)
+    expected, z0 = trl_kto(
+        logps[:4].tolist(),
+        ref[:4].tolist(),
+        kl[:4].tolist(),
+        ref_kl[:4].tolist(),
+        labels[:4].tolist(),
+        "kto",
+        0.2,
+        1.3,
+        1.0,
+    )
+    assert loss.item() == pytest.approx(expected, abs=1e-12) and bad.tolist() == [False] * 4 + [True]
+    metrics = reduce_metrics([{k: float(v) for k, v in sums.items()}])
+    assert (metrics["count/chosen"], metrics["count/rejected"]) == (2, 2)
+    assert metrics["kl"] == pytest.approx(z0) and z0 == pytest.approx(0.25)
+    assert metrics["rewards/chosen"] == pytest.approx(0.2 * -0.5) and metrics["logps/rejected"] == pytest.approx(-8.0)
+    assert metrics["rewards/margins"] == pytest.approx(0.0)

@@ -13,6 +13,7 @@ from ..data.dataset import load_pairs, split_eval
 from ..data.formats import Text
 from ..data.prompts import load_prompts
 from ..data.tokenize import TokenizedPair, TokenizeSettings
+from ..loss_types import is_unpaired
 from ..tasks.registry import resolve_model, resolve_prompt_task, resolve_reward_model
 from ..workers.models import load_tokenizer
 from .preflight import InputError, check_inputs
@@ -90,6 +91,7 @@ def online_inputs(cfg: RunConfig) -> OnlineInputs:
 
 
 def _pairs(cfg: RunConfig, name: str, files: list[str], tokenizer) -> list[TokenizedPair]:
-    pairs, report = load_pairs(files, tokenizer, TokenizeSettings.of(cfg.data), cfg.data.on_error, cfg.data.columns)
+    settings, unpaired = TokenizeSettings.of(cfg.data), is_unpaired(cfg.algo.loss_type)
+    pairs, report = load_pairs(files, tokenizer, settings, cfg.data.on_error, cfg.data.columns, unpaired)
     log.info("%s data: %s", name, report.summary())
     return pairs

@@ -111,7 +111,10 @@ class OfflineCampaign:
         return groups + [[n_train + i for i in group] for group in eval_groups(self.cfg, len(self.inputs.eval))]
 
     def _write_data_stats(self, eval_ref) -> None:
-        """Statistics of the pairs for the monitors (length bias, near-identical pairs, label noise)."""
+        """Statistics of the pairs for the monitors (length bias, near-identical pairs, label noise); KTO's examples
+        are no pairs (their second completion is another example's): none."""
+        if self.inputs.train and self.inputs.train[0].label is not None:
+            return
         ratio = self.cfg.monitor.near_identical_ratio
         stats = {
             "train": pair_statistics(self.inputs.train, ratio),

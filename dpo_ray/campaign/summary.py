@@ -14,6 +14,8 @@ from ..run_files import SUMMARY_JSON, SUMMARY_MD
 ROWS = [
     ("eval_rewards/accuracies", "held-out reward accuracy"),
     ("eval_rewards/margins", "held-out implicit reward margin"),
+    ("eval_rewards/chosen", "held-out chosen (desirable) reward"),
+    ("eval_rewards/rejected", "held-out rejected (undesirable) reward"),
     ("eval_loss", "held-out loss"),
     ("eval_logps/chosen", "held-out chosen log-prob"),
     ("task/sampled_accuracy", "sampled task accuracy (T=1)"),

@@ -197,7 +197,12 @@ class PolicyTrainer:
         if self.step % t.log_every == 0:
             self.writer.write(self.step, metrics)
         self.progress.update(1)
-        self.progress.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['rewards/accuracies']:.2f}")
+        shown = {"loss": f"{metrics['loss']:.4f}"}
+        if "rewards/accuracies" in metrics:  # pairs; KTO has no accuracy, its margin shows instead
+            shown["acc"] = f"{metrics['rewards/accuracies']:.2f}"
+        elif "rewards/margins" in metrics:
+            shown["margin"] = f"{metrics['rewards/margins']:.3f}"
+        self.progress.set_postfix(shown)
 
     def _guard(self, nonfinite: list[list[int]], grad_norm: float) -> None:
         """Non-finite losses: their pairs (indices into this call's pairs) are saved; the run stops or skips them."""

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 from .errors import DataError, DataReport, ErrorPolicy
@@ -24,17 +25,45 @@ def _rows(sources: Sequence[Any], policy: ErrorPolicy, columns: dict[str, str]) 
                 policy.handle(error)
 
 
+def unpaired_examples(rows: Iterable[PreferenceRow]) -> list[PreferenceRow]:
+    """KTO's examples: unpaired rows as they are, each pair as a desirable chosen and an undesirable rejected row (all
+    desirable ones first, as TRL unpairs); then each example's mismatched completion is the previous example's (the
+    first takes the last's), TRL's rotation, fixed here so that the reference scores each example once."""
+    rows = list(rows)
+    kept = [r for r in rows if r.label is not None]
+    kept += [replace(r, rejected=None, label=True) for r in rows if r.label is None]
+    kept += [replace(r, chosen=r.rejected, rejected=None, label=False) for r in rows if r.label is None]
+    return [replace(r, rejected=kept[i - 1].chosen) for i, r in enumerate(kept)]
+
+
+def _paired_only(rows: Iterable[PreferenceRow]) -> Iterator[PreferenceRow]:
+    for row in rows:
+        if row.label is not None:
+            raise DataError(
+                row.source,
+                row.row,
+                "completion",
+                "an unpaired row (prompt, completion, label) needs an unpaired loss: algo.loss_type=kto or "
+                "apo_zero_unpaired",
+            )
+        yield row
+
+
 def load_pairs(
     sources: Sequence[Any],
     tokenizer,
     settings: TokenizeSettings,
     on_error: str = "raise",
     columns: dict[str, str] | None = None,
+    unpaired: bool = False,
 ) -> tuple[list[TokenizedPair], DataReport]:
-    """Every source's rows (columns renamed by columns: data.columns) as tokenised pairs, and what was dropped."""
+    """Every source's rows (columns renamed by columns: data.columns) as tokenised pairs, and what was dropped; with
+    unpaired (KTO), as labelled examples beside their mismatched completions (see unpaired_examples)."""
     report = DataReport()
     policy = ErrorPolicy(on_error, report)
-    pairs = tokenize_rows(_rows(sources, policy, dict(columns or {})), tokenizer, settings, policy)
+    rows = _rows(sources, policy, dict(columns or {}))
+    rows = unpaired_examples(rows) if unpaired else _paired_only(rows)
+    pairs = tokenize_rows(rows, tokenizer, settings, policy)
     if not pairs:
         raise ValueError(f"no usable preference pairs in {', '.join(map(str, sources))}: {report.summary()}")
     return pairs, report

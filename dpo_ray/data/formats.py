@@ -16,9 +16,10 @@ ROLES = ("system", "user", "assistant", "tool")
 class PreferenceRow:
     prompt: Text
     chosen: Text
-    rejected: Text
+    rejected: Text | None  # None: an unpaired row (KTO) until its mismatched completion is chosen
     source: str
     row: int
+    label: bool | None = None  # KTO: whether chosen (the completion) is desirable; None for a pair
 
     @property
     def conversational(self) -> bool:
@@ -78,7 +79,8 @@ def _split_implicit(chosen: Text, rejected: Text):
     return chosen[:n], chosen[n:], rejected[n:]
 
 
-COLUMNS = ("prompt", "chosen", "rejected", "system")  # what data.columns may map a dataset's own columns onto
+# what data.columns may map a dataset's own columns onto
+COLUMNS = ("prompt", "chosen", "rejected", "completion", "label", "system")
 UNSUPPORTED = {
     "images": "image rows are not supported: dpo-ray trains text-only causal language models (drop the column)",
     "tools": "tool definitions are not supported: the chat template is applied without tools (drop the column)",
@@ -142,6 +144,23 @@ def _prompt_of_conversations(prompt: str, chosen: Messages, rejected: Messages, 
     return messages, chosen, rejected
 
 
+def _unpaired(raw: dict, source: str, row: int) -> PreferenceRow:
+    """TRL's unpaired layout (KTO): prompt, completion, and a bool label saying whether the completion is desirable."""
+    _missing(raw, ("prompt", "completion", "label"), source, row)
+    label = raw["label"]
+    if not isinstance(label, bool):
+        raise DataError(source, row, "label", f"must be true or false, got {label!r}")
+    prompt, completion = text_field(raw, "prompt", source, row), text_field(raw, "completion", source, row)
+    if isinstance(prompt, str) != isinstance(completion, str):
+        raise DataError(source, row, "completion", "prompt and completion must both be strings or both be messages")
+    if is_empty(completion):
+        raise DataError(source, row, "completion", "empty completion")
+    system = raw.get("system")
+    if isinstance(system, str) and system.strip():
+        prompt, completion, _ = _with_system(system, prompt, completion, completion)
+    return PreferenceRow(prompt, completion, None, source, row, label)
+
+
 def normalise(raw: Any, source: str, row: int, columns: dict[str, str] | None = None) -> PreferenceRow:
     """One raw row (its columns renamed by columns) -> PreferenceRow, or a DataError naming source, row and field."""
     if not isinstance(raw, dict):
@@ -152,6 +171,8 @@ def normalise(raw: Any, source: str, row: int, columns: dict[str, str] | None = 
     for name, reason in UNSUPPORTED.items():
         if raw.get(name):
             raise DataError(source, row, name, reason)
+    if "completion" in raw or "label" in raw:
+        return _unpaired(raw, source, row)
     _missing(raw, ("chosen", "rejected"), source, row)
     chosen = text_field(raw, "chosen", source, row)
     rejected = text_field(raw, "rejected", source, row)

@@ -19,6 +19,9 @@ class TokenizedPair:
     prompt_ids: tuple[int, ...]
     chosen_ids: tuple[int, ...]
     rejected_ids: tuple[int, ...]
+    # KTO: the completion's label (desirable or not); then chosen_ids is the completion and rejected_ids another
+    # example's completion, the mismatched pair whose log-ratio estimates KTO's reference point
+    label: bool | None = None
 
     @property
     def tokens(self) -> int:
@@ -110,7 +113,7 @@ def tokenize_rows(
                 f"{'messages' if row.conversational else 'data.chat_template=always'} need a chat template, and the "
                 f"tokenizer of {getattr(tokenizer, 'name_or_path', 'the model')} has none",
             )
-        if row.chosen == row.rejected:
+        if row.chosen == row.rejected and row.label is None:
             report.drop("chosen == rejected")
             continue
         prompt_ids, full_chosen = encode_turn(tokenizer, row.prompt, row.chosen, templated)
@@ -139,9 +142,9 @@ def tokenize_rows(
                 report.drop("prompt fills max_length")
                 continue
             prompt, chosen, rejected = truncated
-            if chosen == rejected:
+            if chosen == rejected and row.label is None:
                 report.drop("chosen == rejected")
                 continue
-            pairs.append(TokenizedPair(tuple(prompt), tuple(chosen), tuple(rejected)))
+            pairs.append(TokenizedPair(tuple(prompt), tuple(chosen), tuple(rejected), row.label))
     report.pairs += len(pairs)
     return pairs

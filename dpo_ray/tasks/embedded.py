@@ -22,7 +22,7 @@ from .sampling import sample_responses
 
 log = logging.getLogger(__name__)
 
-BUILD_VERSION = 1  # bump when the build below changes what it writes
+BUILD_VERSION = 2  # bump when the build below changes what it writes (2: the KTO variant of the train data)
 CHAT_TEMPLATE = (
     "{% for m in messages %}{% if m['role'] == 'system' %}<|system|>{% elif m['role'] == 'user' %}<|user|>"
     "{% else %}<|assistant|>{% endif %}{{ m['content'] }}<|end|>{% endfor %}"
@@ -38,6 +38,7 @@ class EmbeddedTask:
     eval_file: Path
     train_prompts: list[str]
     eval_prompts: list[str]
+    train_kto_file: Path  # the same samples unpaired: each distinct answer, labelled by the rule (KTO's layout)
     reward_fn = "dpo_ray.tasks.number_words:reward"  # the rule reward by import path, for online rounds
 
     @staticmethod
@@ -122,18 +123,26 @@ def sft(
     model.eval()
 
 
-def _pairs_file(path: Path, model, tokenizer, numbers: list[int], n: int, seed: int) -> int:
+def _pairs_file(
+    path: Path, model, tokenizer, numbers: list[int], n: int, seed: int, unpaired_path: Path | None = None
+) -> int:
+    """Sample n answers per prompt and write best-vs-worst pairs to path; with unpaired_path, also every distinct
+    answer labelled by the rule reward (desirable when exactly right), TRL's unpaired layout."""
     prompts = [number_words.prompt(k) for k in numbers]
     samples = sample_responses(model, tokenizer, prompts, n, temperature=1.0, seed=seed)
     rewards = [[number_words.reward(p, r) for r in outs] for p, outs in zip(prompts, samples)]
-    pairs = build_pairs(
-        [[{"role": "user", "content": p}] for p in prompts],
-        [[[{"role": "assistant", "content": r}] for r in outs] for outs in samples],
-        rewards,
-    )
+    as_user = lambda p: [{"role": "user", "content": p}]  # noqa: E731
+    as_assistant = lambda r: [{"role": "assistant", "content": r}]  # noqa: E731
+    pairs = build_pairs([as_user(p) for p in prompts], [[as_assistant(r) for r in outs] for outs in samples], rewards)
     with path.open("w", encoding="utf-8") as f:
         for pair in pairs:
             f.write(json.dumps(pair) + "\n")
+    if unpaired_path is not None:
+        with unpaired_path.open("w", encoding="utf-8") as f:
+            for prompt, outs, scores in zip(prompts, samples, rewards):
+                for answer in sorted(set(outs)):
+                    row = {"prompt": as_user(prompt), "completion": as_assistant(answer)}
+                    f.write(json.dumps({**row, "label": scores[outs.index(answer)] == 1.0}) + "\n")
     return len(pairs)
 
 
@@ -154,6 +163,7 @@ def ensure_embedded_task(cfg: EmbeddedConfig, cache_dir: str, seed: int = 0) -> 
         root / "eval.jsonl",
         [number_words.prompt(n) for n in sorted(train_numbers)],
         [number_words.prompt(n) for n in sorted(eval_numbers)],
+        root / "train_kto.jsonl",
     )
     if (root / "done").exists():
         return task
@@ -171,7 +181,15 @@ def ensure_embedded_task(cfg: EmbeddedConfig, cache_dir: str, seed: int = 0) -> 
         sft(model, tokenizer, train_numbers, cfg, seed)
         model.save_pretrained(tmp / "model", safe_serialization=True)
         tokenizer.save_pretrained(tmp / "model")
-        n_train = _pairs_file(tmp / "train.jsonl", model, tokenizer, train_numbers, cfg.samples_per_prompt, seed + 1)
+        n_train = _pairs_file(
+            tmp / "train.jsonl",
+            model,
+            tokenizer,
+            train_numbers,
+            cfg.samples_per_prompt,
+            seed + 1,
+            tmp / "train_kto.jsonl",
+        )
         n_eval = _pairs_file(tmp / "eval.jsonl", model, tokenizer, eval_numbers, cfg.samples_per_prompt, seed + 2)
         (tmp / "done").write_text(json.dumps({"train_pairs": n_train, "eval_pairs": n_eval}))
 

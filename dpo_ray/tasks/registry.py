@@ -93,6 +93,7 @@ def resolve_reward_model(cfg: RunConfig) -> str:
 
 
 def _embedded(cfg: RunConfig) -> TaskInputs:
+    from ..loss_types import is_unpaired
     from .embedded import ensure_embedded_task
     from .sampling import task_accuracy
 
@@ -110,7 +111,7 @@ def _embedded(cfg: RunConfig) -> TaskInputs:
 
     return TaskInputs(
         model_path=str(task.model_dir),
-        train_files=[str(task.train_file)],
+        train_files=[str(task.train_kto_file if is_unpaired(cfg.algo.loss_type) else task.train_file)],
         eval_files=[str(task.eval_file)],
         prompts=as_messages(task.train_prompts),
         eval_prompts=as_messages(task.eval_prompts),

@@ -135,6 +135,12 @@ class PolicyWorker:
         as_tensor = lambda xs: torch.tensor(xs, dtype=torch.float32, device=self.spec.device)
         return as_tensor(micro.reference_chosen_logps), as_tensor(micro.reference_rejected_logps)
 
+    def _labels(self, micro: MicroBatch) -> torch.Tensor | None:
+        """KTO's desirable flag of each example (None for pairs)."""
+        if micro.pairs[0].label is None:
+            return None
+        return torch.tensor([p.label for p in micro.pairs], dtype=torch.bool, device=self.spec.device)
+
     def train_step(self, micro_batches: list[MicroBatch], scale: StepScale) -> dict[str, float]:
         """One optimizer step over this rank's micro-batches; returns metric sums plus grad norm, learning rate and,
         per micro-batch, the positions of its pairs whose loss was not finite (they added no gradient). Nothing in
@@ -146,7 +152,7 @@ class PolicyWorker:
         for micro in micro_batches:
             out = forward_pairs(self.engine, self._batch(micro), self.cfg.algo.ld_alpha)
             loss, metrics, bad = micro_batch_objective(
-                out, *self._references(micro), self.cfg.algo, scale, micro.weight
+                out, *self._references(micro), self.cfg.algo, scale, micro.weight, self._labels(micro)
             )
             # The loss is already this micro-batch's share of the global mean; undo DeepSpeed's average over ranks.
             self.engine.backward(loss * self.world, scale_wrt_gas=False)
@@ -167,7 +173,10 @@ class PolicyWorker:
         sums = []
         for micro in micro_batches:
             out = forward_pairs(self.engine, self._batch(micro), self.cfg.algo.ld_alpha)
-            sums.append(micro_batch_objective(out, *self._references(micro), self.cfg.algo, scale, micro.weight)[1])
+            objective = micro_batch_objective(
+                out, *self._references(micro), self.cfg.algo, scale, micro.weight, self._labels(micro)
+            )
+            sums.append(objective[1])
         return metric_floats(add_metric_sums(sums))
 
     @torch.no_grad()

@@ -112,3 +112,45 @@ def test_unsupported_and_unmapped_columns_are_named(row, field, reason, tokenize
     with pytest.raises(DataError) as info:
         our_ids([row], tokenizer, tmp_path)
     assert info.value.field == field and reason in info.value.reason
+
+
+def unpaired(rows=ROWS):
+    """TRL's unpaired layout: each pair as a desirable and an undesirable labelled completion."""
+    return [{"prompt": p, "completion": " " + c, "label": True} for p, c, _ in rows] + [
+        {"prompt": p, "completion": " " + r, "label": False} for p, _, r in rows
+    ]
+
+
+def kto_ids(rows, tokenizer, tmp_path, columns=None):
+    path = tmp_path / "kto.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pairs, _ = load_pairs([str(path)], tokenizer, TokenizeSettings(max_length=None), columns=columns, unpaired=True)
+    return pairs
+
+
+def test_unpaired_rows_become_kto_examples_beside_the_previous_examples_completion(tokenizer, tmp_path):
+    examples = kto_ids(unpaired(), tokenizer, tmp_path)
+    assert [e.label for e in examples] == [True, True, False, False]
+    completions = [e.chosen_ids for e in examples]
+    assert [e.rejected_ids for e in examples] == completions[-1:] + completions[:-1]  # TRL's rotation by one
+    paired = kto_ids(LAYOUTS["standard"], tokenizer, tmp_path)  # a paired set trains with KTO as TRL unpairs it
+    assert paired == examples
+    prompt = tokenizer(ROWS[0][0])["input_ids"]
+    assert list(examples[0].prompt_ids) == prompt
+    with pytest.raises(DataError, match="needs an unpaired loss: algo.loss_type=kto"):
+        our_ids(unpaired(), tokenizer, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "row, field, reason",
+    [
+        ({"prompt": "p", "completion": "c", "label": "yes"}, "label", "must be true or false, got 'yes'"),
+        ({"prompt": "p", "label": True}, "completion", "missing"),
+        ({"prompt": "p", "completion": " ", "label": False}, "completion", "empty completion"),
+        ({"completion": "c", "label": True, "question": "q"}, "prompt", "map one: data.columns={question:prompt}"),
+    ],
+)
+def test_bad_unpaired_rows_name_their_field(row, field, reason, tokenizer, tmp_path):
+    with pytest.raises(DataError) as info:
+        kto_ids([row], tokenizer, tmp_path)
+    assert info.value.field == field and reason in info.value.reason
