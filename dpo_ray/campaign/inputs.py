@@ -49,15 +49,16 @@ def offline_inputs(cfg: RunConfig) -> OfflineInputs:
     eval_files = list(cfg.data.eval_files) or ([] if cfg.data.train_files else task.eval_files)
     tokenizer = load_tokenizer(task.model_path, cfg.model.trust_remote_code)
     train = _pairs(cfg, "train", train_files, tokenizer)
+    unit = "examples" if is_unpaired(cfg.algo.loss_type) else "pairs"
     if eval_files:
         evals = _pairs(cfg, "eval", eval_files, tokenizer)
-        note = f"{len(train)} train pairs of {', '.join(map(str, train_files))}; {len(evals)} held-out pairs of " + (
+        note = f"{len(train)} train {unit} of {', '.join(map(str, train_files))}; {len(evals)} held-out {unit} of " + (
             ", ".join(map(str, eval_files))
         )
     else:
         train, evals = split_eval(train, cfg.data.eval_fraction, cfg.data.shuffle_seed)
         note = (
-            f"{len(train)} train pairs and {len(evals)} held out of {', '.join(map(str, train_files))} "
+            f"{len(train)} train {unit} and {len(evals)} held out of {', '.join(map(str, train_files))} "
             f"(data.eval_fraction={cfg.data.eval_fraction}, seed {cfg.data.shuffle_seed})"
         )
     log.info("data: %s", note)

@@ -14,8 +14,8 @@ from ..run_files import SUMMARY_JSON, SUMMARY_MD
 ROWS = [
     ("eval_rewards/accuracies", "held-out reward accuracy"),
     ("eval_rewards/margins", "held-out implicit reward margin"),
-    ("eval_rewards/chosen", "held-out chosen (desirable) reward"),
-    ("eval_rewards/rejected", "held-out rejected (undesirable) reward"),
+    ("eval_rewards/chosen", "held-out chosen reward"),
+    ("eval_rewards/rejected", "held-out rejected reward"),
     ("eval_loss", "held-out loss"),
     ("eval_logps/chosen", "held-out chosen log-prob"),
     ("task/sampled_accuracy", "sampled task accuracy (T=1)"),
@@ -59,7 +59,7 @@ def offline_summary(result, inputs) -> str:
             after.update(inputs.task_metrics(load_trained_model(result.final_model, inputs.model_path), tokenizer))
     steps = sorted(result.step_seconds)
     timing = {"steps": len(steps), "median_step_seconds": steps[len(steps) // 2] if steps else float("nan")}
-    table = format_table(before, after) + (f"\n\npairs: {inputs.data_note}" if inputs.data_note else "")
+    table = format_table(before, after) + (f"\n\ndata: {inputs.data_note}" if inputs.data_note else "")
     summary = {"before": before, "after": after, **timing, "data": inputs.data_note}
     write_text(result.run_dir / SUMMARY_JSON, json.dumps(summary, indent=2))
     write_text(result.run_dir / SUMMARY_MD, table + "\n")

@@ -59,7 +59,7 @@ def load_pairs(
 ) -> tuple[list[TokenizedPair], DataReport]:
     """Every source's rows (columns renamed by columns: data.columns) as tokenised pairs, and what was dropped; with
     unpaired (KTO), as labelled examples beside their mismatched completions (see unpaired_examples)."""
-    report = DataReport()
+    report = DataReport(unit="examples" if unpaired else "pairs")
     policy = ErrorPolicy(on_error, report)
     rows = _rows(sources, policy, dict(columns or {}))
     rows = unpaired_examples(rows) if unpaired else _paired_only(rows)

@@ -21,6 +21,7 @@ class DataReport:
 
     rows: int = 0
     pairs: int = 0
+    unit: str = "pairs"  # what a row becomes: pairs, or KTO's labelled examples
     dropped: Counter = field(default_factory=Counter)
     warnings: Counter = field(default_factory=Counter)
 
@@ -28,7 +29,7 @@ class DataReport:
         self.dropped[reason] += 1
 
     def summary(self) -> str:
-        text = f"{self.rows} rows -> {self.pairs} pairs"
+        text = f"{self.rows} rows -> {self.pairs} {self.unit}"
         if self.dropped:
             text += "; dropped: " + ", ".join(f"{n} {why}" for why, n in self.dropped.most_common())
         if self.warnings:

@@ -191,6 +191,29 @@ def test_embedded_task_end_to_end_improves_held_out_and_sampled_accuracy(local_r
     assert sum(a == b for a, b in zip(hf, vllm_answers)) >= 0.95 * len(prompts)
 
 
+def test_kto_on_the_embedded_tasks_labelled_answers_raises_held_out_and_sampled_accuracy(
+    local_ray, tmp_path_factory, task_cache_dir
+):
+    """algo=kto on the embedded task trains on its KTO variant (every distinct sampled answer, labelled by the rule):
+    desirable answers gain on undesirable ones held out, and the sampled and greedy accuracies rise."""
+    from dpo_ray.compose import compose
+    from dpo_ray.workers.models import load_tokenizer
+
+    run_dir = tmp_path_factory.mktemp("kto")
+    cfg = compose(["algo=kto", f"output_dir={run_dir}", f"cache_dir={task_cache_dir}", "progress=false"])
+    campaign = OfflineCampaign(cfg)
+    assert all(e.label is not None for e in campaign.inputs.train) and "train_kto.jsonl" in campaign.inputs.data_note
+    result = campaign.run()
+    assert result.after["eval_rewards/margins"] > 1.0 and result.after["eval_loss"] < result.before["eval_loss"]
+    steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert {"kl", "count/chosen", "count/rejected", "rewards/chosen", "logps/rejected", "entropy"} <= set(steps[0])
+    tokenizer, task_metrics = load_tokenizer(campaign.inputs.model_path), campaign.inputs.task_metrics
+    before = task_metrics(AutoModelForCausalLM.from_pretrained(campaign.inputs.model_path), tokenizer)
+    after = task_metrics(AutoModelForCausalLM.from_pretrained(result.final_model), tokenizer)
+    assert after["task/sampled_accuracy"] > before["task/sampled_accuracy"] + 0.08
+    assert after["task/greedy_accuracy"] > before["task/greedy_accuracy"] + 0.1
+
+
 def _reference_groups_so_far():
     from ray.util import placement_group_table
 
