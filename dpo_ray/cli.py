@@ -68,18 +68,21 @@ def train(overrides: list[str]) -> int:
 
     cfg = compose(overrides, "train")  # before the imports below: a bad option fails without loading torch or Ray
     from .campaign.offline import OfflineCampaign
+    from .campaign.run_lock import run_dir_lock
     from .campaign.summary import offline_summary
     from .report import write_report
 
-    campaign = OfflineCampaign(cfg)
-    result = campaign.run()
-    table = offline_summary(result, campaign.inputs)
+    with run_dir_lock(Path(cfg.output_dir)):  # before the data loads: a second run on it stops at once
+        campaign = OfflineCampaign(cfg)
+        result = campaign.run()
+        table = offline_summary(result, campaign.inputs)
+        report = write_report(result.run_dir, cfg.report_to, cfg.run_name)
     steps = sorted(result.step_seconds)
     median = steps[len(steps) // 2] if steps else float("nan")
     print(
         f"\nfinal model: {result.final_model}\nmetrics: {result.run_dir / 'metrics.jsonl'}  "
         f"({len(steps)} steps, median {median:.3f}s/step on {cfg.cluster.policy_ranks} policy ranks)\n"
-        f"report: {write_report(result.run_dir, cfg.report_to, cfg.run_name)}\n\n{table}"
+        f"report: {report}\n\n{table}"
     )
     return 0
 
@@ -89,16 +92,18 @@ def online(overrides: list[str]) -> int:
 
     cfg = compose(overrides, "online")  # before the imports below: a bad option fails without loading torch or Ray
     from .campaign.online import OnlineCampaign
+    from .campaign.run_lock import run_dir_lock
     from .campaign.summary import online_summary
     from .report import write_report
 
-    result = OnlineCampaign(cfg).run()
-    table = online_summary(result)
+    with run_dir_lock(Path(cfg.output_dir)):  # before the prompts load: a second run on it stops at once
+        result = OnlineCampaign(cfg).run()
+        table = online_summary(result)
+        report = write_report(result.run_dir, cfg.report_to, cfg.run_name)
     resumed = f" (resumed after round {result.resumed_from})" if result.resumed_from else ""
     print(
         f"\nfinal model: {result.final_model}{resumed}\nrounds: {result.run_dir / 'rounds.jsonl'}, "
-        f"samples and pairs per round: {result.run_dir / 'rounds'}\n"
-        f"report: {write_report(result.run_dir, cfg.report_to, cfg.run_name)}\n\n{table}"
+        f"samples and pairs per round: {result.run_dir / 'rounds'}\nreport: {report}\n\n{table}"
     )
     return 0
 
@@ -119,6 +124,7 @@ def report(arguments: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from .campaign.preflight import InputError
+    from .campaign.run_lock import RunDirInUse
     from .data.errors import DataError
     from .plan import PlanError
     from .validation import ConfigError
@@ -152,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return _guarded(command, lambda: commands[command](rest), (ConfigError, InputError, DataError, PlanError))
+    expected = (ConfigError, InputError, DataError, PlanError, RunDirInUse)
+    return _guarded(command, lambda: commands[command](rest), expected)
 
 
 def _print(text: str, end: str = "\n") -> int:

@@ -21,6 +21,7 @@ from ..plan import PlanError
 from ..plan.nodes import ray_nodes
 from ..plan.plan import PlanModels, make_plan, render, verdict
 from ..run_files import CONFIG, PLAN
+from .run_lock import run_dir_lock
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -43,21 +44,22 @@ def run_campaign(
     concurrent: bool = True,
     cleanup: Callable[[], None] = lambda: None,
 ) -> tuple[T, list[dict]]:
-    """attempt(resume) inside the run's frame: the run directory with the composed config.json, Ray for these groups,
-    the plan checked (plan.txt), restarts (resuming from the latest checkpoint) after a lost actor or a hung call,
-    then cleanup() and Ray shut down if this call started it. Returns the result and one record per restart."""
+    """attempt(resume) inside the run's frame: the run directory (held: one run at a time) with the composed
+    config.json, Ray for these groups, the plan checked (plan.txt), restarts (resuming from the latest checkpoint)
+    after a lost actor or a hung call, then cleanup() and Ray shut down if this call started it. Returns the result
+    and one record per restart."""
     run_dir = Path(cfg.output_dir).expanduser()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(run_dir / CONFIG, json.dumps(asdict(cfg), indent=2))
-    started = ensure_ray(cfg.cluster, needs, concurrent)
-    restarts: list[dict] = []
-    try:
-        check_plan(cfg, check, run_dir)
-        return with_restarts(attempt, cfg.resume == Resume.auto, cfg.train.max_restarts, restarts), restarts
-    finally:
-        cleanup()
-        if started:
-            ray.shutdown()
+    with run_dir_lock(run_dir):
+        write_text(run_dir / CONFIG, json.dumps(asdict(cfg), indent=2))
+        started = ensure_ray(cfg.cluster, needs, concurrent)
+        restarts: list[dict] = []
+        try:
+            check_plan(cfg, check, run_dir)
+            return with_restarts(attempt, cfg.resume == Resume.auto, cfg.train.max_restarts, restarts), restarts
+        finally:
+            cleanup()
+            if started:
+                ray.shutdown()
 
 
 def ensure_ray(cluster: ClusterConfig, needs: Sequence[GroupNeed], concurrent: bool = True) -> bool:
