@@ -52,7 +52,7 @@ class ReferenceScorer:
         computed. With policy: the policy group scores them (its adapter off for LoRA; as it is before any step).
         mixes: how many times TR-DPO has mixed the policy into the reference group's weights."""
         key = self.key(pairs, groups, mixes)
-        cached = self.cache.load(key) if self.cache else None
+        cached = self.cache.load(key, len(pairs)) if self.cache else None
         if cached is not None:
             log.info("reference log-probs: cache hit %s", key)
             return cached, False

@@ -431,3 +431,37 @@ def test_kto_trains_through_the_ray_path(local_ray, run_config, tiny_model_dir, 
     assert result.after["eval_loss"] < result.before["eval_loss"]
     assert result.after["eval_rewards/margins"] > result.before["eval_rewards/margins"] + 0.05
     assert result.after["eval_count/chosen"] == 12 and "eval_kl" in result.after
+
+
+def _corrupt(path: Path, how: str) -> None:
+    """Damage a cache file as the issue saw it happen: cut, a header byte flipped, a value altered in place, a NaN
+    written over a value (the last two leave a file that still parses)."""
+    data = bytearray(path.read_bytes())
+    header = 8 + int.from_bytes(data[:8], "little")
+    if how == "truncated":
+        data = data[: len(data) // 2]
+    elif how == "header byte":
+        data[12] ^= 0xFF
+    elif how == "value altered":
+        data[header + 4] ^= 0x01
+    elif how == "nan planted":
+        data[header : header + 4] = bytes.fromhex("0000c07f")  # float32 NaN
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_reference_cache_is_named_removed_and_recomputed(local_ray, run_config, tiny_model_dir, caplog):
+    pairs = make_pairs(6, seed=17)
+    campaign = OfflineCampaign(run_config, OfflineInputs(tiny_model_dir, tiny_model_dir, pairs, pairs[:2]))
+    groups = [[0, 1, 2], [3, 4, 5]]
+    clean, computed = campaign.reference.logps(pairs, groups)
+    (path,) = ReferenceCache(run_config.cache_dir).root.glob("*.safetensors")
+    assert computed and campaign.reference.logps(pairs, groups) == (clean, False)
+    caplog.set_level("WARNING", logger="dpo_ray.campaign.reference_cache")
+    for how in ("truncated", "header byte", "value altered", "nan planted"):
+        caplog.clear()
+        _corrupt(path, how)
+        again, recomputed = campaign.reference.logps(pairs, groups)
+        assert recomputed and again == clean, how
+        assert f"reference cache {path}: " in caplog.text and "recomputing it" in caplog.text, how
+        assert campaign.reference.logps(pairs, groups) == (clean, False)  # the recomputed file is whole again
+    campaign.reference.shutdown()
