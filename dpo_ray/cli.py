@@ -69,7 +69,7 @@ def train(overrides: list[str]) -> int:
     cfg = compose(overrides, "train")  # before the imports below: a bad option fails without loading torch or Ray
     from .campaign.offline import OfflineCampaign
     from .campaign.run_lock import run_dir_lock
-    from .campaign.summary import offline_summary
+    from .campaign.summary import offline_summary, step_timing
     from .report import write_report
 
     with run_dir_lock(Path(cfg.output_dir)):  # before the data loads: a second run on it stops at once
@@ -77,11 +77,11 @@ def train(overrides: list[str]) -> int:
         result = campaign.run()
         table = offline_summary(result, campaign.inputs)
         report = write_report(result.run_dir, cfg.report_to, cfg.run_name)
-    steps = sorted(result.step_seconds)
-    median = steps[len(steps) // 2] if steps else float("nan")
+    timing = step_timing(result.run_dir)
     print(
         f"\nfinal model: {result.final_model}\nmetrics: {result.run_dir / 'metrics.jsonl'}  "
-        f"({len(steps)} steps, median {median:.3f}s/step on {cfg.cluster.policy_ranks} policy ranks)\n"
+        f"({timing['steps']} steps, median {timing['median_step_seconds']:.3f}s/step on "
+        f"{cfg.cluster.policy_ranks} policy ranks)\n"
         f"report: {report}\n\n{table}"
     )
     return 0

@@ -8,4 +8,5 @@ DATA_STATS = "data_stats.json"  # offline: pair statistics of the train and eval
 SUMMARY_JSON = "summary.json"  # offline: the held-out metrics before and after training
 SUMMARY_MD = "summary.md"  # the table the run ends with
 REPORT = "report.md"
+ATTEMPTS = "attempts.jsonl"  # one row per attempt: when, from which checkpoint, why (start, rerun, a failure)
 NONFINITE_ROWS = "nonfinite_rows.jsonl"  # one line per step that met a non-finite loss: its pairs

@@ -23,7 +23,7 @@ from .checkpoints import CheckpointStore
 from .inputs import OfflineInputs, offline_inputs
 from .metrics import MetricsWriter
 from .reference import ReferenceScorer
-from .runtime import PlanCheck, run_campaign
+from .runtime import PlanCheck, record_attempt, run_campaign
 from .trainer import PolicyTrainer, accumulation_steps, epoch_groups, eval_groups
 
 log = logging.getLogger(__name__)
@@ -67,9 +67,10 @@ class OfflineCampaign:
         result.restarts = restarts
         return result
 
-    def _run(self, resume: bool) -> OfflineResult:
+    def _run(self, resume: bool, cause: str = "start") -> OfflineResult:
         cfg, inputs = self.cfg, self.inputs
         state = self.checkpoints.latest() if resume else None
+        record_attempt(self.run_dir, state["tag"] if state else None, cause)
         everything, n_train, groups = inputs.train + inputs.eval, len(inputs.train), self.reference_groups()
         result = OfflineResult(self.run_dir, self.run_dir / "final", resumed_from=state["tag"] if state else None)
         reference, by_group, moving = None, reference_group_needed(cfg, online=False), cfg.algo.sync_ref_model
@@ -123,7 +124,7 @@ class OfflineCampaign:
         write_text(self.run_dir / DATA_STATS, json.dumps(stats, indent=2))
 
     def _train(self, policy: PolicyGroup, train_ref, eval_ref, result: OfflineResult, state: dict | None, mix) -> None:
-        writer = MetricsWriter(self.run_dir, self.cfg, append=state is not None)
+        writer = MetricsWriter(self.run_dir, self.cfg, state["step"] if state else None)
         step, tokens = (state["step"], state.get("num_tokens", 0)) if state else (0, 0)
         trainer = PolicyTrainer(
             self.cfg, policy, writer, self.checkpoints, self.total_steps, step, num_tokens=tokens, reference_mix=mix

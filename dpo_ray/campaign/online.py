@@ -35,7 +35,7 @@ from .inputs import OnlineInputs, online_inputs
 from .metrics import MetricsWriter
 from .reference import ReferenceScorer
 from .round_store import RoundStore
-from .runtime import PlanCheck, run_campaign
+from .runtime import PlanCheck, record_attempt, run_campaign
 from .trainer import PolicyTrainer, accumulation_steps, epoch_groups, eval_groups
 
 log = logging.getLogger(__name__)
@@ -97,16 +97,17 @@ class OnlineCampaign:
         result.restarts = restarts
         return result
 
-    def _run(self, resume: bool) -> OnlineResult:
+    def _run(self, resume: bool, cause: str = "start") -> OnlineResult:
         cfg = self.cfg
         state = self.store.finished() if resume else None
+        record_attempt(self.run_dir, state["tag"] if state else None, cause)
         if state and state["round"] >= cfg.online.rounds:
             log.info("%s: all %d rounds already finished; running none", self.run_dir, cfg.online.rounds)
         result = OnlineResult(self.run_dir, self.run_dir / "final", resumed_from=state["round"] if state else 0)
         started: list = []
         try:
             groups = self._start_groups(started)
-            writer = MetricsWriter(self.run_dir, self.cfg, append=state is not None)
+            writer = MetricsWriter(self.run_dir, self.cfg, state["step"] if state else None)
             checkpoints = CheckpointStore(self.run_dir / "checkpoints", cfg.train.keep_checkpoints)
             trainer = PolicyTrainer(
                 cfg,

@@ -20,7 +20,7 @@ from ..groups.resources import GroupNeed, alive_nodes, check_fit, local_cpus
 from ..plan import PlanError
 from ..plan.nodes import ray_nodes
 from ..plan.plan import PlanModels, make_plan, render, verdict
-from ..run_files import CONFIG, PLAN
+from ..run_files import ATTEMPTS, CONFIG, PLAN
 from .run_lock import run_dir_lock
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ class PlanCheck:
 def run_campaign(
     cfg: RunConfig,
     needs: Sequence[GroupNeed],
-    attempt: Callable[[bool], T],
+    attempt: Callable[[bool, str], T],
     check: PlanCheck,
     concurrent: bool = True,
     cleanup: Callable[[], None] = lambda: None,
@@ -116,9 +116,20 @@ def wait_for_nodes(expected: int, timeout_s: float) -> list[dict[str, float]]:
     return nodes
 
 
-def with_restarts(attempt_fn: Callable[[bool], T], resume: bool, max_restarts: int, restarts: list[dict]) -> T:
-    """attempt_fn(resume) until it succeeds; after a lost actor or a hung call, again (resuming from the latest
-    checkpoint) up to max_restarts times. Each restart is recorded in restarts: what failed and when."""
+def record_attempt(run_dir: Path, resumed_from: str | None, cause: str) -> None:
+    """One row a run attempt (attempts.jsonl): when, from which checkpoint, and why it started; a run that starts
+    from nothing starts the record afresh."""
+    if resumed_from is None and cause == "rerun":  # resume=auto found nothing to resume: a start
+        cause = "start"
+    row = json.dumps({"started": time.time(), "resumed_from": resumed_from, "cause": cause}) + "\n"
+    path = run_dir / ATTEMPTS
+    earlier = path.read_text(encoding="utf-8") if resumed_from is not None and path.exists() else ""
+    write_text(path, "".join(line + "\n" for line in earlier.splitlines() if line.strip()) + row)
+
+
+def with_restarts(attempt_fn: Callable[[bool, str], T], resume: bool, max_restarts: int, restarts: list[dict]) -> T:
+    """attempt_fn(resume, cause) until it succeeds; after a lost actor or a hung call, again (resuming from the
+    latest checkpoint) up to max_restarts times. Each restart is recorded in restarts: what failed and when."""
     from ray.exceptions import RayActorError
 
     from ..groups.actor_group import GroupCallTimeout
@@ -126,7 +137,8 @@ def with_restarts(attempt_fn: Callable[[bool], T], resume: bool, max_restarts: i
     for attempt in range(max_restarts + 1):
         began = time.perf_counter()
         try:
-            return attempt_fn(resume or attempt > 0)
+            cause = restarts[-1]["error"] if restarts else ("rerun" if resume else "start")
+            return attempt_fn(resume or attempt > 0, cause)
         except (RayActorError, GroupCallTimeout) as failure:
             if attempt == max_restarts:
                 raise

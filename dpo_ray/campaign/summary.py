@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ..atomic import write_text
-from ..run_files import SUMMARY_JSON, SUMMARY_MD
+from ..run_files import ATTEMPTS, METRICS, SUMMARY_JSON, SUMMARY_MD
 
 ROWS = [
     ("eval_rewards/accuracies", "held-out reward accuracy"),
@@ -44,6 +44,23 @@ def format_table(before: dict[str, float], after: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def _rows(path: Path) -> list[dict]:
+    """A JSON Lines file's whole rows (a line cut by a crash is left out)."""
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def step_timing(run_dir: Path) -> dict[str, float]:
+    """Training steps of the run, over all its attempts (one metrics row each), and their median seconds."""
+    seconds = sorted(r["step_seconds"] for r in _rows(run_dir / METRICS) if "loss" in r and r.get("step_seconds"))
+    return {"steps": len(seconds), "median_step_seconds": seconds[len(seconds) // 2] if seconds else float("nan")}
+
+
 def offline_summary(result, inputs) -> str:
     """An offline run's before/after table (with its task's own metrics, where the task has some), also written to
     summary.json and summary.md in the run directory."""
@@ -57,10 +74,14 @@ def offline_summary(result, inputs) -> str:
                 inputs.task_metrics(load_trained_model(Path(inputs.model_path), inputs.model_path), tokenizer)
             )
             after.update(inputs.task_metrics(load_trained_model(result.final_model, inputs.model_path), tokenizer))
-    steps = sorted(result.step_seconds)
-    timing = {"steps": len(steps), "median_step_seconds": steps[len(steps) // 2] if steps else float("nan")}
+    timing = step_timing(result.run_dir)
     table = format_table(before, after) + (f"\n\ndata: {inputs.data_note}" if inputs.data_note else "")
-    summary = {"before": before, "after": after, **timing, "data": inputs.data_note}
+    attempts = _rows(result.run_dir / ATTEMPTS)
+    summary = {"before": before, "after": after, **timing, "data": inputs.data_note, "attempts": attempts}
+    if len(attempts) > 1:
+        table += f"\n\n{len(attempts)} attempts: " + "; ".join(
+            f"{a['cause'][:80]} (from {a['resumed_from'] or 'the start'})" for a in attempts
+        )
     write_text(result.run_dir / SUMMARY_JSON, json.dumps(summary, indent=2))
     write_text(result.run_dir / SUMMARY_MD, table + "\n")
     return table

@@ -4,10 +4,13 @@ the statistics of the offline pairs, and the run's config."""
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..run_files import CONFIG, DATA_STATS, METRICS, ROUNDS
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -23,13 +26,16 @@ class RunRecords:
 def _jsonl(path: Path) -> list[dict]:
     if not path.exists():
         return []
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    rows, lines = [], path.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as e:
+            if number == len(lines):  # the line a crash cut: what it held is lost, the rest is whole
+                log.warning("%s: line %d was cut short (%s); read without it", path, number, e.msg)
+                continue
             raise ValueError(f"{path}: line {number}: not JSON ({e.msg})") from None
     return rows
 

@@ -65,6 +65,12 @@ def test_a_killed_policy_rank_is_replaced_and_training_ends_bit_identical(
     expected = load_file(clean.final_model / "model.safetensors")
     assert final.keys() == expected.keys() and all(torch.equal(final[k], expected[k]) for k in expected)
     assert result.after == clean.after
+    rows = [json.loads(line) for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    steps = [row["step"] for row in rows if "loss" in row]
+    assert steps == list(range(1, 13))  # the steps after the checkpoint are not there twice
+    attempts = [json.loads(line) for line in (tmp_path / "killed" / "attempts.jsonl").read_text().splitlines()]
+    assert [a["resumed_from"] for a in attempts] == [None, result.resumed_from]
+    assert attempts[0]["cause"] == "start" and "ActorDiedError" in attempts[1]["cause"]
     # TRL's num_tokens counts on across the restart: the last step's count is the uninterrupted run's
     assert (
         last_num_tokens(tmp_path / "killed")
@@ -78,10 +84,8 @@ def test_a_killed_policy_rank_is_replaced_and_training_ends_bit_identical(
 
 
 def poisoned_campaign(run_config, tiny_model_dir, run_dir, mode, bad_rows):
-    """A run whose cached reference log-probs are NaN for bad_rows (as a corrupted cache or data would make them)."""
+    """A run whose reference log-probs are NaN for bad_rows (as a broken reference model would make them)."""
     import json as _json
-
-    from dpo_ray.campaign.reference_cache import ReferenceCache
 
     cfg = run_config
     cfg.output_dir, cfg.train.on_nonfinite, cfg.cluster.policy_ranks = str(run_dir), mode, 2
@@ -91,7 +95,7 @@ def poisoned_campaign(run_config, tiny_model_dir, run_dir, mode, bad_rows):
     chosen, rejected = [-20.0] * 24, [-20.0] * 24
     for i in bad_rows:
         chosen[i] = float("nan")
-    ReferenceCache(cfg.cache_dir).save(campaign.reference.key(pairs, campaign.reference_groups()), chosen, rejected)
+    campaign.reference.logps = lambda *args, **kwargs: ((chosen, rejected), False)  # a cache would refuse NaN
     return campaign, lambda: [
         r for line in (run_dir / "nonfinite_rows.jsonl").read_text().splitlines() for r in _json.loads(line)["rows"]
     ]
