@@ -1,14 +1,19 @@
-"""Checkpoints that a crash cannot corrupt: DeepSpeed shards and the run state go into a hidden partial directory,
-which is renamed into place once complete; the `latest` pointer is written last; only the newest K are kept."""
+"""Checkpoints that a crash cannot corrupt and that are checked before anything loads: DeepSpeed shards and the run
+state go into a hidden partial directory with, written last, a manifest of every file's size and SHA-256; it is
+renamed into place once complete; the `latest` pointer is written last; only the newest K are kept. A checkpoint
+whose files do not match its manifest (cut, altered, planted: DeepSpeed unpickles what it loads) is skipped, with its
+path and reason logged, for the newest one that matches."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import re
 import shutil
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..atomic import write_text
@@ -16,6 +21,7 @@ from ..groups.policy_group import PolicyGroup
 
 log = logging.getLogger(__name__)
 STATE = "run_state.json"
+MANIFEST = "manifest.json"  # {relative path: [size, sha256]} of every other file of the checkpoint
 PARTIAL = ".partial-"
 POINTER = "latest"
 
@@ -34,6 +40,7 @@ class CheckpointStore:
         if also is not None:
             also(partial)
         write_text(partial / STATE, json.dumps({"tag": tag, **state}))
+        write_text(partial / MANIFEST, json.dumps(manifest(partial)))
         if final.exists():
             shutil.rmtree(final)
         os.replace(partial, final)
@@ -52,17 +59,28 @@ class CheckpointStore:
         return sorted(tags, key=_order)
 
     def latest(self) -> dict | None:
-        """The newest complete checkpoint's state (with its tag), or None; partial ones are never picked."""
+        """The newest complete checkpoint that matches its manifest: its state (with its tag), or None when there is
+        no checkpoint. Partial ones are never picked; one that fails its manifest is logged and skipped; when every
+        one fails, a CheckpointError says why rather than silently starting over."""
         pointer = self.root / POINTER
         tag = pointer.read_text().strip() if pointer.exists() else ""
         complete = self.complete()
-        if tag not in complete:
-            if tag:
-                log.warning(
-                    "%s names %r, which is not a complete checkpoint; using the newest complete one", pointer, tag
-                )
-            tag = complete[-1] if complete else ""
-        return json.loads((self.root / tag / STATE).read_text()) if tag else None
+        if tag and tag not in complete:
+            log.warning("%s names %r, which is not a complete checkpoint; using the newest complete one", pointer, tag)
+        candidates = ([tag] if tag in complete else []) + [t for t in reversed(complete) if t != tag]
+        reasons = []
+        for candidate in candidates:
+            problem = verify(self.root / candidate)
+            if problem is None:
+                return json.loads((self.root / candidate / STATE).read_text())
+            log.warning("checkpoint %s: %s; not loading it", self.root / candidate, problem)
+            reasons.append(f"{candidate}: {problem}")
+        if reasons:
+            raise CheckpointError(
+                f"no checkpoint in {self.root} matches its manifest ({'; '.join(reasons)}); move them away to start "
+                "over, or set resume=never"
+            )
+        return None
 
     def load(self, policy: PolicyGroup, state: dict) -> None:
         policy.load_checkpoint(str(self.root), state["tag"])
@@ -75,6 +93,54 @@ class CheckpointStore:
             shutil.rmtree(stale, ignore_errors=True)
         for tag in self.complete()[: -self.keep]:
             shutil.rmtree(self.root / tag, ignore_errors=True)
+
+
+class CheckpointError(RuntimeError):
+    """Checkpoints exist, and none can be trusted."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+def manifest(directory: Path) -> dict[str, list]:
+    """Size and SHA-256 of every file under directory (hashed on a few threads: hashlib runs them in parallel)."""
+    files = _files(directory)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        digests = list(pool.map(_sha256, files))
+    return {str(f.relative_to(directory)): [f.stat().st_size, d] for f, d in zip(files, digests)}
+
+
+def verify(directory: Path) -> str | None:
+    """Why directory's files do not match its manifest (missing, extra, another size, another hash), or None."""
+    path = directory / MANIFEST
+    if not path.exists():
+        return "it has no manifest (written by an older dpo-ray, or cut before its end)"
+    try:
+        expected = json.loads(path.read_text())
+    except (ValueError, OSError) as error:
+        return f"its manifest is unreadable ({error})"
+    present = {str(f.relative_to(directory)): f for f in _files(directory)}
+    extra = sorted(set(present) - set(expected))
+    if extra:
+        return f"it holds files its manifest does not list: {', '.join(extra[:5])}"
+    for name, (size, _) in expected.items():
+        if name not in present:
+            return f"{name} is missing"
+        if present[name].stat().st_size != size:
+            return f"{name} has {present[name].stat().st_size} bytes, not {size}"
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        digests = dict(zip(expected, pool.map(lambda n: _sha256(present[n]), expected)))
+    altered = [name for name, (_, digest) in expected.items() if digests[name] != digest]
+    return f"{altered[0]} does not match its SHA-256" if altered else None
 
 
 def _order(tag: str):

@@ -53,3 +53,27 @@ def test_a_checkpoint_killed_while_being_written_is_never_resumed_from(tmp_path)
     store.save(FakePolicy(), "step_10", {"step": 10})  # the next save clears the partial one
     assert not (tmp_path / ".partial-step_6").exists()
     assert json.loads((tmp_path / "step_10" / "run_state.json").read_text())["step"] == 10
+
+
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (lambda d: (d / "planted.pt").write_bytes(b"x"), "it holds files its manifest does not list: planted.pt"),
+        (lambda d: (d / "rank0.pt").write_bytes(b"shaRd"), "rank0.pt does not match its SHA-256"),
+        (lambda d: (d / "rank0.pt").write_bytes(b"sha"), "rank0.pt has 3 bytes, not 5"),
+        (lambda d: (d / "rank0.pt").unlink(), "rank0.pt is missing"),
+        (lambda d: (d / "manifest.json").unlink(), "it has no manifest"),
+    ],
+)
+def test_a_checkpoint_that_fails_its_manifest_is_skipped_for_the_previous_one(tmp_path, caplog, damage, reason):
+    store = CheckpointStore(tmp_path, keep=3)
+    for step in (2, 4):
+        store.save(FakePolicy(), f"step_{step}", {"step": step})
+    damage(tmp_path / "step_4")
+    assert store.latest()["tag"] == "step_2"
+    assert f"checkpoint {tmp_path / 'step_4'}: {reason}" in caplog.text
+    damage(tmp_path / "step_2")
+    from dpo_ray.campaign.checkpoints import CheckpointError
+
+    with pytest.raises(CheckpointError, match="no checkpoint in .* matches its manifest .*step_4: .*step_2: "):
+        store.latest()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -117,3 +118,41 @@ def test_skipping_nan_losses_counts_them_and_keeps_the_weights_finite(local_ray,
     weights = load_file(result.final_model / "model.safetensors")
     assert all(torch.isfinite(t).all() for t in weights.values())
     assert result.after["eval_loss"] == result.after["eval_loss"]  # not NaN
+
+
+class _Planted:
+    """Unpickling this runs code: it writes a marker file (what a planted checkpoint would do, harmlessly)."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.marker), "unpickled"))
+
+
+def test_a_planted_or_cut_checkpoint_is_never_loaded_and_the_previous_one_is(
+    local_ray, run_config, tiny_model_dir, tmp_path
+):
+    """The newest checkpoint's largest shard replaced by a pickle that would write a marker, then (next time) cut in
+    half: each time the run resumes from the checkpoint before it, and the pickle is never unpickled."""
+    import pickle
+
+    cfg = run_config
+    cfg.output_dir, cfg.train.checkpoint_every, cfg.train.keep_checkpoints = str(tmp_path / "run"), 2, 5
+    pairs = make_pairs(80, seed=43)
+    inputs = OfflineInputs(tiny_model_dir, tiny_model_dir, pairs[:72], pairs[72:])
+    checkpoints = tmp_path / "run" / "checkpoints"
+    largest = lambda tag: max((checkpoints / tag).rglob("*.pt"), key=lambda p: p.stat().st_size)  # noqa: E731
+
+    cfg.train.max_steps = 4
+    OfflineCampaign(cfg, inputs).run()
+    marker = tmp_path / "unpickled.txt"
+    largest("step_4").write_bytes(pickle.dumps(_Planted(str(marker))))
+    cfg.train.max_steps = 6
+    assert OfflineCampaign(cfg, inputs).run().resumed_from == "step_2"
+    assert not marker.exists()
+
+    shard = largest("step_6")
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    cfg.train.max_steps = 8
+    assert OfflineCampaign(cfg, inputs).run().resumed_from == "step_4"
