@@ -124,6 +124,7 @@ def report(arguments: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from .campaign.checkpoints import CheckpointError
+    from .campaign.fingerprint import RunMismatch
     from .campaign.preflight import InputError
     from .campaign.run_lock import RunDirInUse
     from .data.errors import DataError
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    expected = (ConfigError, InputError, DataError, PlanError, RunDirInUse, CheckpointError)
+    expected = (ConfigError, InputError, DataError, PlanError, RunDirInUse, CheckpointError, RunMismatch)
     return _guarded(command, lambda: commands[command](rest), expected)
 
 

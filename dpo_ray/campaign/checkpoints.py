@@ -29,6 +29,7 @@ POINTER = "latest"
 class CheckpointStore:
     def __init__(self, root: Path, keep: int = 3):
         self.root, self.keep = Path(root), keep
+        self.verified: set[str] = set()  # checkpoints this store wrote or checked (hashed once a process)
 
     def save(self, policy: PolicyGroup, tag: str, state: dict, also: Callable[[Path], None] | None = None) -> Path:
         """All policy ranks write their shards under a partial name (also writes what else belongs there: TR-DPO's
@@ -44,6 +45,7 @@ class CheckpointStore:
         if final.exists():
             shutil.rmtree(final)
         os.replace(partial, final)
+        self.verified.add(tag)
         _fsync_dir(self.root)
         write_text(self.root / POINTER, tag)
         self._prune()
@@ -70,8 +72,9 @@ class CheckpointStore:
         candidates = ([tag] if tag in complete else []) + [t for t in reversed(complete) if t != tag]
         reasons = []
         for candidate in candidates:
-            problem = verify(self.root / candidate)
+            problem = None if candidate in self.verified else verify(self.root / candidate)
             if problem is None:
+                self.verified.add(candidate)
                 return json.loads((self.root / candidate / STATE).read_text())
             log.warning("checkpoint %s: %s; not loading it", self.root / candidate, problem)
             reasons.append(f"{candidate}: {problem}")

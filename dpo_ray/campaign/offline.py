@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..atomic import write_text
-from ..config import RunConfig
+from ..config import Resume, RunConfig
 from ..data.pair_stats import pair_statistics
 from ..groups.policy_group import PolicyGroup
 from ..groups.reference_mix import ReferenceMix
@@ -20,6 +20,7 @@ from ..run_files import DATA_STATS
 from ..validation import validate
 from ..workers.device import run_environment
 from .checkpoints import CheckpointStore
+from .fingerprint import check_resumable, items_digest, run_fingerprint
 from .inputs import OfflineInputs, offline_inputs
 from .metrics import MetricsWriter
 from .reference import ReferenceScorer
@@ -55,11 +56,16 @@ class OfflineCampaign:
         t = cfg.train
         self.steps_per_epoch = math.ceil(len(self.inputs.train) / t.batch_size)
         self.total_steps = self.steps_per_epoch * t.epochs if t.max_steps < 0 else t.max_steps
+        data = items_digest([*self.inputs.train, *self.inputs.eval])
+        i = self.inputs
+        self.fingerprint = run_fingerprint(cfg, i.model_path, i.reference_path, data, self.total_steps)
 
     def run(self) -> OfflineResult:
         # A reference group finishes before the policy group starts: they need not fit together.
         needs = group_needs(self.cfg, reference_group_needed(self.cfg, online=False), online=False)
         check = PlanCheck("train", PlanModels(self.inputs.model_path, self.inputs.reference_path))
+        if self.cfg.resume == Resume.auto:  # before Ray: another run's checkpoint stops this one here
+            check_resumable(self.checkpoints.latest(), self.fingerprint, str(self.run_dir))
         together = groups_live_together(self.cfg, online=False)
         result, restarts = run_campaign(
             self.cfg, needs, self._run, check, concurrent=together, cleanup=self.reference.shutdown
@@ -131,7 +137,7 @@ class OfflineCampaign:
         )
         try:
             result.before = state["before"] if state else trainer.evaluate(self.inputs.eval, eval_ref)
-            trainer.checkpoint_state = {"before": result.before}
+            trainer.checkpoint_state = {"before": result.before, "fingerprint": self.fingerprint}
             trainer.train(
                 self.inputs.train,
                 train_ref,

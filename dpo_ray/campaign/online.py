@@ -9,10 +9,10 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..config import RunConfig
+from ..config import Resume, RunConfig
 from ..data.formats import Text
 from ..data.pair_stats import pair_statistics
 from ..data.pairs import build_pairs
@@ -31,6 +31,7 @@ from ..workers.device import run_environment
 from ..workers.models import load_tokenizer
 from . import round_stats as stats
 from .checkpoints import CheckpointStore
+from .fingerprint import check_resumable, items_digest, run_fingerprint
 from .inputs import OnlineInputs, online_inputs
 from .metrics import MetricsWriter
 from .reference import ReferenceScorer
@@ -84,11 +85,20 @@ class OnlineCampaign:
         most_pairs = per_round * o.max_pairs_per_prompt * (1 + o.replay_ratio + o.offline_ratio)
         # An upper bound for the learning-rate schedule: a round never yields more pairs than this.
         self.total_steps = o.rounds * o.epochs_per_round * math.ceil(most_pairs / cfg.train.batch_size)
+        i = self.inputs
+        prompts = items_digest([*i.prompts, *i.eval_prompts, *i.offline_pairs])
+        self.fingerprint = run_fingerprint(cfg, i.model_path, i.reference_path, prompts, self.total_steps)
+        # more rounds, or other evaluations, continue the same campaign
+        shaping = {k: v for k, v in asdict(o).items() if k not in ("rounds", "eval_every", "eval_samples_per_prompt")}
+        self.fingerprint["online"] = json.loads(json.dumps(shaping, default=str))
+        self.fingerprint["reward"] = {"fn": i.reward_fn or cfg.reward.fn, "model": i.reward_model}
         self.rollout: RolloutGroup | None = None  # the live rollout group, while one runs
         settings = TokenizeSettings.of(cfg.data)
         self.store = RoundStore(self.run_dir, cfg.train.keep_checkpoints, settings)
 
     def run(self) -> OnlineResult:
+        if self.cfg.resume == Resume.auto:  # before Ray: another run's round checkpoint stops this one here
+            check_resumable(self.store.finished(), self.fingerprint, str(self.run_dir))
         needs = group_needs(self.cfg, reference_group_needed(self.cfg, online=True), online=True)
         i = self.inputs
         reward = i.reward_model if uses_reward_model(self.cfg) else ""
@@ -137,7 +147,8 @@ class OnlineCampaign:
                     for warning in tripped:
                         log.warning("round %d: monitor: %s", r, warning)
                     writer.write(trainer.step, {k: v for k, v in row.items() if isinstance(v, (int, float))})
-                    self.store.finish(r, groups.policy, result.rounds, trainer.resume_state(), trainer.save_also)
+                    finished = {**trainer.resume_state(), "fingerprint": self.fingerprint}
+                    self.store.finish(r, groups.policy, result.rounds, finished, trainer.save_also)
                 groups.policy.save_pretrained(str(result.final_model))
             finally:
                 trainer.close()

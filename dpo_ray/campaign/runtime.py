@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -50,6 +51,8 @@ def run_campaign(
     and one record per restart."""
     run_dir = Path(cfg.output_dir).expanduser()
     with run_dir_lock(run_dir):
+        if cfg.resume == Resume.never:  # a start over: the old run's events go (its metrics and attempts restart too)
+            shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
         write_text(run_dir / CONFIG, json.dumps(asdict(cfg), indent=2))
         started = ensure_ray(cfg.cluster, needs, concurrent)
         restarts: list[dict] = []

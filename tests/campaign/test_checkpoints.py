@@ -70,10 +70,22 @@ def test_a_checkpoint_that_fails_its_manifest_is_skipped_for_the_previous_one(tm
     for step in (2, 4):
         store.save(FakePolicy(), f"step_{step}", {"step": step})
     damage(tmp_path / "step_4")
-    assert store.latest()["tag"] == "step_2"
+    assert CheckpointStore(tmp_path).latest()["tag"] == "step_2"  # a later process: it trusts no file unchecked
     assert f"checkpoint {tmp_path / 'step_4'}: {reason}" in caplog.text
     damage(tmp_path / "step_2")
     from dpo_ray.campaign.checkpoints import CheckpointError
 
     with pytest.raises(CheckpointError, match="no checkpoint in .* matches its manifest .*step_4: .*step_2: "):
-        store.latest()
+        CheckpointStore(tmp_path).latest()
+
+
+def test_a_run_differing_from_the_checkpoints_run_is_told_what_differs():
+    from dpo_ray.campaign.fingerprint import RunMismatch, check_resumable, differences
+
+    saved = {"algo": {"loss_type": "sigmoid", "beta": 0.1}, "data": "ab12", "schedule": {"lr": 1e-6}}
+    current = {"algo": {"loss_type": "ipo", "beta": 0.1}, "data": "cd34", "schedule": {"lr": 1e-6}}
+    assert differences(saved, current) == ["algo.loss_type: 'sigmoid' -> 'ipo'", "data: 'ab12' -> 'cd34'"]
+    check_resumable({"tag": "step_2", "fingerprint": saved}, saved, "runs/x")  # the same run resumes
+    check_resumable({"tag": "step_2"}, current, "runs/x")  # a checkpoint from before fingerprints: trusted as before
+    with pytest.raises(RunMismatch, match=r"runs/x holds another run's checkpoint \(step_2\).*algo.loss_type"):
+        check_resumable({"tag": "step_2", "fingerprint": saved}, current, "runs/x")

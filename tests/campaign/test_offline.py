@@ -465,3 +465,28 @@ def test_a_damaged_reference_cache_is_named_removed_and_recomputed(local_ray, ru
         assert f"reference cache {path}: " in caplog.text and "recomputing it" in caplog.text, how
         assert campaign.reference.logps(pairs, groups) == (clean, False)  # the recomputed file is whole again
     campaign.reference.shutdown()
+
+
+def test_a_reused_directory_with_another_loss_stops_naming_it_and_resume_never_starts_over(
+    local_ray, run_config, tiny_model_dir
+):
+    from dpo_ray.campaign.fingerprint import RunMismatch
+
+    cfg = run_config
+    cfg.train.max_steps, cfg.train.checkpoint_every = 2, 2
+    pairs = make_pairs(24, seed=51)
+    inputs = OfflineInputs(tiny_model_dir, tiny_model_dir, pairs[:16], pairs[16:])
+    OfflineCampaign(cfg, inputs).run()
+    run_dir = Path(cfg.output_dir)
+    old_events = {p.name for p in (run_dir / "tensorboard").glob("events.*")}
+    cfg.algo.loss_type = "ipo"
+    with pytest.raises(
+        RunMismatch, match=r"holds another run's checkpoint \(step_2\).*algo.loss_type: 'sigmoid' -> 'ipo'"
+    ):
+        OfflineCampaign(cfg, inputs).run()
+    cfg.resume = "never"
+    assert OfflineCampaign(cfg, inputs).run().resumed_from is None
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2]  # the old run's rows are gone, not mixed in
+    assert old_events and not old_events & {p.name for p in (run_dir / "tensorboard").glob("events.*")}
+    assert len((run_dir / "attempts.jsonl").read_text().splitlines()) == 1

@@ -1,0 +1,81 @@
+"""A run directory belongs to one run: what determines a run's result (model, data, loss, schedule, seeds) is
+fingerprinted into every checkpoint, and resuming into a directory whose checkpoint says otherwise stops, naming what
+differs, before anything starts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import asdict
+
+from ..config import RunConfig
+from ..data.tokenize import TokenizedPair
+from ..workers.models import model_fingerprint
+
+
+class RunMismatch(RuntimeError):
+    """The run directory holds another run's checkpoints."""
+
+
+def items_digest(items: Iterable) -> str:
+    """SHA-256 (16 hex digits) of the items as JSON: tokenised pairs, prompts."""
+    digest = hashlib.sha256()
+    for item in items:
+        if isinstance(item, TokenizedPair):
+            item = [item.prompt_ids, item.chosen_ids, item.rejected_ids, item.label]
+        digest.update(json.dumps(item).encode())
+    return digest.hexdigest()[:16]
+
+
+def run_fingerprint(cfg: RunConfig, model_path: str, reference_path: str, data: str, total_steps: int) -> dict:
+    """What a run's result depends on, readable where it is small: the loss options, the schedule (with the total
+    steps only where the learning rate depends on them), the seeds; digests of the models and the data."""
+    t = cfg.train
+    schedule = {
+        "optimizer": str(t.optimizer),
+        "lr": t.lr,
+        "lr_scheduler": str(t.lr_scheduler),
+        "lr_scheduler_kwargs": dict(t.lr_scheduler_kwargs),
+        "warmup_steps": t.warmup_steps,
+        "weight_decay": t.weight_decay,
+        "adam_betas": list(t.adam_betas),
+        "max_grad_norm": t.max_grad_norm,
+        "batch_size": t.batch_size,
+    }
+    if str(t.lr_scheduler) != "constant" or 0 < t.warmup_steps < 1:
+        schedule["total_steps"] = total_steps
+    return {
+        "model": model_fingerprint(model_path)[:16],
+        "reference": model_fingerprint(reference_path)[:16],
+        "data": data,
+        "algo": json.loads(json.dumps(asdict(cfg.algo), default=str)),
+        "schedule": json.loads(json.dumps(schedule, default=str)),
+        "seeds": {"train.seed": t.seed, "data.shuffle_seed": cfg.data.shuffle_seed},
+    }
+
+
+def differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """'name: saved -> current' for each part that differs."""
+    found = []
+    for key in sorted(set(saved) | set(current)):
+        old, new = saved.get(key), current.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            found += differences(old, new, f"{prefix}{key}.")
+        elif old != new:
+            found.append(f"{prefix}{key}: {old!r} -> {new!r}")
+    return found
+
+
+def check_resumable(state: dict | None, current: dict, run_dir: str) -> None:
+    """Raise RunMismatch when the checkpoint a run would resume from was made by a run that differs from this one."""
+    saved = (state or {}).get("fingerprint")
+    if saved is None:
+        return
+    changed = differences(saved, current)
+    if changed:
+        raise RunMismatch(
+            f"output_dir={run_dir} holds another run's checkpoint ({state['tag']}), which this run differs from: "
+            f"{'; '.join(changed[:8])}. Give a new output_dir, or resume=never to start over there (its metrics and "
+            "events are cleared)"
+        )
