@@ -44,6 +44,16 @@ def _check_messages(value: list, source: str, row: int, name: str) -> Messages:
             raise DataError(
                 source, row, f"{where}.content", f"must be a string, got {type(message.get('content')).__name__}"
             )
+        _unicode(message["content"], source, row, f"{where}.content")
+    return value
+
+
+def _unicode(value: str, source: str, row: int, name: str) -> str:
+    """value, if it is valid Unicode (JSON can carry lone surrogates, which no tokenizer takes)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise DataError(source, row, name, f"not valid Unicode ({value[e.start]!r} at character {e.start})") from None
     return value
 
 
@@ -52,7 +62,7 @@ def text_field(raw: dict, name: str, source: str, row: int) -> Text:
         raise DataError(source, row, name, "missing")
     value = raw[name]
     if isinstance(value, str):
-        return value
+        return _unicode(value, source, row, name)
     if isinstance(value, list):
         return _check_messages(value, source, row, name)
     raise DataError(source, row, name, f"must be a string or a list of messages, got {type(value).__name__}")

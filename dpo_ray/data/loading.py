@@ -60,6 +60,8 @@ def iter_rows(spec: str | Path | Any) -> Iterator[RawRow]:
         if split is not None:
             raise ValueError(f"{spec}: ':{split}' names a split, which a directory or a dataset name has, not a file")
         yield from _iter_file(path)
+    elif path.is_symlink():
+        raise FileNotFoundError(f"{path}: a symbolic link that leads nowhere (a loop, or a missing target)")
     elif is_dataset_name(source):
         yield from _iter_named(source, split)
     else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..config import DataConfig
 from .errors import DataError, ErrorPolicy
@@ -92,6 +92,41 @@ def truncate(prompt: list[int], chosen: list[int], rejected: list[int], s: Token
     return prompt, chosen[-s.max_length :], rejected[-s.max_length :]
 
 
+CHARS_PER_TOKEN = 64  # a row's text over this many characters a token of max_length is cut before tokenising
+
+
+def _chars(text: Text | None) -> int:
+    if text is None:
+        return 0
+    return len(text) if isinstance(text, str) else sum(len(m["content"]) for m in text)
+
+
+def _cut(text: Text, limit: int, keep_end: bool) -> Text:
+    """Each string (or message content) at most limit characters: its first ones, or its last with keep_end."""
+    if isinstance(text, list):
+        return [{**m, "content": _cut(m["content"], limit, keep_end)} for m in text]
+    if len(text) <= limit:
+        return text
+    return text[-limit:] if keep_end else text[:limit]
+
+
+def bounded(row: PreferenceRow, settings: TokenizeSettings) -> tuple[PreferenceRow | None, str]:
+    """The row with texts over CHARS_PER_TOKEN characters a token of max_length cut before tokenising (a 50 MB row
+    would take minutes and gigabytes to tokenise, only to be cut to max_length): responses keep the end truncation
+    keeps; a prompt keeps its end where the truncation does (keep_end, max_prompt_length), else it fills max_length
+    and the row goes (None). The second value says what was done ('' when nothing)."""
+    if settings.max_length is None:
+        return row, ""
+    limit, keep_end = CHARS_PER_TOKEN * settings.max_length, settings.truncation_mode == "keep_end"
+    long = [name for name in ("prompt", "chosen", "rejected") if _chars(getattr(row, name)) > limit]
+    if not long:
+        return row, ""
+    if "prompt" in long and not keep_end and settings.max_prompt_length is None:
+        return None, "prompt fills max_length"
+    cut = {name: _cut(getattr(row, name), limit, keep_end or name == "prompt") for name in long}
+    return replace(row, **cut), f"{'/'.join(long)} over {limit} characters, cut before tokenising"
+
+
 def tokenize_rows(
     rows: Iterable[PreferenceRow], tokenizer, settings: TokenizeSettings, policy: ErrorPolicy
 ) -> list[TokenizedPair]:
@@ -116,8 +151,19 @@ def tokenize_rows(
         if row.chosen == row.rejected and row.label is None:
             report.drop("chosen == rejected")
             continue
-        prompt_ids, full_chosen = encode_turn(tokenizer, row.prompt, row.chosen, templated)
-        _, full_rejected = encode_turn(tokenizer, row.prompt, row.rejected, templated)
+        row, bounded_how = bounded(row, settings)
+        if row is None:
+            report.drop(bounded_how)
+            continue
+        if bounded_how:
+            report.warnings[bounded_how] += 1
+        try:
+            prompt_ids, full_chosen = encode_turn(tokenizer, row.prompt, row.chosen, templated)
+            _, full_rejected = encode_turn(tokenizer, row.prompt, row.rejected, templated)
+        except Exception as error:  # a tokenizer or template's own failure on this row: the row's error
+            reason = f"cannot be tokenised ({type(error).__name__}: {error})"
+            policy.handle(DataError(row.source, row.row, "<row>", reason))
+            continue
         prompt_len = min(_common_prefix(prompt_ids, full_chosen), _common_prefix(prompt_ids, full_rejected))
         if prompt_len < len(prompt_ids):
             # The template or a token merge renders the prompt differently alone; train on what the full sequence holds.

@@ -101,3 +101,39 @@ info = json.loads((built / "dataset_info.json").read_text().replace('"json"', '"
     assert json.loads(out.stdout.splitlines()[-1]) == ROWS, out.stderr[-2000:]
     missing = subprocess.run([sys.executable, "-c", read, "org/absent"], env=env, capture_output=True, text=True)
     assert "org/absent: not a local file or directory, and `datasets` cannot load it" in missing.stderr
+
+
+def test_bad_rows_are_row_errors_that_skip_skips_and_bad_files_name_their_cause(tokenizer, tmp_path):
+    """A lone surrogate is a row error: raise names the row, skip keeps every valid row; a 20 MB response is cut
+    before tokenising (fast, to the same ids), and said; a corrupt or empty Parquet file and a symlink loop name the
+    file."""
+    import time
+
+    from dpo_ray.data.dataset import load_pairs
+    from dpo_ray.data.errors import DataError
+    from dpo_ray.data.tokenize import TokenizeSettings
+
+    huge = {"prompt": "Write 1 in words.", "chosen": "one " * 5_000_000, "rejected": "won"}  # 20 MB
+    path = tmp_path / "rows.jsonl"
+    path.write_text(
+        lines(ROWS[:2]).decode() + '{"prompt": "p", "chosen": "\\ud800", "rejected": "r"}\n' + json.dumps(huge) + "\n"
+    )
+    settings = TokenizeSettings(max_length=64)
+    with pytest.raises(DataError, match=r"row 2: field 'chosen': not valid Unicode \('\\ud800' at character 0\)"):
+        load_pairs([str(path)], tokenizer, settings)
+    began = time.perf_counter()
+    pairs, report = load_pairs([str(path)], tokenizer, settings, on_error="skip")
+    assert len(pairs) == 3 and time.perf_counter() - began < 10
+    assert list(report.dropped) == ["chosen: not valid Unicode ('\\ud800' at character 0)"]
+    assert report.warnings["chosen over 4096 characters, cut before tokenising"] == 1
+    short = dict(huge, chosen="one " * 200)  # long enough to be cut to max_length: the same ids as the 20 MB row
+    path.write_text(json.dumps(short) + "\n")
+    assert load_pairs([str(path)], tokenizer, settings)[0] == pairs[2:]
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
+    (tmp_path / "empty.parquet").write_bytes(b"")
+    for name in ("bad.parquet", "empty.parquet"):
+        with pytest.raises(DataError, match=f"{name}: row 0: field '<parquet>': not a readable Parquet file"):
+            rows_of(str(tmp_path / name))
+    (tmp_path / "loop.jsonl").symlink_to(tmp_path / "loop.jsonl")
+    with pytest.raises(FileNotFoundError, match="a symbolic link that leads nowhere"):
+        rows_of(str(tmp_path / "loop.jsonl"))
