@@ -123,12 +123,6 @@ def report(arguments: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .campaign.checkpoints import CheckpointError
-    from .campaign.fingerprint import RunMismatch
-    from .campaign.preflight import InputError
-    from .campaign.run_lock import RunDirInUse
-    from .data.errors import DataError
-    from .plan import PlanError
     from .validation import ConfigError
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -160,8 +154,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .campaign.interrupts import RunInterrupted, install
+
+    install()
+    try:
+        return _run_command(command, commands[command], rest)
+    except RunInterrupted as stop:
+        print(
+            f"dpo-ray {command}: stopped by {stop}; the groups and Ray were shut down. The same command resumes from "
+            "the last checkpoint (resume=auto)",
+            file=sys.stderr,
+        )
+        return stop.exit_code
+
+
+def _run_command(command: str, run, rest: list[str]) -> int:
+    from .campaign.checkpoints import CheckpointError
+    from .campaign.fingerprint import RunMismatch
+    from .campaign.preflight import InputError
+    from .campaign.run_lock import RunDirInUse
+    from .data.errors import DataError
+    from .plan import PlanError
+    from .validation import ConfigError
+
     expected = (ConfigError, InputError, DataError, PlanError, RunDirInUse, CheckpointError, RunMismatch)
-    return _guarded(command, lambda: commands[command](rest), expected)
+    return _guarded(command, lambda: run(rest), expected)
 
 
 def _print(text: str, end: str = "\n") -> int:

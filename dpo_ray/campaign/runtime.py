@@ -22,6 +22,7 @@ from ..plan import PlanError
 from ..plan.nodes import ray_nodes
 from ..plan.plan import PlanModels, make_plan, render, verdict
 from ..run_files import ATTEMPTS, CONFIG, PLAN
+from . import interrupts
 from .run_lock import run_dir_lock
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ def ensure_ray(cluster: ClusterConfig, needs: Sequence[GroupNeed], concurrent: b
                 object_store_memory=1 << 30,
                 log_to_driver=True,
             )
+        interrupts.reinstall()  # Ray's SIGTERM handler aborts the driver before any cleanup
         log.info("Ray: ready in %.1fs", time.perf_counter() - began)
         started = True
     try:

@@ -1,0 +1,43 @@
+"""SIGINT and SIGTERM stop a run cleanly: the signal becomes an exception in the driver's main thread, so the
+campaign's own cleanup runs (groups stopped, Ray shut down), and the command exits 130 or 143 saying how to resume.
+Ray installs its own handlers when it starts (SIGTERM aborts the driver): ours are put back after it."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+_installed = False
+
+
+class RunInterrupted(Exception):
+    """The run was asked to stop by a signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.signum]
+
+
+def _raise(signum, frame) -> None:
+    raise RunInterrupted(signum)
+
+
+def install() -> None:
+    """Turn SIGINT and SIGTERM into RunInterrupted from now on (main thread only; elsewhere a no-op)."""
+    global _installed
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in EXIT_CODES:
+        signal.signal(signum, _raise)
+    _installed = True
+
+
+def reinstall() -> None:
+    """Put the handlers back if install() put them before (after Ray, which replaces them, has started)."""
+    if _installed:
+        install()
