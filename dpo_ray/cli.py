@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_command(command: str, run, rest: list[str]) -> int:
-    from .campaign.checkpoints import CheckpointError
+    from .campaign.checkpoints import CheckpointError, DiskFull
     from .campaign.fingerprint import RunMismatch
     from .campaign.preflight import InputError
     from .campaign.run_lock import RunDirInUse
@@ -177,7 +177,7 @@ def _run_command(command: str, run, rest: list[str]) -> int:
     from .plan import PlanError
     from .validation import ConfigError
 
-    expected = (ConfigError, InputError, DataError, PlanError, RunDirInUse, CheckpointError, RunMismatch)
+    expected = (ConfigError, InputError, DataError, PlanError, RunDirInUse, CheckpointError, RunMismatch, DiskFull)
     return _guarded(command, lambda: run(rest), expected)
 
 

@@ -37,11 +37,19 @@ class CheckpointStore:
         self.root.mkdir(parents=True, exist_ok=True)
         partial, final = self.root / f"{PARTIAL}{tag}", self.root / tag
         shutil.rmtree(partial, ignore_errors=True)
-        policy.save_checkpoint(str(self.root), partial.name)
-        if also is not None:
-            also(partial)
-        write_text(partial / STATE, json.dumps({"tag": tag, **state}))
-        write_text(partial / MANIFEST, json.dumps(manifest(partial)))
+        try:
+            policy.save_checkpoint(str(self.root), partial.name)
+            if also is not None:
+                also(partial)
+            write_text(partial / STATE, json.dumps({"tag": tag, **state}))
+            write_text(partial / MANIFEST, json.dumps(manifest(partial)))
+        except Exception as error:
+            written = _bytes(partial)
+            shutil.rmtree(partial, ignore_errors=True)  # a half-written checkpoint only keeps the disk full
+            full = out_of_space(self.root, max(written, self._last_size()))
+            if full:
+                raise DiskFull(f"{full}; the checkpoint {tag} was not written (the last good one stays)") from error
+            raise
         if final.exists():
             shutil.rmtree(final)
         os.replace(partial, final)
@@ -50,6 +58,11 @@ class CheckpointStore:
         write_text(self.root / POINTER, tag)
         self._prune()
         return final
+
+    def _last_size(self) -> int:
+        """Bytes of the newest complete checkpoint (what the next one will need, about)."""
+        complete = self.complete()
+        return _bytes(self.root / complete[-1]) if complete else 0
 
     def complete(self) -> list[str]:
         """Tags of complete checkpoints, oldest first (by the step or round number in the tag)."""
@@ -96,6 +109,39 @@ class CheckpointStore:
             shutil.rmtree(stale, ignore_errors=True)
         for tag in self.complete()[: -self.keep]:
             shutil.rmtree(self.root / tag, ignore_errors=True)
+
+
+class DiskFull(OSError):
+    """A write failed for want of space: says where, and how much was needed."""
+
+
+def _bytes(directory: Path) -> int:
+    return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file()) if directory.exists() else 0
+
+
+def mount_point(path: Path) -> tuple[str, str]:
+    """(device, mount point) of the file system path is on, from /proc/mounts (the longest mount prefix)."""
+    path, best = Path(path).resolve(), ("?", "/")
+    try:
+        mounts = [line.split()[:2] for line in Path("/proc/mounts").read_text().splitlines()]
+    except OSError:
+        return best
+    for device, point in mounts:
+        if (path == Path(point) or Path(point) in path.parents) and len(point) >= len(best[1]):
+            best = (device, point)
+    return best
+
+
+def out_of_space(path: Path, needed: int) -> str:
+    """'no space left on DEVICE ...' when the file system under path has less than needed bytes free, else ''."""
+    free = shutil.disk_usage(path).free
+    if free >= max(needed, 1 << 20):
+        return ""
+    device, point = mount_point(path)
+    return (
+        f"no space left on {device} (mounted at {point}): {free / 1e6:.1f} MB free, a checkpoint needs ~"
+        f"{max(needed, 1 << 20) / 1e6:.1f} MB"
+    )
 
 
 class CheckpointError(RuntimeError):

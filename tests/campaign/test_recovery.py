@@ -156,3 +156,47 @@ def test_a_planted_or_cut_checkpoint_is_never_loaded_and_the_previous_one_is(
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
     cfg.train.max_steps = 8
     assert OfflineCampaign(cfg, inputs).run().resumed_from == "step_4"
+
+
+def _mount_tmpfs(path: Path, megabytes: int, remount: bool = False) -> bool:
+    import subprocess
+
+    path.mkdir(parents=True, exist_ok=True)
+    options = f"{'remount,' if remount else ''}size={megabytes}m"
+    return (
+        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True).returncode == 0
+    )
+
+
+def test_a_full_disk_names_its_device_leaves_no_partial_checkpoint_and_a_rerun_with_space_ends_identical(
+    local_ray, run_config, tiny_model_dir, tmp_path
+):
+    """output_dir on a tmpfs that holds one checkpoint, not two: the second save fails with "no space left on tmpfs",
+    its partial directory is gone; given space, the rerun resumes from the first and ends as an uninterrupted run."""
+    import subprocess
+
+    from dpo_ray.campaign.checkpoints import DiskFull
+
+    disk = tmp_path / "small"
+    if not _mount_tmpfs(disk, 3):
+        pytest.skip("mounting a tmpfs is not allowed here")
+    try:
+        cfg = run_config
+        cfg.train.max_steps, cfg.train.checkpoint_every, cfg.train.keep_checkpoints = 4, 2, 2
+        cfg.report_to = ["none"]
+        pairs = make_pairs(40, seed=47)
+        inputs = OfflineInputs(tiny_model_dir, tiny_model_dir, pairs[:32], pairs[32:])
+        cfg.output_dir = str(tmp_path / "roomy")
+        clean = OfflineCampaign(cfg, inputs).run()
+        cfg.output_dir = str(disk / "run")
+        with pytest.raises(DiskFull, match=r"no space left on tmpfs \(mounted at .*small\).*step_4 was not written"):
+            OfflineCampaign(cfg, inputs).run()
+        checkpoints = disk / "run" / "checkpoints"
+        assert not list(checkpoints.glob(".partial-*")) and (checkpoints / "step_2").is_dir()
+        assert _mount_tmpfs(disk, 64, remount=True)
+        rerun = OfflineCampaign(cfg, inputs).run()
+        assert rerun.resumed_from == "step_2"
+        a, b = (load_file(r.final_model / "model.safetensors") for r in (clean, rerun))
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
