@@ -169,10 +169,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_command(command: str, run, rest: list[str]) -> int:
-    from .campaign.checkpoints import CheckpointError, DiskFull
-    from .campaign.fingerprint import RunMismatch
+    from .campaign.failures import CheckpointError, DiskFull, RunDirInUse, RunMismatch
     from .campaign.preflight import InputError
-    from .campaign.run_lock import RunDirInUse
     from .data.errors import DataError
     from .plan import PlanError
     from .validation import ConfigError

@@ -327,7 +327,8 @@ class RolloutConfig:
 class RewardConfig:
     fn: str = opt(
         "",
-        "rule reward 'module:function' of (prompt_text, response_text) -> float; empty: model_path, else the task's",
+        "rule reward 'module:function' of (prompt_text, response_text) -> float (imported and run: trusted code only); "
+        "empty: model_path, else the task's",
     )
     model_path: str = opt(
         "", "HF sequence-classification reward model directory, or 'minilm-imdb-sentiment' (used when fn is empty)"

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..atomic import write_text
 from ..groups.policy_group import PolicyGroup
+from .failures import CheckpointError, DiskFull
 
 log = logging.getLogger(__name__)
 STATE = "run_state.json"
@@ -111,10 +112,6 @@ class CheckpointStore:
             shutil.rmtree(self.root / tag, ignore_errors=True)
 
 
-class DiskFull(OSError):
-    """A write failed for want of space: says where, and how much was needed."""
-
-
 def _bytes(directory: Path) -> int:
     return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file()) if directory.exists() else 0
 
@@ -142,10 +139,6 @@ def out_of_space(path: Path, needed: int) -> str:
         f"no space left on {device} (mounted at {point}): {free / 1e6:.1f} MB free, a checkpoint needs ~"
         f"{max(needed, 1 << 20) / 1e6:.1f} MB"
     )
-
-
-class CheckpointError(RuntimeError):
-    """Checkpoints exist, and none can be trusted."""
 
 
 def _sha256(path: Path) -> str:

@@ -12,10 +12,7 @@ from dataclasses import asdict
 from ..config import RunConfig
 from ..data.tokenize import TokenizedPair
 from ..workers.models import model_fingerprint
-
-
-class RunMismatch(RuntimeError):
-    """The run directory holds another run's checkpoints."""
+from .failures import RunMismatch
 
 
 def items_digest(items: Iterable) -> str:

@@ -12,12 +12,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .failures import RunDirInUse
+
 LOCK = ".dpo-ray.lock"
 _held: dict[Path, int] = {}  # lock files this process holds -> how deep (a campaign inside the CLI's hold)
-
-
-class RunDirInUse(RuntimeError):
-    """Another live run holds the output directory."""
 
 
 @contextmanager

@@ -22,7 +22,7 @@ from ..plan import PlanError
 from ..plan.nodes import ray_nodes
 from ..plan.plan import PlanModels, make_plan, render, verdict
 from ..run_files import ATTEMPTS, CONFIG, PLAN
-from . import interrupts
+from . import interrupts, local_ray
 from .run_lock import run_dir_lock
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ def run_campaign(
             cleanup()
             if started:
                 ray.shutdown()
+                local_ray.remove_session()
 
 
 def ensure_ray(cluster: ClusterConfig, needs: Sequence[GroupNeed], concurrent: bool = True) -> bool:
@@ -77,12 +78,15 @@ def ensure_ray(cluster: ClusterConfig, needs: Sequence[GroupNeed], concurrent: b
         if address:
             ray.init(address=address, log_to_driver=True)
         else:
+            local_ray.clean_stale_sessions()
             ray.init(
                 num_cpus=local_cpus(needs, concurrent, os.cpu_count() or 1),
                 include_dashboard=False,
                 object_store_memory=1 << 30,
                 log_to_driver=True,
+                **({} if os.environ.get("RAY_TMPDIR") else {"_temp_dir": str(local_ray.session_dir())}),
             )
+        local_ray.private_token()
         interrupts.reinstall()  # Ray's SIGTERM handler aborts the driver before any cleanup
         log.info("Ray: ready in %.1fs", time.perf_counter() - began)
         started = True

@@ -30,14 +30,16 @@ def ray_pids(ray_dir: Path) -> list[int]:
     return found
 
 
-def start(run_dir: Path, data: Path, model: str, ray_dir: Path, steps: int) -> subprocess.Popen:
+def start(run_dir: Path, data: Path, model: str, ray_dir: Path | None, steps: int) -> subprocess.Popen:
     overrides = [
         f"output_dir={run_dir}", f"model.path={model}", f"data.train_files=[{data}]", "progress=false",
         f"train.max_steps={steps}", "train.checkpoint_every=3", "train.batch_size=4", "train.micro_batch_size=2",
         "train.lr_scheduler=constant", "train.warmup_steps=0", "train.lr=1e-4", "cluster.policy_ranks=1",
         f"cache_dir={run_dir.parent / 'cache'}", "report_to=none",
     ]  # fmt: skip
-    env = {**os.environ, "RAY_TMPDIR": str(ray_dir)}
+    env = {k: v for k, v in os.environ.items() if k != "RAY_TMPDIR"}  # None: the run's own session directory
+    if ray_dir is not None:
+        env["RAY_TMPDIR"] = str(ray_dir)
     return subprocess.Popen(
         [sys.executable, "-m", "dpo_ray.cli", "train", *overrides], env=env, stderr=subprocess.PIPE, text=True
     )
@@ -80,3 +82,33 @@ def test_a_signal_stops_the_run_cleanly_and_the_same_command_resumes(tiny_model_
     attempts = [json.loads(line) for line in (run_dir / "attempts.jsonl").read_text().splitlines()]
     assert attempts[-1]["resumed_from"] in ("step_3", "step_6") and attempts[-1]["cause"] == "rerun"
     shutil.rmtree(ray_dir, ignore_errors=True)
+
+
+def test_a_killed_runs_ray_is_cleaned_up_by_the_next_run_and_a_finished_run_leaves_no_session(tiny_model_dir, tmp_path):
+    """SIGKILL leaves the driver's Ray session behind (its files; its raylet, GCS and agents where Ray keeps them
+    running): the next local run stops what is left and removes the files; a run that ends removes its own, and Ray's
+    auth token is its owner's alone."""
+    from dpo_ray.campaign.local_ray import clean_stale_sessions, processes_using, session_dir
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(
+        "".join(json.dumps({"prompt": f"p{i}", "chosen": f"c{i}", "rejected": f"r{i}"}) + "\n" for i in range(400))
+    )
+    run_dir = tmp_path / "run"
+    run = start(run_dir, data, tiny_model_dir, None, steps=90)
+    wait_for_step(run_dir, 2, run)
+    session = session_dir(run.pid)
+    os.kill(run.pid, signal.SIGKILL)
+    run.wait()
+    assert session.is_dir()  # what a killed driver leaves: its session's files, and (Ray version allowing) processes
+    assert session in clean_stale_sessions()
+    deadline = time.monotonic() + 10
+    while processes_using(session) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not processes_using(session) and not session.exists()
+    finished = start(run_dir, data, tiny_model_dir, None, steps=4)
+    _, stderr = finished.communicate(timeout=300)
+    assert finished.returncode == 0, stderr[-3000:]
+    assert not session_dir(finished.pid).exists()
+    token = Path.home() / ".ray" / "auth_token"
+    assert not token.exists() or token.stat().st_mode & 0o077 == 0

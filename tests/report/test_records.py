@@ -33,8 +33,9 @@ def test_a_resumed_runs_repeated_steps_keep_their_later_values(tmp_path):
 def test_bad_run_directories_are_errors_that_name_the_file_and_line(tmp_path, capsys):
     with pytest.raises(ValueError, match="no metrics.jsonl"):
         load_records(tmp_path)
-    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "loss": \n')
-    with pytest.raises(ValueError, match=r"metrics.jsonl: line 2: not JSON"):
+    rows = '{"step": 1, "loss": 0.5}\n{"step": 2, "loss": \n{"step": 3, "loss": 0.4}\n'
+    (tmp_path / "metrics.jsonl").write_text(rows)
+    with pytest.raises(ValueError, match=r"metrics.jsonl: line 2: not JSON"):  # a bad line amid whole ones
         load_records(tmp_path)
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert "no metrics.jsonl" in capsys.readouterr().err

@@ -1,0 +1,75 @@
+"""A local Ray that leaves nothing behind: its session files under a directory of the run's own (removed at exit),
+Ray's auth token readable by its owner only, and the processes and files of an earlier local run whose driver was
+killed (SIGKILL leaves its raylet, GCS and agents running) cleaned up by the next one."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import stat
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+PREFIX = "dpo-ray-session-"  # + the driver's pid: short, as Ray's socket paths must stay < 108 bytes
+
+
+def session_dir(pid: int | None = None) -> Path:
+    return Path(tempfile.gettempdir()) / f"{PREFIX}{pid or os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def processes_using(path: Path) -> list[int]:
+    """Pids whose command line names path (a Ray session's raylet, GCS, workers and agents all do)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                if str(path) in Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def clean_stale_sessions() -> list[Path]:
+    """Stop the processes of local sessions whose driver is gone, remove their files; returns the sessions cleaned."""
+    cleaned = []
+    for directory in Path(tempfile.gettempdir()).glob(f"{PREFIX}*"):
+        pid = directory.name.removeprefix(PREFIX)
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        for orphan in processes_using(directory):
+            try:
+                os.kill(orphan, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(directory, ignore_errors=True)
+        log.info("Ray: cleaned up the local session of a run that was killed (%s)", directory)
+        cleaned.append(directory)
+    return cleaned
+
+
+def private_token() -> None:
+    """Ray writes its auth token world-readable; make it the owner's alone."""
+    token = Path.home() / ".ray" / "auth_token"
+    try:
+        if token.exists() and token.stat().st_uid == os.getuid() and token.stat().st_mode & 0o077:
+            token.chmod(stat.S_IRUSR | stat.S_IWUSR)
+    except OSError as error:
+        log.warning("Ray: could not make %s private: %s", token, error)
+
+
+def remove_session() -> None:
+    shutil.rmtree(session_dir(), ignore_errors=True)
