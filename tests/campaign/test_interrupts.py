@@ -15,19 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from dpo_ray.campaign.local_ray import processes_using
+
 pytestmark = pytest.mark.slow
-
-
-def ray_pids(ray_dir: Path) -> list[int]:
-    """Processes whose command line names this run's Ray temp dir (raylet, gcs, workers, agents)."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if str(ray_dir) in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
-                found.append(int(pid))
-        except OSError:
-            continue
-    return found
 
 
 def start(run_dir: Path, data: Path, model: str, ray_dir: Path | None, steps: int) -> subprocess.Popen:
@@ -72,9 +62,9 @@ def test_a_signal_stops_the_run_cleanly_and_the_same_command_resumes(tiny_model_
     assert f"stopped by {signal.Signals(signum).name}" in stderr and "resumes from the last checkpoint" in stderr
     assert "Traceback" not in stderr
     deadline = time.monotonic() + 30
-    while ray_pids(ray_dir) and time.monotonic() < deadline:
+    while processes_using(ray_dir) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert not ray_pids(ray_dir), "Ray processes of the run outlived it"
+    assert not processes_using(ray_dir), "Ray processes of the run outlived it"
     print(f"stopped in {time.monotonic() - began:.1f}s after {signal.Signals(signum).name}")
     resumed = start(run_dir, data, tiny_model_dir, ray_dir, steps=8)
     _, stderr = resumed.communicate(timeout=300)
@@ -88,7 +78,7 @@ def test_a_killed_runs_ray_is_cleaned_up_by_the_next_run_and_a_finished_run_leav
     """SIGKILL leaves the driver's Ray session behind (its files; its raylet, GCS and agents where Ray keeps them
     running): the next local run stops what is left and removes the files; a run that ends removes its own, and Ray's
     auth token is its owner's alone."""
-    from dpo_ray.campaign.local_ray import clean_stale_sessions, processes_using, session_dir
+    from dpo_ray.campaign.local_ray import clean_stale_sessions, session_dir
 
     data = tmp_path / "pairs.jsonl"
     data.write_text(
