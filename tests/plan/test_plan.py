@@ -4,6 +4,7 @@ and the placement the plan predicts made for real by Ray on a cluster of fake GP
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 
 import pytest
@@ -128,8 +129,6 @@ def fake_gpu_cluster(tmp_path_factory):
 
 def wait_until_released(timeout_s: float = 30.0) -> None:
     """Until every CPU and GPU of the cluster is available again (removed placement groups free them a moment later)."""
-    import time
-
     import ray
 
     deadline = time.monotonic() + timeout_s
@@ -158,18 +157,28 @@ def test_ray_places_every_group_where_the_plan_said(fake_gpu_cluster, models, pr
     planned = make_plan(cfg, command, live, run_models, "test")
     assert all(g.nodes for g in planned.groups), planned.problems
     online = command == "online"
-    placed, alive = [], []
-    wait_until_released()  # the previous case's groups: Ray returns their resources asynchronously
-    for need in group_needs(cfg, reference_group_needed(cfg, online), online):  # as the campaign starts them
-        group = reserve(need, str(cfg.cluster.placement), ready_timeout_s=60)
-        placed.append((need.name, bundle_nodes(group)))
-        alive.append(group)
-        if not online:  # an offline run releases its reference group before the policy group starts
-            remove_placement_group(alive.pop())
-            wait_until_released()
-    for group in alive:
-        remove_placement_group(group)
     predicted = [(g.need.name, [live[i].node_id for i in g.nodes]) for g in planned.groups]
+
+    def place_as_the_campaign_does() -> list:
+        placed, alive = [], []
+        wait_until_released()  # the previous case's groups: Ray returns their resources asynchronously
+        for need in group_needs(cfg, reference_group_needed(cfg, online), online):  # as the campaign starts them
+            group = reserve(need, str(cfg.cluster.placement), ready_timeout_s=60)
+            placed.append((need.name, bundle_nodes(group)))
+            alive.append(group)
+            if not online:  # an offline run releases its reference group before the policy group starts
+                remove_placement_group(alive.pop())
+                wait_until_released()
+        for group in alive:
+            remove_placement_group(group)
+        return placed
+
+    # One retry, on a settled cluster: a raylet can still hold a just-removed group's bundle after the GCS counts it
+    # free, and then Ray places the next group elsewhere (seen once in CI); a wrong plan fails both tries.
+    placed = place_as_the_campaign_does()
+    if canonical(placed, online) != canonical(predicted, online):
+        time.sleep(2.0)
+        placed = place_as_the_campaign_does()
     assert canonical(placed, online) == canonical(predicted, online)
     # and the plan made for the same nodes described by flags places the groups alike
     described = described_nodes(4, 8, 80, 48, 256)
