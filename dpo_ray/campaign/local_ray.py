@@ -1,6 +1,7 @@
-"""A local Ray that leaves nothing behind: its session files under a directory of the run's own (removed at exit),
-Ray's auth token readable by its owner only, and the processes and files of an earlier local run whose driver was
-killed (SIGKILL leaves its raylet, GCS and agents running) cleaned up by the next one."""
+"""A local Ray that stays local and leaves nothing behind: every listener on 127.0.0.1, its session files under a
+directory of the run's own (removed at exit), Ray's auth token readable by its owner only, and the processes and files
+of an earlier local run whose driver was killed (SIGKILL leaves its raylet, GCS and agents running) cleaned up by the
+next one."""
 
 from __future__ import annotations
 
@@ -10,10 +11,33 @@ import shutil
 import signal
 import stat
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 PREFIX = "dpo-ray-session-"  # + the driver's pid: short, as Ray's socket paths must stay < 108 bytes
+SINGLE_MACHINE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # Ray's switch: "0" makes a node's IP the loopback address
+
+
+@contextmanager
+def loopback_only() -> Iterator[None]:
+    """Ray starts on loopback: its node IP 127.0.0.1, so the GCS, raylet and workers listen there and its metrics
+    servers bind 127.0.0.1 instead of 0.0.0.0. Ray offers this only as the single-machine mode it uses on macOS and
+    Windows (an explicit 127.0.0.1 node IP is turned back into the host's address); its processes read the switch from
+    the environment, this one from ray_constants."""
+    from ray._private import ray_constants
+
+    saved_env, saved_flag = os.environ.get(SINGLE_MACHINE), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[SINGLE_MACHINE], ray_constants.ENABLE_RAY_CLUSTER = "0", False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(SINGLE_MACHINE, None)
+        else:
+            os.environ[SINGLE_MACHINE] = saved_env
 
 
 def session_dir(pid: int | None = None) -> Path:

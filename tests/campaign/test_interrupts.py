@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -47,6 +48,32 @@ def wait_for_step(run_dir: Path, step: int, process: subprocess.Popen, timeout_s
     raise AssertionError(f"no step {step} within {timeout_s}s")
 
 
+def listening_addresses(pids: list[int]) -> list[tuple[str, int, int]]:
+    """(address, port, pid) of every TCP socket these processes listen on, read from /proc/net/tcp and tcp6."""
+    owner = {}
+    for pid in pids:
+        try:
+            links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        except OSError:
+            continue  # gone meanwhile
+        owner.update({link[len("socket:[") : -1]: pid for link in links if link.startswith("socket:[")})
+    found = []
+    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A" or fields[9] not in owner:  # 0A: LISTEN
+                continue
+            address, port = fields[1].split(":")
+            raw = bytes.fromhex(address)  # 32-bit words in host (little-endian) order
+            packed = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+            found.append((socket.inet_ntop(family, packed), int(port, 16), owner[fields[9]]))
+    return found
+
+
+def is_loopback(address: str) -> bool:
+    return address in ("::1", "::ffff:127.0.0.1") or address.startswith("127.")
+
+
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_stops_the_run_cleanly_and_the_same_command_resumes(tiny_model_dir, tmp_path, signum, code):
     data = tmp_path / "pairs.jsonl"
@@ -74,10 +101,10 @@ def test_a_signal_stops_the_run_cleanly_and_the_same_command_resumes(tiny_model_
     shutil.rmtree(ray_dir, ignore_errors=True)
 
 
-def test_a_killed_runs_ray_is_cleaned_up_by_the_next_run_and_a_finished_run_leaves_no_session(tiny_model_dir, tmp_path):
-    """SIGKILL leaves the driver's Ray session behind (its files; its raylet, GCS and agents where Ray keeps them
-    running): the next local run stops what is left and removes the files; a run that ends removes its own, and Ray's
-    auth token is its owner's alone."""
+def test_local_ray_listens_on_loopback_and_a_killed_runs_session_is_cleaned_up(tiny_model_dir, tmp_path):
+    """A local run's Ray listens on loopback only. SIGKILL leaves the driver's Ray session behind (its files; its
+    raylet, GCS and agents where Ray keeps them running): the next local run stops what is left and removes the files;
+    a run that ends removes its own, and Ray's auth token is its owner's alone."""
     from dpo_ray.campaign.local_ray import clean_stale_sessions, session_dir
 
     data = tmp_path / "pairs.jsonl"
@@ -88,6 +115,9 @@ def test_a_killed_runs_ray_is_cleaned_up_by_the_next_run_and_a_finished_run_leav
     run = start(run_dir, data, tiny_model_dir, None, steps=90)
     wait_for_step(run_dir, 2, run)
     session = session_dir(run.pid)
+    listening = listening_addresses([run.pid, *processes_using(session)])
+    assert len({pid for _, _, pid in listening}) >= 3, listening  # at least the GCS, the raylet and the driver
+    assert all(is_loopback(address) for address, _, _ in listening), listening
     os.kill(run.pid, signal.SIGKILL)
     run.wait()
     assert session.is_dir()  # what a killed driver leaves: its session's files, and (Ray version allowing) processes
