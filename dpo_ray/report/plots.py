@@ -5,6 +5,7 @@ nothing to draw."""
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -140,6 +141,33 @@ def training_plot(records: RunRecords, path: Path) -> Path | None:
 
 def rounds_plot(records: RunRecords, path: Path) -> Path | None:
     return _grid(ROUNDS, _columns(records.rounds, "round"), "round", path, columns=3)
+
+
+def frontier_points(rounds: Sequence[dict]) -> list[tuple[int, float, float]]:
+    """(round, KL to the reference, held-out sampled reward) of each round evaluated with both, finite."""
+    keys = ("eval/kl", "eval/sampled_reward")
+    finite = lambda v: isinstance(v, (int, float)) and math.isfinite(v)
+    return [(row["round"], *(row[k] for k in keys)) for row in rounds if all(finite(row.get(k)) for k in keys)]
+
+
+def frontier_plot(records: RunRecords, path: Path) -> Path | None:
+    """Held-out reward against KL to the reference, a point per evaluated round (the DPO paper's controlled-sentiment
+    frontier: what the reward cost in divergence), joined in round order."""
+    points = frontier_points(records.rounds)
+    if len(points) < 2:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.8, 3.6))
+    rounds, kls, rewards = zip(*points)
+    ax.plot(kls, rewards, **line_style(len(points)))
+    for r, kl, reward in points:
+        ax.annotate(str(r), (kl, reward), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel("KL to reference (nats/response, held-out samples)", fontsize=8)
+    ax.set_ylabel("held-out sampled reward", fontsize=8)
+    ax.set_title("reward vs KL, by round", fontsize=9)
+    ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
 
 
 def phases_plot(records: RunRecords, path: Path) -> Path | None:

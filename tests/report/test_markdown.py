@@ -34,6 +34,6 @@ def test_a_report_shows_the_runs_numbers_plots_and_tripped_monitors(tmp_path):
         ],
     )
     (tmp_path / "config.json").write_text(json.dumps({"monitor": {"kl_max": 50.0}}))
-    text = check_report(tmp_path, ["rounds.png", "phases.png", "training.png"])
+    text = check_report(tmp_path, ["rounds.png", "frontier.png", "phases.png", "training.png"])
     assert "**WARNING** over-optimisation: KL to reference: 60 > 50" in text
     assert text.count("| WARNING |") == 1

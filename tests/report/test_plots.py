@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dpo_ray.report.plots import _grid, line_style, round_ends
+from dpo_ray.report.plots import _grid, frontier_points, line_style, round_ends
 
 
 def test_two_points_are_drawn_as_markers_and_three_or_more_as_a_line(tmp_path, monkeypatch):
@@ -25,3 +25,14 @@ def test_two_points_are_drawn_as_markers_and_three_or_more_as_a_line(tmp_path, m
 def test_round_ends_are_the_steps_each_round_trained_summed():
     rounds = [{"round": 0}, {"round": 1, "steps": 4}, {"round": 2, "steps": 0}, {"round": 3, "steps": 6}]
     assert round_ends(rounds) == [4, 10]
+
+
+def test_the_frontier_has_a_point_per_round_evaluated_with_a_finite_kl_and_reward():
+    rounds = [
+        {"round": 0, "eval/kl": 0.0, "eval/sampled_reward": 0.5},
+        {"round": 1, "eval/kl": 2.5, "eval/sampled_reward": 0.7, "reward/mean": 0.6},
+        {"round": 2, "reward/mean": 0.8},  # not evaluated (online.eval_every)
+        {"round": 3, "eval/kl": float("nan"), "eval/sampled_reward": 0.9},  # no held-out sample to score
+        {"round": 4, "eval/kl": 6.0, "eval/sampled_reward": 1},
+    ]
+    assert frontier_points(rounds) == [(0, 0.0, 0.5), (1, 2.5, 0.7), (4, 6.0, 1)]
