@@ -68,10 +68,12 @@ def train(overrides: list[str]) -> int:
 
     cfg = compose(overrides, "train")  # before the imports below: a bad option fails without loading torch or Ray
     from .campaign.offline import OfflineCampaign
+    from .campaign.preflight import check_inputs
     from .campaign.run_lock import run_dir_lock
     from .campaign.summary import offline_summary, step_timing
     from .report import write_report
 
+    check_inputs(cfg, "train")  # a missing model or file stops the run before its output_dir is made
     with run_dir_lock(Path(cfg.output_dir)):  # before the data loads: a second run on it stops at once
         campaign = OfflineCampaign(cfg)
         result = campaign.run()
@@ -92,10 +94,12 @@ def online(overrides: list[str]) -> int:
 
     cfg = compose(overrides, "online")  # before the imports below: a bad option fails without loading torch or Ray
     from .campaign.online import OnlineCampaign
+    from .campaign.preflight import check_inputs
     from .campaign.run_lock import run_dir_lock
     from .campaign.summary import online_summary
     from .report import write_report
 
+    check_inputs(cfg, "online")  # a missing model or file stops the run before its output_dir is made
     with run_dir_lock(Path(cfg.output_dir)):  # before the prompts load: a second run on it stops at once
         result = OnlineCampaign(cfg).run()
         table = online_summary(result)

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from dataclasses import fields
+from pathlib import Path
 
 import pytest
 
@@ -78,9 +79,10 @@ def bad_value(option) -> str | None:
     return str(int(value) if option.type is int or "int" in str(option.type) else value)
 
 
-def run_in_fresh_process(tmp_path, argvs: list[list[str]]) -> tuple[list, list[str]]:
-    """main(argv) for each argv in one new Python process with its own RAY_TMPDIR: each call's exit status, stderr and
-    whether Ray was initialised after it; then the heavy modules the process imported. Asserts no Ray session dir."""
+def run_in_fresh_process(tmp_path, argvs: list[list[str]]) -> tuple[list, list[str], Path]:
+    """main(argv) for each argv in one new Python process with its own RAY_TMPDIR and working directory: each call's
+    exit status, stderr and whether Ray was initialised after it; the heavy modules the process imported; its working
+    directory. Asserts no Ray session dir."""
     script = (
         "import io, json, sys, contextlib\n"
         "from dpo_ray.cli import main\n"
@@ -97,11 +99,13 @@ def run_in_fresh_process(tmp_path, argvs: list[list[str]]) -> tuple[list, list[s
     ray_dir = tmp_path / "ray"
     ray_dir.mkdir()
     env = {"RAY_TMPDIR": str(ray_dir), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    cwd = tmp_path / "cwd"  # where the default output_dir would be made
+    cwd.mkdir()
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300, cwd=cwd)
     assert done.returncode == 0, done.stderr[-3000:]
     assert not any(ray_dir.iterdir())  # no Ray session was ever created
     results, loaded = json.loads(done.stdout.splitlines()[-1])
-    return results, loaded
+    return results, loaded, cwd
 
 
 def test_every_bad_value_fails_naming_the_option_and_what_it_allows_without_starting_anything(tmp_path):
@@ -109,7 +113,7 @@ def test_every_bad_value_fails_naming_the_option_and_what_it_allows_without_star
     process never imported Ray or torch, nor did a Ray session directory appear."""
     cases = [(o.name, bad_value(o)) for o in options(RunConfig) if bad_value(o) is not None]
     assert len(cases) > 80
-    results, loaded = run_in_fresh_process(tmp_path, [["train", f"{name}={value}"] for name, value in cases])
+    results, loaded, _ = run_in_fresh_process(tmp_path, [["train", f"{name}={value}"] for name, value in cases])
     assert loaded == []
     by_name = {o.name: o for o in options(RunConfig)}
     for (name, _), (rc, message, started) in zip(cases, results):
@@ -148,6 +152,7 @@ def test_every_bad_value_fails_naming_the_option_and_what_it_allows_without_star
         (["algo.loss_type=[kto,sft]"], "kto trains on labelled completions, not pairs; it takes no other loss"),
         (["algo=kto", "algo.rpo_alpha=0.5"], "algo.rpo_alpha=0.5: not with kto (a pair option)"),
         (["algo.desirable_weight=2.0"], "algo.desirable_weight=2.0: read by kto, apo_zero_unpaired only"),
+        (["online.desirable_threshold=0.5"], "labels samples for an unpaired loss (algo.loss_type=kto or"),
         (["algo.ref_model_sync_steps=8"], "algo.ref_model_sync_steps=8: read by algo.sync_ref_model=true only"),
         (["algo=simpo", "algo.sync_ref_model=true"], "is reference-free; nothing to sync"),
         (["algo.sync_ref_model=true", "model.lora.enabled=true"], "the policy's base with the adapter"),
@@ -248,7 +253,8 @@ def test_missing_and_unusable_inputs_fail_before_ray_starts(tmp_path, tiny_model
             f"the tokenizer of {untemplated} has no chat template",
         ),
     ]
-    results, _ = run_in_fresh_process(tmp_path, [argv for argv, _ in cases])
+    results, _, cwd = run_in_fresh_process(tmp_path, [argv for argv, _ in cases])
+    assert not (cwd / "runs" / "latest").exists()  # the train cases stop before their output_dir is made
     for (argv, expected), (rc, message, started) in zip(cases, results):
         assert rc == 2 and expected in message and not started, (argv, message)
         assert len(message.strip().splitlines()) == 1, message
