@@ -361,6 +361,11 @@ class OnlineConfig:
         0.0, "drop a pair unless best - worst reward exceeds this (ties always dropped)", NON_NEGATIVE
     )
     max_pairs_per_prompt: int = opt(1, "pairs per prompt: k-th best vs k-th worst, k up to this", AT_LEAST_ONE)
+    desirable_threshold: float | None = opt(
+        None,
+        "online KTO (algo.loss_type=kto or apo_zero_unpaired): every sample is an example, desirable when its reward "
+        ">= this; null: each pair unpaired (best desirable, worst undesirable)",
+    )
     replay_ratio: float = opt(0.0, "earlier rounds' pairs added per new pair (sampled, seeded)", NON_NEGATIVE)
     offline_ratio: float = opt(0.0, "pairs from data.train_files added per new pair (sampled, seeded)", NON_NEGATIVE)
     epochs_per_round: int = opt(2, "passes over each round's pairs", AT_LEAST_ONE)

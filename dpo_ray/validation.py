@@ -7,7 +7,7 @@ from __future__ import annotations
 import difflib
 
 from .config import RunConfig
-from .loss_types import F_OPTIONS, LOSS_TYPES, loss_names, takes_label_smoothing
+from .loss_types import F_OPTIONS, LOSS_TYPES, is_unpaired, loss_names, takes_label_smoothing
 from .options import Choice, options, shown, value_at
 from .report.trackers import report_problems
 from .workers.engine_args import unservable_adapter
@@ -231,6 +231,11 @@ def _rules(cfg: RunConfig) -> list[str]:
         )
     if cfg.imdb.min_words > cfg.imdb.max_words:
         problems.append(f"imdb.min_words={cfg.imdb.min_words}: must be <= imdb.max_words={cfg.imdb.max_words}")
+    if cfg.online.desirable_threshold is not None and not is_unpaired(cfg.algo.loss_type):
+        problems.append(
+            f"online.desirable_threshold={cfg.online.desirable_threshold!r}: labels samples for an unpaired loss "
+            f"(algo.loss_type=kto or apo_zero_unpaired), not algo.loss_type={cfg.algo.loss_type!r}"
+        )
     task = cfg.online.prompt_task
     if task and task not in PROMPT_TASKS:
         problems.append(

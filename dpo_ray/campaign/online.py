@@ -1,6 +1,7 @@
 """Online / iterative DPO: each round the vLLM engines sample n responses per prompt from the current policy, the
-reward group scores them, best vs worst become pairs, the policy trains on them against the frozen reference, and
-its new weights are pushed into the engines. A campaign restarts from its last finished round."""
+reward group scores them, best vs worst become pairs (for KTO: labelled examples), the policy trains on them against
+the frozen reference, and its new weights are pushed into the engines. A campaign restarts from its last finished
+round."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..config import Resume, RunConfig
+from ..data.examples import build_examples
 from ..data.formats import Text
-from ..data.pair_stats import pair_statistics
+from ..data.pair_stats import example_statistics, pair_statistics
 from ..data.pairs import build_pairs
 from ..data.tokenize import TokenizedPair, TokenizeSettings, encode_prompt
 from ..groups.policy_group import PolicyGroup
@@ -23,6 +25,7 @@ from ..groups.resources import group_needs, reference_group_needed, uses_reward_
 from ..groups.reward_group import RewardGroup
 from ..groups.rollout_group import RolloutGroup
 from ..groups.weight_sync import WeightSync
+from ..loss_types import is_unpaired
 from ..objective import needs_reference
 from ..plan.plan import PlanModels
 from ..report import round_monitors
@@ -75,6 +78,7 @@ class OnlineCampaign:
         self.cfg, o = validate(cfg), cfg.online  # composed configs already are; one built in Python is checked here
         self.inputs = inputs or online_inputs(cfg)
         self.uses_reference = needs_reference(cfg.algo)
+        self.unpaired = is_unpaired(cfg.algo.loss_type)  # online KTO: each round's samples become labelled examples
         self.run_dir = Path(cfg.output_dir).expanduser()
         self.spec, self.env = run_environment(cfg.cluster, cfg.model.dtype)
         self.tokenizer = load_tokenizer(self.inputs.model_path, cfg.model.trust_remote_code)
@@ -82,7 +86,7 @@ class OnlineCampaign:
         self.prompt_ids = encoded(self.tokenizer, self.inputs.prompts)
         self.eval_prompt_ids = encoded(self.tokenizer, self.inputs.eval_prompts)
         per_round = o.prompts_per_round or len(self.inputs.prompts)
-        most_pairs = per_round * o.max_pairs_per_prompt * (1 + o.replay_ratio + o.offline_ratio)
+        most_pairs = per_round * self.items_per_prompt() * (1 + o.replay_ratio + o.offline_ratio)
         # An upper bound for the learning-rate schedule: a round never yields more pairs than this.
         self.total_steps = o.rounds * o.epochs_per_round * math.ceil(most_pairs / cfg.train.batch_size)
         i = self.inputs
@@ -158,6 +162,13 @@ class OnlineCampaign:
                 group.shutdown()
         return result
 
+    def items_per_prompt(self) -> int:
+        """The most training items one prompt yields a round: pairs, or KTO's examples (two a pair, or every sample)."""
+        o = self.cfg.online
+        if not self.unpaired:
+            return o.max_pairs_per_prompt
+        return o.samples_per_prompt if o.desirable_threshold is not None else 2 * o.max_pairs_per_prompt
+
     def engine_length(self) -> int:
         """The longest prompt + response the engines will hold."""
         return max(map(len, [*self.prompt_ids, *self.eval_prompt_ids]), default=0) + self.cfg.online.max_tokens
@@ -200,9 +211,13 @@ class OnlineCampaign:
         responses = [[_response(prompt, s) for s in outs] for prompt, outs in zip(prompts, samples)]
         prompt_ids = [self.prompt_ids[i] for i in indices]
         response_ids = [[list(s.token_ids) for s in outs] for outs in drawn]
-        pair_rows = build_pairs(
-            prompts, responses, rewards, o.min_margin, o.max_pairs_per_prompt, (prompt_ids, response_ids)
-        )
+        token_ids = (prompt_ids, response_ids)
+        if self.unpaired:
+            pair_rows = build_examples(
+                prompts, responses, rewards, token_ids, o.desirable_threshold, o.min_margin, o.max_pairs_per_prompt
+            )
+        else:
+            pair_rows = build_pairs(prompts, responses, rewards, o.min_margin, o.max_pairs_per_prompt, token_ids)
         sample_rows = [
             {"prompt": p, "responses": s, "rewards": w, "response_ids": ids}
             for p, s, w, ids in zip(prompts, samples, rewards, response_ids)
@@ -228,14 +243,19 @@ class OnlineCampaign:
         evaluation = self._evaluate(groups) if self._evaluates(r) else {}
         lap("eval")
         new_ref = None if ref is None else (ref[0][: len(new_pairs)], ref[1][: len(new_pairs)])
+        labelled_one_by_one = self.unpaired and o.desirable_threshold is not None
         row = {
             "round": r,
             "prompts": len(prompts),
-            **stats.sample_statistics(drawn, rewards, o.min_margin),
+            **stats.sample_statistics(drawn, rewards, None if labelled_one_by_one else o.min_margin),
             "pairs": len(new_pairs),
             "train_pairs": len(train_pairs),
             "steps": trainer.step - steps_before,
-            **pair_statistics(new_pairs, self.cfg.monitor.near_identical_ratio, new_ref),
+            **(
+                example_statistics(new_pairs)
+                if self.unpaired
+                else pair_statistics(new_pairs, self.cfg.monitor.near_identical_ratio, new_ref)
+            ),
             **{f"train/{k}": trainer.last_metrics[k] for k in TRAIN_KEYS if k in trainer.last_metrics},
             **evaluation,
             **{f"time/{k}": seconds[k] for k in PHASES},

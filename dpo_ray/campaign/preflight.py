@@ -33,12 +33,6 @@ def check_inputs(cfg: RunConfig, command: str) -> None:
         if command == "train" or (option == "data.train_files" and cfg.online.offline_ratio > 0):
             check_files(option, getattr(cfg.data, option.split(".")[1]))
     if command == "online":
-        from ..loss_types import is_unpaired
-
-        if is_unpaired(cfg.algo.loss_type):
-            raise InputError(
-                f"algo.loss_type={cfg.algo.loss_type}: online rounds make pairs; KTO trains offline (dpo-ray train)"
-            )
         _check_online(cfg, has_task_data)
 
 

@@ -27,19 +27,24 @@ def mean_score(scores: list[list[float]]) -> float:
     return sum(x for row in scores for x in row) / sum(len(row) for row in scores)
 
 
-def sample_statistics(drawn: list[list[Sample]], rewards: list[list[float]], min_margin: float) -> dict[str, float]:
+def sample_statistics(
+    drawn: list[list[Sample]], rewards: list[list[float]], min_margin: float | None
+) -> dict[str, float]:
     """A round's samples: their rewards, length, empty share, and the share of prompts that yield no pair (fewer than
-    two non-empty samples, or all of them within min_margin: build_pairs pairs none of those)."""
+    two non-empty samples, or all of them within min_margin: build_pairs pairs none of those); min_margin None: the
+    samples are labelled one by one (online KTO with a threshold), so no prompt is left out for ties."""
     flat = [score for scores in rewards for score in scores]
     pairable = [[w for s, w in zip(outs, scores) if not is_empty(s.text)] for outs, scores in zip(drawn, rewards)]
-    tied = sum(len(p) < 2 or max(p) - min(p) <= min_margin for p in pairable)
-    return {
+    stats = {
         "reward/mean": sum(flat) / len(flat),
         "reward/max": max(flat),
         "length/sampled": mean_length(drawn),
         "samples/empty_share": 1 - sum(map(len, pairable)) / len(flat),
-        "pairs/tied_prompt_share": tied / len(pairable),
     }
+    if min_margin is not None:
+        tied = sum(len(p) < 2 or max(p) - min(p) <= min_margin for p in pairable)
+        stats["pairs/tied_prompt_share"] = tied / len(pairable)
+    return stats
 
 
 def kl_pairs(prompt_ids: list[tuple[int, ...]], sampled: list[list[Sample]]) -> tuple[list[TokenizedPair], list[list]]:

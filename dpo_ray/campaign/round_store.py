@@ -16,6 +16,8 @@ from .checkpoints import CheckpointStore
 
 log = logging.getLogger(__name__)
 EMPTY = "EMPTY"  # marks a round directory that holds no rows
+PAIR_IDS = ("prompt_ids", "chosen_ids", "rejected_ids")
+EXAMPLE_IDS = ("prompt_ids", "completion_ids", "mismatched_ids")  # KTO's: a labelled completion, another's beside it
 
 
 class RoundStore:
@@ -27,24 +29,27 @@ class RoundStore:
         return self.run_dir / "rounds" / f"round_{r:03d}"
 
     def save(self, r: int, samples: list[dict], pairs: list[dict]) -> None:
-        """A round's samples (prompt, responses, rewards) and its pairs (TRL's format), each replaced in one rename."""
+        """A round's samples (prompt, responses, rewards) and its pairs (TRL's format; KTO's examples in TRL's unpaired
+        layout), each replaced in one rename."""
         write_dir(self.round_dir(r) / "samples", lambda d: save_rows(d, samples))
         write_dir(self.round_dir(r) / "pairs", lambda d: save_rows(d, pairs))
 
     def pairs(self, r: int) -> list[TokenizedPair]:
-        """Round r's pairs as the policy sampled them: its token ids, not the texts tokenised anew (which can come out
-        differently), truncated as any training pair is."""
+        """Round r's pairs (KTO's labelled examples, beside their mismatched completions) as the policy sampled them:
+        its token ids, not the texts tokenised anew (which can come out differently), truncated as any training pair
+        is."""
         import datasets
 
         source = self.round_dir(r) / "pairs"
         if (source / EMPTY).exists():
             return []
-        rows = datasets.load_from_disk(str(source)).select_columns(["prompt_ids", "chosen_ids", "rejected_ids"])
+        rows = datasets.load_from_disk(str(source))
+        columns = EXAMPLE_IDS if "label" in rows.column_names else PAIR_IDS
         pairs = []
-        for row in rows:
-            truncated = truncate(row["prompt_ids"], row["chosen_ids"], row["rejected_ids"], self.settings)
+        for row in rows.select_columns([*columns, *(["label"] if columns is EXAMPLE_IDS else [])]):
+            truncated = truncate(*(row[c] for c in columns), self.settings)
             if truncated is not None:
-                pairs.append(TokenizedPair(*(tuple(ids) for ids in truncated)))
+                pairs.append(TokenizedPair(*map(tuple, truncated), label=row.get("label")))
         if len(pairs) < len(rows):
             log.info(
                 "%s: %d of %d pairs dropped: the prompt fills data.max_length",

@@ -46,3 +46,16 @@ def pair_statistics(
             / n
         )
     return stats
+
+
+def example_statistics(examples: Sequence[TokenizedPair]) -> dict[str, float]:
+    """KTO's labelled examples: the desirable share and each side's mean completion length."""
+    if not examples:
+        return {}
+    desirable = [len(e.chosen_ids) for e in examples if e.label]
+    undesirable = [len(e.chosen_ids) for e in examples if not e.label]
+    stats = {"examples/desirable_share": len(desirable) / len(examples)}
+    stats.update(
+        {f"length/{side}": sum(n) / len(n) for side, n in (("desirable", desirable), ("undesirable", undesirable)) if n}
+    )
+    return stats

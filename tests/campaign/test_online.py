@@ -104,7 +104,7 @@ def test_rounds_log_what_the_monitors_read_and_the_report_draws_them(two_rounds)
     assert rows[1]["pairs/tied_prompt_share"] == pytest.approx(
         1 - rows[1]["pairs"] / rows[1]["prompts"]
     )  # one pair a prompt
-    text = check_report(two_rounds.run_dir, ["rounds.png", "phases.png", "training.png"])
+    text = check_report(two_rounds.run_dir, ["rounds.png", "frontier.png", "phases.png", "training.png"])
     assert "## Monitors" in text and "KL to reference" in text
 
 
@@ -135,6 +135,32 @@ def test_online_tr_dpo_mixes_every_k_steps_and_resumes_with_the_mixed_reference(
     resumed = run_online(run_dir, cache_dir, 2, *tr_dpo)
     same = lambda row: {k: v for k, v in row.items() if not k.startswith("time/")}
     assert resumed.resumed_from == 1 and same(resumed.rounds[2]) == same(whole.rounds[2])
+
+
+def test_online_kto_labels_every_sample_by_the_threshold_and_raises_the_held_out_accuracy(
+    local_ray, tmp_path_factory, cache_dir
+):
+    """Online KTO: each round's samples become examples labelled by the task's rule (exactly right: desirable), saved
+    in TRL's unpaired layout with the sampled tokens and a mismatched completion of another prompt, and trained with
+    the KTO loss."""
+    kto = run_online(tmp_path_factory.mktemp("online-kto"), cache_dir, 2, "algo=kto", "online.desirable_threshold=1")
+    rows = kto.rounds
+    assert rows[2]["eval/sampled_reward"] >= rows[0]["eval/sampled_reward"] + 0.15
+    for r in (1, 2):
+        samples = datasets.load_from_disk(str(kto.run_dir / "rounds" / f"round_{r:03d}" / "samples")).to_list()
+        examples = pairs_of(kto, r)
+        drawn = [
+            (ids, w) for s in samples for t, ids, w in zip(s["responses"], s["response_ids"], s["rewards"]) if t.strip()
+        ]
+        assert len(examples) == len(drawn) == rows[r]["pairs"]  # every non-empty sample, with its sampled tokens
+        assert sorted((e["completion_ids"], e["reward"]) for e in examples) == sorted(drawn)
+        assert all(e["label"] == (e["reward"] >= 1) for e in examples)
+        assert rows[r]["examples/desirable_share"] == pytest.approx(sum(e["label"] for e in examples) / len(examples))
+        own = {json.dumps(s["prompt"]): s["response_ids"] for s in samples}
+        # another prompt's answer (it may coincide with one of this prompt's own: a wrong answer that is another's)
+        assert {tuple(e["mismatched_ids"]) for e in examples} <= {tuple(ids) for ids, _ in drawn}
+        assert sum(e["mismatched_ids"] in own[json.dumps(e["prompt"])] for e in examples) < 0.05 * len(examples)
+        assert "pairs/tied_prompt_share" not in rows[r] and "train/loss" in rows[r]
 
 
 def test_replay_and_offline_pairs_are_mixed_in_by_ratio(run_config, tiny_model_dir):
@@ -227,6 +253,8 @@ def test_sample_statistics_count_empty_samples_and_prompts_without_a_pair():
         "samples/empty_share": 0.25,
         "pairs/tied_prompt_share": 1.0,
     }  # prompt 0 has one pairable sample, prompt 1 a tie
+    labelled = sample_statistics(drawn, rewards, None)  # online KTO with a threshold: every sample is an example
+    assert "pairs/tied_prompt_share" not in labelled and labelled["samples/empty_share"] == 0.25
 
 
 def test_held_out_evaluation_runs_every_k_rounds_and_after_the_last(run_config, tiny_model_dir):
