@@ -105,8 +105,10 @@ ROUND_COLUMNS = [
 
 
 def format_rounds(rows: list[dict]) -> str:
-    """One line per online round (round 0 is the starting policy); blank where a round has no such value."""
-    head = "| " + " | ".join(f"{label:>16}" for _, label, _ in ROUND_COLUMNS) + " |"
+    """One line per online round (round 0 is the starting policy); blank where a round has no such value. Online KTO's
+    rounds count labelled examples, not pairs."""
+    unit = "examples" if any("examples/desirable_share" in row for row in rows) else "pairs"
+    head = "| " + " | ".join(f"{unit if key == 'pairs' else label:>16}" for key, label, _ in ROUND_COLUMNS) + " |"
     lines = [head, "|" + "|".join("-" * 18 for _ in ROUND_COLUMNS) + "|"]
     for row in rows:
         cells = [format(row[key], spec) if key in row else "" for key, _, spec in ROUND_COLUMNS]
