@@ -45,15 +45,24 @@ def init_distributed(
     if backend == "gloo":
         # The CPU shared-memory all-reduce op serves only tensor-parallel inference; skipping it saves a JIT build.
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    deepspeed.init_distributed(
-        dist_backend=backend,
-        auto_mpi_discovery=False,
-        init_method=f"tcp://{address}:{port}",
-        rank=rank,
-        world_size=world_size,
-        timeout=timedelta(seconds=timeout_s),
-        verbose=False,
-    )
+    timeout = timedelta(seconds=timeout_s)
+    store = rendezvous_store(address, port, rank, world_size, timeout)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, timeout=timeout, verbose=False)
+
+
+def rendezvous_store(address: str, port: int, rank: int, world_size: int, timeout: timedelta):
+    """A process group's TCPStore, served by rank 0 on address alone: given only a host, torch's server listens on
+    every interface (a local run would expose it beyond 127.0.0.1), so rank 0 binds the socket and hands it over."""
+    import torch.distributed as dist
+
+    if rank != 0:
+        return dist.TCPStore(address, port, world_size, is_master=False, timeout=timeout)
+    listener = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((address, port))
+    listener.listen(128)
+    return dist.TCPStore(address, port, world_size, is_master=True, timeout=timeout, master_listen_fd=listener.detach())
 
 
 class BroadcastGroup:
@@ -64,7 +73,7 @@ class BroadcastGroup:
         import torch.distributed as dist
 
         timeout = timedelta(seconds=timeout_s)
-        store = dist.TCPStore(address, port, world_size, is_master=rank == 0, timeout=timeout)
+        store = rendezvous_store(address, port, rank, world_size, timeout)
         if backend == "nccl":
             options = dist.ProcessGroupNCCL.Options()
             options._timeout = timeout

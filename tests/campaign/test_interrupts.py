@@ -53,10 +53,16 @@ def listening_addresses(pids: list[int]) -> list[tuple[str, int, int]]:
     owner = {}
     for pid in pids:
         try:
-            links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+            fds = os.listdir(f"/proc/{pid}/fd")
         except OSError:
-            continue  # gone meanwhile
-        owner.update({link[len("socket:[") : -1]: pid for link in links if link.startswith("socket:[")})
+            continue  # the process is gone
+        for fd in fds:
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue  # this descriptor closed meanwhile (one was the listing's own)
+            if link.startswith("socket:["):
+                owner[link[len("socket:[") : -1]] = pid
     found = []
     for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
         for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
