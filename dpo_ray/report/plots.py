@@ -158,7 +158,7 @@ def frontier_plot(records: RunRecords, path: Path) -> Path | None:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(4.8, 3.6))
-    rounds, kls, rewards = zip(*points)
+    _, kls, rewards = zip(*points)
     ax.plot(kls, rewards, **line_style(len(points)))
     for r, kl, reward in points:
         ax.annotate(str(r), (kl, reward), textcoords="offset points", xytext=(4, 4), fontsize=7)
