@@ -23,6 +23,7 @@ import os
 import random
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -176,7 +177,11 @@ def zero3_step(model_dir: Path, pairs, on_gpu: bool, work: Path) -> dict:
             continue
         cfg.deepspeed.offload_optimizer = cfg.deepspeed.offload_param = offload
         worker = PolicyWorker(cfg, 0, 1, str(model_dir), total_steps=1, accumulation=1)
-        worker.start("127.0.0.1", free_port())
+        try:
+            worker.start("127.0.0.1", free_port())
+        except Exception as error:  # an op DeepSpeed cannot build on this machine is a finding, not the end
+            results[name] = f"failed: {type(error).__name__}: {str(error)[:300]}"
+            continue
         began = time.perf_counter()
         metrics = worker.train_step([MicroBatch(pairs, *reference)], step_scale(pairs))
         seconds = time.perf_counter() - began
@@ -281,6 +286,8 @@ def markdown(report: dict) -> str:
             f"| {row['pairs_per_step']} | {row['gradient_checkpointing']} | {row['tokens']} | {row['seconds']:.3f} "
             f"| {row['tokens_per_s']:.0f} | {row['mfu']:.1%} |"
         )
+    for name, error in report.get("errors", {}).items():
+        lines += ["", f"{name} failed: {error.strip().splitlines()[-1]}"]
     return "\n".join(lines) + "\n"
 
 
@@ -319,15 +326,28 @@ def main() -> None:
             "model": "tiny Llama" if args.tiny else "Qwen2.5-0.5B-shaped Llama (random weights)",
             "peak_dtype": str(dtype).removeprefix("torch."),
             "peak_tflops": peak / 1e12,
-            "numerics": numerics_and_layouts(model_dir, pairs, device, attentions),
-            "zero3": zero3_step(model_dir, pairs[:4], args.device == "cuda", work),
-            "throughput": throughput(model_dir, args.tiny, device, dtype, peak),
+            "numerics": {},
+            "zero3": {},
+            "throughput": [],
         }
-    report["seconds"] = time.perf_counter() - began
-    (out / "gpu_check.json").write_text(json.dumps(report, indent=1))
-    (out / "gpu_check.md").write_text(markdown(report))
+        sections = {
+            "numerics": lambda: numerics_and_layouts(model_dir, pairs, device, attentions),
+            "zero3": lambda: zero3_step(model_dir, pairs[:4], args.device == "cuda", work),
+            "throughput": lambda: throughput(model_dir, args.tiny, device, dtype, peak),
+        }
+        for name, run in sections.items():  # one machine lease, one try: a failed section must not lose the others
+            try:
+                report[name] = run()
+            except Exception:
+                report.setdefault("errors", {})[name] = traceback.format_exc()[-2000:]
+                print(report["errors"][name], flush=True)
+            report["seconds"] = time.perf_counter() - began
+            (out / "gpu_check.json").write_text(json.dumps(report, indent=1))
+            (out / "gpu_check.md").write_text(markdown(report))
     print(markdown(report))
     print(f"{report['seconds']:.0f} s; written to {out}/gpu_check.json and gpu_check.md")
+    if report.get("errors"):
+        raise SystemExit(f"sections failed: {', '.join(report['errors'])}")
 
 
 if __name__ == "__main__":
