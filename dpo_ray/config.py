@@ -373,6 +373,15 @@ class OnlineConfig:
         "", "built-in prompts and reward: 'imdb' (IMDb review openings, VADER sentiment; see imdb.*); empty: none"
     )
     seed: int = opt(1234, "seed of prompt sampling and generation (per round and prompt, whatever the engine count)")
+    async_rounds: bool = opt(
+        False, "the engines draw the next rounds' samples while the policy trains (see max_staleness); false: in turn"
+    )
+    max_staleness: int = opt(
+        1,
+        "with async_rounds: rounds drawn ahead, so a round's samples come from weights up to this many rounds older "
+        "than the policy that trains on them (0: none ahead, as a synchronous run)",
+        NON_NEGATIVE,
+    )
 
 
 @dataclass

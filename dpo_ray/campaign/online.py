@@ -39,11 +39,12 @@ from .inputs import OnlineInputs, online_inputs
 from .metrics import MetricsWriter
 from .reference import ReferenceScorer
 from .round_store import RoundStore
+from .rounds_ahead import RoundsAhead
 from .runtime import PlanCheck, record_attempt, run_campaign
 from .trainer import PolicyTrainer, accumulation_steps, epoch_groups, eval_groups
 
 log = logging.getLogger(__name__)
-PHASES = ("generate", "score", "pairs", "reference", "train", "sync", "eval")
+PHASES = ("generate", "score", "pairs", "reference", "train", "wait", "sync", "eval")
 TRAIN_KEYS = ("rewards/margins", "rewards/accuracies", "loss")  # the round's last training step, kept in its row
 
 
@@ -119,6 +120,11 @@ class OnlineCampaign:
             log.info("%s: all %d rounds already finished; running none", self.run_dir, cfg.online.rounds)
         result = OnlineResult(self.run_dir, self.run_dir / "final", resumed_from=state["round"] if state else 0)
         started: list = []
+        self.began = time.perf_counter()  # the round rows' timelines count from here
+        staleness = cfg.online.max_staleness if cfg.online.async_rounds else 0
+        saved = RoundsAhead.load(self.store.directory(state)) if state else None
+        ahead = RoundsAhead(staleness, cfg.online.rounds, saved)
+        self.engine_version = state["round"] if state else 0  # the policy version (rounds trained) in the engines
         try:
             groups = self._start_groups(started)
             writer = MetricsWriter(self.run_dir, self.cfg, state["step"] if state else None)
@@ -144,7 +150,7 @@ class OnlineCampaign:
                 else:
                     result.rounds = [{"round": 0, **self._evaluate(groups)}]
                 for r in range(result.resumed_from + 1, cfg.online.rounds + 1):
-                    row = self._round(r, groups, trainer)
+                    row = self._round(r, groups, trainer, ahead)
                     result.rounds.append(row)
                     monitors, tripped = round_monitors(result.rounds, cfg.monitor)
                     row.update(monitors)
@@ -152,7 +158,7 @@ class OnlineCampaign:
                         log.warning("round %d: monitor: %s", r, warning)
                     writer.write(trainer.step, {k: v for k, v in row.items() if isinstance(v, (int, float))})
                     finished = {**trainer.resume_state(), "fingerprint": self.fingerprint}
-                    self.store.finish(r, groups.policy, result.rounds, finished, trainer.save_also)
+                    self.store.finish(r, groups.policy, result.rounds, finished, also(trainer.save_also, ahead.save))
                 groups.policy.save_pretrained(str(result.final_model))
             finally:
                 trainer.close()
@@ -188,24 +194,28 @@ class OnlineCampaign:
         log.info("rollout, reward, reference and policy groups started in %.1fs", time.perf_counter() - began)
         return Groups(*started, sync, mix)
 
-    def _round(self, r: int, groups: Groups, trainer: PolicyTrainer) -> dict:
-        """Generate, score, pair, score the reference, train, sync the engines, evaluate: one round's summary row."""
-        o, seconds = self.cfg.online, {}
+    def _round(self, r: int, groups: Groups, trainer: PolicyTrainer, ahead: RoundsAhead) -> dict:
+        """Generate (or take the samples drawn ahead), score, pair, score the reference, train, sync the engines,
+        evaluate: one round's summary row."""
+        o, seconds, timeline = self.cfg.online, {}, []
         began = clock = time.perf_counter()
 
         def lap(phase: str) -> None:
             nonlocal clock
             now = time.perf_counter()
             seconds[phase], clock = now - clock, now
+            timeline.append([phase, clock - seconds[phase] - self.began, clock - self.began])
             log.info("round %d/%d: %s done in %.1fs", r, o.rounds, phase, seconds[phase])
 
+        ahead.launch(r, self.engine_version, lambda k: self._submit_round(k, groups))
+        drawn_round = ahead.take(r)
+        drawn, version = drawn_round.samples, drawn_round.version
         indices = self._round_prompts(r)
-        log.info("round %d/%d: generating %d prompts x %d samples", r, o.rounds, len(indices), o.samples_per_prompt)
         prompts = [self.inputs.prompts[i] for i in indices]
-        seeds = [stats.sample_seed(o.seed, r, i) for i in indices]
-        drawn = groups.rollout.generate(prompts, seeds, o.samples_per_prompt, o.temperature, o.top_p, o.max_tokens)
         samples = stats.texts(drawn)
         lap("generate")
+        if drawn_round.launched_at is not None:  # the engines' own span (drawn ahead: it overlaps earlier phases)
+            timeline.append(["draw", drawn_round.launched_at - self.began, drawn_round.finished_at - self.began])
         rewards = groups.reward.score(prompts, samples)
         lap("score")
         responses = [[_response(prompt, s) for s in outs] for prompt, outs in zip(prompts, samples)]
@@ -219,7 +229,7 @@ class OnlineCampaign:
         else:
             pair_rows = build_pairs(prompts, responses, rewards, o.min_margin, o.max_pairs_per_prompt, token_ids)
         sample_rows = [
-            {"prompt": p, "responses": s, "rewards": w, "response_ids": ids}
+            {"prompt": p, "responses": s, "rewards": w, "response_ids": ids, "policy_version": version}
             for p, s, w, ids in zip(prompts, samples, rewards, response_ids)
         ]
         self.store.save(r, sample_rows, pair_rows)
@@ -237,8 +247,11 @@ class OnlineCampaign:
         else:
             log.warning("round %d: no pairs (every prompt's samples tied); the policy is unchanged", r)
         lap("train")
+        ahead.settle()  # the engines finish the rounds drawn ahead before they take new weights
+        lap("wait")
         if train_pairs:
             groups.sync()
+        self.engine_version = r
         lap("sync")
         evaluation = self._evaluate(groups) if self._evaluates(r) else {}
         lap("eval")
@@ -247,6 +260,7 @@ class OnlineCampaign:
         row = {
             "round": r,
             "prompts": len(prompts),
+            "policy_version": version,  # rounds trained when the samples were drawn: r - 1, less when drawn ahead
             **stats.sample_statistics(drawn, rewards, None if labelled_one_by_one else o.min_margin),
             "pairs": len(new_pairs),
             "train_pairs": len(train_pairs),
@@ -260,9 +274,19 @@ class OnlineCampaign:
             **evaluation,
             **{f"time/{k}": seconds[k] for k in PHASES},
             "time/round": time.perf_counter() - began,
+            "timeline": timeline,  # [phase, start s, end s] from the attempt's start; "draw": the engines' span
         }
         log.info("round %d: %s", r, json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}))
         return row
+
+    def _submit_round(self, r: int, groups: Groups):
+        """Round r's generation, started and not waited for: n samples per prompt, seeded by round and prompt."""
+        o, indices = self.cfg.online, self._round_prompts(r)
+        log.info("round %d/%d: generating %d prompts x %d samples", r, o.rounds, len(indices), o.samples_per_prompt)
+        prompts = [self.inputs.prompts[i] for i in indices]
+        seeds = [stats.sample_seed(o.seed, r, i) for i in indices]
+        n, temperature, top_p = o.samples_per_prompt, o.temperature, o.top_p
+        return groups.rollout.submit_generate(prompts, seeds, n, temperature, top_p, o.max_tokens)
 
     def _round_prompts(self, r: int) -> list[int]:
         n, pool = self.cfg.online.prompts_per_round, len(self.inputs.prompts)
@@ -321,6 +345,17 @@ class OnlineCampaign:
                 chosen, rejected = groups.reference.logps(pairs, batches, base, groups.mixes)[0]
             metrics["eval/kl"] = stats.kl_estimate(scored, chosen, rejected)
         return metrics
+
+
+def also(*writers):
+    """One callable that runs each of writers (those not None) on a checkpoint directory."""
+
+    def write(directory: Path) -> None:
+        for writer in writers:
+            if writer is not None:
+                writer(directory)
+
+    return write
 
 
 def encoded(tokenizer, prompts: list[Text]) -> list[tuple[int, ...]]:

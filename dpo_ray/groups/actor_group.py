@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -69,6 +70,28 @@ def gather(refs: Sequence[ray.ObjectRef], timeout_s: float, what: str) -> list[A
                     pass
             raise
     return [results[ref] for ref in refs]
+
+
+class PendingShards:
+    """A sharded call under way: result() gathers it as run_shards does; finished_at is when its last shard was done
+    (time.perf_counter), known once it is."""
+
+    def __init__(self, refs: list[ray.ObjectRef], timeout_s: float, what: str):
+        self.refs, self.timeout_s, self.what = refs, timeout_s, what
+        self.launched_at, self.finished_at = time.perf_counter(), None
+        threading.Thread(target=self._watch, daemon=True).start()  # when it ends, whoever waits for it and when
+
+    def _watch(self) -> None:
+        try:
+            ray.wait(self.refs, num_returns=len(self.refs), fetch_local=False)
+        except Exception:  # Ray shut down under it: result() reports what went wrong, if anyone asks
+            return
+        self.finished_at = time.perf_counter()
+
+    def result(self) -> list[Any]:
+        parts = gather(self.refs, self.timeout_s, self.what)
+        self.finished_at = self.finished_at or time.perf_counter()
+        return [x for part in parts for x in part]
 
 
 def reserve(need: GroupNeed, strategy: str, ready_timeout_s: float = 300):
@@ -157,13 +180,17 @@ class ActorGroup:
 
     def run_shards(self, method: str, items: Sequence[Any], *args) -> list[Any]:
         """Split items into contiguous shards, one per rank (empty shards are not sent); the results concatenated."""
+        return self.submit_shards(method, items, *args).result()
+
+    def submit_shards(self, method: str, items: Sequence[Any], *args) -> PendingShards:
+        """run_shards, not waited for."""
         bounds = [round(i * len(items) / self.size) for i in range(self.size + 1)]
         refs = [
             actor.call.remote(method, list(items[lo:hi]), *args)
             for actor, lo, hi in zip(self.actors, bounds, bounds[1:])
             if hi > lo
         ]
-        return [x for part in gather(refs, self.call_timeout_s, f"{self.name}.{method}") for x in part]
+        return PendingShards(refs, self.call_timeout_s, f"{self.name}.{method}")
 
     def run_each(self, method: str, per_rank_args: Sequence[Sequence[Any]]) -> list[Any]:
         """A call with rank-specific arguments."""

@@ -11,7 +11,7 @@ from ..data.formats import Text
 from ..workers.device import device_spec
 from ..workers.engine_args import engine_env, syncs_adapter
 from ..workers.rollout import Sample
-from .actor_group import ActorGroup
+from .actor_group import ActorGroup, PendingShards
 from .resources import rollout_need
 
 
@@ -44,9 +44,22 @@ class RolloutGroup:
         with_logp: bool = False,
     ) -> list[list[Sample]]:
         """n samples for each prompt, in prompt order (with their log-probs if with_logp)."""
+        return self.submit_generate(prompts, seeds, n, temperature, top_p, max_tokens, with_logp).result()
+
+    def submit_generate(
+        self,
+        prompts: Sequence[Text],
+        seeds: Sequence[int],
+        n: int,
+        temperature: float,
+        top_p: float,
+        max_tokens: int,
+        with_logp: bool = False,
+    ) -> PendingShards:
+        """generate, not waited for: the engines draw while the caller goes on (result() gives the samples)."""
         if len(seeds) != len(prompts):
             raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
-        return self.group.run_shards(
+        return self.group.submit_shards(
             "generate", list(zip(prompts, seeds)), n, temperature, top_p, max_tokens, with_logp
         )
 

@@ -13,7 +13,7 @@ from ..atomic import write_text
 from ..config import MonitorConfig
 from ..run_files import REPORT, SUMMARY_JSON
 from .monitors import Check, run_checks, warnings
-from .plots import frontier_plot, phases_plot, rounds_plot, training_plot
+from .plots import frontier_plot, phases_plot, rounds_plot, timeline_plot, training_plot
 from .records import RunRecords, load_records
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,7 @@ def write_report(run_dir: Path) -> Path:
         ("Online rounds", rounds_plot(records, plots_dir / "rounds.png")),
         ("Reward vs KL", frontier_plot(records, plots_dir / "frontier.png")),
         ("Time per phase", phases_plot(records, plots_dir / "phases.png")),
+        ("Round timeline", timeline_plot(records, plots_dir / "timeline.png")),
         ("Training", training_plot(records, plots_dir / "training.png")),
     ]
     for title, path in pictures:

@@ -38,6 +38,19 @@ def two_rounds(local_ray, tmp_path_factory, cache_dir):
     return run_online(tmp_path_factory.mktemp("online-a"), cache_dir, rounds=2)
 
 
+@pytest.fixture(scope="module")
+def async_two(local_ray, tmp_path_factory, cache_dir):
+    return run_online(tmp_path_factory.mktemp("online-async"), cache_dir, 2, *ASYNC)
+
+
+ASYNC = ("online.async_rounds=true", "online.max_staleness=1")
+
+
+def same(row: dict) -> dict:
+    """A round row without its clock readings."""
+    return {k: v for k, v in row.items() if not k.startswith("time/") and k != "timeline"}
+
+
 def pairs_of(result, r):
     return datasets.load_from_disk(str(result.run_dir / "rounds" / f"round_{r:03d}" / "pairs")).to_list()
 
@@ -66,6 +79,7 @@ def test_two_rounds_raise_the_held_out_accuracy_and_write_each_rounds_data(two_r
             "time/pairs",
             "time/reference",
             "time/train",
+            "time/wait",
             "time/sync",
             "time/eval",
         } <= set(rows[r])
@@ -104,36 +118,58 @@ def test_rounds_log_what_the_monitors_read_and_the_report_draws_them(two_rounds)
     assert rows[1]["pairs/tied_prompt_share"] == pytest.approx(
         1 - rows[1]["pairs"] / rows[1]["prompts"]
     )  # one pair a prompt
-    text = check_report(two_rounds.run_dir, ["rounds.png", "frontier.png", "phases.png", "training.png"])
+    plots = ["rounds.png", "frontier.png", "phases.png", "timeline.png", "training.png"]
+    text = check_report(two_rounds.run_dir, plots)
     assert "## Monitors" in text and "KL to reference" in text
 
 
 def test_a_campaign_stopped_after_round_1_resumes_at_round_2_with_the_same_pairs(
     two_rounds, tmp_path_factory, cache_dir
 ):
-    run_dir = tmp_path_factory.mktemp("online-b")
-    first = run_online(run_dir, cache_dir, rounds=1)
+    """Asynchronous rounds with no staleness change the order of nothing: run in two parts, as here, they give the
+    pairs and rows of the synchronous two_rounds."""
+    run_dir, no_staleness = tmp_path_factory.mktemp("online-b"), ("online.async_rounds=true", "online.max_staleness=0")
+    first = run_online(run_dir, cache_dir, 1, *no_staleness)
     assert first.resumed_from == 0 and [row["round"] for row in first.rounds] == [0, 1]
-    resumed = run_online(run_dir, cache_dir, rounds=2)
+    resumed = run_online(run_dir, cache_dir, 2, *no_staleness)
     assert resumed.resumed_from == 1 and [row["round"] for row in resumed.rounds] == [0, 1, 2]
     assert pairs_of(resumed, 1) == pairs_of(two_rounds, 1)
     assert pairs_of(resumed, 2) == pairs_of(two_rounds, 2)
-    same = lambda row: {k: v for k, v in row.items() if not k.startswith("time/")}
     assert same(resumed.rounds[2]) == same(two_rounds.rounds[2])
+    assert [row["policy_version"] for row in resumed.rounds[1:]] == [0, 1]
+
+
+def test_async_rounds_draw_round_2_while_round_1_trains_and_record_the_policy_version(async_two, two_rounds):
+    rows = async_two.rounds
+    assert [row["policy_version"] for row in rows[1:]] == [0, 0]  # round 2 drawn from the starting policy
+    assert pairs_of(async_two, 1) == pairs_of(two_rounds, 1)  # round 1: the same weights and seeds
+    assert pairs_of(async_two, 2) != pairs_of(two_rounds, 2)
+    assert rows[2]["eval/sampled_reward"] >= rows[0]["eval/sampled_reward"] + 0.1
+    for r, version in ((1, 0), (2, 0)):
+        samples = datasets.load_from_disk(str(async_two.run_dir / "rounds" / f"round_{r:03d}" / "samples"))
+        assert set(samples["policy_version"]) == {version}
+    span = lambda row, phase: next((s, e) for p, s, e in row["timeline"] if p == phase)
+    drawn, trained = span(rows[2], "draw"), span(rows[1], "train")
+    assert drawn[0] < trained[0] and drawn[1] > trained[0]  # asked for before round 1 trained; drawing as it trained
+    assert (async_two.run_dir / "round_checkpoints" / "round_1" / "rounds_ahead.json").exists()
+    assert not (async_two.run_dir / "round_checkpoints" / "round_2" / "rounds_ahead.json").exists()
 
 
 def test_online_tr_dpo_mixes_every_k_steps_and_resumes_with_the_mixed_reference(local_ray, tmp_path_factory, cache_dir):
     """TR-DPO online: the reference moves every k steps (mid-round too: later steps score against the moved one), the
     round checkpoint holds it, and a campaign stopped after round 1 ends round 2 as an uninterrupted one does."""
+    import shutil
+
     tr_dpo = ("algo.sync_ref_model=true", "algo.ref_model_sync_steps=3")
     whole = run_online(tmp_path_factory.mktemp("tr-dpo-a"), cache_dir, 2, *tr_dpo)
     state = json.loads((whole.run_dir / "round_checkpoints" / "round_2" / "run_state.json").read_text())
     assert state["reference_mixes"] == state["step"] // 3 > 0
     assert (whole.run_dir / "round_checkpoints" / "round_2" / "reference-rank0.safetensors").exists()
-    run_dir = tmp_path_factory.mktemp("tr-dpo-b")
-    run_online(run_dir, cache_dir, 1, *tr_dpo)
+    # a copy of the run as it stood when round 1 finished: a crash during round 2
+    run_dir = tmp_path_factory.mktemp("tr-dpo-b") / "run"
+    shutil.copytree(whole.run_dir, run_dir, ignore=shutil.ignore_patterns("round_2", "round_002", "final"))
+    (run_dir / "round_checkpoints" / "latest").write_text("round_1")
     resumed = run_online(run_dir, cache_dir, 2, *tr_dpo)
-    same = lambda row: {k: v for k, v in row.items() if not k.startswith("time/")}
     assert resumed.resumed_from == 1 and same(resumed.rounds[2]) == same(whole.rounds[2])
 
 
@@ -203,8 +239,10 @@ def test_replay_and_offline_pairs_are_mixed_in_by_ratio(run_config, tiny_model_d
 
 
 def test_a_killed_vllm_engine_is_restarted_and_the_campaign_ends_as_an_uninterrupted_one(
-    two_rounds, tmp_path_factory, cache_dir
+    async_two, tmp_path_factory, cache_dir
 ):
+    """With asynchronous rounds: round 2 was drawn during round 1 from the starting policy, and the resumed campaign
+    trains on those very samples (kept in the round-1 checkpoint), not on new ones from the round-1 policy."""
     import threading
     import time
 
@@ -218,6 +256,7 @@ def test_a_killed_vllm_engine_is_restarted_and_the_campaign_ends_as_an_uninterru
             "progress=false",
             "online.rounds=2",
             "cluster.reward_cpus=0.5",
+            *ASYNC,
         ],
         "online",
     )
@@ -233,7 +272,8 @@ def test_a_killed_vllm_engine_is_restarted_and_the_campaign_ends_as_an_uninterru
     result = campaign.run()
     print(f"online recovery: {time.perf_counter() - began:.1f}s with one restart")
     assert len(result.restarts) == 1 and result.resumed_from == 1
-    assert pairs_of(result, 2) == pairs_of(two_rounds, 2)
+    assert pairs_of(result, 2) == pairs_of(async_two, 2)
+    assert same(result.rounds[2]) == same(async_two.rounds[2])
 
 
 def test_sample_statistics_count_empty_samples_and_prompts_without_a_pair():

@@ -36,3 +36,29 @@ def test_the_frontier_has_a_point_per_round_evaluated_with_a_finite_kl_and_rewar
         {"round": 4, "eval/kl": 6.0, "eval/sampled_reward": 1},
     ]
     assert frontier_points(rounds) == [(0, 0.0, 0.5), (1, 2.5, 0.7), (4, 6.0, 1)]
+
+
+def test_the_timeline_puts_the_engines_spans_on_their_lane_and_the_drivers_phases_on_the_other(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from dpo_ray.report.plots import timeline_plot
+    from dpo_ray.report.records import RunRecords
+
+    bars = []
+    barh = matplotlib.axes.Axes.barh
+
+    def record(ax, lane, width, left, **style):
+        bars.append((lane, left, left + width))
+        return barh(ax, lane, width, left=left, **style)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "barh", record)
+    rounds = [
+        {"round": 0},
+        {"round": 1, "timeline": [["generate", 0.0, 2.0], ["draw", 0.0, 2.0], ["train", 2.0, 5.0]]},
+        {"round": 2, "timeline": [["generate", 5.0, 5.0], ["draw", 2.0, 4.5], ["train", 5.0, 8.0]]},
+    ]
+    records = RunRecords(tmp_path, rounds=rounds)
+    assert timeline_plot(records, tmp_path / "timeline.png").exists()
+    assert [b for b in bars if b[0] == 1] == [(1, 0.0, 2.0), (1, 2.0, 4.5)]  # round 2 drawn while round 1 trains
+    assert [b for b in bars if b[0] == 0] == [(0, 0.0, 2.0), (0, 2.0, 5.0), (0, 5.0, 5.0), (0, 5.0, 8.0)]
+    assert timeline_plot(RunRecords(tmp_path, rounds=[{"round": 0}]), tmp_path / "none.png") is None
