@@ -202,10 +202,12 @@ def timeline_plot(records: RunRecords, path: Path) -> Path | None:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.2, 2.6))
-    colours = {}
+    colours, engines_free = {}, -math.inf
     for row in rows:
         for phase, start, end in row["timeline"]:
             lane = 1 if phase == "draw" else 0
+            if lane == 1:  # a round asked for while the engines still draw the one before starts when that ends
+                start, engines_free = max(start, engines_free), end
             colour = colours.setdefault(phase, f"C{len(colours) % 10}")
             ax.barh(lane, end - start, left=start, height=0.6, color=colour, edgecolor="white", linewidth=0.5)
             if lane == 1:

@@ -55,7 +55,7 @@ def test_the_timeline_puts_the_engines_spans_on_their_lane_and_the_drivers_phase
     rounds = [
         {"round": 0},
         {"round": 1, "timeline": [["generate", 0.0, 2.0], ["draw", 0.0, 2.0], ["train", 2.0, 5.0]]},
-        {"round": 2, "timeline": [["generate", 5.0, 5.0], ["draw", 2.0, 4.5], ["train", 5.0, 8.0]]},
+        {"round": 2, "timeline": [["generate", 5.0, 5.0], ["draw", 0.1, 4.5], ["train", 5.0, 8.0]]},  # queued
     ]
     records = RunRecords(tmp_path, rounds=rounds)
     assert timeline_plot(records, tmp_path / "timeline.png").exists()
