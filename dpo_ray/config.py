@@ -337,6 +337,17 @@ class RewardConfig:
     max_length: int = opt(
         1024, "reward-model input length limit in tokens (longer inputs keep their start)", AT_LEAST_ONE
     )
+    judge_model: str = opt(
+        "",
+        "pairwise LLM judge (its own vLLM group) instead of a reward: an HF chat-model directory or 'smollm2-135m'; "
+        "a pair is kept only when both orders agree",
+    )
+    judge_fn: str = opt(
+        "", "pairwise judge 'module:function' of (prompt_text, response_a, response_b) -> the judge's answer text"
+    )
+    judge_template: str = opt(
+        "", "judge prompt holding {prompt}, {response_a} and {response_b}; empty: the built-in one"
+    )
 
 
 @dataclass

@@ -242,4 +242,21 @@ def _rules(cfg: RunConfig) -> list[str]:
             f"online.prompt_task={task!r}: must be empty or one of {', '.join(PROMPT_TASKS)}"
             + closest(task, list(PROMPT_TASKS))
         )
+    return problems + _judge(cfg.reward)
+
+
+def _judge(r) -> list[str]:
+    """One judge at most, never beside a reward (each would score the samples), and a template with its fields."""
+    from .data.tournament import FIELDS
+
+    judges = [f"reward.{name}={getattr(r, name)!r}" for name in ("judge_model", "judge_fn") if getattr(r, name)]
+    if len(judges) > 1:
+        return [f"{judges[0]}: not with {judges[1]}; one judge compares the samples"]
+    rewards = [f"reward.{name}={getattr(r, name)!r}" for name in ("fn", "model_path") if getattr(r, name)]
+    problems = [f"{judges[0]}: not with {reward}; a judge replaces the reward" for reward in rewards if judges]
+    missing = [f for f in FIELDS if f not in r.judge_template]
+    if r.judge_template and missing:
+        problems.append(f"reward.judge_template: holds no {', '.join(missing)} (it must hold {', '.join(FIELDS)})")
+    elif r.judge_template and not judges:
+        problems.append("reward.judge_template: read by reward.judge_model or reward.judge_fn only; neither is set")
     return problems

@@ -182,6 +182,11 @@ def test_every_bad_value_fails_naming_the_option_and_what_it_allows_without_star
         (["deepspeed.zero_stage=2", "deepspeed.offload_param=cpu"], "which only stage 3 does"),
         (["deepspeed.zero_stage=0", "deepspeed.offload_optimizer=cpu"], "partitioned optimizer states (stage >= 1)"),
         (["deepspeed.zero_stage=4"], "deepspeed.zero_stage"),
+        (["reward.judge_model=smollm2-135m", "reward.judge_fn=m:f"], "not with reward.judge_fn='m:f'; one judge"),
+        (["reward.judge_fn=m:f", "reward.fn=m:g"], "reward.judge_fn='m:f': not with reward.fn='m:g'; a judge replaces"),
+        (["reward.judge_model=j", "reward.model_path=r"], "not with reward.model_path='r'"),
+        (["reward.judge_fn=m:f", "reward.judge_template='{prompt} {response_a}'"], "holds no {response_b}"),
+        (["reward.judge_template='{prompt}{response_a}{response_b}'"], "read by reward.judge_model or"),
     ],
 )
 def test_rules_between_options_and_unknown_keys_fail_when_composed(overrides, expected):
@@ -248,6 +253,8 @@ def test_missing_and_unusable_inputs_fail_before_ray_starts(tmp_path, tiny_model
         (["train", f"model.path={tiny_model_dir}", "data.train_files=[/no/a.jsonl]"], "/no/a.jsonl: no such file"),
         (["online", "reward.fn=no_such_module:score"], "reward.fn='no_such_module:score': cannot import it"),
         (["online", f"model.path={tiny_model_dir}", "reward.fn=math:sqrt"], "online runs need prompts"),
+        (["online", "reward.judge_fn=no_such_module:judge"], "reward.judge_fn='no_such_module:judge': cannot import"),
+        (["online", "reward.judge_model=/no/judge"], "reward.judge_model='/no/judge': no such directory"),
         (
             ["online", f"model.path={untemplated}", f"online.prompt_files=[{chats}]", "reward.fn=math:sqrt"],
             f"the tokenizer of {untemplated} has no chat template",

@@ -14,7 +14,7 @@ from ..data.formats import Text
 from ..data.prompts import load_prompts
 from ..data.tokenize import TokenizedPair, TokenizeSettings
 from ..loss_types import is_unpaired
-from ..tasks.registry import resolve_model, resolve_prompt_task, resolve_reward_model
+from ..tasks.registry import resolve_judge_model, resolve_model, resolve_prompt_task, resolve_reward_model
 from ..workers.models import load_tokenizer
 from .preflight import InputError, check_inputs
 
@@ -40,6 +40,7 @@ class OnlineInputs:
     offline_pairs: list[TokenizedPair] = field(default_factory=list)
     reward_fn: str = ""  # the task's rule, used when the config names no reward
     reward_model: str = ""  # reward.model_path, a built-in name resolved to its directory
+    judge_model: str = ""  # reward.judge_model, a built-in name resolved to its directory
 
 
 def offline_inputs(cfg: RunConfig) -> OfflineInputs:
@@ -88,6 +89,7 @@ def online_inputs(cfg: RunConfig) -> OnlineInputs:
         offline_pairs,
         prompt_task.reward_fn or task.reward_fn,
         resolve_reward_model(cfg),
+        resolve_judge_model(cfg),
     )
 
 

@@ -1,7 +1,7 @@
 """Online / iterative DPO: each round the vLLM engines sample n responses per prompt from the current policy, the
-reward group scores them, best vs worst become pairs (for KTO: labelled examples), the policy trains on them against
-the frozen reference, and its new weights are pushed into the engines. A campaign restarts from its last finished
-round."""
+reward group scores them (or a pairwise judge plays them against each other), best vs worst become pairs (for KTO:
+labelled examples), the policy trains on them against the frozen reference, and its new weights are pushed into the
+engines. A campaign restarts from its last finished round."""
 
 from __future__ import annotations
 
@@ -19,9 +19,11 @@ from ..data.formats import Text
 from ..data.pair_stats import example_statistics, pair_statistics
 from ..data.pairs import build_pairs
 from ..data.tokenize import TokenizedPair, TokenizeSettings, encode_prompt
+from ..data.tournament import judge_statistics
+from ..groups.judge_group import JudgeGroup
 from ..groups.policy_group import PolicyGroup
 from ..groups.reference_mix import ReferenceMix
-from ..groups.resources import group_needs, reference_group_needed, uses_reward_model
+from ..groups.resources import group_needs, judged, reference_group_needed, reward_group_needed, uses_reward_model
 from ..groups.reward_group import RewardGroup
 from ..groups.rollout_group import RolloutGroup
 from ..groups.weight_sync import WeightSync
@@ -59,10 +61,11 @@ class OnlineResult:
 
 @dataclass
 class Groups:
-    """The four groups an online campaign drives, and the weight sync from the policy into the engines."""
+    """The groups an online campaign drives, and the weight sync from the policy into the engines."""
 
     rollout: RolloutGroup
-    reward: RewardGroup
+    reward: RewardGroup | None  # None: a judged run whose task has no reward to evaluate with
+    judge: JudgeGroup | None  # a pairwise judge scores the samples instead of the reward
     reference: ReferenceScorer
     policy: PolicyGroup
     sync: WeightSync
@@ -97,6 +100,9 @@ class OnlineCampaign:
         shaping = {k: v for k, v in asdict(o).items() if k not in ("rounds", "eval_every", "eval_samples_per_prompt")}
         self.fingerprint["online"] = json.loads(json.dumps(shaping, default=str))
         self.fingerprint["reward"] = {"fn": i.reward_fn or cfg.reward.fn, "model": i.reward_model}
+        if judged(cfg):  # a judged campaign does not resume another's rounds (runs before judges keep their print)
+            r = cfg.reward
+            self.fingerprint["judge"] = {"model": i.judge_model, "fn": r.judge_fn, "template": r.judge_template}
         self.rollout: RolloutGroup | None = None  # the live rollout group, while one runs
         settings = TokenizeSettings.of(cfg.data)
         self.store = RoundStore(self.run_dir, cfg.train.keep_checkpoints, settings)
@@ -182,17 +188,24 @@ class OnlineCampaign:
     def _start_groups(self, started: list) -> Groups:
         """Every group, each appended to started as soon as it exists (so a failure shuts down those before it)."""
         cfg, inputs, began = self.cfg, self.inputs, time.perf_counter()
-        rollout = self.rollout = RolloutGroup(cfg, inputs.model_path, self.engine_length())
-        started.append(rollout)
-        started.append(RewardGroup(cfg, inputs.reward_fn, inputs.reward_model))
-        started.append(ReferenceScorer(cfg, inputs.reference_path, self.spec, self.env))
+
+        def start(group):
+            started.append(group)
+            return group
+
+        rollout = self.rollout = start(RolloutGroup(cfg, inputs.model_path, self.engine_length()))
+        reward = start(RewardGroup(cfg, inputs.reward_fn, inputs.reward_model)) if reward_group_needed(cfg) else None
+        # a judge prompt holds the prompt and two responses, maybe in a tokenizer twice as fine, and the template
+        judge_length = 4 * self.engine_length() + 512
+        judge = start(JudgeGroup(cfg, inputs.judge_model, judge_length)) if judged(cfg) else None
+        reference = start(ReferenceScorer(cfg, inputs.reference_path, self.spec, self.env))
         if reference_group_needed(cfg, online=True):
-            started[-1].start()  # every round needs it: its replicas load while the policy starts
-        started.append(PolicyGroup(cfg, inputs.model_path, self.total_steps, accumulation_steps(cfg), self.env))
-        sync = WeightSync(cfg, started[-1], rollout)
-        mix = ReferenceMix(cfg, started[-1], started[2].group) if cfg.algo.sync_ref_model else None
-        log.info("rollout, reward, reference and policy groups started in %.1fs", time.perf_counter() - began)
-        return Groups(*started, sync, mix)
+            reference.start()  # every round needs it: its replicas load while the policy starts
+        policy = start(PolicyGroup(cfg, inputs.model_path, self.total_steps, accumulation_steps(cfg), self.env))
+        sync = WeightSync(cfg, policy, rollout)
+        mix = ReferenceMix(cfg, policy, reference.group) if cfg.algo.sync_ref_model else None
+        log.info("%d groups started in %.1fs", len(started), time.perf_counter() - began)
+        return Groups(rollout, reward, judge, reference, policy, sync, mix)
 
     def _round(self, r: int, groups: Groups, trainer: PolicyTrainer, ahead: RoundsAhead) -> dict:
         """Generate (or take the samples drawn ahead), score, pair, score the reference, train, sync the engines,
@@ -216,7 +229,12 @@ class OnlineCampaign:
         lap("generate")
         if drawn_round.launched_at is not None:  # the engines' own span (drawn ahead: it overlaps earlier phases)
             timeline.append(["draw", drawn_round.launched_at - self.began, drawn_round.finished_at - self.began])
-        rewards = groups.reward.score(prompts, samples)
+        beats, judging = None, {}
+        if groups.judge is not None:  # a sample's score: the comparisons it won with both orders agreeing
+            tallies = groups.judge.tournament(prompts, samples)
+            rewards, beats, judging = [t.wins for t in tallies], [t.beats for t in tallies], judge_statistics(tallies)
+        else:
+            rewards = groups.reward.score(prompts, samples)
         lap("score")
         responses = [[_response(prompt, s) for s in outs] for prompt, outs in zip(prompts, samples)]
         prompt_ids = [self.prompt_ids[i] for i in indices]
@@ -224,10 +242,17 @@ class OnlineCampaign:
         token_ids = (prompt_ids, response_ids)
         if self.unpaired:
             pair_rows = build_examples(
-                prompts, responses, rewards, token_ids, o.desirable_threshold, o.min_margin, o.max_pairs_per_prompt
+                prompts,
+                responses,
+                rewards,
+                token_ids,
+                o.desirable_threshold,
+                o.min_margin,
+                o.max_pairs_per_prompt,
+                beats,
             )
         else:
-            pair_rows = build_pairs(prompts, responses, rewards, o.min_margin, o.max_pairs_per_prompt, token_ids)
+            pair_rows = build_pairs(prompts, responses, rewards, o.min_margin, o.max_pairs_per_prompt, token_ids, beats)
         sample_rows = [
             {"prompt": p, "responses": s, "rewards": w, "response_ids": ids, "policy_version": version}
             for p, s, w, ids in zip(prompts, samples, rewards, response_ids)
@@ -262,6 +287,7 @@ class OnlineCampaign:
             "prompts": len(prompts),
             "policy_version": version,  # rounds trained when the samples were drawn: r - 1, less when drawn ahead
             **stats.sample_statistics(drawn, rewards, None if labelled_one_by_one else o.min_margin),
+            **judging,
             "pairs": len(new_pairs),
             "train_pairs": len(train_pairs),
             "steps": trainer.step - steps_before,
@@ -315,8 +341,8 @@ class OnlineCampaign:
         return policy if self.cfg.model.lora.enabled else None
 
     def _evaluate(self, groups: Groups) -> dict[str, float]:
-        """On the held-out prompts (same seeds every round): mean reward sampled as in training and greedy, mean sampled
-        length, and the KL to the reference on the sampled responses."""
+        """On the held-out prompts (same seeds every round): mean reward sampled as in training and greedy (the task's
+        reward, also in a judged run), mean sampled length, and the KL to the reference on the sampled responses."""
         o, prompts = self.cfg.online, self.inputs.eval_prompts
         if not prompts:
             return {}
@@ -330,12 +356,12 @@ class OnlineCampaign:
             o.max_tokens,
             with_logp=self.uses_reference,
         )
-        greedy = groups.rollout.generate(prompts, seeds, 1, 0.0, 1.0, o.max_tokens)
-        metrics = {
-            "eval/sampled_reward": stats.mean_score(groups.reward.score(prompts, stats.texts(sampled))),
-            "eval/greedy_reward": stats.mean_score(groups.reward.score(prompts, stats.texts(greedy))),
-            "eval/length": stats.mean_length(sampled),
-        }
+        metrics = {}
+        if groups.reward is not None:  # a judged run without a task reward has no absolute score to report
+            greedy = groups.rollout.generate(prompts, seeds, 1, 0.0, 1.0, o.max_tokens)
+            metrics["eval/sampled_reward"] = stats.mean_score(groups.reward.score(prompts, stats.texts(sampled)))
+            metrics["eval/greedy_reward"] = stats.mean_score(groups.reward.score(prompts, stats.texts(greedy)))
+        metrics["eval/length"] = stats.mean_length(sampled)
         if self.uses_reference:
             pairs, scored = stats.kl_pairs(self.eval_prompt_ids, sampled)
             chosen, rejected = [], []

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import RunConfig
-from ..tasks.registry import MODELS, PROMPT_TASKS, REWARD_MODELS
+from ..tasks.registry import JUDGE_MODELS, MODELS, PROMPT_TASKS, REWARD_MODELS
 
 PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
 
@@ -48,18 +48,22 @@ def _check_online(cfg: RunConfig, has_task_data: bool) -> None:
     check_files("online.eval_prompt_files", o.eval_prompt_files)
     if o.offline_ratio > 0 and not cfg.data.train_files and not has_task_data:
         raise InputError(f"online.offline_ratio={o.offline_ratio}: needs data.train_files to draw offline pairs from")
-    if r.fn:
+    if r.fn or r.judge_fn:
         from ..workers.reward import import_function
 
         try:
-            import_function(r.fn)
+            import_function(r.fn or r.judge_fn, "reward.fn" if r.fn else "reward.judge_fn")
         except ValueError as error:
             raise InputError(str(error)) from None
+    elif r.judge_model:
+        if r.judge_model not in JUDGE_MODELS:
+            check_model_dir("reward.judge_model", r.judge_model, f"or a built-in name: {', '.join(JUDGE_MODELS)}")
     elif r.model_path and r.model_path not in REWARD_MODELS:
         check_model_dir("reward.model_path", r.model_path, f"or a built-in name: {', '.join(REWARD_MODELS)}")
     elif not r.model_path and not task_reward:
         raise InputError(
-            "online runs need a reward: reward.fn=module:function (a rule) or reward.model_path=DIR (a model)"
+            "online runs need a reward: reward.fn=module:function (a rule), reward.model_path=DIR (a model), or a "
+            "pairwise judge (reward.judge_model=DIR or reward.judge_fn=module:function)"
         )
 
 

@@ -18,14 +18,16 @@ def build_examples(
     threshold: float | None,
     min_margin: float = 0.0,
     max_pairs_per_prompt: int = 1,
+    beats: Sequence[set[tuple[int, int]]] | None = None,
 ) -> list[dict]:
     """With a threshold, every non-empty sample, desirable when its reward >= threshold; without one, build_pairs'
     pairs unpaired (chosen desirable, rejected undesirable), as TRL unpairs a paired dataset. Desirable examples come
-    first, then see mismatched_completions. token_ids is (prompt_ids[i], response_ids[i][j]), as sampled."""
+    first, then see mismatched_completions. token_ids is (prompt_ids[i], response_ids[i][j]), as sampled; beats: a
+    judge's agreed (winner, loser) indices per prompt, as build_pairs takes them."""
     prompt_ids, response_ids = token_ids
     examples = []
     if threshold is None:
-        pairs = build_pairs(prompts, responses, rewards, min_margin, max_pairs_per_prompt, token_ids)
+        pairs = build_pairs(prompts, responses, rewards, min_margin, max_pairs_per_prompt, token_ids, beats)
         for label, side in ((True, "chosen"), (False, "rejected")):
             examples += [
                 _example(p["prompt"], p[side], p[f"{side}_reward"], p["prompt_ids"], p[f"{side}_ids"], label)

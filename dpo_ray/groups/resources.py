@@ -35,6 +35,26 @@ def reward_need(cfg: RunConfig) -> GroupNeed:
     return GroupNeed("reward", c.reward_ranks, c.reward_cpus, c.gpus_per_rank if uses_reward_model(cfg) else 0.0)
 
 
+def judged(cfg: RunConfig) -> bool:
+    """Whether a pairwise judge (reward.judge_model or reward.judge_fn) scores the samples instead of a reward."""
+    return bool(cfg.reward.judge_model or cfg.reward.judge_fn)
+
+
+def reward_group_needed(cfg: RunConfig) -> bool:
+    """Whether an online run starts a reward group: to score the samples, or (judged) to evaluate held-out answers
+    with the task's own reward when its task has one."""
+    from ..tasks.registry import MODELS, PROMPT_TASKS
+
+    tasks = (MODELS.get(cfg.model.path), PROMPT_TASKS.get(cfg.online.prompt_task))
+    return not judged(cfg) or any(task.reward for task in tasks if task)
+
+
+def judge_need(cfg: RunConfig) -> GroupNeed:
+    """Sized and placed like the reward group: a judge model is one vLLM engine a rank, a judge function a worker."""
+    c = cfg.cluster
+    return GroupNeed("judge", c.reward_ranks, c.reward_cpus, c.gpus_per_rank if cfg.reward.judge_model else 0.0)
+
+
 def policy_need(cfg: RunConfig) -> GroupNeed:
     c = cfg.cluster
     return GroupNeed("policy", c.policy_ranks, c.cpus_per_rank, c.gpus_per_rank)
@@ -66,8 +86,11 @@ def groups_live_together(cfg: RunConfig, online: bool) -> bool:
 
 def group_needs(cfg: RunConfig, reference: bool, online: bool) -> list[GroupNeed]:
     """What each group of a run asks of the cluster (ranks, and CPUs and GPUs per rank), in the order the campaign
-    starts them: offline the reference (released before) the policy; online rollout, reward, reference, policy."""
-    needs = [rollout_need(cfg), reward_need(cfg)] if online else []
+    starts them: offline the reference (released before) the policy; online rollout, reward (unless a judged run
+    has none to evaluate with), judge (when judged), reference, policy."""
+    needs = [rollout_need(cfg)] if online else []
+    needs += [reward_need(cfg)] if online and reward_group_needed(cfg) else []
+    needs += [judge_need(cfg)] if online and judged(cfg) else []
     if reference:
         needs.append(reference_need(cfg))
     return needs + [policy_need(cfg)]

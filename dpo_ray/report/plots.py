@@ -153,19 +153,31 @@ def frontier_points(rounds: Sequence[dict]) -> list[tuple[int, float, float]]:
 def frontier_plot(records: RunRecords, path: Path) -> Path | None:
     """Held-out reward against KL to the reference, a point per evaluated round (the DPO paper's controlled-sentiment
     frontier: what the reward cost in divergence), joined in round order."""
-    points = frontier_points(records.rounds)
-    if len(points) < 2:
+    return frontiers_plot([("", records.rounds)], path)
+
+
+def frontiers_plot(runs: Sequence[tuple[str, Sequence[dict]]], path: Path, kl_max: float | None = None) -> Path | None:
+    """frontier_plot for several runs on one axis (one line each, labelled, e.g. by beta), each point marked with its
+    round; kl_max: the KL monitor's limit, drawn as a dashed line. None when no run has two points."""
+    drawn = [(label, frontier_points(rounds)) for label, rounds in runs]
+    drawn = [(label, points) for label, points in drawn if len(points) >= 2]
+    if not drawn:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(4.8, 3.6))
-    _, kls, rewards = zip(*points)
-    ax.plot(kls, rewards, **line_style(len(points)))
-    for r, kl, reward in points:
-        ax.annotate(str(r), (kl, reward), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    fig, ax = plt.subplots(figsize=(4.8, 3.6) if len(drawn) == 1 else (6.0, 4.2))
+    for label, points in drawn:
+        _, kls, rewards = zip(*points)
+        ax.plot(kls, rewards, label=label or None, **line_style(len(points)))
+        for r, kl, reward in points:
+            ax.annotate(str(r), (kl, reward), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    if kl_max is not None:
+        ax.axvline(kl_max, color="grey", linestyle="--", linewidth=1, label=f"KL monitor ({kl_max:g})")
     ax.set_xlabel("KL to reference (nats/response, held-out samples)", fontsize=8)
     ax.set_ylabel("held-out sampled reward", fontsize=8)
     ax.set_title("reward vs KL, by round", fontsize=9)
     ax.tick_params(labelsize=7)
+    if any(label for label, _ in drawn) or kl_max is not None:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, path)
 

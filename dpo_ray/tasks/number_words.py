@@ -73,3 +73,15 @@ def number_in(prompt_text: str) -> int:
 def reward(prompt_text: str, response: str) -> float:
     """Rule reward: 1.0 for the exact canonical spelling, else 0.0."""
     return float(response.strip() == to_words(number_in(prompt_text)))
+
+
+def judge(prompt_text: str, response_a: str, response_b: str) -> str:
+    """A stand-in pairwise judge with a real judge's failure modes: the right answer wins in either order, and of two
+    wrong answers the first wins when they are as long (position bias: the swapped order disagrees) and otherwise the
+    answer holds no verdict (unparseable)."""
+    right_a, right_b = reward(prompt_text, response_a), reward(prompt_text, response_b)
+    if right_a != right_b:
+        return "A" if right_a > right_b else "B"
+    if right_a:
+        return "tie"
+    return "A" if len(response_a) == len(response_b) else "Neither is right."

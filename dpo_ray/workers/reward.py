@@ -14,17 +14,17 @@ from ..data.prompts import prompt_text
 from .device import device_spec, use_local_gpu
 
 
-def import_function(path: str) -> Callable:
-    """'package.module:function' (or 'package.module.function') -> the function."""
+def import_function(path: str, option: str = "reward.fn") -> Callable:
+    """'package.module:function' (or 'package.module.function') -> the function; errors name the option."""
     module, _, name = path.rpartition(":") if ":" in path else path.rpartition(".")
     if not module:
-        raise ValueError(f"reward.fn={path!r}: expected 'module:function'")
+        raise ValueError(f"{option}={path!r}: expected 'module:function'")
     try:
         fn = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as e:
-        raise ValueError(f"reward.fn={path!r}: cannot import it ({e})") from None
+        raise ValueError(f"{option}={path!r}: cannot import it ({e})") from None
     if not callable(fn):
-        raise ValueError(f"reward.fn={path!r} is not callable")
+        raise ValueError(f"{option}={path!r} is not callable")
     return fn
 
 

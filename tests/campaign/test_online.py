@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import datasets
@@ -153,6 +154,75 @@ def test_async_rounds_draw_round_2_while_round_1_trains_and_record_the_policy_ve
     assert drawn[0] < trained[0] and drawn[1] > trained[0]  # asked for before round 1 trained; drawing as it trained
     assert (async_two.run_dir / "round_checkpoints" / "round_1" / "rounds_ahead.json").exists()
     assert not (async_two.run_dir / "round_checkpoints" / "round_2" / "rounds_ahead.json").exists()
+
+
+STAND_IN_JUDGE = "reward.judge_fn=dpo_ray.tasks.number_words:judge"
+
+
+def stand_in_counts(samples: list[dict]) -> dict[str, int]:
+    """How the stand-in judge ends each prompt's comparisons, counted from the samples with the task's rule: right vs
+    wrong agreed, right vs right a tie, two wrong answers as long disagreed (position bias), else unparseable."""
+    from dpo_ray.data.prompts import prompt_text
+    from dpo_ray.tasks.number_words import reward
+
+    counts = {"agreed": 0, "ties": 0, "disagreed": 0, "unparseable": 0}
+    for row in samples:
+        text = prompt_text(row["prompt"])
+        distinct = list(dict.fromkeys(t for t in row["responses"] if t.strip()))
+        for a, b in itertools.combinations(distinct, 2):
+            right = reward(text, a) + reward(text, b)
+            same_length = len(a) == len(b)
+            counts[["disagreed" if same_length else "unparseable", "agreed", "ties"][int(right)]] += 1
+    return counts
+
+
+def test_a_judge_keeps_exactly_the_pairs_both_orders_agree_on(two_rounds, tmp_path_factory, cache_dir):
+    """A stand-in judge function (right beats wrong in both orders; of two wrong answers it prefers the first shown,
+    or answers with no verdict) plays each prompt's samples round robin: the pairs are the rule's (a right answer
+    against a wrong one, as sampled), scored by wins, and the policy trains to the same held-out reward."""
+    judged = run_online(tmp_path_factory.mktemp("online-judged"), cache_dir, 1, STAND_IN_JUDGE)
+    row = judged.rounds[1]
+    key = lambda p: (json.dumps(p["prompt"]), p["chosen_ids"], p["rejected_ids"])
+    pairs = pairs_of(judged, 1)
+    assert [key(p) for p in pairs] == [key(p) for p in pairs_of(two_rounds, 1)]
+    samples = datasets.load_from_disk(str(judged.run_dir / "rounds" / "round_001" / "samples")).to_list()
+    counts = stand_in_counts(samples)
+    assert {k: row[f"judge/{k}"] for k in counts} == counts
+    assert min(counts["agreed"], counts["disagreed"], counts["unparseable"]) > 0  # no ties: one right spelling
+    assert row["judge/calls"] == 2 * sum(counts.values())
+    assert row["judge/agreement"] == pytest.approx(
+        (counts["agreed"] + counts["ties"]) / (sum(counts.values()) - counts["unparseable"])
+    )
+    wrong = {
+        json.dumps(s["prompt"]): len({t for t, w in zip(s["responses"], s["rewards"]) if not w and t.strip()})
+        for s in samples
+    }
+    assert all(p["chosen_reward"] == wrong[json.dumps(p["prompt"])] and p["rejected_reward"] == 0 for p in pairs)
+    assert row["eval/sampled_reward"] == two_rounds.rounds[1]["eval/sampled_reward"]  # the task's reward evaluates
+
+
+def test_a_small_instruct_model_judges_a_round_and_its_unparseable_answers_are_counted(
+    local_ray, tmp_path_factory, cache_dir
+):
+    """SmolLM2-135M-Instruct as the judge, in a vLLM engine of its own: every comparison is counted as agreed, tied,
+    disagreed or unparseable, and only agreed ones make pairs."""
+    judged = run_online(
+        tmp_path_factory.mktemp("online-smollm2-judge"),
+        cache_dir,
+        1,
+        "reward.judge_model=smollm2-135m",
+        "online.prompts_per_round=16",
+    )
+    row = judged.rounds[1]
+    samples = datasets.load_from_disk(str(judged.run_dir / "rounds" / "round_001" / "samples")).to_list()
+    distinct = [len({t for t in s["responses"] if t.strip()}) for s in samples]
+    comparisons = sum(m * (m - 1) // 2 for m in distinct)
+    ends = [row[f"judge/{k}"] for k in ("agreed", "ties", "disagreed", "unparseable")]
+    assert row["judge/comparisons"] == sum(ends) == comparisons > 0 and row["judge/calls"] == 2 * comparisons
+    assert row["pairs"] <= min(row["judge/agreed"], len(samples))
+    kept = pairs_of(judged, 1) if row["pairs"] else []  # a 135M judge is mostly position-biased: maybe none
+    assert all(p["chosen_reward"] > p["rejected_reward"] for p in kept)
+    print("SmolLM2 judge:", {k: v for k, v in row.items() if k.startswith("judge/")}, "pairs", row["pairs"])
 
 
 def test_online_tr_dpo_mixes_every_k_steps_and_resumes_with_the_mixed_reference(local_ray, tmp_path_factory, cache_dir):

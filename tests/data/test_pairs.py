@@ -85,3 +85,11 @@ def test_pairs_record_the_token_ids_their_texts_were_sampled_as():
     )
     assert (pair["chosen"], pair["rejected"]) == ("good", "bad")  # the empty sample is never paired
     assert (pair["prompt_ids"], pair["chosen_ids"], pair["rejected_ids"]) == ([1, 2], [10, 11, 0], [12, 0])
+
+
+def test_a_judges_pairs_need_the_chosen_to_have_beaten_the_rejected_in_both_orders():
+    outs, wins = ["w", "r", "x", "v"], [0.0, 2.0, 0.0, 1.0]
+    (pair,) = build_pairs(["p"], [outs], [wins], beats=[{(1, 0), (1, 2), (3, 0)}])
+    assert (pair["chosen"], pair["rejected"], pair["chosen_reward"]) == ("r", "w", 2.0)
+    assert build_pairs(["p"], [outs], [wins], beats=[{(1, 2), (3, 0)}]) == []  # most wins, but never beat "w" so
+    assert build_pairs(["p"], [outs], [wins], beats=[set()]) == []

@@ -85,3 +85,18 @@ def test_groups_whose_totals_fit_but_whose_bundles_do_not_divide_among_the_nodes
     needs = [GroupNeed("rollout", 3, 1, 3), GroupNeed("policy", 1, 1, 6)]  # 9 + 6 of 16 GPUs; 2 and 5 left after
     with pytest.raises(ValueError, match=r"policy group: 1 x \{'CPU': 1, 'GPU': 6\} with PACK placement do not fit"):
         check_fit(needs, nodes, "PACK")
+
+
+def test_a_judge_is_sized_like_the_reward_group_and_replaces_it_unless_the_task_evaluates_with_its_own():
+    from dpo_ray.groups.resources import group_needs
+
+    def names(*overrides):
+        cfg = compose(["cluster=single_node_8gpu", *overrides], "online")
+        return {n.name: (n.size, n.cpus, n.gpus) for n in group_needs(cfg, reference=True, online=True)}
+
+    rm = names("reward.model_path=/models/rm")
+    own = names("model.path=/models/policy", "online.prompt_files=[p.jsonl]", "reward.judge_model=/models/judge")
+    assert own["judge"] == rm["reward"] and "reward" not in own  # no task reward: nothing else scores answers
+    task = names("online.prompt_task=imdb", "model.path=/models/policy", "reward.judge_model=/models/judge")
+    assert task["judge"] == rm["reward"] and task["reward"][2] == 0  # VADER, a rule, evaluates the held-out answers
+    assert names("reward.judge_fn=m:f")["judge"][2] == 0  # a judge function takes no GPU

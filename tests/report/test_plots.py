@@ -62,3 +62,26 @@ def test_the_timeline_puts_the_engines_spans_on_their_lane_and_the_drivers_phase
     assert [b for b in bars if b[0] == 1] == [(1, 0.0, 2.0), (1, 2.0, 4.5)]  # round 2 drawn while round 1 trains
     assert [b for b in bars if b[0] == 0] == [(0, 0.0, 2.0), (0, 2.0, 5.0), (0, 5.0, 5.0), (0, 5.0, 8.0)]
     assert timeline_plot(RunRecords(tmp_path, rounds=[{"round": 0}]), tmp_path / "none.png") is None
+
+
+def test_the_frontiers_of_several_runs_share_one_axis_with_the_kl_limit(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from dpo_ray.report.plots import frontiers_plot
+
+    lines, limits = [], []
+    plot, axvline = matplotlib.axes.Axes.plot, matplotlib.axes.Axes.axvline
+    monkeypatch.setattr(
+        matplotlib.axes.Axes, "plot", lambda ax, x, y, **k: lines.append((k["label"], x, y)) or plot(ax, x, y, **k)
+    )
+    monkeypatch.setattr(matplotlib.axes.Axes, "axvline", lambda ax, x, **k: limits.append(x) or axvline(ax, x, **k))
+    row = lambda r, kl, reward: {"round": r, "eval/kl": kl, "eval/sampled_reward": reward}
+    runs = [
+        ("beta 0.1", [row(0, 0.0, 0.2), row(1, 9.0, 0.6), row(2, 50.0, 0.9)]),
+        ("beta 1", [row(0, 0.0, 0.2), row(1, 1.0, 0.3)]),
+        ("no KL", [row(0, 0.0, 0.2)]),  # one point: no frontier
+    ]
+    assert frontiers_plot(runs, tmp_path / "frontier.png", kl_max=20.0).exists()
+    assert lines == [("beta 0.1", (0.0, 9.0, 50.0), (0.2, 0.6, 0.9)), ("beta 1", (0.0, 1.0), (0.2, 0.3))]
+    assert limits == [20.0]
+    assert frontiers_plot([("x", runs[2][1])], tmp_path / "none.png") is None

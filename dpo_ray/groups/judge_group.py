@@ -1,0 +1,69 @@
+"""The judge group: a pairwise judge (vLLM engines of a judge model, or workers running a judge function) plays each
+prompt's samples against each other in both orders; see data.tournament for the scheme and what is kept."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+from ..config import RunConfig
+from ..data.formats import Text
+from ..data.prompts import prompt_text
+from ..data.tournament import DEFAULT_TEMPLATE, Tally, judge_request, round_robin, tally
+from ..workers.device import device_spec, rank_env
+from ..workers.engine_args import engine_env
+from .actor_group import ActorGroup
+from .resources import judge_need
+
+VERDICT_TOKENS = 8  # "A", "B" or "tie", and room for a label or markup before it
+
+
+class JudgeGroup:
+    def __init__(self, cfg: RunConfig, model_path: str = "", max_model_len: int = 0):
+        """model_path: the judge model's directory (reward.judge_model resolved); max_model_len: the longest judge
+        prompt + verdict in tokens (0: the model's own limit)."""
+        r, need = cfg.reward, judge_need(cfg)
+        self.name = r.judge_model or r.judge_fn
+        self.template = r.judge_template or DEFAULT_TEMPLATE
+        self.uses_model = bool(r.judge_model)
+        if self.uses_model:
+            rollout = replace(cfg.rollout, tensor_parallel_size=1, max_model_len=0)  # one engine a rank, unsynced
+            worker = "dpo_ray.workers.rollout.RolloutWorker"
+            kwargs = dict(
+                model_path=model_path or r.judge_model,
+                cfg=rollout,
+                policy_dtype=cfg.model.dtype,
+                gpus=need.gpus,
+                seed=cfg.online.seed,
+                max_model_len=max_model_len,
+            )
+            env = engine_env(rollout, need.gpus)
+        else:
+            worker, kwargs = "dpo_ray.workers.judge.JudgeFnWorker", dict(fn=r.judge_fn)
+            env = rank_env(device_spec(0.0), 1)
+        self.group = ActorGroup(need, worker, cfg.cluster, env, kwargs)
+
+    def tournament(self, prompts: Sequence[Text], responses: Sequence[Sequence[str]]) -> list[Tally]:
+        """Each prompt's round robin, judged: one Tally per prompt (wins per sample, agreed beats, counts)."""
+        orders = [round_robin(outs) for outs in responses]
+        requests = [
+            (prompt_text(p), outs[i], outs[j])
+            for p, outs, pairs in zip(prompts, responses, orders, strict=True)
+            for i, j in pairs
+        ]
+        answers = self._answers(requests) if requests else []
+        tallies, start = [], 0
+        for outs, pairs in zip(responses, orders):
+            tallies.append(tally(outs, pairs, answers[start : start + len(pairs)]))
+            start += len(pairs)
+        return tallies
+
+    def _answers(self, requests: list[tuple[str, str, str]]) -> list[str]:
+        if not self.uses_model:
+            return self.group.run_shards("judge", requests)
+        jobs = [([{"role": "user", "content": judge_request(self.template, *request)}], 0) for request in requests]
+        drawn = self.group.run_shards("generate", jobs, 1, 0.0, 1.0, VERDICT_TOKENS)  # greedy: one verdict each
+        return [samples[0].text for samples in drawn]
+
+    def shutdown(self) -> None:
+        self.group.shutdown()
