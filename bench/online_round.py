@@ -133,7 +133,7 @@ def pinned_campaign():
             groups = super()._start_groups(started)
             engines, rest = {0}, set(range(1, os.cpu_count() or 2))
             pin_processes(groups.rollout.group.actors, engines)
-            others = [groups.reward.group, groups.policy.group]
+            others = [g.group for g in (groups.reward, groups.judge, groups.policy) if g is not None]
             others += [groups.reference.group.group] if groups.reference.group is not None else []
             pin_processes([a for g in others for a in g.actors], rest)
             return groups

@@ -112,6 +112,15 @@ ROUNDS: list[Panel] = [
     ("held-out reward (task)", [("eval/sampled_reward", "sampled"), ("eval/greedy_reward", "greedy")]),
     ("pairs per round", [("pairs", "new"), ("train_pairs", "trained on")]),
     (
+        "judge comparisons",
+        [
+            ("judge/agreed", "agreed"),
+            ("judge/ties", "ties"),
+            ("judge/disagreed", "disagreed"),
+            ("judge/unparseable", "unparseable"),
+        ],
+    ),
+    (
         "mean response length (tokens)",
         [
             ("eval/length", "held-out sampled"),
