@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import RunConfig
-from ..tasks.registry import JUDGE_MODELS, MODELS, PROMPT_TASKS, REWARD_MODELS
+from ..tasks.registry import JUDGE_MODELS, MODELS, REWARD_MODELS, task_builtins
 
 PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
 
@@ -38,8 +38,8 @@ def check_inputs(cfg: RunConfig, command: str) -> None:
 
 def _check_online(cfg: RunConfig, has_task_data: bool) -> None:
     o, r = cfg.online, cfg.reward
-    task_prompts = any(b.prompts for b in (MODELS.get(cfg.model.path), PROMPT_TASKS.get(o.prompt_task)) if b)
-    task_reward = any(b.reward for b in (MODELS.get(cfg.model.path), PROMPT_TASKS.get(o.prompt_task)) if b)
+    task_prompts = any(b.prompts for b in task_builtins(cfg))
+    task_reward = any(b.reward for b in task_builtins(cfg))
     if not o.prompt_files and not task_prompts:
         raise InputError(
             "online runs need prompts: online.prompt_files=[FILE,...], online.prompt_task=imdb, or model.path=embedded"

@@ -23,7 +23,6 @@ class JudgeGroup:
         """model_path: the judge model's directory (reward.judge_model resolved); max_model_len: the longest judge
         prompt + verdict in tokens (0: the model's own limit)."""
         r, need = cfg.reward, judge_need(cfg)
-        self.name = r.judge_model or r.judge_fn
         self.template = r.judge_template or DEFAULT_TEMPLATE
         self.uses_model = bool(r.judge_model)
         if self.uses_model:

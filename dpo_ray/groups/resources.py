@@ -43,10 +43,9 @@ def judged(cfg: RunConfig) -> bool:
 def reward_group_needed(cfg: RunConfig) -> bool:
     """Whether an online run starts a reward group: to score the samples, or (judged) to evaluate held-out answers
     with the task's own reward when its task has one."""
-    from ..tasks.registry import MODELS, PROMPT_TASKS
+    from ..tasks.registry import task_builtins
 
-    tasks = (MODELS.get(cfg.model.path), PROMPT_TASKS.get(cfg.online.prompt_task))
-    return not judged(cfg) or any(task.reward for task in tasks if task)
+    return not judged(cfg) or any(task.reward for task in task_builtins(cfg))
 
 
 def judge_need(cfg: RunConfig) -> GroupNeed:

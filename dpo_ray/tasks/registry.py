@@ -41,6 +41,11 @@ PROMPT_TASKS = {
 }
 
 
+def task_builtins(cfg: RunConfig) -> list[Builtin]:
+    """The built-in model and prompt task a run names, those it names."""
+    return [b for b in (MODELS.get(cfg.model.path), PROMPT_TASKS.get(cfg.online.prompt_task)) if b]
+
+
 @dataclass
 class TaskInputs:
     """What a built-in name gives a run, for the parts its config leaves empty."""
