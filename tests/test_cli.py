@@ -229,8 +229,8 @@ def test_all_problems_are_reported_at_once():
 
 def test_missing_and_unusable_inputs_fail_before_ray_starts(tmp_path, tiny_model_dir):
     """A missing model, a model with pickled weights only, a directory that is no model, a missing data file, an
-    unimportable reward, message prompts for a model without a chat template: each one line, exit status 2, and no
-    Ray session was ever created."""
+    unimportable reward, message prompts for a model without a chat template, a judge model without one: each one
+    line, exit status 2, and no Ray session was ever created."""
     import shutil
 
     pickled = tmp_path / "pickled"
@@ -258,6 +258,15 @@ def test_missing_and_unusable_inputs_fail_before_ray_starts(tmp_path, tiny_model
         (
             ["online", f"model.path={untemplated}", f"online.prompt_files=[{chats}]", "reward.fn=math:sqrt"],
             f"the tokenizer of {untemplated} has no chat template",
+        ),
+        (
+            [
+                "online",
+                f"model.path={tiny_model_dir}",
+                f"online.prompt_files=[{chats}]",
+                f"reward.judge_model={untemplated}",
+            ],
+            f"the tokenizer of {untemplated} has no chat template; the judge",
         ),
     ]
     results, _, cwd = run_in_fresh_process(tmp_path, [argv for argv, _ in cases])

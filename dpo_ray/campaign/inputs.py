@@ -78,6 +78,12 @@ def online_inputs(cfg: RunConfig) -> OnlineInputs:
     tokenizer = load_tokenizer(task.model_path, cfg.model.trust_remote_code)
     if getattr(tokenizer, "chat_template", None) is None and any(isinstance(p, list) for p in prompts + eval_prompts):
         raise InputError(f"the prompts hold messages, and the tokenizer of {task.model_path} has no chat template")
+    judge_model = resolve_judge_model(cfg)
+    if judge_model and getattr(load_tokenizer(judge_model, cfg.model.trust_remote_code), "chat_template", None) is None:
+        raise InputError(
+            f"reward.judge_model={cfg.reward.judge_model!r}: the tokenizer of {judge_model} has no chat template; the "
+            "judge is asked in a chat message, so give it an instruct (chat) model"
+        )
     offline_pairs: list[TokenizedPair] = []
     if o.offline_ratio > 0:
         offline_pairs = _pairs(cfg, "offline", list(cfg.data.train_files) or task.train_files, tokenizer)
@@ -89,7 +95,7 @@ def online_inputs(cfg: RunConfig) -> OnlineInputs:
         offline_pairs,
         prompt_task.reward_fn or task.reward_fn,
         resolve_reward_model(cfg),
-        resolve_judge_model(cfg),
+        judge_model,
     )
 
 

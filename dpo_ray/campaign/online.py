@@ -20,7 +20,7 @@ from ..data.pair_stats import example_statistics, pair_statistics
 from ..data.pairs import build_pairs
 from ..data.tokenize import TokenizedPair, TokenizeSettings, encode_prompt
 from ..data.tournament import judge_statistics
-from ..groups.judge_group import JudgeGroup
+from ..groups.judge_group import JudgeGroup, judge_max_model_len
 from ..groups.policy_group import PolicyGroup
 from ..groups.reference_mix import ReferenceMix
 from ..groups.resources import group_needs, judged, reference_group_needed, reward_group_needed, uses_reward_model
@@ -33,6 +33,7 @@ from ..plan.plan import PlanModels
 from ..report import round_monitors
 from ..validation import validate
 from ..workers.device import run_environment
+from ..workers.model_shape import model_shape
 from ..workers.models import load_tokenizer
 from . import round_stats as stats
 from .checkpoints import CheckpointStore
@@ -113,7 +114,8 @@ class OnlineCampaign:
         needs = group_needs(self.cfg, reference_group_needed(self.cfg, online=True), online=True)
         i = self.inputs
         reward = i.reward_model if uses_reward_model(self.cfg) else ""
-        check = PlanCheck("online", PlanModels(i.model_path, i.reference_path, reward), self.engine_length())
+        models = PlanModels(i.model_path, i.reference_path, reward, i.judge_model)
+        check = PlanCheck("online", models, self.engine_length())
         result, restarts = run_campaign(self.cfg, needs, self._run, check)
         result.restarts = restarts
         return result
@@ -185,6 +187,13 @@ class OnlineCampaign:
         """The longest prompt + response the engines will hold."""
         return max(map(len, [*self.prompt_ids, *self.eval_prompt_ids]), default=0) + self.cfg.online.max_tokens
 
+    def judge_length(self) -> int:
+        """The longest judge prompt + verdict a judge model's engines will hold (0: a judge function, no engine)."""
+        if not self.inputs.judge_model:
+            return 0
+        positions = model_shape(self.inputs.judge_model, self.cfg.model.trust_remote_code).max_positions
+        return judge_max_model_len(self.engine_length(), positions)
+
     def _start_groups(self, started: list) -> Groups:
         """Every group, each appended to started as soon as it exists (so a failure shuts down those before it)."""
         cfg, inputs, began = self.cfg, self.inputs, time.perf_counter()
@@ -195,9 +204,7 @@ class OnlineCampaign:
 
         rollout = self.rollout = start(RolloutGroup(cfg, inputs.model_path, self.engine_length()))
         reward = start(RewardGroup(cfg, inputs.reward_fn, inputs.reward_model)) if reward_group_needed(cfg) else None
-        # a judge prompt holds the prompt and two responses, maybe in a tokenizer twice as fine, and the template
-        judge_length = 4 * self.engine_length() + 512
-        judge = start(JudgeGroup(cfg, inputs.judge_model, judge_length)) if judged(cfg) else None
+        judge = start(JudgeGroup(cfg, inputs.judge_model, self.judge_length())) if judged(cfg) else None
         reference = start(ReferenceScorer(cfg, inputs.reference_path, self.spec, self.env))
         if reference_group_needed(cfg, online=True):
             reference.start()  # every round needs it: its replicas load while the policy starts

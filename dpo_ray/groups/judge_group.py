@@ -18,6 +18,14 @@ from .resources import judge_need
 VERDICT_TOKENS = 8  # "A", "B" or "tie", and room for a label or markup before it
 
 
+def judge_max_model_len(engine_length: int, max_positions: int = 0) -> int:
+    """A judge engine's max_model_len: a judge prompt holds the prompt and two responses (engine_length: the longest
+    prompt + response of the run), maybe in a tokenizer twice as fine, and the template; within the judge model's
+    positions (0: unknown)."""
+    length = 4 * engine_length + 512
+    return min(length, max_positions) if max_positions else length
+
+
 class JudgeGroup:
     def __init__(self, cfg: RunConfig, model_path: str = "", max_model_len: int = 0):
         """model_path: the judge model's directory (reward.judge_model resolved); max_model_len: the longest judge

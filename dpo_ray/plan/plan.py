@@ -8,6 +8,7 @@ import copy
 from dataclasses import dataclass, field
 
 from ..config import RunConfig
+from ..groups.judge_group import judge_max_model_len
 from ..groups.reference_group import reference_sharding
 from ..groups.resources import (
     GroupNeed,
@@ -25,11 +26,13 @@ from .nodes import NodeSpec
 
 @dataclass(frozen=True)
 class PlanModels:
-    """The model directories a run loads (each holding at least a config.json); reward '' for a rule reward."""
+    """The model directories a run loads (each holding at least a config.json); reward '' for a rule reward, judge ''
+    for a judge function or none."""
 
     policy: str
     reference: str
     reward: str = ""
+    judge: str = ""
 
 
 @dataclass
@@ -91,6 +94,13 @@ def group_memory(
         shape = model_shape(models.policy, cfg.model.trust_remote_code)
         setting = f"tensor parallel {cfg.rollout.tensor_parallel_size}, max_model_len {max_model_len}"
         return memory.engine_gpu(cfg, shape, max_model_len, device), setting
+    if name == "judge":
+        if not models.judge:
+            return memory.rule_worker("a judge function"), "judge function"
+        shape = model_shape(models.judge, cfg.model.trust_remote_code)
+        length = judge_max_model_len(max_model_len, shape.max_positions)
+        one_engine_a_rank = set_option(cfg, "rollout.tensor_parallel_size", 1)
+        return memory.engine_gpu(one_engine_a_rank, shape, length, device), f"judge engine, max_model_len {length}"
     if models.reward:
         shape = model_shape(models.reward, cfg.model.trust_remote_code, classifier=True)
         return memory.reward_rank(cfg, shape), f"reward model, {shape.params / 1e6:.0f}M parameters"
@@ -169,7 +179,8 @@ def check(cfg: RunConfig, plan: Plan, models: PlanModels, length: int) -> None:
             )
             plan.problems.append(Problem(group.need.name, text, fixes(cfg, plan, group, models, length, gpu_memory)))
         if m.shortfall:
-            text = f"the KV cache is {m.shortfall / GIB:.2f} GiB short of one sequence of max_model_len={length}"
+            short = f"{m.shortfall / GIB:.2f} GiB short of one sequence of max_model_len={m.max_model_len}"
+            text = f"the KV cache is {short}"
             plan.problems.append(Problem(group.need.name, text, fixes(cfg, plan, group, models, length, gpu_memory)))
     for node, held in node_host_memory(plan).items():
         spec = plan.nodes[node]
@@ -221,6 +232,7 @@ REMEDIES = {
         ("rollout.max_model_len", [8192, 4096, 2048, 1024]),
     ],
     "reward": [("reward.micro_batch_size", [8, 1])],
+    "judge": [("rollout.gpu_memory_utilization", [0.9, 0.95])],
 }
 
 
@@ -400,11 +412,12 @@ def parts_text(parts: list[memory.Part]) -> str:
 
 def plan_models(cfg: RunConfig, command: str) -> PlanModels:
     """The model directories the run would load: built-in names resolved (built once into the cache)."""
-    from ..tasks.registry import MODELS, resolve_model, resolve_reward_model
+    from ..tasks.registry import MODELS, resolve_judge_model, resolve_model, resolve_reward_model
 
     policy = resolve_model(cfg).model_path if cfg.model.path in MODELS else cfg.model.path
     reward = resolve_reward_model(cfg) if command == "online" and uses_reward_model(cfg) else ""
-    return PlanModels(policy, cfg.model.reference_path or policy, reward)
+    judge = resolve_judge_model(cfg) if command == "online" else ""
+    return PlanModels(policy, cfg.model.reference_path or policy, reward, judge)
 
 
 def verdict(plan: Plan) -> str:

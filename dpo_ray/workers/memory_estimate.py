@@ -55,6 +55,7 @@ class ActorMemory:
     host: list[Part]
     notes: list[str]
     shortfall: float = 0.0  # bytes missing for the actor to start at all (an engine's KV cache for one sequence)
+    max_model_len: int = 0  # an engine's: the one sequence its KV cache must hold
 
     @property
     def device_total(self) -> float:
@@ -244,7 +245,7 @@ def engine_gpu(cfg: RunConfig, shape: ModelShape, max_model_len: int, gpu_bytes:
         kv_note = f"rollout.kv_cache_memory_mb={r.kv_cache_memory_mb or 256}"
     sequences = max(0.0, kv) / needed if needed else 0.0
     notes.append(
-        f"KV cache {kv / GIB:.1f} GiB holds {sequences:.1f} sequences of max_model_len={max_model_len} "
+        f"KV cache {max(kv, 0.0) / GIB:.1f} GiB holds {sequences:.1f} sequences of max_model_len={max_model_len} "
         f"({per_token / 1024:.0f} KiB per token per GPU); vLLM runs up to {ENGINE_MAX_SEQS} at once, "
         f"online.samples_per_prompt={cfg.online.samples_per_prompt} per prompt"
     )
@@ -257,6 +258,7 @@ def engine_gpu(cfg: RunConfig, shape: ModelShape, max_model_len: int, gpu_bytes:
         device.append(Part("CUDA context, NCCL", GPU_PROCESS_BYTES, "stated margin"))
     memory = split(gpu, device, [], notes, margin=False)
     memory.shortfall = max(0.0, needed - kv)  # vLLM refuses to start without room for one full sequence
+    memory.max_model_len = max_model_len
     return memory
 
 
@@ -268,8 +270,8 @@ def reward_rank(cfg: RunConfig, shape: ModelShape) -> ActorMemory:
     return split(gpu, device, [], [])
 
 
-def rule_worker() -> ActorMemory:
-    return ActorMemory([], [Part("process", HOST_PROCESS_BYTES, "a rule reward: no model")], [])
+def rule_worker(what: str = "a rule reward") -> ActorMemory:
+    return ActorMemory([], [Part("process", HOST_PROCESS_BYTES, f"{what}: no model")], [])
 
 
 def rank_bytes(memory: ActorMemory, gpu: bool) -> float:

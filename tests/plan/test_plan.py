@@ -90,6 +90,23 @@ def test_a_model_that_does_not_fit_names_the_part_and_the_options_that_fit(model
     assert "model.gradient_checkpointing=true (49.9 GiB per GPU)" in out
 
 
+def test_a_judge_model_is_planned_as_an_engine_of_its_own_model(models, capsys):
+    run = ["online", f"model.path={models['8b']}", "cluster=single_node_8gpu", "--nodes=1"]
+    status, out = plan(capsys, *run, f"reward.judge_model={models['8b']}")
+    assert status == 0, out
+    # the run's engines hold 512 + 64 tokens; a judge prompt 4 x 576 + 512 (a prompt and two responses, a template)
+    assert "rollout     2 x {CPU: 4, GPU: 1}  tensor parallel 1, max_model_len 576;" in out
+    assert "judge       1 x {CPU: 4, GPU: 1}  judge engine, max_model_len 2816; node0: ranks 0 (GPUs 2)" in out
+    assert "judge GPU: weights 14.96 + KV cache" in out  # 8.03B parameters in bf16, as the rollout engines' own
+    status, out = plan(capsys, *run, f"reward.judge_model={models['70b']}")
+    assert status == 1
+    verdict = out[out.index("verdict:") :]
+    assert "judge: 136.0 GiB per GPU of 80.0 GiB (largest part: weights, 131.4 GiB)" in verdict
+    assert "short of one sequence of max_model_len=2816" in verdict  # the judge's length, not the rollout's
+    status, out = plan(capsys, *run, "reward.judge_fn=os.path:join")
+    assert status == 0 and "judge       1 x {CPU: 4}  judge function;" in out
+
+
 def canonical(groups: list[tuple[str, list[str]]], concurrent: bool) -> list:
     """A placement up to the naming of interchangeable nodes: for each group, which ranks share a node; and for the
     groups alive together, the multiset of what each node holds (one group at a time offline: after the reference
