@@ -149,6 +149,8 @@ def compare_async(rounds: int, overrides: list[str], plots: Path, pin: bool) -> 
     from dpo_ray.report.records import RunRecords
 
     plots.mkdir(parents=True, exist_ok=True)
+    if pin:  # the engine's OpenMP pool on its one core: a thread per core of the machine, on one core, crawls (20x)
+        os.environ.update(VLLM_CPU_OMP_THREADS_BIND="0", OMP_NUM_THREADS="1")
     campaign, results = pinned_campaign() if pin else OnlineCampaign, {}
     for name, extra in (("sync", []), ("async", ["online.async_rounds=true", "online.max_staleness=1"])):
         cfg = campaign_config(rounds, [*overrides, *extra])
