@@ -62,6 +62,8 @@ class Tally:
     ties: int = 0  # both orders said tie
     disagreed: int = 0  # the orders named different winners (position bias), or one a tie
     unparseable: int = 0  # one order's answer held no verdict: dropped, never guessed
+    named: int = 0  # calls whose verdict named a response, A or B
+    first_shown: int = 0  # of those, the calls that named A, the response shown first
 
     @property
     def comparisons(self) -> int:
@@ -75,6 +77,8 @@ def tally(responses: Sequence[str], orders: Sequence[tuple[int, int]], answers: 
         raise ValueError(f"{len(answers)} judge answers for {len(orders)} comparisons")
     verdicts = {order: parse_verdict(answer) for order, answer in zip(orders, answers)}
     result, won = Tally(wins=[0.0] * len(responses)), set()
+    result.named = sum(v in ("A", "B") for v in verdicts.values())
+    result.first_shown = sum(v == "A" for v in verdicts.values())
     for i, j in orders:
         if i > j:
             continue  # each comparison once, from its first order
@@ -99,9 +103,11 @@ def tally(responses: Sequence[str], orders: Sequence[tuple[int, int]], answers: 
 
 
 def judge_statistics(tallies: Sequence[Tally]) -> dict[str, float]:
-    """A round's judge counts: calls, comparisons and how they ended, and the agreement rate (the share of parsed
-    comparisons whose two orders agreed, on a winner or a tie)."""
+    """A round's judge counts: calls, comparisons and how they ended, the agreement rate (the share of parsed
+    comparisons whose two orders agreed, on a winner or a tie) and the first-shown share (of the verdicts naming a
+    response, those naming A: each comparison is asked in both orders, so a judge free of position bias gives 0.5)."""
     agreed, ties = sum(t.agreed for t in tallies), sum(t.ties for t in tallies)
+    named, first_shown = sum(t.named for t in tallies), sum(t.first_shown for t in tallies)
     disagreed, unparseable = sum(t.disagreed for t in tallies), sum(t.unparseable for t in tallies)
     parsed = agreed + ties + disagreed
     return {
@@ -112,4 +118,5 @@ def judge_statistics(tallies: Sequence[Tally]) -> dict[str, float]:
         "judge/disagreed": disagreed,
         "judge/unparseable": unparseable,
         "judge/agreement": (agreed + ties) / parsed if parsed else float("nan"),
+        "judge/first_shown": first_shown / named if named else float("nan"),
     }

@@ -121,6 +121,10 @@ ROUNDS: list[Panel] = [
         ],
     ),
     (
+        "judge shares (first shown: 0.5 = no position bias)",
+        [("judge/agreement", "agreement"), ("judge/first_shown", "first shown")],
+    ),
+    (
         "mean response length (tokens)",
         [
             ("eval/length", "held-out sampled"),

@@ -105,7 +105,10 @@ def test_a_position_biased_judge_agrees_on_nothing_and_the_statistics_say_so():
         "judge/disagreed": 3,
         "judge/unparseable": 1,
         "judge/agreement": 0.5,
+        "judge/first_shown": 9 / 12,  # the biased judge's 6 A of 6, the fair one's 3 A of 6; a tie names neither
     }
+    assert fair.first_shown == 3 and fair.named == 6  # a judge free of position bias names A in half its verdicts
     assert math.isnan(judge_statistics([])["judge/agreement"])
+    assert math.isnan(judge_statistics([])["judge/first_shown"])
     with pytest.raises(ValueError, match="2 judge answers for 4 comparisons"):
         tally(["x", "y", "z"], orders[:4], ["A", "B"])
