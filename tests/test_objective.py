@@ -96,7 +96,7 @@ def test_split_micro_batches_equal_the_global_mean(tiny_model_dir, loss_type):
     assert abs(total - expected.item()) < 1e-5
     assert torch.allclose(grads(model), whole, atol=1e-6)
     merged = reduce_metrics(parts)
-    assert abs(merged["loss"] - total) < 1e-9
+    assert abs(merged["loss"] - total) < 1e-6  # float32 sums against float64 ones: an ulp apart on some CPUs
     assert abs(merged["logps/chosen"] - out.chosen_logps.mean().item()) < 1e-4
     assert abs(merged["nll_loss"] - (-out.chosen_logps.sum() / out.chosen_tokens.sum()).item()) < 1e-5
     assert ("kl/chosen" in merged) != free
