@@ -76,9 +76,8 @@ def tally(responses: Sequence[str], orders: Sequence[tuple[int, int]], answers: 
     if len(orders) != len(answers):
         raise ValueError(f"{len(answers)} judge answers for {len(orders)} comparisons")
     verdicts = {order: parse_verdict(answer) for order, answer in zip(orders, answers)}
-    result, won = Tally(wins=[0.0] * len(responses)), set()
-    result.named = sum(v in ("A", "B") for v in verdicts.values())
-    result.first_shown = sum(v == "A" for v in verdicts.values())
+    named, first_shown = sum(v in ("A", "B") for v in verdicts.values()), sum(v == "A" for v in verdicts.values())
+    result, won = Tally(wins=[0.0] * len(responses), named=named, first_shown=first_shown), set()
     for i, j in orders:
         if i > j:
             continue  # each comparison once, from its first order
@@ -107,8 +106,8 @@ def judge_statistics(tallies: Sequence[Tally]) -> dict[str, float]:
     comparisons whose two orders agreed, on a winner or a tie) and the first-shown share (of the verdicts naming a
     response, those naming A: each comparison is asked in both orders, so a judge free of position bias gives 0.5)."""
     agreed, ties = sum(t.agreed for t in tallies), sum(t.ties for t in tallies)
-    named, first_shown = sum(t.named for t in tallies), sum(t.first_shown for t in tallies)
     disagreed, unparseable = sum(t.disagreed for t in tallies), sum(t.unparseable for t in tallies)
+    named, first_shown = sum(t.named for t in tallies), sum(t.first_shown for t in tallies)
     parsed = agreed + ties + disagreed
     return {
         "judge/calls": 2 * (parsed + unparseable),
