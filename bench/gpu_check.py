@@ -11,7 +11,11 @@ Writes DIR/gpu_check.json and DIR/gpu_check.md:
 3. one ZeRO-3 rank on the device's collective backend (NCCL on GPU): an SGD step in fp32 equals a plain torch step on
    the same batch; the DeepSpeed offload settings are accepted (GPU only);
 4. throughput: tokens/s and MFU against a matmul peak measured in the same run and dtype (bf16 on GPU, fp32 on CPU),
-   at 8 and 32 pairs per step, with and without gradient checkpointing.
+   at 8 and 32 pairs per step, with and without gradient checkpointing; the FLOPs count the vocabulary head on the
+   scored (completion) tokens only, as dpo-ray's head computes it;
+5. head: the scoring head's forward+backward over Llama-3-8B's vocabulary (128256 x 4096) on 4096 scored tokens in
+   bf16, its matmuls on the bf16 operands (dpo-ray's) against the same operands cast to fp32 first (the path before,
+   without tensor cores), with the log-prob gap between the two.
 """
 
 from __future__ import annotations
@@ -223,6 +227,7 @@ def throughput(model_dir: Path, tiny: bool, device, dtype, peak: float) -> list[
 
     model = load(model_dir, dtype, device).train()  # transformers checkpoints only in training mode
     params = sum(p.numel() for p in model.parameters())
+    head = model.config.vocab_size * model.config.hidden_size  # tied: the embedding is a lookup, the head a matmul
     tokens_per_pair = 64 if tiny else 1024
     rows = []
     for checkpointing in (False, True):
@@ -244,6 +249,8 @@ def throughput(model_dir: Path, tiny: bool, device, dtype, peak: float) -> list[
                 model.zero_grad(set_to_none=True)
             seconds = min(times[1:])
             tokens = sum(p.tokens for p in pairs)
+            scored = sum(len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
+            flops = 6 * (params - head) * tokens + 6 * head * scored  # forward + backward, attention not counted
             rows.append(
                 {
                     "pairs_per_step": per_step,
@@ -251,10 +258,41 @@ def throughput(model_dir: Path, tiny: bool, device, dtype, peak: float) -> list[
                     "tokens": tokens,
                     "seconds": seconds,
                     "tokens_per_s": tokens / seconds,
-                    "mfu": 6 * params * tokens / seconds / peak,  # forward + backward, attention not counted
+                    "mfu": flops / seconds / peak,
                 }
             )
     return rows
+
+
+def head_matmuls(tiny: bool, device) -> dict:
+    """The scoring head in bf16 over a large vocabulary: its matmuls on the bf16 operands against the fp32-cast ones."""
+    import torch
+
+    from dpo_ray.logprobs import TokenLogProbs
+
+    tokens, vocab, hidden = (256, 512, 64) if tiny else (4096, 128256, 4096)
+    gen = torch.Generator().manual_seed(0)
+    h = torch.randn(tokens, hidden, generator=gen).to(device, torch.bfloat16)
+    w = (torch.randn(vocab, hidden, generator=gen) / hidden**0.5).to(device, torch.bfloat16)
+    targets = torch.randint(0, vocab, (tokens,), generator=gen).to(device)
+    chunk_rows = max(1, (256 << 20) // (4 * (hidden + 3 * tokens)))  # the ScoringHead's default budget
+    result = {"tokens": tokens, "vocab": vocab, "hidden": hidden}
+    logps = {}
+    for name, dtype in (("bf16_operands", torch.bfloat16), ("fp32_operands", torch.float32)):
+        hidden_x, weight_x = h.to(dtype).requires_grad_(), w.to(dtype).requires_grad_()
+        times = []
+        for _ in range(4):  # the first is warm-up
+            sync(device)
+            began = time.perf_counter()
+            out = TokenLogProbs.apply(hidden_x, weight_x, None, targets, chunk_rows, 1.0, None)[0]
+            out.sum().backward()
+            sync(device)
+            times.append(time.perf_counter() - began)
+        logps[name] = out.detach().double().cpu()
+        result[f"{name}_fwd_bwd_s"] = min(times[1:])
+    result["speedup"] = result["fp32_operands_fwd_bwd_s"] / result["bf16_operands_fwd_bwd_s"]
+    result["max_abs_logp_gap"] = (logps["bf16_operands"] - logps["fp32_operands"]).abs().max().item()
+    return result
 
 
 def markdown(report: dict) -> str:
@@ -286,6 +324,15 @@ def markdown(report: dict) -> str:
             f"| {row['pairs_per_step']} | {row['gradient_checkpointing']} | {row['tokens']} | {row['seconds']:.3f} "
             f"| {row['tokens_per_s']:.0f} | {row['mfu']:.1%} |"
         )
+    head = report.get("head")
+    if head:
+        lines += [
+            "",
+            "| head (tokens x vocab x hidden) | bf16 operands s | fp32 operands s | speed-up | max log-prob gap |",
+            "|---|---|---|---|---|",
+            f"| {head['tokens']} x {head['vocab']} x {head['hidden']} | {head['bf16_operands_fwd_bwd_s']:.4f} "
+            f"| {head['fp32_operands_fwd_bwd_s']:.4f} | {head['speedup']:.2f}x | {head['max_abs_logp_gap']:.2g} |",
+        ]
     for name, error in report.get("errors", {}).items():
         lines += ["", f"{name} failed: {error.strip().splitlines()[-1]}"]
     return "\n".join(lines) + "\n"
@@ -334,6 +381,7 @@ def main() -> None:
             "numerics": lambda: numerics_and_layouts(model_dir, pairs, device, attentions),
             "zero3": lambda: zero3_step(model_dir, pairs[:4], args.device == "cuda", work),
             "throughput": lambda: throughput(model_dir, args.tiny, device, dtype, peak),
+            "head": lambda: head_matmuls(args.tiny, device),
         }
         for name, run in sections.items():  # one machine lease, one try: a failed section must not lose the others
             try:

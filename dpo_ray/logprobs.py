@@ -1,9 +1,10 @@
 """Sequence log-probabilities of completions from one causal-LM forward over a collated batch.
 
 The output layer is replaced by a ScoringHead: the model's own forward stops at the final hidden states, only the
-scored positions go through the vocabulary projection, and that projection and its log-softmax run in fp32 over
-chunks of the vocabulary. In bf16 this removes the rounding of bf16 logits (1e-2 to 1e-1 nats per token) and never
-holds tokens x vocab logits at once."""
+scored positions go through the vocabulary projection, and that projection yields fp32 logits whose log-softmax runs
+in fp32, over chunks of the vocabulary. In bf16 this removes the rounding of bf16 logits (1e-2 to 1e-1 nats per token)
+and never holds tokens x vocab logits at once; the projection's matmuls take the bf16 operands as they are (tensor
+cores on GPU, fp32 accumulation and result: see wide_mm)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,16 @@ MODEL_INPUTS = (
     "max_length_k",
 )
 DEFAULT_CHUNK_BYTES = 256 << 20
+HALF = (torch.bfloat16, torch.float16)
+
+
+def wide_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b as an fp32 result. Half-precision operands stay half on CUDA (tensor cores, fp32 accumulation and output:
+    torch.mm's out_dtype, CUDA only); elsewhere they are cast up, which computes the same numbers up to summation order
+    (the product of two bf16 or fp16 values is exact in fp32), so the CPU tests check the GPU's arithmetic."""
+    if a.is_cuda and a.dtype in HALF and b.dtype == a.dtype:
+        return torch.mm(a, b, out_dtype=torch.float32)
+    return a.float() @ b.float()
 
 
 @dataclass
@@ -51,24 +62,24 @@ def _transform(raw: torch.Tensor, scale: float, softcap: float | None) -> tuple[
 
 
 class TokenLogProbs(torch.autograd.Function):
-    """log p(target) of each row of hidden under the output layer (weight, bias), in fp32, a vocabulary chunk at a time
-    (forward and backward both), plus four numbers of each row (no gradient): its mean logit, the entropy of its
+    """log p(target) of each row of hidden under the output layer (weight, bias), from fp32 logits, a vocabulary chunk at
+    a time (forward and backward both; the backward's logit gradients are rounded to a half-precision weight's dtype
+    for its matmuls, as any bf16 trainer's are), plus four numbers of each row (no gradient): its mean logit, the entropy of its
     distribution, whether the target is the top-1 token, and log sum_v p_v^2 (WPO's weights). The entropy,
     logz - E_p[logit], and sum_v p_v^2 are accumulated over the chunks as sums of exp(logit - m), exp(logit - m) *
     logit and exp(logit - m)^2, rescaled whenever the running maximum m grows."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, chunk_rows: int, scale: float, softcap: float | None):
-        h = hidden.float()
-        rows = torch.arange(len(targets), device=h.device)
-        top = torch.full((len(targets),), -math.inf, dtype=torch.float32, device=h.device)
+        rows = torch.arange(len(targets), device=hidden.device)
+        top = torch.full((len(targets),), -math.inf, dtype=torch.float32, device=hidden.device)
         mass, weighted = torch.zeros_like(top), torch.zeros_like(top)  # sums of exp(l - top) and exp(l - top) * l
         squared = torch.zeros_like(top)  # sum of exp(l - top)^2
         target_logit = torch.zeros_like(top)
         logit_sum = torch.zeros_like(top)
         for lo in range(0, weight.shape[0], chunk_rows):
             hi = min(lo + chunk_rows, weight.shape[0])
-            raw = h @ weight[lo:hi].float().T + (bias[lo:hi].float() if bias is not None else 0.0)
+            raw = wide_mm(hidden, weight[lo:hi].T) + (bias[lo:hi].float() if bias is not None else 0.0)
             logits, _ = _transform(raw, scale, softcap)
             new_top = torch.maximum(top, logits.max(-1).values)
             rescale = torch.exp(top - new_top)
@@ -93,25 +104,26 @@ class TokenLogProbs(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_logp, _grad_mean, _grad_entropy, _grad_top1, _grad_sum_sq):
         hidden, weight, bias, targets, logz = ctx.saved_tensors
-        h, g = hidden.float(), grad_logp.float()
-        rows = torch.arange(len(targets), device=h.device)
+        g = grad_logp.float()
+        rows = torch.arange(len(targets), device=hidden.device)
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        grad_h = torch.zeros_like(h) if need_h else None
+        grad_h = torch.zeros_like(hidden, dtype=torch.float32) if need_h else None
         grad_w = torch.empty_like(weight) if need_w else None
         grad_b = torch.empty_like(bias) if need_b and bias is not None else None
         for lo in range(0, weight.shape[0], ctx.chunk_rows):
             hi = min(lo + ctx.chunk_rows, weight.shape[0])
-            w = weight[lo:hi].float()
-            raw = h @ w.T + (bias[lo:hi].float() if bias is not None else 0.0)
+            w = weight[lo:hi]
+            raw = wide_mm(hidden, w.T) + (bias[lo:hi].float() if bias is not None else 0.0)
             logits, slope = _transform(raw, ctx.scale, ctx.softcap)
             d_logits = -g[:, None] * torch.exp(logits - logz[:, None])  # d log p(target) / d logits = onehot - p
             inside = (targets >= lo) & (targets < hi)
             d_logits[rows[inside], targets[inside] - lo] += g[inside]
             d_raw = d_logits * slope
+            d_mm = d_raw.to(weight.dtype) if weight.dtype in HALF and hidden.dtype == weight.dtype else d_raw
             if grad_h is not None:
-                grad_h += d_raw @ w
+                grad_h += wide_mm(d_mm, w)
             if grad_w is not None:
-                grad_w[lo:hi] = (d_raw.T @ h).to(weight.dtype)
+                grad_w[lo:hi] = wide_mm(d_mm.T, hidden).to(weight.dtype)
             if grad_b is not None:
                 grad_b[lo:hi] = d_raw.sum(0).to(bias.dtype)
         return (grad_h.to(hidden.dtype) if grad_h is not None else None), grad_w, grad_b, None, None, None, None

@@ -175,6 +175,31 @@ def test_the_chunked_fp32_head_gives_the_log_probs_and_gradients_of_a_float64_so
     assert all(torch.allclose(g, r, atol=1e-4) for g, r in zip(grads, reference))
 
 
+def test_in_bf16_the_head_multiplies_bf16_operands_into_fp32_logits():
+    """bf16 hidden states and output layer, as a bf16 run has them: the head's matmuls take the bf16 operands as they
+    are (fp32 results; on CUDA tensor cores), so its log-probs match float64 arithmetic on the same bf16 values to fp32
+    rounding (1e-5), and its gradients to bf16's: the logit gradients are rounded to bf16 for the backward's matmuls
+    and the results to the parameters' bf16, each a relative error of at most 2**-8, so within 2**-7 in norm."""
+    from dpo_ray.logprobs import TokenLogProbs, wide_mm
+
+    gen = torch.Generator().manual_seed(3)
+    hidden = torch.randn(23, 64, generator=gen).bfloat16()
+    weight = (0.5 * torch.randn(100, 64, generator=gen)).bfloat16()
+    targets = torch.randint(0, 100, (23,), generator=gen)
+    assert wide_mm(hidden, weight.T).dtype == torch.float32
+    h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    got, *_ = TokenLogProbs.apply(h, w, None, targets, 7, 1.0, None)
+    h64, w64 = hidden.double().requires_grad_(), weight.double().requires_grad_()
+    expected = torch.log_softmax(h64 @ w64.T, -1).gather(1, targets[:, None]).squeeze(1)
+    assert (got.double() - expected).abs().max() < 1e-5
+    upstream = torch.randn(23, generator=gen, dtype=torch.float64)
+    grads = torch.autograd.grad(got, [h, w], upstream.float())
+    exact = torch.autograd.grad(expected, [h64, w64], upstream)
+    assert all(g.dtype == torch.bfloat16 for g in grads)
+    errors = [float((g.double() - e).norm() / e.norm()) for g, e in zip(grads, exact)]
+    assert max(errors) < 2**-7, errors
+
+
 def test_in_bf16_the_fp32_head_removes_the_rounding_of_bf16_logits(tiny_model_dir):
     """On the same bf16 hidden states, log-probs against an exact (float64) output layer: the fp32 head matches it to
     fp32 rounding, the old path (bf16 logits, upcast after) is off by bf16's. Against a whole fp32 forward both carry

@@ -43,5 +43,7 @@ def test_the_cpu_mode_of_the_gpu_check_kit_runs_every_check_and_they_hold(tmp_pa
         (32, True),
     ]
     assert all(r["tokens_per_s"] > 0 and 0 < r["mfu"] for r in rows)
+    head = report["head"]  # on CPU both paths multiply in fp32: the same numbers up to summation order
+    assert head["max_abs_logp_gap"] < 1e-4 and head["bf16_operands_fwd_bwd_s"] > 0
     table = (tmp_path / "gpu_check.md").read_text()
-    assert "| sdpa/prefix_shared |" in table and "| zero3 |" in table
+    assert "| sdpa/prefix_shared |" in table and "| zero3 |" in table and "| 256 x 512 x 64 |" in table
