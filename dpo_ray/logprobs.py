@@ -62,12 +62,12 @@ def _transform(raw: torch.Tensor, scale: float, softcap: float | None) -> tuple[
 
 
 class TokenLogProbs(torch.autograd.Function):
-    """log p(target) of each row of hidden under the output layer (weight, bias), from fp32 logits, a vocabulary chunk at
-    a time (forward and backward both; the backward's logit gradients are rounded to a half-precision weight's dtype
-    for its matmuls, as any bf16 trainer's are), plus four numbers of each row (no gradient): its mean logit, the entropy of its
-    distribution, whether the target is the top-1 token, and log sum_v p_v^2 (WPO's weights). The entropy,
-    logz - E_p[logit], and sum_v p_v^2 are accumulated over the chunks as sums of exp(logit - m), exp(logit - m) *
-    logit and exp(logit - m)^2, rescaled whenever the running maximum m grows."""
+    """log p(target) of each row of hidden under the output layer (weight, bias), from fp32 logits, a vocabulary
+    chunk at a time (forward and backward both; the backward rounds the logit gradients to a half-precision weight's
+    dtype for its matmuls, as any bf16 trainer does), plus four numbers of each row (no gradient): its mean logit, the
+    entropy of its distribution, whether the target is the top-1 token, and log sum_v p_v^2 (WPO's weights). The
+    entropy, logz - E_p[logit], and sum_v p_v^2 are accumulated over the chunks as sums of exp(logit - m),
+    exp(logit - m) * logit and exp(logit - m)^2, rescaled whenever the running maximum m grows."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, chunk_rows: int, scale: float, softcap: float | None):
