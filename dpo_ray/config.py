@@ -368,6 +368,11 @@ class OnlineConfig:
         4, "responses sampled per held-out prompt to measure the mean reward", AT_LEAST_ONE
     )
     eval_every: int = opt(1, "score the held-out prompts every this-many rounds (and after the last)", AT_LEAST_ONE)
+    checkpoint_every: int = opt(
+        1,
+        "write a round checkpoint every this-many rounds (and after the last); a resume redoes the rounds after it",
+        AT_LEAST_ONE,
+    )
     min_margin: float = opt(
         0.0, "drop a pair unless best - worst reward exceeds this (ties always dropped)", NON_NEGATIVE
     )

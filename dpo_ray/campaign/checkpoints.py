@@ -1,22 +1,23 @@
 """Checkpoints that a crash cannot corrupt and that are checked before anything loads: DeepSpeed shards and the run
 state go into a hidden partial directory with, written last, a manifest of every file's size and SHA-256; it is
-renamed into place once complete; the `latest` pointer is written last; only the newest K are kept. A checkpoint
-whose files do not match its manifest (cut, altered, planted: DeepSpeed unpickles what it loads) is skipped, with its
-path and reason logged, for the newest one that matches."""
+renamed into place once complete; the `latest` pointer is written last; only the newest K are kept. The policy ranks
+hash the shards they wrote, each on its own node, and hash a share each when a checkpoint is checked before it loads:
+at 70B a checkpoint is ~12 bytes a parameter, far too much for the driver alone to read. A checkpoint whose files do
+not match its manifest (cut, altered, planted: DeepSpeed unpickles what it loads) is skipped, with its path and reason
+logged, for the newest one that matches."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import re
 import shutil
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..atomic import write_text
+from ..file_digests import digests
 from ..groups.policy_group import PolicyGroup
 from .failures import CheckpointError, DiskFull
 
@@ -25,6 +26,7 @@ STATE = "run_state.json"
 MANIFEST = "manifest.json"  # {relative path: [size, sha256]} of every other file of the checkpoint
 PARTIAL = ".partial-"
 POINTER = "latest"
+Hasher = Callable[[Path, Sequence[str]], dict[str, list]]  # {name: [size, sha256]} of the files named in a directory
 
 
 class CheckpointStore:
@@ -39,11 +41,11 @@ class CheckpointStore:
         partial, final = self.root / f"{PARTIAL}{tag}", self.root / tag
         shutil.rmtree(partial, ignore_errors=True)
         try:
-            policy.save_checkpoint(str(self.root), partial.name)
+            hashed = policy.save_checkpoint(str(self.root), partial.name) or {}  # the ranks hash their own shards
             if also is not None:
                 also(partial)
             write_text(partial / STATE, json.dumps({"tag": tag, **state}))
-            write_text(partial / MANIFEST, json.dumps(manifest(partial)))
+            write_text(partial / MANIFEST, json.dumps(manifest(partial, hashed)))
         except Exception as error:
             written = _bytes(partial)
             shutil.rmtree(partial, ignore_errors=True)  # a half-written checkpoint only keeps the disk full
@@ -74,10 +76,11 @@ class CheckpointStore:
         ]
         return sorted(tags, key=_order)
 
-    def latest(self) -> dict | None:
+    def latest(self, hasher: Hasher | None = digests) -> dict | None:
         """The newest complete checkpoint that matches its manifest: its state (with its tag), or None when there is
         no checkpoint. Partial ones are never picked; one that fails its manifest is logged and skipped; when every
-        one fails, a CheckpointError says why rather than silently starting over."""
+        one fails, a CheckpointError says why rather than silently starting over. hasher hashes the files (the policy
+        ranks' PolicyGroup.hash_files once they run); None checks their names and sizes only (before Ray starts)."""
         pointer = self.root / POINTER
         tag = pointer.read_text().strip() if pointer.exists() else ""
         complete = self.complete()
@@ -86,9 +89,10 @@ class CheckpointStore:
         candidates = ([tag] if tag in complete else []) + [t for t in reversed(complete) if t != tag]
         reasons = []
         for candidate in candidates:
-            problem = None if candidate in self.verified else verify(self.root / candidate)
+            problem = None if candidate in self.verified else verify(self.root / candidate, hasher)
             if problem is None:
-                self.verified.add(candidate)
+                if hasher is not None:
+                    self.verified.add(candidate)
                 return json.loads((self.root / candidate / STATE).read_text())
             log.warning("checkpoint %s: %s; not loading it", self.root / candidate, problem)
             reasons.append(f"{candidate}: {problem}")
@@ -141,28 +145,22 @@ def out_of_space(path: Path, needed: int) -> str:
     )
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
 
 
-def manifest(directory: Path) -> dict[str, list]:
-    """Size and SHA-256 of every file under directory (hashed on a few threads: hashlib runs them in parallel)."""
-    files = _files(directory)
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        digests = list(pool.map(_sha256, files))
-    return {str(f.relative_to(directory)): [f.stat().st_size, d] for f, d in zip(files, digests)}
+def manifest(directory: Path, hashed: dict[str, list] | None = None) -> dict[str, list]:
+    """Size and SHA-256 of every file under directory: those in hashed as the policy ranks hashed them, the rest (the
+    run state, DeepSpeed's recovery script, TR-DPO's reference) here."""
+    hashed = hashed or {}
+    names = [str(f.relative_to(directory)) for f in _files(directory)]
+    rest = digests(directory, [n for n in names if n not in hashed])
+    return {name: hashed[name] if name in hashed else rest[name] for name in names}
 
 
-def verify(directory: Path) -> str | None:
-    """Why directory's files do not match its manifest (missing, extra, another size, another hash), or None."""
+def verify(directory: Path, hasher: Hasher | None = digests) -> str | None:
+    """Why directory's files do not match its manifest (missing, extra, another size, another hash), or None; with
+    hasher None, the names and sizes only."""
     path = directory / MANIFEST
     if not path.exists():
         return "it has no manifest (written by an older dpo-ray, or cut before its end)"
@@ -179,9 +177,10 @@ def verify(directory: Path) -> str | None:
             return f"{name} is missing"
         if present[name].stat().st_size != size:
             return f"{name} has {present[name].stat().st_size} bytes, not {size}"
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        digests = dict(zip(expected, pool.map(lambda n: _sha256(present[n]), expected)))
-    altered = [name for name, (_, digest) in expected.items() if digests[name] != digest]
+    if hasher is None:
+        return None
+    found = hasher(directory, list(expected))
+    altered = [name for name, (_, digest) in expected.items() if found[name][1] != digest]
     return f"{altered[0]} does not match its SHA-256" if altered else None
 
 

@@ -65,7 +65,7 @@ class OfflineCampaign:
         needs = group_needs(self.cfg, reference_group_needed(self.cfg, online=False), online=False)
         check = PlanCheck("train", PlanModels(self.inputs.model_path, self.inputs.reference_path))
         if self.cfg.resume == Resume.auto:  # before Ray: another run's checkpoint stops this one here
-            check_resumable(self.checkpoints.latest(), self.fingerprint, str(self.run_dir))
+            check_resumable(self.checkpoints.latest(hasher=None), self.fingerprint, str(self.run_dir))
         together = groups_live_together(self.cfg, online=False)
         result, restarts = run_campaign(
             self.cfg, needs, self._run, check, concurrent=together, cleanup=self.reference.shutdown
@@ -75,10 +75,8 @@ class OfflineCampaign:
 
     def _run(self, resume: bool, cause: str = "start") -> OfflineResult:
         cfg, inputs = self.cfg, self.inputs
-        state = self.checkpoints.latest() if resume else None
-        record_attempt(self.run_dir, state["tag"] if state else None, cause)
         everything, n_train, groups = inputs.train + inputs.eval, len(inputs.train), self.reference_groups()
-        result = OfflineResult(self.run_dir, self.run_dir / "final", resumed_from=state["tag"] if state else None)
+        result = OfflineResult(self.run_dir, self.run_dir / "final")
         reference, by_group, moving = None, reference_group_needed(cfg, online=False), cfg.algo.sync_ref_model
         if by_group:
             reference, result.reference_computed = self.reference.logps(everything, groups)
@@ -87,6 +85,9 @@ class OfflineCampaign:
             else:
                 self.reference.shutdown()  # the frozen reference is needed only once
         policy = self.policy = PolicyGroup(cfg, inputs.model_path, self.total_steps, accumulation_steps(cfg), self.env)
+        state = self.checkpoints.latest(policy.hash_files) if resume else None  # the ranks hash its shards
+        record_attempt(self.run_dir, state["tag"] if state else None, cause)
+        result.resumed_from = state["tag"] if state else None
         result.policy_nodes = policy.group.node_ids()
         log.info("policy ranks on %d node(s): %s", len(set(result.policy_nodes)), result.policy_nodes)
         try:

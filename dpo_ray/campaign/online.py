@@ -97,8 +97,9 @@ class OnlineCampaign:
         i = self.inputs
         prompts = items_digest([*i.prompts, *i.eval_prompts, *i.offline_pairs])
         self.fingerprint = run_fingerprint(cfg, i.model_path, i.reference_path, prompts, self.total_steps)
-        # more rounds, or other evaluations, continue the same campaign
-        shaping = {k: v for k, v in asdict(o).items() if k not in ("rounds", "eval_every", "eval_samples_per_prompt")}
+        # more rounds, other evaluations or checkpoints continue the same campaign
+        same = ("rounds", "eval_every", "eval_samples_per_prompt", "checkpoint_every")
+        shaping = {k: v for k, v in asdict(o).items() if k not in same}
         self.fingerprint["online"] = json.loads(json.dumps(shaping, default=str))
         self.fingerprint["reward"] = {"fn": i.reward_fn or cfg.reward.fn, "model": i.reward_model}
         if judged(cfg):  # a judged campaign does not resume another's rounds (runs before judges keep their print)
@@ -106,11 +107,11 @@ class OnlineCampaign:
             self.fingerprint["judge"] = {"model": i.judge_model, "fn": r.judge_fn, "template": r.judge_template}
         self.rollout: RolloutGroup | None = None  # the live rollout group, while one runs
         settings = TokenizeSettings.of(cfg.data)
-        self.store = RoundStore(self.run_dir, cfg.train.keep_checkpoints, settings)
+        self.store = RoundStore(self.run_dir, cfg.train.keep_checkpoints, settings, o.checkpoint_every, o.rounds)
 
     def run(self) -> OnlineResult:
         if self.cfg.resume == Resume.auto:  # before Ray: another run's round checkpoint stops this one here
-            check_resumable(self.store.finished(), self.fingerprint, str(self.run_dir))
+            check_resumable(self.store.finished(hasher=None), self.fingerprint, str(self.run_dir))
         needs = group_needs(self.cfg, reference_group_needed(self.cfg, online=True), online=True)
         i = self.inputs
         reward = i.reward_model if uses_reward_model(self.cfg) else ""
@@ -121,20 +122,19 @@ class OnlineCampaign:
         return result
 
     def _run(self, resume: bool, cause: str = "start") -> OnlineResult:
-        cfg = self.cfg
-        state = self.store.finished() if resume else None
-        record_attempt(self.run_dir, state["tag"] if state else None, cause)
-        if state and state["round"] >= cfg.online.rounds:
-            log.info("%s: all %d rounds already finished; running none", self.run_dir, cfg.online.rounds)
-        result = OnlineResult(self.run_dir, self.run_dir / "final", resumed_from=state["round"] if state else 0)
-        started: list = []
+        cfg, started = self.cfg, []
         self.began = time.perf_counter()  # the round rows' timelines count from here
-        staleness = cfg.online.max_staleness if cfg.online.async_rounds else 0
-        saved = RoundsAhead.load(self.store.directory(state)) if state else None
-        ahead = RoundsAhead(staleness, cfg.online.rounds, saved)
-        self.engine_version = state["round"] if state else 0  # the policy version (rounds trained) in the engines
         try:
             groups = self._start_groups(started)
+            state = self.store.finished(groups.policy.hash_files) if resume else None  # the ranks hash its shards
+            record_attempt(self.run_dir, state["tag"] if state else None, cause)
+            if state and state["round"] >= cfg.online.rounds:
+                log.info("%s: all %d rounds already finished; running none", self.run_dir, cfg.online.rounds)
+            result = OnlineResult(self.run_dir, self.run_dir / "final", resumed_from=state["round"] if state else 0)
+            staleness = cfg.online.max_staleness if cfg.online.async_rounds else 0
+            saved = RoundsAhead.load(self.store.directory(state)) if state else None
+            ahead = RoundsAhead(staleness, cfg.online.rounds, saved)
+            self.engine_version = state["round"] if state else 0  # the policy version (rounds trained) in the engines
             writer = MetricsWriter(self.run_dir, self.cfg, state["step"] if state else None)
             checkpoints = CheckpointStore(self.run_dir / "checkpoints", cfg.train.keep_checkpoints)
             trainer = PolicyTrainer(

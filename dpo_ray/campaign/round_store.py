@@ -10,9 +10,10 @@ from pathlib import Path
 
 from ..atomic import write_dir, write_text
 from ..data.tokenize import TokenizedPair, TokenizeSettings, truncate
+from ..file_digests import digests
 from ..groups.policy_group import PolicyGroup
 from ..run_files import ROUNDS
-from .checkpoints import CheckpointStore
+from .checkpoints import CheckpointStore, Hasher
 
 log = logging.getLogger(__name__)
 EMPTY = "EMPTY"  # marks a round directory that holds no rows
@@ -21,8 +22,8 @@ EXAMPLE_IDS = ("prompt_ids", "completion_ids", "mismatched_ids")  # KTO's: a lab
 
 
 class RoundStore:
-    def __init__(self, run_dir: Path, keep_checkpoints: int, settings: TokenizeSettings):
-        self.run_dir, self.settings = run_dir, settings
+    def __init__(self, run_dir: Path, keep_checkpoints: int, settings: TokenizeSettings, every: int = 1, last: int = 0):
+        self.run_dir, self.settings, self.every, self.last = run_dir, settings, every, last
         self.checkpoints = CheckpointStore(run_dir / "round_checkpoints", keep_checkpoints)
 
     def round_dir(self, r: int) -> Path:
@@ -60,14 +61,17 @@ class RoundStore:
         return pairs
 
     def finish(self, r: int, policy: PolicyGroup, rows: list[dict], trainer_state: dict, also: Callable | None) -> None:
-        """The summary, then the round's checkpoint (its state names the round, the trainer's step, tokens and the like;
-        also writes what else belongs in it): a crash before it leaves round r unfinished."""
+        """The summary, then, every `every` rounds and after the last, the round's checkpoint (its state names the
+        round, the trainer's step, tokens and the like; also writes what else belongs in it): a crash before it
+        leaves the rounds since the last checkpoint unfinished."""
         write_text(self.run_dir / ROUNDS, "".join(json.dumps(row) + "\n" for row in rows))
-        self.checkpoints.save(policy, f"round_{r}", {"round": r, **trainer_state, "rows": rows}, also)
+        if r % self.every == 0 or r >= self.last:
+            self.checkpoints.save(policy, f"round_{r}", {"round": r, **trainer_state, "rows": rows}, also)
 
-    def finished(self) -> dict | None:
-        """The state of the last finished round (its number, step and summary rows), or None."""
-        return self.checkpoints.latest()
+    def finished(self, hasher: Hasher | None = digests) -> dict | None:
+        """The state of the last finished round (its number, step and summary rows), or None (CheckpointStore.latest
+        says what hasher does)."""
+        return self.checkpoints.latest(hasher)
 
     def load(self, policy: PolicyGroup, state: dict) -> None:
         self.checkpoints.load(policy, state)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import ray
 
@@ -81,11 +82,34 @@ class PolicyGroup:
     def save_pretrained(self, out_dir: str) -> None:
         self.group.run("save_pretrained", out_dir)
 
-    def save_checkpoint(self, checkpoint_dir: str, tag: str) -> None:
-        self.group.run("save_checkpoint", checkpoint_dir, tag)
+    def save_checkpoint(self, checkpoint_dir: str, tag: str) -> dict[str, list]:
+        """Every rank writes its shards and hashes them: {path in the checkpoint: [size, sha256]} of them all."""
+        written: dict[str, list] = {}
+        for rank_files in self.group.run("save_checkpoint", checkpoint_dir, tag):
+            written.update(rank_files)
+        return written
+
+    def hash_files(self, directory: Path, names: list[str]) -> dict[str, list]:
+        """Size and SHA-256 of these files, hashed by the ranks in parallel, a share of about equal bytes each."""
+        shares = byte_shares({n: Path(directory, n).stat().st_size for n in names}, self.size)
+        hashed: dict[str, list] = {}
+        for part in self.group.run_each("hash_files", [(str(directory), share) for share in shares]):
+            hashed.update(part)
+        return hashed
 
     def load_checkpoint(self, checkpoint_dir: str, tag: str) -> None:
         self.group.run("load_checkpoint", checkpoint_dir, tag)
 
     def shutdown(self) -> None:
         self.group.shutdown()
+
+
+def byte_shares(sizes: dict[str, int], ranks: int) -> list[list[str]]:
+    """The files split into ranks shares of about equal bytes: the largest first, each to the lightest share."""
+    shares: list[list[str]] = [[] for _ in range(ranks)]
+    loads = [0] * ranks
+    for size, name in sorted(((size, name) for name, size in sizes.items()), reverse=True):
+        lightest = loads.index(min(loads))
+        shares[lightest].append(name)
+        loads[lightest] += size
+    return shares

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import torch
 
+from .. import file_digests
 from ..atomic import write_dir
 from ..config import RunConfig
 from ..data.batches import MicroBatch, StepScale
-from ..data.collate import collate_pairs, make_layout
+from ..data.collate import collate_pairs, make_layout, to_device
 from ..logprobs import forward_pairs, install_scoring_head
 from ..objective import add_metric_sums, metric_floats, micro_batch_objective
 from . import deepspeed_setup
@@ -127,7 +128,7 @@ class PolicyWorker:
 
     def _batch(self, micro: MicroBatch) -> dict[str, torch.Tensor]:
         batch = collate_pairs(micro.pairs, self.pad_id, self.layout, self.spec.dtype)
-        return {k: v.to(self.spec.device) for k, v in batch.items()}
+        return to_device(batch, self.spec.device)
 
     def _references(self, micro: MicroBatch) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         if micro.reference_chosen_logps is None:
@@ -261,9 +262,28 @@ class PolicyWorker:
         merged.save_pretrained(merged_dir, safe_serialization=True)
         self.tokenizer.save_pretrained(merged_dir)
 
-    def save_checkpoint(self, checkpoint_dir: str, tag: str) -> None:
-        """DeepSpeed checkpoint: model shards, optimizer and scheduler state (all ranks call)."""
-        self.engine.save_checkpoint(checkpoint_dir, tag=tag, save_latest=False)  # the driver keeps its own pointer
+    def save_checkpoint(self, checkpoint_dir: str, tag: str) -> dict[str, list]:
+        """DeepSpeed checkpoint: model shards, optimizer and scheduler state (all ranks call). Returns the size and
+        SHA-256 of each file this rank wrote, by its path inside the checkpoint: every rank hashes its own shards, on
+        its own node, while the others hash theirs."""
+        writer, written = self.engine.checkpoint_engine, []
+        save = writer.save
+
+        def recorded(state_dict, path):
+            save(state_dict, path)
+            written.append(Path(path))
+
+        writer.save = recorded  # every shard DeepSpeed writes goes through its checkpoint engine's save
+        try:
+            self.engine.save_checkpoint(checkpoint_dir, tag=tag, save_latest=False)  # the driver keeps its own pointer
+        finally:
+            del writer.save
+        root = Path(checkpoint_dir) / tag
+        return file_digests.digests(root, [str(path.relative_to(root)) for path in written])
+
+    def hash_files(self, directory: str, names: list[str]) -> dict[str, list]:
+        """Size and SHA-256 of these files of a checkpoint (a share of its manifest, checked before it loads)."""
+        return file_digests.digests(directory, names)
 
     def load_checkpoint(self, checkpoint_dir: str, tag: str) -> None:
         """Model, optimizer and scheduler state back from save_checkpoint (all ranks call)."""

@@ -2,26 +2,28 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from pathlib import Path
 
 import pytest
 
-from dpo_ray.campaign.checkpoints import CheckpointStore
+from dpo_ray.campaign.checkpoints import MANIFEST, CheckpointStore
 
 
 class FakePolicy:
-    """Writes one shard file per 'rank' under checkpoint_dir/tag, as DeepSpeed's save_checkpoint does."""
+    """Writes one shard file per 'rank' under checkpoint_dir/tag, as DeepSpeed's save_checkpoint does, and reports its
+    size and SHA-256 as the ranks do."""
 
     def __init__(self, fail_on: str = ""):
         self.fail_on, self.loaded = fail_on, []
 
-    def save_checkpoint(self, checkpoint_dir: str, tag: str) -> None:
-        from pathlib import Path
-
+    def save_checkpoint(self, checkpoint_dir: str, tag: str) -> dict[str, list]:
         (Path(checkpoint_dir) / tag).mkdir(parents=True)
         (Path(checkpoint_dir) / tag / "rank0.pt").write_bytes(b"shard")
         if self.fail_on and tag.endswith(self.fail_on):
             raise KeyboardInterrupt("killed while writing")  # what a SIGKILL leaves behind, minus the process
+        return {"rank0.pt": [5, hashlib.sha256(b"shard").hexdigest()]}
 
     def load_checkpoint(self, checkpoint_dir: str, tag: str) -> None:
         self.loaded.append(tag)
@@ -89,3 +91,59 @@ def test_a_run_differing_from_the_checkpoints_run_is_told_what_differs():
     check_resumable({"tag": "step_2"}, current, "runs/x")  # a checkpoint from before fingerprints: trusted as before
     with pytest.raises(RunMismatch, match=r"runs/x holds another run's checkpoint \(step_2\).*algo.loss_type"):
         check_resumable({"tag": "step_2", "fingerprint": saved}, current, "runs/x")
+
+
+def test_the_manifest_takes_the_ranks_digests_of_their_shards_and_hashes_only_the_rest(tmp_path):
+    """What the ranks report for their shards goes into the manifest unread by the driver (a rank that reported a
+    wrong digest is caught when the checkpoint is checked); the driver hashes what it wrote itself."""
+
+    class LyingPolicy(FakePolicy):
+        def save_checkpoint(self, checkpoint_dir: str, tag: str) -> dict[str, list]:
+            super().save_checkpoint(checkpoint_dir, tag)
+            return {"rank0.pt": [5, "0" * 64]}
+
+    store = CheckpointStore(tmp_path)
+    store.save(LyingPolicy(), "step_2", {"step": 2})
+    manifest = json.loads((tmp_path / "step_2" / MANIFEST).read_text())
+    assert manifest["rank0.pt"] == [5, "0" * 64]
+    state = (tmp_path / "step_2" / "run_state.json").read_bytes()
+    assert manifest["run_state.json"] == [len(state), hashlib.sha256(state).hexdigest()]
+    with pytest.raises(Exception, match="rank0.pt does not match its SHA-256"):
+        CheckpointStore(tmp_path).latest()
+
+
+def test_a_checkpoint_is_checked_by_the_hasher_it_is_given_and_by_names_and_sizes_alone_before_ray(tmp_path, caplog):
+    """latest(hasher) hands every file of the manifest to hasher (the policy ranks, once they run) and trusts the
+    checkpoint it checked for the rest of the process; hasher None reads no file's bytes: an altered file of the same
+    size passes there and is caught by the hash."""
+    from dpo_ray.file_digests import digests
+
+    store = CheckpointStore(tmp_path)
+    for step in (2, 4):
+        store.save(FakePolicy(), f"step_{step}", {"step": step})
+    (tmp_path / "step_4" / "rank0.pt").write_bytes(b"shaRd")
+    asked = []
+
+    def ranks(directory, names):
+        asked.append((directory.name, sorted(names)))
+        return digests(directory, names)
+
+    later = CheckpointStore(tmp_path)
+    assert later.latest(hasher=None)["tag"] == "step_4"
+    assert later.latest(ranks)["tag"] == "step_2"
+    assert asked == [(f"step_{s}", ["rank0.pt", "run_state.json"]) for s in (4, 2)]
+    assert later.latest(ranks)["tag"] == "step_2" and [a[0] for a in asked[2:]] == ["step_4"]  # a good one: once
+
+
+def test_round_checkpoints_are_written_every_k_rounds_and_after_the_last(tmp_path):
+    from dpo_ray.campaign.round_store import RoundStore
+    from dpo_ray.data.tokenize import TokenizeSettings
+
+    store = RoundStore(tmp_path, keep_checkpoints=10, settings=TokenizeSettings(), every=2, last=5)
+    rows = []
+    for r in range(1, 6):
+        rows.append({"round": r})
+        store.finish(r, FakePolicy(), rows, {"step": r}, None)
+        assert [json.loads(line) for line in (tmp_path / "rounds.jsonl").read_text().splitlines()] == rows
+    assert store.checkpoints.complete() == ["round_2", "round_4", "round_5"]
+    assert store.finished()["rows"] == rows

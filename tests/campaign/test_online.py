@@ -248,9 +248,17 @@ def test_online_kto_labels_every_sample_by_the_threshold_and_raises_the_held_out
 ):
     """Online KTO: each round's samples become examples labelled by the task's rule (exactly right: desirable), saved
     in TRL's unpaired layout with the sampled tokens and a mismatched completion of another prompt, and trained with
-    the KTO loss."""
-    kto = run_online(tmp_path_factory.mktemp("online-kto"), cache_dir, 2, "algo=kto", "online.desirable_threshold=1")
+    the KTO loss. Round checkpoints every 2 rounds: round 1 writes none."""
+    kto = run_online(
+        tmp_path_factory.mktemp("online-kto"),
+        cache_dir,
+        2,
+        "algo=kto",
+        "online.desirable_threshold=1",
+        "online.checkpoint_every=2",
+    )
     rows = kto.rounds
+    assert sorted(p.name for p in (kto.run_dir / "round_checkpoints").iterdir()) == ["latest", "round_2"]
     assert rows[2]["eval/sampled_reward"] >= rows[0]["eval/sampled_reward"] + 0.15
     for r in (1, 2):
         samples = datasets.load_from_disk(str(kto.run_dir / "rounds" / f"round_{r:03d}" / "samples")).to_list()

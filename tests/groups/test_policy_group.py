@@ -3,6 +3,9 @@ PyTorch."""
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,7 +14,7 @@ from transformers import AutoModelForCausalLM
 
 from dpo_ray.data.batches import build_micro_batches
 from dpo_ray.data.collate import collate_pairs
-from dpo_ray.groups.policy_group import PolicyGroup
+from dpo_ray.groups.policy_group import PolicyGroup, byte_shares
 from dpo_ray.groups.reference_group import ReferenceGroup
 from dpo_ray.logprobs import forward_pairs
 from dpo_ray.objective import reduce_metrics
@@ -221,7 +224,8 @@ def test_every_zero_stage_takes_the_same_clipped_adamw_steps_and_resumes_bit_exa
         policy = start(stage)
         try:
             norms[stage] = [policy.train_step(steps[0], scales[0])[0]["grad_norm"]]
-            policy.save_checkpoint(checkpoints, "step_1")
+            written = policy.save_checkpoint(checkpoints, "step_1")
+            assert_ranks_hashed_every_shard(written, Path(checkpoints) / "step_1", policy)
             norms[stage].append(policy.train_step(steps[1], scales[1])[0]["grad_norm"])
             weights[stage] = policy.group.run("full_state_dict")[0]
             if stage == "3":  # resumed in new processes
@@ -250,6 +254,23 @@ def test_every_zero_stage_takes_the_same_clipped_adamw_steps_and_resumes_bit_exa
             # weights by up to ~1e-3 of lr; a wrong step moves them by lr.
             diff = (weights[stage][name] - weights["3"][name]).abs().max().item()
             assert diff < 1e-2 * cfg.train.lr, (stage, name, diff)
+
+
+def assert_ranks_hashed_every_shard(written: dict, directory: Path, policy: PolicyGroup) -> None:
+    """The ranks report every file DeepSpeed wrote but its recovery script (rank 0 copies it; the driver hashes it),
+    with sizes and digests read here with hashlib; and they hash a share each of any list of files they are given."""
+    files = {str(f.relative_to(directory)): f.read_bytes() for f in directory.rglob("*") if f.is_file()}
+    expected = {n: [len(b), hashlib.sha256(b).hexdigest()] for n, b in files.items() if n != "zero_to_fp32.py"}
+    assert written == expected and written
+    assert policy.hash_files(directory, sorted(files)) == {
+        n: [len(b), hashlib.sha256(b).hexdigest()] for n, b in files.items()
+    }
+
+
+def test_files_are_shared_among_the_ranks_by_bytes():
+    shares = byte_shares({"a": 100, "b": 60, "c": 50, "d": 10, "e": 0}, 2)
+    assert shares == [["a", "d", "e"], ["b", "c"]]  # 110 bytes each: the largest first, each to the lightest
+    assert byte_shares({"a": 1}, 3) == [["a"], [], []]
 
 
 @pytest.fixture(scope="module")
