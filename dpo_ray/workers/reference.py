@@ -8,7 +8,7 @@ import torch
 
 from ..config import RunConfig
 from ..data.batches import MicroBatch
-from ..data.collate import collate_pairs, make_layout
+from ..data.collate import collate_pairs, make_layout, to_device
 from ..logprobs import forward_pairs, install_scoring_head
 from .device import device_memory, device_spec, rank_threads, use_local_gpu
 from .models import disable_dropout, load_causal_lm, load_tokenizer, restore_rotary_buffers
@@ -72,7 +72,7 @@ class ReferenceWorker:
         scores = []
         for micro in micro_batches:
             batch = collate_pairs(micro.pairs, self.pad_id, self.layout, self.spec.dtype)
-            on_device = {k: v.to(self.spec.device) for k, v in batch.items()}
+            on_device = to_device(batch, self.spec.device)
             out = forward_pairs(self.model, on_device, self.cfg.algo.ld_alpha)
             scores.append(list(zip(out.chosen_logps.tolist(), out.rejected_logps.tolist())) if micro.weight else [])
         return scores

@@ -41,3 +41,15 @@ def test_an_engine_sees_only_its_own_gpus_even_when_ray_leaves_every_gpu_visible
     assert own_gpus_only(noset, [3, 4]) == {"CUDA_VISIBLE_DEVICES": "3,4"}
     assert own_gpus_only({**noset, "CUDA_VISIBLE_DEVICES": "2,3,4,5"}, ["3", "4"]) == {"CUDA_VISIBLE_DEVICES": "3,4"}
     assert own_gpus_only(noset, []) == {}
+
+
+def test_a_gpu_rank_on_cpu_torch_stops_before_loading_and_says_how_to_rebuild():
+    """This machine's torch is the CPU build: a rank asked for a GPU names its node and the fix, rather than dying in
+    torch.cuda.set_device; a CPU rank is untouched."""
+    import socket
+
+    from dpo_ray.workers.device import use_local_gpu
+
+    with pytest.raises(RuntimeError, match=f"node {socket.gethostname()}: torch .* is a CPU build.*scripts/setup.sh"):
+        use_local_gpu(device_spec(1))
+    assert use_local_gpu(device_spec(0)) == 0

@@ -132,8 +132,11 @@ def test_zero3_model_states_match_deepspeeds_own_estimate(tmp_path):
         host, gpu, largest = deepspeed_estimate(p, shape.largest_module_params, per_node, nodes, optimizer, params)
         states = ours(optimizer, params)
         assert states.device == pytest.approx(gpu - largest, rel=1e-6)
-        if optimizer:  # DeepSpeed's host figure is per node, with a 1.5 buffer factor
+        if optimizer:  # DeepSpeed's host figure is per node, with a 1.5 buffer factor, which the plan counts too
             assert states.host * per_node == pytest.approx(host / 1.5, rel=1e-6)
+            cfg = gpu_run(deepspeed__offload_optimizer="cpu", deepspeed__offload_param="cpu" if params else "none")
+            planned = next(p.bytes for p in policy_rank(cfg, shape, world, 3).host if p.name == "offloaded states")
+            assert planned * per_node == pytest.approx(host, rel=1e-6)
 
 
 def gpu_run(**changes) -> RunConfig:
