@@ -24,7 +24,7 @@ from .fingerprint import check_resumable, items_digest, run_fingerprint
 from .inputs import OfflineInputs, offline_inputs
 from .metrics import MetricsWriter
 from .reference import ReferenceScorer
-from .runtime import PlanCheck, record_attempt, run_campaign
+from .runtime import PlanCheck, absolute_dirs, record_attempt, run_campaign
 from .trainer import PolicyTrainer, accumulation_steps, epoch_groups, eval_groups
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class OfflineResult:
 
 class OfflineCampaign:
     def __init__(self, cfg: RunConfig, inputs: OfflineInputs | None = None):
-        self.cfg = validate(cfg)  # composed configs already are; one built in Python is checked here
+        self.cfg = absolute_dirs(validate(cfg))  # composed configs are valid already; one built in Python is checked
         self.inputs = inputs or offline_inputs(cfg)
         self.uses_reference = needs_reference(cfg.algo)
         self.run_dir = Path(cfg.output_dir).expanduser()

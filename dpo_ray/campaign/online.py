@@ -43,7 +43,7 @@ from .metrics import MetricsWriter
 from .reference import ReferenceScorer
 from .round_store import RoundStore
 from .rounds_ahead import RoundsAhead
-from .runtime import PlanCheck, record_attempt, run_campaign
+from .runtime import PlanCheck, absolute_dirs, record_attempt, run_campaign
 from .trainer import PolicyTrainer, accumulation_steps, epoch_groups, eval_groups
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,10 @@ class Groups:
 
 class OnlineCampaign:
     def __init__(self, cfg: RunConfig, inputs: OnlineInputs | None = None):
-        self.cfg, o = validate(cfg), cfg.online  # composed configs already are; one built in Python is checked here
+        self.cfg, o = (
+            absolute_dirs(validate(cfg)),
+            cfg.online,
+        )  # composed configs are valid; one built in Python is checked
         self.inputs = inputs or online_inputs(cfg)
         self.uses_reference = needs_reference(cfg.algo)
         self.unpaired = is_unpaired(cfg.algo.loss_type)  # online KTO: each round's samples become labelled examples

@@ -126,6 +126,14 @@ def wait_for_nodes(expected: int, timeout_s: float) -> list[dict[str, float]]:
     return nodes
 
 
+def absolute_dirs(cfg: RunConfig) -> RunConfig:
+    """cfg with output_dir and cache_dir made absolute here, on the driver: the ranks take them as they are, and a
+    relative path (the default runs/latest) or ~ would be resolved in each rank's own working directory and home."""
+    cfg.output_dir = str(Path(cfg.output_dir).expanduser().absolute())
+    cfg.cache_dir = str(Path(cfg.cache_dir).expanduser().absolute())
+    return cfg
+
+
 def record_attempt(run_dir: Path, resumed_from: str | None, cause: str) -> None:
     """One row a run attempt (attempts.jsonl): when, from which checkpoint, and why it started; a run that starts
     from nothing starts the record afresh."""

@@ -40,6 +40,16 @@ class WorkerActor:
 
         return node_address(), free_port()
 
+    def leave_token(self, directories: list[str], name: str) -> str:
+        from .shared_dirs import leave_token
+
+        return leave_token(directories, name)
+
+    def take_token(self, directories: list[str], name: str) -> None:
+        from .shared_dirs import take_token
+
+        take_token(directories, name)
+
 
 class GroupCallTimeout(TimeoutError):
     """A group call made no progress in time: a hung collective or a lost node that Ray has not noticed yet."""

@@ -14,6 +14,7 @@ from ..workers.memory_estimate import policy_rank, policy_shape, policy_zero_sta
 from ..workers.weights import ENGINES
 from .actor_group import ActorGroup, gather
 from .resources import policy_need
+from .shared_dirs import require_shared
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,7 @@ class PolicyGroup:
         kwargs = dict(cfg=cfg, model_path=model_path, total_steps=total_steps, accumulation=accumulation)
         began = time.perf_counter()
         self.group = ActorGroup(policy_need(cfg), "dpo_ray.workers.policy.PolicyWorker", cfg.cluster, env, kwargs)
+        require_shared(self.group, cfg)  # before any model loads
         self.zero_stage = self._zero_stage(cfg, model_path)
         log.info("policy group: loading %s on %d rank(s) at ZeRO stage %d", model_path, self.size, self.zero_stage)
         self.group.start_distributed(self.zero_stage)

@@ -16,6 +16,7 @@ from ..workers.device import device_spec
 from ..workers.model_shape import model_shape
 from .actor_group import ActorGroup
 from .resources import reference_need
+from .shared_dirs import require_shared
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ class ReferenceGroup:
         worker, kwargs = "dpo_ray.workers.reference.ReferenceWorker", dict(cfg=cfg, model_path=model_path)
         began = time.perf_counter()
         self.group = ActorGroup(reference_need(cfg), worker, cfg.cluster, env, kwargs)
+        require_shared(self.group, cfg)  # before any model loads
         self.sharding = str(cfg.reference.sharding)
         if self.sharding == "auto":
             # Decided where the model will live: the ranks report their device's memory.

@@ -381,3 +381,16 @@ def test_held_out_evaluation_runs_every_k_rounds_and_after_the_last(run_config, 
     run_config.online.rounds, run_config.online.eval_every = 5, 2
     campaign = OnlineCampaign(run_config, OnlineInputs(tiny_model_dir, tiny_model_dir, ["p"], ["q"]))
     assert [r for r in range(1, 6) if campaign._evaluates(r)] == [2, 4, 5]
+
+
+def test_a_campaign_hands_its_ranks_absolute_directories(run_config, tiny_model_dir, tmp_path, monkeypatch):
+    """The default output_dir is relative and cache_dir starts with ~: a rank would resolve them in its own working
+    directory and home, so the driver resolves both before any group gets the config."""
+    from dpo_ray.campaign.inputs import OnlineInputs
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    run_config.output_dir, run_config.cache_dir = "runs/latest", "~/.cache/dpo-ray"
+    campaign = OnlineCampaign(run_config, OnlineInputs(tiny_model_dir, tiny_model_dir, ["p"], ["q"]))
+    assert campaign.cfg.output_dir == str(tmp_path / "runs" / "latest") == str(campaign.run_dir)
+    assert campaign.cfg.cache_dir == str(tmp_path / "home" / ".cache" / "dpo-ray")
