@@ -176,10 +176,21 @@ def _run_command(command: str, run, rest: list[str]) -> int:
     from .campaign.failures import CheckpointError, DiskFull, RunDirInUse, RunMismatch
     from .campaign.preflight import InputError
     from .data.errors import DataError
+    from .groups.shared_dirs import NotShared
     from .plan import PlanError
     from .validation import ConfigError
 
-    expected = (ConfigError, InputError, DataError, PlanError, RunDirInUse, CheckpointError, RunMismatch, DiskFull)
+    expected = (
+        ConfigError,
+        InputError,
+        DataError,
+        PlanError,
+        RunDirInUse,
+        CheckpointError,
+        RunMismatch,
+        DiskFull,
+        NotShared,
+    )
     return _guarded(command, lambda: run(rest), expected)
 
 
