@@ -66,26 +66,49 @@ def rendezvous_store(address: str, port: int, rank: int, world_size: int, timeou
 
 
 class BroadcastGroup:
-    """A process group of its own between one sender (rank 0, which hosts the rendezvous) and its receivers, outside
-    any default group: policy rank 0 and vLLM's workers each already belong to one. gloo on CPU, NCCL on GPU."""
+    """A group of its own between one sender (rank 0, which hosts the rendezvous) and its receivers, outside any
+    default group: policy rank 0 and vLLM's workers each already belong to one. Built as vLLM's own weight transfer
+    and OpenRLHF build theirs: vLLM's StatelessProcessGroup over this rendezvous store, with vLLM's PyNcclCommunicator
+    on GPU; on CPU a gloo group over the same store, behind the same broadcast."""
 
     def __init__(self, address: str, port: int, rank: int, world_size: int, backend: str, timeout_s: float = 1800):
         import torch.distributed as dist
+        from vllm.distributed.utils import StatelessProcessGroup
 
         timeout = timedelta(seconds=timeout_s)
         store = rendezvous_store(address, port, rank, world_size, timeout)
+        self.meta = StatelessProcessGroup(rank=rank, world_size=world_size, store=store)
+        self.rank, self.world_size = rank, world_size
         if backend == "nccl":
-            options = dist.ProcessGroupNCCL.Options()
-            options._timeout = timeout
-            self.group = dist.ProcessGroupNCCL(store, rank, world_size, options)
+            self.nccl = nccl_communicator(self.meta)
+            self.group = None
         else:
+            self.nccl = None
             self.group = dist.ProcessGroupGloo(store, rank, world_size, timeout)
-        self.store, self.rank, self.world_size = store, rank, world_size
 
     def broadcast(self, tensor) -> None:
         """tensor, from rank 0 into every rank's tensor of the same size, in place."""
+        if self.nccl is not None:
+            self.nccl.broadcast(tensor, src=0)
+            return
         import torch.distributed as dist
 
         options = dist.BroadcastOptions()
         options.rootRank = 0
         self.group.broadcast([tensor], options).wait()
+
+
+def nccl_communicator(group):
+    """vLLM's PyNcclCommunicator on this process's current CUDA device. It quietly disables itself where it cannot
+    load NCCL, and a disabled one's broadcast does nothing: the engines would keep their old weights, so say so."""
+    import torch
+    from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
+
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    communicator = PyNcclCommunicator(group, device=device)
+    if group.world_size > 1 and communicator.disabled:
+        raise RuntimeError(
+            f"the weight-sync group (rank {group.rank} of {group.world_size}) cannot use NCCL here: vLLM's "
+            "PyNcclCommunicator found no NCCL library or no GPU (VLLM_DISABLE_PYNCCL set?)"
+        )
+    return communicator

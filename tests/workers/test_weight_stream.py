@@ -107,3 +107,26 @@ def test_one_sender_streams_to_two_receivers_over_a_gloo_group_of_their_own():
         m.join(timeout=30)
     assert results[0] == sum(s.nbytes for s in specs_of(some_tensors()))
     assert results[1] is True and results[2] is True
+
+
+def _nccl_member(rank: int, port: int, out) -> None:
+    try:
+        group = BroadcastGroup("127.0.0.1", port, rank, 2, "nccl", timeout_s=60)
+        out.put((rank, f"built: {type(group.nccl).__name__}"))
+    except RuntimeError as error:
+        out.put((rank, str(error)))
+
+
+def test_on_gpus_the_group_is_vllms_stateless_group_with_its_nccl_communicator_and_refuses_a_disabled_one():
+    """Here, with no NCCL library, the GPU path runs up to vLLM's PyNcclCommunicator, which disables itself: that
+    must stop the sync (a disabled communicator's broadcast does nothing), not leave the engines on old weights."""
+    context = multiprocessing.get_context("spawn")
+    out, port = context.Queue(), free_port()
+    members = [context.Process(target=_nccl_member, args=(rank, port, out)) for rank in range(2)]
+    for m in members:
+        m.start()
+    results = dict(out.get(timeout=120) for _ in members)
+    for m in members:
+        m.join(timeout=30)
+    for rank in (0, 1):
+        assert f"weight-sync group (rank {rank} of 2) cannot use NCCL here: vLLM's PyNcclCommunicator" in results[rank]
