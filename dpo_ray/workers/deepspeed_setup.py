@@ -19,6 +19,8 @@ def zero_section(spec: DeviceSpec, ds: DeepSpeedConfig, stage: int, optimizer: b
     if stage == 0:
         return {"stage": 0}
     section: dict[str, Any] = {"stage": stage, "reduce_bucket_size": ds.reduce_bucket_size}
+    if stage >= 2:  # reduce each gradient bucket while the backward goes on (DeepSpeed leaves it off at stage 2)
+        section["overlap_comm"] = True
     if stage == 3:
         section.update(
             stage3_gather_16bit_weights_on_model_save=True,
@@ -53,7 +55,9 @@ def deepspeed_config(
         # DeepSpeed clips at 1.0 unless told otherwise: always say it.
         "gradient_clipping": max_grad_norm if stage else 0.0,
         "zero_optimization": zero_section(spec, ds, stage, optimizer=True),
-        "bf16": {"enabled": spec.dtype == torch.bfloat16},
+        # immediate_grad_update: BF16_Optimizer (bf16 at stage 1) otherwise adds the low-precision gradients, which
+        # keep accumulating over the micro-batches, into its fp32 ones after every micro-batch (g1 + (g1 + g2) + ...)
+        "bf16": {"enabled": spec.dtype == torch.bfloat16, "immediate_grad_update": True},
         "data_types": {"grad_accum_dtype": "fp32" if ds.grad_accum_dtype == "fp32" else _dtype_name(spec.dtype)},
         "zero_allow_untested_optimizer": True,
         # Offloaded optimizer states take the torch optimizer dpo-ray builds (DeepSpeed would insist on its own).
