@@ -348,6 +348,9 @@ class RewardConfig:
     judge_template: str = opt(
         "", "judge prompt holding {prompt}, {response_a} and {response_b}; empty: the built-in one"
     )
+    judge_tensor_parallel_size: int = opt(
+        1, "GPUs each judge engine shards the judge model over (tensor parallel: a 70B judge needs 4-8)", AT_LEAST_ONE
+    )
 
 
 @dataclass

@@ -190,6 +190,11 @@ def _rules(cfg: RunConfig) -> list[str]:
             f"model.attn_implementation={shown(m.attn_implementation)}: needs GPUs (cluster.gpus_per_rank >= 1); "
             "on CPU use sdpa or eager"
         )
+    if cfg.reward.judge_tensor_parallel_size > 1 and str(cfg.rollout.engine_process) == "inline":
+        problems.append(
+            f"rollout.engine_process=inline: a tensor-parallel judge engine (reward.judge_tensor_parallel_size="
+            f"{cfg.reward.judge_tensor_parallel_size}) runs its workers in processes of their own; use auto or separate"
+        )
     if cfg.rollout.tensor_parallel_size > 1 and str(cfg.rollout.engine_process) == "inline":
         problems.append(
             f"rollout.engine_process=inline: a tensor-parallel engine (rollout.tensor_parallel_size="

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from ..config import RunConfig
+from ..config import RolloutConfig, RunConfig
 from ..data.formats import Text
 from ..data.prompts import prompt_text
 from ..data.tournament import DEFAULT_TEMPLATE, Tally, judge_request, round_robin, tally
@@ -26,6 +26,12 @@ def judge_max_model_len(engine_length: int, max_positions: int = 0) -> int:
     return min(length, max_positions) if max_positions else length
 
 
+def judge_engine(cfg: RunConfig) -> RolloutConfig:
+    """A judge engine's settings: the rollout engines', over reward.judge_tensor_parallel_size GPUs, with the judge's
+    own length (one engine a rank; no weights are ever synced into it)."""
+    return replace(cfg.rollout, tensor_parallel_size=cfg.reward.judge_tensor_parallel_size, max_model_len=0)
+
+
 class JudgeGroup:
     def __init__(self, cfg: RunConfig, model_path: str = "", max_model_len: int = 0):
         """model_path: the judge model's directory (reward.judge_model resolved); max_model_len: the longest judge
@@ -34,7 +40,7 @@ class JudgeGroup:
         self.template = r.judge_template or DEFAULT_TEMPLATE
         self.uses_model = bool(r.judge_model)
         if self.uses_model:
-            rollout = replace(cfg.rollout, tensor_parallel_size=1, max_model_len=0)  # one engine a rank, unsynced
+            rollout = judge_engine(cfg)
             worker = "dpo_ray.workers.rollout.RolloutWorker"
             kwargs = dict(
                 model_path=model_path or r.judge_model,

@@ -49,9 +49,11 @@ def reward_group_needed(cfg: RunConfig) -> bool:
 
 
 def judge_need(cfg: RunConfig) -> GroupNeed:
-    """Sized and placed like the reward group: a judge model is one vLLM engine a rank, a judge function a worker."""
+    """Sized and placed like the reward group: a judge model is one vLLM engine a rank (over judge_tensor_parallel_size
+    GPUs, as a rollout engine is over its own), a judge function a worker."""
     c = cfg.cluster
-    return GroupNeed("judge", c.reward_ranks, c.reward_cpus, c.gpus_per_rank if cfg.reward.judge_model else 0.0)
+    gpus = float(cfg.reward.judge_tensor_parallel_size) if cfg.reward.judge_model and c.gpus_per_rank else 0.0
+    return GroupNeed("judge", c.reward_ranks, c.reward_cpus, gpus)
 
 
 def policy_need(cfg: RunConfig) -> GroupNeed:

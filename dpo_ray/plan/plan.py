@@ -99,8 +99,10 @@ def group_memory(
             return memory.rule_worker("a judge function"), "judge function"
         shape = model_shape(models.judge, cfg.model.trust_remote_code)
         length = judge_max_model_len(max_model_len, shape.max_positions)
-        one_engine_a_rank = set_option(cfg, "rollout.tensor_parallel_size", 1)
-        return memory.engine_gpu(one_engine_a_rank, shape, length, device), f"judge engine, max_model_len {length}"
+        tp = cfg.reward.judge_tensor_parallel_size
+        judge = set_option(cfg, "rollout.tensor_parallel_size", tp)
+        setting = f"judge engine, tensor parallel {tp}, max_model_len {length}"
+        return memory.engine_gpu(judge, shape, length, device), setting
     if models.reward:
         shape = model_shape(models.reward, cfg.model.trust_remote_code, classifier=True)
         return memory.reward_rank(cfg, shape), f"reward model, {shape.params / 1e6:.0f}M parameters"
@@ -232,7 +234,7 @@ REMEDIES = {
         ("rollout.max_model_len", [8192, 4096, 2048, 1024]),
     ],
     "reward": [("reward.micro_batch_size", [8, 1])],
-    "judge": [("rollout.gpu_memory_utilization", [0.9, 0.95])],
+    "judge": [("reward.judge_tensor_parallel_size", [2, 4, 8]), ("rollout.gpu_memory_utilization", [0.9, 0.95])],
 }
 
 
@@ -246,7 +248,13 @@ def set_option(cfg: RunConfig, dotted: str, value) -> RunConfig:
     return changed
 
 
-GROWING = ("cluster.policy_ranks", "cluster.reference_ranks", "rollout.tensor_parallel_size", "rollout.gpu_memory")
+GROWING = (
+    "cluster.policy_ranks",
+    "cluster.reference_ranks",
+    "rollout.tensor_parallel_size",
+    "reward.judge_tensor_parallel_size",
+    "rollout.gpu_memory",
+)
 
 
 def fixes(

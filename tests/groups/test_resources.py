@@ -100,3 +100,30 @@ def test_a_judge_is_sized_like_the_reward_group_and_replaces_it_unless_the_task_
     task = names("online.prompt_task=imdb", "model.path=/models/policy", "reward.judge_model=/models/judge")
     assert task["judge"] == rm["reward"] and task["reward"][2] == 0  # VADER, a rule, evaluates the held-out answers
     assert names("reward.judge_fn=m:f")["judge"][2] == 0  # a judge function takes no GPU
+
+
+def test_a_tensor_parallel_judge_takes_its_gpus_in_one_bundle_and_its_engine_runs_their_workers_apart():
+    from dpo_ray.groups.judge_group import judge_engine
+    from dpo_ray.groups.resources import judge_need
+    from dpo_ray.validation import ConfigError
+    from dpo_ray.workers.engine_args import engine_args, separate_process
+
+    judged = ["cluster=single_node_8gpu", "model.path=/models/policy", "online.prompt_files=[p.jsonl]"]
+    cfg = compose([*judged, "reward.judge_model=/models/judge-70b", "reward.judge_tensor_parallel_size=4"], "online")
+    need = judge_need(cfg)
+    assert (need.size, need.gpus) == (cfg.cluster.reward_ranks, 4.0)
+    engine = judge_engine(cfg)
+    assert engine.tensor_parallel_size == 4 and cfg.rollout.tensor_parallel_size == 1  # the rollout's own is kept
+    args = engine_args(engine, need.gpus, "bfloat16", 2816, 0, 0)
+    assert args["tensor_parallel_size"] == 4 and args["distributed_executor_backend"] == "mp"
+    assert separate_process(engine, need.gpus)
+    with pytest.raises(ConfigError, match="reward.judge_tensor_parallel_size=2\\) runs its workers in processes"):
+        compose(
+            [
+                *judged,
+                "reward.judge_model=/m/j",
+                "reward.judge_tensor_parallel_size=2",
+                "rollout.engine_process=inline",
+            ],
+            "online",
+        )

@@ -96,13 +96,23 @@ def test_a_judge_model_is_planned_as_an_engine_of_its_own_model(models, capsys):
     assert status == 0, out
     # the run's engines hold 512 + 64 tokens; a judge prompt 4 x 576 + 512 (a prompt and two responses, a template)
     assert "rollout     2 x {CPU: 4, GPU: 1}  tensor parallel 1, max_model_len 576;" in out
-    assert "judge       1 x {CPU: 4, GPU: 1}  judge engine, max_model_len 2816; node0: ranks 0 (GPUs 2)" in out
+    assert (
+        "judge       1 x {CPU: 4, GPU: 1}  judge engine, tensor parallel 1, max_model_len 2816; node0: ranks 0 (GPUs 2)"
+        in out
+    )
     assert "judge GPU: weights 14.96 + KV cache" in out  # 8.03B parameters in bf16, as the rollout engines' own
     status, out = plan(capsys, *run, f"reward.judge_model={models['70b']}")
     assert status == 1
     verdict = out[out.index("verdict:") :]
     assert "judge: 136.0 GiB per GPU of 80.0 GiB (largest part: weights, 131.4 GiB)" in verdict
     assert "short of one sequence of max_model_len=2816" in verdict  # the judge's length, not the rollout's
+    assert "reward.judge_tensor_parallel_size=4" in verdict  # the fix: 35 GiB of weights per GPU
+    status, out = plan(
+        capsys, *run[:-1], "--nodes=2", f"reward.judge_model={models['70b']}", "reward.judge_tensor_parallel_size=4"
+    )
+    assert status == 0, out
+    assert "judge       1 x {CPU: 4, GPU: 4}  judge engine, tensor parallel 4, max_model_len 2816;" in out
+    assert "judge GPU: weights 32.85 + KV cache" in out  # 70.55B parameters in bf16 over 4 GPUs
     status, out = plan(capsys, *run, "reward.judge_fn=os.path:join")
     assert status == 0 and "judge       1 x {CPU: 4}  judge function;" in out
 
