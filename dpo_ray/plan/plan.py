@@ -102,7 +102,7 @@ def group_memory(
         tp = cfg.reward.judge_tensor_parallel_size
         judge = set_option(cfg, "rollout.tensor_parallel_size", tp)
         setting = f"judge engine, tensor parallel {tp}, max_model_len {length}"
-        return memory.engine_gpu(judge, shape, length, device), setting
+        return memory.engine_gpu(judge, shape, length, device, synced=False), setting
     if models.reward:
         shape = model_shape(models.reward, cfg.model.trust_remote_code, classifier=True)
         return memory.reward_rank(cfg, shape), f"reward model, {shape.params / 1e6:.0f}M parameters"
@@ -175,10 +175,18 @@ def check(cfg: RunConfig, plan: Plan, models: PlanModels, length: int) -> None:
         gpu_memory = min((plan.nodes[i].gpu_memory or 0.0) for i in group.nodes)
         if group.need.gpus and m.device and gpu_memory and m.device_total > gpu_memory:
             largest = max(m.device, key=lambda p: p.bytes)
-            text = (
-                f"{m.device_total / GIB:.1f} GiB per GPU of {gpu_memory / GIB:.1f} GiB (largest part: {largest.name}, "
-                f"{largest.bytes / GIB:.1f} GiB)"
-            )
+            sync = sum(p.bytes for p in m.device if p.name == "weight sync")
+            if sync and m.device_total - sync <= gpu_memory:  # vLLM's share fits; the sync beside it does not
+                text = (
+                    f"a weight sync holds {sync / GIB:.1f} GiB per GPU beside vLLM's share, and "
+                    f"rollout.gpu_memory_utilization={cfg.rollout.gpu_memory_utilization} leaves "
+                    f"{(gpu_memory - m.device_total + sync) / GIB:.1f} GiB of {gpu_memory / GIB:.1f} GiB"
+                )
+            else:
+                text = (
+                    f"{m.device_total / GIB:.1f} GiB per GPU of {gpu_memory / GIB:.1f} GiB (largest part: "
+                    f"{largest.name}, {largest.bytes / GIB:.1f} GiB)"
+                )
             plan.problems.append(Problem(group.need.name, text, fixes(cfg, plan, group, models, length, gpu_memory)))
         if m.shortfall:
             short = f"{m.shortfall / GIB:.2f} GiB short of one sequence of max_model_len={m.max_model_len}"
@@ -230,8 +238,9 @@ REMEDIES = {
     ],
     "rollout": [
         ("rollout.tensor_parallel_size", [2, 4, 8]),
-        ("rollout.gpu_memory_utilization", [0.9, 0.95]),
+        ("rollout.gpu_memory_utilization", [0.95, 0.9, 0.85, 0.8]),
         ("rollout.max_model_len", [8192, 4096, 2048, 1024]),
+        ("rollout.sync_bucket_mb", [256]),
     ],
     "reward": [("reward.micro_batch_size", [8, 1])],
     "judge": [("reward.judge_tensor_parallel_size", [2, 4, 8]), ("rollout.gpu_memory_utilization", [0.9, 0.95])],
@@ -253,7 +262,6 @@ GROWING = (
     "cluster.reference_ranks",
     "rollout.tensor_parallel_size",
     "reward.judge_tensor_parallel_size",
-    "rollout.gpu_memory",
 )
 
 

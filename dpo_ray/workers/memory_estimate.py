@@ -231,8 +231,20 @@ def kv_bytes_per_token(shape: ModelShape, a: int, tensor_parallel: int) -> float
     return 2 * shape.layers * heads_per_gpu * shape.head_dim * a
 
 
-def engine_gpu(cfg: RunConfig, shape: ModelShape, max_model_len: int, gpu_bytes: float) -> ActorMemory:
-    """One GPU of a vLLM engine (or, on CPU, the engine's process): weights, KV cache, activations."""
+def weight_sync_bytes(cfg: RunConfig, shape: ModelShape, tensor_parallel: int) -> float:
+    """What a weight sync adds on each of an engine's GPUs, beside vLLM's own share: the receive bucket, the largest
+    tensor whole (each worker takes whole tensors and shards them itself: Llama-3-70B's embedding is 2.1 GB), and the
+    fresh copy of a decoder layer vLLM's layer-wise reload builds (its shard)."""
+    a = dtype_bytes(cfg)
+    layer = (shape.params - shape.vocab * shape.hidden) / max(1, shape.layers)
+    return (cfg.rollout.sync_bucket_mb << 20) + shape.largest_module_params * a + layer * a / tensor_parallel
+
+
+def engine_gpu(
+    cfg: RunConfig, shape: ModelShape, max_model_len: int, gpu_bytes: float, synced: bool = True
+) -> ActorMemory:
+    """One GPU of a vLLM engine (or, on CPU, the engine's process): weights, KV cache, activations, and for an
+    engine the policy's weights are synced into, what a sync holds outside vLLM's share."""
     r, gpu = cfg.rollout, cfg.cluster.gpus_per_rank > 0
     a, tp = dtype_bytes(cfg, None if str(r.dtype) == "auto" else str(r.dtype)), r.tensor_parallel_size
     weights = shape.params * a / tp
@@ -260,6 +272,9 @@ def engine_gpu(cfg: RunConfig, shape: ModelShape, max_model_len: int, gpu_bytes:
     ]
     if gpu:  # vLLM's memory share covers its process's CUDA context; it allocates it all at start (no fragmentation)
         device.append(Part("CUDA context, NCCL", GPU_PROCESS_BYTES, "stated margin"))
+    if synced:
+        sync = weight_sync_bytes(cfg, shape, tp)
+        device.append(Part("weight sync", sync, f"a {r.sync_bucket_mb} MiB bucket, the largest tensor, a layer"))
     memory = split(gpu, device, [], notes, margin=False)
     memory.shortfall = max(0.0, needed - kv)  # vLLM refuses to start without room for one full sequence
     memory.max_model_len = max_model_len

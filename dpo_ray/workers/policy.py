@@ -231,10 +231,12 @@ class PolicyWorker:
         returns the bytes sent."""
         import deepspeed
 
+        if self.rank != 0 and self.zero_stage < 3:
+            return 0  # whole parameters on every rank: no gather to take part in
         units, _ = self._weight_units(target)
-        tensors = gathered_tensors(units, bucket_bytes, deepspeed.zero.GatheredParameters)
+        tensors = gathered_tensors(units, bucket_bytes, deepspeed.zero.GatheredParameters, make=self.rank == 0)
         if self.rank != 0:
-            for _ in tensors:  # take part in every gather
+            for _ in tensors:  # take part in every gather, making nothing
                 pass
             return 0
         specs = [u.spec for u in units]

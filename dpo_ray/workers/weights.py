@@ -98,14 +98,18 @@ def unit_chunks(units: Sequence[WeightUnit], bucket_bytes: int) -> Iterator[list
 
 
 def gathered_tensors(
-    units: Sequence[WeightUnit], bucket_bytes: int, gather: Callable[[list], contextlib.AbstractContextManager]
-) -> Iterator[torch.Tensor]:
-    """Each unit's tensor in order, its parameters gathered a chunk at a time (every rank of the group must iterate)."""
+    units: Sequence[WeightUnit],
+    bucket_bytes: int,
+    gather: Callable[[list], contextlib.AbstractContextManager],
+    make: bool = True,
+) -> Iterator[torch.Tensor | None]:
+    """Each unit's tensor in order, its parameters gathered a chunk at a time (every rank of the group must iterate);
+    make False: None for each, the gathers only (a rank that sends nothing makes no tensor, no LoRA merge)."""
     for chunk in unit_chunks(units, bucket_bytes):
         params = list({id(p): p for unit in chunk for p in unit.params}.values())
         with gather(params):
             for unit in chunk:
-                yield unit.make()
+                yield unit.make() if make else None
 
 
 def adapter_config_json(peft_config) -> str:

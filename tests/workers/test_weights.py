@@ -8,7 +8,7 @@ import contextlib
 import pytest
 import torch
 
-from dpo_ray.workers.weights import adapter_units, full_units, gathered_tensors, unit_chunks
+from dpo_ray.workers.weights import WeightUnit, adapter_units, full_units, gathered_tensors, unit_chunks
 
 
 def lora_model(tiny_model_dir, **variant):
@@ -110,3 +110,25 @@ def test_a_gather_holds_about_one_bucket_and_every_parameter_is_gathered_once_pe
 
     assert len(list(gathered_tensors(units, bucket, recording))) == len(units)
     assert len(gathered) == len(chunks)
+
+
+def test_a_rank_that_sends_nothing_takes_part_in_every_gather_and_makes_no_tensor(tiny_model_dir):
+    """Ranks other than 0 only join ZeRO-3's gathers: no LoRA merge, no tensor, the same gathers as the sender."""
+    model = lora_model(tiny_model_dir)
+    units = full_units(model, 2.0)
+    made = []
+    units = [WeightUnit(u.spec, u.params, lambda make=u.make: made.append(1) or make()) for u in units]
+    sender, bystander = [], []
+
+    def recording(log):
+        @contextlib.contextmanager
+        def gather(params):
+            log.append([id(p) for p in params])
+            yield
+
+        return gather
+
+    assert all(t is not None for t in gathered_tensors(units, 1 << 16, recording(sender)))
+    assert len(made) == len(units)
+    assert list(gathered_tensors(units, 1 << 16, recording(bystander), make=False)) == [None] * len(units)
+    assert len(made) == len(units) and bystander == sender
