@@ -329,12 +329,20 @@ def option_value(cfg: RunConfig, dotted: str):
     return target
 
 
+def active(shape) -> str:
+    """' (12.88B active: 2 of 8 experts a token)' for a mixture of experts, '' for a dense model."""
+    if not shape.active_params:
+        return ""
+    count, per_token = shape.experts
+    return f" ({shape.active_params / 1e9:.2f}B active: {per_token} of {count} experts a token)"
+
+
 def render(plan: Plan) -> str:
     """The plan as text: the cluster, each group's placement and per-actor memory by part, the verdict."""
     lines = [f"dpo-ray plan: {plan.command} on {describe_nodes(plan.nodes)} ({plan.source})"]
     s = plan.shape
     lines.append(
-        f"policy model: {s.params / 1e9:.2f}B parameters, {s.layers} layers, hidden {s.hidden}, "
+        f"policy model: {s.params / 1e9:.2f}B parameters{active(s)}, {s.layers} layers, hidden {s.hidden}, "
         f"{s.heads}/{s.kv_heads} heads, vocabulary {s.vocab}"
     )
     order = "all groups live at once" if plan.concurrent else "one group at a time: the reference is released first"

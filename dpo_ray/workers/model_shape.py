@@ -23,6 +23,8 @@ class ModelShape:
     max_positions: int
     largest_file_bytes: int  # the largest *.safetensors file in the directory (0: a config alone)
     lora_params: dict[tuple, int]  # LoRA setting (lora_setting's key) -> the parameters it trains, for those asked for
+    active_params: int = 0  # parameters one token runs through: a mixture of experts' chosen experts only (0: all)
+    experts: tuple[int, int] = (0, 0)  # a mixture of experts': (experts per layer, experts per token); (0, 0): dense
 
     def trainable(self, lora: tuple | None = None) -> int:
         """Parameters the optimizer updates: all, or what a LoRA setting trains."""
@@ -94,4 +96,17 @@ def model_shape(
         max_positions=getattr(text, "max_position_embeddings", 0) or 0,
         largest_file_bytes=max((f.stat().st_size for f in Path(path).expanduser().glob("*.safetensors")), default=0),
         lora_params=adapters,
+        **mixture_of_experts(model, text),
     )
+
+
+def mixture_of_experts(model, text_config) -> dict:
+    """A mixture of experts' active parameters and expert counts (transformers holds each layer's experts under
+    .experts., fused or one module each); nothing for a dense model."""
+    count = getattr(text_config, "num_local_experts", None) or getattr(text_config, "num_experts", None) or 0
+    per_token = getattr(text_config, "num_experts_per_tok", None) or 0
+    expert_params = sum(p.numel() for name, p in model.named_parameters() if ".experts." in f".{name}")
+    if not (count and per_token and expert_params):
+        return {}
+    total = sum(p.numel() for p in model.parameters())
+    return {"active_params": round(total - expert_params * (1 - per_token / count)), "experts": (count, per_token)}

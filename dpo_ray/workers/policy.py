@@ -213,12 +213,13 @@ class PolicyWorker:
         model, lora = self.engine.module, self.cfg.model.lora
         if target == ENGINES and syncs_adapter(self.cfg):
             return adapter_units(model, self.spec.dtype), adapter_config_json(model.peft_config[ADAPTER])
-        return full_units(model, lora_scaling(lora) if lora.enabled else 0.0), None
+        scaling = lora_scaling(lora) if lora.enabled else 0.0
+        return full_units(model, scaling, checkpoint_names=target == ENGINES), None  # the reference: as in memory
 
     def weight_manifest(self, target: str = ENGINES) -> tuple[list[tuple], str | None]:
         """(name, dtype, shape) of each tensor a sync sends, in order, and the adapter config (None: full weights)."""
         units, adapter_config = self._weight_units(target)
-        return [(u.spec.name, u.spec.dtype, u.spec.shape) for u in units], adapter_config
+        return [(s.name, s.dtype, s.shape) for u in units for s in u.specs], adapter_config
 
     def join_weight_group(self, address: str, port: int, world_size: int, timeout_s: float, target: str = ENGINES):
         """Rank 0 joins target's sync group as its sender (the other ranks only take part in the gathers)."""
@@ -239,7 +240,7 @@ class PolicyWorker:
             for _ in tensors:  # take part in every gather, making nothing
                 pass
             return 0
-        specs = [u.spec for u in units]
+        specs = [spec for u in units for spec in u.specs]
         return send_tensors(specs, tensors, bucket_bytes, self.weight_groups[target].broadcast, self.spec.device)
 
     def save_pretrained(self, out_dir: str) -> None:

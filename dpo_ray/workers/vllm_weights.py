@@ -37,7 +37,24 @@ class WeightReceiver:
                 yield item
 
         self.reload_weights(weights_iterator=counted(self._stream(specs, bucket_bytes, self.device)))
+        self._repack_cpu_experts()
         return count
+
+    def _repack_cpu_experts(self) -> None:
+        """vLLM's CPU MoE kernel packs expert weights into its grouped-GEMM layout at the first load only; a reload
+        writes the checkpoint's layout back into them, which that kernel then misreads (log-probs off by 0.01-0.1):
+        pack them again. GPU kernels read the checkpoint's layout as reloaded."""
+        if self.device.type != "cpu":
+            return
+        from vllm._custom_ops import cpu_prepack_moe_weight
+        from vllm.model_executor.layers.fused_moe.experts.cpu_moe import CPUUnquantizedExperts
+
+        for module in self.model_runner.model.modules():
+            kernel = getattr(getattr(module, "quant_method", None), "moe_kernel", None)
+            experts = getattr(kernel, "fused_experts", None)
+            if isinstance(experts, CPUUnquantizedExperts) and not getattr(experts, "_use_zentorch", False):
+                for weight in (module.w13_weight, module.w2_weight):
+                    weight.data.copy_(cpu_prepack_moe_weight(weight.data, experts.isa))
 
     def receive_adapter(self, specs: list, bucket_bytes: int, directory: str, adapter_config: str) -> int:
         """Receive a LoRA adapter and write it as a peft directory vLLM loads (one writer per engine: its rank 0; the

@@ -168,3 +168,36 @@ def test_auto_picks_the_lowest_stage_at_which_a_rank_fits(tmp_path):
     assert policy_zero_stage(lora, shape_8b, 4, gb80) == 1
     # the tiny CPU run: plain data parallel in float32
     assert policy_zero_stage(RunConfig(), shape_8b, 2, 1e15) == 0
+
+
+MIXTRAL_8X7B = dict(
+    architectures=["MixtralForCausalLM"],
+    model_type="mixtral",
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_attention_heads=32,
+    num_hidden_layers=32,
+    num_key_value_heads=8,
+    vocab_size=32000,
+    num_local_experts=8,
+    num_experts_per_tok=2,
+    max_position_embeddings=32768,
+    tie_word_embeddings=False,
+)
+
+
+def test_a_mixture_of_experts_counts_every_expert_held_and_the_two_a_token_runs_through(tmp_path, capsys):
+    """Mixtral-8x7B's published counts: 46.7B parameters held, 12.9B active; by hand, 32 layers of 8 experts of
+    3 x 4096 x 14336 weights, 6 of 8 idle for a token. ZeRO-3 gathers a layer's fused experts at once."""
+    from dpo_ray.cli import main
+
+    path = config_dir(tmp_path, "mixtral", MIXTRAL_8X7B)
+    shape = model_shape(path)
+    idle = 32 * 8 * 3 * 4096 * 14336 * 6 // 8
+    assert shape.params == 46_702_792_704 and shape.active_params == shape.params - idle == 12_879_925_248
+    assert shape.experts == (8, 2) and shape.largest_module_params == 8 * 3 * 14336 * 4096  # one module holds them all
+    assert model_shape(config_dir(tmp_path, "70b", LLAMA_70B)).active_params == 0  # dense: all of it
+    main(["plan", "train", f"model.path={path}", "cluster=multi_node_70b", "--nodes=4"])
+    assert (
+        "policy model: 46.70B parameters (12.88B active: 2 of 8 experts a token), 32 layers" in capsys.readouterr().out
+    )

@@ -28,7 +28,7 @@ def lora_model(tiny_model_dir, **variant):
 
 def as_dict(units) -> dict[str, torch.Tensor]:
     tensors = gathered_tensors(units, 1 << 20, lambda params: contextlib.nullcontext())
-    return {unit.spec.name: tensor for unit, tensor in zip(units, tensors, strict=True)}
+    return {spec.name: tensor for spec, tensor in zip([s for u in units for s in u.specs], tensors, strict=True)}
 
 
 def test_merged_units_equal_peft_merge_and_unload(tiny_model_dir):
@@ -97,10 +97,10 @@ def test_a_gather_holds_about_one_bucket_and_every_parameter_is_gathered_once_pe
     from transformers import AutoModelForCausalLM
 
     units = full_units(AutoModelForCausalLM.from_pretrained(tiny_model_dir))
-    bucket = 4 * max(u.spec.nbytes for u in units) // 3
+    bucket = 4 * max(u.nbytes for u in units) // 3
     chunks = list(unit_chunks(units, bucket))
     assert [u for c in chunks for u in c] == units and len(chunks) > 2
-    assert all(sum(u.spec.nbytes for u in c) <= bucket or len(c) == 1 for c in chunks)
+    assert all(sum(u.nbytes for u in c) <= bucket or len(c) == 1 for c in chunks)
     gathered = []
 
     @contextlib.contextmanager
@@ -117,7 +117,7 @@ def test_a_rank_that_sends_nothing_takes_part_in_every_gather_and_makes_no_tenso
     model = lora_model(tiny_model_dir)
     units = full_units(model, 2.0)
     made = []
-    units = [WeightUnit(u.spec, u.params, lambda make=u.make: made.append(1) or make()) for u in units]
+    units = [WeightUnit(u.specs, u.params, lambda make=u.make: made.append(1) or make()) for u in units]
     sender, bystander = [], []
 
     def recording(log):
@@ -132,3 +132,31 @@ def test_a_rank_that_sends_nothing_takes_part_in_every_gather_and_makes_no_tenso
     assert len(made) == len(units)
     assert list(gathered_tensors(units, 1 << 16, recording(bystander), make=False)) == [None] * len(units)
     assert len(made) == len(units) and bystander == sender
+
+
+def test_fused_experts_go_out_as_the_checkpoint_that_save_pretrained_writes(tmp_path):
+    """A Mixtral holds each layer's experts fused (mlp.experts.gate_up_proj, down_proj); named for the engines, the
+    units give exactly the tensors and names transformers writes to disk, which vLLM's loaders read (the fused names
+    fail there: 'no module or parameter named layers.0.mlp'). The reference, an HF model itself, takes them as held."""
+    from safetensors.torch import load_file
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    config = MixtralConfig(
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+    )
+    torch.manual_seed(0)
+    model = MixtralForCausalLM(config)
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    saved = load_file(str(tmp_path / "model.safetensors"))
+    sent = as_dict(full_units(model, checkpoint_names=True))
+    assert sent.keys() == saved.keys() and all(torch.equal(sent[k], saved[k]) for k in saved)
+    assert "model.layers.1.block_sparse_moe.experts.3.w2.weight" in sent
+    held = as_dict(full_units(model))
+    assert "model.layers.1.mlp.experts.gate_up_proj" in held and held.keys() == dict(model.named_parameters()).keys()
