@@ -15,7 +15,13 @@ Writes DIR/gpu_check.json and DIR/gpu_check.md:
    scored (completion) tokens only, as dpo-ray's head computes it;
 5. head: the scoring head's forward+backward over Llama-3-8B's vocabulary (128256 x 4096) on 4096 scored tokens in
    bf16, its matmuls on the bf16 operands (dpo-ray's) against the same operands cast to fp32 first (the path before,
-   without tensor cores), with the log-prob gap between the two.
+   without tensor cores), with the log-prob gap between the two;
+6. precision: the production path, one bf16 AdamW step (fp32 accumulation and master weights) at ZeRO stages 1, 2,
+   3 and, on GPU, 3 with DeepSpeed's CPU Adam (built here), on the tiny model against the same step in float64; then
+   one bf16 AdamW step of a ~1.2B Llama (Llama-3.2-1B's shape; tiny on CPU) at stage 3: dpo-ray plan's estimate of
+   the rank beside its measured peak;
+7. stream: the weight sync's bucket stream from a sender to a receiver process over a gloo group of their own, with
+   the buckets and tensors on the device (CUDA tensors on GPU), received bit-exact.
 """
 
 from __future__ import annotations
@@ -35,27 +41,31 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 LAYOUTS = ("padded", "packed", "prefix_shared")
 
 
-def model_config(tiny: bool):
+TINY = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2)
+TINY.update(num_attention_heads=4, num_key_value_heads=2)
+QWEN_05B = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24)
+QWEN_05B.update(num_attention_heads=14, num_key_value_heads=2)
+LLAMA_1B = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16)  # Llama-3.2-1B
+LLAMA_1B.update(num_attention_heads=32, num_key_value_heads=8)
+
+
+def model_config(tiny: bool, shape: dict = QWEN_05B):
     from transformers import LlamaConfig
 
-    if tiny:
-        sizes = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2)
-        sizes.update(num_attention_heads=4, num_key_value_heads=2)
-    else:  # Qwen2.5-0.5B's shape
-        sizes = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24)
-        sizes.update(num_attention_heads=14, num_key_value_heads=2)
+    sizes = TINY if tiny else shape
     return LlamaConfig(**sizes, max_position_embeddings=4096, tie_word_embeddings=True, rope_theta=1e6)
 
 
-def build_model_dir(tiny: bool, out_dir: Path) -> Path:
-    """Random weights (fp32 on disk) and a small tokenizer: only the numbers and times are read."""
+def build_model_dir(tiny: bool, out_dir: Path, shape: dict = QWEN_05B, dtype: str = "float32") -> Path:
+    """Random weights and a small tokenizer: only the numbers and times are read."""
     import torch
     from transformers import LlamaForCausalLM
 
     from dpo_ray.tasks.embedded import build_tokenizer
 
     torch.manual_seed(0)
-    LlamaForCausalLM(model_config(tiny)).save_pretrained(out_dir, safe_serialization=True)
+    model = LlamaForCausalLM(model_config(tiny, shape)).to(getattr(torch, dtype))
+    model.save_pretrained(out_dir, safe_serialization=True)
     build_tokenizer([f"{n} is a number" for n in range(200)]).save_pretrained(out_dir)
     return out_dir
 
@@ -295,6 +305,133 @@ def head_matmuls(tiny: bool, device) -> dict:
     return result
 
 
+def float64_adamw_step(model_dir: Path, pairs, reference, cfg) -> dict:
+    """One AdamW step on the whole batch in float64, from the model's bf16 weights (the policy's objective)."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM
+
+    from dpo_ray.data.collate import collate_pairs
+    from dpo_ray.logprobs import forward_pairs
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).double()
+    out = forward_pairs(model, collate_pairs(pairs, 0, dtype=torch.float64))
+    ref_c, ref_r = (torch.tensor(r, dtype=torch.float64) for r in reference)
+    margins = (out.chosen_logps - ref_c) - (out.rejected_logps - ref_r)
+    nll = -out.chosen_logps.sum() / sum(len(p.chosen_ids) for p in pairs)
+    (-F.logsigmoid(cfg.algo.beta * margins).mean() + cfg.algo.rpo_alpha * nll).backward()
+    t = cfg.train
+    torch.optim.AdamW(model.parameters(), lr=t.lr, betas=tuple(t.adam_betas), weight_decay=t.weight_decay).step()
+    return {k: v.double().cpu() for k, v in model.state_dict().items()}
+
+
+def bf16_config(on_gpu: bool, work: Path):
+    from dpo_ray.config import RunConfig
+
+    cfg = RunConfig()
+    cfg.cluster.gpus_per_rank, cfg.model.dtype, cfg.cache_dir = (1 if on_gpu else 0), "bfloat16", str(work / "cache")
+    cfg.train.optimizer, cfg.train.lr, cfg.train.max_grad_norm = "adamw", 1e-2, 0.0
+    cfg.train.lr_scheduler, cfg.train.warmup_steps = "constant", 0.0
+    return cfg
+
+
+def one_step(cfg, model_dir: Path, pairs, reference, stage: int):
+    """A rank of world size 1 at this stage takes one step over two micro-batches; its weights and memory."""
+    from dpo_ray.data.batches import MicroBatch, step_scale
+    from dpo_ray.workers.distributed import free_port
+    from dpo_ray.workers.policy import PolicyWorker
+
+    worker = PolicyWorker(cfg, 0, 1, str(model_dir), total_steps=1, accumulation=2)
+    worker.start("127.0.0.1", free_port(), stage)
+    half = len(pairs) // 2
+    micro = [MicroBatch(pairs[:half], reference[0][:half], reference[1][:half])]
+    micro.append(MicroBatch(pairs[half:], reference[0][half:], reference[1][half:]))
+    began = time.perf_counter()
+    worker.train_step(micro, step_scale(pairs))
+    seconds = time.perf_counter() - began
+    state, grown = worker.full_state_dict(), worker.memory_growth()
+    optimizer = type(worker.engine.optimizer).__name__
+    worker.engine.destroy()
+    return state, grown, seconds, optimizer
+
+
+def precision(model_dir: Path, on_gpu: bool, work: Path, tiny: bool) -> dict:
+    """bf16 AdamW at stages 1-3 (and 3 with CPU Adam on GPU) against float64 on the tiny model; a ~1B model's planned
+    vs peak memory."""
+    import torch
+
+    from dpo_ray.workers.memory_estimate import policy_rank, policy_shape
+
+    pairs = make_pairs(4, 48, TINY["vocab_size"], seed=5)
+    cfg, reference = bf16_config(on_gpu, work), ([-30.0] * len(pairs), [-30.0] * len(pairs))
+    expected = float64_adamw_step(model_dir, pairs, reference, cfg)
+    start = {k: v.double() for k, v in load(model_dir, torch.bfloat16, "cpu").state_dict().items() if k in expected}
+    norm = torch.cat([(expected[k] - start[k]).flatten() for k in start]).norm()
+    results = {}
+    for stage, offload in ((1, "none"), (2, "none"), (3, "none"), (3, "cpu")):
+        name = f"stage {stage}" + (", CPU Adam" if offload != "none" else "")
+        if offload != "none" and not on_gpu:
+            results[name] = "skipped: offload is a GPU setting"
+            continue
+        cfg.deepspeed.offload_optimizer = offload
+        try:
+            state, _, seconds, optimizer = one_step(cfg, model_dir, pairs, reference, stage)
+        except Exception as error:  # an op DeepSpeed cannot build here is a finding, not the end
+            results[name] = f"failed: {type(error).__name__}: {str(error)[:300]}"
+            continue
+        gap = torch.cat([(state[k].double().cpu() - expected[k]).flatten() for k in start]).norm()
+        results[name] = {"step_gap_of_norm": float(gap / norm), "optimizer": optimizer, "step_s": seconds}
+    cfg.deepspeed.offload_optimizer = "none"
+    big = build_model_dir(tiny, work / "llama-1b", LLAMA_1B, "bfloat16")
+    big_pairs = make_pairs(4, 48 if tiny else 512, model_config(tiny, LLAMA_1B).vocab_size, seed=3)
+    _, grown, seconds, _ = one_step(cfg, big, big_pairs, ([-30.0] * 4, [-30.0] * 4), 3)
+    estimate = policy_rank(cfg, policy_shape(cfg, str(big)), 1, 3)
+    parts = estimate.device if on_gpu else estimate.host
+    margins = ("process", "CUDA context, NCCL, allocator", "fragmentation")  # not in what torch counts as allocated
+    results["plan vs peak"] = {
+        "params_b": policy_shape(cfg, str(big)).params / 1e9,
+        "plan_estimate_gb": sum(p.bytes for p in parts if p.name not in margins) / 1e9,
+        "measured_peak_gb": grown["device_peak" if on_gpu else "host_peak_growth"] / 1e9,
+        "step_s": seconds,
+    }
+    return results
+
+
+def _stream_member(rank: int, port: int, device: str, out) -> None:
+    import torch
+
+    from dpo_ray.workers.distributed import BroadcastGroup
+    from dpo_ray.workers.weight_stream import TensorSpec, receive_tensors, send_tensors
+
+    gen = torch.Generator().manual_seed(0)
+    tensors = {f"t{i}": torch.randn(n, 257, generator=gen).to(torch.bfloat16) for i, n in enumerate((3, 1000, 77))}
+    specs = [TensorSpec.of(name, t.dtype, t.shape) for name, t in tensors.items()]
+    group = BroadcastGroup("127.0.0.1", port, rank, 2, "gloo", timeout_s=120)
+    if rank == 0:
+        on_device = [t.to(device) for t in tensors.values()]
+        out.put((rank, send_tensors(specs, on_device, 100_000, group.broadcast, device)))
+    else:
+        got = {name: t.cpu() for name, t in receive_tensors(specs, 100_000, group.broadcast, device)}
+        out.put((rank, all(torch.equal(got[k], v) for k, v in tensors.items())))
+
+
+def stream(device: str) -> dict:
+    """The weight stream between two processes over gloo, its buffers on device."""
+    import multiprocessing
+
+    from dpo_ray.workers.distributed import free_port
+
+    context = multiprocessing.get_context("spawn")
+    out, port = context.Queue(), free_port()
+    members = [context.Process(target=_stream_member, args=(rank, port, device, out)) for rank in range(2)]
+    for m in members:
+        m.start()
+    results = dict(out.get(timeout=180) for _ in members)
+    for m in members:
+        m.join(timeout=60)
+    return {"device": device, "bytes_sent": results[0], "received_bit_exact": results[1]}
+
+
 def markdown(report: dict) -> str:
     peak = f"{report['peak_dtype']} matmul peak {report['peak_tflops']:.2f} TFLOP/s"
     lines = [f"device: {report['device']}, model: {report['model']}, {peak}, {report['seconds']:.0f} s in all", ""]
@@ -333,6 +470,31 @@ def markdown(report: dict) -> str:
             f"| {head['tokens']} x {head['vocab']} x {head['hidden']} | {head['bf16_operands_fwd_bwd_s']:.4f} "
             f"| {head['fp32_operands_fwd_bwd_s']:.4f} | {head['speedup']:.2f}x | {head['max_abs_logp_gap']:.2g} |",
         ]
+    precision = report.get("precision") or {}
+    steps = {k: v for k, v in precision.items() if k != "plan vs peak"}
+    if steps:
+        lines += ["", "| bf16 AdamW step (tiny) | optimizer | gap to float64, of the step | step s |"]
+        lines.append("|---|---|---|---|")
+        for name, row in steps.items():
+            if isinstance(row, dict):
+                lines.append(f"| {name} | {row['optimizer']} | {row['step_gap_of_norm']:.3f} | {row['step_s']:.2f} |")
+            else:
+                lines.append(f"| {name} | {row} | | |")
+    peak = precision.get("plan vs peak")
+    if peak:
+        lines += [
+            "",
+            f"bf16 AdamW step of a {peak['params_b']:.2f}B Llama at ZeRO-3: plan estimate (no fixed margins) "
+            f"{peak['plan_estimate_gb']:.2f} GB, measured peak {peak['measured_peak_gb']:.2f} GB, "
+            f"{peak['step_s']:.2f} s",
+        ]
+    sent = report.get("stream")
+    if sent:
+        lines += [
+            "",
+            f"weight stream over gloo on {sent['device']}: {sent['bytes_sent']} bytes, received bit-exact: "
+            f"{sent['received_bit_exact']}",
+        ]
     for name, error in report.get("errors", {}).items():
         lines += ["", f"{name} failed: {error.strip().splitlines()[-1]}"]
     return "\n".join(lines) + "\n"
@@ -356,6 +518,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         model_dir = build_model_dir(args.tiny, work / "model")
+        tiny_dir = model_dir if args.tiny else build_model_dir(True, work / "tiny")
         vocab = model_config(args.tiny).vocab_size
         pairs = make_pairs(8, 48 if args.tiny else 512, vocab, seed=0)
         attentions = ["sdpa"]
@@ -382,6 +545,8 @@ def main() -> None:
             "zero3": lambda: zero3_step(model_dir, pairs[:4], args.device == "cuda", work),
             "throughput": lambda: throughput(model_dir, args.tiny, device, dtype, peak),
             "head": lambda: head_matmuls(args.tiny, device),
+            "precision": lambda: precision(tiny_dir, args.device == "cuda", work, args.tiny),
+            "stream": lambda: stream(args.device),
         }
         for name, run in sections.items():  # one machine lease, one try: a failed section must not lose the others
             try:

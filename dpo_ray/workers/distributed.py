@@ -67,23 +67,22 @@ def rendezvous_store(address: str, port: int, rank: int, world_size: int, timeou
 
 class BroadcastGroup:
     """A group of its own between one sender (rank 0, which hosts the rendezvous) and its receivers, outside any
-    default group: policy rank 0 and vLLM's workers each already belong to one. Built as vLLM's own weight transfer
-    and OpenRLHF build theirs: vLLM's StatelessProcessGroup over this rendezvous store, with vLLM's PyNcclCommunicator
-    on GPU; on CPU a gloo group over the same store, behind the same broadcast."""
+    default group: policy rank 0 and vLLM's workers each already belong to one. On GPU built as vLLM's own weight
+    transfer and OpenRLHF build theirs: vLLM's StatelessProcessGroup over this rendezvous store with vLLM's
+    PyNcclCommunicator; on CPU a gloo group over the same store, behind the same broadcast."""
 
     def __init__(self, address: str, port: int, rank: int, world_size: int, backend: str, timeout_s: float = 1800):
         import torch.distributed as dist
-        from vllm.distributed.utils import StatelessProcessGroup
 
         timeout = timedelta(seconds=timeout_s)
         store = rendezvous_store(address, port, rank, world_size, timeout)
-        self.meta = StatelessProcessGroup(rank=rank, world_size=world_size, store=store)
         self.rank, self.world_size = rank, world_size
+        self.nccl, self.group = None, None
         if backend == "nccl":
-            self.nccl = nccl_communicator(self.meta)
-            self.group = None
+            from vllm.distributed.utils import StatelessProcessGroup
+
+            self.nccl = nccl_communicator(StatelessProcessGroup(rank=rank, world_size=world_size, store=store))
         else:
-            self.nccl = None
             self.group = dist.ProcessGroupGloo(store, rank, world_size, timeout)
 
     def broadcast(self, tensor) -> None:
