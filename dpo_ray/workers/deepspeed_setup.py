@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -102,16 +103,15 @@ def lr_factor(step: int, total_steps: int, warmup_steps: float, kind: str) -> fl
 
 def make_optimizer(params, train: TrainConfig, offloaded: bool, cache_dir: str) -> torch.optim.Optimizer:
     """The torch optimizer; with offloaded optimizer states, AdamW is DeepSpeed's CPU Adam (the same update,
-    vectorised for the host; its C++ op builds once, about 75 s on 2 cores, into cache_dir/torch_extensions)."""
+    vectorised for the host; its C++ op builds once per kind of CPU, about 75 s on 2 cores: extensions_dir)."""
     if train.optimizer == "sgd":
         return torch.optim.SGD(params, lr=train.lr, weight_decay=train.weight_decay)
     if offloaded:
         import os
-        from pathlib import Path
 
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
-        os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(cache_dir).expanduser() / "torch_extensions"))
+        os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(extensions_dir(cache_dir)))
         return DeepSpeedCPUAdam(
             params, lr=train.lr, betas=tuple(train.adam_betas), weight_decay=train.weight_decay, adamw_mode=True
         )
@@ -119,6 +119,22 @@ def make_optimizer(params, train: TrainConfig, offloaded: bool, cache_dir: str) 
     return torch.optim.AdamW(
         params, lr=train.lr, betas=tuple(train.adam_betas), weight_decay=train.weight_decay, fused=True
     )
+
+
+def extensions_dir(cache_dir: str, cpuinfo: str = "/proc/cpuinfo") -> Path:
+    """Where DeepSpeed's C++ ops build: cache_dir/torch_extensions/<this CPU's model and flags>. DeepSpeed compiles
+    CPU Adam with -march=native, so nodes of one kind of CPU share one build (torch locks its build directory: the
+    first rank builds, the others wait) and a node of another kind never loads it (illegal instructions)."""
+    import hashlib
+    import platform
+
+    try:
+        lines = Path(cpuinfo).read_text().splitlines()
+    except OSError:
+        lines = []
+    kind = [platform.machine()] + sorted({line for line in lines if line.startswith(("model name", "flags"))})
+    key = hashlib.sha256("\n".join(kind).encode()).hexdigest()[:12]
+    return Path(cache_dir).expanduser() / "torch_extensions" / f"{platform.machine()}-{key}"
 
 
 def clip_before_step(optimizer: torch.optim.Optimizer, max_grad_norm: float) -> None:

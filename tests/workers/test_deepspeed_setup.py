@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -47,3 +48,19 @@ def test_transformers_schedulers_run_by_name_with_their_arguments(name, kwargs, 
         optimizer.step()
         scheduler.step()
     assert got == pytest.approx([0.0, 0.5] + [factor((s - 2) / 8) for s in range(2, 10)])
+
+
+def test_cpu_adam_builds_once_per_kind_of_cpu(tmp_path):
+    """DeepSpeed builds CPU Adam with -march=native: nodes whose CPUs match share a build, another CPU gets its own."""
+    from dpo_ray.workers.deepspeed_setup import extensions_dir
+
+    def cpu(name: str, flags: str) -> str:
+        path = tmp_path / f"{name}-{flags}"
+        path.write_text("".join(f"processor\t: {i}\nmodel name\t: {name}\nflags\t: {flags}\n\n" for i in range(4)))
+        return str(path)
+
+    sapphire = extensions_dir("/cache", cpu("Xeon 8480", "avx2 avx512f amx_bf16"))
+    assert sapphire == extensions_dir("/cache", cpu("Xeon 8480", "avx2 avx512f amx_bf16"))
+    assert sapphire.parent == Path("/cache/torch_extensions")
+    assert sapphire != extensions_dir("/cache", cpu("EPYC 7763", "avx2"))
+    assert sapphire != extensions_dir("/cache", cpu("Xeon 8480", "avx2 avx512f"))  # same name, fewer instructions
