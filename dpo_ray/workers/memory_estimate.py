@@ -234,9 +234,9 @@ def kv_bytes_per_token(shape: ModelShape, a: int, tensor_parallel: int) -> float
 def weight_sync_bytes(cfg: RunConfig, shape: ModelShape, tensor_parallel: int) -> float:
     """What a weight sync adds on each of an engine's GPUs, beside vLLM's own share: the receive bucket, the largest
     tensor whole (each worker takes whole tensors and shards them itself: Llama-3-70B's embedding is 2.1 GB), and the
-    fresh copy of a decoder layer vLLM's layer-wise reload builds (its shard)."""
+    fresh copy of a layer vLLM's layer-wise reload builds (its shard: of a decoder layer, or of the largest tensor)."""
     a = dtype_bytes(cfg)
-    layer = (shape.params - shape.vocab * shape.hidden) / max(1, shape.layers)
+    layer = max((shape.params - shape.vocab * shape.hidden) / max(1, shape.layers), shape.largest_module_params)
     return (cfg.rollout.sync_bucket_mb << 20) + shape.largest_module_params * a + layer * a / tensor_parallel
 
 
