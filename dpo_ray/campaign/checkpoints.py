@@ -41,7 +41,7 @@ class CheckpointStore:
         partial, final = self.root / f"{PARTIAL}{tag}", self.root / tag
         shutil.rmtree(partial, ignore_errors=True)
         try:
-            hashed = policy.save_checkpoint(str(self.root), partial.name) or {}  # the ranks hash their own shards
+            hashed = policy.save_checkpoint(str(self.root), partial.name)  # the ranks hash their own shards
             if also is not None:
                 also(partial)
             write_text(partial / STATE, json.dumps({"tag": tag, **state}))

@@ -80,10 +80,8 @@ class Groups:
 
 class OnlineCampaign:
     def __init__(self, cfg: RunConfig, inputs: OnlineInputs | None = None):
-        self.cfg, o = (
-            absolute_dirs(validate(cfg)),
-            cfg.online,
-        )  # composed configs are valid; one built in Python is checked
+        # composed configs are valid already; one built in Python is checked here
+        self.cfg, o = absolute_dirs(validate(cfg)), cfg.online
         self.inputs = inputs or online_inputs(cfg)
         self.uses_reference = needs_reference(cfg.algo)
         self.unpaired = is_unpaired(cfg.algo.loss_type)  # online KTO: each round's samples become labelled examples

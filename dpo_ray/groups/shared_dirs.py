@@ -57,18 +57,20 @@ def require_shared(group, cfg) -> None:
 def check_shared(group, directories: dict[str, str]) -> None:
     """Every rank of group leaves a token in each directory (by option name), and the driver must see them all;
     raises NotShared naming the option, the directory, the rank and its node, and the way out."""
-    import ray
+    from .actor_group import gather
 
     nonce, paths = secrets.token_hex(6), list(directories.values())
     names = [token_name(nonce, rank) for rank in range(group.size)]
-    nodes = ray.get([a.leave_token.remote(paths, name) for a, name in zip(group.actors, names)])
+    left = [a.leave_token.remote(paths, name) for a, name in zip(group.actors, names)]
+    nodes = gather(left, group.call_timeout_s, f"{group.name}: a token in the run's directories")
     missing = [
         (option, directory, rank, node)
         for option, directory in directories.items()
         for rank, (name, node) in enumerate(zip(names, nodes))
         if not (Path(directory) / name).exists()
     ]
-    ray.get([a.take_token.remote(paths, name) for a, name in zip(group.actors, names)])
+    taken = [a.take_token.remote(paths, name) for a, name in zip(group.actors, names)]
+    gather(taken, group.call_timeout_s, f"{group.name}: the tokens taken back")
     if missing:
         option, directory, rank, node = missing[0]
         ranks = sorted({f"{r} on {n}" for _, _, r, n in missing})
