@@ -206,15 +206,17 @@ def check(cfg: RunConfig, plan: Plan, models: PlanModels, length: int) -> None:
 
 
 def node_host_memory(plan: Plan) -> dict[int, dict[str, float]]:
-    """Host bytes each node holds at its peak, by group: all groups together online, the larger group offline."""
+    """Host bytes each node holds at its peak, by group: all groups together online, the larger group offline; rank
+    0's node also the model it gathers to save it."""
     phases = [plan.groups] if plan.concurrent else [[g] for g in plan.groups]
     peak: dict[int, dict[str, float]] = {}
     for phase in phases:
         held: dict[int, dict[str, float]] = {}
         for group in phase:
-            for node in group.nodes:
+            for rank, node in enumerate(group.nodes):
                 per_group = held.setdefault(node, {})
-                per_group[group.need.name] = per_group.get(group.need.name, 0.0) + group.memory.host_total
+                extra = group.memory.rank0_host if rank == 0 else 0.0  # the model saved whole, on rank 0's node
+                per_group[group.need.name] = per_group.get(group.need.name, 0.0) + group.memory.host_total + extra
         for node, by_group in held.items():
             if sum(by_group.values()) > sum(peak.get(node, {}).values()):
                 peak[node] = by_group

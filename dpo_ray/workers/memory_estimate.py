@@ -57,6 +57,7 @@ class ActorMemory:
     notes: list[str]
     shortfall: float = 0.0  # bytes missing for the actor to start at all (an engine's KV cache for one sequence)
     max_model_len: int = 0  # an engine's: the one sequence its KV cache must hold
+    rank0_host: float = 0.0  # host bytes rank 0 alone adds for a while: the model gathered whole to save it (ZeRO-3)
 
     @property
     def device_total(self) -> float:
@@ -205,7 +206,11 @@ def policy_rank(cfg: RunConfig, shape: ModelShape, world: int, stage: int) -> Ac
         [Part("offloaded states", offloaded, "deepspeed.offload_*, x1.5 as DeepSpeed's estimate")] if offloaded else []
     )
     host += [loading_buffer(shape, a)] if stage >= 3 else []
-    return split(gpu, [p for p in device if p.bytes], host, [])
+    memory = split(gpu, [p for p in device if p.bytes], host, [])
+    if stage >= 3:  # saving final/ gathers the partitions into rank 0's host memory (the adapter alone with LoRA)
+        memory.rank0_host = trainable * a if cfg.model.lora.enabled else shape.params * a
+        memory.notes.append(f"rank 0 gathers {memory.rank0_host / GIB:.1f} GiB into host memory to save the model")
+    return memory
 
 
 def reference_rank(cfg: RunConfig, shape: ModelShape, ranks: int, sharded: bool) -> ActorMemory:

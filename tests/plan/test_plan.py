@@ -227,6 +227,9 @@ def test_an_engine_whose_share_leaves_no_room_for_a_weight_sync_is_refused_with_
     run = ["online", f"model.path={models['70b']}", "cluster=multi_node_70b", "reward.fn=os.path:join", "--nodes=4"]
     status, out = plan(capsys, *run)
     assert status == 0 and "weight sync 3.20 = " in out, out
+    # saving final/ at ZeRO-3 gathers the 131.4 GiB model into rank 0's host memory, on its node only
+    assert "rank 0 gathers 131.4 GiB into host memory to save the model" in out
+    assert "node3: policy 967.9 = 967.9 of 1024.0" in out and "node1: reward 1.0, policy 836.5 = 837.5" in out
     status, out = plan(capsys, *run, "rollout.gpu_memory_utilization=0.97")
     assert status == 1
     verdict = out[out.index("verdict:") :]
