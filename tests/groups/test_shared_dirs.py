@@ -34,7 +34,12 @@ def split_cluster():
     for d in (node_local, shared, private):
         d.mkdir()
     port = free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ['PATH']}"}
+    # One temp dir for the driver and both nodes, and the auth mode this process's Ray already holds (it reads the
+    # mode once: a local Ray earlier in the run turned token auth on; with another, the cluster cancels its actors)
+    from ray._private.authentication.authentication_utils import is_token_auth_enabled
+
+    ours = {"RAY_TMPDIR": str(root / "ray"), "RAY_AUTH_MODE": "token" if is_token_auth_enabled() else "disabled"}
+    env = {**os.environ, **ours, "PATH": f"{BIN}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
     node = ["--block", "--node-ip-address=127.0.0.1", "--num-cpus=2"]
     ray_cli = str(BIN / "ray")
@@ -46,7 +51,8 @@ def split_cluster():
         subprocess.Popen(cmd, env=env, start_new_session=True, stdout=logs, stderr=subprocess.STDOUT)
         for cmd in (head + node, second)
     ]
-    os.environ["RAY_AUTH_MODE"] = "disabled"
+    before = {name: os.environ.get(name) for name in ours}
+    os.environ.update(ours)
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -63,7 +69,8 @@ def split_cluster():
         yield node_local, shared, private
     finally:
         ray.shutdown()
-        os.environ.pop("RAY_AUTH_MODE", None)
+        for name, value in before.items():
+            os.environ.pop(name, None) if value is None else os.environ.update({name: value})
         for process in started:
             os.killpg(process.pid, signal.SIGTERM)
         for process in started:
