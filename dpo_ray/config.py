@@ -276,11 +276,12 @@ class ClusterConfig:
     policy_ranks: int = opt(1, "policy group size: one DeepSpeed rank per Ray actor", AT_LEAST_ONE)
     reference_ranks: int = opt(1, "reference group size", AT_LEAST_ONE)
     placement: Placement = opt(Placement.PACK, "placement-group strategy of every group")
-    cpus_per_rank: float = opt(1.0, "CPUs reserved per policy or reference actor", POSITIVE)
+    cpus_per_rank: float = opt(1.0, "CPUs reserved per policy actor (and per reference actor by default)", POSITIVE)
+    reference_cpus: float = opt(0.0, "CPUs reserved per reference actor; 0: cpus_per_rank", NON_NEGATIVE)
     gpus_per_rank: float = opt(
         0.0, "GPUs per actor: 0 (CPU, gloo, float32) or a whole number (CUDA, NCCL, bf16)", NON_NEGATIVE
     )
-    torch_threads: int = opt(0, "torch threads per actor; 0: cpus_per_rank rounded up", NON_NEGATIVE)
+    torch_threads: int = opt(0, "torch threads per actor; 0: its CPUs rounded up", NON_NEGATIVE)
     memory_check: bool = opt(
         True, "refuse to start when the plan (dpo-ray plan) says a GPU or node runs out of memory; false: warn only"
     )
@@ -291,6 +292,10 @@ class ClusterConfig:
     rollout_cpus: float = opt(1.0, "online: CPUs reserved per vLLM engine", POSITIVE)
     reward_ranks: int = opt(1, "online: reward group size (reward-model replicas or rule workers)", AT_LEAST_ONE)
     reward_cpus: float = opt(1.0, "online: CPUs reserved per reward actor", POSITIVE)
+
+    def reference_rank_cpus(self) -> float:
+        """A reference rank's CPUs: a frozen model's forward needs fewer than a policy rank's (CPU-offloaded) Adam."""
+        return self.reference_cpus or self.cpus_per_rank
 
 
 @dataclass

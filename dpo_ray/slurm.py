@@ -8,10 +8,12 @@ import sys
 
 
 def shape(command: str, overrides: list[str]) -> tuple[int, int, int]:
-    """Nodes (cluster.nodes, at least 1), and the GPUs and CPUs per node: the most the run's groups hold at once,
-    spread evenly (offline runs finish the reference before the policy starts; online groups all live at once)."""
+    """Nodes (cluster.nodes, at least 1), the GPUs per node (the most the run's groups hold at once, spread evenly:
+    offline runs finish the reference before the policy starts; online groups all live at once) and the CPUs per node:
+    the most any node holds when Ray places the groups on nodes of that many GPUs (a node of 8 policy ranks may need
+    more than an even share), or an even share when the run has no GPUs."""
     from .compose import compose
-    from .groups.resources import group_needs, reference_group_needed
+    from .groups.resources import group_needs, place_groups, reference_group_needed
 
     cfg = compose(overrides, command)
     online = command == "online"
@@ -22,7 +24,19 @@ def shape(command: str, overrides: list[str]) -> tuple[int, int, int]:
         held = [n.size * n.bundle().get(resource, 0.0) for n in needs]
         return math.ceil((sum(held) if online else max(held)) / nodes)
 
-    return nodes, per_node("GPU"), max(1, per_node("CPU"))
+    gpus = per_node("GPU")
+    if not gpus:
+        return nodes, 0, max(1, per_node("CPU"))
+    unbounded = [{"CPU": UNBOUNDED_CPUS, "GPU": float(gpus)}] * nodes
+    placed = place_groups(needs, unbounded, str(cfg.cluster.placement), concurrent=online)
+    loads = []  # each group's CPUs on each node
+    for need, where in zip(needs, placed):
+        loads.append([need.cpus * where.count(node) for node in range(nodes)])
+    held = [[sum(cpus) for cpus in zip(*loads)]] if online else loads
+    return nodes, gpus, max(1, math.ceil(max(max(load) for load in held)))
+
+
+UNBOUNDED_CPUS = 1e9  # CPUs of a node whose count is what shape() finds: GPUs alone decide where bundles go
 
 
 def main(argv: list[str]) -> int:

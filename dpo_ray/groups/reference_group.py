@@ -12,7 +12,7 @@ import ray
 from ..config import RunConfig
 from ..data.batches import as_micro_batches, deal_groups, scores_by_pair
 from ..data.tokenize import TokenizedPair
-from ..workers.device import device_spec
+from ..workers.device import device_spec, rank_threads
 from ..workers.model_shape import model_shape
 from .actor_group import ActorGroup
 from .resources import reference_need
@@ -36,6 +36,8 @@ class ReferenceGroup:
     def __init__(self, cfg: RunConfig, model_path: str, env: dict[str, str]):
         worker, kwargs = "dpo_ray.workers.reference.ReferenceWorker", dict(cfg=cfg, model_path=model_path)
         began = time.perf_counter()
+        threads = rank_threads(cfg.cluster.reference_rank_cpus(), cfg.cluster.torch_threads)
+        env = {**env, "OMP_NUM_THREADS": str(threads)}  # the run's environment sizes it for a policy rank
         self.group = ActorGroup(reference_need(cfg), worker, cfg.cluster, env, kwargs)
         require_shared(self.group, cfg)  # before any model loads
         self.sharding = str(cfg.reference.sharding)

@@ -63,7 +63,7 @@ def policy_need(cfg: RunConfig) -> GroupNeed:
 
 def reference_need(cfg: RunConfig) -> GroupNeed:
     c = cfg.cluster
-    return GroupNeed("reference", c.reference_ranks, c.cpus_per_rank, c.gpus_per_rank)
+    return GroupNeed("reference", c.reference_ranks, c.reference_rank_cpus(), c.gpus_per_rank)
 
 
 def reference_group_needed(cfg: RunConfig, online: bool) -> bool:

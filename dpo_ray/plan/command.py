@@ -11,14 +11,14 @@ USAGE = """usage: dpo-ray plan [train|online] [OVERRIDE ...] [--nodes N] [--gpus
 Composes the configuration `dpo-ray train` (or online) would run, reads the models' config.json only (no weights:
 a directory holding just a config will do) and prints where each group's actors land, each actor's memory by part,
 and the verdict: fits (exit 0) or does not fit, with the part that overflows and the options that would fix it
-(exit 1). With --nodes it plans for N identical nodes (defaults: 8 GPUs of 80 GiB, 64 CPUs, 1024 GiB); without, for
-the Ray cluster at cluster.address (or RAY_ADDRESS) when one is named, else for this machine."""
+(exit 1). With --nodes it plans for N identical nodes (defaults: 8 GPUs of 80 GiB, 128 CPUs, 1024 GiB); without,
+for the Ray cluster at cluster.address (or RAY_ADDRESS) when one is named, else for this machine."""
 
 FLAGS = {  # flag -> (default, parser)
     "--nodes": (0, int),
     "--gpus-per-node": (8, int),
     "--gpu-memory-gib": (80.0, float),
-    "--cpus-per-node": (64.0, float),
+    "--cpus-per-node": (128.0, float),
     "--memory-gib": (1024.0, float),
 }
 

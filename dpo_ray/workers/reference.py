@@ -20,7 +20,7 @@ class ReferenceWorker:
         self.cfg, self.rank, self.world, self.model_path = cfg, rank, world_size, model_path
         self.spec = device_spec(cfg.cluster.gpus_per_rank, cfg.model.dtype)
         self.local_rank = use_local_gpu(self.spec)
-        torch.set_num_threads(rank_threads(cfg.cluster.cpus_per_rank, cfg.cluster.torch_threads))
+        torch.set_num_threads(rank_threads(cfg.cluster.reference_rank_cpus(), cfg.cluster.torch_threads))
         self.pad_id = load_tokenizer(model_path, cfg.model.trust_remote_code).pad_token_id
         self.layout = make_layout(cfg.data.layout, cfg.data.pack_length, cfg.model.attn_implementation)
         self.model: torch.nn.Module | None = None

@@ -47,8 +47,12 @@ def test_gpu_presets_fill_their_cluster_exactly(preset, nodes):
 def test_the_slurm_shape_of_a_run_comes_from_its_config():
     from dpo_ray.slurm import shape
 
-    # 16 policy, 4 reference, 4 x 2 rollout and 4 reward GPUs, and 4 CPUs each of those 28 actors, over 4 nodes
-    assert shape("online", ["cluster=multi_node", "reward.model_path=/models/rm"]) == (4, 8, 28)
+    # 16 policy, 4 reference, 4 x 2 rollout and 4 reward GPUs, and 4 CPUs each of those 28 actors, over 4 nodes:
+    # 112 CPUs, but a node of 8 policy ranks holds 32 of them
+    assert shape("online", ["cluster=multi_node", "reward.model_path=/models/rm"]) == (4, 8, 32)
+    # the 70B preset: 8 policy ranks of 12 CPUs on a node; offline its 16 ranks take 4 GPUs of each node
+    assert shape("online", ["cluster=multi_node_70b", "reward.fn=os.path:join"]) == (4, 8, 96)
+    assert shape("train", ["cluster=multi_node_70b"]) == (4, 4, 48)
     # offline, the policy scores its own reference: no reference group
     assert shape("train", ["cluster=single_node_8gpu"]) == (1, 4, 16)
     # with one, it finishes before the policy starts: the larger of the two counts
@@ -127,3 +131,12 @@ def test_a_tensor_parallel_judge_takes_its_gpus_in_one_bundle_and_its_engine_run
             ],
             "online",
         )
+
+
+def test_reference_ranks_reserve_their_own_cpus_or_the_policy_ranks():
+    from dpo_ray.groups.resources import policy_need, reference_need
+
+    cfg = compose(["cluster.cpus_per_rank=12", "cluster.reference_cpus=4"], "train")
+    assert (policy_need(cfg).cpus, reference_need(cfg).cpus) == (12.0, 4.0)
+    cfg = compose(["cluster.cpus_per_rank=12"], "train")
+    assert reference_need(cfg).cpus == 12.0
