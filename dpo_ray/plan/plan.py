@@ -77,14 +77,15 @@ def device_bytes(nodes: list[NodeSpec], where: list[int], world: int, gpus: floa
 
 
 def group_memory(
-    cfg: RunConfig, name: str, models: PlanModels, device: float, world: int, max_model_len: int
+    cfg: RunConfig, name: str, models: PlanModels, device: float, world: int, max_model_len: int, sends: bool = False
 ) -> tuple[ActorMemory, str]:
-    """One actor's memory in group name, and the choice it implies (ZeRO stage, sharding, ...)."""
+    """One actor's memory in group name, and the choice it implies (ZeRO stage, sharding, ...); sends: the policy
+    streams its weights (online, or to a moving reference)."""
     if name == "policy":
         shape = policy_shape(cfg, models.policy)
         stage = policy_zero_stage(cfg, shape, world, device)
         auto = " (auto)" if str(cfg.deepspeed.zero_stage) == "auto" else ""
-        return memory.policy_rank(cfg, shape, world, stage), f"ZeRO stage {stage}{auto}"
+        return memory.policy_rank(cfg, shape, world, stage, sends), f"ZeRO stage {stage}{auto}"
     if name == "reference":
         shape = model_shape(models.reference, cfg.model.trust_remote_code)
         replica = shape.params * memory.dtype_bytes(cfg)
@@ -135,7 +136,7 @@ def make_plan(
     for need, where in zip(needs, placed):
         world = need.size
         device = device_bytes(nodes, where, world, need.gpus)
-        actor, setting = group_memory(cfg, need.name, models, device, world, length)
+        actor, setting = group_memory(cfg, need.name, models, device, world, length, together)
         if need.name == "policy":
             actor.notes.append(checkpointing_note(cfg, models, device, world, length))
         plan.groups.append(GroupPlan(need, where, [], actor, setting))
@@ -173,10 +174,15 @@ def check(cfg: RunConfig, plan: Plan, models: PlanModels, length: int) -> None:
             continue
         m = group.memory
         gpu_memory = min((plan.nodes[i].gpu_memory or 0.0) for i in group.nodes)
-        if group.need.gpus and m.device and gpu_memory and m.device_total > gpu_memory:
+        if group.need.gpus and m.device and gpu_memory and m.device_peak > gpu_memory:
             largest = max(m.device, key=lambda p: p.bytes)
             sync = sum(p.bytes for p in m.device if p.name == "weight sync")
-            if sync and m.device_total - sync <= gpu_memory:  # vLLM's share fits; the sync beside it does not
+            if m.device_total <= gpu_memory:  # a step fits; policy rank 0 sending the weights does not
+                text = (
+                    f"rank 0 holds {m.rank0_device / GIB:.1f} GiB of {gpu_memory / GIB:.1f} GiB while it sends the "
+                    f"weights (rollout.sync_bucket_mb={cfg.rollout.sync_bucket_mb})"
+                )
+            elif sync and m.device_total - sync <= gpu_memory:  # vLLM's share fits; the sync beside it does not
                 text = (
                     f"a weight sync holds {sync / GIB:.1f} GiB per GPU beside vLLM's share, and "
                     f"rollout.gpu_memory_utilization={cfg.rollout.gpu_memory_utilization} leaves "
@@ -232,6 +238,7 @@ REMEDIES = {
         ("model.lora.enabled", [True]),
         ("train.micro_batch_size", [2, 1]),
         ("data.max_length", [2048, 1024, 512]),
+        ("rollout.sync_bucket_mb", [256]),
     ],
     "reference": [
         ("reference.sharding", ["zero3"]),
@@ -285,8 +292,9 @@ def fixes(
             name, group.need.size
         )
         device = room if gpu else min(plan.nodes[i].memory for i in group.nodes) / world
-        actor, _ = group_memory(trial, name, models, device, world, trial.rollout.max_model_len or length)
-        need = actor.device_total if gpu else actor.host_total * count
+        trial_length = trial.rollout.max_model_len or length
+        actor, _ = group_memory(trial, name, models, device, world, trial_length, plan.concurrent)
+        need = actor.device_peak if gpu else actor.host_total * count
         return trial, need, need <= room and not actor.shortfall, world
 
     def changes(base: RunConfig, option: str, values: list) -> list:
@@ -360,10 +368,10 @@ def render(plan: Plan) -> str:
         if m.device:
             gpu_memory = min((plan.nodes[i].gpu_memory or 0.0) for i in g.nodes) if g.nodes else 0.0
             lines.append(
-                f"  {g.need.name} GPU: {parts_text(m.device)} = {m.device_total / GIB:.2f}"
+                f"  {g.need.name} GPU: {memory.parts_text(m.device)} = {m.device_total / GIB:.2f}"
                 + (f" of {gpu_memory / GIB:.1f}" if gpu_memory else "")
             )
-        lines.append(f"  {g.need.name} host: {parts_text(m.host)} = {m.host_total / GIB:.2f}")
+        lines.append(f"  {g.need.name} host: {memory.parts_text(m.host)} = {m.host_total / GIB:.2f}")
         lines += [f"    {note}" for note in m.notes]
     peak = node_host_memory(plan)
     if peak:
@@ -430,10 +438,6 @@ def spans(numbers: list[int]) -> str:
             out.append(f"{start}" if start == n else f"{start}-{n}")
             start = None
     return ",".join(out)
-
-
-def parts_text(parts: list[memory.Part]) -> str:
-    return " + ".join(f"{p.name} {p.bytes / GIB:.2f}" for p in parts) or "0"
 
 
 def plan_models(cfg: RunConfig, command: str) -> PlanModels:

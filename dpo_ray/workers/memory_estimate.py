@@ -58,6 +58,7 @@ class ActorMemory:
     shortfall: float = 0.0  # bytes missing for the actor to start at all (an engine's KV cache for one sequence)
     max_model_len: int = 0  # an engine's: the one sequence its KV cache must hold
     rank0_host: float = 0.0  # host bytes rank 0 alone adds for a while: the model gathered whole to save it (ZeRO-3)
+    rank0_device: float = 0.0  # GPU bytes policy rank 0 holds while it sends the weights (0: it sends none)
 
     @property
     def device_total(self) -> float:
@@ -66,6 +67,11 @@ class ActorMemory:
     @property
     def host_total(self) -> float:
         return sum(p.bytes for p in self.host)
+
+    @property
+    def device_peak(self) -> float:
+        """The most the actor's GPU holds: a step's parts, or rank 0's while it sends the weights."""
+        return max(self.device_total, self.rank0_device)
 
 
 def dtype_bytes(cfg: RunConfig, dtype: str | None = None) -> int:
@@ -189,8 +195,8 @@ def zero_buffers(cfg: RunConfig, shape: ModelShape, stage: int, a: int, trainabl
     return parts
 
 
-def policy_rank(cfg: RunConfig, shape: ModelShape, world: int, stage: int) -> ActorMemory:
-    """A policy rank at this ZeRO stage."""
+def policy_rank(cfg: RunConfig, shape: ModelShape, world: int, stage: int, sends: bool = False) -> ActorMemory:
+    """A policy rank at this ZeRO stage; sends: its rank 0 streams the weights to engines (or a moving reference)."""
     a, gpu = dtype_bytes(cfg), cfg.cluster.gpus_per_rank > 0
     states = rank_model_states(cfg, shape, world, stage)
     device = [
@@ -210,7 +216,45 @@ def policy_rank(cfg: RunConfig, shape: ModelShape, world: int, stage: int) -> Ac
     if stage >= 3:  # saving final/ gathers the partitions into rank 0's host memory (the adapter alone with LoRA)
         memory.rank0_host = trainable * a if cfg.model.lora.enabled else shape.params * a
         memory.notes.append(f"rank 0 gathers {memory.rank0_host / GIB:.1f} GiB into host memory to save the model")
+    if sends and gpu:
+        sender_gpu(cfg, shape, stage, memory)
     return memory
+
+
+FREED_FOR_SYNC = ("activations", "log-prob chunk", "ZeRO-3 gathers")  # a sync runs between steps
+
+
+def sender_parts(cfg: RunConfig, shape: ModelShape, stage: int) -> list[Part]:
+    """What policy rank 0 adds on its GPU to send the weights: the send bucket; at ZeRO-3 the parameters gathered
+    for it (a bucket's worth of whole tensors, or the largest tensor); with the LoRA merged in, one merge at a time of
+    the largest decoder projection (W and B @ A in float32, the result cast back)."""
+    from .engine_args import syncs_adapter
+
+    a, bucket = dtype_bytes(cfg), cfg.rollout.sync_bucket_mb << 20
+    parts = [Part("send bucket", bucket, f"rollout.sync_bucket_mb={cfg.rollout.sync_bucket_mb}")]
+    if stage >= 3:
+        parts.append(Part("gathered chunk", max(bucket, shape.largest_module_params * a), "a bucket of tensors"))
+    if cfg.model.lora.enabled and not syncs_adapter(cfg):
+        parts.append(Part("LoRA merge", shape.hidden * shape.intermediate * (8 + a), "float32, one projection"))
+    return parts
+
+
+def sender_gpu(cfg: RunConfig, shape: ModelShape, stage: int, memory: ActorMemory) -> None:
+    """Rank 0's GPU while it sends: the step's parts but those freed between steps, the sender's parts, the margins."""
+    margins = ("CUDA context, NCCL, allocator", "fragmentation")
+    kept = [p for p in memory.device if p.name not in FREED_FOR_SYNC + margins]
+    sending = sender_parts(cfg, shape, stage)
+    held = sum(p.bytes for p in kept + sending)
+    memory.rank0_device = held * (1 + FRAGMENTATION) + GPU_PROCESS_BYTES
+    memory.notes.append(
+        f"rank 0 while it sends the weights: {parts_text(sending)} in place of the step's "
+        f"{', '.join(FREED_FOR_SYNC)} = {memory.rank0_device / GIB:.2f}"
+    )
+
+
+def parts_text(parts: list[Part]) -> str:
+    """'a 1.00 + b 2.00' in GiB."""
+    return " + ".join(f"{p.name} {p.bytes / GIB:.2f}" for p in parts) or "0"
 
 
 def reference_rank(cfg: RunConfig, shape: ModelShape, ranks: int, sharded: bool) -> ActorMemory:

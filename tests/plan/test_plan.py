@@ -138,12 +138,12 @@ def canonical(groups: list[tuple[str, list[str]]], concurrent: bool) -> list:
 
 @pytest.fixture(scope="module")
 def fake_gpu_cluster(tmp_path_factory):
-    """Four Ray nodes of 8 fake GPUs and 48 CPUs each: placement groups are made for real, no model is loaded."""
+    """Four Ray nodes of 8 fake GPUs and 128 CPUs each: placement groups are made for real, no model is loaded."""
     import ray
     from ray.cluster_utils import Cluster
 
     os.environ["RAY_TMPDIR"] = str(tmp_path_factory.mktemp("ray-gpu"))
-    node = {"num_cpus": 48, "num_gpus": 8, "object_store_memory": 128 << 20}
+    node = {"num_cpus": 128, "num_gpus": 8, "object_store_memory": 128 << 20}
     cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
     for _ in range(3):
         cluster.add_node(**node)
@@ -208,7 +208,7 @@ def test_ray_places_every_group_where_the_plan_said(fake_gpu_cluster, models, pr
         placed = place_as_the_campaign_does()
     assert canonical(placed, online) == canonical(predicted, online)
     # and the plan made for the same nodes described by flags places the groups alike
-    described = described_nodes(4, 8, 80, 48, 256)
+    described = described_nodes(4, 8, 80, 128, 256)
     flagged = make_plan(cfg, command, described, run_models, "flags")
     flagged_at = [(g.need.name, [str(i) for i in g.nodes]) for g in flagged.groups]
     assert canonical(flagged_at, online) == canonical(predicted, online)
@@ -236,3 +236,26 @@ def test_an_engine_whose_share_leaves_no_room_for_a_weight_sync_is_refused_with_
     assert "rollout: a weight sync holds 3.2 GiB per GPU beside vLLM's share, and " in verdict
     assert "rollout.gpu_memory_utilization=0.97 leaves 2.4 GiB of 80.0 GiB" in verdict
     assert "would fit with: rollout.gpu_memory_utilization=0.95 (79.2 GiB per GPU)" in verdict
+
+
+def test_policy_rank_0_sending_the_weights_is_planned_and_a_bucket_it_cannot_hold_is_refused(models, capsys):
+    """Llama-3-70B, 16 ZeRO-3 ranks: rank 0 sends from a 1 GiB bucket and gathers a bucket's worth of whole tensors
+    (here the embedding, 128256 x 8192 x 2 B = 1.96 GiB), merging LoRA one projection at a time in float32
+    (8192 x 28672 x (4 + 4 + 2) B = 2.19 GiB), while the step's activations and gathers are freed."""
+    run = ["online", f"model.path={models['70b']}", "cluster=multi_node_70b", "reward.fn=os.path:join", "--nodes=4"]
+    status, out = plan(capsys, *run)
+    assert status == 0, out
+    line = next(x for x in out.splitlines() if "policy GPU:" in x)
+    step = dict(p.rsplit(" ", 1) for p in line.split(": ", 1)[1].split(" = ")[0].split(" + "))
+    kept = sum(float(step[k]) for k in ("weights", "reduce bucket", "reduce-scatter output"))
+    sending = 1.00 + 128256 * 8192 * 2 / 2**30
+    assert f"send bucket 1.00 + gathered chunk {sending - 1:.2f} in place of" in out
+    assert f"= {(kept + sending) * 1.1 + 1.5:.2f}\n" in out  # the stated fragmentation and CUDA context margins
+    lora = ["model.lora.enabled=true", "deepspeed.offload_optimizer=none", "rollout.lora_sync=merged"]
+    assert f"LoRA merge {8192 * 28672 * 10 / 2**30:.2f} in place of" in plan(capsys, *run, *lora)[1]
+    assert "LoRA merge" not in plan(capsys, *run, *lora[:2])[1]  # on GPUs the adapter alone is sent by default
+    # a step fits 24 GiB; rank 0 with an 8 GiB bucket does not
+    status, out = plan(capsys, *run, "rollout.sync_bucket_mb=8192", "--gpu-memory-gib=24")
+    verdict = out[out.index("verdict:") :]
+    assert status == 1 and "policy: rank 0 holds 30.3 GiB of 24.0 GiB while it sends the weights" in verdict
+    assert "rollout.sync_bucket_mb=256 (16.8 GiB per GPU)" in verdict.split("policy: rank 0")[1]
