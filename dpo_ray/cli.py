@@ -158,12 +158,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from .campaign.interrupts import RunInterrupted, install
+    from .campaign.interrupts import install, interruption
 
     install()
     try:
         return _run_command(command, commands[command], rest)
-    except RunInterrupted as stop:
+    except Exception as error:  # a signal's RunInterrupted, or one Ray's wait wrapped in a SystemError
+        stop = interruption(error)
+        if stop is None:
+            raise
         print(
             f"dpo-ray {command}: stopped by {stop}; the groups and Ray were shut down. The same command resumes from "
             "the last checkpoint (resume=auto)",
@@ -173,11 +176,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_command(command: str, run, rest: list[str]) -> int:
-    from .campaign.failures import CheckpointError, DiskFull, RunDirInUse, RunMismatch
+    from .campaign.failures import CheckpointError, DiskFull, RunDirInUse, RunFinished, RunMismatch
     from .campaign.preflight import InputError
     from .data.errors import DataError
     from .groups.shared_dirs import NotShared
     from .plan import PlanError
+    from .run_files import SUMMARY_MD
     from .validation import ConfigError
 
     expected = (
@@ -191,7 +195,13 @@ def _run_command(command: str, run, rest: list[str]) -> int:
         DiskFull,
         NotShared,
     )
-    return _guarded(command, lambda: run(rest), expected)
+    try:
+        return _guarded(command, lambda: run(rest), expected)
+    except RunFinished as done:  # an identical rerun: its table again, in seconds, not a second run
+        summary = done.run_dir / SUMMARY_MD
+        table = summary.read_text(encoding="utf-8") if summary.exists() else ""
+        print(f"dpo-ray {command}: {done}: nothing to do (resume=never runs it again)\n\n{table}", end="")
+        return 0
 
 
 def _print(text: str, end: str = "\n") -> int:

@@ -1,6 +1,7 @@
 """The files of a run directory, by name: the campaign writes them, the report and `dpo-ray report` read them."""
 
 CONFIG = "config.json"  # the composed run configuration
+RUN_RECORD = "run.json"  # which run the directory holds: command, fingerprint, length, running or finished
 PLAN = "plan.txt"  # where each actor went and its memory estimate, as `dpo-ray plan` prints it
 METRICS = "metrics.jsonl"  # one row per logged step and per held-out evaluation (and per online round)
 ROUNDS = "rounds.jsonl"  # online: one summary row per round; row 0 is the starting policy

@@ -7,7 +7,15 @@ class RunDirInUse(RuntimeError):
 
 
 class RunMismatch(RuntimeError):
-    """The run directory holds another run's checkpoints."""
+    """The run directory holds another run's results."""
+
+
+class RunFinished(RuntimeError):
+    """The run directory holds this very run, finished: there is nothing to do."""
+
+    def __init__(self, message: str, run_dir):
+        super().__init__(message)
+        self.run_dir = run_dir
 
 
 class CheckpointError(RuntimeError):

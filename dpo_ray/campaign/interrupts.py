@@ -9,6 +9,7 @@ import threading
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 _installed = False
+_received: list[int] = []  # the signals that came, so that a failure they caused is not taken for a lost actor
 
 
 class RunInterrupted(Exception):
@@ -24,7 +25,24 @@ class RunInterrupted(Exception):
 
 
 def _raise(signum, frame) -> None:
+    _received.append(signum)
     raise RunInterrupted(signum)
+
+
+def stopping() -> bool:
+    """Whether a stop signal has come (a terminal's Ctrl-C reaches Ray's workers too: their deaths follow from it)."""
+    return bool(_received)
+
+
+def interruption(error: BaseException) -> RunInterrupted | None:
+    """The RunInterrupted behind error: itself, or the one a C extension wrapped in a SystemError because the signal
+    came while it ran (Ray's wait: "returned a result with an exception set")."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, RunInterrupted):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def install() -> None:

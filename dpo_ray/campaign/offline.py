@@ -24,6 +24,8 @@ from .fingerprint import check_resumable, items_digest, run_fingerprint
 from .inputs import OfflineInputs, offline_inputs
 from .metrics import MetricsWriter
 from .reference import ReferenceScorer
+from .run_lock import run_dir_lock
+from .run_record import RunPlan, claim, finish
 from .runtime import PlanCheck, absolute_dirs, record_attempt, run_campaign
 from .trainer import PolicyTrainer, accumulation_steps, epoch_groups, eval_groups
 
@@ -64,12 +66,21 @@ class OfflineCampaign:
         # A reference group finishes before the policy group starts: they need not fit together.
         needs = group_needs(self.cfg, reference_group_needed(self.cfg, online=False), online=False)
         check = PlanCheck("train", PlanModels(self.inputs.model_path, self.inputs.reference_path))
-        if self.cfg.resume == Resume.auto:  # before Ray: another run's checkpoint stops this one here
-            check_resumable(self.checkpoints.latest(hasher=None), self.fingerprint, str(self.run_dir))
         together = groups_live_together(self.cfg, online=False)
-        result, restarts = run_campaign(
-            self.cfg, needs, self._run, check, concurrent=together, cleanup=self.reference.shutdown
-        )
+        with run_dir_lock(self.run_dir):
+            latest = self.checkpoints.latest(hasher=None)
+            if self.cfg.resume == Resume.auto:  # before Ray: another run's checkpoint stops this one here
+                check_resumable(latest, self.fingerprint, str(self.run_dir))
+            claim(
+                self.run_dir,
+                RunPlan("train", self.fingerprint, self.total_steps, "steps"),
+                self.cfg.resume,
+                bool(latest),
+            )
+            result, restarts = run_campaign(
+                self.cfg, needs, self._run, check, concurrent=together, cleanup=self.reference.shutdown
+            )
+            finish(self.run_dir)
         result.restarts = restarts
         return result
 

@@ -43,6 +43,8 @@ from .metrics import MetricsWriter
 from .reference import ReferenceScorer
 from .round_store import RoundStore
 from .rounds_ahead import RoundsAhead
+from .run_lock import run_dir_lock
+from .run_record import RunPlan, claim, finish
 from .runtime import PlanCheck, absolute_dirs, record_attempt, run_campaign
 from .trainer import PolicyTrainer, accumulation_steps, epoch_groups, eval_groups
 
@@ -111,8 +113,17 @@ class OnlineCampaign:
         self.store = RoundStore(self.run_dir, cfg.train.keep_checkpoints, settings, o.checkpoint_every, o.rounds)
 
     def run(self) -> OnlineResult:
-        if self.cfg.resume == Resume.auto:  # before Ray: another run's round checkpoint stops this one here
-            check_resumable(self.store.finished(hasher=None), self.fingerprint, str(self.run_dir))
+        with run_dir_lock(self.run_dir):
+            latest = self.store.finished(hasher=None)
+            if self.cfg.resume == Resume.auto:  # before Ray: another run's round checkpoint stops this one here
+                check_resumable(latest, self.fingerprint, str(self.run_dir))
+            plan = RunPlan("online", self.fingerprint, self.cfg.online.rounds, "rounds")
+            claim(self.run_dir, plan, self.cfg.resume, bool(latest))
+            result = self._campaign()
+            finish(self.run_dir)
+        return result
+
+    def _campaign(self) -> OnlineResult:
         needs = group_needs(self.cfg, reference_group_needed(self.cfg, online=True), online=True)
         i = self.inputs
         reward = i.reward_model if uses_reward_model(self.cfg) else ""

@@ -158,7 +158,7 @@ def with_restarts(attempt_fn: Callable[[bool, str], T], resume: bool, max_restar
             cause = restarts[-1]["error"] if restarts else ("rerun" if resume else "start")
             return attempt_fn(resume or attempt > 0, cause)
         except (RayActorError, GroupCallTimeout) as failure:
-            if attempt == max_restarts:
+            if attempt == max_restarts or interrupts.stopping():  # actors a Ctrl-C killed are not restarted
                 raise
             restarts.append(
                 {

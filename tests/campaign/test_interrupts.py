@@ -32,7 +32,11 @@ def start(run_dir: Path, data: Path, model: str, ray_dir: Path | None, steps: in
     if ray_dir is not None:
         env["RAY_TMPDIR"] = str(ray_dir)
     return subprocess.Popen(
-        [sys.executable, "-m", "dpo_ray.cli", "train", *overrides], env=env, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "dpo_ray.cli", "train", *overrides],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # a process group of its own, as a terminal gives a command
     )
 
 
@@ -82,13 +86,15 @@ def is_loopback(address: str) -> bool:
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_stops_the_run_cleanly_and_the_same_command_resumes(tiny_model_dir, tmp_path, signum, code):
+    """SIGTERM to the driver (kill PID); SIGINT to the whole process group, as a terminal's Ctrl-C is sent, mid-step:
+    Ray's wait was interrupted in C code and the stop came out as a SystemError traceback, exit 1."""
     data = tmp_path / "pairs.jsonl"
     rows = [{"prompt": f"p{i}", "chosen": f"c{i}", "rejected": f"r{i}"} for i in range(400)]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     run_dir, ray_dir = tmp_path / "run", Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # sockets: short paths
     run = start(run_dir, data, tiny_model_dir, ray_dir, steps=90)
     wait_for_step(run_dir, 4, run)
-    os.kill(run.pid, signum)
+    (os.killpg if signum == signal.SIGINT else os.kill)(run.pid, signum)
     began = time.monotonic()
     _, stderr = run.communicate(timeout=120)
     assert run.returncode == code, stderr[-3000:]
@@ -141,3 +147,17 @@ def test_local_ray_listens_on_loopback_and_a_killed_runs_session_is_cleaned_up(t
     assert not session_dir(finished.pid).exists()
     token = Path.home() / ".ray" / "auth_token"
     assert not token.exists() or token.stat().st_mode & 0o077 == 0
+
+
+def test_a_stop_wrapped_by_c_code_in_a_system_error_is_still_the_stop():
+    from dpo_ray.campaign.interrupts import RunInterrupted, interruption
+
+    stop = RunInterrupted(signal.SIGINT)
+    try:
+        try:
+            raise stop
+        except RunInterrupted as cause:  # as CPython chains it when a C function returns with the error set
+            raise SystemError("<cyfunction CoreWorker.wait> returned a result with an exception set") from cause
+    except SystemError as wrapped:
+        assert interruption(wrapped) is stop and interruption(wrapped).exit_code == 130
+    assert interruption(ValueError("a bad row")) is None

@@ -190,6 +190,27 @@ def test_embedded_task_end_to_end_improves_held_out_and_sampled_accuracy(local_r
     vllm_answers = json.loads(done.stdout.split("RESULT", 1)[1])
     assert sum(a == b for a, b in zip(hf, vllm_answers)) >= 0.95 * len(prompts)
 
+    # The same command again says the run is done and prints its table, without starting Ray; another beta stops
+    # naming the difference, and the finished run is untouched.
+    overrides = [f"output_dir={run_dir}", f"cache_dir={task_cache_dir}", "progress=false", "train.epochs=2"]
+    again = subprocess.run(
+        [sys.executable, "-m", "dpo_ray.cli", "train", *overrides, "train.checkpoint_every=10"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert again.returncode == 0 and "holds this run, finished at" in again.stdout, again.stderr[-3000:]
+    assert (run_dir / "summary.md").read_text() in again.stdout and "Ray:" not in again.stderr
+    final = (result.final_model / "model.safetensors").stat().st_mtime_ns
+    other = subprocess.run(
+        [sys.executable, "-m", "dpo_ray.cli", "train", *overrides, "algo.beta=0.3"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert other.returncode == 2 and "which this run differs from: algo.beta: 0.1 -> 0.3" in other.stderr, other.stderr
+    assert (result.final_model / "model.safetensors").stat().st_mtime_ns == final
+
 
 def test_kto_on_the_embedded_tasks_labelled_answers_raises_held_out_and_sampled_accuracy(
     local_ray, tmp_path_factory, task_cache_dir
@@ -470,7 +491,7 @@ def test_a_damaged_reference_cache_is_named_removed_and_recomputed(local_ray, ru
 def test_a_reused_directory_with_another_loss_stops_naming_it_and_resume_never_starts_over(
     local_ray, run_config, tiny_model_dir
 ):
-    from dpo_ray.campaign.fingerprint import RunMismatch
+    from dpo_ray.campaign.failures import RunFinished, RunMismatch
 
     cfg = run_config
     cfg.train.max_steps, cfg.train.checkpoint_every = 2, 2
@@ -490,3 +511,10 @@ def test_a_reused_directory_with_another_loss_stops_naming_it_and_resume_never_s
     assert [r["step"] for r in rows if "loss" in r] == [1, 2]  # the old run's rows are gone, not mixed in
     assert old_events and not old_events & {p.name for p in (run_dir / "tensorboard").glob("events.*")}
     assert len((run_dir / "attempts.jsonl").read_text().splitlines()) == 1
+    cfg.resume = "auto"
+    with pytest.raises(RunFinished, match=r"holds this run, finished at .* \(2 steps\)"):
+        OfflineCampaign(cfg, inputs).run()  # the same run again: nothing to do
+    cfg.train.max_steps = 4  # train longer: at a constant learning rate the same run, continued from its checkpoint
+    assert OfflineCampaign(cfg, inputs).run().resumed_from == "step_2"
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]
