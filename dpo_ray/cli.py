@@ -4,6 +4,7 @@ before anything starts, so a bad one fails in seconds with a one-line message an
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -126,10 +127,22 @@ def report(arguments: list[str]) -> int:
     return 0
 
 
+def launch_dir_importable() -> None:
+    """Modules beside the user (reward.fn=my_rewards:score) import as they would with `python -m`: the launch
+    directory goes on the driver's path and, through PYTHONPATH, which every actor is handed, on the actors'."""
+    here = os.getcwd()
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if here not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([here, *filter(None, paths)])
+
+
 def main(argv: list[str] | None = None) -> int:
     from .validation import ConfigError
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    launch_dir_importable()
     command, rest = (argv[0], argv[1:]) if argv else ("--help", [])
     overrides = [a for a in rest if a not in ("-h", "--help", "--cfg")]
     if command == "plan":

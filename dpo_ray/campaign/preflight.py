@@ -17,7 +17,11 @@ class InputError(ValueError):
 
 
 def check_inputs(cfg: RunConfig, command: str) -> None:
-    """Raise an InputError for the first input of `dpo-ray COMMAND` that is missing or unusable."""
+    """Raise an InputError for the first input of `dpo-ray COMMAND` that is missing or unusable; model options given
+    as Hub ids become the local HF cache's directories (downloaded first when allowed)."""
+    from .hub_models import resolve_hub_models
+
+    resolve_hub_models(cfg)
     m = cfg.model
     check_attention_kernel(str(m.attn_implementation))
     if m.path not in MODELS:
@@ -68,12 +72,7 @@ def _check_online(cfg: RunConfig, has_task_data: bool) -> None:
     if o.offline_ratio > 0 and not cfg.data.train_files and not has_task_data:
         raise InputError(f"online.offline_ratio={o.offline_ratio}: needs data.train_files to draw offline pairs from")
     if r.fn or r.judge_fn:
-        from ..workers.reward import import_function
-
-        try:
-            import_function(r.fn or r.judge_fn, "reward.fn" if r.fn else "reward.judge_fn")
-        except ValueError as error:
-            raise InputError(str(error)) from None
+        check_reward_function(cfg)
     elif r.judge_model:
         if r.judge_model not in JUDGE_MODELS:
             check_model_dir("reward.judge_model", r.judge_model, f"or a built-in name: {', '.join(JUDGE_MODELS)}")
@@ -84,6 +83,18 @@ def _check_online(cfg: RunConfig, has_task_data: bool) -> None:
             "online runs need a reward: reward.fn=module:function (a rule), reward.model_path=DIR (a model), or a "
             "pairwise judge (reward.judge_model=DIR or reward.judge_fn=module:function)"
         )
+
+
+def check_reward_function(cfg: RunConfig) -> None:
+    """reward.fn or reward.judge_fn imports (from the launch directory too) and names a function."""
+    from ..workers.reward import import_function
+
+    r = cfg.reward
+    if r.fn or r.judge_fn:
+        try:
+            import_function(r.fn or r.judge_fn, "reward.fn" if r.fn else "reward.judge_fn")
+        except ValueError as error:
+            raise InputError(str(error)) from None
 
 
 def check_files(option: str, paths: list[str]) -> None:

@@ -49,6 +49,8 @@ def parse(arguments: list[str]) -> tuple[str, list[str], dict[str, float]]:
 
 
 def plan_command(arguments: list[str]) -> int:
+    from ..campaign.hub_models import resolve_hub_models
+    from ..campaign.preflight import check_reward_function
     from ..compose import compose
     from ..groups.resources import group_needs, local_cpus, reference_group_needed
     from .nodes import described_nodes, ray_nodes, this_machine
@@ -56,6 +58,9 @@ def plan_command(arguments: list[str]) -> int:
 
     command, overrides, flags = parse(arguments)
     cfg = compose(overrides, command)
+    resolve_hub_models(cfg, config_only=True)  # a plan reads config.json alone
+    if command == "online":
+        check_reward_function(cfg)  # as the run would, before it plans anything
     models = plan_models(cfg, command)
     address = cfg.cluster.address or os.environ.get("RAY_ADDRESS", "")
     if flags["--nodes"]:

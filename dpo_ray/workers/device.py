@@ -58,9 +58,10 @@ def rank_threads(cpus_per_rank: float, torch_threads: int = 0) -> int:
     return torch_threads or max(1, math.ceil(cpus_per_rank))
 
 
-# Network and collective settings (NCCL_SOCKET_IFNAME, NCCL_IB_HCA, GLOO_SOCKET_IFNAME, ...): Ray starts an actor with
-# its node's environment, not the driver's, so the driver hands these on.
-PASSED_ON = ("NCCL_", "TORCH_NCCL_", "GLOO_", "UCX_", "FI_", "CUDA_DEVICE_MAX_CONNECTIONS")
+# Network and collective settings (NCCL_SOCKET_IFNAME, NCCL_IB_HCA, GLOO_SOCKET_IFNAME, ...) and the module path (a
+# reward function beside the user): Ray starts an actor with its node's environment, not the driver's, so the driver
+# hands these on.
+PASSED_ON = ("NCCL_", "TORCH_NCCL_", "GLOO_", "UCX_", "FI_", "CUDA_DEVICE_MAX_CONNECTIONS", "PYTHONPATH")
 
 
 def passed_on(environ: Mapping[str, str] = os.environ) -> dict[str, str]:

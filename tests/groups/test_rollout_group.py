@@ -148,6 +148,30 @@ def test_reward_group_scores_by_rule_and_shapes_scores_like_the_samples(local_ra
     assert scores == [[1.0, 0.0], [1.0], [0.0, 1.0, 1.0]]
 
 
+def test_a_reward_function_beside_the_user_imports_in_the_driver_and_the_reward_actors(
+    local_ray, tmp_path, monkeypatch
+):
+    """reward.fn=MODULE:score for MODULE.py in the directory `dpo-ray online` is launched from (issue 40)."""
+    import sys
+
+    from dpo_ray.cli import launch_dir_importable
+    from dpo_ray.workers.reward import import_function
+
+    (tmp_path / "rewards_beside_me.py").write_text("def score(prompt, response):\n    return float(len(response))\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setenv("PYTHONPATH", "")
+    launch_dir_importable()
+    assert import_function("rewards_beside_me:score")("p", "abc") == 3.0
+    cfg = RunConfig()
+    cfg.reward.fn, cfg.cluster.reward_cpus = "rewards_beside_me:score", 0.5
+    group = RewardGroup(cfg)
+    try:
+        assert group.score(CHAT[:2], [["a", "abcd"], ["xy"]]) == [[1.0, 4.0], [2.0]]
+    finally:
+        group.shutdown()
+
+
 def test_reward_group_serves_a_reward_model(local_ray, tmp_path, tokenizer):
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
