@@ -382,6 +382,9 @@ def render(plan: Plan) -> str:
                 f"  {plan.nodes[node].name}: {parts} = {sum(held.values()) / GIB:.1f} of "
                 f"{plan.nodes[node].memory / GIB:.1f}"
             )
+    unused = unused_gpus(plan)
+    if unused:
+        lines += ["", unused]
     if any(n.gpus and not n.gpu_memory for n in plan.nodes):
         lines += ["", "GPU memory unknown (no nvidia-smi answered on a GPU node): the GPUs were not checked"]
     lines.append("")
@@ -395,6 +398,28 @@ def render(plan: Plan) -> str:
                 f"    would fit with: {'; '.join(p.fixes)}" if p.fixes else "    no single option tried fits it"
             )
     return "\n".join(lines)
+
+
+def unused_gpus(plan: Plan) -> str:
+    """A line on GPUs the nodes have and the run leaves idle at its peak ('' when it uses them all): every one when
+    its ranks ask for none, or those an offline run's policy group leaves (a reference group is released before it
+    starts; a preset's online groups do not run)."""
+    have = sum(n.gpus for n in plan.nodes)
+    held = [g.need.size * g.need.gpus for g in plan.groups]
+    used = int(sum(held) if plan.concurrent else max(held, default=0))
+    if not have or used >= have:
+        return ""
+    if not used:
+        return (
+            f"GPUs: the nodes have {have} and the run asks for none (cluster.gpus_per_rank=0: it would run on CPUs); "
+            f"cluster.gpus_per_rank=1 cluster.policy_ranks={have} uses them, or a GPU preset (cluster=single_node_8gpu)"
+        )
+    policy = next((g.need for g in plan.groups if g.need.name == "policy"), None)
+    why = ""
+    if not plan.concurrent and policy is not None:
+        most = int(have // max(policy.gpus, 1))
+        why = f" (offline only the policy's {policy.size} rank(s) train; cluster.policy_ranks={most} trains on all)"
+    return f"GPUs: the run uses {used} of the nodes' {have} at its peak{why}"
 
 
 def describe_nodes(nodes: list[NodeSpec]) -> str:

@@ -259,3 +259,18 @@ def test_policy_rank_0_sending_the_weights_is_planned_and_a_bucket_it_cannot_hol
     verdict = out[out.index("verdict:") :]
     assert status == 1 and "policy: rank 0 holds 30.3 GiB of 24.0 GiB while it sends the weights" in verdict
     assert "rollout.sync_bucket_mb=256 (16.8 GiB per GPU)" in verdict.split("policy: rank 0")[1]
+
+
+def test_gpus_the_run_leaves_idle_are_named_with_the_option_that_uses_them(models, capsys):
+    """--nodes 1 --gpus-per-node 8 and no cluster.gpus_per_rank planned a one-rank CPU run and said only 'fits';
+    single_node_8gpu trains offline on its 4 policy GPUs of 8 (issue 40)."""
+    status, out = plan(capsys, "train", f"model.path={models['8b']}", "--nodes=1", "--gpus-per-node=8")
+    assert "GPUs: the nodes have 8 and the run asks for none (cluster.gpus_per_rank=0: it would run on CPUs)" in out
+    assert "cluster.gpus_per_rank=1 cluster.policy_ranks=8 uses them" in out
+    status, out = plan(capsys, "train", f"model.path={models['8b']}", "cluster=single_node_8gpu", "--nodes=1")
+    assert status == 0, out
+    assert "GPUs: the run uses 4 of the nodes' 8 at its peak (offline only the policy's 4 rank(s) train; " in out
+    assert "cluster.policy_ranks=8 trains on all)" in out
+    status, out = plan(capsys, "online", f"model.path={models['8b']}", "cluster=single_node_8gpu",
+                       f"reward.model_path={models['rm-8b']}", "--nodes=1")  # fmt: skip
+    assert status == 0 and "GPUs:" not in out, out  # online the preset's groups take all 8
