@@ -98,17 +98,52 @@ UNSUPPORTED = {
 
 
 def mapped_columns(raw: Any, columns: dict[str, str]) -> Any:
-    """A row with its columns renamed by data.columns (a mapped column replaces one of the target's name)."""
+    """A row with its columns renamed by data.columns, where the row has them (a mapped column replaces one of the
+    target's name; a file that already has the target's name is left as it is)."""
     if not columns or not isinstance(raw, dict):
         return raw
-    renamed = {k: v for k, v in raw.items() if k not in columns.values()}
-    renamed.update({columns[k]: v for k, v in raw.items() if k in columns})
+    present = {k: target for k, target in columns.items() if k in raw}
+    renamed = {k: v for k, v in raw.items() if k not in present.values()}
+    renamed.update({target: raw[k] for k, target in present.items()})
     return renamed
 
 
+# Words in a column's name that say which field it is; rejected is matched before chosen ("dispreferred").
+NAME_HINTS = {
+    "rejected": ("reject", "bad", "worse", "worst", "dispref", "los", "neg"),
+    "chosen": ("chosen", "good", "better", "best", "pref", "win", "accept", "pos"),
+    "label": ("label", "desirable", "kto"),
+    "completion": ("completion", "response", "output", "answer"),
+    "prompt": ("prompt", "question", "instruction", "query", "input", "context", "user"),
+}
+
+
+def suggested_columns(raw: dict, unpaired: bool) -> dict[str, str]:
+    """data.columns for a row lacking fields: each absent field from a column whose name says it is that field, else
+    the next column holding its kind of value (text or messages; true/false for a label), in the row's order."""
+    wanted = ("prompt", "completion", "label") if unpaired else ("prompt", "chosen", "rejected")
+    absent = [name for name in NAME_HINTS if name in wanted and raw.get(name) is None]
+    free = [k for k in raw if k not in COLUMNS]
+    mapping: dict[str, str] = {}
+    for name in absent:
+        found = next((k for k in free if any(h in k.lower() for h in NAME_HINTS[name])), None)
+        if found:
+            mapping[found] = name
+            free.remove(found)
+    for name in wanted:  # by kind of value, in the fields' own order
+        if name not in absent or name in mapping.values():
+            continue
+        kind = (lambda v: isinstance(v, bool)) if name == "label" else (lambda v: isinstance(v, (str, list)))
+        found = next((k for k in free if kind(raw[k])), None)
+        if found:
+            mapping[found] = name
+            free.remove(found)
+    return dict(sorted(mapping.items(), key=lambda item: wanted.index(item[1])))
+
+
 def _missing(raw: dict, names: tuple[str, ...], source: str, row: int, unless_alone: bool = False) -> None:
-    """A DataError for the first of names the row lacks, listing the other columns it has and how to map them (with
-    unless_alone, only when there are such columns)."""
+    """A DataError for the first of names the row lacks, listing the other columns it has and the data.columns that
+    maps them (with unless_alone, only when there are such columns)."""
     for name in names:
         if raw.get(name) is None:
             others = [k for k in raw if k not in COLUMNS]
@@ -116,7 +151,11 @@ def _missing(raw: dict, names: tuple[str, ...], source: str, row: int, unless_al
                 return
             if not others:
                 raise DataError(source, row, name, "missing")
-            hint = f"the row's columns: {', '.join(others)} (map one: data.columns={{{others[0]}:{name}}})"
+            hint = f"the row's columns: {', '.join(others)}"
+            mapping = suggested_columns(raw, unpaired="completion" in names or "label" in names or "completion" in raw)
+            if mapping:
+                pairs = ",".join(f"{k}:{target}" for k, target in mapping.items())
+                hint += f" (map them: data.columns={{{pairs}}})"
             raise DataError(source, row, name, f"missing; {hint}")
 
 

@@ -91,8 +91,21 @@ def test_a_system_column_and_mapped_columns_load_as_a_system_message_does_in_trl
     orca = [{"system": SYSTEM, "question": p, "chosen": c, "rejected": r} for p, c, r in ROWS]
     expected = trl_ids(LAYOUTS["system message"], tokenizer, tiny_model_dir, tmp_path)
     assert our_ids(orca, tokenizer, tmp_path, columns={"question": "prompt"}) == expected
-    with pytest.raises(DataError, match=r"field 'prompt': missing; the row's columns: question, answer \(map one"):
+    with pytest.raises(DataError, match=r"field 'prompt': missing; the row's columns: question, answer \(map them: "
+                       r"data.columns=\{question:prompt\}\)"):  # fmt: skip
         our_ids([{"question": "q", "answer": "a", "chosen": "c", "rejected": "r"}], tokenizer, tmp_path)
+
+
+def test_columns_are_mapped_in_the_files_that_have_them_and_others_load_as_they_are(tokenizer, tmp_path):
+    """data.columns={good:chosen,bad:rejected} over two files, one already in TRL's names: it used to lose its own
+    chosen column ("field 'chosen': missing")."""
+    theirs, ours = tmp_path / "theirs.jsonl", tmp_path / "ours.jsonl"
+    theirs.write_text("".join(json.dumps({"question": p, "good": c, "bad": r}) + "\n" for p, c, r in ROWS))
+    ours.write_text("".join(json.dumps({"prompt": p, "chosen": c, "rejected": r}) + "\n" for p, c, r in ROWS))
+    columns = {"question": "prompt", "good": "chosen", "bad": "rejected"}
+    pairs, _ = load_pairs([str(theirs), str(ours)], tokenizer, TokenizeSettings(max_length=None), columns=columns)
+    ids = [(p.prompt_ids, p.chosen_ids, p.rejected_ids) for p in pairs]
+    assert len(ids) == 2 * len(ROWS) and ids[: len(ROWS)] == ids[len(ROWS) :]
 
 
 @pytest.mark.parametrize(
@@ -104,7 +117,21 @@ def test_a_system_column_and_mapped_columns_load_as_a_system_message_does_in_trl
             "image rows are not supported",
         ),
         ({"prompt": "p", "chosen": "c", "rejected": "r", "tools": [{"name": "f"}]}, "tools", "tool definitions"),
-        ({"question": "p", "response_j": "c", "response_k": "r"}, "chosen", "map one: data.columns={question:chosen}"),
+        (
+            {"question": "p", "response_j": "c", "response_k": "r"},  # the stack-exchange-paired layout
+            "chosen",
+            "map them: data.columns={question:prompt,response_j:chosen,response_k:rejected}",
+        ),
+        (
+            {"question": "q", "good": "c", "bad": "r"},
+            "chosen",
+            "data.columns={question:prompt,good:chosen,bad:rejected}",
+        ),
+        (
+            {"instruction": "q", "preferred": "c", "dispreferred": "r"},
+            "chosen",
+            "{instruction:prompt,preferred:chosen,",
+        ),
         ({"prompt": "p", "chosen": "c", "rejected": "r", "system": 3}, "system", "must be a string"),
     ],
 )
@@ -147,7 +174,8 @@ def test_unpaired_rows_become_kto_examples_beside_the_previous_examples_completi
         ({"prompt": "p", "completion": "c", "label": "yes"}, "label", "must be true or false, got 'yes'"),
         ({"prompt": "p", "label": True}, "completion", "missing"),
         ({"prompt": "p", "completion": " ", "label": False}, "completion", "empty completion"),
-        ({"completion": "c", "label": True, "question": "q"}, "prompt", "map one: data.columns={question:prompt}"),
+        ({"completion": "c", "label": True, "question": "q"}, "prompt", "map them: data.columns={question:prompt}"),
+        ({"prompt": "p", "output": "c", "label": True}, "completion", "map them: data.columns={output:completion}"),
     ],
 )
 def test_bad_unpaired_rows_name_their_field(row, field, reason, tokenizer, tmp_path):
