@@ -103,4 +103,6 @@ def _pairs(cfg: RunConfig, name: str, files: list[str], tokenizer) -> list[Token
     settings, unpaired = TokenizeSettings.of(cfg.data), is_unpaired(cfg.algo.loss_type)
     pairs, report = load_pairs(files, tokenizer, settings, cfg.data.on_error, cfg.data.columns, unpaired)
     log.info("%s data: %s", name, report.summary())
+    if report.dropped:
+        log.warning("%s data: %s", name, report.dropped_note())
     return pairs

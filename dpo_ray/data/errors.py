@@ -28,6 +28,14 @@ class DataReport:
     def drop(self, reason: str) -> None:
         self.dropped[reason] += 1
 
+    def dropped_note(self) -> str:
+        """The dropped rows as a warning: how many of how many, each reason with what keeps such rows ('' if none)."""
+        count = sum(self.dropped.values())
+        if not count:
+            return ""
+        reasons = "; ".join(f"{n} {why} ({KEEPS.get(why, SKIPPED)})" for why, n in self.dropped.most_common())
+        return f"{count} of {self.rows} rows ({count / max(self.rows, 1):.0%}) dropped: {reasons}"
+
     def summary(self) -> str:
         text = f"{self.rows} rows -> {self.pairs} {self.unit}"
         if self.dropped:
@@ -35,6 +43,15 @@ class DataReport:
         if self.warnings:
             text += "; warnings: " + ", ".join(f"{n} {why}" for why, n in self.warnings.most_common())
         return text
+
+
+# What keeps the rows each reason drops.
+KEEPS = {
+    "prompt fills max_length": "keep them: a larger data.max_length, or data.max_prompt_length or "
+    "data.truncation_mode=keep_end to cut their prompts",
+    "chosen == rejected": "they state no preference",
+}
+SKIPPED = "skipped by data.on_error=skip: fix those rows to keep them"
 
 
 class ErrorPolicy:
@@ -45,6 +62,7 @@ class ErrorPolicy:
 
     def handle(self, error: DataError) -> None:
         if self.mode == "raise":
-            raise error
+            reason = f"{error.reason} (data.on_error=skip drops such rows, counts them and goes on)"
+            raise DataError(error.source, error.row, error.field, reason) from None
         self.report.drop(f"{error.field}: {error.reason}")
         log.debug("skipped %s", error)
