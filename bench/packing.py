@@ -1,7 +1,7 @@
 """Padded vs packed micro-batches, forward+backward (run by hand: .venv/bin/python bench/packing.py).
 
 Data: the embedded task's pairs (nearly uniform lengths), and varied-length pairs (prompts 10-40 tokens, responses
-10-60, as in DESIGN.md's measurement). Models: the embedded 0.42M Llama and a ~25M Llama built on the fly. Prints the
+10-60). Models: the embedded 0.42M Llama and a ~25M Llama built on the fly. Prints the
 positions computed, the padding fraction, tokens/s counted as the padded layout's real tokens (so rows compare), and
 the speed-up over padded; runs are interleaved."""
 

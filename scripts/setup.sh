@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates or updates .venv with the whole stack; the install order is the one DESIGN.md verified.
+# Creates or updates .venv with the whole stack, in the install order verified on these machines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${VENV:-.venv}
