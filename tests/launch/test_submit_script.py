@@ -30,7 +30,7 @@ def submit(tmp_path, *overrides: str, **env: str) -> subprocess.CompletedProcess
         (["train", "cluster=single_node_8gpu"], "--nodes=1 --ntasks-per-node=1 --cpus-per-task=16 --gres=gpu:4"),
         (
             ["online", "cluster=multi_node", "reward.model_path=/models/rm"],
-            "--nodes=4 --ntasks-per-node=1 --cpus-per-task=28 --gres=gpu:8 --exclusive --mem=0",
+            "--nodes=4 --ntasks-per-node=1 --cpus-per-task=32 --gres=gpu:8 --exclusive --mem=0",  # 8 policy ranks x 4
         ),
     ],
 )
