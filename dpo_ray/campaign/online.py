@@ -38,6 +38,7 @@ from ..workers.models import load_tokenizer
 from . import round_stats as stats
 from .checkpoints import CheckpointStore
 from .fingerprint import check_resumable, items_digest, run_fingerprint
+from .group_start import start_together
 from .inputs import OnlineInputs, online_inputs
 from .metrics import MetricsWriter
 from .reference import ReferenceScorer
@@ -207,24 +208,31 @@ class OnlineCampaign:
         return judge_max_model_len(self.engine_length(), positions)
 
     def _start_groups(self, started: list) -> Groups:
-        """Every group, each appended to started as soon as it exists (so a failure shuts down those before it)."""
+        """Every group, reserved one after another in start order (where the plan places them), then started
+        together: their processes import and load at once (a vLLM engine, the reference and the policy each take
+        seconds here and minutes at 70B). Each group goes into started once it exists, so a failure shuts down the
+        others."""
         cfg, inputs, began = self.cfg, self.inputs, time.perf_counter()
-
-        def start(group):
-            started.append(group)
-            return group
-
-        rollout = self.rollout = start(RolloutGroup(cfg, inputs.model_path, self.engine_length()))
-        reward = start(RewardGroup(cfg, inputs.reward_fn, inputs.reward_model)) if reward_group_needed(cfg) else None
-        judge = start(JudgeGroup(cfg, inputs.judge_model, self.judge_length())) if judged(cfg) else None
-        reference = start(ReferenceScorer(cfg, inputs.reference_path, self.spec, self.env))
-        if reference_group_needed(cfg, online=True):
-            reference.start()  # every round needs it: its replicas load while the policy starts
-        policy = start(PolicyGroup(cfg, inputs.model_path, self.total_steps, accumulation_steps(cfg), self.env))
+        reference = ReferenceScorer(cfg, inputs.reference_path, self.spec, self.env)
+        started.append(reference)
+        makers = {"rollout": lambda at: RolloutGroup(cfg, inputs.model_path, self.engine_length(), at)}
+        if reward_group_needed(cfg):
+            makers["reward"] = lambda at: RewardGroup(cfg, inputs.reward_fn, inputs.reward_model, at)
+        if judged(cfg):
+            makers["judge"] = lambda at: JudgeGroup(cfg, inputs.judge_model, self.judge_length(), at)
+        if reference_group_needed(cfg, online=True):  # every round needs it
+            makers["reference"] = reference.start
+        makers["policy"] = lambda at: PolicyGroup(
+            cfg, inputs.model_path, self.total_steps, accumulation_steps(cfg), self.env, at
+        )
+        needs = group_needs(cfg, "reference" in makers, online=True)
+        groups = start_together(makers, needs, str(cfg.cluster.placement), started)
+        rollout, policy = groups["rollout"], groups["policy"]
+        self.rollout = rollout
         sync = WeightSync(cfg, policy, rollout)
         mix = ReferenceMix(cfg, policy, reference.group) if cfg.algo.sync_ref_model else None
-        log.info("%d groups started in %.1fs", len(started), time.perf_counter() - began)
-        return Groups(rollout, reward, judge, reference, policy, sync, mix)
+        log.info("%d groups started together in %.1fs", len(makers), time.perf_counter() - began)
+        return Groups(rollout, groups.get("reward"), groups.get("judge"), reference, policy, sync, mix)
 
     def _round(self, r: int, groups: Groups, trainer: PolicyTrainer, ahead: RoundsAhead) -> dict:
         """Generate (or take the samples drawn ahead), score, pair, score the reference, train, sync the engines,

@@ -89,10 +89,11 @@ class ReferenceScorer:
                 bar.update(sum(len(g) for g in part))
         return chosen, rejected
 
-    def start(self) -> None:
-        """Start the reference group now (its replicas load while other groups start) instead of on first need."""
+    def start(self, placement=None) -> None:
+        """Start the reference group now (its replicas load while other groups start) instead of on first need; in
+        placement when it is reserved already."""
         if self.group is None:
-            self.group = ReferenceGroup(self.cfg, self.reference_path, self.env)
+            self.group = ReferenceGroup(self.cfg, self.reference_path, self.env, placement)
 
     def shutdown(self) -> None:
         """Free the reference group (a later call starts it again)."""

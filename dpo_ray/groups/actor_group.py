@@ -138,10 +138,13 @@ class ActorGroup:
         env: dict[str, str],
         init_kwargs: dict[str, Any] | None = None,
         ready_timeout_s: float = 300,
+        placement=None,
     ):
-        """need.size actors of worker_path, one per bundle of need's resources, placed by cluster.placement."""
+        """need.size actors of worker_path, one per bundle of need's resources, placed by cluster.placement (or in
+        placement, reserved already: groups started together are reserved one after another, as the plan places
+        them); the group owns its placement group from here on."""
         self.name, self.size, self.call_timeout_s = need.name, need.size, cluster.call_timeout_s
-        self.placement = reserve(need, str(cluster.placement), ready_timeout_s)
+        self.placement = placement or reserve(need, str(cluster.placement), ready_timeout_s)
         self.actors = [
             WorkerActor.options(
                 num_cpus=need.cpus,

@@ -33,7 +33,7 @@ def judge_engine(cfg: RunConfig) -> RolloutConfig:
 
 
 class JudgeGroup:
-    def __init__(self, cfg: RunConfig, model_path: str = "", max_model_len: int = 0):
+    def __init__(self, cfg: RunConfig, model_path: str = "", max_model_len: int = 0, placement=None):
         """model_path: the judge model's directory (reward.judge_model resolved); max_model_len: the longest judge
         prompt + verdict in tokens (0: the model's own limit)."""
         r, need = cfg.reward, judge_need(cfg)
@@ -54,7 +54,7 @@ class JudgeGroup:
         else:
             worker, kwargs = "dpo_ray.workers.judge.JudgeFnWorker", dict(fn=r.judge_fn)
             env = rank_env(device_spec(0.0), 1)
-        self.group = ActorGroup(need, worker, cfg.cluster, env, kwargs)
+        self.group = ActorGroup(need, worker, cfg.cluster, env, kwargs, placement=placement)
 
     def tournament(self, prompts: Sequence[Text], responses: Sequence[Sequence[str]]) -> list[Tally]:
         """Each prompt's round robin, judged: one Tally per prompt (wins per sample, agreed beats, counts)."""

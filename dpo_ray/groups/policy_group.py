@@ -20,10 +20,20 @@ log = logging.getLogger(__name__)
 
 
 class PolicyGroup:
-    def __init__(self, cfg: RunConfig, model_path: str, total_steps: int, accumulation: int, env: dict[str, str]):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        model_path: str,
+        total_steps: int,
+        accumulation: int,
+        env: dict[str, str],
+        placement=None,
+    ):
         kwargs = dict(cfg=cfg, model_path=model_path, total_steps=total_steps, accumulation=accumulation)
         began = time.perf_counter()
-        self.group = ActorGroup(policy_need(cfg), "dpo_ray.workers.policy.PolicyWorker", cfg.cluster, env, kwargs)
+        self.group = ActorGroup(
+            policy_need(cfg), "dpo_ray.workers.policy.PolicyWorker", cfg.cluster, env, kwargs, placement=placement
+        )
         require_shared(self.group, cfg)  # before any model loads
         self.zero_stage = self._zero_stage(cfg, model_path)
         log.info("policy group: loading %s on %d rank(s) at ZeRO stage %d", model_path, self.size, self.zero_stage)

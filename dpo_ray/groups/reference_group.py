@@ -33,12 +33,12 @@ def reference_sharding(setting: str, ranks: int, replica_bytes: float, device_by
 
 
 class ReferenceGroup:
-    def __init__(self, cfg: RunConfig, model_path: str, env: dict[str, str]):
+    def __init__(self, cfg: RunConfig, model_path: str, env: dict[str, str], placement=None):
         worker, kwargs = "dpo_ray.workers.reference.ReferenceWorker", dict(cfg=cfg, model_path=model_path)
         began = time.perf_counter()
         threads = rank_threads(cfg.cluster.reference_rank_cpus(), cfg.cluster.torch_threads)
         env = {**env, "OMP_NUM_THREADS": str(threads)}  # the run's environment sizes it for a policy rank
-        self.group = ActorGroup(reference_need(cfg), worker, cfg.cluster, env, kwargs)
+        self.group = ActorGroup(reference_need(cfg), worker, cfg.cluster, env, kwargs, placement=placement)
         require_shared(self.group, cfg)  # before any model loads
         self.sharding = str(cfg.reference.sharding)
         if self.sharding == "auto":

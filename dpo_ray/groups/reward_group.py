@@ -13,7 +13,7 @@ from .resources import reward_need, uses_reward_model
 
 
 class RewardGroup:
-    def __init__(self, cfg: RunConfig, default_fn: str = "", model_path: str = ""):
+    def __init__(self, cfg: RunConfig, default_fn: str = "", model_path: str = "", placement=None):
         """model_path: the reward model's directory when reward.model_path is a built-in name resolved elsewhere."""
         r, need = cfg.reward, reward_need(cfg)
         self.name = r.fn or r.model_path or default_fn  # the rule's import path or the model this run scores with
@@ -29,7 +29,9 @@ class RewardGroup:
             )
         else:
             worker, kwargs = "dpo_ray.workers.reward.RuleRewardWorker", dict(fn=self.name)
-        self.group = ActorGroup(need, worker, cfg.cluster, rank_env(device_spec(need.gpus), 1), kwargs)
+        self.group = ActorGroup(
+            need, worker, cfg.cluster, rank_env(device_spec(need.gpus), 1), kwargs, placement=placement
+        )
 
     def score(self, prompts: Sequence[Text], responses: Sequence[Sequence[str]]) -> list[list[float]]:
         """One score per response of each prompt, shaped like responses."""

@@ -16,7 +16,7 @@ from .resources import rollout_need
 
 
 class RolloutGroup:
-    def __init__(self, cfg: RunConfig, model_path: str, max_model_len: int = 0):
+    def __init__(self, cfg: RunConfig, model_path: str, max_model_len: int = 0, placement=None):
         """max_model_len: the run's longest prompt + response, sizing engines unless rollout.max_model_len does."""
         need = rollout_need(cfg)
         kwargs = dict(
@@ -29,7 +29,9 @@ class RolloutGroup:
             lora_rank=cfg.model.lora.r if syncs_adapter(cfg) else 0,
         )
         env = engine_env(cfg.rollout, need.gpus)
-        self.group = ActorGroup(need, "dpo_ray.workers.rollout.RolloutWorker", cfg.cluster, env, kwargs)
+        self.group = ActorGroup(
+            need, "dpo_ray.workers.rollout.RolloutWorker", cfg.cluster, env, kwargs, placement=placement
+        )
         self.workers_per_engine = cfg.rollout.tensor_parallel_size
         self.backend = device_spec(need.gpus).backend
 

@@ -108,6 +108,8 @@ def test_a_signal_stops_the_run_cleanly_and_the_same_command_resumes(tiny_model_
     # the step under way when the signal came may finish (and checkpoint) first: the newest at the stop is resumed
     last = (run_dir / "checkpoints" / "latest").read_text().strip()
     assert last in {f"step_{k}" for k in range(3, 90, 3)}
+    if signum == signal.SIGINT:
+        return  # resuming is the same after either signal: shown once
     resumed = start(run_dir, data, tiny_model_dir, ray_dir, steps=int(last.split("_")[1]) + 2)
     _, stderr = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, stderr[-3000:]

