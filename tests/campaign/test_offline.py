@@ -190,8 +190,11 @@ def test_embedded_task_end_to_end_improves_held_out_and_sampled_accuracy(local_r
     vllm_answers = json.loads(done.stdout.split("RESULT", 1)[1])
     assert sum(a == b for a, b in zip(hf, vllm_answers)) >= 0.95 * len(prompts)
 
-    # The same command again says the run is done and prints its table, without starting Ray; another beta stops
-    # naming the difference, and the finished run is untouched.
+    # The same command again says the run is done and prints its table (summary.md, as the CLI writes it), without
+    # starting Ray; another beta stops naming the difference, and the finished run is untouched.
+    from dpo_ray.campaign.summary import offline_summary
+
+    table = offline_summary(result, campaign.inputs)
     overrides = [f"output_dir={run_dir}", f"cache_dir={task_cache_dir}", "progress=false", "train.epochs=2"]
     again = subprocess.run(
         [sys.executable, "-m", "dpo_ray.cli", "train", *overrides, "train.checkpoint_every=10"],
@@ -200,7 +203,7 @@ def test_embedded_task_end_to_end_improves_held_out_and_sampled_accuracy(local_r
         timeout=300,
     )
     assert again.returncode == 0 and "holds this run, finished at" in again.stdout, again.stderr[-3000:]
-    assert (run_dir / "summary.md").read_text() in again.stdout and "Ray:" not in again.stderr
+    assert table in again.stdout and "Ray:" not in again.stderr
     final = (result.final_model / "model.safetensors").stat().st_mtime_ns
     other = subprocess.run(
         [sys.executable, "-m", "dpo_ray.cli", "train", *overrides, "algo.beta=0.3"],
