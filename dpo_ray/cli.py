@@ -129,13 +129,10 @@ def report(arguments: list[str]) -> int:
 
 def launch_dir_importable() -> None:
     """Modules beside the user (reward.fn=my_rewards:score) import as they would with `python -m`: the launch
-    directory goes on the driver's path and, through PYTHONPATH, which every actor is handed, on the actors'."""
+    directory goes on the driver's path (the actors get it through PYTHONPATH: workers/device.passed_on)."""
     here = os.getcwd()
     if here not in sys.path:
         sys.path.insert(0, here)
-    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
-    if here not in paths:
-        os.environ["PYTHONPATH"] = os.pathsep.join([here, *filter(None, paths)])
 
 
 def main(argv: list[str] | None = None) -> int:

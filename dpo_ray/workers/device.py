@@ -58,15 +58,19 @@ def rank_threads(cpus_per_rank: float, torch_threads: int = 0) -> int:
     return torch_threads or max(1, math.ceil(cpus_per_rank))
 
 
-# Network and collective settings (NCCL_SOCKET_IFNAME, NCCL_IB_HCA, GLOO_SOCKET_IFNAME, ...) and the module path (a
-# reward function beside the user): Ray starts an actor with its node's environment, not the driver's, so the driver
-# hands these on.
-PASSED_ON = ("NCCL_", "TORCH_NCCL_", "GLOO_", "UCX_", "FI_", "CUDA_DEVICE_MAX_CONNECTIONS", "PYTHONPATH")
+# Network and collective settings (NCCL_SOCKET_IFNAME, NCCL_IB_HCA, GLOO_SOCKET_IFNAME, ...): Ray starts an actor with
+# its node's environment, not the driver's, so the driver hands these on.
+PASSED_ON = ("NCCL_", "TORCH_NCCL_", "GLOO_", "UCX_", "FI_", "CUDA_DEVICE_MAX_CONNECTIONS")
 
 
-def passed_on(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """The driver's variables every actor gets (PASSED_ON)."""
-    return {k: v for k, v in environ.items() if k.startswith(PASSED_ON)}
+def passed_on(environ: Mapping[str, str] = os.environ, launch_dir: str = "") -> dict[str, str]:
+    """The driver's variables every actor gets (PASSED_ON), and its PYTHONPATH with the directory it was launched
+    from first (launch_dir, else the current one): a reward module beside the user imports in the actors too."""
+    env = {k: v for k, v in environ.items() if k.startswith(PASSED_ON)}
+    here = launch_dir or os.getcwd()
+    paths = [p for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != here]
+    env["PYTHONPATH"] = os.pathsep.join([here, *paths])
+    return env
 
 
 def rank_env(spec: DeviceSpec, threads: int) -> dict[str, str]:

@@ -162,7 +162,6 @@ def test_a_reward_function_beside_the_user_imports_in_the_driver_and_the_reward_
     (tmp_path / "rewards_beside_me.py").write_text("def score(prompt, response):\n    return float(len(response))\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", list(sys.path))
-    monkeypatch.setenv("PYTHONPATH", "")
     launch_dir_importable()
     assert import_function("rewards_beside_me:score")("p", "abc") == 3.0
     cfg = RunConfig()

@@ -30,7 +30,8 @@ def test_network_and_collective_settings_reach_every_actor(monkeypatch):
     assert env["NCCL_SOCKET_IFNAME"] == "ib0" and env["GLOO_SOCKET_IFNAME"] == "eth1"
     assert env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1" and "HOME_SECRET" not in env
     assert env["OMP_NUM_THREADS"] == "2" and env["DS_ACCELERATOR"] == "cpu"
-    assert passed_on({"NCCL_DEBUG": "INFO", "PATH": "/bin"}) == {"NCCL_DEBUG": "INFO"}
+    environ = {"NCCL_DEBUG": "INFO", "PATH": "/bin", "PYTHONPATH": "/lib/a:/launch"}
+    assert passed_on(environ, "/launch") == {"NCCL_DEBUG": "INFO", "PYTHONPATH": "/launch:/lib/a"}
 
 
 def test_an_engine_sees_only_its_own_gpus_even_when_ray_leaves_every_gpu_visible():
