@@ -35,14 +35,14 @@ def main() -> None:
     import ray
 
     from dpo_ray.campaign.checkpoints import MANIFEST, manifest, verify
-    from dpo_ray.config import RunConfig
     from dpo_ray.data.batches import build_micro_batches, step_scale
     from dpo_ray.data.tokenize import TokenizedPair
     from dpo_ray.file_digests import digests
     from dpo_ray.groups.policy_group import PolicyGroup
+    from dpo_ray.schema import RunConfig
+    from dpo_ray.sizing.model_shape import model_shape
     from dpo_ray.tasks.pretrained import ensure_pretrained
     from dpo_ray.workers.device import device_spec, rank_env
-    from dpo_ray.workers.model_shape import model_shape
 
     model_dir = ensure_pretrained("smollm2-135m", args.cache_dir)
     work = Path(tempfile.mkdtemp(prefix="ckpt-bench-"))

@@ -47,7 +47,7 @@ def pairs(n: int, seed: int):
 def step1(model: str, batch: int, disable: bool, root: Path) -> dict[str, float]:
     from dpo_ray.campaign.inputs import OfflineInputs
     from dpo_ray.campaign.offline import OfflineCampaign
-    from dpo_ray.config import RunConfig
+    from dpo_ray.schema import RunConfig
 
     cfg = RunConfig()
     cfg.output_dir, cfg.cache_dir, cfg.progress, cfg.report_to = str(root / f"{batch}-{disable}"), str(root), False, []

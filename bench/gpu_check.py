@@ -159,12 +159,12 @@ def zero3_step(model_dir: Path, pairs, on_gpu: bool, work: Path) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from dpo_ray.config import RunConfig
     from dpo_ray.data.batches import MicroBatch, step_scale
     from dpo_ray.data.collate import collate_pairs, to_device
     from dpo_ray.logprobs import forward_pairs
+    from dpo_ray.schema import RunConfig
+    from dpo_ray.sizing.memory_estimate import policy_rank, policy_shape
     from dpo_ray.workers.distributed import free_port
-    from dpo_ray.workers.memory_estimate import policy_rank, policy_shape
     from dpo_ray.workers.policy import PolicyWorker
 
     device = torch.device("cuda" if on_gpu else "cpu")
@@ -326,7 +326,7 @@ def float64_adamw_step(model_dir: Path, pairs, reference, cfg) -> dict:
 
 
 def bf16_config(on_gpu: bool, work: Path):
-    from dpo_ray.config import RunConfig
+    from dpo_ray.schema import RunConfig
 
     cfg = RunConfig()
     cfg.cluster.gpus_per_rank, cfg.model.dtype, cfg.cache_dir = (1 if on_gpu else 0), "bfloat16", str(work / "cache")
@@ -360,7 +360,7 @@ def precision(model_dir: Path, on_gpu: bool, work: Path, tiny: bool) -> dict:
     vs peak memory."""
     import torch
 
-    from dpo_ray.workers.memory_estimate import policy_rank, policy_shape
+    from dpo_ray.sizing.memory_estimate import policy_rank, policy_shape
 
     pairs = make_pairs(4, 48, TINY["vocab_size"], seed=5)
     cfg, reference = bf16_config(on_gpu, work), ([-30.0] * len(pairs), [-30.0] * len(pairs))

@@ -40,7 +40,8 @@ def main() -> None:
         compare_async(args.rounds, args.overrides, Path(args.plots), args.pin)
         return
 
-    from dpo_ray.campaign.online import PHASES, OnlineCampaign
+    from dpo_ray.campaign.online import OnlineCampaign
+    from dpo_ray.campaign.round_phases import PHASES
 
     cfg = campaign_config(args.rounds, args.overrides)
     campaign = OnlineCampaign(cfg)

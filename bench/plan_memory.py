@@ -65,12 +65,12 @@ def build(name: str, root: Path) -> str:
 
 
 def measure(model_dir: str, ranks: int, stage: str, optimizer: str, lora: bool, max_live: int) -> tuple[list, float]:
-    from dpo_ray.config import RunConfig
     from dpo_ray.data.batches import build_micro_batches, step_scale
     from dpo_ray.data.tokenize import TokenizedPair
     from dpo_ray.groups.policy_group import PolicyGroup
+    from dpo_ray.schema import RunConfig
+    from dpo_ray.sizing.memory_estimate import policy_rank, policy_shape
     from dpo_ray.workers.device import device_spec, rank_env
-    from dpo_ray.workers.memory_estimate import policy_rank, policy_shape
 
     cfg = RunConfig()
     cfg.cluster.policy_ranks, cfg.deepspeed.zero_stage, cfg.model.lora.enabled = ranks, stage, lora

@@ -57,9 +57,9 @@ def reference_rows(model_name: str, model_dir: str, pairs: int, repeats: int) ->
     import ray
 
     from dpo_ray.campaign.trainer import eval_groups
-    from dpo_ray.config import RunConfig
     from dpo_ray.data.tokenize import TokenizedPair
     from dpo_ray.groups.reference_group import ReferenceGroup
+    from dpo_ray.schema import RunConfig
     from dpo_ray.workers.device import device_spec, rank_env
     from dpo_ray.workers.models import parameter_count
 

@@ -97,10 +97,10 @@ def main() -> None:
 
     import ray
 
-    from dpo_ray.config import RunConfig
     from dpo_ray.data.batches import build_micro_batches, step_scale
     from dpo_ray.data.collate import collate_pairs, make_layout
     from dpo_ray.groups.policy_group import PolicyGroup
+    from dpo_ray.schema import RunConfig
     from dpo_ray.workers.device import device_spec, rank_env
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

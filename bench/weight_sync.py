@@ -78,10 +78,10 @@ def actor_pid(actor) -> int:
 
 def sync_rows(name: str, model_dir: str, lora: bool, repeats: int, bucket_mb: int) -> list[str]:
 
-    from dpo_ray.config import RunConfig
     from dpo_ray.groups.policy_group import PolicyGroup
     from dpo_ray.groups.rollout_group import RolloutGroup
     from dpo_ray.groups.weight_sync import WeightSync
+    from dpo_ray.schema import RunConfig
     from dpo_ray.workers.device import device_spec, rank_env
 
     cfg = RunConfig()
@@ -137,7 +137,7 @@ def main() -> None:
             path = tempfile.mkdtemp()
             subprocess.run([sys.executable, __file__, "--build-llama", path], check=True)
         elif base == "embedded":
-            from dpo_ray.config import RunConfig as _C
+            from dpo_ray.schema import RunConfig as _C
 
             c = _C()
             c.model.path = "embedded"

@@ -29,8 +29,8 @@ its recipe; a model of your own (model.path=DIR) gets the defaults listed below.
 def help_text(command: str | None = None, overrides: list[str] | None = None) -> str:
     """The usage, the presets, and every option: with a command, at the value that command would run with."""
     from .compose import compose, presets
-    from .config import RunConfig
     from .options import describe
+    from .schema import RunConfig
     from .tasks.registry import MODELS
 
     groups = "\n".join(f"  {group}: {', '.join(names)}" for group, names in presets().items())
@@ -65,52 +65,53 @@ def _plain(value):
 
 
 def train(overrides: list[str]) -> int:
-    from .compose import compose
+    from . import api
 
-    cfg = compose(overrides, "train")  # before the imports below: a bad option fails without loading torch or Ray
-    from .campaign.offline import OfflineCampaign
-    from .campaign.preflight import check_inputs
-    from .campaign.run_lock import run_dir_lock
-    from .campaign.summary import offline_summary, step_timing
-    from .report import write_report
+    cfg = api.config(*overrides, command="train")  # before torch or Ray load: a bad option fails in seconds
+    result = api.train(cfg)
+    if result.nothing_ran:
+        return _nothing_ran("train", result)
+    from .campaign.summary import step_timing
 
-    check_inputs(cfg, "train")  # a missing model or file stops the run before its output_dir is made
-    with run_dir_lock(Path(cfg.output_dir)):  # before the data loads: a second run on it stops at once
-        campaign = OfflineCampaign(cfg)
-        result = campaign.run()
-        table = offline_summary(result, campaign.inputs)
-        report = write_report(result.run_dir, cfg.report_to, cfg.run_name)
     timing = step_timing(result.run_dir)
     print(
         f"\nfinal model: {result.final_model}\nmetrics: {result.run_dir / 'metrics.jsonl'}  "
         f"({timing['steps']} steps, median {timing['median_step_seconds']:.3f}s/step on "
         f"{cfg.cluster.policy_ranks} policy ranks)\n"
-        f"report: {report}\n\n{table}"
+        f"report: {result.report}\n\n{result.summary}"
     )
     return 0
 
 
 def online(overrides: list[str]) -> int:
-    from .compose import compose
+    from . import api
 
-    cfg = compose(overrides, "online")  # before the imports below: a bad option fails without loading torch or Ray
-    from .campaign.online import OnlineCampaign
-    from .campaign.preflight import check_inputs
-    from .campaign.run_lock import run_dir_lock
-    from .campaign.summary import online_summary
-    from .report import write_report
-
-    check_inputs(cfg, "online")  # a missing model or file stops the run before its output_dir is made
-    with run_dir_lock(Path(cfg.output_dir)):  # before the prompts load: a second run on it stops at once
-        result = OnlineCampaign(cfg).run()
-        table = online_summary(result)
-        report = write_report(result.run_dir, cfg.report_to, cfg.run_name)
+    cfg = api.config(*overrides, command="online")  # before torch or Ray load: a bad option fails in seconds
+    result = api.online(cfg)
+    if result.nothing_ran:
+        return _nothing_ran("online", result)
     resumed = f" (resumed after round {result.resumed_from})" if result.resumed_from else ""
     print(
         f"\nfinal model: {result.final_model}{resumed}\nrounds: {result.run_dir / 'rounds.jsonl'}, "
-        f"samples and pairs per round: {result.run_dir / 'rounds'}\nreport: {report}\n\n{table}"
+        f"samples and pairs per round: {result.run_dir / 'rounds'}\nreport: {result.report}\n\n{result.summary}"
     )
     return 0
+
+
+def _nothing_ran(command: str, result) -> int:
+    """An identical rerun: its table again, in seconds, not a second run."""
+    print(f"dpo-ray {command}: {result.nothing_ran}: nothing to do (resume=never runs it again)\n\n{result.summary}")
+    return 0
+
+
+def plan(arguments: list[str]) -> int:
+    from . import api
+    from .planning.command import parse
+
+    command, overrides, flags = parse(arguments)
+    made = api.plan(api.config(*overrides, command=command), command, **flags)
+    print(made)
+    return 0 if made.fits else 1
 
 
 def report(arguments: list[str]) -> int:
@@ -143,13 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = (argv[0], argv[1:]) if argv else ("--help", [])
     overrides = [a for a in rest if a not in ("-h", "--help", "--cfg")]
     if command == "plan":
-        from .plan.command import USAGE as PLAN_USAGE
-        from .plan.command import plan_command
+        from .planning.command import USAGE as PLAN_USAGE
 
         if "-h" in rest or "--help" in rest:
             print(PLAN_USAGE)
             return 0
-        return _guarded(command, lambda: plan_command(rest), (ConfigError, ValueError))
+        return _guarded(command, lambda: plan(rest), (ConfigError, ValueError))
     if command == "submit":
         from .submit import USAGE as SUBMIT_USAGE
         from .submit import submit
@@ -186,12 +186,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_command(command: str, run, rest: list[str]) -> int:
-    from .campaign.failures import CheckpointError, DiskFull, RunDirInUse, RunFinished, RunMismatch
+    from .campaign.failures import CheckpointError, DiskFull, RunDirInUse, RunMismatch
     from .campaign.preflight import InputError
     from .data.errors import DataError
     from .groups.shared_dirs import NotShared
-    from .plan import PlanError
-    from .run_files import SUMMARY_MD
+    from .planning import PlanError
     from .validation import ConfigError
 
     expected = (
@@ -205,13 +204,7 @@ def _run_command(command: str, run, rest: list[str]) -> int:
         DiskFull,
         NotShared,
     )
-    try:
-        return _guarded(command, lambda: run(rest), expected)
-    except RunFinished as done:  # an identical rerun: its table again, in seconds, not a second run
-        summary = done.run_dir / SUMMARY_MD
-        table = summary.read_text(encoding="utf-8") if summary.exists() else ""
-        print(f"dpo-ray {command}: {done}: nothing to do (resume=never runs it again)\n\n{table}", end="")
-        return 0
+    return _guarded(command, lambda: run(rest), expected)
 
 
 def _print(text: str, end: str = "\n") -> int:

@@ -9,8 +9,8 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, register
 from .report.trackers import report_names
+from .schema import RunConfig, register
 from .validation import ConfigError, closest, validate
 
 COMMANDS = ("train", "online")

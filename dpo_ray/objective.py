@@ -6,12 +6,13 @@ from collections.abc import Iterable
 
 import torch
 
-from .config import AlgoConfig
 from .data.batches import StepScale
 from .logprobs import PairLogps
-from .loss_types import LOSS_TYPES, NLL_TERMS
-from .loss_types import loss_terms as parse_terms
-from .losses import preference_loss, unpaired_loss
+from .losses.paired import preference_loss
+from .losses.registry import LOSSES, is_unpaired
+from .losses.registry import loss_terms as parse_terms
+from .losses.unpaired import unpaired_loss
+from .schema import AlgoConfig
 
 
 def loss_terms(algo: AlgoConfig) -> list[tuple[str, float]]:
@@ -20,17 +21,17 @@ def loss_terms(algo: AlgoConfig) -> list[tuple[str, float]]:
 
 
 def needs_reference(algo: AlgoConfig) -> bool:
-    return any(not LOSS_TYPES[t].reference_free for t, _ in loss_terms(algo))
+    return any(not LOSSES[t].reference_free for t, _ in loss_terms(algo))
 
 
 def nll_weight(algo: AlgoConfig, terms: list[tuple[str, float]] | None = None) -> float:
-    """The chosen-NLL coefficient: rpo_alpha, plus each sft term's weight, plus ORPO's own NLL."""
-    return algo.rpo_alpha + sum(w for t, w in (terms or loss_terms(algo)) if t in NLL_TERMS)
+    """The chosen-NLL coefficient: rpo_alpha, plus the weight of each term registered with nll (sft, ORPO's own)."""
+    return algo.rpo_alpha + sum(w for t, w in (terms or loss_terms(algo)) if LOSSES[t].nll)
 
 
 def _options(loss_type: str, algo: AlgoConfig) -> dict[str, float]:
-    """The further algo.* options this loss reads, by the loss table."""
-    return {name: getattr(algo, name) for name in LOSS_TYPES[loss_type].options}
+    """The further algo.* options this loss reads, by the loss registry."""
+    return {name: getattr(algo, name) for name in LOSSES[loss_type].options}
 
 
 def micro_batch_objective(
@@ -49,9 +50,11 @@ def micro_batch_objective(
     A pair whose log-probs, reference log-probs or loss are not finite adds nothing: its inputs are replaced by finite
     stand-ins and its loss by zero, so its gradient is zero and no host synchronisation decides it.
     sft terms (and ORPO's NLL) use the token mean over the whole step, not per micro-batch, so splits stay exact.
-    labels: KTO's desirable flags, one per example (its completion in the chosen slot, a mismatched one in the
-    other)."""
-    if labels is not None:
+    labels: an unpaired loss's desirable flags, one per example (its completion in the chosen slot, a mismatched one
+    in the other)."""
+    if is_unpaired(algo.loss_type):
+        if labels is None:
+            raise ValueError(f"algo.loss_type={algo.loss_type!r} is unpaired: it needs each example's label")
         return _unpaired_objective(out, reference_chosen, reference_rejected, labels, algo, scale, weight)
     chosen_tokens, rejected_tokens = out.chosen_tokens.clamp(min=1), out.rejected_tokens.clamp(min=1)
     finite = torch.isfinite(out.chosen_logps.detach()) & torch.isfinite(out.rejected_logps.detach())
@@ -76,7 +79,7 @@ def micro_batch_objective(
             reference_rejected,
             loss_type=loss_type,
             beta=algo.beta,
-            label_smoothing=algo.label_smoothing if LOSS_TYPES[loss_type].label_smoothing else 0.0,
+            label_smoothing=algo.label_smoothing if LOSSES[loss_type].label_smoothing else 0.0,
             chosen_lengths=out.chosen_tokens,
             rejected_lengths=out.rejected_tokens,
             **_options(loss_type, algo),

@@ -13,7 +13,7 @@ def shape(command: str, overrides: list[str]) -> tuple[int, int, int]:
     the most any node holds when Ray places the groups on nodes of that many GPUs (a node of 8 policy ranks may need
     more than an even share), or an even share when the run has no GPUs."""
     from .compose import compose
-    from .groups.resources import group_needs, place_groups, reference_group_needed
+    from .sizing.resources import group_needs, place_groups, reference_group_needed
 
     cfg = compose(overrides, command)
     online = command == "online"

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import difflib
 
-from .config import RunConfig
-from .loss_types import F_OPTIONS, LOSS_TYPES, is_unpaired, loss_names, takes_label_smoothing
+from .losses.registry import LOSSES, Kind, is_unpaired, loss_names, names_of, readers
 from .options import Choice, options, shown, value_at
 from .report.trackers import report_problems
+from .schema import RunConfig
+from .sizing.zero_stage import STAGES, stage_problem
 from .workers.engine_args import unservable_adapter
-from .workers.zero_stage import STAGES, stage_problem
 
 
 class ConfigError(ValueError):
@@ -49,12 +49,12 @@ def _values(cfg: RunConfig) -> list[str]:
 def _losses(cfg: RunConfig) -> list[str]:
     """The loss terms exist, have one weight each, and every loss option set is read by one of them."""
     algo, names = cfg.algo, loss_names(cfg.algo.loss_type)
-    unknown = [n for n in names if n not in LOSS_TYPES]
+    unknown = [n for n in names if n not in LOSSES]
     if not names or unknown:
         word = unknown[0] if unknown else ""
         return [
-            f"algo.loss_type={algo.loss_type!r}: unknown loss {word!r}{closest(word, list(LOSS_TYPES))} "
-            f"(known: {', '.join(LOSS_TYPES)})"
+            f"algo.loss_type={algo.loss_type!r}: unknown loss {word!r}{closest(word, list(LOSSES))} "
+            f"(known: {', '.join(LOSSES)})"
         ]
     problems = []
     if algo.loss_weights and len(algo.loss_weights) != len(names):
@@ -62,22 +62,22 @@ def _losses(cfg: RunConfig) -> list[str]:
             f"algo.loss_weights={list(algo.loss_weights)}: {len(algo.loss_weights)} weight(s) for {len(names)} loss "
             f"type(s) in algo.loss_type={algo.loss_type!r}"
         )
-    takers = takes_label_smoothing(names)
+    takers = [n for n in names if LOSSES[n].label_smoothing is not None]
     if algo.label_smoothing and not takers:
         cdpo = "; for conservative DPO on sigmoid set algo.cdpo_label_smoothing" if "sigmoid" in names else ""
-        users = ", ".join(n for n, t in LOSS_TYPES.items() if t.label_smoothing is not None)
+        users = ", ".join(readers("label_smoothing"))
         problems.append(
             f"algo.label_smoothing={algo.label_smoothing!r}: read by {users} only, not by {algo.loss_type!r}{cdpo}"
         )
     for name in takers:
-        bounds = LOSS_TYPES[name].label_smoothing
+        bounds = LOSSES[name].label_smoothing
         if not bounds.allows(algo.label_smoothing):
             hint = " (the EXO paper uses 1e-3)" if name == "exo_pair" else ""
             problems.append(f"algo.label_smoothing={algo.label_smoothing!r}: {name} needs it {bounds}{hint}")
     f_type = str(algo.f_divergence_type)
-    unsupported = [n for n in names if not LOSS_TYPES[n].f_divergence]
+    unsupported = [n for n in names if not LOSSES[n].f_divergence]
     if f_type != "reverse_kl" and unsupported:
-        takers = ", ".join(n for n, t in LOSS_TYPES.items() if t.f_divergence)
+        takers = ", ".join(readers("f_divergence_type"))
         problems.append(
             f"algo.f_divergence_type={f_type}: only for the losses built on the chosen-rejected difference ({takers}), "
             f"not {', '.join(unsupported)}"
@@ -87,7 +87,7 @@ def _losses(cfg: RunConfig) -> list[str]:
             f"algo.f_alpha_divergence_coef={algo.f_alpha_divergence_coef!r}: read by "
             f"f_divergence_type=alpha_divergence only, not {f_type}"
         )
-    unpaired = [n for n in names if LOSS_TYPES[n].unpaired]
+    unpaired = [n for n in names if LOSSES[n].kind is Kind.UNPAIRED]
     if unpaired and len(names) > 1:
         problems.append(
             f"algo.loss_type={algo.loss_type!r}: {unpaired[0]} trains on labelled completions, not pairs; it takes no "
@@ -97,18 +97,18 @@ def _losses(cfg: RunConfig) -> list[str]:
     for option, off in kto_free.items():
         if unpaired and getattr(algo, option) != off:
             problems.append(f"algo.{option}={getattr(algo, option)!r}: not with {unpaired[0]} (a pair option)")
-    sorting = [n for n in names if n in ("aot", "aot_unpaired")]
+    sorting = [n for n in names if LOSSES[n].sorts_batch]
     if algo.use_weighting and sorting:
         problems.append(
             f"algo.use_weighting=true: not with {', '.join(sorting)}, which sort the pairs and would misalign the "
             "per-pair weights (as TRL)"
         )
     defaults = type(algo)()
-    for option in sorted({o for t in LOSS_TYPES.values() for o in t.options} - set(F_OPTIONS)):
-        readers = [n for n, t in LOSS_TYPES.items() if option in t.options]
-        if getattr(algo, option) != getattr(defaults, option) and not set(readers) & set(names):
+    for option in sorted({o for loss in LOSSES.values() for o in loss.reads}):
+        users = readers(option)
+        if getattr(algo, option) != getattr(defaults, option) and not set(users) & set(names):
             problems.append(
-                f"algo.{option}={getattr(algo, option)!r}: read by {', '.join(readers)} only, "
+                f"algo.{option}={getattr(algo, option)!r}: read by {', '.join(users)} only, "
                 f"not by algo.loss_type={algo.loss_type!r}"
             )
     return problems
@@ -158,8 +158,8 @@ def _rules(cfg: RunConfig) -> list[str]:
 
     m, c, t, problems = cfg.model, cfg.cluster, cfg.train, []
     problems += _scheduler(t)
-    names = [n for n in loss_names(cfg.algo.loss_type) if n in LOSS_TYPES]
-    reference_free = bool(names) and all(LOSS_TYPES[n].reference_free for n in names)
+    names = [n for n in loss_names(cfg.algo.loss_type) if n in LOSSES]
+    reference_free = bool(names) and all(LOSSES[n].reference_free for n in names)
     if m.reference_path and reference_free:
         problems.append(
             f"model.reference_path={m.reference_path!r}: algo.loss_type={cfg.algo.loss_type!r} is reference-free, so "
@@ -239,7 +239,7 @@ def _rules(cfg: RunConfig) -> list[str]:
     if cfg.online.desirable_threshold is not None and not is_unpaired(cfg.algo.loss_type):
         problems.append(
             f"online.desirable_threshold={cfg.online.desirable_threshold!r}: labels samples for an unpaired loss "
-            f"(algo.loss_type=kto or apo_zero_unpaired), not algo.loss_type={cfg.algo.loss_type!r}"
+            f"(algo.loss_type={' or '.join(names_of(Kind.UNPAIRED))}), not algo.loss_type={cfg.algo.loss_type!r}"
         )
     task = cfg.online.prompt_task
     if task and task not in PROMPT_TASKS:

@@ -11,8 +11,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest
 import torch
 
-from dpo_ray.config import RunConfig
 from dpo_ray.data.tokenize import TokenizedPair
+from dpo_ray.schema import RunConfig
 from dpo_ray.tasks import number_words
 from dpo_ray.tasks.embedded import build_model, build_tokenizer
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from dpo_ray.compose import compose, presets
-from dpo_ray.config import RunConfig
 from dpo_ray.options import Bounds, Choice, options, value_at
+from dpo_ray.schema import RunConfig
 from dpo_ray.validation import ConfigError
 
 
@@ -207,7 +207,7 @@ def test_zero_stage_is_given_as_a_number_or_auto():
 
 
 def test_several_losses_are_given_as_trls_list_or_joined_by_commas():
-    from dpo_ray.loss_types import loss_terms
+    from dpo_ray.losses.registry import loss_terms
 
     listed = compose(["algo.loss_type=[sigmoid,sft]", "algo.loss_weights=[1.0,0.5]"]).algo
     joined = compose(["algo.loss_type='sigmoid,sft'", "algo.loss_weights=[1.0,0.5]"]).algo

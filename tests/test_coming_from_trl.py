@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from dpo_ray.compose import compose
-from dpo_ray.config import RunConfig
 from dpo_ray.options import options
+from dpo_ray.schema import RunConfig
 
 SECTION = Path(__file__).parents[1].joinpath("README.md").read_text().split("## Coming from TRL\n")[1].split("\n## ")[0]
 ROWS = [line.split("|")[1:-1] for line in SECTION.splitlines() if line.startswith("| `")]

@@ -9,12 +9,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from dpo_ray.config import AlgoConfig
 from dpo_ray.data.batches import step_scale
 from dpo_ray.data.collate import BatchLayout, collate_pairs, unit_length
 from dpo_ray.data.tokenize import TokenizedPair
 from dpo_ray.logprobs import forward_pairs, install_scoring_head
 from dpo_ray.objective import micro_batch_objective
+from dpo_ray.schema import AlgoConfig
 
 from .conftest import make_pairs
 

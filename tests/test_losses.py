@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from dpo_ray.loss_types import LOSS_TYPES
-from dpo_ray.losses import preference_loss
+from dpo_ray.losses.paired import preference_loss
+from dpo_ray.losses.registry import LOSSES, Kind
 
 N = 6
 ls = lambda x: -math.log1p(math.exp(-x)) if x > -30 else x  # log sigmoid
@@ -69,7 +69,7 @@ SMOOTHING = {"exo_pair": 1e-3, "robust": 0.2, "aot": 0.1, "aot_unpaired": 0.1, "
 OPTIONS = {"sigmoid": {"cdpo_label_smoothing": 0.15}, "discopop": {"discopop_tau": 0.05}, "simpo": {"simpo_gamma": 0.7}}
 
 
-@pytest.mark.parametrize("loss_type", [name for name, spec in LOSS_TYPES.items() if not spec.unpaired])
+@pytest.mark.parametrize("loss_type", [name for name, spec in LOSSES.items() if spec.kind is not Kind.UNPAIRED])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_loss_equals_its_formula_and_has_finite_gradients(loss_type, seed):
     pc, pr, rc, rr, lc, lr = inputs(seed)
@@ -184,7 +184,7 @@ def trl_kto(logps, ref, kl_logps, ref_kl, labels, loss_type, beta, w_good, w_bad
 @pytest.mark.parametrize("loss_type", ["kto", "apo_zero_unpaired"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_kto_losses_and_z0_equal_trls_formulas(loss_type, seed):
-    from dpo_ray.losses import unpaired_loss
+    from dpo_ray.losses.unpaired import unpaired_loss
 
     g = torch.Generator().manual_seed(seed)
     logps, ref = (

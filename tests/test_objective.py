@@ -5,11 +5,11 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
-from dpo_ray.config import AlgoConfig
 from dpo_ray.data.batches import step_scale
 from dpo_ray.data.collate import collate_pairs
 from dpo_ray.logprobs import forward_pairs
 from dpo_ray.objective import micro_batch_objective, reduce_metrics
+from dpo_ray.schema import AlgoConfig
 
 from .conftest import make_pairs
 
@@ -146,10 +146,10 @@ def test_a_non_finite_pair_adds_nothing_and_the_others_train_as_if_it_were_not_t
 def test_kto_objective_takes_trls_mean_over_examples_and_reports_per_label_metrics():
     """One micro-batch of labelled completions: the loss is TRL's mean, an example whose log-probs are not finite
     adds nothing (to the loss or z0), and the metrics average over the desirable and undesirable examples."""
-    from dpo_ray.config import AlgoConfig
     from dpo_ray.data.batches import StepScale
     from dpo_ray.logprobs import PairLogps
     from dpo_ray.objective import micro_batch_objective, reduce_metrics
+    from dpo_ray.schema import AlgoConfig
 
     from .test_losses import trl_kto
 

@@ -9,8 +9,8 @@ import json
 from collections.abc import Iterable
 from dataclasses import asdict
 
-from ..config import RunConfig
 from ..data.tokenize import TokenizedPair
+from ..schema import RunConfig
 from ..workers.models import model_fingerprint
 from .failures import RunMismatch
 

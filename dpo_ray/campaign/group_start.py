@@ -10,7 +10,7 @@ from typing import Any
 from ray.util.placement_group import remove_placement_group
 
 from ..groups.actor_group import reserve
-from ..groups.resources import GroupNeed
+from ..sizing.resources import GroupNeed
 
 
 def start_together(

@@ -9,7 +9,7 @@ import os
 import re
 from pathlib import Path
 
-from ..config import RunConfig
+from ..schema import RunConfig
 from .preflight import InputError
 
 log = logging.getLogger(__name__)

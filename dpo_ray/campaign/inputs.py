@@ -8,12 +8,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import RunConfig
 from ..data.dataset import load_pairs, split_eval
 from ..data.formats import Text
+from ..data.loading import InMemorySource
 from ..data.prompts import load_prompts
 from ..data.tokenize import TokenizedPair, TokenizeSettings
-from ..loss_types import is_unpaired
+from ..losses.registry import is_unpaired
+from ..schema import RunConfig
 from ..tasks.registry import resolve_judge_model, resolve_model, resolve_prompt_task, resolve_reward_model
 from ..workers.models import load_tokenizer
 from .preflight import InputError, check_inputs
@@ -43,11 +44,16 @@ class OnlineInputs:
     judge_model: str = ""  # reward.judge_model, a built-in name resolved to its directory
 
 
-def offline_inputs(cfg: RunConfig) -> OfflineInputs:
-    check_inputs(cfg, "train")
+def offline_inputs(cfg: RunConfig, train_dataset: Any = None, eval_dataset: Any = None) -> OfflineInputs:
+    """The train and held-out pairs: of data.train_files / data.eval_files, or of the rows handed over in Python
+    (dpo_ray.train), which take their place; without held-out rows or files, a data.eval_fraction share is held out."""
+    check_inputs(cfg, "train", data_given=train_dataset is not None)
     task = resolve_model(cfg)
-    train_files = list(cfg.data.train_files) or task.train_files
-    eval_files = list(cfg.data.eval_files) or ([] if cfg.data.train_files else task.eval_files)
+    given = train_dataset is not None
+    train_files = [InMemorySource(train_dataset, "train_dataset")] if given else list(cfg.data.train_files)
+    train_files = train_files or task.train_files
+    eval_files = [InMemorySource(eval_dataset, "eval_dataset")] if eval_dataset is not None else []
+    eval_files = eval_files or list(cfg.data.eval_files) or ([] if given or cfg.data.train_files else task.eval_files)
     tokenizer = load_tokenizer(task.model_path, cfg.model.trust_remote_code)
     train = _pairs(cfg, "train", train_files, tokenizer)
     unit = "examples" if is_unpaired(cfg.algo.loss_type) else "pairs"

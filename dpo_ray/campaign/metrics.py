@@ -8,9 +8,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..atomic import write_text
-from ..config import RunConfig
 from ..report.trackers import Trackers
 from ..run_files import METRICS
+from ..schema import RunConfig
 
 
 def kept_rows(path: Path, last_step: int) -> str:

@@ -9,14 +9,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..atomic import write_text
-from ..config import Resume, RunConfig
 from ..data.pair_stats import pair_statistics
 from ..groups.policy_group import PolicyGroup
 from ..groups.reference_mix import ReferenceMix
-from ..groups.resources import group_needs, groups_live_together, reference_group_needed
 from ..objective import needs_reference
-from ..plan.plan import PlanModels
+from ..planning.plan import PlanModels
 from ..run_files import DATA_STATS
+from ..schema import Resume, RunConfig
+from ..sizing.resources import group_needs, groups_live_together, reference_group_needed
 from ..validation import validate
 from ..workers.device import run_environment
 from .checkpoints import CheckpointStore

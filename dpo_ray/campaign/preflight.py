@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import RunConfig
+from ..schema import RunConfig
 from ..tasks.registry import JUDGE_MODELS, MODELS, REWARD_MODELS, task_builtins
 
 PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
@@ -16,9 +16,10 @@ class InputError(ValueError):
     """An input the run names does not exist or cannot be used; the message names the option and the path."""
 
 
-def check_inputs(cfg: RunConfig, command: str) -> None:
+def check_inputs(cfg: RunConfig, command: str, data_given: bool = False) -> None:
     """Raise an InputError for the first input of `dpo-ray COMMAND` that is missing or unusable; model options given
-    as Hub ids become the local HF cache's directories (downloaded first when allowed)."""
+    as Hub ids become the local HF cache's directories (downloaded first when allowed). data_given: the train pairs
+    come in Python (dpo_ray.train(cfg, train_dataset=...)), not from data.train_files."""
     from .hub_models import resolve_hub_models
 
     resolve_hub_models(cfg)
@@ -29,7 +30,7 @@ def check_inputs(cfg: RunConfig, command: str) -> None:
     if m.reference_path:
         check_model_dir("model.reference_path", m.reference_path)
     has_task_data = MODELS.get(m.path) is not None and MODELS[m.path].data
-    if command == "train" and not cfg.data.train_files and not has_task_data:
+    if command == "train" and not cfg.data.train_files and not has_task_data and not data_given:
         raise InputError(
             "data.train_files is empty: name preference files (data.train_files=[FILE,...]), or use "
             "model.path=embedded for the built-in task"

@@ -8,11 +8,11 @@ import logging
 import time
 from collections.abc import Sequence
 
-from ..config import RunConfig
 from ..data.batches import as_micro_batches, deal_groups, scores_by_pair
 from ..data.tokenize import TokenizedPair
 from ..groups.policy_group import PolicyGroup
 from ..groups.reference_group import ReferenceGroup
+from ..schema import RunConfig
 from ..workers.device import DeviceSpec
 from ..workers.models import model_fingerprint
 from .reference_cache import ReferenceCache, cache_key

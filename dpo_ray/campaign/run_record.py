@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..atomic import write_text
-from ..config import Resume
 from ..run_files import METRICS, ROUNDS, RUN_RECORD
+from ..schema import Resume
 from .failures import RunFinished, RunMismatch
 from .fingerprint import differences
 

@@ -16,12 +16,12 @@ from typing import TypeVar
 import ray
 
 from ..atomic import write_text
-from ..config import ClusterConfig, Resume, RunConfig
-from ..groups.resources import GroupNeed, alive_nodes, check_fit, local_cpus
-from ..plan import PlanError
-from ..plan.nodes import ray_nodes
-from ..plan.plan import PlanModels, make_plan, render, verdict
+from ..planning import PlanError
+from ..planning.nodes import ray_nodes
+from ..planning.plan import PlanModels, make_plan, render, verdict
 from ..run_files import ATTEMPTS, CONFIG, PLAN
+from ..schema import ClusterConfig, Resume, RunConfig
+from ..sizing.resources import GroupNeed, check_fit, local_cpus
 from . import interrupts, local_ray
 from .run_lock import run_dir_lock
 
@@ -113,6 +113,11 @@ def check_plan(cfg: RunConfig, check: PlanCheck, run_dir: Path) -> None:
         raise PlanError(f"{verdict(plan)}\n(the whole plan: {run_dir / PLAN}; cluster.memory_check=false runs anyway)")
     else:
         log.warning("plan: %s (cluster.memory_check=false: running anyway)", verdict(plan))
+
+
+def alive_nodes() -> list[dict[str, float]]:
+    """Each alive Ray node's total resources."""
+    return [dict(n["Resources"]) for n in ray.nodes() if n["Alive"]]
 
 
 def wait_for_nodes(expected: int, timeout_s: float) -> list[dict[str, float]]:

@@ -11,13 +11,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..config import RunConfig
 from ..data.batches import build_micro_batches, step_groups, step_scale
 from ..data.tokenize import TokenizedPair
 from ..groups.policy_group import PolicyGroup
 from ..groups.reference_mix import ReferenceMix
 from ..objective import reduce_metrics
 from ..run_files import NONFINITE_ROWS
+from ..schema import RunConfig
 from .checkpoints import CheckpointStore
 from .metrics import MetricsWriter
 from .reference import ReferenceLogps

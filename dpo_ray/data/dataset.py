@@ -7,6 +7,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
+from ..losses.registry import Kind, names_of
 from .errors import DataError, DataReport, ErrorPolicy
 from .formats import PreferenceRow, normalise
 from .loading import iter_rows
@@ -43,8 +44,8 @@ def _paired_only(rows: Iterable[PreferenceRow]) -> Iterator[PreferenceRow]:
                 row.source,
                 row.row,
                 "completion",
-                "an unpaired row (prompt, completion, label) needs an unpaired loss: algo.loss_type=kto or "
-                "apo_zero_unpaired",
+                f"an unpaired row (prompt, completion, label) needs an unpaired loss: algo.loss_type="
+                f"{' or '.join(names_of(Kind.UNPAIRED))}",
             )
         yield row
 

@@ -47,8 +47,29 @@ def data_format(path: Path) -> tuple[str, str]:
     return (suffixes[-1] if suffixes else ""), ""
 
 
+class InMemorySource:
+    """Rows handed over in Python (a datasets.Dataset, or a list of dicts in any layout the files accept), named as
+    errors and notes should name them (train_dataset)."""
+
+    def __init__(self, rows: Any, name: str):
+        if isinstance(rows, dict):  # a DatasetDict (or one row): iterating it would yield its keys
+            keys = ", ".join(map(str, list(rows)[:4]))
+            raise ValueError(
+                f'{name}: a dict of {keys}; give one split (a Dataset or a list of rows), e.g. {name}=ds["train"]'
+            )
+        if isinstance(rows, (str, bytes)) or not hasattr(rows, "__iter__"):
+            raise ValueError(f"{name}: a datasets.Dataset or a list of dicts, not {type(rows).__name__}")
+        self.rows, self.name = rows, name
+
+    def __str__(self) -> str:
+        return self.name
+
+
 def iter_rows(spec: str | Path | Any) -> Iterator[RawRow]:
     """Yield (source, row index, row) for every row of one data source."""
+    if isinstance(spec, InMemorySource):
+        yield from _iter_dataset(spec.rows, spec.name)
+        return
     if not isinstance(spec, (str, Path)):
         yield from _iter_dataset(spec, "<in-memory dataset>")
         return

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
-from ..config import DataConfig
+from ..schema import DataConfig
 from .errors import DataError, ErrorPolicy
 from .formats import PreferenceRow, Text
 

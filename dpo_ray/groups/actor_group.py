@@ -14,8 +14,8 @@ from ray.exceptions import RayActorError, RayTaskError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from ..config import ClusterConfig
-from .resources import GroupNeed
+from ..schema import ClusterConfig
+from ..sizing.resources import GroupNeed
 
 log = logging.getLogger(__name__)
 

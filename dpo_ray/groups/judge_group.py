@@ -6,24 +6,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from ..config import RolloutConfig, RunConfig
 from ..data.formats import Text
 from ..data.prompts import prompt_text
 from ..data.tournament import DEFAULT_TEMPLATE, Tally, judge_request, round_robin, tally
+from ..schema import RolloutConfig, RunConfig
+from ..sizing.resources import judge_need
 from ..workers.device import device_spec, rank_env
 from ..workers.engine_args import engine_env
 from .actor_group import ActorGroup
-from .resources import judge_need
 
 VERDICT_TOKENS = 8  # "A", "B" or "tie", and room for a label or markup before it
-
-
-def judge_max_model_len(engine_length: int, max_positions: int = 0) -> int:
-    """A judge engine's max_model_len: a judge prompt holds the prompt and two responses (engine_length: the longest
-    prompt + response of the run), maybe in a tokenizer twice as fine, and the template; within the judge model's
-    positions (0: unknown)."""
-    length = 4 * engine_length + 512
-    return min(length, max_positions) if max_positions else length
 
 
 def judge_engine(cfg: RunConfig) -> RolloutConfig:

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import ray
 
-from ..config import RunConfig
 from ..data.batches import MicroBatch, StepScale
-from ..workers.memory_estimate import policy_rank, policy_shape, policy_zero_stage, rank_bytes
+from ..schema import RunConfig
+from ..sizing.memory_estimate import policy_rank, policy_shape, policy_zero_stage, rank_bytes
+from ..sizing.resources import policy_need
 from ..workers.weights import ENGINES
 from .actor_group import ActorGroup, gather
-from .resources import policy_need
 from .shared_dirs import require_shared
 
 log = logging.getLogger(__name__)

@@ -9,27 +9,17 @@ from collections.abc import Sequence
 
 import ray
 
-from ..config import RunConfig
 from ..data.batches import as_micro_batches, deal_groups, scores_by_pair
 from ..data.tokenize import TokenizedPair
+from ..schema import RunConfig
+from ..sizing.model_shape import model_shape
+from ..sizing.reference_sharding import reference_sharding
+from ..sizing.resources import reference_need
 from ..workers.device import device_spec, rank_threads
-from ..workers.model_shape import model_shape
 from .actor_group import ActorGroup
-from .resources import reference_need
 from .shared_dirs import require_shared
 
 log = logging.getLogger(__name__)
-
-
-AUTO_ZERO3_SHARE = 0.5  # reference.sharding=auto partitions the model once a replica would fill this share of a device
-
-
-def reference_sharding(setting: str, ranks: int, replica_bytes: float, device_bytes: float) -> str:
-    """reference.sharding, or for auto: zero3 when there are ranks to share a replica that would fill more than
-    AUTO_ZERO3_SHARE of the smallest device, else replicas."""
-    if setting != "auto":
-        return setting
-    return "zero3" if ranks > 1 and replica_bytes > AUTO_ZERO3_SHARE * device_bytes else "replicas"
 
 
 class ReferenceGroup:

@@ -9,8 +9,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..config import RunConfig
 from ..data.tokenize import TokenizedPair
+from ..schema import RunConfig
 from ..workers.weights import REFERENCE
 from .actor_group import gather
 from .policy_group import PolicyGroup

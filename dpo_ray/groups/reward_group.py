@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..config import RunConfig
 from ..data.formats import Text
+from ..schema import RunConfig
+from ..sizing.resources import reward_need, uses_reward_model
 from ..workers.device import device_spec, rank_env
 from .actor_group import ActorGroup
-from .resources import reward_need, uses_reward_model
 
 
 class RewardGroup:

@@ -6,13 +6,13 @@ from collections.abc import Sequence
 
 import ray
 
-from ..config import RunConfig
 from ..data.formats import Text
+from ..schema import RunConfig
+from ..sizing.resources import rollout_need
 from ..workers.device import device_spec
 from ..workers.engine_args import engine_env, syncs_adapter
 from ..workers.rollout import Sample
 from .actor_group import ActorGroup, PendingShards
-from .resources import rollout_need
 
 
 class RolloutGroup:

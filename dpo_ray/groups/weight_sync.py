@@ -7,7 +7,7 @@ the object store or vLLM's RPC but the manifest, and no host holds more than a f
 
 from __future__ import annotations
 
-from ..config import RunConfig
+from ..schema import RunConfig
 from .actor_group import gather
 from .policy_group import PolicyGroup
 from .rollout_group import RolloutGroup

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..config import MonitorConfig
+from ..schema import MonitorConfig
 
 
 def write_report(run_dir: Path, report_to=(), run_name: str = "") -> Path:

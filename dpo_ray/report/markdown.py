@@ -10,8 +10,8 @@ from dataclasses import fields
 from pathlib import Path
 
 from ..atomic import write_text
-from ..config import MonitorConfig
 from ..run_files import REPORT, SUMMARY_JSON
+from ..schema import MonitorConfig
 from .monitors import Check, run_checks, warnings
 from .plots import frontier_plot, phases_plot, rounds_plot, timeline_plot, training_plot
 from .records import RunRecords, load_records

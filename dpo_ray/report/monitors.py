@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..config import MonitorConfig
+from ..schema import MonitorConfig
 from .records import RunRecords
 
 

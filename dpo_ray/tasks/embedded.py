@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 
 from ..atomic import write_dir
-from ..config import EmbeddedConfig
 from ..data.pairs import build_pairs
 from ..data.tokenize import encode_turn
+from ..schema import EmbeddedConfig
 from . import number_words
 from .sampling import sample_responses
 

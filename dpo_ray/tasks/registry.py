@@ -9,8 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import RunConfig
 from ..data.formats import Text
+from ..schema import RunConfig
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def resolve_judge_model(cfg: RunConfig) -> str:
 
 
 def _embedded(cfg: RunConfig) -> TaskInputs:
-    from ..loss_types import is_unpaired
+    from ..losses.registry import is_unpaired
     from .embedded import ensure_embedded_task
     from .sampling import task_accuracy
 

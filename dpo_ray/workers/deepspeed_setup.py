@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ..config import DeepSpeedConfig, TrainConfig
+from ..schema import DeepSpeedConfig, TrainConfig
 from .device import DeviceSpec
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import ClusterConfig
+from ..schema import ClusterConfig
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ placement group vLLM would pick its Ray executor, which refuses bundles of more 
 
 from __future__ import annotations
 
-from ..config import RolloutConfig, RunConfig
+from ..schema import RolloutConfig, RunConfig
 
 CPU_KV_CACHE_MB = 256  # plenty for the short sequences a CPU run can afford
 SUPPORTED_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's accepted max_lora_rank values

@@ -9,11 +9,11 @@ import torch
 
 from .. import file_digests
 from ..atomic import write_dir
-from ..config import RunConfig
 from ..data.batches import MicroBatch, StepScale
 from ..data.collate import collate_pairs, make_layout, to_device
 from ..logprobs import forward_pairs, install_scoring_head
 from ..objective import add_metric_sums, metric_floats, micro_batch_objective
+from ..schema import RunConfig
 from . import deepspeed_setup
 from .device import device_memory, device_spec, host_peak_rss, host_rss, rank_threads, use_local_gpu
 from .distributed import BroadcastGroup, init_distributed

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import torch
 
-from ..config import RunConfig
 from ..data.batches import MicroBatch
 from ..data.collate import collate_pairs, make_layout, to_device
 from ..logprobs import forward_pairs, install_scoring_head
+from ..schema import RunConfig
 from .device import device_memory, device_spec, rank_threads, use_local_gpu
 from .models import disable_dropout, load_causal_lm, load_tokenizer, restore_rotary_buffers
 

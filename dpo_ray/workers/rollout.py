@@ -9,9 +9,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import RolloutConfig
 from ..data.formats import Text
 from ..data.tokenize import encode_prompt
+from ..schema import RolloutConfig
 from .device import device_spec, own_gpus_only
 from .engine_args import engine_args
 

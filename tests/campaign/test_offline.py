@@ -248,8 +248,8 @@ def test_a_run_its_plan_says_does_not_fit_stops_before_any_group_is_placed(local
     from ray.util import placement_group_table
 
     from dpo_ray.campaign.runtime import PlanCheck, check_plan
-    from dpo_ray.plan import PlanError
-    from dpo_ray.plan.plan import PlanModels
+    from dpo_ray.planning import PlanError
+    from dpo_ray.planning.plan import PlanModels
 
     cfg = run_config
     cfg.train.batch_size = cfg.train.micro_batch_size = 100_000  # 10^8 tokens of activations: terabytes
@@ -282,10 +282,10 @@ def test_reference_free_losses_start_no_reference_and_lower_the_loss(local_ray, 
 
 
 def test_every_reference_loss_trains_through_the_ray_path(local_ray, run_config, tiny_model_dir):
-    from dpo_ray.loss_types import LOSS_TYPES
+    from dpo_ray.losses.registry import Kind, names_of
 
     cfg = run_config
-    names = [name for name, spec in LOSS_TYPES.items() if not spec.reference_free and not spec.unpaired]
+    names = names_of(Kind.PAIRED)
     cfg.algo.loss_type = ",".join(names + ["sft"])  # one MPO-style sum of all of them, each weighted
     cfg.algo.loss_weights = [0.1] * (len(names) + 1)
     cfg.algo.label_smoothing = 0.01  # used by exo_pair, robust, aot, aot_unpaired

@@ -284,45 +284,6 @@ def test_online_kto_labels_every_sample_by_the_threshold_and_raises_the_held_out
         assert "pairs/tied_prompt_share" not in rows[r] and "train/loss" in rows[r]
 
 
-def test_replay_and_offline_pairs_are_mixed_in_by_ratio(run_config, tiny_model_dir):
-    """No Ray: the mixing reads earlier rounds' pair datasets from the run directory, as the ids they hold (texts
-    that would tokenise otherwise are not tokenised again)."""
-    from dpo_ray.campaign.inputs import OnlineInputs
-    from dpo_ray.campaign.round_store import save_rows
-    from dpo_ray.data.tokenize import TokenizedPair
-    from dpo_ray.tasks.number_words import prompt
-
-    from ..conftest import make_pairs
-
-    cfg = run_config
-    cfg.online.replay_ratio, cfg.online.offline_ratio = 1.0, 0.5
-    offline = make_pairs(30, seed=3)
-    campaign = OnlineCampaign(cfg, OnlineInputs(tiny_model_dir, tiny_model_dir, ["p"], [], offline))
-    for r, count in ((1, 3), (2, 0)):  # round 2 yielded no pairs
-        rows = [
-            {
-                "prompt": prompt(r * 10 + i),
-                "chosen": "yes",
-                "rejected": "no",
-                "chosen_reward": 1.0,
-                "rejected_reward": 0.0,
-                "prompt_ids": [5, 6, i],
-                "chosen_ids": [7, 8, 9],
-                "rejected_ids": [10],
-            }
-            for i in range(count)
-        ]
-        save_rows(campaign.store.round_dir(r) / "pairs", rows)
-    extra = campaign._mixed_in(3, 4)
-    replayed, from_offline = extra[:3], extra[3:]
-    assert len(replayed) == 3 and len(from_offline) == 2  # at most what earlier rounds hold; 0.5 x 4 offline
-    assert sorted(replayed, key=lambda p: p.prompt_ids) == [
-        TokenizedPair((5, 6, i), (7, 8, 9), (10,)) for i in range(3)
-    ]
-    assert all(p in offline for p in from_offline) and not any(p in offline for p in replayed)
-    assert campaign._mixed_in(3, 4) == extra  # seeded
-
-
 def test_a_killed_vllm_engine_is_restarted_and_the_campaign_ends_as_an_uninterrupted_one(
     async_two, tmp_path_factory, cache_dir
 ):
@@ -382,14 +343,6 @@ def test_sample_statistics_count_empty_samples_and_prompts_without_a_pair():
     assert "pairs/tied_prompt_share" not in labelled and labelled["samples/empty_share"] == 0.25
 
 
-def test_held_out_evaluation_runs_every_k_rounds_and_after_the_last(run_config, tiny_model_dir):
-    from dpo_ray.campaign.inputs import OnlineInputs
-
-    run_config.online.rounds, run_config.online.eval_every = 5, 2
-    campaign = OnlineCampaign(run_config, OnlineInputs(tiny_model_dir, tiny_model_dir, ["p"], ["q"]))
-    assert [r for r in range(1, 6) if campaign._evaluates(r)] == [2, 4, 5]
-
-
 def test_a_campaign_hands_its_ranks_absolute_directories(run_config, tiny_model_dir, tmp_path, monkeypatch):
     """The default output_dir is relative and cache_dir starts with ~: a rank would resolve them in its own working
     directory and home, so the driver resolves both before any group gets the config."""
@@ -411,7 +364,7 @@ def test_groups_start_together_in_reservations_made_in_order_and_a_failure_leave
     from ray.util.placement_group import remove_placement_group
 
     from dpo_ray.campaign.group_start import start_together
-    from dpo_ray.groups.resources import GroupNeed
+    from dpo_ray.sizing.resources import GroupNeed
 
     needs = [GroupNeed("a", 1, 0.5, 0), GroupNeed("b", 2, 0.5, 0)]
     given, threads = {}, set()

@@ -9,7 +9,7 @@ import pytest
 
 from dpo_ray.campaign.failures import RunFinished, RunMismatch
 from dpo_ray.campaign.run_record import RunPlan, claim, finish, read_record
-from dpo_ray.config import Resume
+from dpo_ray.schema import Resume
 
 FINGERPRINT = {"algo": {"beta": 0.1, "loss_type": "sigmoid"}, "model": "abc"}
 

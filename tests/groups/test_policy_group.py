@@ -103,7 +103,7 @@ def test_group_that_cannot_fit_says_so(local_ray, run_config, tiny_model_dir):
     run_config.cluster.reference_ranks, run_config.cluster.placement = 2, "STRICT_SPREAD"
     with pytest.raises(RuntimeError, match="reference group: 2 x .* STRICT_SPREAD placement did not fit"):
         from dpo_ray.groups.actor_group import ActorGroup
-        from dpo_ray.groups.resources import GroupNeed
+        from dpo_ray.sizing.resources import GroupNeed
 
         ActorGroup(
             GroupNeed("reference", 2, 1.0, 0.0),
@@ -119,7 +119,7 @@ def test_a_group_reports_its_actors_ready_and_a_worker_that_cannot_build_fails_i
     local_ray, run_config, tiny_model_dir, caplog
 ):
     from dpo_ray.groups.actor_group import ActorGroup
-    from dpo_ray.groups.resources import GroupNeed
+    from dpo_ray.sizing.resources import GroupNeed
 
     caplog.set_level("INFO", logger="dpo_ray.groups.actor_group")
     need, worker = GroupNeed("reference", 2, 0.5, 0.0), "dpo_ray.workers.reference.ReferenceWorker"
@@ -355,7 +355,7 @@ def measured_and_estimated(cfg, model_dir: str, stage: str) -> tuple[list[int], 
     activations are negligible), and the plan's estimate of what a rank needs: model states, ZeRO's buffers and, at
     stage 3, the checkpoint file read while loading."""
     from dpo_ray.data.batches import step_scale
-    from dpo_ray.workers.memory_estimate import policy_rank, policy_shape
+    from dpo_ray.sizing.memory_estimate import policy_rank, policy_shape
 
     cfg.cluster.policy_ranks, cfg.deepspeed.zero_stage = 2, stage
     cfg.train.optimizer, cfg.train.micro_batch_size = "adamw", 1
@@ -385,7 +385,7 @@ def test_the_plans_rank_memory_is_within_20_percent_of_the_measured_rss(
 def test_the_embedded_models_states_are_below_the_fixed_cost_the_plan_states(local_ray, run_config, tiny_model_dir):
     """The embedded model's states (7 MB) are a twentieth of what a rank gains anyway (DeepSpeed's engine, torch's
     first operations: ~0.12 GB at stage 0); the plan's per-process margin covers both."""
-    from dpo_ray.workers.memory_estimate import HOST_PROCESS_BYTES
+    from dpo_ray.sizing.memory_estimate import HOST_PROCESS_BYTES
 
     grown, estimated = measured_and_estimated(run_config, tiny_model_dir, "0")
     assert all(estimated < g < estimated + HOST_PROCESS_BYTES for g in grown)

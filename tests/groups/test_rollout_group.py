@@ -10,12 +10,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from dpo_ray.config import RunConfig
 from dpo_ray.data.batches import build_micro_batches, step_scale
 from dpo_ray.groups.policy_group import PolicyGroup
 from dpo_ray.groups.reward_group import RewardGroup
 from dpo_ray.groups.rollout_group import RolloutGroup
 from dpo_ray.groups.weight_sync import WeightSync
+from dpo_ray.schema import RunConfig
 from dpo_ray.tasks.number_words import prompt
 from dpo_ray.workers.device import device_spec, rank_env
 

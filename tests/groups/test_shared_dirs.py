@@ -80,9 +80,9 @@ def split_cluster():
 
 def spread_group():
     """Two bare actors, one on each node."""
-    from dpo_ray.config import ClusterConfig
     from dpo_ray.groups.actor_group import ActorGroup
-    from dpo_ray.groups.resources import GroupNeed
+    from dpo_ray.schema import ClusterConfig
+    from dpo_ray.sizing.resources import GroupNeed
 
     cluster = ClusterConfig()
     cluster.placement = "STRICT_SPREAD"
@@ -120,9 +120,9 @@ def test_a_policy_group_on_a_node_local_output_dir_stops_before_loading_its_mode
     """The model path does not exist: a group that got as far as loading would fail on it, not on the directory."""
     import ray
 
-    from dpo_ray.config import RunConfig
     from dpo_ray.groups.policy_group import PolicyGroup
     from dpo_ray.groups.shared_dirs import NotShared
+    from dpo_ray.schema import RunConfig
     from dpo_ray.workers.device import device_spec, rank_env
 
     node_local, shared, _ = split_cluster

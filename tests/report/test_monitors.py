@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from dpo_ray.config import MonitorConfig
 from dpo_ray.report.monitors import as_metrics, offline_checks, round_checks, stalled_while_growing, warnings
 from dpo_ray.report.records import RunRecords
+from dpo_ray.schema import MonitorConfig
 
 M = MonitorConfig()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dpo_ray.compose import CONFIG_DIR
-from dpo_ray.config import RunConfig
+from dpo_ray.schema import RunConfig
 from dpo_ray.tasks.registry import MODELS, PROMPT_TASKS, recipe, resolve_model, resolve_prompt_task
 
 

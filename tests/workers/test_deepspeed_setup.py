@@ -36,7 +36,7 @@ def test_warmup_below_one_is_a_share_of_all_steps_and_whole_numbers_are_steps():
 def test_transformers_schedulers_run_by_name_with_their_arguments(name, kwargs, factor):
     import torch
 
-    from dpo_ray.config import TrainConfig
+    from dpo_ray.schema import TrainConfig
     from dpo_ray.workers.deepspeed_setup import scheduler_factory
 
     train = TrainConfig(lr=1.0, lr_scheduler=name, lr_scheduler_kwargs=kwargs, warmup_steps=2)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dpo_ray.config import RolloutConfig
+from dpo_ray.schema import RolloutConfig
 from dpo_ray.workers.engine_args import engine_args, engine_env, lora_rank_slot, separate_process
 
 
@@ -51,7 +51,7 @@ def test_lora_engines_serve_adapters_in_the_smallest_rank_slot_vllm_accepts():
 
 
 def test_lora_policies_sync_their_adapter_on_gpus_and_merged_weights_on_cpu_unless_told():
-    from dpo_ray.config import RunConfig
+    from dpo_ray.schema import RunConfig
     from dpo_ray.workers.engine_args import syncs_adapter
 
     cfg = RunConfig()

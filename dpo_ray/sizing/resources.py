@@ -1,11 +1,12 @@
-"""Checking that the groups a run will start fit the Ray cluster, before any actor starts."""
+"""What each group of a run asks of the Ray cluster, where Ray's scheduler places it, and whether it fits: checked
+from the nodes' resources before any actor starts."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..config import RunConfig
+from ..schema import RunConfig
 
 
 @dataclass(frozen=True)
@@ -70,9 +71,9 @@ def reference_group_needed(cfg: RunConfig, online: bool) -> bool:
     """Whether a run starts a reference group: its loss uses a reference, that is not the LoRA policy's own base, and
     (offline) the policy cannot score it before its first step (another model, or reference.from_policy off) or it
     moves (TR-DPO)."""
-    from ..loss_types import LOSS_TYPES, loss_names
+    from ..losses.registry import LOSSES, loss_names
 
-    uses_reference = any(not LOSS_TYPES[name].reference_free for name in loss_names(cfg.algo.loss_type))
+    uses_reference = any(not LOSSES[name].reference_free for name in loss_names(cfg.algo.loss_type))
     if not uses_reference or cfg.model.lora.enabled:
         return False
     moving = cfg.algo.sync_ref_model  # TR-DPO: the reference moves on its own while the policy trains
@@ -225,10 +226,3 @@ def local_cpus(needs: Sequence[GroupNeed], concurrent: bool, machine_cpus: int) 
     per_group = [n.size * n.cpus for n in needs]
     wanted = sum(per_group) if concurrent else max(per_group, default=1)
     return max(machine_cpus, int(-(-wanted // 1)))
-
-
-def alive_nodes() -> list[dict[str, float]]:
-    """Each alive Ray node's total resources."""
-    import ray
-
-    return [dict(n["Resources"]) for n in ray.nodes() if n["Alive"]]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from dpo_ray.workers.zero_stage import STAGES, model_states, stage_problem
+from dpo_ray.sizing.zero_stage import STAGES, model_states, stage_problem
 
 GB = 1e9
 

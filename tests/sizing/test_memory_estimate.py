@@ -9,10 +9,10 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from dpo_ray.config import RunConfig
-from dpo_ray.workers.memory_estimate import GIB, layer_activation_bytes, policy_rank, policy_zero_stage
-from dpo_ray.workers.model_shape import ModelShape, lora_setting, model_shape
-from dpo_ray.workers.zero_stage import model_states
+from dpo_ray.schema import RunConfig
+from dpo_ray.sizing.memory_estimate import GIB, layer_activation_bytes, policy_rank, policy_zero_stage
+from dpo_ray.sizing.model_shape import ModelShape, lora_setting, model_shape
+from dpo_ray.sizing.zero_stage import model_states
 
 LLAMA_70B = dict(
     architectures=["LlamaForCausalLM"],

@@ -1,5 +1,5 @@
 """The policy's ZeRO stages: the stages a run can use, and the bytes of model states a rank holds at each
-(workers/memory_estimate.policy_zero_stage picks the lowest that fits for deepspeed.zero_stage=auto). A stage that
+(sizing/memory_estimate.policy_zero_stage picks the lowest that fits for deepspeed.zero_stage=auto). A stage that
 fits skips the cost of the stages above it: stage 3 gathers every layer's parameters for each forward and backward,
 stages 1 and 2 only split the optimizer's work."""
 

@@ -1,8 +1,8 @@
 """What one actor of each group holds in memory, by part, estimated from the model's shape and the run's options.
 
-Every formula is written out here, in bytes (checked against measurement: tests/workers/test_memory_estimate.py and
+Every formula is written out here, in bytes (checked against measurement: tests/sizing/test_memory_estimate.py and
 the RSS test in tests/groups/test_policy_group.py):
-- model states of a policy rank: workers/zero_stage.model_states (ZeRO paper; DeepSpeed's float32 master copy);
+- model states of a policy rank: sizing/zero_stage.model_states (ZeRO paper; DeepSpeed's float32 master copy);
 - ZeRO's buffers (zero_buffers): stage 3's gathered parameters, up to deepspeed.max_live_parameters; at stages 1-3
   the gradient reduce bucket (and at stage 3 the reduce-scatter's output) and the step's float32 copy of the gradient
   partition; at stage 3 each rank reads a whole weights file while loading (host memory);
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import RunConfig
+from ..schema import RunConfig
 from .model_shape import ModelShape, lora_setting, model_shape
 from .zero_stage import STAGES, ModelStates, model_states, stage_problem
 
@@ -228,7 +228,7 @@ def sender_parts(cfg: RunConfig, shape: ModelShape, stage: int) -> list[Part]:
     """What policy rank 0 adds on its GPU to send the weights: the send bucket; at ZeRO-3 the parameters gathered
     for it (a bucket's worth of whole tensors, or the largest tensor); with the LoRA merged in, one merge at a time of
     the largest decoder projection (W and B @ A in float32, the result cast back)."""
-    from .engine_args import syncs_adapter
+    from ..workers.engine_args import syncs_adapter
 
     a, bucket = dtype_bytes(cfg), cfg.rollout.sync_bucket_mb << 20
     parts = [Part("send bucket", bucket, f"rollout.sync_bucket_mb={cfg.rollout.sync_bucket_mb}")]

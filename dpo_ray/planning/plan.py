@@ -1,5 +1,5 @@
 """A run's plan, before any actor starts: where each group's actors land (the placement Ray's scheduler makes, see
-groups/resources.place_groups), what each holds in memory by part (workers/memory_estimate.py), and whether that
+sizing/resources.place_groups), what each holds in memory by part (sizing/memory_estimate.py), and whether that
 fits every GPU and every node; when it does not, which part overflows and the options that would make it fit."""
 
 from __future__ import annotations
@@ -7,10 +7,13 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
-from ..config import RunConfig
-from ..groups.judge_group import judge_max_model_len
-from ..groups.reference_group import reference_sharding
-from ..groups.resources import (
+from ..schema import RunConfig
+from ..sizing import memory_estimate as memory
+from ..sizing.judge_length import judge_max_model_len
+from ..sizing.memory_estimate import GIB, ActorMemory, policy_shape, policy_zero_stage
+from ..sizing.model_shape import ModelShape, model_shape
+from ..sizing.reference_sharding import reference_sharding
+from ..sizing.resources import (
     GroupNeed,
     group_needs,
     groups_live_together,
@@ -18,9 +21,6 @@ from ..groups.resources import (
     reference_group_needed,
     uses_reward_model,
 )
-from ..workers import memory_estimate as memory
-from ..workers.memory_estimate import GIB, ActorMemory, policy_shape, policy_zero_stage
-from ..workers.model_shape import ModelShape, model_shape
 from .nodes import NodeSpec
 
 
@@ -65,6 +65,9 @@ class Plan:
     @property
     def fits(self) -> bool:
         return not self.problems
+
+    def __str__(self) -> str:
+        return render(self)
 
 
 def device_bytes(nodes: list[NodeSpec], where: list[int], world: int, gpus: float) -> float:

@@ -11,10 +11,10 @@ import pytest
 
 from dpo_ray.cli import main
 from dpo_ray.compose import compose
-from dpo_ray.plan.nodes import described_nodes, ray_nodes
-from dpo_ray.plan.plan import PlanModels, make_plan
+from dpo_ray.planning.nodes import described_nodes, ray_nodes
+from dpo_ray.planning.plan import PlanModels, make_plan
 
-from ..workers.test_memory_estimate import LLAMA_8B, LLAMA_70B, config_dir
+from ..sizing.test_memory_estimate import LLAMA_8B, LLAMA_70B, config_dir
 
 LLAMA_13B = dict(
     LLAMA_70B,
@@ -174,7 +174,7 @@ def test_ray_places_every_group_where_the_plan_said(fake_gpu_cluster, models, pr
     from ray.util.placement_group import remove_placement_group
 
     from dpo_ray.groups.actor_group import bundle_nodes, reserve
-    from dpo_ray.groups.resources import group_needs, reference_group_needed
+    from dpo_ray.sizing.resources import group_needs, reference_group_needed
 
     overrides = [f"model.path={models[model]}", f"cluster={preset}", "reference.from_policy=false"]
     cfg = compose(overrides + [reward_option(preset, models)], command)

@@ -9,6 +9,7 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
+from .losses.registry import Kind, names_of, readers
 from .options import AT_LEAST_ONE, NON_NEGATIVE, OPEN_SHARE, POSITIVE, SHARE, Bounds, Choice, opt, sub
 
 
@@ -124,14 +125,14 @@ class DataConfig:
 class AlgoConfig:
     loss_type: Any = opt(
         "sigmoid",
-        "loss by TRL's name, or several (MPO) as a list ([sigmoid,sft], TRL's form) or joined by commas: sigmoid hinge "
-        "ipo exo_pair nca_pair robust bco_pair sppo_hard aot aot_unpaired apo_zero apo_down discopop sft sigmoid_norm; "
-        "reference-free: simpo orpo; unpaired (labelled completions, alone): kto apo_zero_unpaired",
+        "loss by TRL's name, or several (MPO) as a list ([sigmoid,sft], TRL's form) or joined by commas; "
+        + "; ".join(f"{kind.value}: {' '.join(names_of(kind))}" for kind in Kind)
+        + " (an unpaired loss trains on labelled completions, alone)",
     )
     loss_weights: list[float] = opt([], "weight of each loss in loss_type; empty: 1.0 each")
     beta: float = opt(0.1, "strength of the implicit KL constraint (the reward scale for simpo/orpo)", POSITIVE)
     label_smoothing: float = opt(
-        0.0, "TRL's label_smoothing: label noise of exo_pair, robust, aot, aot_unpaired and simpo", SHARE
+        0.0, f"TRL's label_smoothing: label noise of {', '.join(readers('label_smoothing'))}", SHARE
     )
     cdpo_label_smoothing: float = opt(
         0.0, "conservative DPO on sigmoid: -(1-e) log s(beta d) - e log s(-beta d)", Bounds(0, 0.5, high_open=True)
@@ -144,7 +145,7 @@ class AlgoConfig:
     f_divergence_type: FDivergence = opt(
         FDivergence.reverse_kl,
         "f-DPO's divergence to the reference (TRL's): reverse_kl (DPO), forward_kl, js_divergence, alpha_divergence; "
-        "for the losses on the chosen-rejected difference: sigmoid sigmoid_norm hinge ipo exo_pair robust discopop sft",
+        "for the losses on the chosen-rejected difference: " + " ".join(readers("f_divergence_type")),
     )
     f_alpha_divergence_coef: float = opt(0.5, "alpha of f_divergence_type=alpha_divergence")
     use_weighting: bool = opt(
@@ -156,7 +157,9 @@ class AlgoConfig:
         "(policy and reference); null: all count fully",
         Bounds(0, 1, also=(None,)),
     )
-    desirable_weight: float = opt(1.0, "KTO (kto, apo_zero_unpaired): weight of desirable examples' losses", POSITIVE)
+    desirable_weight: float = opt(
+        1.0, f"KTO ({', '.join(readers('desirable_weight'))}): weight of desirable examples' losses", POSITIVE
+    )
     undesirable_weight: float = opt(
         1.0, "KTO: weight of undesirable examples' losses (the KTO paper balances them by their counts)", POSITIVE
     )
@@ -387,8 +390,8 @@ class OnlineConfig:
     max_pairs_per_prompt: int = opt(1, "pairs per prompt: k-th best vs k-th worst, k up to this", AT_LEAST_ONE)
     desirable_threshold: float | None = opt(
         None,
-        "online KTO (algo.loss_type=kto or apo_zero_unpaired): every sample is an example, desirable when its reward "
-        ">= this; null: each pair unpaired (best desirable, worst undesirable)",
+        f"online KTO (algo.loss_type={' or '.join(names_of(Kind.UNPAIRED))}): every sample is an example, desirable "
+        "when its reward >= this; null: each pair unpaired (best desirable, worst undesirable)",
     )
     replay_ratio: float = opt(0.0, "earlier rounds' pairs added per new pair (sampled, seeded)", NON_NEGATIVE)
     offline_ratio: float = opt(0.0, "pairs from data.train_files added per new pair (sampled, seeded)", NON_NEGATIVE)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dpo_ray.compose import compose
-from dpo_ray.groups.resources import GroupNeed, check_fit
+from dpo_ray.sizing.resources import GroupNeed, check_fit
 
 NODE = {"CPU": 64.0, "GPU": 8.0}
 
@@ -34,7 +34,7 @@ def test_a_rank_no_node_can_hold_and_strict_strategies_are_errors():
 
 @pytest.mark.parametrize("preset, nodes", [("single_node_8gpu", 1), ("multi_node", 4)])
 def test_gpu_presets_fill_their_cluster_exactly(preset, nodes):
-    from dpo_ray.groups.resources import group_needs
+    from dpo_ray.sizing.resources import group_needs
 
     cfg = compose([f"cluster={preset}", "reward.model_path=/models/rm"], "online")
     needs = group_needs(cfg, reference=True, online=True)
@@ -69,7 +69,7 @@ def test_the_slurm_shape_refuses_a_bad_option_before_anything_is_queued(capsys):
 
 
 def test_placement_follows_rays_scheduler_emptiest_node_first():
-    from dpo_ray.groups.resources import place_groups
+    from dpo_ray.sizing.resources import place_groups
 
     nodes = [{"CPU": 16.0, "GPU": 8.0}, {"CPU": 16.0, "GPU": 8.0}, {"CPU": 16.0, "GPU": 4.0}]
     needs = [GroupNeed("rollout", 1, 4, 2), GroupNeed("reference", 2, 1, 1), GroupNeed("policy", 10, 1, 1)]
@@ -92,7 +92,7 @@ def test_groups_whose_totals_fit_but_whose_bundles_do_not_divide_among_the_nodes
 
 
 def test_a_judge_is_sized_like_the_reward_group_and_replaces_it_unless_the_task_evaluates_with_its_own():
-    from dpo_ray.groups.resources import group_needs
+    from dpo_ray.sizing.resources import group_needs
 
     def names(*overrides):
         cfg = compose(["cluster=single_node_8gpu", *overrides], "online")
@@ -108,7 +108,7 @@ def test_a_judge_is_sized_like_the_reward_group_and_replaces_it_unless_the_task_
 
 def test_a_tensor_parallel_judge_takes_its_gpus_in_one_bundle_and_its_engine_runs_their_workers_apart():
     from dpo_ray.groups.judge_group import judge_engine
-    from dpo_ray.groups.resources import judge_need
+    from dpo_ray.sizing.resources import judge_need
     from dpo_ray.validation import ConfigError
     from dpo_ray.workers.engine_args import engine_args, separate_process
 
@@ -134,7 +134,7 @@ def test_a_tensor_parallel_judge_takes_its_gpus_in_one_bundle_and_its_engine_run
 
 
 def test_reference_ranks_reserve_their_own_cpus_or_the_policy_ranks():
-    from dpo_ray.groups.resources import policy_need, reference_need
+    from dpo_ray.sizing.resources import policy_need, reference_need
 
     cfg = compose(["cluster.cpus_per_rank=12", "cluster.reference_cpus=4"], "train")
     assert (policy_need(cfg).cpus, reference_need(cfg).cpus) == (12.0, 4.0)

@@ -1,0 +1,343 @@
+"""An online round as explicit phases, each a function of the round's record and the campaign's context, timed in one
+place: a new phase is a local change, and each phase runs in a test without Ray."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..data.examples import build_examples
+from ..data.formats import Text
+from ..data.pair_stats import example_statistics, pair_statistics
+from ..data.pairs import build_pairs
+from ..data.tokenize import TokenizedPair
+from ..data.tournament import judge_statistics
+from ..groups.judge_group import JudgeGroup
+from ..groups.policy_group import PolicyGroup
+from ..groups.reference_mix import ReferenceMix
+from ..groups.reward_group import RewardGroup
+from ..groups.rollout_group import RolloutGroup
+from ..groups.weight_sync import WeightSync
+from ..schema import RunConfig
+from ..workers.rollout import Sample
+from . import round_stats as stats
+from .inputs import OnlineInputs
+from .reference import ReferenceLogps, ReferenceScorer
+from .round_store import RoundStore
+from .rounds_ahead import RoundsAhead
+from .trainer import PolicyTrainer, epoch_groups, eval_groups
+
+log = logging.getLogger(__name__)
+TRAIN_KEYS = ("rewards/margins", "rewards/accuracies", "loss")  # the round's last training step, kept in its row
+
+
+@dataclass
+class Groups:
+    """The groups an online campaign drives, and the weight sync from the policy into the engines."""
+
+    rollout: RolloutGroup
+    reward: RewardGroup | None  # None: a judged run whose task has no reward to evaluate with
+    judge: JudgeGroup | None  # a pairwise judge scores the samples instead of the reward
+    reference: ReferenceScorer
+    policy: PolicyGroup
+    sync: WeightSync
+    mix: ReferenceMix | None  # TR-DPO's moving reference
+
+    @property
+    def mixes(self) -> int:
+        """How many times TR-DPO has mixed the policy into the reference so far."""
+        return self.mix.mixes if self.mix is not None else 0
+
+
+@dataclass
+class RoundContext:
+    """What every round of an attempt reads: the run's settings and prompts, where the rounds are kept, the groups, the
+    trainer, the rounds drawn ahead, and the policy version the engines hold."""
+
+    cfg: RunConfig
+    inputs: OnlineInputs
+    prompt_ids: list[tuple[int, ...]]  # each prompt encoded as the engines are given it
+    eval_prompt_ids: list[tuple[int, ...]]
+    uses_reference: bool
+    unpaired: bool  # online KTO: each round's samples become labelled examples
+    store: RoundStore
+    groups: Groups
+    trainer: PolicyTrainer
+    ahead: RoundsAhead
+    began: float  # the attempt's start (time.perf_counter): the round rows' timelines count from here
+    engine_version: int = 0  # the policy version (rounds trained) in the engines
+
+
+@dataclass
+class RoundRecord:
+    """What round r has produced so far: each phase fills in its part."""
+
+    r: int
+    indices: list[int] = field(default_factory=list)  # the round's prompts, as indices into the pool
+    prompts: list[Text] = field(default_factory=list)
+    drawn: list[list[Sample]] = field(default_factory=list)  # n samples per prompt
+    samples: list[list[str]] = field(default_factory=list)  # their texts
+    version: int = 0  # rounds trained when the samples were drawn: r - 1, less when drawn ahead
+    rewards: list[list[float]] = field(default_factory=list)
+    beats: list[set[tuple[int, int]]] | None = None  # a judge's agreed (winner, loser) sample indices per prompt
+    judging: dict[str, float] = field(default_factory=dict)  # the judge's counts (judge_statistics)
+    pair_rows: list[dict] = field(default_factory=list)  # the round's pairs (KTO: examples) as written to disk
+    new_pairs: list[TokenizedPair] = field(default_factory=list)  # those read back as token ids, truncated
+    train_pairs: list[TokenizedPair] = field(default_factory=list)  # the new pairs, then replayed and offline ones
+    ref: ReferenceLogps | None = None  # the reference's (chosen, rejected) log-probs of train_pairs
+    steps: int = 0  # optimizer steps the round took
+    train_metrics: dict[str, float] = field(default_factory=dict)
+    evaluation: dict[str, float] = field(default_factory=dict)
+    spans: list[list] = field(default_factory=list)  # [name, start, end] (time.perf_counter) of work apart from phases
+
+
+Phase = Callable[[RoundRecord, RoundContext], None]
+
+
+class PhaseTimer:
+    """One round's clock: each phase's seconds, its [phase, start s, end s] on the attempt's timeline, a log line."""
+
+    def __init__(self, r: int, rounds: int, began: float, clock: Callable[[], float] = time.perf_counter):
+        self.r, self.rounds, self.began, self.clock = r, rounds, began, clock
+        self.started = self.last = clock()
+        self.seconds: dict[str, float] = {}
+        self.timeline: list[list] = []
+
+    def time(self, name: str, phase: Phase, record: RoundRecord, context: RoundContext) -> None:
+        """Run phase; the spans it recorded (the engines' draw) follow its own on the timeline."""
+        recorded = len(record.spans)
+        phase(record, context)
+        now = self.clock()
+        self.seconds[name], self.last = now - self.last, now
+        self.timeline.append([name, self.last - self.seconds[name] - self.began, self.last - self.began])
+        self.timeline += [[span, start - self.began, end - self.began] for span, start, end in record.spans[recorded:]]
+        log.info("round %d/%d: %s done in %.1fs", self.r, self.rounds, name, self.seconds[name])
+
+    def elapsed(self) -> float:
+        return self.clock() - self.started
+
+
+def draw_samples(record: RoundRecord, context: RoundContext) -> None:
+    """The round's samples: drawn now, or already drawn ahead (the rounds after it are launched up to max_staleness)."""
+    r, ahead = record.r, context.ahead
+    ahead.launch(r, context.engine_version, lambda k: submit_round(context, k))
+    drawn = ahead.take(r)
+    record.drawn, record.version = drawn.samples, drawn.version
+    record.indices = round_prompts(context.cfg, len(context.inputs.prompts), r)
+    record.prompts = [context.inputs.prompts[i] for i in record.indices]
+    record.samples = stats.texts(drawn.samples)
+    if drawn.launched_at is not None:  # the engines' own span (drawn ahead: it overlaps earlier phases)
+        record.spans.append(["draw", drawn.launched_at, drawn.finished_at])
+
+
+def score_samples(record: RoundRecord, context: RoundContext) -> None:
+    """Each sample's reward; with a pairwise judge, the comparisons it won with both orders agreeing."""
+    judge = context.groups.judge
+    if judge is not None:
+        tallies = judge.tournament(record.prompts, record.samples)
+        record.rewards, record.beats = [t.wins for t in tallies], [t.beats for t in tallies]
+        record.judging = judge_statistics(tallies)
+    else:
+        record.rewards = context.groups.reward.score(record.prompts, record.samples)
+
+
+def make_pairs(record: RoundRecord, context: RoundContext) -> None:
+    """Best vs worst samples become pairs (online KTO: labelled examples), written with the samples; the policy trains
+    on them as read back, with earlier rounds' and offline pairs mixed in."""
+    o, r = context.cfg.online, record.r
+    responses = [[_response(prompt, s) for s in outs] for prompt, outs in zip(record.prompts, record.samples)]
+    prompt_ids = [context.prompt_ids[i] for i in record.indices]
+    response_ids = [[list(s.token_ids) for s in outs] for outs in record.drawn]
+    token_ids = (prompt_ids, response_ids)
+    prompts, rewards, most, beats = record.prompts, record.rewards, o.max_pairs_per_prompt, record.beats
+    if context.unpaired:
+        rows = build_examples(prompts, responses, rewards, token_ids, o.desirable_threshold, o.min_margin, most, beats)
+    else:
+        rows = build_pairs(prompts, responses, rewards, o.min_margin, most, token_ids, beats)
+    sample_rows = [
+        {"prompt": p, "responses": s, "rewards": w, "response_ids": ids, "policy_version": record.version}
+        for p, s, w, ids in zip(prompts, record.samples, rewards, response_ids)
+    ]
+    record.pair_rows = rows
+    context.store.save(r, sample_rows, rows)
+    record.new_pairs = context.store.pairs(r)
+    record.train_pairs = record.new_pairs + mixed_in(context, r, len(record.new_pairs))
+
+
+def score_reference(record: RoundRecord, context: RoundContext) -> None:
+    """The reference's log-probs of the training pairs, each in the micro-batch the policy first sees it in; none
+    without a reference or without pairs."""
+    if context.uses_reference and record.train_pairs:
+        groups, pairs = context.groups, record.train_pairs
+        batches = epoch_groups(context.cfg, len(pairs), shuffle_seed(context.cfg, record.r))
+        record.ref, _ = groups.reference.logps(pairs, batches, adapter_base(context.cfg, groups.policy), groups.mixes)
+
+
+def train_policy(record: RoundRecord, context: RoundContext) -> None:
+    """epochs_per_round passes over the training pairs; none (a warning) when the round yielded none."""
+    trainer, o, r = context.trainer, context.cfg.online, record.r
+    before = trainer.step
+    if record.train_pairs:
+        seed, mixes = shuffle_seed(context.cfg, r), context.groups.mixes
+        trainer.train(record.train_pairs, record.ref, o.epochs_per_round, seed, reference_mixes=mixes)
+    else:
+        log.warning("round %d: no pairs (every prompt's samples tied); the policy is unchanged", r)
+    record.steps = trainer.step - before
+    # the latest step's, which is an earlier round's when this one trained none
+    record.train_metrics = {f"train/{k}": trainer.last_metrics[k] for k in TRAIN_KEYS if k in trainer.last_metrics}
+
+
+def wait_for_engines(record: RoundRecord, context: RoundContext) -> None:
+    """The engines finish the rounds drawn ahead before they take new weights."""
+    context.ahead.settle()
+
+
+def sync_engines(record: RoundRecord, context: RoundContext) -> None:
+    """The trained weights into the engines (untrained, they hold them already): either way, round r's policy."""
+    if record.train_pairs:
+        context.groups.sync()
+    context.engine_version = record.r
+
+
+def evaluate_round(record: RoundRecord, context: RoundContext) -> None:
+    """The held-out evaluation, on the rounds that end with one."""
+    if evaluates(context.cfg, record.r):
+        record.evaluation = evaluate(context)
+
+
+# in order; the names are the time/<phase> keys of the round rows
+PHASES: dict[str, Phase] = {
+    "generate": draw_samples,
+    "score": score_samples,
+    "pairs": make_pairs,
+    "reference": score_reference,
+    "train": train_policy,
+    "wait": wait_for_engines,
+    "sync": sync_engines,
+    "eval": evaluate_round,
+}
+
+
+def run_round(context: RoundContext, r: int, clock: Callable[[], float] = time.perf_counter) -> dict:
+    """Round r, phase after phase: its summary row."""
+    record, timer = RoundRecord(r), PhaseTimer(r, context.cfg.online.rounds, context.began, clock)
+    for name, phase in PHASES.items():
+        timer.time(name, phase, record, context)
+    row = summary_row(record, context, timer)
+    log.info("round %d: %s", r, json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}))
+    return row
+
+
+def summary_row(record: RoundRecord, context: RoundContext, timer: PhaseTimer) -> dict:
+    """The round's line in rounds.jsonl."""
+    o, new_pairs = context.cfg.online, record.new_pairs
+    new_ref = None if record.ref is None else (record.ref[0][: len(new_pairs)], record.ref[1][: len(new_pairs)])
+    labelled_one_by_one = context.unpaired and o.desirable_threshold is not None
+    near_identical = context.cfg.monitor.near_identical_ratio
+    return {
+        "round": record.r,
+        "prompts": len(record.prompts),
+        "policy_version": record.version,  # rounds trained when the samples were drawn: r - 1, less when drawn ahead
+        **stats.sample_statistics(record.drawn, record.rewards, None if labelled_one_by_one else o.min_margin),
+        **record.judging,
+        "pairs": len(new_pairs),
+        "train_pairs": len(record.train_pairs),
+        "steps": record.steps,
+        **(example_statistics(new_pairs) if context.unpaired else pair_statistics(new_pairs, near_identical, new_ref)),
+        **record.train_metrics,
+        **record.evaluation,
+        **{f"time/{k}": timer.seconds[k] for k in PHASES},
+        "time/round": timer.elapsed(),
+        "timeline": timer.timeline,  # [phase, start s, end s] from the attempt's start; "draw": the engines' span
+    }
+
+
+def submit_round(context: RoundContext, r: int):
+    """Round r's generation, started and not waited for: n samples per prompt, seeded by round and prompt."""
+    o, pool = context.cfg.online, context.inputs.prompts
+    indices = round_prompts(context.cfg, len(pool), r)
+    log.info("round %d/%d: generating %d prompts x %d samples", r, o.rounds, len(indices), o.samples_per_prompt)
+    prompts = [pool[i] for i in indices]
+    seeds = [stats.sample_seed(o.seed, r, i) for i in indices]
+    n, temperature, top_p = o.samples_per_prompt, o.temperature, o.top_p
+    return context.groups.rollout.submit_generate(prompts, seeds, n, temperature, top_p, o.max_tokens)
+
+
+def round_prompts(cfg: RunConfig, pool: int, r: int) -> list[int]:
+    """Round r's prompts, as indices into the pool of `pool`: prompts_per_round of them (seeded), or all."""
+    n = cfg.online.prompts_per_round
+    if not n or n >= pool:
+        return list(range(pool))
+    return sorted(random.Random(cfg.online.seed + r).sample(range(pool), n))
+
+
+def mixed_in(context: RoundContext, r: int, n_new: int) -> list[TokenizedPair]:
+    """Earlier rounds' pairs (replay_ratio per new pair) and offline pairs (offline_ratio per new pair)."""
+    o = context.cfg.online
+    rng = random.Random(o.seed * 7 + r)
+    extra: list[TokenizedPair] = []
+    if o.replay_ratio > 0 and r > 1:
+        earlier = [p for k in range(1, r) for p in context.store.pairs(k)]
+        extra += rng.sample(earlier, min(len(earlier), round(o.replay_ratio * n_new)))
+    if o.offline_ratio > 0:
+        pool = context.inputs.offline_pairs
+        extra += rng.sample(pool, min(len(pool), round(o.offline_ratio * n_new)))
+    return extra
+
+
+def shuffle_seed(cfg: RunConfig, r: int) -> int:
+    """Round r's epoch shuffle (the reference scores the pairs in the first epoch's micro-batches)."""
+    return cfg.data.shuffle_seed + 1000 * r
+
+
+def evaluates(cfg: RunConfig, r: int) -> bool:
+    """Whether round r ends with a held-out evaluation: every online.eval_every rounds, and after the last."""
+    return r % cfg.online.eval_every == 0 or r == cfg.online.rounds
+
+
+def adapter_base(cfg: RunConfig, policy: PolicyGroup) -> PolicyGroup | None:
+    """The policy group when the reference is its base model with the LoRA adapter disabled."""
+    return policy if cfg.model.lora.enabled else None
+
+
+def evaluate(context: RoundContext) -> dict[str, float]:
+    """On the held-out prompts (same seeds every round): mean reward sampled as in training and greedy (the task's
+    reward, also in a judged run), mean sampled length, and the KL to the reference on the sampled responses."""
+    cfg, groups, prompts = context.cfg, context.groups, context.inputs.eval_prompts
+    o = cfg.online
+    if not prompts:
+        return {}
+    seeds = [stats.sample_seed(o.seed, 0, i) for i in range(len(prompts))]
+    sampled = groups.rollout.generate(
+        prompts,
+        seeds,
+        o.eval_samples_per_prompt,
+        o.temperature,
+        o.top_p,
+        o.max_tokens,
+        with_logp=context.uses_reference,
+    )
+    metrics = {}
+    if groups.reward is not None:  # a judged run without a task reward has no absolute score to report
+        greedy = groups.rollout.generate(prompts, seeds, 1, 0.0, 1.0, o.max_tokens)
+        metrics["eval/sampled_reward"] = stats.mean_score(groups.reward.score(prompts, stats.texts(sampled)))
+        metrics["eval/greedy_reward"] = stats.mean_score(groups.reward.score(prompts, stats.texts(greedy)))
+    metrics["eval/length"] = stats.mean_length(sampled)
+    if context.uses_reference:
+        pairs, scored = stats.kl_pairs(context.eval_prompt_ids, sampled)
+        chosen, rejected = [], []
+        if pairs:
+            batches = eval_groups(cfg, len(pairs))
+            base = adapter_base(cfg, groups.policy)
+            chosen, rejected = groups.reference.logps(pairs, batches, base, groups.mixes)[0]
+        metrics["eval/kl"] = stats.kl_estimate(scored, chosen, rejected)
+    return metrics
+
+
+def _response(prompt: Text, text: str):
+    """A sampled text in the prompt's format: an assistant message for conversations."""
+    return [{"role": "assistant", "content": text}] if isinstance(prompt, list) else text
