@@ -166,6 +166,7 @@ def zero3_step(model_dir: Path, pairs, on_gpu: bool, work: Path) -> dict:
     from dpo_ray.sizing.memory_estimate import policy_rank, policy_shape
     from dpo_ray.workers.distributed import free_port
     from dpo_ray.workers.policy import PolicyWorker
+    from dpo_ray.workers.specs import PolicySpec
 
     device = torch.device("cuda" if on_gpu else "cpu")
     cfg = RunConfig()
@@ -190,7 +191,7 @@ def zero3_step(model_dir: Path, pairs, on_gpu: bool, work: Path) -> dict:
             results[name] = "skipped: offload is a GPU setting"
             continue
         cfg.deepspeed.offload_optimizer = cfg.deepspeed.offload_param = offload
-        worker = PolicyWorker(cfg, 0, 1, str(model_dir), total_steps=1, accumulation=1)
+        worker = PolicyWorker(PolicySpec.of(cfg), 0, 1, str(model_dir), total_steps=1, accumulation=1)
         try:
             worker.start("127.0.0.1", free_port())
         except Exception as error:  # an op DeepSpeed cannot build on this machine is a finding, not the end
@@ -340,8 +341,9 @@ def one_step(cfg, model_dir: Path, pairs, reference, stage: int):
     from dpo_ray.data.batches import MicroBatch, step_scale
     from dpo_ray.workers.distributed import free_port
     from dpo_ray.workers.policy import PolicyWorker
+    from dpo_ray.workers.specs import PolicySpec
 
-    worker = PolicyWorker(cfg, 0, 1, str(model_dir), total_steps=1, accumulation=2)
+    worker = PolicyWorker(PolicySpec.of(cfg), 0, 1, str(model_dir), total_steps=1, accumulation=2)
     worker.start("127.0.0.1", free_port(), stage)
     half = len(pairs) // 2
     micro = [MicroBatch(pairs[:half], reference[0][:half], reference[1][:half])]

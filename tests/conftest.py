@@ -35,6 +35,36 @@ def tiny_model_dir(tmp_path_factory, tokenizer):
     return str(path)
 
 
+TINY_SHAPE = dict(
+    hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+)
+
+
+def tiny_config(config_class, tokenizer=None, **overrides):
+    """The suite's one tiny shape (TINY_SHAPE) in any transformers family, with the task tokenizer's vocabulary and
+    pad id when given; overrides name what a test needs beyond it (labels, experts, a wider head)."""
+    vocab = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id) if tokenizer is not None else {}
+    return config_class(**{**TINY_SHAPE, **vocab, **overrides})
+
+
+def save_model(path, model_class, config, tokenizer=None, seed: int = 0) -> str:
+    """A randomly initialised model_class(config), seeded, saved as an HF directory (with the tokenizer when given)."""
+    torch.manual_seed(seed)
+    model_class(config).save_pretrained(path, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def reward_model_dir(tmp_path_factory, tokenizer):
+    """A randomly initialised Llama sequence classifier (one label) with the task tokenizer."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    config = tiny_config(LlamaConfig, tokenizer, num_labels=1)
+    return save_model(tmp_path_factory.mktemp("reward-model"), LlamaForSequenceClassification, config, tokenizer)
+
+
 def make_pairs(n: int, seed: int = 0, vocab: int = 300) -> list:
     """Synthetic pairs of varied lengths (ids above the special tokens)."""
     rng = random.Random(seed)

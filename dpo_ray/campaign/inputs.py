@@ -14,8 +14,9 @@ from ..data.loading import InMemorySource
 from ..data.prompts import load_prompts
 from ..data.tokenize import TokenizedPair, TokenizeSettings
 from ..losses.registry import is_unpaired
+from ..reward_source import RewardSource, reward_source
 from ..schema import RunConfig
-from ..tasks.registry import resolve_judge_model, resolve_model, resolve_prompt_task, resolve_reward_model
+from ..tasks.registry import resolve_model, resolve_prompt_task
 from ..workers.models import load_tokenizer
 from .preflight import InputError, check_inputs
 
@@ -38,10 +39,8 @@ class OnlineInputs:
     reference_path: str
     prompts: list[Text]
     eval_prompts: list[Text]
+    reward: RewardSource  # resolved: a built-in reward or judge model name is its directory
     offline_pairs: list[TokenizedPair] = field(default_factory=list)
-    reward_fn: str = ""  # the task's rule, used when the config names no reward
-    reward_model: str = ""  # reward.model_path, a built-in name resolved to its directory
-    judge_model: str = ""  # reward.judge_model, a built-in name resolved to its directory
 
 
 def offline_inputs(cfg: RunConfig, train_dataset: Any = None, eval_dataset: Any = None) -> OfflineInputs:
@@ -84,10 +83,11 @@ def online_inputs(cfg: RunConfig) -> OnlineInputs:
     tokenizer = load_tokenizer(task.model_path, cfg.model.trust_remote_code)
     if getattr(tokenizer, "chat_template", None) is None and any(isinstance(p, list) for p in prompts + eval_prompts):
         raise InputError(f"the prompts hold messages, and the tokenizer of {task.model_path} has no chat template")
-    judge_model = resolve_judge_model(cfg)
-    if judge_model and getattr(load_tokenizer(judge_model, cfg.model.trust_remote_code), "chat_template", None) is None:
+    reward = reward_source(cfg).resolved(cfg)
+    judge = reward.judge_model
+    if judge and getattr(load_tokenizer(judge, cfg.model.trust_remote_code), "chat_template", None) is None:
         raise InputError(
-            f"reward.judge_model={cfg.reward.judge_model!r}: the tokenizer of {judge_model} has no chat template; the "
+            f"reward.judge_model={cfg.reward.judge_model!r}: the tokenizer of {judge} has no chat template; the "
             "judge is asked in a chat message, so give it an instruct (chat) model"
         )
     offline_pairs: list[TokenizedPair] = []
@@ -98,10 +98,8 @@ def online_inputs(cfg: RunConfig) -> OnlineInputs:
         cfg.model.reference_path or task.model_path,
         prompts,
         eval_prompts,
+        reward,
         offline_pairs,
-        prompt_task.reward_fn or task.reward_fn,
-        resolve_reward_model(cfg),
-        judge_model,
     )
 
 

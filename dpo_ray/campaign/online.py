@@ -28,7 +28,7 @@ from ..report import round_monitors
 from ..schema import Resume, RunConfig
 from ..sizing.judge_length import judge_max_model_len
 from ..sizing.model_shape import model_shape
-from ..sizing.resources import group_needs, judged, reference_group_needed, reward_group_needed, uses_reward_model
+from ..sizing.resources import group_needs, reference_group_needed
 from ..validation import validate
 from ..workers.device import run_environment
 from ..workers.models import load_tokenizer
@@ -82,10 +82,7 @@ class OnlineCampaign:
         same = ("rounds", "eval_every", "eval_samples_per_prompt", "checkpoint_every")
         shaping = {k: v for k, v in asdict(o).items() if k not in same}
         self.fingerprint["online"] = json.loads(json.dumps(shaping, default=str))
-        self.fingerprint["reward"] = {"fn": i.reward_fn or cfg.reward.fn, "model": i.reward_model}
-        if judged(cfg):  # a judged campaign does not resume another's rounds (runs before judges keep their print)
-            r = cfg.reward
-            self.fingerprint["judge"] = {"model": i.judge_model, "fn": r.judge_fn, "template": r.judge_template}
+        self.fingerprint.update(i.reward.fingerprint(cfg.reward.judge_template))
         self.rollout: RolloutGroup | None = None  # the live rollout group, while one runs
         settings = TokenizeSettings.of(cfg.data)
         self.store = RoundStore(self.run_dir, cfg.train.keep_checkpoints, settings, o.checkpoint_every, o.rounds)
@@ -104,8 +101,7 @@ class OnlineCampaign:
     def _campaign(self) -> OnlineResult:
         needs = group_needs(self.cfg, reference_group_needed(self.cfg, online=True), online=True)
         i = self.inputs
-        reward = i.reward_model if uses_reward_model(self.cfg) else ""
-        models = PlanModels(i.model_path, i.reference_path, reward, i.judge_model)
+        models = PlanModels(i.model_path, i.reference_path, i.reward.reward_model, i.reward.judge_model)
         check = PlanCheck("online", models, self.engine_length())
         result, restarts = run_campaign(self.cfg, needs, self._run, check)
         result.restarts = restarts
@@ -192,9 +188,10 @@ class OnlineCampaign:
 
     def judge_length(self) -> int:
         """The longest judge prompt + verdict a judge model's engines will hold (0: a judge function, no engine)."""
-        if not self.inputs.judge_model:
+        judge = self.inputs.reward.judge_model
+        if not judge:
             return 0
-        positions = model_shape(self.inputs.judge_model, self.cfg.model.trust_remote_code).max_positions
+        positions = model_shape(judge, self.cfg.model.trust_remote_code).max_positions
         return judge_max_model_len(self.engine_length(), positions)
 
     def _start_groups(self, started: list) -> Groups:
@@ -206,10 +203,10 @@ class OnlineCampaign:
         reference = ReferenceScorer(cfg, inputs.reference_path, self.spec, self.env)
         started.append(reference)
         makers = {"rollout": lambda at: RolloutGroup(cfg, inputs.model_path, self.engine_length(), at)}
-        if reward_group_needed(cfg):
-            makers["reward"] = lambda at: RewardGroup(cfg, inputs.reward_fn, inputs.reward_model, at)
-        if judged(cfg):
-            makers["judge"] = lambda at: JudgeGroup(cfg, inputs.judge_model, self.judge_length(), at)
+        if inputs.reward.reward_group_needed:
+            makers["reward"] = lambda at: RewardGroup(cfg, inputs.reward, at)
+        if inputs.reward.judged:
+            makers["judge"] = lambda at: JudgeGroup(cfg, inputs.reward, self.judge_length(), at)
         if reference_group_needed(cfg, online=True):  # every round needs it
             makers["reference"] = reference.start
         makers["policy"] = lambda at: PolicyGroup(

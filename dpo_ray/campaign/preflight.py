@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..reward_source import RewardKind, reward_source
 from ..schema import RunConfig
 from ..tasks.registry import JUDGE_MODELS, MODELS, REWARD_MODELS, task_builtins
 
@@ -61,9 +62,8 @@ def check_attention_kernel(attention: str) -> None:
 
 
 def _check_online(cfg: RunConfig, has_task_data: bool) -> None:
-    o, r = cfg.online, cfg.reward
+    o, reward = cfg.online, reward_source(cfg)
     task_prompts = any(b.prompts for b in task_builtins(cfg))
-    task_reward = any(b.reward for b in task_builtins(cfg))
     if not o.prompt_files and not task_prompts:
         raise InputError(
             "online runs need prompts: online.prompt_files=[FILE,...], online.prompt_task=imdb, or model.path=embedded"
@@ -72,14 +72,11 @@ def _check_online(cfg: RunConfig, has_task_data: bool) -> None:
     check_files("online.eval_prompt_files", o.eval_prompt_files)
     if o.offline_ratio > 0 and not cfg.data.train_files and not has_task_data:
         raise InputError(f"online.offline_ratio={o.offline_ratio}: needs data.train_files to draw offline pairs from")
-    if r.fn or r.judge_fn:
-        check_reward_function(cfg)
-    elif r.judge_model:
-        if r.judge_model not in JUDGE_MODELS:
-            check_model_dir("reward.judge_model", r.judge_model, f"or a built-in name: {', '.join(JUDGE_MODELS)}")
-    elif r.model_path and r.model_path not in REWARD_MODELS:
-        check_model_dir("reward.model_path", r.model_path, f"or a built-in name: {', '.join(REWARD_MODELS)}")
-    elif not r.model_path and not task_reward:
+    check_reward_function(cfg)
+    builtins = {RewardKind.model: REWARD_MODELS, RewardKind.judge_model: JUDGE_MODELS}.get(reward.kind)
+    if builtins is not None and reward.target not in builtins:
+        check_model_dir(reward.option, reward.target, f"or a built-in name: {', '.join(builtins)}")
+    if not reward.target:  # no reward option, and no task rule either
         raise InputError(
             "online runs need a reward: reward.fn=module:function (a rule), reward.model_path=DIR (a model), or a "
             "pairwise judge (reward.judge_model=DIR or reward.judge_fn=module:function)"
@@ -90,10 +87,10 @@ def check_reward_function(cfg: RunConfig) -> None:
     """reward.fn or reward.judge_fn imports (from the launch directory too) and names a function."""
     from ..workers.reward import import_function
 
-    r = cfg.reward
-    if r.fn or r.judge_fn:
+    reward = reward_source(cfg)
+    if reward.kind in (RewardKind.rule, RewardKind.judge_fn):
         try:
-            import_function(r.fn or r.judge_fn, "reward.fn" if r.fn else "reward.judge_fn")
+            import_function(reward.target, reward.option)
         except ValueError as error:
             raise InputError(str(error)) from None
 

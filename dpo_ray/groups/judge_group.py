@@ -9,6 +9,7 @@ from dataclasses import replace
 from ..data.formats import Text
 from ..data.prompts import prompt_text
 from ..data.tournament import DEFAULT_TEMPLATE, Tally, judge_request, round_robin, tally
+from ..reward_source import RewardSource
 from ..schema import RolloutConfig, RunConfig
 from ..sizing.resources import judge_need
 from ..workers.device import device_spec, rank_env
@@ -25,17 +26,17 @@ def judge_engine(cfg: RunConfig) -> RolloutConfig:
 
 
 class JudgeGroup:
-    def __init__(self, cfg: RunConfig, model_path: str = "", max_model_len: int = 0, placement=None):
-        """model_path: the judge model's directory (reward.judge_model resolved); max_model_len: the longest judge
-        prompt + verdict in tokens (0: the model's own limit)."""
+    def __init__(self, cfg: RunConfig, source: RewardSource, max_model_len: int = 0, placement=None):
+        """source: the run's judge, resolved (a judge model's directory, or a judge function); max_model_len: the
+        longest judge prompt + verdict in tokens (0: the model's own limit)."""
         r, need = cfg.reward, judge_need(cfg)
         self.template = r.judge_template or DEFAULT_TEMPLATE
-        self.uses_model = bool(r.judge_model)
+        self.uses_model = bool(source.judge_model)
         if self.uses_model:
             rollout = judge_engine(cfg)
             worker = "dpo_ray.workers.rollout.RolloutWorker"
             kwargs = dict(
-                model_path=model_path or r.judge_model,
+                model_path=source.judge_model,
                 cfg=rollout,
                 policy_dtype=cfg.model.dtype,
                 gpus=need.gpus,
@@ -44,7 +45,7 @@ class JudgeGroup:
             )
             env = engine_env(rollout, need.gpus)
         else:
-            worker, kwargs = "dpo_ray.workers.judge.JudgeFnWorker", dict(fn=r.judge_fn)
+            worker, kwargs = "dpo_ray.workers.judge.JudgeFnWorker", dict(fn=source.judge_fn)
             env = rank_env(device_spec(0.0), 1)
         self.group = ActorGroup(need, worker, cfg.cluster, env, kwargs, placement=placement)
 

@@ -12,6 +12,7 @@ from ..data.batches import MicroBatch, StepScale
 from ..schema import RunConfig
 from ..sizing.memory_estimate import policy_rank, policy_shape, policy_zero_stage, rank_bytes
 from ..sizing.resources import policy_need
+from ..workers.specs import PolicySpec
 from ..workers.weights import ENGINES
 from .actor_group import ActorGroup, gather
 from .shared_dirs import require_shared
@@ -29,7 +30,7 @@ class PolicyGroup:
         env: dict[str, str],
         placement=None,
     ):
-        kwargs = dict(cfg=cfg, model_path=model_path, total_steps=total_steps, accumulation=accumulation)
+        kwargs = dict(cfg=PolicySpec.of(cfg), model_path=model_path, total_steps=total_steps, accumulation=accumulation)
         began = time.perf_counter()
         self.group = ActorGroup(
             policy_need(cfg), "dpo_ray.workers.policy.PolicyWorker", cfg.cluster, env, kwargs, placement=placement

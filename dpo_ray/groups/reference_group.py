@@ -16,6 +16,7 @@ from ..sizing.model_shape import model_shape
 from ..sizing.reference_sharding import reference_sharding
 from ..sizing.resources import reference_need
 from ..workers.device import device_spec, rank_threads
+from ..workers.specs import ReferenceSpec
 from .actor_group import ActorGroup
 from .shared_dirs import require_shared
 
@@ -24,9 +25,10 @@ log = logging.getLogger(__name__)
 
 class ReferenceGroup:
     def __init__(self, cfg: RunConfig, model_path: str, env: dict[str, str], placement=None):
-        worker, kwargs = "dpo_ray.workers.reference.ReferenceWorker", dict(cfg=cfg, model_path=model_path)
+        spec = ReferenceSpec.of(cfg)
+        worker, kwargs = "dpo_ray.workers.reference.ReferenceWorker", dict(cfg=spec, model_path=model_path)
         began = time.perf_counter()
-        threads = rank_threads(cfg.cluster.reference_rank_cpus(), cfg.cluster.torch_threads)
+        threads = rank_threads(spec.cpus_per_rank, spec.torch_threads)
         env = {**env, "OMP_NUM_THREADS": str(threads)}  # the run's environment sizes it for a policy rank
         self.group = ActorGroup(reference_need(cfg), worker, cfg.cluster, env, kwargs, placement=placement)
         require_shared(self.group, cfg)  # before any model loads

@@ -6,21 +6,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..data.formats import Text
+from ..reward_source import RewardSource
 from ..schema import RunConfig
-from ..sizing.resources import reward_need, uses_reward_model
+from ..sizing.resources import reward_need
 from ..workers.device import device_spec, rank_env
 from .actor_group import ActorGroup
 
 
 class RewardGroup:
-    def __init__(self, cfg: RunConfig, default_fn: str = "", model_path: str = "", placement=None):
-        """model_path: the reward model's directory when reward.model_path is a built-in name resolved elsewhere."""
+    def __init__(self, cfg: RunConfig, source: RewardSource, placement=None):
+        """source: the run's reward, resolved (a reward model's directory, or the rule it scores with)."""
         r, need = cfg.reward, reward_need(cfg)
-        self.name = r.fn or r.model_path or default_fn  # the rule's import path or the model this run scores with
-        if uses_reward_model(cfg):
+        if source.reward_model:
             worker = "dpo_ray.workers.reward.ModelRewardWorker"
             kwargs = dict(
-                model_path=model_path or r.model_path,
+                model_path=source.reward_model,
                 micro_batch_size=r.micro_batch_size,
                 max_length=r.max_length,
                 trust_remote_code=cfg.model.trust_remote_code,
@@ -28,7 +28,7 @@ class RewardGroup:
                 dtype=str(cfg.model.dtype),
             )
         else:
-            worker, kwargs = "dpo_ray.workers.reward.RuleRewardWorker", dict(fn=self.name)
+            worker, kwargs = "dpo_ray.workers.reward.RuleRewardWorker", dict(fn=source.rule)
         self.group = ActorGroup(
             need, worker, cfg.cluster, rank_env(device_spec(need.gpus), 1), kwargs, placement=placement
         )

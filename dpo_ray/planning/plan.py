@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
+from ..reward_source import reward_source
 from ..schema import RunConfig
 from ..sizing import memory_estimate as memory
 from ..sizing.judge_length import judge_max_model_len
@@ -19,7 +20,6 @@ from ..sizing.resources import (
     groups_live_together,
     place_groups,
     reference_group_needed,
-    uses_reward_model,
 )
 from .nodes import NodeSpec
 
@@ -470,12 +470,13 @@ def spans(numbers: list[int]) -> str:
 
 def plan_models(cfg: RunConfig, command: str) -> PlanModels:
     """The model directories the run would load: built-in names resolved (built once into the cache)."""
-    from ..tasks.registry import MODELS, resolve_judge_model, resolve_model, resolve_reward_model
+    from ..tasks.registry import MODELS, resolve_model
 
     policy = resolve_model(cfg).model_path if cfg.model.path in MODELS else cfg.model.path
-    reward = resolve_reward_model(cfg) if command == "online" and uses_reward_model(cfg) else ""
-    judge = resolve_judge_model(cfg) if command == "online" else ""
-    return PlanModels(policy, cfg.model.reference_path or policy, reward, judge)
+    if command != "online":
+        return PlanModels(policy, cfg.model.reference_path or policy)
+    reward = reward_source(cfg).resolved(cfg)
+    return PlanModels(policy, cfg.model.reference_path or policy, reward.reward_model, reward.judge_model)
 
 
 def verdict(plan: Plan) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..reward_source import reward_source
 from ..schema import RunConfig
 
 
@@ -20,11 +21,6 @@ class GroupNeed:
         return {"CPU": self.cpus, **({"GPU": self.gpus} if self.gpus else {})}
 
 
-def uses_reward_model(cfg: RunConfig) -> bool:
-    """reward.fn wins; else reward.model_path names a reward model; else the task's rule."""
-    return not cfg.reward.fn and bool(cfg.reward.model_path)
-
-
 def rollout_need(cfg: RunConfig) -> GroupNeed:
     c = cfg.cluster
     gpus = float(cfg.rollout.tensor_parallel_size) if c.gpus_per_rank else 0.0
@@ -33,27 +29,16 @@ def rollout_need(cfg: RunConfig) -> GroupNeed:
 
 def reward_need(cfg: RunConfig) -> GroupNeed:
     c = cfg.cluster
-    return GroupNeed("reward", c.reward_ranks, c.reward_cpus, c.gpus_per_rank if uses_reward_model(cfg) else 0.0)
-
-
-def judged(cfg: RunConfig) -> bool:
-    """Whether a pairwise judge (reward.judge_model or reward.judge_fn) scores the samples instead of a reward."""
-    return bool(cfg.reward.judge_model or cfg.reward.judge_fn)
-
-
-def reward_group_needed(cfg: RunConfig) -> bool:
-    """Whether an online run starts a reward group: to score the samples, or (judged) to evaluate held-out answers
-    with the task's own reward when its task has one."""
-    from ..tasks.registry import task_builtins
-
-    return not judged(cfg) or any(task.reward for task in task_builtins(cfg))
+    gpus = c.gpus_per_rank if reward_source(cfg).reward_on_gpu else 0.0
+    return GroupNeed("reward", c.reward_ranks, c.reward_cpus, gpus)
 
 
 def judge_need(cfg: RunConfig) -> GroupNeed:
     """Sized and placed like the reward group: a judge model is one vLLM engine a rank (over judge_tensor_parallel_size
     GPUs, as a rollout engine is over its own), a judge function a worker."""
     c = cfg.cluster
-    gpus = float(cfg.reward.judge_tensor_parallel_size) if cfg.reward.judge_model and c.gpus_per_rank else 0.0
+    on_gpu = reward_source(cfg).judge_on_gpu and c.gpus_per_rank
+    gpus = float(cfg.reward.judge_tensor_parallel_size) if on_gpu else 0.0
     return GroupNeed("judge", c.reward_ranks, c.reward_cpus, gpus)
 
 
@@ -91,8 +76,9 @@ def group_needs(cfg: RunConfig, reference: bool, online: bool) -> list[GroupNeed
     starts them: offline the reference (released before) the policy; online rollout, reward (unless a judged run
     has none to evaluate with), judge (when judged), reference, policy."""
     needs = [rollout_need(cfg)] if online else []
-    needs += [reward_need(cfg)] if online and reward_group_needed(cfg) else []
-    needs += [judge_need(cfg)] if online and judged(cfg) else []
+    reward = reward_source(cfg)
+    needs += [reward_need(cfg)] if online and reward.reward_group_needed else []
+    needs += [judge_need(cfg)] if online and reward.judged else []
     if reference:
         needs.append(reference_need(cfg))
     return needs + [policy_need(cfg)]

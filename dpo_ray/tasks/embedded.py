@@ -39,7 +39,6 @@ class EmbeddedTask:
     train_prompts: list[str]
     eval_prompts: list[str]
     train_kto_file: Path  # the same samples unpaired: each distinct answer, labelled by the rule (KTO's layout)
-    reward_fn = "dpo_ray.tasks.number_words:reward"  # the rule reward by import path, for online rounds
 
     @staticmethod
     def reward(prompt: str, response: str) -> float:

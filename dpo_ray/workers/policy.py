@@ -13,12 +13,11 @@ from ..data.batches import MicroBatch, StepScale
 from ..data.collate import collate_pairs, make_layout, to_device
 from ..logprobs import forward_pairs, install_scoring_head
 from ..objective import add_metric_sums, metric_floats, micro_batch_objective
-from ..schema import RunConfig
 from . import deepspeed_setup
 from .device import device_memory, device_spec, host_peak_rss, host_rss, rank_threads, use_local_gpu
 from .distributed import BroadcastGroup, init_distributed
-from .engine_args import syncs_adapter
 from .models import disable_dropout, load_causal_lm, load_tokenizer, restore_rotary_buffers
+from .specs import PolicySpec
 from .weight_stream import send_tensors
 from .weights import (
     ADAPTER,
@@ -34,12 +33,12 @@ from .weights import (
 
 class PolicyWorker:
     def __init__(
-        self, cfg: RunConfig, rank: int, world_size: int, model_path: str, total_steps: int, accumulation: int
+        self, cfg: PolicySpec, rank: int, world_size: int, model_path: str, total_steps: int, accumulation: int
     ):
         self.cfg, self.rank, self.world = cfg, rank, world_size
         self.model_path, self.total_steps, self.accumulation = model_path, total_steps, accumulation
-        self.spec = device_spec(cfg.cluster.gpus_per_rank, cfg.model.dtype)
-        torch.set_num_threads(rank_threads(cfg.cluster.cpus_per_rank, cfg.cluster.torch_threads))
+        self.spec = device_spec(cfg.gpus_per_rank, cfg.dtype)
+        torch.set_num_threads(rank_threads(cfg.cpus_per_rank, cfg.torch_threads))
         torch.manual_seed(cfg.train.seed)
         self.engine = None
         self.weight_groups: dict[str, BroadcastGroup] = {}  # by target: the engines, the reference (TR-DPO)
@@ -78,19 +77,17 @@ class PolicyWorker:
         )
         hf_ds_config = HfDeepSpeedConfig(ds_config)  # while it lives, from_pretrained partitions at stage 3
         self.rss_before_model = host_rss()
-        model = load_causal_lm(
-            self.model_path, self.spec.dtype, cfg.model.attn_implementation, cfg.model.trust_remote_code
-        )
+        model = load_causal_lm(self.model_path, self.spec.dtype, cfg.attn_implementation, cfg.trust_remote_code)
         restore_rotary_buffers(model)
-        if cfg.model.disable_dropout:  # before peft: model.lora.dropout applies as set
+        if cfg.disable_dropout:  # before peft: model.lora.dropout applies as set
             disable_dropout(model)
-        install_scoring_head(model, cfg.model.logits_chunk_mb << 20)  # before peft and DeepSpeed wrap it
-        if cfg.model.gradient_checkpointing:
+        install_scoring_head(model, cfg.logits_chunk_mb << 20)  # before peft and DeepSpeed wrap it
+        if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
-        if cfg.model.lora.enabled:
+        if cfg.lora.enabled:
             from peft import LoraConfig, get_peft_model
 
-            lora = cfg.model.lora
+            lora = cfg.lora
             targets = (
                 lora.target_modules
                 if lora.target_modules == "all-linear"
@@ -122,9 +119,9 @@ class PolicyWorker:
         self.engine = deepspeed_setup.initialize(
             model, ds_config, optimizer, deepspeed_setup.scheduler_factory(cfg.train, self.total_steps)
         )
-        self.tokenizer = load_tokenizer(self.model_path, cfg.model.trust_remote_code)
+        self.tokenizer = load_tokenizer(self.model_path, cfg.trust_remote_code)
         self.pad_id = self.tokenizer.pad_token_id
-        self.layout = make_layout(cfg.data.layout, cfg.data.pack_length, cfg.model.attn_implementation)
+        self.layout = make_layout(cfg.layout, cfg.pack_length, cfg.attn_implementation)
 
     def _batch(self, micro: MicroBatch) -> dict[str, torch.Tensor]:
         batch = collate_pairs(micro.pairs, self.pad_id, self.layout, self.spec.dtype)
@@ -186,7 +183,7 @@ class PolicyWorker:
         adapter disabled; otherwise this model as it is, which is the reference only before the first step."""
         self.engine.eval()
         scores = []
-        with self.engine.module.disable_adapter() if self.cfg.model.lora.enabled else contextlib.nullcontext():
+        with self.engine.module.disable_adapter() if self.cfg.lora.enabled else contextlib.nullcontext():
             for micro in micro_batches:
                 out = forward_pairs(self.engine, self._batch(micro), self.cfg.algo.ld_alpha)
                 pairs = zip(out.chosen_logps.tolist(), out.rejected_logps.tolist())
@@ -196,7 +193,7 @@ class PolicyWorker:
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
         """All ranks must call: rank 0 gets the weights in the model's dtype (at stage 3 its shards gathered layer
         by layer), the others None; with LoRA, the adapter's only."""
-        lora = self.cfg.model.lora.enabled
+        lora = self.cfg.lora.enabled
         if self.zero_stage == 3:
             state = self.engine._zero3_consolidated_16bit_state_dict(exclude_frozen_parameters=lora)
             return state if self.rank == 0 else None
@@ -210,8 +207,8 @@ class PolicyWorker:
     def _weight_units(self, target: str = ENGINES) -> tuple[list[WeightUnit], str | None]:
         """What a sync to target sends, and the adapter's config when that is the LoRA adapter alone (engines only:
         the reference takes full weights)."""
-        model, lora = self.engine.module, self.cfg.model.lora
-        if target == ENGINES and syncs_adapter(self.cfg):
+        model, lora = self.engine.module, self.cfg.lora
+        if target == ENGINES and self.cfg.syncs_adapter:
             return adapter_units(model, self.spec.dtype), adapter_config_json(model.peft_config[ADAPTER])
         scaling = lora_scaling(lora) if lora.enabled else 0.0
         return full_units(model, scaling, checkpoint_names=target == ENGINES), None  # the reference: as in memory
@@ -252,7 +249,7 @@ class PolicyWorker:
         def fill(tmp: Path) -> None:
             self.engine.module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
-            if self.cfg.model.lora.enabled and self.cfg.model.lora.save_merged:
+            if self.cfg.lora.enabled and self.cfg.lora.save_merged:
                 self._save_merged(tmp, tmp / "merged")
 
         write_dir(out_dir, fill)
@@ -260,7 +257,7 @@ class PolicyWorker:
     def _save_merged(self, adapter_dir: Path, merged_dir: Path) -> None:
         from peft import PeftModel
 
-        base = load_causal_lm(self.model_path, self.spec.dtype, trust_remote_code=self.cfg.model.trust_remote_code)
+        base = load_causal_lm(self.model_path, self.spec.dtype, trust_remote_code=self.cfg.trust_remote_code)
         merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
         merged.save_pretrained(merged_dir, safe_serialization=True)
         self.tokenizer.save_pretrained(merged_dir)

@@ -9,20 +9,20 @@ import torch
 from ..data.batches import MicroBatch
 from ..data.collate import collate_pairs, make_layout, to_device
 from ..logprobs import forward_pairs, install_scoring_head
-from ..schema import RunConfig
 from .device import device_memory, device_spec, rank_threads, use_local_gpu
 from .models import disable_dropout, load_causal_lm, load_tokenizer, restore_rotary_buffers
+from .specs import ReferenceSpec
 
 
 class ReferenceWorker:
-    def __init__(self, cfg: RunConfig, rank: int, world_size: int, model_path: str):
+    def __init__(self, cfg: ReferenceSpec, rank: int, world_size: int, model_path: str):
         """The model loads next: load_replica() on each rank, or start() on all ranks at once for zero3."""
         self.cfg, self.rank, self.world, self.model_path = cfg, rank, world_size, model_path
-        self.spec = device_spec(cfg.cluster.gpus_per_rank, cfg.model.dtype)
+        self.spec = device_spec(cfg.gpus_per_rank, cfg.dtype)
         self.local_rank = use_local_gpu(self.spec)
-        torch.set_num_threads(rank_threads(cfg.cluster.reference_rank_cpus(), cfg.cluster.torch_threads))
-        self.pad_id = load_tokenizer(model_path, cfg.model.trust_remote_code).pad_token_id
-        self.layout = make_layout(cfg.data.layout, cfg.data.pack_length, cfg.model.attn_implementation)
+        torch.set_num_threads(rank_threads(cfg.cpus_per_rank, cfg.torch_threads))
+        self.pad_id = load_tokenizer(model_path, cfg.trust_remote_code).pad_token_id
+        self.layout = make_layout(cfg.layout, cfg.pack_length, cfg.attn_implementation)
         self.model: torch.nn.Module | None = None
 
     def device_memory(self) -> int:
@@ -32,13 +32,13 @@ class ReferenceWorker:
         self.model = self._load().to(self.spec.device)
 
     def _load(self) -> torch.nn.Module:
-        m = self.cfg.model
-        model = load_causal_lm(self.model_path, self.spec.dtype, m.attn_implementation, m.trust_remote_code).eval()
+        cfg = self.cfg
+        model = load_causal_lm(self.model_path, self.spec.dtype, cfg.attn_implementation, cfg.trust_remote_code).eval()
         model.requires_grad_(False)
         restore_rotary_buffers(model)
-        if m.disable_dropout:  # inactive in eval mode; zeroed so that the reference is the policy's model exactly
+        if cfg.disable_dropout:  # inactive in eval mode; zeroed so that the reference is the policy's model exactly
             disable_dropout(model)
-        install_scoring_head(model, m.logits_chunk_mb << 20)
+        install_scoring_head(model, cfg.logits_chunk_mb << 20)
         return model
 
     def start(self, address: str, port: int) -> None:
@@ -73,7 +73,7 @@ class ReferenceWorker:
         for micro in micro_batches:
             batch = collate_pairs(micro.pairs, self.pad_id, self.layout, self.spec.dtype)
             on_device = to_device(batch, self.spec.device)
-            out = forward_pairs(self.model, on_device, self.cfg.algo.ld_alpha)
+            out = forward_pairs(self.model, on_device, self.cfg.ld_alpha)
             scores.append(list(zip(out.chosen_logps.tolist(), out.rejected_logps.tolist())) if micro.weight else [])
         return scores
 

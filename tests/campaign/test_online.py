@@ -347,11 +347,13 @@ def test_a_campaign_hands_its_ranks_absolute_directories(run_config, tiny_model_
     """The default output_dir is relative and cache_dir starts with ~: a rank would resolve them in its own working
     directory and home, so the driver resolves both before any group gets the config."""
     from dpo_ray.campaign.inputs import OnlineInputs
+    from dpo_ray.reward_source import reward_source
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     run_config.output_dir, run_config.cache_dir = "runs/latest", "~/.cache/dpo-ray"
-    campaign = OnlineCampaign(run_config, OnlineInputs(tiny_model_dir, tiny_model_dir, ["p"], ["q"]))
+    inputs = OnlineInputs(tiny_model_dir, tiny_model_dir, ["p"], ["q"], reward_source(run_config))
+    campaign = OnlineCampaign(run_config, inputs)
     assert campaign.cfg.output_dir == str(tmp_path / "runs" / "latest") == str(campaign.run_dir)
     assert campaign.cfg.cache_dir == str(tmp_path / "home" / ".cache" / "dpo-ray")
 

@@ -33,6 +33,7 @@ from dpo_ray.campaign.round_store import RoundStore, save_rows
 from dpo_ray.campaign.rounds_ahead import RoundsAhead
 from dpo_ray.data.tokenize import TokenizedPair, TokenizeSettings
 from dpo_ray.data.tournament import Tally
+from dpo_ray.reward_source import reward_source
 from dpo_ray.schema import RunConfig
 from dpo_ray.workers.rollout import Sample
 
@@ -155,7 +156,7 @@ def a_context(tmp_path, cfg: RunConfig | None = None, *, drawn=None, scores=None
     )
     fields = dict(
         cfg=cfg,
-        inputs=OnlineInputs("model", "model", list(POOL), ["q0"], kw.pop("offline_pairs", [])),
+        inputs=OnlineInputs("model", "model", list(POOL), ["q0"], reward_source(cfg), kw.pop("offline_pairs", [])),
         prompt_ids=list(POOL_IDS),
         eval_prompt_ids=[(2, 30)],
         uses_reference=True,

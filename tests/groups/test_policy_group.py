@@ -19,6 +19,7 @@ from dpo_ray.groups.reference_group import ReferenceGroup
 from dpo_ray.logprobs import forward_pairs
 from dpo_ray.objective import reduce_metrics
 from dpo_ray.workers.device import device_spec, rank_env
+from dpo_ray.workers.specs import ReferenceSpec
 
 from ..conftest import make_pairs
 
@@ -110,7 +111,7 @@ def test_group_that_cannot_fit_says_so(local_ray, run_config, tiny_model_dir):
             "dpo_ray.workers.reference.ReferenceWorker",
             run_config.cluster,
             ENV,
-            dict(cfg=run_config, model_path=tiny_model_dir),
+            dict(cfg=ReferenceSpec.of(run_config), model_path=tiny_model_dir),
             ready_timeout_s=3,
         )
 
@@ -123,13 +124,17 @@ def test_a_group_reports_its_actors_ready_and_a_worker_that_cannot_build_fails_i
 
     caplog.set_level("INFO", logger="dpo_ray.groups.actor_group")
     need, worker = GroupNeed("reference", 2, 0.5, 0.0), "dpo_ray.workers.reference.ReferenceWorker"
-    group = ActorGroup(need, worker, run_config.cluster, ENV, dict(cfg=run_config, model_path=tiny_model_dir))
+    group = ActorGroup(
+        need, worker, run_config.cluster, ENV, dict(cfg=ReferenceSpec.of(run_config), model_path=tiny_model_dir)
+    )
     group.shutdown()
     assert "reference group: 2/2 actors ready" in caplog.text
     from ray.exceptions import RayActorError
 
     with pytest.raises(RayActorError, match="not-a-model"):
-        ActorGroup(need, worker, run_config.cluster, ENV, dict(cfg=run_config, model_path="/not-a-model"))
+        ActorGroup(
+            need, worker, run_config.cluster, ENV, dict(cfg=ReferenceSpec.of(run_config), model_path="/not-a-model")
+        )
 
 
 def test_a_zero3_reference_partitions_the_model_and_scores_as_the_replicas_do(local_ray, run_config, tiny_model_dir):

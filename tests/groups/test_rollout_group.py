@@ -15,6 +15,7 @@ from dpo_ray.groups.policy_group import PolicyGroup
 from dpo_ray.groups.reward_group import RewardGroup
 from dpo_ray.groups.rollout_group import RolloutGroup
 from dpo_ray.groups.weight_sync import WeightSync
+from dpo_ray.reward_source import reward_source
 from dpo_ray.schema import RunConfig
 from dpo_ray.tasks.number_words import prompt
 from dpo_ray.workers.device import device_spec, rank_env
@@ -106,10 +107,15 @@ def max_gap(a, b) -> float:
     return max((torch.as_tensor(x) - torch.as_tensor(y)).abs().max().item() for x, y in zip(a, b))
 
 
-def test_after_a_streamed_sync_engine_logprobs_equal_the_trained_policy(rollout, run_config, tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("stage", ["1", "2", "3"])
+def test_after_a_streamed_sync_engine_logprobs_equal_the_trained_policy(
+    rollout, run_config, tiny_model_dir, tmp_path, stage
+):
+    """Stages 1-2 send the weights each rank holds after the optimizer's partitions are gathered back; stage 3 gathers
+    each bucket from the ranks' shards (stage 0, online's default, is every online campaign test's)."""
     cfg = run_config
     cfg.cluster.policy_ranks, cfg.train.lr = 2, 1.0
-    cfg.deepspeed.zero_stage = "3"  # the sync gathers each bucket from the ranks' shards (stage 0 is online's default)
+    cfg.deepspeed.zero_stage = stage
     pairs = make_pairs(8, seed=21)
     sequences = [list(p.prompt_ids + p.chosen_ids) for p in pairs[:4]] + [
         list(p.prompt_ids + p.rejected_ids) for p in pairs[:4]
@@ -142,7 +148,7 @@ def test_after_a_streamed_sync_engine_logprobs_equal_the_trained_policy(rollout,
 def test_reward_group_scores_by_rule_and_shapes_scores_like_the_samples(local_ray):
     cfg = RunConfig()
     cfg.cluster.reward_ranks, cfg.cluster.reward_cpus = 2, 0.5
-    group = RewardGroup(cfg, default_fn="dpo_ray.tasks.number_words:reward")
+    group = RewardGroup(cfg, reward_source(cfg))  # the embedded task's rule
     try:
         scores = group.score(CHAT[:3], [["zero", "zer0"], ["one"], ["too", "two", "two "]])
     finally:
@@ -166,38 +172,24 @@ def test_a_reward_function_beside_the_user_imports_in_the_driver_and_the_reward_
     assert import_function("rewards_beside_me:score")("p", "abc") == 3.0
     cfg = RunConfig()
     cfg.reward.fn, cfg.cluster.reward_cpus = "rewards_beside_me:score", 0.5
-    group = RewardGroup(cfg)
+    group = RewardGroup(cfg, reward_source(cfg))
     try:
         assert group.score(CHAT[:2], [["a", "abcd"], ["xy"]]) == [[1.0, 4.0], [2.0]]
     finally:
         group.shutdown()
 
 
-def test_reward_group_serves_a_reward_model(local_ray, tmp_path, tokenizer):
-    from transformers import LlamaConfig, LlamaForSequenceClassification
-
+def test_reward_group_serves_a_reward_model(local_ray, reward_model_dir):
     from dpo_ray.workers.reward import ModelRewardWorker
 
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        num_labels=1,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    LlamaForSequenceClassification(config).save_pretrained(tmp_path / "rm", safe_serialization=True)
-    tokenizer.save_pretrained(tmp_path / "rm")
     cfg = RunConfig()
-    cfg.reward.model_path, cfg.cluster.reward_ranks, cfg.cluster.reward_cpus = str(tmp_path / "rm"), 2, 0.5
-    group = RewardGroup(cfg)
+    cfg.reward.model_path, cfg.cluster.reward_ranks, cfg.cluster.reward_cpus = reward_model_dir, 2, 0.5
+    group = RewardGroup(cfg, reward_source(cfg))
     try:
         scores = group.score(CHAT[:2], [["zero", "one", "two"], ["three"]])
     finally:
         group.shutdown()
-    local = ModelRewardWorker(str(tmp_path / "rm"), micro_batch_size=8, max_length=64)
+    local = ModelRewardWorker(reward_model_dir, micro_batch_size=8, max_length=64)
     expected = local.score([(CHAT[0], r) for r in ["zero", "one", "two"]] + [(CHAT[1], "three")])
     assert [len(s) for s in scores] == [3, 1]
     assert sum(scores, []) == pytest.approx(expected, abs=1e-5)

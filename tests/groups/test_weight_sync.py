@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 
 import pytest
-import torch
 from transformers import AutoModelForCausalLM
 
 from dpo_ray.data.batches import build_micro_batches, step_scale
@@ -15,7 +14,7 @@ from dpo_ray.groups.rollout_group import RolloutGroup
 from dpo_ray.groups.weight_sync import WeightSync
 from dpo_ray.workers.device import device_spec, rank_env
 
-from ..conftest import make_pairs
+from ..conftest import make_pairs, save_model, tiny_config
 from .test_rollout_group import hf_token_logprobs, max_gap
 
 pytestmark = pytest.mark.slow
@@ -111,23 +110,16 @@ def tiny_moe_dir(tmp_path_factory, tokenizer):
     checkpoint holds experts one by one, transformers holds them fused (mlp.experts.gate_up_proj, down_proj)."""
     from transformers import MixtralConfig, MixtralForCausalLM
 
-    config = MixtralConfig(
-        vocab_size=len(tokenizer),
+    config = tiny_config(
+        MixtralConfig,
+        tokenizer,
         hidden_size=128,  # head_dim 32: vLLM's CPU attention has no kernel for 16
         intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
         num_local_experts=4,
         num_experts_per_tok=2,
         max_position_embeddings=256,
-        pad_token_id=tokenizer.pad_token_id,
     )
-    path = tmp_path_factory.mktemp("tiny-moe")
-    torch.manual_seed(0)
-    MixtralForCausalLM(config).save_pretrained(path, safe_serialization=True)
-    tokenizer.save_pretrained(path)
-    return str(path)
+    return save_model(tmp_path_factory.mktemp("tiny-moe"), MixtralForCausalLM, config, tokenizer)
 
 
 def test_a_moe_policy_syncs_its_fused_experts_one_by_one_and_the_engine_scores_as_it_does(

@@ -37,28 +37,6 @@ def test_bad_rule_paths_and_bad_outputs_name_the_reward():
     assert check_rewards("rule", [True, 0], 2) == [1.0, 0.0]
 
 
-@pytest.fixture(scope="module")
-def reward_model_dir(tmp_path_factory, tokenizer):
-    """A randomly initialised Llama sequence classifier (one label) with the task tokenizer."""
-    from transformers import LlamaConfig, LlamaForSequenceClassification
-
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_labels=1,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("reward-model")
-    LlamaForSequenceClassification(config).save_pretrained(path, safe_serialization=True)
-    tokenizer.save_pretrained(path)
-    return str(path)
-
-
 def test_reward_model_scores_each_conversation_as_one_unpadded_forward_does(reward_model_dir, tokenizer):
     from transformers import AutoModelForSequenceClassification
 

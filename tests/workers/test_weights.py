@@ -10,6 +10,8 @@ import torch
 
 from dpo_ray.workers.weights import WeightUnit, adapter_units, full_units, gathered_tensors, unit_chunks
 
+from ..conftest import tiny_config
+
 
 def lora_model(tiny_model_dir, **variant):
     from peft import LoraConfig, get_peft_model
@@ -141,15 +143,8 @@ def test_fused_experts_go_out_as_the_checkpoint_that_save_pretrained_writes(tmp_
     from safetensors.torch import load_file
     from transformers import MixtralConfig, MixtralForCausalLM
 
-    config = MixtralConfig(
-        vocab_size=300,
-        hidden_size=64,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_local_experts=4,
-        num_experts_per_tok=2,
+    config = tiny_config(
+        MixtralConfig, vocab_size=300, intermediate_size=48, num_local_experts=4, num_experts_per_tok=2
     )
     torch.manual_seed(0)
     model = MixtralForCausalLM(config)
