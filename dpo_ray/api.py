@@ -11,6 +11,7 @@ from typing import Any
 from .compose import compose
 from .run_files import METRICS, REPORT, ROUNDS, SUMMARY_MD
 from .schema import RunConfig
+from .validation import validate
 
 
 def config(*overrides: str, command: str = "train") -> RunConfig:
@@ -51,7 +52,7 @@ def train(cfg: RunConfig | None = None, train_dataset: Any = None, eval_dataset:
     eval_dataset take the place of data.train_files and data.eval_files: a datasets.Dataset or a list of dicts in any
     layout the files accept (prompt/chosen/rejected as text or messages, TRL's implicit prompt, KTO's
     prompt/completion/label). Without held-out rows, data.eval_fraction of the train rows is held out."""
-    cfg = config(command="train") if cfg is None else cfg
+    cfg = config(command="train") if cfg is None else validate(cfg)  # one changed in Python: checked before it runs
     from .campaign.failures import RunFinished
     from .campaign.inputs import offline_inputs
     from .campaign.offline import OfflineCampaign
@@ -76,7 +77,7 @@ def train(cfg: RunConfig | None = None, train_dataset: Any = None, eval_dataset:
 def online(cfg: RunConfig | None = None) -> RunResult:
     """Online / iterative DPO, as `dpo-ray online`: cfg from config(..., command="online") (None: the embedded
     default). The result's rounds hold one row per round."""
-    cfg = config(command="online") if cfg is None else cfg
+    cfg = config(command="online") if cfg is None else validate(cfg)
     from .campaign.failures import RunFinished
     from .campaign.online import OnlineCampaign
     from .campaign.preflight import check_inputs
@@ -116,7 +117,7 @@ def plan(
     from .planning.plan import make_plan, plan_models
     from .sizing.resources import group_needs, local_cpus, reference_group_needed
 
-    cfg = config(command=command) if cfg is None else cfg
+    cfg = config(command=command) if cfg is None else validate(cfg)
     resolve_hub_models(cfg, config_only=True)  # a plan reads config.json alone
     if command == "online":
         check_reward_function(cfg)  # as the run would, before it plans anything

@@ -31,6 +31,14 @@ def test_config_composes_as_the_cli_does_with_the_recipe_of_a_built_in_model():
         dpo_ray.config("algo.betta=0.3")
 
 
+def test_a_config_changed_in_python_is_checked_before_anything_starts(tmp_path):
+    cfg = dpo_ray.config(f"output_dir={tmp_path / 'run'}")
+    cfg.algo.beta = -1.0
+    with pytest.raises(ValueError, match="algo.beta"):
+        dpo_ray.train(cfg, train_dataset=[{"prompt": "p", "chosen": "c", "rejected": "r"}])
+    assert not (tmp_path / "run").exists()
+
+
 def test_in_memory_rows_load_as_the_same_rows_from_a_file_and_bad_ones_are_named(tokenizer, tmp_path):
     rows = [{"prompt": f"Write {n} in words.", "chosen": "x y", "rejected": "x"} for n in range(4)]
     datasets.Dataset.from_list(rows).to_json(str(tmp_path / "rows.jsonl"))
