@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 WEIGHTS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"]  # never pickles (*.bin)
 CONFIG_ONLY = ["*.json"]  # what a plan reads
-# Model options, with the built-in names each also takes.
+# The options that name a model: a directory, a built-in name (see resolve_hub_models) or a Hub id.
 HUB_OPTIONS = ("model.path", "model.reference_path", "reward.model_path", "reward.judge_model")
 
 
