@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import difflib
 
+from .adapter_sync import unservable_adapter
 from .losses.registry import LOSSES, Kind, is_unpaired, loss_names, names_of, readers
 from .options import Choice, options, shown, value_at
 from .report.trackers import report_problems
 from .schema import RunConfig
 from .sizing.zero_stage import STAGES, stage_problem
-from .workers.engine_args import unservable_adapter
 
 
 class ConfigError(ValueError):

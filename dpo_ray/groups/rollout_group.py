@@ -6,11 +6,12 @@ from collections.abc import Sequence
 
 import ray
 
+from ..adapter_sync import syncs_adapter
 from ..data.formats import Text
 from ..schema import RunConfig
 from ..sizing.resources import rollout_need
 from ..workers.device import device_spec
-from ..workers.engine_args import engine_env, syncs_adapter
+from ..workers.engine_args import engine_env
 from ..workers.rollout import Sample
 from .actor_group import ActorGroup, PendingShards
 

@@ -228,7 +228,7 @@ def sender_parts(cfg: RunConfig, shape: ModelShape, stage: int) -> list[Part]:
     """What policy rank 0 adds on its GPU to send the weights: the send bucket; at ZeRO-3 the parameters gathered
     for it (a bucket's worth of whole tensors, or the largest tensor); with the LoRA merged in, one merge at a time of
     the largest decoder projection (W and B @ A in float32, the result cast back)."""
-    from ..workers.engine_args import syncs_adapter
+    from ..adapter_sync import syncs_adapter
 
     a, bucket = dtype_bytes(cfg), cfg.rollout.sync_bucket_mb << 20
     parts = [Part("send bucket", bucket, f"rollout.sync_bucket_mb={cfg.rollout.sync_bucket_mb}")]

