@@ -121,8 +121,6 @@ def test_after_a_streamed_sync_engine_logprobs_equal_the_trained_policy(
         list(p.prompt_ids + p.rejected_ids) for p in pairs[:4]
     ]
     start = hf_token_logprobs(AutoModelForCausalLM.from_pretrained(tiny_model_dir), sequences)
-    before = prompt_logprobs(rollout, sequences)
-    assert max_gap(before, start) <= 1e-4
 
     policy = PolicyGroup(cfg, tiny_model_dir, total_steps=1, accumulation=2, env=rank_env(device_spec(0), threads=1))
     try:
@@ -130,6 +128,8 @@ def test_after_a_streamed_sync_engine_logprobs_equal_the_trained_policy(
         specs, adapter_config = policy.weight_manifest()
         largest = max(math.prod(shape) * 4 for _, _, shape in specs)
         sync.bucket_bytes = largest // 3 + 1  # smaller than the largest tensor: it spans buckets
+        sync()  # the starting weights: the module's engines hold the previous stage's trained ones
+        before = prompt_logprobs(rollout, sequences)
         reference = ([-30.0] * 8, [-30.0] * 8)
         _, plan = build_micro_batches(pairs, range(8), 2, 2, reference, per_rank=2)
         policy.train_step(plan, step_scale(pairs))
@@ -137,6 +137,7 @@ def test_after_a_streamed_sync_engine_logprobs_equal_the_trained_policy(
         policy.save_pretrained(str(tmp_path / "trained"))
     finally:
         policy.shutdown()
+    assert max_gap(before, start) <= 1e-4
     assert adapter_config is None and "lm_head.weight" in {name for name, _, _ in specs}
     assert sent == sum(math.prod(shape) * 4 for _, _, shape in specs)
     after = prompt_logprobs(rollout, sequences)
