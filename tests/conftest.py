@@ -93,6 +93,12 @@ def task_cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("task-cache")
 
 
+@pytest.fixture(scope="session")
+def ops_cache_dir(tmp_path_factory):
+    """One cache_dir for the tests that run DeepSpeed's CPU Adam: its C++ op builds there once per session (35 s)."""
+    return str(tmp_path_factory.mktemp("ops-cache"))
+
+
 @pytest.fixture(scope="module")
 def local_ray(tmp_path_factory):
     """One local Ray per test module (Ray start-up costs ~10 s)."""

@@ -163,7 +163,9 @@ def test_a_zero3_reference_partitions_the_model_and_scores_as_the_replicas_do(lo
     assert all(0.45 * whole <= b <= 0.55 * whole for b in held["zero3"]), (held, whole)
 
 
-def test_offloaded_optimizer_and_parameters_take_the_on_device_adamw_step(local_ray, run_config, tiny_model_dir):
+def test_offloaded_optimizer_and_parameters_take_the_on_device_adamw_step(
+    local_ray, run_config, tiny_model_dir, ops_cache_dir
+):
     """deepspeed.offload_optimizer=cpu (DeepSpeed's CPU Adam, built once) and offload_param=cpu on 2 ZeRO-3 ranks: the
     engine runs offloaded, and one AdamW step gives the weights the on-device torch AdamW step gives."""
     import ray
@@ -172,7 +174,7 @@ def test_offloaded_optimizer_and_parameters_take_the_on_device_adamw_step(local_
 
     cfg = run_config
     cfg.cluster.policy_ranks, cfg.train.optimizer, cfg.train.lr = 2, "adamw", 1e-2
-    cfg.deepspeed.zero_stage = "3"
+    cfg.deepspeed.zero_stage, cfg.cache_dir = "3", ops_cache_dir
     pairs, reference = make_pairs(8, seed=9), ([-30.0] * 8, [-30.0] * 8)
     weights, engines = {}, {}
     for offload in ("none", "cpu"):
@@ -212,7 +214,9 @@ def float64_adamw_step(model_dir, pairs, reference, cfg) -> dict[str, torch.Tens
     return model.state_dict()
 
 
-def test_bf16_adamw_steps_at_stages_1_to_3_match_a_float64_step_to_bf16_rounding(local_ray, run_config, tiny_model_dir):
+def test_bf16_adamw_steps_at_stages_1_to_3_match_a_float64_step_to_bf16_rounding(
+    local_ray, run_config, tiny_model_dir, ops_cache_dir
+):
     """The production precision path: bf16 weights, fp32 gradient accumulation and master weights (stage 1 runs
     DeepSpeed's BF16_Optimizer), overlap_comm at stages 2-3, on 2 ranks of 2 micro-batches; and at stage 3 the
     optimizer offloaded to DeepSpeed's CPU Adam. One AdamW step against the same step in float64 from the same bf16
@@ -226,6 +230,7 @@ def test_bf16_adamw_steps_at_stages_1_to_3_match_a_float64_step_to_bf16_rounding
 
     cfg = run_config
     cfg.model.dtype, cfg.cluster.policy_ranks, cfg.train.optimizer, cfg.train.lr = "bfloat16", 2, "adamw", 1e-2
+    cfg.cache_dir = ops_cache_dir
     pairs, reference = make_pairs(8, seed=21), ([-30.0] * 8, [-30.0] * 8)
     start = {
         k: v.double()
