@@ -4,6 +4,7 @@ reference's config."""
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -168,13 +169,27 @@ def scheduler_factory(train: TrainConfig, total_steps: int) -> Callable[[torch.o
     )
 
 
+def import_deepspeed():
+    """The deepspeed module, imported without mlflow: DeepSpeed's autotuner imports mlflow when it is installed, only
+    to report autotuning runs (never run here), which costs each rank ~1 s of its start."""
+    if "deepspeed" in sys.modules or "mlflow" in sys.modules:
+        import deepspeed
+
+        return deepspeed
+    sys.modules["mlflow"] = None  # type: ignore[assignment]  # makes `import mlflow` raise ImportError
+    try:
+        import deepspeed
+    finally:
+        del sys.modules["mlflow"]
+    return deepspeed
+
+
 def initialize(
     model: torch.nn.Module,
     config: dict[str, Any],
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Callable | None = None,
 ):
-    import deepspeed
-
+    deepspeed = import_deepspeed()
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config)
     return engine

@@ -32,8 +32,11 @@ def init_distributed(
     )
     import warnings
 
-    import deepspeed
     import torch.distributed as dist
+
+    from .deepspeed_setup import import_deepspeed
+
+    deepspeed = import_deepspeed()
 
     # DeepSpeed still calls torch's renamed collectives; one warning per step is noise, not news.
     warnings.filterwarnings(

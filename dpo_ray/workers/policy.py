@@ -227,8 +227,7 @@ class PolicyWorker:
     def send_weights(self, bucket_bytes: int, target: str = ENGINES) -> int:
         """All ranks call: parameters are gathered a bucket at a time and rank 0 broadcasts them to target's group;
         returns the bytes sent."""
-        import deepspeed
-
+        deepspeed = deepspeed_setup.import_deepspeed()
         if self.rank != 0 and self.zero_stage < 3:
             return 0  # whole parameters on every rank: no gather to take part in
         units, _ = self._weight_units(target)

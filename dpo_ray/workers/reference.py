@@ -43,11 +43,12 @@ class ReferenceWorker:
 
     def start(self, address: str, port: int) -> None:
         """zero3: join the group's process group and build the partitioned engine (all ranks at once)."""
-        import deepspeed
         from transformers.integrations import HfDeepSpeedConfig
         from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
-        from .deepspeed_setup import inference_config
+        from .deepspeed_setup import import_deepspeed, inference_config
+
+        deepspeed = import_deepspeed()
         from .distributed import init_distributed
 
         init_distributed(self.rank, self.world, address, port, self.spec.backend, local_rank=self.local_rank)

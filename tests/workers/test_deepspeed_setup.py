@@ -64,3 +64,22 @@ def test_cpu_adam_builds_once_per_kind_of_cpu(tmp_path):
     assert sapphire.parent == Path("/cache/torch_extensions")
     assert sapphire != extensions_dir("/cache", cpu("EPYC 7763", "avx2"))
     assert sapphire != extensions_dir("/cache", cpu("Xeon 8480", "avx2 avx512f"))  # same name, fewer instructions
+
+
+def test_deepspeed_imports_without_mlflow_and_mlflow_still_imports_after():
+    """In a fresh process, as a rank starts: deepspeed without the ~1 s of mlflow its autotuner would import, and
+    mlflow importable afterwards for whoever wants it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from dpo_ray.workers.deepspeed_setup import import_deepspeed\n"
+        "deepspeed = import_deepspeed()\n"
+        "print(deepspeed.initialize is not None, 'mlflow' in sys.modules)\n"
+        "import mlflow\n"
+        "print(mlflow.__name__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True", "False", "mlflow"]
