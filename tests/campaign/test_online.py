@@ -46,10 +46,13 @@ def two_rounds(local_ray, tmp_path_factory, cache_dir):
 
 @pytest.fixture(scope="module")
 def async_two(local_ray, tmp_path_factory, cache_dir):
-    return run_online(tmp_path_factory.mktemp("online-async"), cache_dir, 2, *ASYNC)
+    """Asynchronous rounds with TR-DPO's moving reference: the two kinds of state a round checkpoint holds beyond the
+    policy's (the rounds drawn ahead, the mixed reference), which the killed-engine test resumes from."""
+    return run_online(tmp_path_factory.mktemp("online-async"), cache_dir, 2, *ASYNC, *TR_DPO)
 
 
 ASYNC = ("online.async_rounds=true", "online.max_staleness=1")
+TR_DPO = ("algo.sync_ref_model=true", "algo.ref_model_sync_steps=3")
 
 
 def same(row: dict) -> dict:
@@ -161,6 +164,16 @@ def test_async_rounds_draw_round_2_while_round_1_trains_and_record_the_policy_ve
     assert not (async_two.run_dir / "round_checkpoints" / "round_2" / "rounds_ahead.json").exists()
 
 
+def test_online_tr_dpo_mixes_every_k_steps_and_keeps_the_mixed_reference_in_each_round_checkpoint(async_two):
+    """TR-DPO online: the reference moves every k steps (mid-round too: later steps score against the moved one) and
+    the round checkpoint holds it; the killed-engine test resumes from it and ends as the uninterrupted run does."""
+    for r in (1, 2):
+        checkpoint = async_two.run_dir / "round_checkpoints" / f"round_{r}"
+        state = json.loads((checkpoint / "run_state.json").read_text())
+        assert state["reference_mixes"] == state["step"] // 3 > 0
+        assert (checkpoint / "reference-rank0.safetensors").exists()
+
+
 STAND_IN_JUDGE = "reward.judge_fn=dpo_ray.tasks.number_words:judge"
 
 
@@ -230,26 +243,6 @@ def test_a_small_instruct_model_judges_a_round_and_its_unparseable_answers_are_c
     print("SmolLM2 judge:", {k: v for k, v in row.items() if k.startswith("judge/")}, "pairs", row["pairs"])
 
 
-def test_online_tr_dpo_mixes_every_k_steps_and_resumes_with_the_mixed_reference(local_ray, tmp_path_factory, cache_dir):
-    """TR-DPO online: the reference moves every k steps (mid-round too: later steps score against the moved one), the
-    round checkpoint holds it, and a campaign stopped after round 1 ends round 2 as an uninterrupted one does."""
-    import shutil
-
-    tr_dpo = ("algo.sync_ref_model=true", "algo.ref_model_sync_steps=3")
-    whole = run_online(tmp_path_factory.mktemp("tr-dpo-a"), cache_dir, 2, *tr_dpo)
-    state = json.loads((whole.run_dir / "round_checkpoints" / "round_2" / "run_state.json").read_text())
-    assert state["reference_mixes"] == state["step"] // 3 > 0
-    assert (whole.run_dir / "round_checkpoints" / "round_2" / "reference-rank0.safetensors").exists()
-    # a copy of the run as it stood when round 1 finished: a crash during round 2
-    run_dir = tmp_path_factory.mktemp("tr-dpo-b") / "run"
-    shutil.copytree(whole.run_dir, run_dir, ignore=shutil.ignore_patterns("round_2", "round_002", "final"))
-    (run_dir / "round_checkpoints" / "latest").write_text("round_1")
-    record = json.loads((run_dir / "run.json").read_text())
-    (run_dir / "run.json").write_text(json.dumps({**record, "state": "running"}))  # it never finished
-    resumed = run_online(run_dir, cache_dir, 2, *tr_dpo)
-    assert resumed.resumed_from == 1 and same(resumed.rounds[2]) == same(whole.rounds[2])
-
-
 def test_online_kto_labels_every_sample_by_the_threshold_and_raises_the_held_out_accuracy(
     local_ray, tmp_path_factory, cache_dir
 ):
@@ -288,7 +281,8 @@ def test_a_killed_vllm_engine_is_restarted_and_the_campaign_ends_as_an_uninterru
     async_two, tmp_path_factory, cache_dir
 ):
     """With asynchronous rounds: round 2 was drawn during round 1 from the starting policy, and the resumed campaign
-    trains on those very samples (kept in the round-1 checkpoint), not on new ones from the round-1 policy."""
+    trains on those very samples (kept in the round-1 checkpoint), not on new ones from the round-1 policy; with
+    TR-DPO, against the reference as mixed by then (kept there too), not the starting one."""
     import threading
     import time
 
@@ -303,6 +297,7 @@ def test_a_killed_vllm_engine_is_restarted_and_the_campaign_ends_as_an_uninterru
             "online.rounds=2",
             *SMALL,
             *ASYNC,
+            *TR_DPO,
         ],
         "online",
     )
