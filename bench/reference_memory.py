@@ -118,7 +118,9 @@ def logprob_rows() -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--models", nargs="+", default=["smollm2-135m", "llama-1b"])
+    parser.add_argument(
+        "--models", nargs="*", default=["smollm2-135m", "llama-1b"], help="none: the log-prob table alone"
+    )
     parser.add_argument("--pairs", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
@@ -132,12 +134,13 @@ def main() -> None:
         path = ensure_pretrained(name, "~/.cache/dpo-ray") if name == "smollm2-135m" else llama_1b(tempfile.mkdtemp())
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
         rows += reference_rows(name, path, args.pairs, args.repeats)
-    print(
-        f"\n| model | reference.sharding | GB held per rank | share of the model | start s "
-        f"| score {args.pairs} pairs s |"
-    )
-    print("|---|---|---|---|---|---|")
-    print("\n".join(rows))
+    if rows:
+        print(
+            f"\n| model | reference.sharding | GB held per rank | share of the model | start s "
+            f"| score {args.pairs} pairs s |"
+        )
+        print("|---|---|---|---|---|---|")
+        print("\n".join(rows))
     print("\n| log-probs of 1920 tokens, vocab 49152, forward + backward | peak extra RSS MiB | process s |")
     print("|---|---|---|")
     print("\n".join(logprob_rows()))
