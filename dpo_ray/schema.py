@@ -41,6 +41,7 @@ Offload = choices("Offload", "none", "cpu", "nvme")
 GradDtype = choices("GradDtype", "fp32", "model")
 EngineProcess = choices("EngineProcess", "auto", "separate", "inline")
 LoraSync = choices("LoraSync", "auto", "adapter", "merged")
+PromptOrder = choices("PromptOrder", "sample", "fresh")
 LoraBias = choices("LoraBias", "none", "all", "lora_only")
 ZeroStage = choices("ZeroStage", "auto", "0", "1", "2", "3")
 FDivergence = choices("FDivergence", "reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
@@ -371,6 +372,11 @@ class OnlineConfig:
         [], "held-out prompt files scored each round; empty: the task's held-out prompts"
     )
     prompts_per_round: int = opt(0, "prompts sampled (without replacement, seeded) per round; 0: all", NON_NEGATIVE)
+    prompt_order: PromptOrder = opt(
+        PromptOrder.sample,
+        "with prompts_per_round: sample (a seeded subset each round, prompts may repeat across rounds) or fresh "
+        "(disjoint seeded subsets until the pool runs out, then a new seeded pass)",
+    )
     samples_per_prompt: int = opt(4, "responses generated per prompt (n)", Bounds(2))
     temperature: float = opt(1.0, "sampling temperature", NON_NEGATIVE)
     top_p: float = opt(1.0, "nucleus sampling threshold", Bounds(0, 1, low_open=True))

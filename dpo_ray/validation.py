@@ -274,7 +274,8 @@ def _reward(cfg: RunConfig) -> list[str]:
 
 
 def _online(cfg: RunConfig) -> list[str]:
-    """Sample labels only for an unpaired loss, and a built-in prompt task that exists."""
+    """Sample labels only for an unpaired loss, fresh prompts only from a subset per round, and a built-in prompt task
+    that exists."""
     from .tasks.registry import PROMPT_TASKS
 
     o, problems = cfg.online, []
@@ -282,6 +283,10 @@ def _online(cfg: RunConfig) -> list[str]:
         problems.append(
             f"online.desirable_threshold={o.desirable_threshold!r}: labels samples for an unpaired loss "
             f"(algo.loss_type={' or '.join(names_of(Kind.UNPAIRED))}), not algo.loss_type={cfg.algo.loss_type!r}"
+        )
+    if o.prompt_order == "fresh" and not o.prompts_per_round:
+        problems.append(
+            "online.prompt_order=fresh: read with online.prompts_per_round > 0 only (0: every prompt, every round)"
         )
     if o.prompt_task and o.prompt_task not in PROMPT_TASKS:
         problems.append(

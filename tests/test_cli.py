@@ -153,6 +153,7 @@ def test_every_bad_value_fails_naming_the_option_and_what_it_allows_without_star
         (["algo=kto", "algo.rpo_alpha=0.5"], "algo.rpo_alpha=0.5: not with kto (a pair option)"),
         (["algo.desirable_weight=2.0"], "algo.desirable_weight=2.0: read by kto, apo_zero_unpaired only"),
         (["online.desirable_threshold=0.5"], "labels samples for an unpaired loss (algo.loss_type=kto or"),
+        (["online.prompt_order=fresh"], "online.prompt_order=fresh: read with online.prompts_per_round > 0 only"),
         (["algo.ref_model_sync_steps=8"], "algo.ref_model_sync_steps=8: read by algo.sync_ref_model=true only"),
         (["algo=simpo", "algo.sync_ref_model=true"], "is reference-free; nothing to sync"),
         (["algo.sync_ref_model=true", "model.lora.enabled=true"], "the policy's base with the adapter"),

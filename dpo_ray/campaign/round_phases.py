@@ -268,11 +268,19 @@ def submit_round(context: RoundContext, r: int):
 
 
 def round_prompts(cfg: RunConfig, pool: int, r: int) -> list[int]:
-    """Round r's prompts, as indices into the pool of `pool`: prompts_per_round of them (seeded), or all."""
-    n = cfg.online.prompts_per_round
+    """Round r's prompts, as indices into the pool of `pool`: prompts_per_round of them (seeded), or all. fresh: a
+    seeded permutation of the pool per pass, cut into floor(pool / n) rounds of n, so no prompt repeats within a pass
+    (the last pool % n of a pass wait for a later one); a function of the round alone, so a resume draws the same."""
+    o = cfg.online
+    n = o.prompts_per_round
     if not n or n >= pool:
         return list(range(pool))
-    return sorted(random.Random(cfg.online.seed + r).sample(range(pool), n))
+    if o.prompt_order == "sample":
+        return sorted(random.Random(o.seed + r).sample(range(pool), n))
+    per_pass = pool // n
+    passes, slot = divmod(r - 1, per_pass)
+    order = random.Random(f"{o.seed}-pass-{passes}").sample(range(pool), pool)
+    return sorted(order[slot * n : (slot + 1) * n])
 
 
 def mixed_in(context: RoundContext, r: int, n_new: int) -> list[TokenizedPair]:

@@ -22,6 +22,7 @@ from dpo_ray.campaign.round_phases import (
     evaluate_round,
     make_pairs,
     mixed_in,
+    round_prompts,
     run_round,
     score_reference,
     score_samples,
@@ -474,3 +475,37 @@ def test_a_round_runs_its_phases_in_order_and_rows_them_as_rounds_jsonl_does(tmp
     assert [entry[0] for entry in row["timeline"]] == ["generate", "draw", *list(PHASES)[1:]]
     assert row["timeline"][:2] == [["generate", 5.0, 6.0], ["draw", 51.0 - 95.0, 53.0 - 95.0]]
     assert context.engine_version == 1
+
+
+def online_config(order: str, per_round: int, seed: int = 1234) -> RunConfig:
+    cfg = RunConfig()
+    cfg.online.prompt_order, cfg.online.prompts_per_round, cfg.online.seed = order, per_round, seed
+    return cfg
+
+
+def test_fresh_prompts_never_repeat_until_the_pool_is_used_up_then_a_new_seeded_pass_begins():
+    """12 prompts, 3 a round: rounds 1-4 use each prompt exactly once, in a seeded order; rounds 5-8 are another pass
+    (each prompt once more, in another order). 10 prompts, 3 a round: 3 rounds a pass, one prompt left out of each."""
+    cfg = online_config("fresh", 3)
+    rounds = {r: round_prompts(cfg, 12, r) for r in range(1, 9)}
+    assert all(len(ids) == 3 and len(set(ids)) == 3 for ids in rounds.values())
+    first, second = [i for r in (1, 2, 3, 4) for i in rounds[r]], [i for r in (5, 6, 7, 8) for i in rounds[r]]
+    assert sorted(first) == sorted(second) == list(range(12))
+    assert [rounds[r] for r in (1, 2, 3, 4)] != [rounds[r] for r in (5, 6, 7, 8)]
+    # a function of the round alone: asked in any order, by a resumed campaign, it answers the same
+    assert [round_prompts(cfg, 12, r) for r in (8, 3, 5, 1)] == [rounds[r] for r in (8, 3, 5, 1)]
+    assert rounds != {r: round_prompts(online_config("fresh", 3, seed=1), 12, r) for r in range(1, 9)}
+    short = [round_prompts(cfg, 10, r) for r in range(1, 7)]
+    for one_pass in (short[:3], short[3:]):
+        used = [i for ids in one_pass for i in ids]
+        assert len(used) == len(set(used)) == 9
+
+
+def test_sampled_prompts_are_a_seeded_subset_per_round_as_before_and_every_prompt_without_a_subset():
+    cfg = online_config("sample", 3)
+    for r in (1, 2, 3):
+        assert round_prompts(cfg, 12, r) == sorted(random.Random(1234 + r).sample(range(12), 3))
+    everything = list(range(5))
+    assert (
+        round_prompts(online_config("sample", 0), 5, 1) == round_prompts(online_config("sample", 9), 5, 2) == everything
+    )
