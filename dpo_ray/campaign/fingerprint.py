@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import asdict
 
 from ..data.tokenize import TokenizedPair
-from ..schema import RunConfig
+from ..schema import AlgoConfig, OnlineConfig, RunConfig
 from ..workers.models import model_fingerprint
 from .failures import RunMismatch
 
@@ -46,19 +46,41 @@ def run_fingerprint(cfg: RunConfig, model_path: str, reference_path: str, data: 
         "model": model_fingerprint(model_path)[:16],
         "reference": model_fingerprint(reference_path)[:16],
         "data": data,
-        "algo": json.loads(json.dumps(asdict(cfg.algo), default=str)),
+        "algo": algo_fingerprint(cfg.algo),
         "schedule": json.loads(json.dumps(schedule, default=str)),
         "seeds": {"train.seed": t.seed, "data.shuffle_seed": cfg.data.shuffle_seed},
     }
 
 
-def differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
-    """'name: saved -> current' for each part that differs."""
+def algo_fingerprint(algo: AlgoConfig) -> dict:
+    """Every loss option, as JSON values."""
+    return json.loads(json.dumps(asdict(algo), default=str))
+
+
+def online_fingerprint(online: OnlineConfig) -> dict:
+    """The online options that shape a campaign's result, as JSON values: all but how many rounds it runs and how often
+    it evaluates and checkpoints (more rounds, other evaluations or checkpoints continue the same campaign)."""
+    same = ("rounds", "eval_every", "eval_samples_per_prompt", "checkpoint_every")
+    return json.loads(json.dumps({k: v for k, v in asdict(online).items() if k not in same}, default=str))
+
+
+def differences(saved: dict, current: dict) -> list[str]:
+    """'name: saved -> current' for each part that differs. An option the saved run predates is no difference while
+    this run leaves it at its default (a new option's default keeps the earlier behaviour): a campaign begun before an
+    upgrade resumes after it."""
+    cfg = RunConfig()
+    defaults = {"algo": algo_fingerprint(cfg.algo), "online": online_fingerprint(cfg.online)}
+    return _differences(saved, current, defaults, "")
+
+
+def _differences(saved: dict, current: dict, defaults: dict, prefix: str) -> list[str]:
     found = []
     for key in sorted(set(saved) | set(current)):
         old, new = saved.get(key), current.get(key)
         if isinstance(old, dict) and isinstance(new, dict):
-            found += differences(old, new, f"{prefix}{key}.")
+            found += _differences(old, new, defaults.get(key) or {}, f"{prefix}{key}.")
+        elif key not in saved and key in defaults and new == defaults[key]:
+            continue  # an option added since the saved run began, left at its default
         elif old != new:
             found.append(f"{prefix}{key}: {old!r} -> {new!r}")
     return found

@@ -6,11 +6,10 @@ testable without Ray."""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..data.formats import Text
@@ -33,7 +32,7 @@ from ..validation import validate
 from ..workers.device import run_environment
 from ..workers.models import load_tokenizer
 from .checkpoints import CheckpointStore
-from .fingerprint import check_resumable, items_digest, run_fingerprint
+from .fingerprint import check_resumable, items_digest, online_fingerprint, run_fingerprint
 from .group_start import start_together
 from .inputs import OnlineInputs, online_inputs
 from .metrics import MetricsWriter
@@ -78,10 +77,7 @@ class OnlineCampaign:
         i = self.inputs
         prompts = items_digest([*i.prompts, *i.eval_prompts, *i.offline_pairs])
         self.fingerprint = run_fingerprint(cfg, i.model_path, i.reference_path, prompts, self.total_steps)
-        # more rounds, other evaluations or checkpoints continue the same campaign
-        same = ("rounds", "eval_every", "eval_samples_per_prompt", "checkpoint_every")
-        shaping = {k: v for k, v in asdict(o).items() if k not in same}
-        self.fingerprint["online"] = json.loads(json.dumps(shaping, default=str))
+        self.fingerprint["online"] = online_fingerprint(o)
         self.fingerprint.update(i.reward.fingerprint(cfg.reward.judge_template))
         self.rollout: RolloutGroup | None = None  # the live rollout group, while one runs
         settings = TokenizeSettings.of(cfg.data)

@@ -93,6 +93,27 @@ def test_a_run_differing_from_the_checkpoints_run_is_told_what_differs():
         check_resumable({"tag": "step_2", "fingerprint": saved}, current, "runs/x")
 
 
+def test_a_campaign_begun_before_an_option_existed_resumes_while_the_option_is_at_its_default():
+    """A round checkpoint written before online.prompt_order and algo.use_weighting existed: the same campaign at those
+    options' defaults resumes (their defaults are the old behaviour); set otherwise, it is another campaign."""
+    from dpo_ray.campaign.fingerprint import RunMismatch, check_resumable, differences
+
+    current = {
+        "algo": {"loss_type": "sigmoid", "beta": 0.1, "use_weighting": False},
+        "online": {"samples_per_prompt": 4, "prompt_order": "sample"},
+        "data": "ab12",
+    }
+    saved = {"algo": {"loss_type": "sigmoid", "beta": 0.1}, "online": {"samples_per_prompt": 4}, "data": "ab12"}
+    assert differences(saved, current) == []
+    check_resumable({"tag": "round_2", "fingerprint": saved}, current, "runs/x")
+    fresh = {**current, "online": {"samples_per_prompt": 4, "prompt_order": "fresh"}}
+    assert differences(saved, fresh) == ["online.prompt_order: None -> 'fresh'"]
+    with pytest.raises(RunMismatch, match="online.prompt_order: None -> 'fresh'"):
+        check_resumable({"tag": "round_2", "fingerprint": saved}, fresh, "runs/x")
+    # a part with no option default to fall back on (here a whole new section) is still a difference
+    assert differences({**saved, "data": "ab12"}, {**current, "seeds": {"x": 1}}) == ["seeds: None -> {'x': 1}"]
+
+
 def test_the_manifest_takes_the_ranks_digests_of_their_shards_and_hashes_only_the_rest(tmp_path):
     """What the ranks report for their shards goes into the manifest unread by the driver (a rank that reported a
     wrong digest is caught when the checkpoint is checked); the driver hashes what it wrote itself."""
