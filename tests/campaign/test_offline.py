@@ -360,6 +360,8 @@ def test_tr_dpo_mixes_the_policy_into_the_reference_and_scores_with_the_mix(
 def test_a_resumed_tr_dpo_run_continues_from_the_mixed_reference(local_ray, run_config, tiny_model_dir, tmp_path):
     """Stopped after a mix and resumed, TR-DPO ends with the weights of an uninterrupted run (the checkpoint holds the
     mixed reference: the original one would train the later steps against another reference)."""
+    import shutil
+
     from safetensors.torch import load_file
 
     cfg = run_config
@@ -368,9 +370,14 @@ def test_a_resumed_tr_dpo_run_continues_from_the_mixed_reference(local_ray, run_
     pairs = make_pairs(32, seed=5)
     inputs = OfflineInputs(tiny_model_dir, tiny_model_dir, pairs[:24], pairs[24:])
     whole = OfflineCampaign(cfg, inputs).run()
-    cfg.output_dir, cfg.train.max_steps = str(tmp_path / "stopped"), 2
-    OfflineCampaign(cfg, inputs).run()
-    cfg.train.max_steps = 3
+    assert whole.step_seconds and len(whole.step_seconds) == 3
+    # a copy of the run as it stood at its step-2 checkpoint: a crash during step 3
+    stopped = tmp_path / "stopped"
+    shutil.copytree(whole.run_dir, stopped, ignore=shutil.ignore_patterns("step_3", "final"))
+    (stopped / "checkpoints" / "latest").write_text("step_2")
+    record = json.loads((stopped / "run.json").read_text())
+    (stopped / "run.json").write_text(json.dumps({**record, "state": "running"}))  # it never finished
+    cfg.output_dir = str(stopped)
     resumed = OfflineCampaign(cfg, inputs).run()
     assert resumed.resumed_from == "step_2"
     a, b = (load_file(r.final_model / "model.safetensors") for r in (whole, resumed))
