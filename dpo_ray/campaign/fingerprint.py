@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import asdict
 
 from ..data.tokenize import TokenizedPair
-from ..schema import AlgoConfig, OnlineConfig, RunConfig
+from ..schema import AlgoConfig, OnlineConfig, RunConfig, TrainConfig
 from ..workers.models import model_fingerprint
 from .failures import RunMismatch
 
@@ -29,6 +29,21 @@ def run_fingerprint(cfg: RunConfig, model_path: str, reference_path: str, data: 
     """What a run's result depends on, readable where it is small: the loss options, the schedule (with the total
     steps only where the learning rate depends on them), the seeds; digests of the models and the data."""
     t = cfg.train
+    schedule = schedule_fingerprint(t)
+    if str(t.lr_scheduler) != "constant" or 0 < t.warmup_steps < 1:
+        schedule["total_steps"] = total_steps
+    return {
+        "model": model_fingerprint(model_path)[:16],
+        "reference": model_fingerprint(reference_path)[:16],
+        "data": data,
+        "algo": algo_fingerprint(cfg.algo),
+        "schedule": schedule,
+        "seeds": seeds_fingerprint(cfg),
+    }
+
+
+def schedule_fingerprint(t: TrainConfig) -> dict:
+    """The optimizer and learning-rate schedule options, as JSON values."""
     schedule = {
         "optimizer": str(t.optimizer),
         "lr": t.lr,
@@ -40,16 +55,12 @@ def run_fingerprint(cfg: RunConfig, model_path: str, reference_path: str, data: 
         "max_grad_norm": t.max_grad_norm,
         "batch_size": t.batch_size,
     }
-    if str(t.lr_scheduler) != "constant" or 0 < t.warmup_steps < 1:
-        schedule["total_steps"] = total_steps
-    return {
-        "model": model_fingerprint(model_path)[:16],
-        "reference": model_fingerprint(reference_path)[:16],
-        "data": data,
-        "algo": algo_fingerprint(cfg.algo),
-        "schedule": json.loads(json.dumps(schedule, default=str)),
-        "seeds": {"train.seed": t.seed, "data.shuffle_seed": cfg.data.shuffle_seed},
-    }
+    return json.loads(json.dumps(schedule, default=str))
+
+
+def seeds_fingerprint(cfg: RunConfig) -> dict:
+    """The seeds of initialisation, dropout and sampling (train.seed), and of the data order and eval split."""
+    return {"train.seed": cfg.train.seed, "data.shuffle_seed": cfg.data.shuffle_seed}
 
 
 def algo_fingerprint(algo: AlgoConfig) -> dict:
@@ -69,7 +80,12 @@ def differences(saved: dict, current: dict) -> list[str]:
     this run leaves it at its default (a new option's default keeps the earlier behaviour): a campaign begun before an
     upgrade resumes after it."""
     cfg = RunConfig()
-    defaults = {"algo": algo_fingerprint(cfg.algo), "online": online_fingerprint(cfg.online)}
+    defaults = {
+        "algo": algo_fingerprint(cfg.algo),
+        "online": online_fingerprint(cfg.online),
+        "schedule": schedule_fingerprint(cfg.train),
+        "seeds": seeds_fingerprint(cfg),
+    }
     return _differences(saved, current, defaults, "")
 
 

@@ -110,8 +110,13 @@ def test_a_campaign_begun_before_an_option_existed_resumes_while_the_option_is_a
     assert differences(saved, fresh) == ["online.prompt_order: None -> 'fresh'"]
     with pytest.raises(RunMismatch, match="online.prompt_order: None -> 'fresh'"):
         check_resumable({"tag": "round_2", "fingerprint": saved}, fresh, "runs/x")
-    # a part with no option default to fall back on (here a whole new section) is still a difference
-    assert differences({**saved, "data": "ab12"}, {**current, "seeds": {"x": 1}}) == ["seeds: None -> {'x': 1}"]
+    # the schedule's options alike (weight_decay at its default, 0.0); a part with no option default to fall back on
+    # (here a whole new section) is still a difference
+    assert (
+        differences({**saved, "schedule": {"lr": 1e-6}}, {**current, "schedule": {"lr": 1e-6, "weight_decay": 0.0}})
+        == []
+    )
+    assert differences(saved, {**current, "extra": {"x": 1}}) == ["extra: None -> {'x': 1}"]
 
 
 def test_the_manifest_takes_the_ranks_digests_of_their_shards_and_hashes_only_the_rest(tmp_path):
