@@ -47,10 +47,9 @@ class ReferenceWorker:
         from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
         from .deepspeed_setup import import_deepspeed, inference_config
-
-        deepspeed = import_deepspeed()
         from .distributed import init_distributed
 
+        deepspeed = import_deepspeed()
         init_distributed(self.rank, self.world, address, port, self.spec.backend, local_rank=self.local_rank)
         config = inference_config(self.spec, self.world, self.cfg.deepspeed)
         hf_ds_config = HfDeepSpeedConfig(config)  # while it lives, from_pretrained builds the model partitioned
