@@ -4,7 +4,6 @@ the summary rows (rounds.jsonl), and the round checkpoints whose presence marks 
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +14,6 @@ from ..groups.policy_group import PolicyGroup
 from ..run_files import ROUNDS
 from .checkpoints import CheckpointStore, Hasher
 
-log = logging.getLogger(__name__)
 EMPTY = "EMPTY"  # marks a round directory that holds no rows
 PAIR_IDS = ("prompt_ids", "chosen_ids", "rejected_ids")
 EXAMPLE_IDS = ("prompt_ids", "completion_ids", "mismatched_ids")  # KTO's: a labelled completion, another's beside it
@@ -46,19 +44,11 @@ class RoundStore:
             return []
         rows = datasets.load_from_disk(str(source))
         columns = EXAMPLE_IDS if "label" in rows.column_names else PAIR_IDS
-        pairs = []
-        for row in rows.select_columns([*columns, *(["label"] if columns is EXAMPLE_IDS else [])]):
-            truncated = truncate(*(row[c] for c in columns), self.settings)
-            if truncated is not None:
-                pairs.append(TokenizedPair(*map(tuple, truncated), label=row.get("label")))
-        if len(pairs) < len(rows):
-            log.info(
-                "%s: %d of %d pairs dropped: the prompt fills data.max_length",
-                source,
-                len(rows) - len(pairs),
-                len(rows),
-            )
-        return pairs
+        kept = [*columns, *(["label"] if columns is EXAMPLE_IDS else [])]
+        return [
+            TokenizedPair(*map(tuple, truncate(*(row[c] for c in columns), self.settings)), label=row.get("label"))
+            for row in rows.select_columns(kept)
+        ]
 
     def finish(self, r: int, policy: PolicyGroup, rows: list[dict], trainer_state: dict, also: Callable | None) -> None:
         """The summary, then, every `every` rounds and after the last, the round's checkpoint (its state names the

@@ -47,8 +47,6 @@ class DataReport:
 
 # What keeps the rows each reason drops.
 KEEPS = {
-    "prompt fills max_length": "keep them: a larger data.max_length, or data.max_prompt_length or "
-    "data.truncation_mode=keep_end to cut their prompts",
     "chosen == rejected": "they state no preference",
 }
 SKIPPED = "skipped by data.on_error=skip: fix those rows to keep them"

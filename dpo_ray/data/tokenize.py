@@ -12,6 +12,7 @@ from .formats import PreferenceRow, Text
 
 log = logging.getLogger(__name__)
 NOT_A_PREFIX = "prompt is not a token prefix of prompt+response"
+PROMPT_CUT = "prompts cut to their last tokens (data.max_length, data.max_prompt_length)"
 
 
 @dataclass(frozen=True)
@@ -74,20 +75,29 @@ def encode_turn(tokenizer, prompt: Text, response: Text, templated: bool) -> tup
     return encode_prompt(tokenizer, prompt, False), tokenizer(prompt + text)["input_ids"]
 
 
+def prompt_budget(longest: int, s: TokenizeSettings) -> int | None:
+    """The most prompt tokens a pair keeps (None: no limit): max_prompt_length, and under keep_start never more than
+    leaves the longer response whole or half of max_length, so a long prompt gives up its oldest tokens rather than
+    its responses' room (TRL keeps it and trains such a pair on nothing)."""
+    caps = [] if s.max_prompt_length is None else [s.max_prompt_length]
+    if s.max_length is not None and s.truncation_mode == "keep_start":
+        caps.append(max(s.max_length - longest, s.max_length // 2))
+    return min(caps, default=None)
+
+
 def truncate(prompt: list[int], chosen: list[int], rejected: list[int], s: TokenizeSettings):
-    """TRL's truncation of a tokenised pair (None: the prompt leaves no room for a response)."""
-    if s.max_prompt_length is not None:
-        prompt = prompt[-s.max_prompt_length :] if s.max_prompt_length > 0 else []
+    """A tokenised pair within max_length: the prompt keeps its last prompt_budget tokens (the end, beside the
+    answer, holds the question and the template's assistant header); keep_start keeps the responses' starts (TRL),
+    keep_end the responses' ends and as much of the prompt as the longer one leaves room for."""
+    budget = prompt_budget(max(len(chosen), len(rejected)), s)
+    if budget is not None and len(prompt) > budget:
+        prompt = prompt[len(prompt) - budget :]
     if s.max_length is None:
         return prompt, chosen, rejected
     if s.truncation_mode == "keep_start":
         room = s.max_length - len(prompt)
-        if room <= 0:
-            return None
         return prompt, chosen[:room], rejected[:room]
-    # keep_end: drop the oldest prompt tokens so the longer response fits; one prompt stays shared by both.
-    longest = max(len(chosen), len(rejected))
-    keep = max(s.max_length - longest, 0)
+    keep = max(s.max_length - max(len(chosen), len(rejected)), 0)
     prompt = prompt[len(prompt) - keep :] if keep < len(prompt) else prompt
     return prompt, chosen[-s.max_length :], rejected[-s.max_length :]
 
@@ -110,19 +120,16 @@ def _cut(text: Text, limit: int, keep_end: bool) -> Text:
     return text[-limit:] if keep_end else text[:limit]
 
 
-def bounded(row: PreferenceRow, settings: TokenizeSettings) -> tuple[PreferenceRow | None, str]:
+def bounded(row: PreferenceRow, settings: TokenizeSettings) -> tuple[PreferenceRow, str]:
     """The row with texts over CHARS_PER_TOKEN characters a token of max_length cut before tokenising (a 50 MB row
-    would take minutes and gigabytes to tokenise, only to be cut to max_length): responses keep the end truncation
-    keeps; a prompt keeps its end where the truncation does (keep_end, max_prompt_length), else it fills max_length
-    and the row goes (None). The second value says what was done ('' when nothing)."""
+    would take minutes and gigabytes to tokenise, only to be cut to max_length): a prompt keeps its end, as truncate
+    keeps it; responses keep the end truncation keeps. The second value says what was done ('' when nothing)."""
     if settings.max_length is None:
         return row, ""
     limit, keep_end = CHARS_PER_TOKEN * settings.max_length, settings.truncation_mode == "keep_end"
     long = [name for name in ("prompt", "chosen", "rejected") if _chars(getattr(row, name)) > limit]
     if not long:
         return row, ""
-    if "prompt" in long and not keep_end and settings.max_prompt_length is None:
-        return None, "prompt fills max_length"
     cut = {name: _cut(getattr(row, name), limit, keep_end or name == "prompt") for name in long}
     return replace(row, **cut), f"{'/'.join(long)} over {limit} characters, cut before tokenising"
 
@@ -152,9 +159,6 @@ def tokenize_rows(
             report.drop("chosen == rejected")
             continue
         row, bounded_how = bounded(row, settings)
-        if row is None:
-            report.drop(bounded_how)
-            continue
         if bounded_how:
             report.warnings[bounded_how] += 1
         try:
@@ -183,11 +187,10 @@ def tokenize_rows(
                 policy.handle(DataError(row.source, row.row, name, "empty response after tokenisation"))
                 break
         else:
-            truncated = truncate(prompt, chosen, rejected, settings)
-            if truncated is None:
-                report.drop("prompt fills max_length")
-                continue
-            prompt, chosen, rejected = truncated
+            cut_prompt, chosen, rejected = truncate(prompt, chosen, rejected, settings)
+            if len(cut_prompt) < len(prompt):
+                report.warnings[PROMPT_CUT] += 1
+            prompt = cut_prompt
             if chosen == rejected and row.label is None:
                 report.drop("chosen == rejected")
                 continue

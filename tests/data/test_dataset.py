@@ -9,7 +9,7 @@ import pytest
 
 from dpo_ray.data.dataset import load_pairs, split_eval
 from dpo_ray.data.errors import DataError
-from dpo_ray.data.tokenize import TokenizeSettings
+from dpo_ray.data.tokenize import PROMPT_CUT, TokenizeSettings, truncate
 
 ALWAYS = TokenizeSettings(chat_template="always")
 ROWS = [("Write 41 in words.", "forty-one", "fourty-one"), ("Write 19 in words.", "nineteen", "ninteen")]
@@ -157,16 +157,36 @@ def test_truncation_follows_trl(tokenizer, tmp_path):
     path = write_jsonl(tmp_path / "t.jsonl", standard())
     (full, *_), _ = load_pairs([path], tokenizer, ALWAYS)
     n_prompt = len(full.prompt_ids)
-    (start, *_), _ = load_pairs([path], tokenizer, TokenizeSettings("always", max_length=n_prompt + 2))
-    assert start.prompt_ids == full.prompt_ids and start.chosen_ids == full.chosen_ids[:2]
+    longest = max(len(full.chosen_ids), len(full.rejected_ids))
+    (start, *_), _ = load_pairs([path], tokenizer, TokenizeSettings("always", max_length=n_prompt + longest))
+    assert (start.prompt_ids, start.chosen_ids) == (full.prompt_ids, full.chosen_ids)
     (end, *_), _ = load_pairs(
         [path], tokenizer, TokenizeSettings("always", max_length=len(full.rejected_ids) + 3, truncation_mode="keep_end")
     )
     assert end.prompt_ids == full.prompt_ids[-3:] and end.rejected_ids == full.rejected_ids
     (short, *_), _ = load_pairs([path], tokenizer, TokenizeSettings("always", max_prompt_length=4))
     assert short.prompt_ids == full.prompt_ids[-4:]
-    with pytest.raises(ValueError, match="no usable preference pairs.*prompt fills max_length"):
-        load_pairs([path], tokenizer, TokenizeSettings("always", max_length=n_prompt))
+    (filled, *_), report = load_pairs([path], tokenizer, TokenizeSettings("always", max_length=n_prompt))
+    kept = max(n_prompt - longest, n_prompt // 2)  # a prompt that filled max_length was dropped (issue 39)
+    assert filled.prompt_ids == full.prompt_ids[-kept:] and filled.chosen_ids == full.chosen_ids[: n_prompt - kept]
+    assert report.warnings == {PROMPT_CUT: len(ROWS)} and not report.dropped
+
+
+def test_a_prompt_gives_up_its_oldest_tokens_before_its_responses_room():
+    """Hand arithmetic: under keep_start a prompt keeps at most max(max_length - longer response, max_length // 2)
+    tokens, its last ones; max_prompt_length caps it too; keep_end keeps what the longer response leaves."""
+    prompt, chosen, rejected = list(range(10)), list(range(100, 106)), list(range(200, 204))
+
+    def cut(**settings):
+        return truncate(prompt, chosen, rejected, TokenizeSettings(**settings))
+
+    assert cut(max_length=16) == (prompt, chosen, rejected)  # it fits: as TRL
+    assert cut(max_length=12) == (prompt[-6:], chosen, rejected)  # TRL: the prompt whole, responses 2 tokens
+    assert cut(max_length=8) == (prompt[-4:], chosen[:4], rejected)  # half of max_length stays the prompt's
+    assert cut(max_length=12, max_prompt_length=3) == (prompt[-3:], chosen, rejected)
+    assert cut(max_prompt_length=3) == (prompt[-3:], chosen, rejected)
+    assert cut(max_length=8, truncation_mode="keep_end") == (prompt[-2:], chosen, rejected)
+    assert cut(max_length=4, truncation_mode="keep_end") == ([], chosen[-4:], rejected)
 
 
 def test_missing_chat_template_is_a_clear_error_even_when_bad_rows_are_skipped(tokenizer, tmp_path):

@@ -129,6 +129,12 @@ def test_bad_rows_are_row_errors_that_skip_skips_and_bad_files_name_their_cause(
     short = dict(huge, chosen="one " * 200)  # long enough to be cut to max_length: the same ids as the 20 MB row
     path.write_text(json.dumps(short) + "\n")
     assert load_pairs([str(path)], tokenizer, settings)[0] == pairs[2:]
+    kept = []
+    for words in (5_000_000, 200):  # a 25 MB prompt keeps its end, as one cut to max_length by tokens does
+        path.write_text(json.dumps({"prompt": "nine " * words + "Write 9 in words.", "chosen": "9", "rejected": "n"}))
+        kept.append(load_pairs([str(path)], tokenizer, settings)[0])
+    assert kept[0] == kept[1] and len(kept[0]) == 1
+    assert tokenizer.decode(kept[0][0].prompt_ids).endswith("nine Write 9 in words.")
     (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
     (tmp_path / "empty.parquet").write_bytes(b"")
     for name in ("bad.parquet", "empty.parquet"):
