@@ -42,6 +42,8 @@ GradDtype = choices("GradDtype", "fp32", "model")
 EngineProcess = choices("EngineProcess", "auto", "separate", "inline")
 LoraSync = choices("LoraSync", "auto", "adapter", "merged")
 PromptOrder = choices("PromptOrder", "sample", "fresh")
+ReferenceUpdate = choices("ReferenceUpdate", "frozen", "each_round")
+KlTo = choices("KlTo", "start", "round_reference")
 LoraBias = choices("LoraBias", "none", "all", "lora_only")
 ZeroStage = choices("ZeroStage", "auto", "0", "1", "2", "3")
 FDivergence = choices("FDivergence", "reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
@@ -377,6 +379,11 @@ class OnlineConfig:
         "with prompts_per_round: sample (a seeded subset each round, prompts may repeat across rounds) or fresh "
         "(disjoint seeded subsets until the pool runs out, then a new seeded pass)",
     )
+    reference_update: ReferenceUpdate = opt(
+        ReferenceUpdate.frozen,
+        "frozen: every round trains against the starting reference; each_round: against the policy as the round "
+        "begins (iterative DPO's M_t as the reference of iteration t+1)",
+    )
     samples_per_prompt: int = opt(4, "responses generated per prompt (n)", Bounds(2))
     temperature: float = opt(1.0, "sampling temperature", NON_NEGATIVE)
     top_p: float = opt(1.0, "nucleus sampling threshold", Bounds(0, 1, low_open=True))
@@ -447,6 +454,11 @@ class MonitorConfig:
     )
     kl_max: float = opt(
         20.0, "warn when the KL to the reference on samples exceeds this many nats per response", POSITIVE
+    )
+    kl_to: KlTo = opt(
+        KlTo.start,
+        "which KL kl_max reads: start (eval/kl, to the starting reference) or round_reference "
+        "(eval/kl_to_round_reference, to the round's own under online.reference_update=each_round)",
     )
     plateau_window: int = opt(
         3, "warn when the reward margin grew over this many evaluations while held-out quality did not", AT_LEAST_ONE

@@ -288,12 +288,31 @@ def _online(cfg: RunConfig) -> list[str]:
         problems.append(
             "online.prompt_order=fresh: read with online.prompts_per_round > 0 only (0: every prompt, every round)"
         )
+    problems += _reference_update(cfg)
     if o.prompt_task and o.prompt_task not in PROMPT_TASKS:
         problems.append(
             f"online.prompt_task={o.prompt_task!r}: must be empty or one of {', '.join(PROMPT_TASKS)}"
             + closest(o.prompt_task, list(PROMPT_TASKS))
         )
     return problems
+
+
+def _reference_update(cfg: RunConfig) -> list[str]:
+    """each_round moves a reference: a loss must have one, TR-DPO must not move it too, and the snapshot it keeps of
+    the round's starting weights is copied from partitions in memory, not from NVMe."""
+    name = "online.reference_update=each_round"
+    if cfg.online.reference_update != "each_round":
+        if cfg.monitor.kl_to == "round_reference":
+            frozen = "frozen: every round's reference is the start"
+            return [f"monitor.kl_to=round_reference: read with {name} only ({frozen})"]
+        return []
+    if _reference_free(cfg):
+        return [f"{name}: algo.loss_type={cfg.algo.loss_type!r} is reference-free; there is no reference to update"]
+    if cfg.algo.sync_ref_model:
+        return [f"{name}: algo.sync_ref_model=true moves the reference too; choose one (TR-DPO within runs, or this)"]
+    if cfg.deepspeed.offload_param == "nvme":
+        return [f"{name}: deepspeed.offload_param=nvme swaps the partitions it copies; use none or cpu"]
+    return []
 
 
 def _embedded(cfg: RunConfig) -> list[str]:

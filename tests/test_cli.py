@@ -154,6 +154,13 @@ def test_every_bad_value_fails_naming_the_option_and_what_it_allows_without_star
         (["algo.desirable_weight=2.0"], "algo.desirable_weight=2.0: read by kto, apo_zero_unpaired only"),
         (["online.desirable_threshold=0.5"], "labels samples for an unpaired loss (algo.loss_type=kto or"),
         (["online.prompt_order=fresh"], "online.prompt_order=fresh: read with online.prompts_per_round > 0 only"),
+        (["algo=simpo", "online.reference_update=each_round"], "is reference-free; there is no reference to update"),
+        (["algo.sync_ref_model=true", "online.reference_update=each_round"], "moves the reference too; choose one"),
+        (
+            ["online.reference_update=each_round", "deepspeed.zero_stage=3", "deepspeed.offload_param=nvme"],
+            "deepspeed.offload_param=nvme swaps the partitions it copies",
+        ),
+        (["monitor.kl_to=round_reference"], "read with online.reference_update=each_round only"),
         (["algo.ref_model_sync_steps=8"], "algo.ref_model_sync_steps=8: read by algo.sync_ref_model=true only"),
         (["algo=simpo", "algo.sync_ref_model=true"], "is reference-free; nothing to sync"),
         (["algo.sync_ref_model=true", "model.lora.enabled=true"], "the policy's base with the adapter"),

@@ -15,6 +15,7 @@ from ..groups.reference_group import ReferenceGroup
 from ..schema import RunConfig
 from ..workers.device import DeviceSpec
 from ..workers.models import model_fingerprint
+from ..workers.weights import START
 from .reference_cache import ReferenceCache, cache_key
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ class ReferenceScorer:
         self.cache = ReferenceCache(cfg.cache_dir) if cfg.reference.cache else None
         self.group: ReferenceGroup | None = None
 
-    def key(self, pairs: Sequence[TokenizedPair], groups: list[list[int]], mixes: int = 0) -> str:
+    def key(self, pairs: Sequence[TokenizedPair], groups: list[list[int]]) -> str:
         m = self.cfg.model
         settings = {
             "dtype": str(self.spec.dtype),
@@ -40,33 +41,39 @@ class ReferenceScorer:
             "groups": json.dumps(groups),  # in bf16 a pair's log-probs depend on the micro-batch it is scored in
             "ld_alpha": str(self.cfg.algo.ld_alpha),
         }
-        if mixes:  # TR-DPO: the reference's weights after this many mixes of the policy (a resumed run has them)
-            settings["reference_mixes"] = str(mixes)
         return cache_key(pairs, model_fingerprint(self.reference_path), settings)
 
     def logps(
-        self, pairs: list[TokenizedPair], groups: list[list[int]], policy: PolicyGroup | None = None, mixes: int = 0
+        self,
+        pairs: list[TokenizedPair],
+        groups: list[list[int]],
+        policy: PolicyGroup | None = None,
+        mixes: int = 0,
+        weights: str = START,
     ) -> tuple[ReferenceLogps, bool]:
         """(chosen, rejected) reference log-probs for pairs, each scored in its micro-batch of groups (the ones the
         policy will see it in first, so that at step 0 both compute the same numbers), and whether they had to be
-        computed. With policy: the policy group scores them (its adapter off for LoRA; as it is before any step).
-        mixes: how many times TR-DPO has mixed the policy into the reference group's weights."""
-        key = self.key(pairs, groups, mixes)
-        cached = self.cache.load(key, len(pairs)) if self.cache else None
+        computed. With policy: the policy group scores them under weights (START: its adapter off for LoRA, as it is
+        before any step; CURRENT: as it is, the round's reference under each_round). mixes: how many times TR-DPO has
+        mixed the policy into the reference group's weights. Only the starting reference's are cached: a moved one's
+        depend on the run's whole course, which the key does not hold."""
+        cacheable = self.cache is not None and weights == START and not mixes
+        key = self.key(pairs, groups) if cacheable else None
+        cached = self.cache.load(key, len(pairs)) if cacheable else None
         if cached is not None:
             log.info("reference log-probs: cache hit %s", key)
             return cached, False
         start = time.perf_counter()
         if policy is None:
             self.start()
-        chosen, rejected = self._score(pairs, groups, policy)
+        chosen, rejected = self._score(pairs, groups, policy, weights)
         log.info("reference log-probs for %d pairs in %.1fs", len(pairs), time.perf_counter() - start)
-        if self.cache:
+        if cacheable:
             self.cache.save(key, chosen, rejected)
         return (chosen, rejected), True
 
     def _score(
-        self, pairs: list[TokenizedPair], groups: list[list[int]], policy: PolicyGroup | None
+        self, pairs: list[TokenizedPair], groups: list[list[int]], policy: PolicyGroup | None, weights: str
     ) -> tuple[list[float], list[float]]:
         """Every pair scored in its micro-batch, WAVE micro-batches a rank at a time, so that the progress bar counts
         pairs with an ETA (each micro-batch is the same whichever wave scores it: so are its numbers)."""
@@ -80,7 +87,7 @@ class ReferenceScorer:
                 part = groups[lo : lo + WAVE * size]
                 if policy is not None:
                     index_plan = deal_groups(part, size)
-                    per_rank = policy.reference_logps(as_micro_batches(pairs, index_plan))
+                    per_rank = policy.reference_logps(as_micro_batches(pairs, index_plan), weights)
                     c, r = scores_by_pair(index_plan, per_rank, len(pairs))
                 else:
                     c, r = self.group.logps(pairs, part)

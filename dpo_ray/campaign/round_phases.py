@@ -24,6 +24,7 @@ from ..groups.rollout_group import RolloutGroup
 from ..groups.weight_sync import WeightSync
 from ..schema import RunConfig
 from ..workers.rollout import Sample
+from ..workers.weights import CURRENT, ROUND_START, START
 from . import round_stats as stats
 from .inputs import OnlineInputs
 from .reference import ReferenceLogps, ReferenceScorer
@@ -170,11 +171,20 @@ def make_pairs(record: RoundRecord, context: RoundContext) -> None:
 
 def score_reference(record: RoundRecord, context: RoundContext) -> None:
     """The reference's log-probs of the training pairs, each in the micro-batch the policy first sees it in; none
-    without a reference or without pairs."""
-    if context.uses_reference and record.train_pairs:
-        groups, pairs = context.groups, record.train_pairs
-        batches = epoch_groups(context.cfg, len(pairs), shuffle_seed(context.cfg, record.r))
-        record.ref, _ = groups.reference.logps(pairs, batches, adapter_base(context.cfg, groups.policy), groups.mixes)
+    without a reference or without pairs. each_round: the reference is the policy as the round begins, which scores
+    them itself (and keeps a snapshot when the round evaluates, for the KL to it after training)."""
+    cfg, groups, pairs = context.cfg, context.groups, record.train_pairs
+    if not context.uses_reference:
+        return
+    moving = each_round(cfg)
+    if moving and evaluates(cfg, record.r):
+        groups.policy.snapshot_weights()
+    if pairs:
+        batches = epoch_groups(cfg, len(pairs), shuffle_seed(cfg, record.r))
+        if moving:
+            record.ref, _ = groups.reference.logps(pairs, batches, groups.policy, weights=CURRENT)
+        else:
+            record.ref, _ = groups.reference.logps(pairs, batches, adapter_base(cfg, groups.policy), groups.mixes)
 
 
 def train_policy(record: RoundRecord, context: RoundContext) -> None:
@@ -206,7 +216,7 @@ def sync_engines(record: RoundRecord, context: RoundContext) -> None:
 def evaluate_round(record: RoundRecord, context: RoundContext) -> None:
     """The held-out evaluation, on the rounds that end with one."""
     if evaluates(context.cfg, record.r):
-        record.evaluation = evaluate(context)
+        record.evaluation = evaluate(context, round_reference=each_round(context.cfg))
 
 
 # in order; the names are the time/<phase> keys of the round rows
@@ -242,6 +252,7 @@ def summary_row(record: RoundRecord, context: RoundContext, timer: PhaseTimer) -
         "round": record.r,
         "prompts": len(record.prompts),
         "policy_version": record.version,  # rounds trained when the samples were drawn: r - 1, less when drawn ahead
+        **({"reference_version": record.r - 1} if each_round(context.cfg) else {}),  # rounds its reference trained
         **stats.sample_statistics(record.drawn, record.rewards, None if labelled_one_by_one else o.min_margin),
         **record.judging,
         "pairs": len(new_pairs),
@@ -307,14 +318,20 @@ def evaluates(cfg: RunConfig, r: int) -> bool:
     return r % cfg.online.eval_every == 0 or r == cfg.online.rounds
 
 
+def each_round(cfg: RunConfig) -> bool:
+    """Whether each round's reference is the policy as the round begins (else the starting reference, frozen)."""
+    return cfg.online.reference_update == "each_round"
+
+
 def adapter_base(cfg: RunConfig, policy: PolicyGroup) -> PolicyGroup | None:
     """The policy group when the reference is its base model with the LoRA adapter disabled."""
     return policy if cfg.model.lora.enabled else None
 
 
-def evaluate(context: RoundContext) -> dict[str, float]:
+def evaluate(context: RoundContext, round_reference: bool = False) -> dict[str, float]:
     """On the held-out prompts (same seeds every round): mean reward sampled as in training and greedy (the task's
-    reward, also in a judged run), mean sampled length, and the KL to the reference on the sampled responses."""
+    reward, also in a judged run), mean sampled length, and the KL to the starting reference on the sampled responses
+    (with round_reference, also to the round's own: the policy's snapshot at the round's start)."""
     cfg, groups, prompts = context.cfg, context.groups, context.inputs.eval_prompts
     o = cfg.online
     if not prompts:
@@ -337,12 +354,15 @@ def evaluate(context: RoundContext) -> dict[str, float]:
     metrics["eval/length"] = stats.mean_length(sampled)
     if context.uses_reference:
         pairs, scored = stats.kl_pairs(context.eval_prompt_ids, sampled)
-        chosen, rejected = [], []
-        if pairs:
-            batches = eval_groups(cfg, len(pairs))
-            base = adapter_base(cfg, groups.policy)
-            chosen, rejected = groups.reference.logps(pairs, batches, base, groups.mixes)[0]
-        metrics["eval/kl"] = stats.kl_estimate(scored, chosen, rejected)
+        references = {"eval/kl": (adapter_base(cfg, groups.policy), START)}
+        if round_reference:
+            references["eval/kl_to_round_reference"] = (groups.policy, ROUND_START)
+        for name, (scorer, weights) in references.items():
+            chosen, rejected = [], []
+            if pairs:
+                batches = eval_groups(cfg, len(pairs))
+                chosen, rejected = groups.reference.logps(pairs, batches, scorer, groups.mixes, weights)[0]
+            metrics[name] = stats.kl_estimate(scored, chosen, rejected)
     return metrics
 
 

@@ -13,7 +13,7 @@ from ..schema import RunConfig
 from ..sizing.memory_estimate import policy_rank, policy_shape, policy_zero_stage, rank_bytes
 from ..sizing.resources import policy_need
 from ..workers.specs import PolicySpec
-from ..workers.weights import ENGINES
+from ..workers.weights import ENGINES, START
 from .actor_group import ActorGroup, gather
 from .shared_dirs import require_shared
 
@@ -71,9 +71,15 @@ class PolicyGroup:
     def evaluate(self, plan: list[list[MicroBatch]], scale: StepScale) -> list[dict[str, float]]:
         return self.group.run_each("evaluate", [(rank_batches, scale) for rank_batches in plan])
 
-    def reference_logps(self, plan: list[list[MicroBatch]]) -> list[list[list[tuple[float, float]]]]:
-        """Each rank's reference scores of its micro-batches (see PolicyWorker.reference_logps)."""
-        return self.group.run_each("reference_logps", [(rank_batches,) for rank_batches in plan])
+    def reference_logps(
+        self, plan: list[list[MicroBatch]], weights: str = START
+    ) -> list[list[list[tuple[float, float]]]]:
+        """Each rank's scores of its micro-batches under weights (see PolicyWorker.reference_logps)."""
+        return self.group.run_each("reference_logps", [(rank_batches, weights) for rank_batches in plan])
+
+    def snapshot_weights(self) -> None:
+        """Every rank keeps a host copy of the trainable weights it holds (reference_logps' ROUND_START)."""
+        self.group.run("snapshot_weights")
 
     def weight_manifest(self, target: str = ENGINES) -> tuple[list[tuple], str | None]:
         """What a weight sync sends (see PolicyWorker.weight_manifest), asked of rank 0: every rank agrees."""

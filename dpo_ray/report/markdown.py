@@ -38,6 +38,7 @@ ROUND_ROWS = [
     ("eval/sampled_reward", "held-out sampled reward"),
     ("eval/greedy_reward", "held-out greedy reward"),
     ("eval/kl", "KL to reference (nats/response)"),
+    ("eval/kl_to_round_reference", "KL to the round's reference (nats/response)"),
     ("eval/length", "held-out sampled length (tokens)"),
     ("time/round", "seconds per round"),
 ]

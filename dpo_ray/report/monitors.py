@@ -55,6 +55,7 @@ def round_checks(rounds: Sequence[dict], m: MonitorConfig) -> list[Check]:
     over = None
     if len(margins) > m.plateau_window and len(quality) == len(margins):
         over = float(stalled_while_growing(margins, quality, m.plateau_window, m.plateau_tolerance))
+    round_kl = m.kl_to == "round_reference"
     return [
         _above(
             "length_growth",
@@ -79,8 +80,8 @@ def round_checks(rounds: Sequence[dict], m: MonitorConfig) -> list[Check]:
         ),
         _above(
             "kl",
-            "over-optimisation: KL to reference",
-            _last(rounds, "eval/kl"),
+            "over-optimisation: KL to the round's reference" if round_kl else "over-optimisation: KL to reference",
+            _last(rounds, "eval/kl_to_round_reference" if round_kl else "eval/kl"),
             m.kl_max,
             "nats per held-out sampled response",
         ),

@@ -133,7 +133,10 @@ ROUNDS: list[Panel] = [
             ("length/rejected", "rejected"),
         ],
     ),
-    ("KL to reference (nats/response)", [("eval/kl", "held-out sampled")]),
+    (
+        "KL to reference (nats/response)",
+        [("eval/kl", "held-out sampled"), ("eval/kl_to_round_reference", "to the round's reference")],
+    ),
     (
         "pair quality (shares)",
         [

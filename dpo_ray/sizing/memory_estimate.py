@@ -212,6 +212,9 @@ def policy_rank(cfg: RunConfig, shape: ModelShape, world: int, stage: int, sends
         [Part("offloaded states", offloaded, "deepspeed.offload_*, x1.5 as DeepSpeed's estimate")] if offloaded else []
     )
     host += [loading_buffer(shape, a)] if stage >= 3 else []
+    if cfg.online.reference_update == "each_round":  # the trainable weights this rank holds, as the round began
+        held = trainable * a / (world if stage >= 3 else 1)
+        host.append(Part("round-start snapshot", held, "online.reference_update=each_round, the KL to it"))
     memory = split(gpu, [p for p in device if p.bytes], host, [])
     if stage >= 3:  # saving final/ gathers the partitions into rank 0's host memory (the adapter alone with LoRA)
         memory.rank0_host = trainable * a if cfg.model.lora.enabled else shape.params * a

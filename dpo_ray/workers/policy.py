@@ -22,6 +22,8 @@ from .weight_stream import send_tensors
 from .weights import (
     ADAPTER,
     ENGINES,
+    ROUND_START,
+    START,
     WeightUnit,
     adapter_config_json,
     adapter_units,
@@ -42,6 +44,7 @@ class PolicyWorker:
         torch.manual_seed(cfg.train.seed)
         self.engine = None
         self.weight_groups: dict[str, BroadcastGroup] = {}  # by target: the engines, the reference (TR-DPO)
+        self.snapshot: list[torch.Tensor] | None = None  # the trainable weights held at a round's start (each_round)
 
     def device_memory(self) -> int:
         return device_memory(self.spec, self.world)
@@ -178,17 +181,56 @@ class PolicyWorker:
         return metric_floats(add_metric_sums(sums))
 
     @torch.no_grad()
-    def reference_logps(self, micro_batches: list[MicroBatch]) -> list[list[tuple[float, float]]]:
-        """The reference's log-probs of each pair of each micro-batch (none for fillers): with LoRA, this model with its
-        adapter disabled; otherwise this model as it is, which is the reference only before the first step."""
+    def reference_logps(self, micro_batches: list[MicroBatch], weights: str = START) -> list[list[tuple[float, float]]]:
+        """Log-probs of each pair of each micro-batch (none for fillers) under weights: START, the starting reference
+        (with LoRA, this model with its adapter disabled; otherwise this model as it is, which is the reference only
+        before the first step); CURRENT, this model as it is; ROUND_START, the weights snapshot_weights kept."""
         self.engine.eval()
-        scores = []
-        with self.engine.module.disable_adapter() if self.cfg.lora.enabled else contextlib.nullcontext():
-            for micro in micro_batches:
-                out = forward_pairs(self.engine, self._batch(micro), self.cfg.algo.ld_alpha)
-                pairs = zip(out.chosen_logps.tolist(), out.rejected_logps.tolist())
-                scores.append(list(pairs) if micro.weight else [])
+        adapter_off = weights == START and self.cfg.lora.enabled
+        with self.engine.module.disable_adapter() if adapter_off else contextlib.nullcontext():
+            with self._snapshot_in_place() if weights == ROUND_START else contextlib.nullcontext():
+                scores = []
+                for micro in micro_batches:
+                    out = forward_pairs(self.engine, self._batch(micro), self.cfg.algo.ld_alpha)
+                    pairs = zip(out.chosen_logps.tolist(), out.rejected_logps.tolist())
+                    scores.append(list(pairs) if micro.weight else [])
         return scores
+
+    def _held(self) -> list[torch.Tensor]:
+        """What this rank holds of each trainable parameter (the frozen ones never change): its ZeRO-3 partition, or
+        the whole tensor below stage 3."""
+        trainable = [p for p in self.engine.module.parameters() if p.requires_grad]
+        return [getattr(p, "ds_tensor", p).data for p in trainable]
+
+    @torch.no_grad()
+    def snapshot_weights(self) -> int:
+        """Keep a host copy of the trainable weights this rank holds (online.reference_update=each_round: the round's
+        starting policy, its reference, for the KL to it after training); returns its bytes."""
+        self.snapshot = [t.to("cpu", copy=True) for t in self._held()]
+        return sum(t.numel() * t.element_size() for t in self.snapshot)
+
+    @contextlib.contextmanager
+    def _snapshot_in_place(self):
+        """The snapshot's weights in place of the current ones for the body, swapped back bit for bit after it (the
+        host copy holds the current ones meanwhile: no second copy). At stage 3 no parameter may stay gathered across
+        a swap: one gathered before would hide the snapshot, one gathered in the body would outlive it."""
+        if self.snapshot is None:
+            raise RuntimeError("no weights snapshot: snapshot_weights() first")
+        release = self.engine.empty_partition_cache if self.zero_stage == 3 else lambda: None
+        release()
+        self._swap_snapshot()
+        try:
+            yield
+        finally:
+            release()
+            self._swap_snapshot()
+
+    @torch.no_grad()
+    def _swap_snapshot(self) -> None:
+        for tensor, saved in zip(self._held(), self.snapshot, strict=True):
+            current = tensor.to("cpu", copy=True)
+            tensor.copy_(saved)
+            saved.copy_(current)
 
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
         """All ranks must call: rank 0 gets the weights in the model's dtype (at stage 3 its shards gathered layer

@@ -20,6 +20,9 @@ from .weight_stream import TensorSpec
 PEFT_PREFIX = "base_model.model."
 ADAPTER = "default"  # the adapter name peft gives the one adapter we train
 ENGINES, REFERENCE = "engines", "reference"  # where the policy's weights go: the vLLM engines, TR-DPO's reference
+# Which of the policy's weights score pairs as a reference: the starting reference (LoRA: the adapter off), the weights
+# as they are, or those snapshot at the round's start (online.reference_update=each_round).
+START, CURRENT, ROUND_START = "start", "current", "round_start"
 
 
 @dataclass(frozen=True)

@@ -148,6 +148,38 @@ def test_a_campaign_stopped_after_round_1_resumes_at_round_2_with_the_same_pairs
     assert [row["policy_version"] for row in resumed.rounds[1:]] == [0, 1]
 
 
+def first_steps(result) -> list[dict]:
+    """Each round's first training step, as metrics.jsonl logged it."""
+    lines = (result.run_dir / "metrics.jsonl").read_text().splitlines()
+    steps = {row["step"]: row for row in map(json.loads, lines) if "rewards/chosen" in row and "round" not in row}
+    ends = itertools.accumulate(row["steps"] for row in result.rounds[1:])
+    return [steps[end - row["steps"] + 1] for end, row in zip(ends, result.rounds[1:])]
+
+
+def test_each_round_trains_against_the_policy_as_the_round_began_also_after_a_resume(
+    two_rounds, tmp_path_factory, cache_dir
+):
+    """online.reference_update=each_round (iterative DPO: M_t is the reference of iteration t+1): each round's first
+    step finds the policy equal to its reference, implicit rewards exactly 0, here in a campaign resumed after round
+    1; with the frozen reference round 2 begins where round 1 left them. Round 1 is the frozen run's own (the same
+    reference then), and its KL to the round's reference (the policy's snapshot) is the reference group's KL."""
+    run_dir = tmp_path_factory.mktemp("online-each-round")
+    each_round = ("online.reference_update=each_round",)
+    run_online(run_dir, cache_dir, 1, *each_round)
+    resumed = run_online(run_dir, cache_dir, 2, *each_round)
+    assert resumed.resumed_from == 1
+    for row in first_steps(resumed):
+        assert (row["rewards/chosen"], row["rewards/rejected"], row["kl/chosen"]) == (0.0, 0.0, 0.0)
+    frozen = first_steps(two_rounds)
+    assert frozen[0]["rewards/chosen"] == 0.0 and abs(frozen[1]["rewards/margins"]) > 1e-3
+    assert pairs_of(resumed, 1) == pairs_of(two_rounds, 1)
+    rows = resumed.rounds
+    print("each_round rows:", [{k: v for k, v in row.items() if "kl" in k or "reward" in k} for row in rows])
+    assert [row["reference_version"] for row in rows[1:]] == [0, 1] and "eval/kl_to_round_reference" not in rows[0]
+    assert rows[1]["eval/kl_to_round_reference"] == pytest.approx(rows[1]["eval/kl"], abs=1e-4)
+    assert rows[2]["eval/kl_to_round_reference"] < rows[2]["eval/kl"]
+
+
 def test_async_rounds_draw_round_2_while_round_1_trains_and_record_the_policy_version(async_two, two_rounds):
     rows = async_two.rounds
     assert [row["policy_version"] for row in rows[1:]] == [0, 0]  # round 2 drawn from the starting policy

@@ -37,6 +37,7 @@ from dpo_ray.data.tournament import Tally
 from dpo_ray.reward_source import reward_source
 from dpo_ray.schema import RunConfig
 from dpo_ray.workers.rollout import Sample
+from dpo_ray.workers.weights import CURRENT, ROUND_START, START
 
 from ..conftest import make_pairs as random_pairs
 
@@ -105,10 +106,11 @@ class Reference:
     def __init__(self, calls: list):
         self.calls, self.given = calls, []
 
-    def logps(self, pairs, batches, policy, mixes):
+    def logps(self, pairs, batches, policy, mixes=0, weights=START):
         self.calls.append("logps")
-        self.given.append((pairs, batches, policy, mixes))
-        return ([-len(p.chosen_ids) - 0.5 for p in pairs], [-len(p.rejected_ids) - 0.5 for p in pairs]), True
+        self.given.append((pairs, batches, policy, mixes, weights))
+        less = 0.25 if weights == ROUND_START else 0.5  # the round's reference: -len - 0.25
+        return ([-len(p.chosen_ids) - less for p in pairs], [-len(p.rejected_ids) - less for p in pairs]), True
 
 
 class Trainer:
@@ -136,7 +138,12 @@ class Mix:
     mixes = 3
 
 
-POLICY = object()
+class Policy:
+    def __init__(self, calls: list):
+        self.calls = calls
+
+    def snapshot_weights(self):
+        self.calls.append("snapshot")
 
 
 def a_context(tmp_path, cfg: RunConfig | None = None, *, drawn=None, scores=None, judge=None, reward=True, **kw):
@@ -151,7 +158,7 @@ def a_context(tmp_path, cfg: RunConfig | None = None, *, drawn=None, scores=None
         reward=Reward(calls, scores) if reward else None,
         judge=Judge(calls, judge) if judge is not None else None,
         reference=Reference(calls),
-        policy=POLICY,
+        policy=Policy(calls),
         sync=Sync(calls),
         mix=kw.pop("mix", None),
     )
@@ -320,10 +327,11 @@ def test_the_reference_scores_the_training_pairs_in_the_policys_first_micro_batc
     record = RoundRecord(2, train_pairs=list(PAIRS))
     score_reference(record, context)
     assert record.ref == ([-2.5, -1.5], [-1.5, -3.5])  # the stand-in's: minus each response's length, less a half
-    [(pairs, batches, policy, mixes)] = context.groups.reference.given
+    [(pairs, batches, policy, mixes, weights)] = context.groups.reference.given
     order = list(range(2))
     random.Random(5 + 1000 * 2).shuffle(order)  # round 2's first epoch; a micro-batch of one pair each
     assert pairs == PAIRS and batches == [[i] for i in order] and policy is None and mixes == 3
+    assert weights == START
 
 
 def test_with_lora_the_reference_is_the_policy_without_its_adapter(tmp_path):
@@ -331,7 +339,28 @@ def test_with_lora_the_reference_is_the_policy_without_its_adapter(tmp_path):
     cfg.model.lora.enabled = True
     context = a_context(tmp_path, cfg)
     score_reference(RoundRecord(1, train_pairs=list(PAIRS)), context)
-    assert context.groups.reference.given[0][2] is POLICY
+    assert context.groups.reference.given[0][2:] == (context.groups.policy, 0, START)
+
+
+def test_each_round_the_policy_scores_its_round_as_it_begins_and_keeps_a_snapshot_when_the_round_evaluates(tmp_path):
+    """online.reference_update=each_round: the policy group, as it is before the round's first step, is the
+    reference (no reference group, no cache); a round that ends with an evaluation first keeps its weights, against
+    which the evaluation reports a second KL."""
+    cfg = RunConfig()
+    cfg.online.reference_update, cfg.online.rounds, cfg.online.eval_every = "each_round", 3, 2
+    context = a_context(tmp_path, cfg)
+    for r in (1, 2):
+        score_reference(RoundRecord(r, train_pairs=list(PAIRS)), context)
+    assert context.calls == ["logps", "snapshot", "logps"]  # round 1 does not evaluate, round 2 does
+    assert [given[2:] for given in context.groups.reference.given] == [(context.groups.policy, 0, CURRENT)] * 2
+    metrics = evaluate(context, round_reference=True)
+    # sampled "ab" (logp -1, 2 tokens) and "c" (logp -2, 1 token): the start gives -len - 0.5, the round's -len - 0.25
+    assert metrics["eval/kl"] == ((-1.0 - -2.5) + (-2.0 - -1.5)) / 2
+    assert metrics["eval/kl_to_round_reference"] == ((-1.0 - -2.25) + (-2.0 - -1.25)) / 2
+    assert [given[2:] for given in context.groups.reference.given[2:]] == [
+        (None, 0, START),
+        (context.groups.policy, 0, ROUND_START),
+    ]
 
 
 @pytest.mark.parametrize("uses_reference, pairs", [(False, PAIRS), (True, [])])

@@ -320,6 +320,40 @@ def test_every_zero_stage_takes_the_same_clipped_adamw_steps_and_resumes_bit_exa
             assert diff < 1e-2 * cfg.train.lr, (stage, name, diff)
 
 
+@pytest.mark.parametrize("stage, lora", [("3", False), ("2", True)], ids=["zero3", "lora-zero2"])
+def test_the_rounds_start_snapshot_scores_as_the_policy_did_then_and_gives_the_weights_back(
+    local_ray, run_config, tiny_model_dir, stage, lora
+):
+    """online.reference_update=each_round's reference after training: on 2 bf16 ranks, the snapshot taken before two
+    steps scores exactly what the policy scored then, and the trained weights it stood in for come back bit for bit
+    (at stage 3 through DeepSpeed's partitions, with LoRA only the adapter)."""
+    from dpo_ray.data.batches import step_scale
+    from dpo_ray.workers.weights import CURRENT, ROUND_START
+
+    cfg = run_config
+    cfg.model.dtype, cfg.cluster.policy_ranks, cfg.train.optimizer, cfg.train.lr = "bfloat16", 2, "adamw", 1e-2
+    cfg.deepspeed.zero_stage, cfg.model.lora.enabled = stage, lora
+    pairs = make_pairs(8, seed=5)
+    _, plan = build_micro_batches(pairs, range(8), 2, 2, None, per_rank=2)
+    policy = PolicyGroup(cfg, tiny_model_dir, total_steps=2, accumulation=2, env=ENV)
+    try:
+        before = policy.reference_logps(plan, CURRENT)
+        policy.snapshot_weights()
+        reference = ([-30.0] * 8, [-30.0] * 8)
+        for _ in range(2):
+            _, steps = build_micro_batches(pairs, range(8), 2, 2, reference, per_rank=2)
+            policy.train_step(steps, step_scale(pairs))
+        trained = policy.group.run("full_state_dict")[0]
+        after = policy.reference_logps(plan, CURRENT)
+        snapshot = policy.reference_logps(plan, ROUND_START)
+        again = policy.reference_logps(plan, CURRENT)
+        given_back = policy.group.run("full_state_dict")[0]
+    finally:
+        policy.shutdown()
+    assert after != before and snapshot == before and again == after
+    assert given_back.keys() == trained.keys() and all(torch.equal(given_back[k], trained[k]) for k in trained)
+
+
 def assert_ranks_hashed_every_shard(written: dict, directory: Path, policy: PolicyGroup) -> None:
     """The ranks report every file DeepSpeed wrote but its recovery script (rank 0 copies it; the driver hashes it),
     with sizes and digests read here with hashlib; and they hash a share each of any list of files they are given."""

@@ -61,6 +61,18 @@ def test_each_round_monitor_trips_on_its_failure_alone(failure, key):
     assert as_metrics(checks)["monitor/alerts"] == 1.0 and len(warnings(checks)) == 1
 
 
+def test_the_kl_monitor_reads_the_kl_the_user_names():
+    """monitor.kl_to=round_reference (online.reference_update=each_round): the KL to the round's own reference,
+    small while the KL to the start grows past kl_max, trips only when it passes kl_max itself."""
+    rows = healthy_rounds()
+    rows[-1].update({"eval/kl": 45.0, "eval/kl_to_round_reference": 3.0})
+    to_round = MonitorConfig(kl_max=20.0, kl_to="round_reference")
+    assert tripped(round_checks(rows, M)) == {"kl"} and tripped(round_checks(rows, to_round)) == set()
+    rows[-1]["eval/kl_to_round_reference"] = 25.0
+    (check,) = [c for c in round_checks(rows, to_round) if c.key == "kl"]
+    assert check.tripped and check.value == 25.0 and check.monitor.endswith("KL to the round's reference")
+
+
 def test_over_optimisation_trips_when_the_margin_keeps_growing_but_held_out_reward_stalls():
     rows = healthy_rounds()
     for row in rows[2:]:

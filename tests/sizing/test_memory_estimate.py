@@ -148,6 +148,22 @@ def gpu_run(**changes) -> RunConfig:
     return cfg
 
 
+def test_each_round_plans_the_host_copy_of_what_a_rank_holds_of_the_trainable_weights(tmp_path):
+    """online.reference_update=each_round keeps the round's starting weights in host memory: 70B in bf16 over 32
+    ZeRO-3 ranks is 2 bytes x 70.55e9 / 32 per rank; with a LoRA adapter only the adapter, whole below stage 3."""
+    qv = lora_setting(8, "q_proj,v_proj")
+    shape = model_shape(config_dir(tmp_path, "70b", LLAMA_70B), lora=(qv,))
+
+    def snapshot(cfg, stage):
+        return sum(p.bytes for p in policy_rank(cfg, shape, 32, stage).host if p.name == "round-start snapshot")
+
+    assert snapshot(gpu_run(), 3) == 0
+    assert snapshot(gpu_run(online__reference_update="each_round"), 3) == 2 * 70_553_706_496 / 32
+    lora = gpu_run(online__reference_update="each_round")
+    lora.model.lora.enabled, lora.model.lora.r, lora.model.lora.target_modules = True, 8, "q_proj,v_proj"
+    assert snapshot(lora, 2) == 2 * 80 * 8 * (8192 + 8192 + 8192 + 1024)
+
+
 def test_auto_picks_the_lowest_stage_at_which_a_rank_fits(tmp_path):
     shape_8b = model_shape(config_dir(tmp_path, "8b", LLAMA_8B), lora=(lora_setting(8, "all-linear"),))
     gb80 = 80 * GIB
