@@ -5,6 +5,7 @@ this one decision. Plain data: building a built-in model (resolved) is the only 
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, replace
 from enum import Enum
 
@@ -105,3 +106,21 @@ def reward_source(cfg: RunConfig) -> RewardSource:
         if getattr(cfg.reward, name):
             return RewardSource(kind, getattr(cfg.reward, name), f"reward.{name}", task_rule)
     return RewardSource(RewardKind.task, task_rule, task_option, task_rule)
+
+
+def eval_judge_config(cfg: RunConfig) -> RunConfig | None:
+    """cfg with its reward section naming the held-out judge (eval.judge_model or eval.judge_fn) in place of what
+    trains the policy, so that a judge group, its resources and the plan take it as they take a training judge; None
+    without one."""
+    if not (cfg.eval.judge_model or cfg.eval.judge_fn):
+        return None
+    judged = copy.deepcopy(cfg)
+    judged.reward.judge_model, judged.reward.judge_fn = cfg.eval.judge_model, cfg.eval.judge_fn
+    judged.reward.fn, judged.reward.model_path = "", ""
+    return judged
+
+
+def eval_judge_group_needed(cfg: RunConfig) -> bool:
+    """A held-out judge that is not the training judge gets a group of its own (the same one serves both)."""
+    e, r = cfg.eval, cfg.reward
+    return bool(e.judge_model or e.judge_fn) and (e.judge_model, e.judge_fn) != (r.judge_model, r.judge_fn)

@@ -425,6 +425,23 @@ class OnlineConfig:
 
 
 @dataclass
+class EvalConfig:
+    judge_model: str = opt(
+        "",
+        "online: a pairwise LLM judge of the held-out answers apart from what trains the policy (its own vLLM group): "
+        "each evaluated round's greedy answers against a baseline's; an HF chat-model directory or 'smollm2-135m'",
+    )
+    judge_fn: str = opt(
+        "", "online: that judge as a function 'module:function' of (prompt_text, response_a, response_b) -> answer"
+    )
+    reference_answers: str = opt(
+        "",
+        "a file of {prompt, response} rows, one per held-out prompt: the baseline the judge plays the answers "
+        "against (AlpacaEval's fixed baseline); empty: the starting policy's greedy answers, drawn at round 0",
+    )
+
+
+@dataclass
 class EmbeddedConfig:
     numbers: int = opt(1000, "numbers 0..numbers-1 of the embedded number-words task", Bounds(2, 1000))
     eval_numbers: int = opt(200, "numbers held out from SFT and training, for the task accuracy", AT_LEAST_ONE)
@@ -504,6 +521,7 @@ class RunConfig:
     rollout: RolloutConfig = sub(RolloutConfig, "online: vLLM engine settings")
     reward: RewardConfig = sub(RewardConfig, "online: reward model or rule")
     online: OnlineConfig = sub(OnlineConfig, "online / iterative DPO rounds")
+    eval: EvalConfig = sub(EvalConfig, "online: a judge's win rate of the held-out answers, the training signal aside")
     embedded: EmbeddedConfig = sub(EmbeddedConfig, "the embedded number-words task (model.path=embedded)")
     imdb: ImdbConfig = sub(ImdbConfig, "IMDb sentiment task (online.prompt_task=imdb)")
     monitor: MonitorConfig = sub(MonitorConfig, "failure-mode monitors: thresholds of the warnings in logs and report")

@@ -288,7 +288,7 @@ def _online(cfg: RunConfig) -> list[str]:
         problems.append(
             "online.prompt_order=fresh: read with online.prompts_per_round > 0 only (0: every prompt, every round)"
         )
-    problems += _reference_update(cfg)
+    problems += _reference_update(cfg) + _eval_judge(cfg)
     if o.prompt_task and o.prompt_task not in PROMPT_TASKS:
         problems.append(
             f"online.prompt_task={o.prompt_task!r}: must be empty or one of {', '.join(PROMPT_TASKS)}"
@@ -312,6 +312,16 @@ def _reference_update(cfg: RunConfig) -> list[str]:
         return [f"{name}: algo.sync_ref_model=true moves the reference too; choose one (TR-DPO within runs, or this)"]
     if cfg.deepspeed.offload_param == "nvme":
         return [f"{name}: deepspeed.offload_param=nvme swaps the partitions it copies; use none or cpu"]
+    return []
+
+
+def _eval_judge(cfg: RunConfig) -> list[str]:
+    """One held-out judge at most; a baseline file only for a judge to read."""
+    e = cfg.eval
+    if e.judge_model and e.judge_fn:
+        return [f"eval.judge_model={e.judge_model!r}: not with eval.judge_fn={e.judge_fn!r}; one held-out judge"]
+    if e.reference_answers and not (e.judge_model or e.judge_fn):
+        return [f"eval.reference_answers={e.reference_answers!r}: read by eval.judge_model or eval.judge_fn only"]
     return []
 
 

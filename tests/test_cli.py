@@ -195,6 +195,8 @@ def test_every_bad_value_fails_naming_the_option_and_what_it_allows_without_star
         (["reward.judge_model=j", "reward.model_path=r"], "not with reward.model_path='r'"),
         (["reward.judge_fn=m:f", "reward.judge_template='{prompt} {response_a}'"], "holds no {response_b}"),
         (["reward.judge_template='{prompt}{response_a}{response_b}'"], "read by reward.judge_model or"),
+        (["eval.judge_model=j", "eval.judge_fn=m:f"], "eval.judge_model='j': not with eval.judge_fn='m:f'; one"),
+        (["eval.reference_answers=/a.jsonl"], "read by eval.judge_model or eval.judge_fn only"),
     ],
 )
 def test_rules_between_options_and_unknown_keys_fail_when_composed(overrides, expected):
@@ -251,8 +253,17 @@ def test_missing_and_unusable_inputs_fail_before_ray_starts(tmp_path, tiny_model
     untemplated = tmp_path / "untemplated"
     shutil.copytree(tiny_model_dir, untemplated)
     (untemplated / "chat_template.jinja").unlink()
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text('{"prompt": "p", "response": "r"}\n')
     chats = tmp_path / "chats.jsonl"
     chats.write_text('{"prompt": [{"role": "user", "content": "Write 5 in words."}]}\n')
+    own_prompts = [
+        "online",
+        f"model.path={tiny_model_dir}",
+        f"online.prompt_files=[{chats}]",
+        f"online.eval_prompt_files=[{chats}]",
+        "reward.fn=math:sqrt",
+    ]
     cases = [
         (["train", "model.path=/no/such/model"], "model.path='/no/such/model': no such directory"),
         (["train", f"model.path={pickled}", f"data.train_files=[{data}]"], "pytorch_model.bin, a pickle"),
@@ -263,6 +274,16 @@ def test_missing_and_unusable_inputs_fail_before_ray_starts(tmp_path, tiny_model
         (["online", f"model.path={tiny_model_dir}", "reward.fn=math:sqrt"], "online runs need prompts"),
         (["online", "reward.judge_fn=no_such_module:judge"], "reward.judge_fn='no_such_module:judge': cannot import"),
         (["online", "reward.judge_model=/no/judge"], "reward.judge_model='/no/judge': no such directory"),
+        (["online", "eval.judge_fn=no_such_module:judge"], "eval.judge_fn='no_such_module:judge': cannot import"),
+        (["online", "eval.judge_model=/no/judge"], "eval.judge_model='/no/judge': no such directory"),
+        (
+            [*own_prompts, "eval.judge_fn=math:hypot", f"eval.reference_answers={data}"],
+            f"eval.reference_answers: {data}: row 0: field 'response': missing",
+        ),
+        (
+            [*own_prompts, "eval.judge_fn=math:hypot", f"eval.reference_answers={answers}"],
+            f"eval.reference_answers: {answers}: no answer to 1 of the 1 held-out prompts: 'Write 5 in words.'",
+        ),
         (
             ["online", f"model.path={untemplated}", f"online.prompt_files=[{chats}]", "reward.fn=math:sqrt"],
             f"the tokenizer of {untemplated} has no chat template",

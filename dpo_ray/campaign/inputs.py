@@ -11,10 +11,10 @@ from typing import Any
 from ..data.dataset import load_pairs, split_eval
 from ..data.formats import Text
 from ..data.loading import InMemorySource
-from ..data.prompts import load_prompts
+from ..data.prompts import load_prompts, load_reference_answers
 from ..data.tokenize import TokenizedPair, TokenizeSettings
 from ..losses.registry import is_unpaired
-from ..reward_source import RewardSource, reward_source
+from ..reward_source import RewardSource, eval_judge_config, reward_source
 from ..schema import RunConfig
 from ..tasks.registry import resolve_model, resolve_prompt_task
 from ..workers.models import load_tokenizer
@@ -41,6 +41,8 @@ class OnlineInputs:
     eval_prompts: list[Text]
     reward: RewardSource  # resolved: a built-in reward or judge model name is its directory
     offline_pairs: list[TokenizedPair] = field(default_factory=list)
+    eval_judge: RewardSource | None = None  # the held-out judge (eval.*), resolved
+    eval_baseline: list[str] | None = None  # eval.reference_answers' answer to each held-out prompt
 
 
 def offline_inputs(cfg: RunConfig, train_dataset: Any = None, eval_dataset: Any = None) -> OfflineInputs:
@@ -84,12 +86,16 @@ def online_inputs(cfg: RunConfig) -> OnlineInputs:
     if getattr(tokenizer, "chat_template", None) is None and any(isinstance(p, list) for p in prompts + eval_prompts):
         raise InputError(f"the prompts hold messages, and the tokenizer of {task.model_path} has no chat template")
     reward = reward_source(cfg).resolved(cfg)
-    judge = reward.judge_model
-    if judge and getattr(load_tokenizer(judge, cfg.model.trust_remote_code), "chat_template", None) is None:
-        raise InputError(
-            f"reward.judge_model={cfg.reward.judge_model!r}: the tokenizer of {judge} has no chat template; the "
-            "judge is asked in a chat message, so give it an instruct (chat) model"
-        )
+    check_chat_judge(cfg, "reward.judge_model", cfg.reward.judge_model, reward.judge_model)
+    judged = eval_judge_config(cfg)
+    eval_judge = reward_source(judged).resolved(judged) if judged is not None else None
+    if eval_judge is not None:
+        check_chat_judge(cfg, "eval.judge_model", cfg.eval.judge_model, eval_judge.judge_model)
+    answers = cfg.eval.reference_answers
+    try:
+        eval_baseline = load_reference_answers(answers, eval_prompts) if answers else None
+    except ValueError as error:
+        raise InputError(f"eval.reference_answers: {error}") from None
     offline_pairs: list[TokenizedPair] = []
     if o.offline_ratio > 0:
         offline_pairs = _pairs(cfg, "offline", list(cfg.data.train_files) or task.train_files, tokenizer)
@@ -100,7 +106,18 @@ def online_inputs(cfg: RunConfig) -> OnlineInputs:
         eval_prompts,
         reward,
         offline_pairs,
+        eval_judge,
+        eval_baseline,
     )
+
+
+def check_chat_judge(cfg: RunConfig, option: str, given: str, directory: str) -> None:
+    """A judge model is asked in a chat message: its tokenizer needs a chat template."""
+    if directory and getattr(load_tokenizer(directory, cfg.model.trust_remote_code), "chat_template", None) is None:
+        raise InputError(
+            f"{option}={given!r}: the tokenizer of {directory} has no chat template; the judge is asked in a chat "
+            "message, so give it an instruct (chat) model"
+        )
 
 
 def _pairs(cfg: RunConfig, name: str, files: list[str], tokenizer) -> list[TokenizedPair]:

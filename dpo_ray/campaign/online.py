@@ -24,6 +24,7 @@ from ..losses.registry import is_unpaired
 from ..objective import needs_reference
 from ..planning.plan import PlanModels
 from ..report import round_monitors
+from ..reward_source import eval_judge_config, eval_judge_group_needed
 from ..schema import Resume, RunConfig
 from ..sizing.judge_length import judge_max_model_len
 from ..sizing.model_shape import model_shape
@@ -97,7 +98,8 @@ class OnlineCampaign:
     def _campaign(self) -> OnlineResult:
         needs = group_needs(self.cfg, reference_group_needed(self.cfg, online=True), online=True)
         i = self.inputs
-        models = PlanModels(i.model_path, i.reference_path, i.reward.reward_model, i.reward.judge_model)
+        eval_judge = i.eval_judge.judge_model if i.eval_judge is not None else ""
+        models = PlanModels(i.model_path, i.reference_path, i.reward.reward_model, i.reward.judge_model, eval_judge)
         check = PlanCheck("online", models, self.engine_length())
         result, restarts = run_campaign(self.cfg, needs, self._run, check)
         result.restarts = restarts
@@ -182,9 +184,9 @@ class OnlineCampaign:
         """The longest prompt + response the engines will hold."""
         return max(map(len, [*self.prompt_ids, *self.eval_prompt_ids]), default=0) + self.cfg.online.max_tokens
 
-    def judge_length(self) -> int:
-        """The longest judge prompt + verdict a judge model's engines will hold (0: a judge function, no engine)."""
-        judge = self.inputs.reward.judge_model
+    def judge_length(self, judge: str) -> int:
+        """The longest judge prompt + verdict the engines of judge (a model directory) will hold (0: a judge function,
+        no engine)."""
         if not judge:
             return 0
         positions = model_shape(judge, self.cfg.model.trust_remote_code).max_positions
@@ -202,7 +204,12 @@ class OnlineCampaign:
         if inputs.reward.reward_group_needed:
             makers["reward"] = lambda at: RewardGroup(cfg, inputs.reward, at)
         if inputs.reward.judged:
-            makers["judge"] = lambda at: JudgeGroup(cfg, inputs.reward, self.judge_length(), at)
+            makers["judge"] = lambda at: JudgeGroup(
+                cfg, inputs.reward, self.judge_length(inputs.reward.judge_model), at
+            )
+        if eval_judge_group_needed(cfg):
+            judged, source = eval_judge_config(cfg), inputs.eval_judge
+            makers["eval_judge"] = lambda at: JudgeGroup(judged, source, self.judge_length(source.judge_model), at)
         if reference_group_needed(cfg, online=True):  # every round needs it
             makers["reference"] = reference.start
         makers["policy"] = lambda at: PolicyGroup(
@@ -215,7 +222,8 @@ class OnlineCampaign:
         sync = WeightSync(cfg, policy, rollout)
         mix = ReferenceMix(cfg, policy, reference.group) if cfg.algo.sync_ref_model else None
         log.info("%d groups started together in %.1fs", len(makers), time.perf_counter() - began)
-        return Groups(rollout, groups.get("reward"), groups.get("judge"), reference, policy, sync, mix)
+        eval_judge = groups.get("eval_judge") or (groups.get("judge") if inputs.eval_judge is not None else None)
+        return Groups(rollout, groups.get("reward"), groups.get("judge"), reference, policy, sync, mix, eval_judge)
 
 
 def also(*writers):

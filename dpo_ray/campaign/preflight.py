@@ -76,6 +76,7 @@ def _check_online(cfg: RunConfig, has_task_data: bool) -> None:
     builtins = {RewardKind.model: REWARD_MODELS, RewardKind.judge_model: JUDGE_MODELS}.get(reward.kind)
     if builtins is not None and reward.target not in builtins:
         check_model_dir(reward.option, reward.target, f"or a built-in name: {', '.join(builtins)}")
+    check_eval_judge(cfg)
     if not reward.target:  # no reward option, and no task rule either
         raise InputError(
             "online runs need a reward: reward.fn=module:function (a rule), reward.model_path=DIR (a model), or a "
@@ -93,6 +94,23 @@ def check_reward_function(cfg: RunConfig) -> None:
             import_function(reward.target, reward.option)
         except ValueError as error:
             raise InputError(str(error)) from None
+
+
+def check_eval_judge(cfg: RunConfig) -> None:
+    """eval.judge_fn imports and names a function, eval.judge_model is a model directory or a built-in judge, and
+    eval.reference_answers exists."""
+    from ..workers.reward import import_function
+
+    e = cfg.eval
+    if e.judge_fn:
+        try:
+            import_function(e.judge_fn, "eval.judge_fn")
+        except ValueError as error:
+            raise InputError(str(error)) from None
+    if e.judge_model and e.judge_model not in JUDGE_MODELS:
+        check_model_dir("eval.judge_model", e.judge_model, f"or a built-in name: {', '.join(JUDGE_MODELS)}")
+    if e.reference_answers:
+        check_files("eval.reference_answers", [e.reference_answers])
 
 
 def check_files(option: str, paths: list[str]) -> None:

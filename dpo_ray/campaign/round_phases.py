@@ -22,6 +22,7 @@ from ..groups.reference_mix import ReferenceMix
 from ..groups.reward_group import RewardGroup
 from ..groups.rollout_group import RolloutGroup
 from ..groups.weight_sync import WeightSync
+from ..report.win_rate import win_rate
 from ..schema import RunConfig
 from ..workers.rollout import Sample
 from ..workers.weights import CURRENT, ROUND_START, START
@@ -47,6 +48,7 @@ class Groups:
     policy: PolicyGroup
     sync: WeightSync
     mix: ReferenceMix | None  # TR-DPO's moving reference
+    eval_judge: JudgeGroup | None = None  # plays the held-out answers against a baseline's (eval.*)
 
     @property
     def mixes(self) -> int:
@@ -216,7 +218,7 @@ def sync_engines(record: RoundRecord, context: RoundContext) -> None:
 def evaluate_round(record: RoundRecord, context: RoundContext) -> None:
     """The held-out evaluation, on the rounds that end with one."""
     if evaluates(context.cfg, record.r):
-        record.evaluation = evaluate(context, round_reference=each_round(context.cfg))
+        record.evaluation = evaluate(context, record.r, round_reference=each_round(context.cfg))
 
 
 # in order; the names are the time/<phase> keys of the round rows
@@ -328,10 +330,11 @@ def adapter_base(cfg: RunConfig, policy: PolicyGroup) -> PolicyGroup | None:
     return policy if cfg.model.lora.enabled else None
 
 
-def evaluate(context: RoundContext, round_reference: bool = False) -> dict[str, float]:
+def evaluate(context: RoundContext, r: int = 0, round_reference: bool = False) -> dict[str, float]:
     """On the held-out prompts (same seeds every round): mean reward sampled as in training and greedy (the task's
-    reward, also in a judged run), mean sampled length, and the KL to the starting reference on the sampled responses
-    (with round_reference, also to the round's own: the policy's snapshot at the round's start)."""
+    reward, also in a judged run), mean sampled length, the KL to the starting reference on the sampled responses
+    (with round_reference, also to the round's own: the policy's snapshot at the round's start), and with a held-out
+    judge the greedy answers' win rate against the baseline's."""
     cfg, groups, prompts = context.cfg, context.groups, context.inputs.eval_prompts
     o = cfg.online
     if not prompts:
@@ -347,8 +350,10 @@ def evaluate(context: RoundContext, round_reference: bool = False) -> dict[str, 
         with_logp=context.uses_reference,
     )
     metrics = {}
-    if groups.reward is not None:  # a judged run without a task reward has no absolute score to report
+    greedy = None
+    if groups.reward is not None or groups.eval_judge is not None:
         greedy = groups.rollout.generate(prompts, seeds, 1, 0.0, 1.0, o.max_tokens)
+    if groups.reward is not None:  # a judged run without a task reward has no absolute score to report
         metrics["eval/sampled_reward"] = stats.mean_score(groups.reward.score(prompts, stats.texts(sampled)))
         metrics["eval/greedy_reward"] = stats.mean_score(groups.reward.score(prompts, stats.texts(greedy)))
     metrics["eval/length"] = stats.mean_length(sampled)
@@ -363,7 +368,22 @@ def evaluate(context: RoundContext, round_reference: bool = False) -> dict[str, 
                 batches = eval_groups(cfg, len(pairs))
                 chosen, rejected = groups.reference.logps(pairs, batches, scorer, groups.mixes, weights)[0]
             metrics[name] = stats.kl_estimate(scored, chosen, rejected)
+    if groups.eval_judge is not None:
+        metrics.update(judged_win_rate(context, r, [texts[0] for texts in stats.texts(greedy)]))
     return metrics
+
+
+def judged_win_rate(context: RoundContext, r: int, answers: list[str]) -> dict[str, float]:
+    """The held-out judge's verdicts on the answers against the baseline's, both orders: eval.reference_answers, or
+    the starting policy's own (none at round 0, which draws and keeps them)."""
+    prompts, baseline = context.inputs.eval_prompts, context.inputs.eval_baseline
+    if baseline is None:
+        if r == 0:
+            context.store.save_eval_baseline(prompts, answers)
+            return {}
+        baseline = context.store.eval_baseline()
+    tallies = context.groups.eval_judge.tournament(prompts, [[a, b] for a, b in zip(answers, baseline, strict=True)])
+    return win_rate(tallies, answers, baseline).metrics()
 
 
 def _response(prompt: Text, text: str):

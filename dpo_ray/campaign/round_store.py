@@ -1,5 +1,6 @@
 """An online campaign's rounds on disk: each round's samples and pairs (datasets directories, written atomically),
-the summary rows (rounds.jsonl), and the round checkpoints whose presence marks a round finished."""
+the summary rows (rounds.jsonl), the round checkpoints whose presence marks a round finished, and the starting
+policy's held-out answers a judge plays later rounds' against."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from ..run_files import ROUNDS
 from .checkpoints import CheckpointStore, Hasher
 
 EMPTY = "EMPTY"  # marks a round directory that holds no rows
+EVAL_BASELINE = "eval_baseline.jsonl"
 PAIR_IDS = ("prompt_ids", "chosen_ids", "rejected_ids")
 EXAMPLE_IDS = ("prompt_ids", "completion_ids", "mismatched_ids")  # KTO's: a labelled completion, another's beside it
 
@@ -23,6 +25,16 @@ class RoundStore:
     def __init__(self, run_dir: Path, keep_checkpoints: int, settings: TokenizeSettings, every: int = 1, last: int = 0):
         self.run_dir, self.settings, self.every, self.last = run_dir, settings, every, last
         self.checkpoints = CheckpointStore(run_dir / "round_checkpoints", keep_checkpoints)
+
+    def save_eval_baseline(self, prompts: list, answers: list[str]) -> None:
+        """The starting policy's held-out answers, the baseline of every later round's win rate (a resume reads them
+        back rather than drawing them anew from a policy that has moved)."""
+        rows = [{"prompt": p, "response": a} for p, a in zip(prompts, answers, strict=True)]
+        write_text(self.run_dir / EVAL_BASELINE, "".join(json.dumps(row) + "\n" for row in rows))
+
+    def eval_baseline(self) -> list[str]:
+        lines = (self.run_dir / EVAL_BASELINE).read_text().splitlines()
+        return [json.loads(line)["response"] for line in lines]
 
     def round_dir(self, r: int) -> Path:
         return self.run_dir / "rounds" / f"round_{r:03d}"

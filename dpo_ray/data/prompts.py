@@ -1,7 +1,9 @@
-"""Prompt sources for online rounds: a 'prompt' field per row (a string or a list of messages), validated."""
+"""Prompt sources for online rounds: a 'prompt' field per row (a string or a list of messages), validated; and a
+held-out judge's fixed baseline, a 'response' per held-out prompt."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,3 +44,22 @@ def prompt_text(prompt: Text) -> str:
         return prompt
     users = [m["content"] for m in prompt if m["role"] == "user"]
     return users[-1] if users else prompt[-1]["content"]
+
+
+def load_reference_answers(source: str, prompts: Sequence[Text]) -> list[str]:
+    """The baseline answer to each of prompts, from a file of {prompt, response} rows (a response string, or an
+    assistant message list); a malformed row raises a DataError naming it, a prompt the file does not answer a
+    ValueError naming the file and the prompt."""
+    answers: dict[str, str] = {}
+    for path, index, raw in iter_rows(source):
+        if isinstance(raw, DataError):
+            raise raw
+        if not isinstance(raw, dict):
+            raise DataError(path, index, "<row>", f"a row must be an object, got {type(raw).__name__}")
+        prompt, response = text_field(raw, "prompt", path, index), text_field(raw, "response", path, index)
+        answers[json.dumps(prompt)] = response if isinstance(response, str) else response[-1]["content"]
+    missing = [p for p in prompts if json.dumps(p) not in answers]
+    if missing:
+        first = prompt_text(missing[0])
+        raise ValueError(f"{source}: no answer to {len(missing)} of the {len(prompts)} held-out prompts: {first!r}")
+    return [answers[json.dumps(p)] for p in prompts]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
-from ..reward_source import reward_source
+from ..reward_source import eval_judge_config, reward_source
 from ..schema import RunConfig
 from ..sizing import memory_estimate as memory
 from ..sizing.judge_length import judge_max_model_len
@@ -33,6 +33,7 @@ class PlanModels:
     reference: str
     reward: str = ""
     judge: str = ""
+    eval_judge: str = ""  # the held-out judge's, with a group of its own
 
 
 @dataclass
@@ -98,10 +99,11 @@ def group_memory(
         shape = model_shape(models.policy, cfg.model.trust_remote_code)
         setting = f"tensor parallel {cfg.rollout.tensor_parallel_size}, max_model_len {max_model_len}"
         return memory.engine_gpu(cfg, shape, max_model_len, device), setting
-    if name == "judge":
-        if not models.judge:
+    if name in ("judge", "eval_judge"):
+        judge_dir = models.judge if name == "judge" else models.eval_judge
+        if not judge_dir:
             return memory.rule_worker("a judge function"), "judge function"
-        shape = model_shape(models.judge, cfg.model.trust_remote_code)
+        shape = model_shape(judge_dir, cfg.model.trust_remote_code)
         length = judge_max_model_len(max_model_len, shape.max_positions)
         tp = cfg.reward.judge_tensor_parallel_size
         judge = set_option(cfg, "rollout.tensor_parallel_size", tp)
@@ -257,6 +259,7 @@ REMEDIES = {
     "reward": [("reward.micro_batch_size", [8, 1])],
     "judge": [("reward.judge_tensor_parallel_size", [2, 4, 8]), ("rollout.gpu_memory_utilization", [0.9, 0.95])],
 }
+REMEDIES["eval_judge"] = REMEDIES["judge"]  # served and sized as the training judge
 
 
 def set_option(cfg: RunConfig, dotted: str, value) -> RunConfig:
@@ -360,9 +363,10 @@ def render(plan: Plan) -> str:
     )
     order = "all groups live at once" if plan.concurrent else "one group at a time: the reference is released first"
     lines += ["", f"groups, in start order ({order}), placement {plan.strategy}:"]
+    width = max([9, *(len(g.need.name) for g in plan.groups)])
     for g in plan.groups:
         lines.append(
-            f"  {g.need.name:<9} {g.need.size:>3} x {bundle_text(g.need.bundle())}  {g.setting}; "
+            f"  {g.need.name:<{width}} {g.need.size:>3} x {bundle_text(g.need.bundle())}  {g.setting}; "
             f"{placement_text(plan, g)}"
         )
     lines += ["", "memory per actor, GiB (actors of a group are alike):"]
@@ -476,7 +480,9 @@ def plan_models(cfg: RunConfig, command: str) -> PlanModels:
     if command != "online":
         return PlanModels(policy, cfg.model.reference_path or policy)
     reward = reward_source(cfg).resolved(cfg)
-    return PlanModels(policy, cfg.model.reference_path or policy, reward.reward_model, reward.judge_model)
+    judged = eval_judge_config(cfg)
+    eval_judge = reward_source(judged).resolved(judged).judge_model if judged is not None else ""
+    return PlanModels(policy, cfg.model.reference_path or policy, reward.reward_model, reward.judge_model, eval_judge)
 
 
 def verdict(plan: Plan) -> str:

@@ -39,6 +39,8 @@ ROUND_ROWS = [
     ("eval/greedy_reward", "held-out greedy reward"),
     ("eval/kl", "KL to reference (nats/response)"),
     ("eval/kl_to_round_reference", "KL to the round's reference (nats/response)"),
+    ("eval/win_rate", "held-out win rate vs the baseline (judge)"),
+    ("eval/length_controlled_win_rate", "length-controlled win rate"),
     ("eval/length", "held-out sampled length (tokens)"),
     ("time/round", "seconds per round"),
 ]

@@ -138,6 +138,10 @@ ROUNDS: list[Panel] = [
         [("eval/kl", "held-out sampled"), ("eval/kl_to_round_reference", "to the round's reference")],
     ),
     (
+        "held-out win rate vs the baseline (judge)",
+        [("eval/win_rate", "win rate"), ("eval/length_controlled_win_rate", "length-controlled")],
+    ),
+    (
         "pair quality (shares)",
         [
             ("pairs/tied_prompt_share", "tied prompts"),

@@ -4,9 +4,9 @@ from the nodes' resources before any actor starts."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from ..reward_source import reward_source
+from ..reward_source import eval_judge_config, eval_judge_group_needed, reward_source
 from ..schema import RunConfig
 
 
@@ -74,11 +74,13 @@ def groups_live_together(cfg: RunConfig, online: bool) -> bool:
 def group_needs(cfg: RunConfig, reference: bool, online: bool) -> list[GroupNeed]:
     """What each group of a run asks of the cluster (ranks, and CPUs and GPUs per rank), in the order the campaign
     starts them: offline the reference (released before) the policy; online rollout, reward (unless a judged run
-    has none to evaluate with), judge (when judged), reference, policy."""
+    has none to evaluate with), judge (when judged), the held-out judge (one of its own), reference, policy."""
     needs = [rollout_need(cfg)] if online else []
     reward = reward_source(cfg)
     needs += [reward_need(cfg)] if online and reward.reward_group_needed else []
     needs += [judge_need(cfg)] if online and reward.judged else []
+    if online and eval_judge_group_needed(cfg):
+        needs.append(replace(judge_need(eval_judge_config(cfg)), name="eval_judge"))
     if reference:
         needs.append(reference_need(cfg))
     return needs + [policy_need(cfg)]

@@ -162,10 +162,16 @@ def test_each_round_trains_against_the_policy_as_the_round_began_also_after_a_re
     """online.reference_update=each_round (iterative DPO: M_t is the reference of iteration t+1): each round's first
     step finds the policy equal to its reference, implicit rewards exactly 0, here in a campaign resumed after round
     1; with the frozen reference round 2 begins where round 1 left them. Round 1 is the frozen run's own (the same
-    reference then), and its KL to the round's reference (the policy's snapshot) is the reference group's KL."""
+    reference then), and its KL to the round's reference (the policy's snapshot) is the reference group's KL. A
+    held-out judge (the task's rule judge, a group of its own) plays each round's greedy answers against the starting
+    policy's, kept at round 0 and read back by the resumed run."""
+    from dpo_ray.data.prompts import prompt_text
+    from dpo_ray.tasks.number_words import reward
+
     run_dir = tmp_path_factory.mktemp("online-each-round")
-    each_round = ("online.reference_update=each_round",)
+    each_round = ("online.reference_update=each_round", "eval.judge_fn=dpo_ray.tasks.number_words:judge")
     run_online(run_dir, cache_dir, 1, *each_round)
+    baseline = (run_dir / "eval_baseline.jsonl").read_text()
     resumed = run_online(run_dir, cache_dir, 2, *each_round)
     assert resumed.resumed_from == 1
     for row in first_steps(resumed):
@@ -174,10 +180,17 @@ def test_each_round_trains_against_the_policy_as_the_round_began_also_after_a_re
     assert frozen[0]["rewards/chosen"] == 0.0 and abs(frozen[1]["rewards/margins"]) > 1e-3
     assert pairs_of(resumed, 1) == pairs_of(two_rounds, 1)
     rows = resumed.rounds
-    print("each_round rows:", [{k: v for k, v in row.items() if "kl" in k or "reward" in k} for row in rows])
+    print("each_round rows:", [{k: v for k, v in row.items() if k.startswith("eval/")} for row in rows])
     assert [row["reference_version"] for row in rows[1:]] == [0, 1] and "eval/kl_to_round_reference" not in rows[0]
     assert rows[1]["eval/kl_to_round_reference"] == pytest.approx(rows[1]["eval/kl"], abs=1e-4)
     assert rows[2]["eval/kl_to_round_reference"] < rows[2]["eval/kl"]
+    kept = [json.loads(line) for line in baseline.splitlines()]
+    assert (run_dir / "eval_baseline.jsonl").read_text() == baseline and len(kept) == 200
+    right = [reward(prompt_text(row["prompt"]), row["response"]) for row in kept]
+    assert sum(right) / len(right) == rows[0]["eval/greedy_reward"] and "eval/win_rate" not in rows[0]
+    for row in rows[1:]:
+        assert row["eval/win_rate_low"] <= row["eval/win_rate"] <= row["eval/win_rate_high"]
+    assert rows[2]["eval/win_rate"] > 0.6
 
 
 def test_async_rounds_draw_round_2_while_round_1_trains_and_record_the_policy_version(async_two, two_rounds):

@@ -97,6 +97,7 @@ class Judge:
 
     def tournament(self, prompts, samples):
         self.calls.append("tournament")
+        self.given = (prompts, samples)
         return self.tallies
 
 
@@ -161,6 +162,7 @@ def a_context(tmp_path, cfg: RunConfig | None = None, *, drawn=None, scores=None
         policy=Policy(calls),
         sync=Sync(calls),
         mix=kw.pop("mix", None),
+        eval_judge=kw.pop("eval_judge", None),
     )
     fields = dict(
         cfg=cfg,
@@ -431,6 +433,28 @@ def test_the_held_out_evaluation_scores_sampled_and_greedy_draws_and_the_kl(tmp_
     }
     sampled, greedy = context.groups.rollout.submitted
     assert sampled == (["q0"], [seed_of(0, 0)], 4, 1.0, True) and greedy[2:4] == (1, 0.0)
+
+
+def test_a_held_out_judge_plays_each_rounds_greedy_answers_against_the_starting_policys(tmp_path):
+    """eval.judge_*: round 0 keeps the starting policy's greedy answers in the run directory and reports no win rate;
+    a later round's greedy answers play them (candidate first; the stand-in judge's tally: the candidate won). With
+    eval.reference_answers the file's answers are the baseline from round 0 on, and nothing is kept."""
+    import json
+
+    won = Tally(wins=[1.0, 0.0], beats={(0, 1)}, agreed=1)
+    judge = Judge([], [won])
+    context = a_context(tmp_path, eval_judge=judge)
+    assert not any(k.startswith("eval/win") for k in evaluate(context, 0))
+    kept = tmp_path / "eval_baseline.jsonl"
+    assert [json.loads(line) for line in kept.read_text().splitlines()] == [{"prompt": "q0", "response": "abc"}]
+    context.groups.rollout.greedy = [Sample("abcd", (5, 6, 7, 8))]
+    metrics = evaluate(context, 1)
+    assert judge.given == (["q0"], [["abcd", "abc"]])
+    assert metrics["eval/win_rate"] == 1.0 and metrics["eval/length_ratio"] == 4 / 3
+    kept.unlink()
+    context.inputs.eval_baseline = ["xyz"]
+    assert evaluate(context, 0)["eval/win_rate"] == 1.0 and judge.given == (["q0"], [["abcd", "xyz"]])
+    assert not kept.exists()
 
 
 def test_a_run_without_a_task_reward_or_a_reference_evaluates_the_length_alone(tmp_path):

@@ -117,6 +117,18 @@ def test_a_judge_model_is_planned_as_an_engine_of_its_own_model(models, capsys):
     assert status == 0 and "judge       1 x {CPU: 4}  judge function;" in out
 
 
+def test_a_held_out_judge_model_is_planned_as_a_judge_engine_of_its_own(models, capsys):
+    """eval.judge_model beside a reward: a group of its own, sized as a training judge (the same 8B judge's 14.96 GiB
+    of bf16 weights and max_model_len as above); eval.judge_fn: a CPU worker."""
+    run = ["online", f"model.path={models['8b']}", "cluster=single_node_8gpu", "--nodes=1"]
+    status, out = plan(capsys, *run, f"eval.judge_model={models['8b']}")
+    assert status == 0, out
+    assert "eval_judge   1 x {CPU: 4, GPU: 1}  judge engine, tensor parallel 1, max_model_len 2816;" in out
+    assert "eval_judge GPU: weights 14.96 + KV cache" in out
+    status, out = plan(capsys, *run, "eval.judge_fn=os.path:join")
+    assert status == 0 and "eval_judge   1 x {CPU: 4}  judge function;" in out
+
+
 def canonical(groups: list[tuple[str, list[str]]], concurrent: bool) -> list:
     """A placement up to the naming of interchangeable nodes: for each group, which ranks share a node; and for the
     groups alive together, the multiset of what each node holds (one group at a time offline: after the reference
