@@ -18,6 +18,7 @@ class RewardKind(str, Enum):
     task = "task"  # no reward option: the built-in model's or prompt task's own rule
     judge_model = "judge_model"  # reward.judge_model: an LLM judge, served by vLLM
     judge_fn = "judge_fn"  # reward.judge_fn: a judge function by import path
+    self_judge = "self_judge"  # reward.judge_model=policy: the rollout engines judge their own samples (self-rewarding)
 
 
 # The reward options (of RewardConfig) and the kind each names, in precedence order: a judge replaces the reward, and
@@ -28,7 +29,8 @@ OPTIONS = {
     "fn": RewardKind.rule,
     "model_path": RewardKind.model,
 }
-JUDGES = (RewardKind.judge_model, RewardKind.judge_fn)
+JUDGES = (RewardKind.judge_model, RewardKind.judge_fn, RewardKind.self_judge)
+SELF = "policy"  # reward.judge_model's name for the policy itself
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,11 @@ class RewardSource:
         return self.target if self.kind is RewardKind.judge_fn else ""
 
     @property
+    def judge_group_needed(self) -> bool:
+        """A judge group of its own serves the judge (a self-judging policy's are the rollout engines)."""
+        return self.kind in (RewardKind.judge_model, RewardKind.judge_fn)
+
+    @property
     def reward_group_needed(self) -> bool:
         """A reward group scores the samples, or (judged) evaluates held-out answers with the task's rule if any."""
         return not self.judged or bool(self.task_rule)
@@ -83,7 +90,8 @@ class RewardSource:
         keep their print)."""
         parts = {"reward": {"fn": self.rule, "model": self.reward_model}}
         if self.judged:
-            parts["judge"] = {"model": self.judge_model, "fn": self.judge_fn, "template": judge_template}
+            model = SELF if self.kind is RewardKind.self_judge else self.judge_model
+            parts["judge"] = {"model": model, "fn": self.judge_fn, "template": judge_template}
         return parts
 
     def resolved(self, cfg: RunConfig) -> RewardSource:
@@ -102,6 +110,8 @@ def reward_source(cfg: RunConfig) -> RewardSource:
 
     tasks = {"online.prompt_task": PROMPT_TASKS.get(cfg.online.prompt_task), "model.path": MODELS.get(cfg.model.path)}
     task_option, task_rule = next(((o, b.reward) for o, b in tasks.items() if b and b.reward), ("", ""))
+    if cfg.reward.judge_model == SELF:
+        return RewardSource(RewardKind.self_judge, SELF, "reward.judge_model", task_rule)
     for name, kind in OPTIONS.items():
         if getattr(cfg.reward, name):
             return RewardSource(kind, getattr(cfg.reward, name), f"reward.{name}", task_rule)

@@ -350,8 +350,9 @@ class RewardConfig:
     )
     judge_model: str = opt(
         "",
-        "pairwise LLM judge (its own vLLM group) instead of a reward: an HF chat-model directory or 'smollm2-135m'; "
-        "a pair is kept only when both orders agree",
+        "pairwise LLM judge (its own vLLM group) instead of a reward: an HF chat-model directory, 'smollm2-135m', or "
+        "'policy' (self-rewarding: the rollout engines judge their own samples); a pair is kept only when both orders "
+        "agree",
     )
     judge_fn: str = opt(
         "", "pairwise judge 'module:function' of (prompt_text, response_a, response_b) -> the judge's answer text"

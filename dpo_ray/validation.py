@@ -318,6 +318,8 @@ def _reference_update(cfg: RunConfig) -> list[str]:
 def _eval_judge(cfg: RunConfig) -> list[str]:
     """One held-out judge at most; a baseline file only for a judge to read."""
     e = cfg.eval
+    if e.judge_model == "policy":
+        return ["eval.judge_model=policy: the yardstick would be the model it measures; name another judge"]
     if e.judge_model and e.judge_fn:
         return [f"eval.judge_model={e.judge_model!r}: not with eval.judge_fn={e.judge_fn!r}; one held-out judge"]
     if e.reference_answers and not (e.judge_model or e.judge_fn):

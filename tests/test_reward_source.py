@@ -23,6 +23,7 @@ OWN = ("model.path=/models/policy", "online.prompt_files=[p.jsonl]")  # no built
         (("reward.model_path=/models/rm",), RewardKind.model, "/models/rm", "reward.model_path", EMBEDDED_RULE),
         (("reward.judge_model=/models/j",), RewardKind.judge_model, "/models/j", "reward.judge_model", EMBEDDED_RULE),
         (("reward.judge_fn=mine:judge",), RewardKind.judge_fn, "mine:judge", "reward.judge_fn", EMBEDDED_RULE),
+        (("reward.judge_model=policy",), RewardKind.self_judge, "policy", "reward.judge_model", EMBEDDED_RULE),
         (("online.prompt_task=imdb", "model.path=/models/policy"), RewardKind.task, VADER, "online.prompt_task", VADER),
         (("online.prompt_task=imdb",), RewardKind.task, VADER, "online.prompt_task", VADER),  # before the model's
         ((*OWN, "reward.fn=mine:score"), RewardKind.rule, "mine:score", "reward.fn", ""),
@@ -60,6 +61,7 @@ def test_a_judged_run_starts_a_reward_group_only_to_evaluate_with_its_tasks_rule
         (("reward.judge_model=/models/j", "reward.judge_tensor_parallel_size=4"), 0.0, 4.0),
         (("reward.judge_fn=mine:judge",), 0.0, 0.0),
         ((*OWN, "reward.judge_model=/models/j"), None, 1.0),  # no task rule: no reward group
+        (("reward.judge_model=policy",), 0.0, None),  # self-rewarding: the rollout engines judge, no judge group
     ],
 )
 def test_each_kind_asks_the_gpus_it_runs_on(overrides, reward_gpus, judge_gpus):
@@ -95,3 +97,24 @@ def test_resolving_leaves_a_directory_and_a_rule_as_given():
     for overrides in (("reward.model_path=/models/rm",), ("reward.judge_fn=mine:judge",), ()):
         cfg = config(*overrides, command="online")
         assert reward_source(cfg).resolved(cfg) == reward_source(cfg)
+
+
+def test_a_held_out_judge_gets_a_group_of_its_own_unless_it_is_the_training_judge():
+    """eval.judge_fn beside a reward: an eval_judge group placed as a judge (a CPU worker for a function); the same
+    judge as the training one: that group serves both; the policy judging its own yardstick: refused."""
+    from dpo_ray.compose import ConfigError, compose
+
+    names = lambda *overrides: [n.name for n in group_needs(config(*overrides, command="online"), True, True)]
+    assert names("eval.judge_fn=mine:judge") == ["rollout", "reward", "eval_judge", "reference", "policy"]
+    assert names("reward.judge_fn=mine:judge", "eval.judge_fn=mine:judge") == [
+        "rollout",
+        "reward",
+        "judge",
+        "reference",
+        "policy",
+    ]
+    assert reward_source(config("reward.judge_model=policy", command="online")).fingerprint("")["judge"]["model"] == (
+        "policy"
+    )
+    with pytest.raises(ConfigError, match="eval.judge_model=policy: the yardstick would be the model it measures"):
+        compose(["eval.judge_model=policy"], "online")

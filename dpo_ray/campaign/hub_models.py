@@ -18,7 +18,7 @@ HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 WEIGHTS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"]  # never pickles (*.bin)
 CONFIG_ONLY = ["*.json"]  # what a plan reads
 # The options that name a model: a directory, a built-in name (see resolve_hub_models) or a Hub id.
-HUB_OPTIONS = ("model.path", "model.reference_path", "reward.model_path", "reward.judge_model")
+HUB_OPTIONS = ("model.path", "model.reference_path", "reward.model_path", "reward.judge_model", "eval.judge_model")
 
 
 def is_hub_id(value: str) -> bool:
@@ -67,7 +67,12 @@ def resolve_hub_models(cfg: RunConfig, config_only: bool = False) -> None:
     plan reads). Built-in names are left for their own resolution."""
     from ..tasks.registry import JUDGE_MODELS, MODELS, REWARD_MODELS
 
-    builtins = {"model.path": MODELS, "reward.model_path": REWARD_MODELS, "reward.judge_model": JUDGE_MODELS}
+    builtins = {
+        "model.path": MODELS,
+        "reward.model_path": REWARD_MODELS,
+        "reward.judge_model": JUDGE_MODELS,
+        "eval.judge_model": JUDGE_MODELS,
+    }
     for option in HUB_OPTIONS:
         section, name = option.split(".")
         value = getattr(getattr(cfg, section), name)

@@ -14,7 +14,7 @@ from ..data.loading import InMemorySource
 from ..data.prompts import load_prompts, load_reference_answers
 from ..data.tokenize import TokenizedPair, TokenizeSettings
 from ..losses.registry import is_unpaired
-from ..reward_source import RewardSource, eval_judge_config, reward_source
+from ..reward_source import RewardKind, RewardSource, eval_judge_config, reward_source
 from ..schema import RunConfig
 from ..tasks.registry import resolve_model, resolve_prompt_task
 from ..workers.models import load_tokenizer
@@ -86,7 +86,8 @@ def online_inputs(cfg: RunConfig) -> OnlineInputs:
     if getattr(tokenizer, "chat_template", None) is None and any(isinstance(p, list) for p in prompts + eval_prompts):
         raise InputError(f"the prompts hold messages, and the tokenizer of {task.model_path} has no chat template")
     reward = reward_source(cfg).resolved(cfg)
-    check_chat_judge(cfg, "reward.judge_model", cfg.reward.judge_model, reward.judge_model)
+    judge_dir = task.model_path if reward.kind is RewardKind.self_judge else reward.judge_model
+    check_chat_judge(cfg, "reward.judge_model", cfg.reward.judge_model, judge_dir)
     judged = eval_judge_config(cfg)
     eval_judge = reward_source(judged).resolved(judged) if judged is not None else None
     if eval_judge is not None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..data.formats import Text
 from ..data.tokenize import TokenizeSettings, encode_prompt
-from ..groups.judge_group import JudgeGroup
+from ..groups.judge_group import JudgeGroup, SelfJudge
 from ..groups.policy_group import PolicyGroup
 from ..groups.reference_mix import ReferenceMix
 from ..groups.reward_group import RewardGroup
@@ -24,7 +24,7 @@ from ..losses.registry import is_unpaired
 from ..objective import needs_reference
 from ..planning.plan import PlanModels
 from ..report import round_monitors
-from ..reward_source import eval_judge_config, eval_judge_group_needed
+from ..reward_source import RewardKind, eval_judge_config, eval_judge_group_needed
 from ..schema import Resume, RunConfig
 from ..sizing.judge_length import judge_max_model_len
 from ..sizing.model_shape import model_shape
@@ -180,9 +180,15 @@ class OnlineCampaign:
             return o.max_pairs_per_prompt
         return o.samples_per_prompt if o.desirable_threshold is not None else 2 * o.max_pairs_per_prompt
 
-    def engine_length(self) -> int:
-        """The longest prompt + response the engines will hold."""
+    def sample_length(self) -> int:
+        """The longest prompt + response a round draws."""
         return max(map(len, [*self.prompt_ids, *self.eval_prompt_ids]), default=0) + self.cfg.online.max_tokens
+
+    def engine_length(self) -> int:
+        """The longest sequence the rollout engines will hold: a sample, or a self-judging policy's judge prompt."""
+        if self.inputs.reward.kind is not RewardKind.self_judge:
+            return self.sample_length()
+        return self.judge_length(self.inputs.model_path)
 
     def judge_length(self, judge: str) -> int:
         """The longest judge prompt + verdict the engines of judge (a model directory) will hold (0: a judge function,
@@ -190,7 +196,7 @@ class OnlineCampaign:
         if not judge:
             return 0
         positions = model_shape(judge, self.cfg.model.trust_remote_code).max_positions
-        return judge_max_model_len(self.engine_length(), positions)
+        return judge_max_model_len(self.sample_length(), positions)
 
     def _start_groups(self, started: list) -> Groups:
         """Every group, reserved one after another in start order (where the plan places them), then started
@@ -203,7 +209,7 @@ class OnlineCampaign:
         makers = {"rollout": lambda at: RolloutGroup(cfg, inputs.model_path, self.engine_length(), at)}
         if inputs.reward.reward_group_needed:
             makers["reward"] = lambda at: RewardGroup(cfg, inputs.reward, at)
-        if inputs.reward.judged:
+        if inputs.reward.judge_group_needed:
             makers["judge"] = lambda at: JudgeGroup(
                 cfg, inputs.reward, self.judge_length(inputs.reward.judge_model), at
             )
@@ -222,8 +228,9 @@ class OnlineCampaign:
         sync = WeightSync(cfg, policy, rollout)
         mix = ReferenceMix(cfg, policy, reference.group) if cfg.algo.sync_ref_model else None
         log.info("%d groups started together in %.1fs", len(makers), time.perf_counter() - began)
-        eval_judge = groups.get("eval_judge") or (groups.get("judge") if inputs.eval_judge is not None else None)
-        return Groups(rollout, groups.get("reward"), groups.get("judge"), reference, policy, sync, mix, eval_judge)
+        judge = SelfJudge(cfg, rollout) if inputs.reward.kind is RewardKind.self_judge else groups.get("judge")
+        eval_judge = groups.get("eval_judge") or (judge if inputs.eval_judge is not None else None)
+        return Groups(rollout, groups.get("reward"), judge, reference, policy, sync, mix, eval_judge)
 
 
 def also(*writers):

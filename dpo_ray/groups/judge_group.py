@@ -3,7 +3,7 @@ prompt's samples against each other in both orders; see data.tournament for the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from ..data.formats import Text
@@ -15,6 +15,7 @@ from ..sizing.resources import judge_need
 from ..workers.device import device_spec, rank_env
 from ..workers.engine_args import engine_env
 from .actor_group import ActorGroup
+from .rollout_group import RolloutGroup
 
 VERDICT_TOKENS = 8  # "A", "B" or "tie", and room for a label or markup before it
 
@@ -51,18 +52,7 @@ class JudgeGroup:
 
     def tournament(self, prompts: Sequence[Text], responses: Sequence[Sequence[str]]) -> list[Tally]:
         """Each prompt's round robin, judged: one Tally per prompt (wins per sample, agreed beats, counts)."""
-        orders = [round_robin(outs) for outs in responses]
-        requests = [
-            (prompt_text(p), outs[i], outs[j])
-            for p, outs, pairs in zip(prompts, responses, orders, strict=True)
-            for i, j in pairs
-        ]
-        answers = self._answers(requests) if requests else []
-        tallies, start = [], 0
-        for outs, pairs in zip(responses, orders):
-            tallies.append(tally(outs, pairs, answers[start : start + len(pairs)]))
-            start += len(pairs)
-        return tallies
+        return play(prompts, responses, self._answers)
 
     def _answers(self, requests: list[tuple[str, str, str]]) -> list[str]:
         if not self.uses_model:
@@ -73,3 +63,38 @@ class JudgeGroup:
 
     def shutdown(self) -> None:
         self.group.shutdown()
+
+
+class SelfJudge:
+    """reward.judge_model=policy (Self-Rewarding Language Models, Yuan et al. 2024): the rollout engines, holding the
+    policy that drew the round, judge its samples with the same pairwise prompt in both orders (no engine of their
+    own)."""
+
+    def __init__(self, cfg: RunConfig, rollout: RolloutGroup):
+        self.template, self.rollout = cfg.reward.judge_template or DEFAULT_TEMPLATE, rollout
+
+    def tournament(self, prompts: Sequence[Text], responses: Sequence[Sequence[str]]) -> list[Tally]:
+        return play(prompts, responses, self._answers)
+
+    def _answers(self, requests: list[tuple[str, str, str]]) -> list[str]:
+        messages = [[{"role": "user", "content": judge_request(self.template, *request)}] for request in requests]
+        drawn = self.rollout.generate(messages, [0] * len(messages), 1, 0.0, 1.0, VERDICT_TOKENS)
+        return [samples[0].text for samples in drawn]
+
+
+def play(
+    prompts: Sequence[Text], responses: Sequence[Sequence[str]], answer: Callable[[list], list[str]]
+) -> list[Tally]:
+    """Each prompt's round robin, every (prompt, A, B) request answered by answer at once: one Tally per prompt."""
+    orders = [round_robin(outs) for outs in responses]
+    requests = [
+        (prompt_text(p), outs[i], outs[j])
+        for p, outs, pairs in zip(prompts, responses, orders, strict=True)
+        for i, j in pairs
+    ]
+    answers = answer(requests) if requests else []
+    tallies, start = [], 0
+    for outs, pairs in zip(responses, orders):
+        tallies.append(tally(outs, pairs, answers[start : start + len(pairs)]))
+        start += len(pairs)
+    return tallies

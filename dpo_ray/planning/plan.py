@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
-from ..reward_source import eval_judge_config, reward_source
+from ..reward_source import RewardKind, eval_judge_config, reward_source
 from ..schema import RunConfig
 from ..sizing import memory_estimate as memory
 from ..sizing.judge_length import judge_max_model_len
@@ -117,10 +117,13 @@ def group_memory(
 
 def engine_length(cfg: RunConfig, shape: ModelShape, known: int) -> int:
     """An engine's max_model_len: rollout.max_model_len, else the run's (known once prompts are read), else
-    data.max_length + online.max_tokens, within the model's positions."""
+    data.max_length + online.max_tokens (a self-judging policy's: a judge prompt of two), within the model's
+    positions."""
     if cfg.rollout.max_model_len or known:
         return cfg.rollout.max_model_len or known
     length = (cfg.data.max_length or shape.max_positions) + cfg.online.max_tokens
+    if reward_source(cfg).kind is RewardKind.self_judge:  # the engines also hold judge prompts of two samples
+        return judge_max_model_len(length, shape.max_positions)
     return min(length, shape.max_positions) if shape.max_positions else length
 
 

@@ -78,7 +78,7 @@ def group_needs(cfg: RunConfig, reference: bool, online: bool) -> list[GroupNeed
     needs = [rollout_need(cfg)] if online else []
     reward = reward_source(cfg)
     needs += [reward_need(cfg)] if online and reward.reward_group_needed else []
-    needs += [judge_need(cfg)] if online and reward.judged else []
+    needs += [judge_need(cfg)] if online and reward.judge_group_needed else []
     if online and eval_judge_group_needed(cfg):
         needs.append(replace(judge_need(eval_judge_config(cfg)), name="eval_judge"))
     if reference:

@@ -101,7 +101,9 @@ class RolloutWorker:
         with_logp: bool = False,
     ) -> list[list[Sample]]:
         """n responses per (prompt, seed) job; the seed makes a prompt's samples the same whichever engine draws them.
-        with_logp also returns their log-probs (it costs: on a tiny model, twice the generation time)."""
+        with_logp also returns their log-probs (it costs: on a tiny model, twice the generation time). A prompt that
+        leaves no room for max_tokens in the engine (a judge prompt past a small model's positions) gets n empty
+        responses, which a judge's tally counts as no verdict, instead of failing the whole call."""
         from vllm import SamplingParams
 
         params = [
@@ -117,11 +119,15 @@ class RolloutWorker:
             for _, seed in jobs
         ]
         prompts = [self._prompt(p) for p, _ in jobs]
-        outputs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=self.adapter)
-        return [
-            [
+        room = self.llm.model_config.max_model_len - max_tokens
+        fits = [i for i, prompt in enumerate(prompts) if len(prompt["prompt_token_ids"]) <= room]
+        chosen = ([prompts[i] for i in fits], [params[i] for i in fits])
+        outputs = self.llm.generate(*chosen, use_tqdm=False, lora_request=self.adapter) if fits else []
+        drawn = {
+            i: [
                 Sample(c.text, tuple(c.token_ids), float(c.cumulative_logprob) if with_logp else None)
                 for c in out.outputs
             ]
-            for out in outputs
-        ]
+            for i, out in zip(fits, outputs, strict=True)
+        }
+        return [drawn.get(i, [Sample("", ())] * n) for i in range(len(prompts))]

@@ -50,6 +50,32 @@ def test_two_engines_return_n_samples_per_prompt_reproducibly_however_prompts_ar
     assert rollout.generate(CHAT, [s + 1 for s in seeds], 3, 1.0, 1.0, 12) != first
 
 
+def test_a_self_judging_policy_asks_its_rollout_engines_and_a_judge_prompt_too_long_gets_no_verdict(rollout):
+    """reward.judge_model=policy: the tournament's answers are the rollout engines' greedy answers to the judge
+    messages, both orders (checked against the engines asked directly); the built-in template does not fit the 128
+    positions with a prompt and two answers on this character-level model, so each comparison is counted with no
+    verdict, where vLLM would have refused the whole call."""
+    from dpo_ray.data.prompts import prompt_text
+    from dpo_ray.data.tournament import judge_request, round_robin, tally
+    from dpo_ray.groups.judge_group import VERDICT_TOKENS, SelfJudge
+
+    cfg = RunConfig()
+    cfg.reward.judge_template = "{prompt} A: {response_a} B: {response_b} Better:"
+    responses = [["one", "two"], ["three", "four"]]
+    tallies = SelfJudge(cfg, rollout).tournament(CHAT[:2], responses)
+    orders = [round_robin(outs) for outs in responses]
+    asked = [
+        [{"role": "user", "content": judge_request(cfg.reward.judge_template, prompt_text(p), outs[i], outs[j])}]
+        for p, outs, pairs in zip(CHAT[:2], responses, orders)
+        for i, j in pairs
+    ]
+    answers = [samples[0].text for samples in rollout.generate(asked, [0] * 4, 1, 0.0, 1.0, VERDICT_TOKENS)]
+    assert tallies == [tally(responses[k], orders[k], answers[2 * k : 2 * k + 2]) for k in range(2)]
+    cfg.reward.judge_template = ""
+    long = SelfJudge(cfg, rollout).tournament(CHAT[:2], responses)
+    assert [(t.unparseable, t.comparisons) for t in long] == [(1, 1), (1, 1)]
+
+
 def test_a_samples_log_prob_is_the_sum_of_its_tokens_log_probs_scored_afresh(rollout, tiny_model_dir):
     from dpo_ray.data.tokenize import encode_prompt
     from dpo_ray.workers.models import load_tokenizer
