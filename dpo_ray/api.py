@@ -139,6 +139,95 @@ def plan(
     return make_plan(cfg, command, where, models, source)
 
 
+@dataclass
+class CampaignResult:
+    """What `dpo-ray campaign FILE.yaml` left: a run directory per stage under campaign_dir, the lineage of every
+    model (lineage.json) and the stages compared (campaign.md)."""
+
+    campaign_dir: Path
+    stages: dict[str, RunResult]  # by stage name, in order
+    skipped: list[str]  # the stages found finished with the same key, not run again
+    lineage: Path
+    summary: Path
+
+
+def campaign(path: str | Path, *overrides: str) -> CampaignResult:
+    """The stages of a campaign file in order, as `dpo-ray campaign FILE.yaml`: each a train or online run in
+    campaign_dir/NAME, starting from the previous stage's final model unless its overrides name one. Every stage is
+    composed and checked before the first runs. A stage found finished with the same key (its command, overrides and
+    parent's key) is skipped; one interrupted resumes; one changed, or after a changed one, runs anew (its old run
+    directory moved aside to NAME.replaced-N, never deleted). overrides apply to every stage, after its own."""
+    from .atomic import write_text
+    from .stages import (
+        CAMPAIGN_MD,
+        DATA_OPTIONS,
+        LINEAGE,
+        STAGE_STATE,
+        campaign_markdown,
+        campaign_plot,
+        file_digest,
+        headline,
+        read_campaign,
+        stage_key,
+    )
+    from .tasks.registry import MODELS
+
+    plan = read_campaign(path, list(overrides))
+    root = plan.output_dir.expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    parent_key, parent_model, parent_stage = "", "", ""
+    results: dict[str, RunResult] = {}
+    lineage, skipped = [], []
+    for stage in plan.stages:
+        key, run_dir = stage_key(stage, parent_key), root / stage.name
+        overrides = [*stage.overrides, f"output_dir={run_dir}"]
+        if parent_model and not stage.names_model:
+            overrides.append(f"model.start_from={parent_model}")
+        cfg = config(*overrides, command=stage.command)
+        state_path = run_dir / STAGE_STATE
+        state = json.loads(state_path.read_text()) if state_path.exists() else None
+        if state is not None and state["key"] == key and state["finished"]:
+            skipped.append(stage.name)
+            results[stage.name] = RunResult.of_directory(run_dir)
+        else:
+            if run_dir.exists() and (state is None or state["key"] != key):
+                n = 1
+                while (root / f"{stage.name}.replaced-{n}").exists():
+                    n += 1
+                run_dir.rename(root / f"{stage.name}.replaced-{n}")
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_text(state_path, json.dumps({"key": key, "finished": False}))
+            results[stage.name] = train(cfg) if stage.command == "train" else online(cfg)
+            write_text(state_path, json.dumps({"key": key, "finished": True}))
+        result = results[stage.name]
+        files = [f for option in DATA_OPTIONS for f in _option(cfg, option)]
+        lineage.append(
+            {
+                "stage": stage.name,
+                "command": stage.command,
+                "model": str(result.final_model),
+                "parent": parent_model or cfg.model.path,
+                "parent_stage": parent_stage,
+                "task": cfg.model.path if cfg.model.path in MODELS else "",
+                "data": {f: file_digest(f) for f in files},
+                "fingerprint": key,
+                "skipped": stage.name in skipped,
+                "metrics": headline(stage.command, run_dir, result.metrics, result.rounds),
+            }
+        )
+        parent_key, parent_model, parent_stage = key, str(result.final_model), stage.name
+    write_text(root / LINEAGE, json.dumps(lineage, indent=1) + "\n")
+    rounds = [(name, result.rounds) for name, result in results.items()]
+    plot = campaign_plot(rounds, root / "plots" / "campaign.png")
+    write_text(root / CAMPAIGN_MD, campaign_markdown(lineage, "plots/campaign.png" if plot else ""))
+    return CampaignResult(root, results, skipped, root / LINEAGE, root / CAMPAIGN_MD)
+
+
+def _option(cfg: RunConfig, dotted: str) -> list[str]:
+    section, name = dotted.split(".")
+    return list(getattr(getattr(cfg, section), name))
+
+
 def _json_lines(path: Path) -> list[dict]:
     if not path.exists():
         return []

@@ -10,9 +10,14 @@ from pathlib import Path
 
 USAGE = """usage: dpo-ray train [OVERRIDE ...]     offline DPO on a preference dataset
        dpo-ray online [OVERRIDE ...]    online / iterative DPO: vLLM samples -> rewards -> pairs -> DPO -> weight sync
+       dpo-ray campaign FILE.yaml [OVERRIDE ...]
+                                        stages of train / online runs in order, each from the last one's model;
+                                        a rerun skips finished stages (configs/campaign/embedded.yaml)
        dpo-ray report RUN_DIR           rebuild RUN_DIR/report.md and its plots (every run writes one when it ends)
        dpo-ray plan [train|online] [OVERRIDE ...] [--nodes N ...]
                                         where every actor goes and whether it fits in memory (dpo-ray plan --help)
+       dpo-ray plan campaign FILE.yaml [OVERRIDE ...] [--nodes N ...]
+                                        the plan of every stage of a campaign
        dpo-ray submit [OPTIONS] {train,online} [OVERRIDE ...]
                                         the same, as a Ray job on an existing cluster (dpo-ray submit --help)
        dpo-ray {train,online} [OVERRIDE ...] --help
@@ -98,6 +103,20 @@ def online(overrides: list[str]) -> int:
     return 0
 
 
+def campaign(arguments: list[str]) -> int:
+    from . import api
+    from .stages import split_arguments
+
+    path, overrides = split_arguments(arguments)
+    result = api.campaign(path, *overrides)
+    ran = [name for name in result.stages if name not in result.skipped]
+    print(
+        f"\ncampaign: {result.campaign_dir} (ran: {', '.join(ran) or 'none'}; skipped, finished: "
+        f"{', '.join(result.skipped) or 'none'})\nlineage: {result.lineage}\n\n{result.summary.read_text()}"
+    )
+    return 0
+
+
 def _nothing_ran(command: str, result) -> int:
     """An identical rerun: its table again, in seconds, not a second run."""
     print(f"dpo-ray {command}: {result.nothing_ran}: nothing to do (resume=never runs it again)\n\n{result.summary}")
@@ -108,10 +127,28 @@ def plan(arguments: list[str]) -> int:
     from . import api
     from .planning.command import parse
 
+    if arguments and arguments[0] == "campaign":
+        return plan_campaign(arguments[1:])
     command, overrides, flags = parse(arguments)
     made = api.plan(api.config(*overrides, command=command), command, **flags)
     print(made)
     return 0 if made.fits else 1
+
+
+def plan_campaign(arguments: list[str]) -> int:
+    """Each stage's plan, from its own overrides (a later stage's model has its parent's shape: model.path's)."""
+    from . import api
+    from .planning.command import parse
+    from .stages import read_campaign, split_arguments
+
+    _, extra, flags = parse(arguments)
+    path, overrides = split_arguments(extra)
+    fits = True
+    for stage in read_campaign(path, overrides).stages:
+        made = api.plan(api.config(*stage.overrides, command=stage.command), stage.command, **flags)
+        print(f"## stage {stage.name}: dpo-ray {stage.command}\n{made}\n")
+        fits = fits and made.fits
+    return 0 if fits else 1
 
 
 def report(arguments: list[str]) -> int:
@@ -163,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     if command in ("-h", "--help") or "-h" in rest or "--help" in rest:
         scoped = command if command in ("train", "online") else None
         return _guarded(command, lambda: _print(help_text(scoped, overrides)), (ConfigError,))
-    commands = {"train": train, "online": online, "report": report}
+    commands = {"train": train, "online": online, "report": report, "campaign": campaign}
     if command not in commands:
         print(f"unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2

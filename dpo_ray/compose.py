@@ -32,11 +32,16 @@ def compose(overrides: list[str], command: str = "train") -> RunConfig:
     return validate(cfg)
 
 
+NOT_PRESETS = ("campaign",)  # campaign files, which dpo-ray campaign runs, not config groups
+
+
 def presets() -> dict[str, list[str]]:
     """Preset names by group (group=name on the command line)."""
     return {
         group.name: sorted(f.stem for f in group.glob("*.yaml"))
-        for group in sorted(p for p in CONFIG_DIR.iterdir() if p.is_dir() and not p.name.startswith("_"))
+        for group in sorted(
+            p for p in CONFIG_DIR.iterdir() if p.is_dir() and not p.name.startswith("_") and p.name not in NOT_PRESETS
+        )
     }
 
 

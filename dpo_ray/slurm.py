@@ -1,5 +1,6 @@
-"""`python -m dpo_ray.slurm COMMAND [OVERRIDE ...]` prints the Slurm shape a run needs, "NODES GPUS_PER_NODE
-CPUS_PER_NODE", for launch/slurm/submit.sh to pass to sbatch (--nodes, --gres=gpu:N, --cpus-per-task)."""
+"""`python -m dpo_ray.slurm COMMAND [OVERRIDE ...]` (or `campaign FILE.yaml [OVERRIDE ...]`) prints the Slurm
+shape a run needs, "NODES GPUS_PER_NODE CPUS_PER_NODE", for launch/slurm/submit.sh to pass to sbatch (--nodes,
+--gres=gpu:N, --cpus-per-task)."""
 
 from __future__ import annotations
 
@@ -39,11 +40,21 @@ def shape(command: str, overrides: list[str]) -> tuple[int, int, int]:
 UNBOUNDED_CPUS = 1e9  # CPUs of a node whose count is what shape() finds: GPUs alone decide where bundles go
 
 
+def campaign_shape(arguments: list[str]) -> tuple[int, int, int]:
+    """A campaign's allocation: the most nodes, GPUs and CPUs per node any of its stages needs (they run in turn)."""
+    from .stages import read_campaign, split_arguments
+
+    path, overrides = split_arguments(arguments)
+    shapes = [shape(stage.command, stage.overrides) for stage in read_campaign(path, overrides).stages]
+    return tuple(max(column) for column in zip(*shapes))
+
+
 def main(argv: list[str]) -> int:
     from .validation import ConfigError
 
     try:
-        print(*shape(argv[0] if argv else "", argv[1:]))
+        command = argv[0] if argv else ""
+        print(*(campaign_shape(argv[1:]) if command == "campaign" else shape(command, argv[1:])))
     except ConfigError as error:
         print(f"dpo_ray.slurm: {error}", file=sys.stderr)
         return 2

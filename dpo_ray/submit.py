@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 USAGE = """usage: dpo-ray submit [--address URL] [--working-dir DIR] [--env KEY=VALUE ...] [--pip SPEC ...] [--no-wait]
-                      {train,online} [OVERRIDE ...]
+                      {train,online} [OVERRIDE ...] | campaign FILE.yaml [OVERRIDE ...]
 
 Submits `python -m dpo_ray.cli COMMAND OVERRIDE...` to a Ray cluster's job server (the dashboard address,
 default $RAY_ADDRESS or http://127.0.0.1:8265). The driver joins that cluster and places its groups on its nodes.
@@ -26,7 +26,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--pip", action="append", default=[], metavar="SPEC")
     parser.add_argument("--no-wait", action="store_true")
-    parser.add_argument("command", choices=["train", "online"])
+    parser.add_argument("command", choices=["train", "online", "campaign"])
     parser.add_argument("overrides", nargs=argparse.REMAINDER)
     return parser.parse_args(argv)
 
@@ -68,7 +68,12 @@ def submit(argv: list[str], poll_s: float = 1.0) -> int:
     from .compose import compose
 
     args = parse(argv)
-    compose(args.overrides, args.command)  # a bad option fails here, before the job is queued
+    if args.command == "campaign":  # every stage is checked here, before the job is queued
+        from .stages import read_campaign, split_arguments
+
+        read_campaign(*split_arguments(args.overrides))
+    else:
+        compose(args.overrides, args.command)  # a bad option fails here, before the job is queued
     client = JobSubmissionClient(args.address)
     entrypoint = shlex.join(["python", "-m", "dpo_ray.cli", args.command, *args.overrides])
     job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env(args) or None)

@@ -58,8 +58,10 @@ def test_a_wheel_install_ships_every_preset_and_composes_them(tmp_path):
         "        for command in ('train', 'online'):\n"
         "            override = ('+' if group == 'experiment' else '') + f'{group}={name}'\n"
         "            composed.append((command, override, compose([override], command).model.path))\n"
+        "from dpo_ray.stages import read_campaign\n"
+        "stages = [s.name for s in read_campaign(CONFIG_DIR / 'campaign' / 'embedded.yaml').stages]\n"
         "print(json.dumps({'package': dpo_ray.__file__, 'configs': str(CONFIG_DIR), 'presets': presets(),\n"
-        "                  'composed': composed}))\n"
+        "                  'composed': composed, 'campaign': stages}))\n"
     )
     done = subprocess.run(
         [str(venv / "bin" / "python"), "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300
@@ -67,11 +69,13 @@ def test_a_wheel_install_ships_every_preset_and_composes_them(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     installed = json.loads(done.stdout.splitlines()[-1])
     assert installed["package"].startswith(str(purelib)) and installed["configs"].startswith(str(purelib))
-    shipped = {p.parent.name: [] for p in (ROOT / "dpo_ray" / "configs").glob("*/*.yaml")}
-    for p in sorted((ROOT / "dpo_ray" / "configs").glob("*/*.yaml")):
+    groups = [p for p in sorted((ROOT / "dpo_ray" / "configs").glob("*/*.yaml")) if p.parent.name != "campaign"]
+    shipped = {p.parent.name: [] for p in groups}
+    for p in groups:
         shipped[p.parent.name].append(p.stem)
     assert installed["presets"] == {group: sorted(names) for group, names in sorted(shipped.items())}
     assert len(installed["composed"]) == 2 * sum(len(names) for names in shipped.values())
+    assert installed["campaign"] == ["offline_dpo", "online_dpo", "online_kto"]  # campaign files ship, not as presets
     help_text = subprocess.run(
         [str(venv / "bin" / "dpo-ray"), "--help"], capture_output=True, text=True, cwd=tmp_path, timeout=120
     )

@@ -28,6 +28,8 @@ def check_inputs(cfg: RunConfig, command: str, data_given: bool = False) -> None
     check_attention_kernel(str(m.attn_implementation))
     if m.path not in MODELS:
         check_model_dir("model.path", m.path, f"or a built-in name: {', '.join(MODELS)}")
+    if m.start_from:
+        check_model_dir("model.start_from", m.start_from)
     if m.reference_path:
         check_model_dir("model.reference_path", m.reference_path)
     has_task_data = MODELS.get(m.path) is not None and MODELS[m.path].data

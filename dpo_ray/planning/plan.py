@@ -479,7 +479,7 @@ def plan_models(cfg: RunConfig, command: str) -> PlanModels:
     """The model directories the run would load: built-in names resolved (built once into the cache)."""
     from ..tasks.registry import MODELS, resolve_model
 
-    policy = resolve_model(cfg).model_path if cfg.model.path in MODELS else cfg.model.path
+    policy = resolve_model(cfg).model_path if cfg.model.path in MODELS or cfg.model.start_from else cfg.model.path
     if command != "online":
         return PlanModels(policy, cfg.model.reference_path or policy)
     reward = reward_source(cfg).resolved(cfg)

@@ -6,7 +6,7 @@ too), so the config can be checked against them without building anything."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..data.formats import Text
@@ -69,7 +69,13 @@ def recipe(model_path: str, command: str) -> str:
 
 
 def resolve_model(cfg: RunConfig) -> TaskInputs:
-    """model.path: a built-in name is built (once) and brings what its task has; a directory is taken as it is."""
+    """model.path: a built-in name is built (once) and brings what its task has; a directory is taken as it is.
+    model.start_from takes the place of its weights."""
+    task = _task_of(cfg)
+    return replace(task, model_path=cfg.model.start_from) if cfg.model.start_from else task
+
+
+def _task_of(cfg: RunConfig) -> TaskInputs:
     name = cfg.model.path
     if name == "embedded":
         return _embedded(cfg)

@@ -32,9 +32,14 @@ def submit(tmp_path, *overrides: str, **env: str) -> subprocess.CompletedProcess
             ["online", "cluster=multi_node", "reward.model_path=/models/rm"],
             "--nodes=4 --ntasks-per-node=1 --cpus-per-task=32 --gres=gpu:8 --exclusive --mem=0",  # 8 policy ranks x 4
         ),
+        (  # a campaign's stages run in turn: its online stages' allocation, the larger
+            ["campaign", "configs/campaign/embedded.yaml", "cluster=single_node_8gpu"],
+            "--nodes=1 --ntasks-per-node=1 --cpus-per-task=32 --gres=gpu:7",
+        ),
     ],
 )
-def test_the_allocation_comes_from_the_config(tmp_path, overrides, allocation):
+def test_the_allocation_comes_from_the_config(tmp_path, overrides, allocation, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the campaign file is named from the checkout
     done = submit(tmp_path, *overrides)
     assert done.returncode == 0, done.stderr
     line = done.stdout.strip()
@@ -49,6 +54,14 @@ def test_shared_nodes_and_extra_options(tmp_path):
         "sbatch --nodes=1 --ntasks-per-node=1 --cpus-per-task=2 --partition=gpu --time=1:00:00 "
     )
     assert "--exclusive" not in done.stdout
+
+
+def test_a_bad_campaign_stage_stops_before_sbatch(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stages:\n  - {name: first, command: online, overrides: [online.rounds=0]}\n")
+    done = submit(tmp_path, "campaign", str(bad))
+    assert done.returncode != 0 and "sbatch" not in done.stdout
+    assert "stage 1 (first): online.rounds=0: must be" in done.stderr
 
 
 def test_a_bad_option_stops_before_sbatch(tmp_path):
