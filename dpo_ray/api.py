@@ -170,7 +170,7 @@ def campaign(path: str | Path, *overrides: str) -> CampaignResult:
         read_campaign,
         stage_key,
     )
-    from .tasks.registry import MODELS
+    from .tasks.registry import MODELS, resolve_model
 
     plan = read_campaign(path, list(overrides))
     root = plan.output_dir.expanduser()
@@ -201,6 +201,9 @@ def campaign(path: str | Path, *overrides: str) -> CampaignResult:
             write_text(state_path, json.dumps({"key": key, "finished": True}))
         result = results[stage.name]
         files = [f for option in DATA_OPTIONS for f in _option(cfg, option)]
+        if cfg.model.path in MODELS and stage.command == "train" and not cfg.data.train_files:
+            task = resolve_model(cfg)  # a built-in task's own preference files (built once, cached)
+            files += task.train_files + ([] if cfg.data.eval_files else task.eval_files)
         lineage.append(
             {
                 "stage": stage.name,

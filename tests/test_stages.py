@@ -61,38 +61,44 @@ def test_a_stage_key_follows_its_command_overrides_and_parent():
 def test_a_campaign_chains_its_stages_skips_what_finished_and_reruns_a_changed_stage_and_those_after(
     local_ray, tmp_path, task_cache_dir
 ):
-    """Two stages (offline DPO, 4 steps; one online round), the second from the first's final model: lineage.json
-    names each model's parent and data; a rerun runs nothing; a changed first stage runs again, and so does the
-    second (its parent changed), each old run directory moved aside."""
+    """Two offline stages (DPO, then more DPO from the first's final model: the chaining online stages take too, by
+    the same model.start_from): lineage.json names each model's parent; a rerun runs nothing; a changed first stage
+    runs again, and so does the second (its parent changed), each old run directory moved aside."""
     from dpo_ray import api
 
     shared = [f"cache_dir={task_cache_dir}", "progress=false", "cluster.reward_cpus=0.5", "cluster.reference_ranks=1"]
     stages = [
-        {"name": "offline", "command": "train", "overrides": ["train.max_steps=4"]},
-        {"name": "online", "command": "online", "overrides": ["online.rounds=1"]},
+        {"name": "offline", "command": "train", "overrides": ["train.max_steps=3"]},
+        {"name": "more", "command": "train", "overrides": ["train.max_steps=2", "algo.beta=0.2"]},
     ]
     path = tmp_path / "campaign.yaml"
     path.write_text(json.dumps({"output_dir": str(tmp_path / "runs"), "overrides": shared, "stages": stages}))
     first = api.campaign(path)
     root = tmp_path / "runs"
-    assert first.skipped == [] and list(first.stages) == ["offline", "online"]
+    assert first.skipped == [] and list(first.stages) == ["offline", "more"]
     lineage = json.loads(first.lineage.read_text())
     assert [(e["stage"], e["parent_stage"], e["parent"]) for e in lineage] == [
         ("offline", "", "embedded"),
-        ("online", "offline", str(root / "offline" / "final")),
+        ("more", "offline", str(root / "offline" / "final")),
     ]
-    assert lineage[0]["task"] == "embedded" and lineage[1]["model"] == str(root / "online" / "final")
-    config = json.loads((root / "online" / "config.json").read_text())
+    assert lineage[0]["task"] == "embedded" and lineage[1]["model"] == str(root / "more" / "final")
+    import hashlib
+    from pathlib import Path
+
+    data = lineage[0]["data"]  # the task's own preference files, each with its sha256
+    assert [Path(f).name for f in data] == ["train.jsonl", "eval.jsonl"]
+    assert all(digest == hashlib.sha256(Path(f).read_bytes()).hexdigest() for f, digest in data.items())
+    config = json.loads((root / "more" / "config.json").read_text())
     assert config["model"]["start_from"] == str(root / "offline" / "final")
     assert "task greedy accuracy" in first.summary.read_text()
     again = api.campaign(path)
-    assert again.skipped == ["offline", "online"]
+    assert again.skipped == ["offline", "more"]
     stages[0]["overrides"] = ["train.max_steps=2"]
     path.write_text(json.dumps({"output_dir": str(root), "overrides": shared, "stages": stages}))
     changed = api.campaign(path)
     assert changed.skipped == [] and changed.stages["offline"].metrics[-1]["step"] <= 2
     moved = sorted(p.name for p in root.iterdir() if ".replaced-" in p.name)
-    assert moved == ["offline.replaced-1", "online.replaced-1"]
+    assert moved == ["more.replaced-1", "offline.replaced-1"]
 
 
 def test_the_readme_campaign_of_xiong_et_al_reads_and_each_stage_composes(tmp_path):
