@@ -123,7 +123,8 @@ def check_chat_judge(cfg: RunConfig, option: str, given: str, directory: str) ->
 
 def _pairs(cfg: RunConfig, name: str, files: list[str], tokenizer) -> list[TokenizedPair]:
     settings, unpaired = TokenizeSettings.of(cfg.data), is_unpaired(cfg.algo.loss_type)
-    pairs, report = load_pairs(files, tokenizer, settings, cfg.data.on_error, cfg.data.columns, unpaired)
+    d = cfg.data
+    pairs, report = load_pairs(files, tokenizer, settings, d.on_error, d.columns, unpaired, cfg.cache_dir, cfg.progress)
     log.info("%s data: %s", name, report.summary())
     if report.dropped:
         log.warning("%s data: %s", name, report.dropped_note())

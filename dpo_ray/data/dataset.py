@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import itertools
+import logging
+import multiprocessing
+import os
 import random
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from typing import Any
+
+from tqdm.auto import tqdm
 
 from ..losses.registry import Kind, names_of
 from .errors import DataError, DataReport, ErrorPolicy
 from .formats import PreferenceRow, normalise
 from .loading import iter_rows
+from .pairs_cache import PairsCache, pairs_key
 from .tokenize import TokenizedPair, TokenizeSettings, tokenize_rows
+
+log = logging.getLogger(__name__)
 
 
 def _rows(sources: Sequence[Any], policy: ErrorPolicy, columns: dict[str, str]) -> Iterator[PreferenceRow]:
@@ -57,17 +67,89 @@ def load_pairs(
     on_error: str = "raise",
     columns: dict[str, str] | None = None,
     unpaired: bool = False,
+    cache_dir: str | None = None,
+    progress: bool = False,
 ) -> tuple[list[TokenizedPair], DataReport]:
     """Every source's rows (columns renamed by columns: data.columns) as tokenised pairs, and what was dropped; with
-    unpaired (KTO), as labelled examples beside their mismatched completions (see unpaired_examples)."""
+    unpaired (KTO), as labelled examples beside their mismatched completions (see unpaired_examples). Past
+    PARALLEL_ROWS rows they are tokenised in chunks by one process per core (at most MAX_PROCESSES), read as they
+    go; with cache_dir, pairs made from the same files, tokenizer and settings before are read back instead."""
+    cache, key = None, None
+    if cache_dir:
+        cache = PairsCache(cache_dir)
+        key = pairs_key(sources, tokenizer, settings, on_error, dict(columns or {}), unpaired)
+        cached = cache.load(key) if key else None
+        if cached is not None:
+            log.info("tokenised pairs: cache hit %s (%d %s)", cache.path(key), len(cached[0]), cached[1].unit)
+            return cached
     report = DataReport(unit="examples" if unpaired else "pairs")
     policy = ErrorPolicy(on_error, report)
     rows = _rows(sources, policy, dict(columns or {}))
     rows = unpaired_examples(rows) if unpaired else _paired_only(rows)
-    pairs = tokenize_rows(rows, tokenizer, settings, policy)
+    with tqdm(desc="tokenising", unit="row", disable=not progress, dynamic_ncols=True) as bar:
+        pairs = _tokenized(rows, tokenizer, settings, policy, bar)
     if not pairs:
         raise ValueError(f"no usable preference pairs in {', '.join(map(str, sources))}: {report.summary()}")
+    if key:
+        cache.save(key, pairs, report)
     return pairs, report
+
+
+PARALLEL_ROWS = 20_000  # fewer rows tokenise in this process: starting the others would cost more than it saves
+CHUNK_ROWS = 2_000
+MAX_PROCESSES = 16
+
+
+def _tokenized(rows: Iterable[PreferenceRow], tokenizer, settings: TokenizeSettings, policy: ErrorPolicy, bar):
+    """tokenize_rows over the rows: here for a few, else CHUNK_ROWS at a time in processes of their own (spawned:
+    the caller may hold Ray's threads), results taken in row order so that the first bad row raises first."""
+    rows = iter(rows)
+    head = list(itertools.islice(rows, PARALLEL_ROWS))
+    processes = min(os.cpu_count() or 1, MAX_PROCESSES)
+    if len(head) < PARALLEL_ROWS or processes < 2:
+        pairs = tokenize_rows(head, tokenizer, settings, policy)
+        bar.update(len(head))
+        return pairs
+    chunks = _chunks(itertools.chain(head, rows), CHUNK_ROWS)
+    context = multiprocessing.get_context("spawn")
+    mode, pairs = policy.mode, []
+    with ProcessPoolExecutor(processes, context, _start_worker, (tokenizer, settings, mode)) as pool:
+        pending = []
+        for chunk in chunks:  # at most 2 chunks a process in flight: rows are read as they are tokenised
+            pending.append((len(chunk), pool.submit(_tokenize_chunk, chunk)))
+            while len(pending) > 2 * processes:
+                pairs += _merged(*pending.pop(0), policy.report, bar)
+        for size, future in pending:
+            pairs += _merged(size, future, policy.report, bar)
+    return pairs
+
+
+def _chunks(rows: Iterator[PreferenceRow], size: int) -> Iterator[list[PreferenceRow]]:
+    while chunk := list(itertools.islice(rows, size)):
+        yield chunk
+
+
+def _merged(size: int, future, report: DataReport, bar) -> list[TokenizedPair]:
+    pairs, part = future.result()
+    report.dropped.update(part.dropped)
+    report.warnings.update(part.warnings)
+    report.pairs += part.pairs
+    bar.update(size)
+    return pairs
+
+
+_worker: tuple | None = None  # a tokenising process's (tokenizer, settings, error mode)
+
+
+def _start_worker(tokenizer, settings: TokenizeSettings, mode: str) -> None:
+    global _worker
+    _worker = (tokenizer, settings, mode)
+
+
+def _tokenize_chunk(rows: list[PreferenceRow]) -> tuple[list[TokenizedPair], DataReport]:
+    tokenizer, settings, mode = _worker
+    policy = ErrorPolicy(mode, DataReport())
+    return tokenize_rows(rows, tokenizer, settings, policy), policy.report
 
 
 def split_eval(

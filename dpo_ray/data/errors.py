@@ -14,6 +14,9 @@ class DataError(ValueError):
         super().__init__(f"{source}: row {row}: field '{field_name}': {reason}")
         self.source, self.row, self.field, self.reason = source, row, field_name, reason
 
+    def __reduce__(self):  # raised in a tokenising process, it crosses back whole
+        return type(self), (self.source, self.row, self.field, self.reason)
+
 
 @dataclass
 class DataReport:
