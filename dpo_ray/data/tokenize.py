@@ -45,10 +45,19 @@ class TokenizeSettings:
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return n
+    """How many leading tokens a and b share: slices compared in C, halving the gap when they differ (a Python loop
+    over every prompt token was a third of tokenising)."""
+    a, b = list(a), list(b)
+    same, differs = 0, min(len(a), len(b))
+    if a[:differs] == b[:differs]:
+        return differs
+    while differs - same > 1:  # a[:same] == b[:same] and a[:differs] != b[:differs]
+        middle = (same + differs) // 2
+        if a[:middle] == b[:middle]:
+            same = middle
+        else:
+            differs = middle
+    return same
 
 
 def _messages(text: Text, role: str) -> list:

@@ -218,3 +218,22 @@ def test_prompt_that_merges_into_the_response_is_reported_and_cut_where_tokens_d
     assert report.warnings == {"prompt is not a token prefix of prompt+response": 1}
     assert list(pair.prompt_ids + pair.chosen_ids) == whole
     assert tokenizer.decode(pair.prompt_ids + pair.rejected_ids) == "ninety<|end|>"
+
+
+def test_the_common_prefix_is_the_one_a_token_by_token_walk_finds():
+    """The halving search against the plain walk on random token lists, prefixes of each other or not."""
+    import random
+
+    from dpo_ray.data.tokenize import _common_prefix
+
+    def walk(a, b):
+        n = 0
+        while n < min(len(a), len(b)) and a[n] == b[n]:
+            n += 1
+        return n
+
+    rng = random.Random(0)
+    for _ in range(5000):
+        a = [rng.randint(0, 3) for _ in range(rng.randint(0, 12))]
+        b = a[: rng.randint(0, len(a))] + [rng.randint(0, 3) for _ in range(rng.randint(0, 5))]
+        assert _common_prefix(a, b) == _common_prefix(b, a) == walk(a, b)
