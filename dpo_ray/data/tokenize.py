@@ -64,24 +64,33 @@ def _messages(text: Text, role: str) -> list:
     return text if isinstance(text, list) else [{"role": role, "content": text}]
 
 
-def encode_prompt(tokenizer, prompt: Text, templated: bool) -> list[int]:
-    """Token ids a model is given to answer prompt: the same rendering training uses (for generation)."""
+def prompt_text(tokenizer, prompt: Text, templated: bool) -> str:
+    """The text a model is given to answer prompt: the chat template's rendering up to the assistant's turn."""
     if templated:
-        text = tokenizer.apply_chat_template(_messages(prompt, "user"), add_generation_prompt=True, tokenize=False)
-        return tokenizer(text, add_special_tokens=False)["input_ids"]  # the template already holds any BOS it wants
-    return tokenizer(prompt)["input_ids"]
+        return tokenizer.apply_chat_template(_messages(prompt, "user"), add_generation_prompt=True, tokenize=False)
+    return prompt
+
+
+def turn_text(tokenizer, prompt: Text, response: Text, templated: bool) -> str:
+    """The text of prompt+response the way the model sees it at inference (an EOS after a plain response)."""
+    if templated:
+        return tokenizer.apply_chat_template(
+            _messages(prompt, "user") + _messages(response, "assistant"), tokenize=False
+        )
+    eos = tokenizer.eos_token or ""
+    return prompt + (response if response.endswith(eos) else response + eos)
+
+
+def encode_prompt(tokenizer, prompt: Text, templated: bool) -> list[int]:
+    """Token ids a model is given to answer prompt: the same rendering training uses (for generation); a template
+    holds any BOS it wants, a plain prompt gets the tokenizer's own special tokens."""
+    return tokenizer(prompt_text(tokenizer, prompt, templated), add_special_tokens=not templated)["input_ids"]
 
 
 def encode_turn(tokenizer, prompt: Text, response: Text, templated: bool) -> tuple[list[int], list[int]]:
     """Token ids of a prompt and of prompt+response, rendered the way the model sees them at inference."""
-    if templated:
-        full_text = tokenizer.apply_chat_template(
-            _messages(prompt, "user") + _messages(response, "assistant"), tokenize=False
-        )
-        return encode_prompt(tokenizer, prompt, True), tokenizer(full_text, add_special_tokens=False)["input_ids"]
-    eos = tokenizer.eos_token or ""
-    text = response if response.endswith(eos) else response + eos
-    return encode_prompt(tokenizer, prompt, False), tokenizer(prompt + text)["input_ids"]
+    full = tokenizer(turn_text(tokenizer, prompt, response, templated), add_special_tokens=not templated)
+    return encode_prompt(tokenizer, prompt, templated), full["input_ids"]
 
 
 def prompt_budget(longest: int, s: TokenizeSettings) -> int | None:
@@ -143,11 +152,22 @@ def bounded(row: PreferenceRow, settings: TokenizeSettings) -> tuple[PreferenceR
     return replace(row, **cut), f"{'/'.join(long)} over {limit} characters, cut before tokenising"
 
 
+BATCH_ROWS = 256  # rows whose texts go to the tokenizer in one call (its per-call cost, paid once a batch)
+
+
+@dataclass
+class _Rendered:
+    row: PreferenceRow
+    texts: tuple[str, str, str]  # prompt, prompt+chosen, prompt+rejected
+    special: bool  # the tokenizer adds its special tokens (plain rows; a template holds its own)
+
+
 def tokenize_rows(
     rows: Iterable[PreferenceRow], tokenizer, settings: TokenizeSettings, policy: ErrorPolicy
 ) -> list[TokenizedPair]:
-    """Tokenise every row; malformed rows go through the error policy, identical pairs are dropped and counted."""
-    pairs, report = [], policy.report
+    """Tokenise every row, BATCH_ROWS at a time in one tokenizer call per text; malformed rows go through the error
+    policy, identical pairs are dropped and counted."""
+    pairs, report, batch = [], policy.report, []
     template_ok = getattr(tokenizer, "chat_template", None) is not None
     for row in rows:
         templated = row.conversational or settings.chat_template == "always"
@@ -171,12 +191,60 @@ def tokenize_rows(
         if bounded_how:
             report.warnings[bounded_how] += 1
         try:
-            prompt_ids, full_chosen = encode_turn(tokenizer, row.prompt, row.chosen, templated)
-            _, full_rejected = encode_turn(tokenizer, row.prompt, row.rejected, templated)
-        except Exception as error:  # a tokenizer or template's own failure on this row: the row's error
-            reason = f"cannot be tokenised ({type(error).__name__}: {error})"
-            policy.handle(DataError(row.source, row.row, "<row>", reason))
+            texts = tuple(
+                [prompt_text(tokenizer, row.prompt, templated)]
+                + [turn_text(tokenizer, row.prompt, response, templated) for response in (row.chosen, row.rejected)]
+            )
+        except Exception as error:  # a template's own failure on this row: the row's error
+            policy.handle(
+                DataError(row.source, row.row, "<row>", f"cannot be tokenised ({type(error).__name__}: {error})")
+            )
             continue
+        batch.append(_Rendered(row, texts, not templated))
+        if len(batch) == BATCH_ROWS:
+            pairs += _pairs_of(batch, tokenizer, settings, policy)
+            batch = []
+    pairs += _pairs_of(batch, tokenizer, settings, policy)
+    report.pairs += len(pairs)
+    return pairs
+
+
+def _token_ids(tokenizer, batch: list[_Rendered]) -> list[tuple[list[int], ...]]:
+    """Each row's three texts' token ids, one tokenizer call per text and special-token setting."""
+    ids: list = [None] * len(batch)
+    for special in (True, False):
+        members = [i for i, rendered in enumerate(batch) if rendered.special == special]
+        if not members:
+            continue
+        columns = [
+            tokenizer([batch[i].texts[k] for i in members], add_special_tokens=special)["input_ids"] for k in range(3)
+        ]
+        for position, i in enumerate(members):
+            ids[i] = tuple(column[position] for column in columns)
+    return ids
+
+
+def _pairs_of(
+    batch: list[_Rendered], tokenizer, settings: TokenizeSettings, policy: ErrorPolicy
+) -> list[TokenizedPair]:
+    """A batch's pairs: its rows tokenised together (one at a time when the tokenizer fails on the batch, to name
+    the row it fails on), each prompt cut where its tokens part from the responses', then truncated."""
+    try:
+        token_ids = _token_ids(tokenizer, batch)
+    except Exception:
+        token_ids = []
+        for rendered in batch:
+            try:
+                token_ids += _token_ids(tokenizer, [rendered])
+            except Exception as error:  # a tokenizer's own failure on this row (a lone surrogate): the row's error
+                row, reason = rendered.row, f"cannot be tokenised ({type(error).__name__}: {error})"
+                policy.handle(DataError(row.source, row.row, "<row>", reason))
+                token_ids.append(None)
+    pairs, report = [], policy.report
+    for rendered, ids in zip(batch, token_ids, strict=True):
+        if ids is None:
+            continue
+        row, (prompt_ids, full_chosen, full_rejected) = rendered.row, ids
         prompt_len = min(_common_prefix(prompt_ids, full_chosen), _common_prefix(prompt_ids, full_rejected))
         if prompt_len < len(prompt_ids):
             # The template or a token merge renders the prompt differently alone; train on what the full sequence holds.
@@ -191,18 +259,15 @@ def tokenize_rows(
             report.warnings[NOT_A_PREFIX] += 1
         prompt = full_chosen[:prompt_len]
         chosen, rejected = full_chosen[prompt_len:], full_rejected[prompt_len:]
-        for name, ids in (("chosen", chosen), ("rejected", rejected)):
-            if not ids:
-                policy.handle(DataError(row.source, row.row, name, "empty response after tokenisation"))
-                break
-        else:
-            cut_prompt, chosen, rejected = truncate(prompt, chosen, rejected, settings)
-            if len(cut_prompt) < len(prompt):
-                report.warnings[PROMPT_CUT] += 1
-            prompt = cut_prompt
-            if chosen == rejected and row.label is None:
-                report.drop("chosen == rejected")
-                continue
-            pairs.append(TokenizedPair(tuple(prompt), tuple(chosen), tuple(rejected), row.label))
-    report.pairs += len(pairs)
+        empty = next((name for name, ids in (("chosen", chosen), ("rejected", rejected)) if not ids), None)
+        if empty:
+            policy.handle(DataError(row.source, row.row, empty, "empty response after tokenisation"))
+            continue
+        cut_prompt, chosen, rejected = truncate(prompt, chosen, rejected, settings)
+        if len(cut_prompt) < len(prompt):
+            report.warnings[PROMPT_CUT] += 1
+        if chosen == rejected and row.label is None:
+            report.drop("chosen == rejected")
+            continue
+        pairs.append(TokenizedPair(tuple(cut_prompt), tuple(chosen), tuple(rejected), row.label))
     return pairs

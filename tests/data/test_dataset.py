@@ -237,3 +237,28 @@ def test_the_common_prefix_is_the_one_a_token_by_token_walk_finds():
         a = [rng.randint(0, 3) for _ in range(rng.randint(0, 12))]
         b = a[: rng.randint(0, len(a))] + [rng.randint(0, 3) for _ in range(rng.randint(0, 5))]
         assert _common_prefix(a, b) == _common_prefix(b, a) == walk(a, b)
+
+
+def test_a_row_the_tokenizer_fails_on_is_named_and_its_batch_still_tokenised(tokenizer, tmp_path):
+    """Rows go to the tokenizer a batch at a time; when it fails on the batch, each row is tried alone, the one it
+    fails on is that row's error (skipped and counted with data.on_error=skip), and the others' pairs are as usual."""
+
+    class Failing:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def __call__(self, texts, **kwargs):
+            if any("BOOM" in t for t in ([texts] if isinstance(texts, str) else texts)):
+                raise ValueError("cannot take BOOM")
+            return self.inner(texts, **kwargs)
+
+    items = standard() + [{"prompt": "Write BOOM in words.", "chosen": "a", "rejected": "b"}] + standard()
+    path = write_jsonl(tmp_path / "b.jsonl", items)
+    expected, _ = load_pairs([write_jsonl(tmp_path / "ok.jsonl", standard() * 2)], tokenizer, ALWAYS)
+    pairs, report = load_pairs([path], Failing(tokenizer), ALWAYS, on_error="skip")
+    assert pairs == expected and report.dropped == {"<row>: cannot be tokenised (ValueError: cannot take BOOM)": 1}
+    with pytest.raises(DataError, match=r"row 2: field '<row>': cannot be tokenised"):
+        load_pairs([path], Failing(tokenizer), ALWAYS)
