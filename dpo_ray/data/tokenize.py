@@ -96,7 +96,7 @@ def encode_turn(tokenizer, prompt: Text, response: Text, templated: bool) -> tup
 def prompt_budget(longest: int, s: TokenizeSettings) -> int | None:
     """The most prompt tokens a pair keeps (None: no limit): max_prompt_length, and under keep_start never more than
     leaves the longer response whole or half of max_length, so a long prompt gives up its oldest tokens rather than
-    its responses' room (TRL keeps it and trains such a pair on nothing)."""
+    its responses' room (TRL 1.16 keeps it whole, cutting the responses, and drops a row it fills)."""
     caps = [] if s.max_prompt_length is None else [s.max_prompt_length]
     if s.max_length is not None and s.truncation_mode == "keep_start":
         caps.append(max(s.max_length - longest, s.max_length // 2))
