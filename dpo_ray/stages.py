@@ -15,6 +15,8 @@ from pathlib import Path
 import yaml
 
 from .compose import compose
+from .data.pairs_cache import source_files
+from .file_digests import sha256
 from .validation import ConfigError
 
 COMMANDS = ("train", "online")
@@ -110,16 +112,13 @@ def stage_key(stage: Stage, parent_key: str) -> str:
 
 
 def file_digest(path: str) -> str:
-    """A data file's sha256 (a directory's: over its files in name order; '' for a dataset name)."""
-    target = Path(path.split(":", 1)[0] if not Path(path).exists() else path).expanduser()
-    if not target.exists():
+    """A data source's sha256 (a directory's: over its files' own, in name order; '' for a dataset name)."""
+    files = source_files(path)
+    if not files:
         return ""
-    digest = hashlib.sha256()
-    for file in sorted(p for p in ([target] if target.is_file() else target.rglob("*")) if p.is_file()):
-        with file.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+    if len(files) == 1 and files[0] == Path(path).expanduser():
+        return sha256(files[0])
+    return hashlib.sha256("".join(sha256(f) for f in files).encode()).hexdigest()
 
 
 def headline(command: str, run_dir: Path, metrics: list[dict], rounds: list[dict]) -> dict[str, float]:

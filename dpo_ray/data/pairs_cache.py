@@ -30,7 +30,7 @@ TEMPLATE_FILES = ("*.jinja", "chat_template.json")
 FIELDS = ("prompt_ids", "chosen_ids", "rejected_ids")
 
 
-def _source_files(source: Any) -> list[Path] | None:
+def source_files(source: Any) -> list[Path] | None:
     """The local files a source reads (a directory's, in name order), or None: rows in memory, or a dataset name."""
     if not isinstance(source, str):
         return None
@@ -48,7 +48,7 @@ def pairs_key(
     """The cache key of these pairs, or None when a source has no files here to key on."""
     digest = hashlib.sha256()
     for source in sources:
-        files = _source_files(source)
+        files = source_files(source)
         if files is None:
             return None
         digest.update(str(source).encode())

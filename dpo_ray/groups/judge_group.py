@@ -57,7 +57,7 @@ class JudgeGroup:
     def _answers(self, requests: list[tuple[str, str, str]]) -> list[str]:
         if not self.uses_model:
             return self.group.run_shards("judge", requests)
-        jobs = [([{"role": "user", "content": judge_request(self.template, *request)}], 0) for request in requests]
+        jobs = [(messages, 0) for messages in judge_messages(self.template, requests)]
         drawn = self.group.run_shards("generate", jobs, 1, 0.0, 1.0, VERDICT_TOKENS)  # greedy: one verdict each
         return [samples[0].text for samples in drawn]
 
@@ -77,9 +77,14 @@ class SelfJudge:
         return play(prompts, responses, self._answers)
 
     def _answers(self, requests: list[tuple[str, str, str]]) -> list[str]:
-        messages = [[{"role": "user", "content": judge_request(self.template, *request)}] for request in requests]
+        messages = judge_messages(self.template, requests)
         drawn = self.rollout.generate(messages, [0] * len(messages), 1, 0.0, 1.0, VERDICT_TOKENS)
         return [samples[0].text for samples in drawn]
+
+
+def judge_messages(template: str, requests: list[tuple[str, str, str]]) -> list[list[dict]]:
+    """Each (prompt, A, B) request as the chat message a judge model is asked in."""
+    return [[{"role": "user", "content": judge_request(template, *request)}] for request in requests]
 
 
 def play(
