@@ -8,16 +8,22 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
+    write_file(path, lambda f: f.write(data))
+
+
+def write_file(path: str | Path, fill: Callable[[BinaryIO], object]) -> None:
+    """fill(f) writes the file's contents to an open binary file (no copy of them held in memory first)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide reports and configs from other users of a shared run dir
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            fill(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

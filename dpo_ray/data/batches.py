@@ -25,7 +25,7 @@ class StepScale:
 
 
 def step_scale(pairs: Sequence[TokenizedPair]) -> StepScale:
-    return StepScale(pairs=len(pairs), chosen_tokens=sum(len(p.chosen_ids) for p in pairs))
+    return StepScale(pairs=len(pairs), chosen_tokens=sum(p.chosen_len for p in pairs))
 
 
 def plan_micro_batches(

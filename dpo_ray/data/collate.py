@@ -69,8 +69,8 @@ def balance_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
 
 
 def unit_length(pair: TokenizedPair, layout: BatchLayout) -> int:
-    prompt = len(pair.prompt_ids) * (1 if layout.prefix_shared else 2)
-    return prompt + len(pair.chosen_ids) + len(pair.rejected_ids)
+    prompt = pair.prompt_len * (1 if layout.prefix_shared else 2)
+    return prompt + pair.chosen_len + pair.rejected_len
 
 
 def _mask(units: torch.Tensor, branches: torch.Tensor, attention: str, dtype: torch.dtype) -> torch.Tensor:
@@ -123,15 +123,15 @@ def collate_pairs(
                 response = pairs[i].chosen_ids if branch == "chosen" else pairs[i].rejected_ids
                 seq = i if branch == "chosen" else b + i
                 start = put(r, pairs[i].prompt_ids + response, seq, 0, 0)
-                p = len(pairs[i].prompt_ids)
+                p = pairs[i].prompt_len
                 score(r, start + p, len(response), seq, start + p - 1 if p else None)
             elif layout.prefix_shared:
-                pair, p = pairs[item], len(pairs[item].prompt_ids)
+                pair, p = pairs[item], pairs[item].prompt_len
                 prompt_end = put(r, pair.prompt_ids, item, 0, 0) + p - 1 if p else None
                 for branch, response, seq in ((1, pair.chosen_ids, item), (2, pair.rejected_ids, b + item)):
                     score(r, put(r, response, item, branch, p), len(response), seq, prompt_end)
             else:
-                pair, p = pairs[item], len(pairs[item].prompt_ids)
+                pair, p = pairs[item], pairs[item].prompt_len
                 for response, seq in ((pair.chosen_ids, item), (pair.rejected_ids, b + item)):
                     start = put(r, pair.prompt_ids + response, seq, 0, 0)
                     score(r, start + p, len(response), seq, start + p - 1 if p else None)

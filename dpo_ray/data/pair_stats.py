@@ -27,9 +27,9 @@ def pair_statistics(
     n = len(pairs)
     spaced = pairs[:: max(1, n // SIMILARITY_SAMPLE)]
     stats = {
-        "length/chosen": sum(len(p.chosen_ids) for p in pairs) / n,
-        "length/rejected": sum(len(p.rejected_ids) for p in pairs) / n,
-        "pairs/chosen_longer_share": sum(len(p.chosen_ids) > len(p.rejected_ids) for p in pairs) / n,
+        "length/chosen": sum(p.chosen_len for p in pairs) / n,
+        "length/rejected": sum(p.rejected_len for p in pairs) / n,
+        "pairs/chosen_longer_share": sum(p.chosen_len > p.rejected_len for p in pairs) / n,
         "pairs/near_identical_share": sum(
             similarity(p.chosen_ids, p.rejected_ids) >= near_identical_ratio for p in spaced
         )
@@ -52,8 +52,8 @@ def example_statistics(examples: Sequence[TokenizedPair]) -> dict[str, float]:
     """KTO's labelled examples: the desirable share and each side's mean completion length."""
     if not examples:
         return {}
-    desirable = [len(e.chosen_ids) for e in examples if e.label]
-    undesirable = [len(e.chosen_ids) for e in examples if not e.label]
+    desirable = [e.chosen_len for e in examples if e.label]
+    undesirable = [e.chosen_len for e in examples if not e.label]
     stats = {"examples/desirable_share": len(desirable) / len(examples)}
     stats.update(
         {f"length/{side}": sum(n) / len(n) for side, n in (("desirable", desirable), ("undesirable", undesirable)) if n}

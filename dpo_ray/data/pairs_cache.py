@@ -6,7 +6,6 @@ a dataset name, have no bytes here to key on and are not cached."""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 from collections import Counter
@@ -17,17 +16,16 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import write_bytes
+from ..atomic import write_file
 from ..file_digests import sha256
 from .errors import DataReport
 from .loading import split_spec
-from .tokenize import TokenizedPair, TokenizeSettings
+from .tokenize import TokenizedPair, TokenizeSettings, pair_from_bytes
 
 log = logging.getLogger(__name__)
-VERSION = 2  # bump when tokenisation changes what it makes of a row (2: long prompts cut, not dropped)
+VERSION = 3  # bump when tokenisation or this file changes (2: long prompts cut, not dropped; 3: int32 ids, one array)
 TOKENIZER_FILES = ("tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab*", "merges.txt", "*.model")
 TEMPLATE_FILES = ("*.jinja", "chat_template.json")
-FIELDS = ("prompt_ids", "chosen_ids", "rejected_ids")
 
 
 def source_files(source: Any) -> list[Path] | None:
@@ -80,25 +78,32 @@ class PairsCache:
         try:
             with np.load(path) as stored:
                 report = json.loads(bytes(stored["report"]).decode())
-                columns = [(stored[f"{f}_values"].tolist(), stored[f"{f}_ends"].tolist()) for f in FIELDS]
-                labels = stored["labels"].tolist()
+                ids, bounds, labels = stored["ids"], stored["bounds"].tolist(), stored["labels"].tolist()
         except Exception as error:  # a damaged file, whatever numpy raises for it: tokenise again
             log.warning("tokenised pairs cache %s: unreadable (%s); tokenising again", path, error)
             path.unlink(missing_ok=True)
             return None
-        parts = [_split(values, ends) for values, ends in columns]
-        pairs = [TokenizedPair(p, c, r, None if label < 0 else bool(label)) for p, c, r, label in zip(*parts, labels)]
+        starts = [0, *(end for _, _, end in bounds[:-1])]
+        pairs = [
+            pair_from_bytes(ids[start:end].tobytes(), prompt_end - start, chosen_end - start, _label(label))
+            for start, (prompt_end, chosen_end, end), label in zip(starts, bounds, labels, strict=True)
+        ]
         loaded = DataReport(report["rows"], report["pairs"], report["unit"])
         loaded.dropped, loaded.warnings = Counter(report["dropped"]), Counter(report["warnings"])
         return pairs, loaded
 
     def save(self, key: str, pairs: Sequence[TokenizedPair], report: DataReport) -> None:
-        arrays = {}
-        for name in FIELDS:
-            seqs = [getattr(p, name) for p in pairs]
-            arrays[f"{name}_values"] = np.fromiter((t for s in seqs for t in s), dtype=np.int64)
-            arrays[f"{name}_ends"] = np.cumsum([len(s) for s in seqs], dtype=np.int64)
-        arrays["labels"] = np.array([-1 if p.label is None else int(p.label) for p in pairs], dtype=np.int8)
+        lengths = np.fromiter((len(p.ids) for p in pairs), dtype=np.int64, count=len(pairs))
+        ends = np.cumsum(lengths)
+        ids = np.empty(int(ends[-1]) if len(pairs) else 0, dtype=np.int32)  # filled in place: one copy of the ids
+        for pair, end, n in zip(pairs, ends.tolist(), lengths.tolist(), strict=True):
+            ids[end - n : end] = np.frombuffer(pair.ids, dtype=np.int32)
+        cuts = np.array([p.cuts for p in pairs], dtype=np.int64).reshape(-1, 2)
+        arrays = {
+            "ids": ids,
+            "bounds": np.column_stack([(ends - lengths)[:, None] + cuts, ends]),
+            "labels": np.array([-1 if p.label is None else int(p.label) for p in pairs], dtype=np.int8),
+        }
         summary = {
             "rows": report.rows,
             "pairs": report.pairs,
@@ -107,11 +112,8 @@ class PairsCache:
             "warnings": dict(report.warnings),
         }
         arrays["report"] = np.frombuffer(json.dumps(summary).encode(), dtype=np.uint8)
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        write_bytes(self.path(key), buffer.getvalue())
+        write_file(self.path(key), lambda f: np.savez(f, **arrays))
 
 
-def _split(values: list[int], ends: list[int]) -> list[tuple[int, ...]]:
-    starts = [0, *ends[:-1]]
-    return [tuple(values[a:b]) for a, b in zip(starts, ends)]
+def _label(stored: int) -> bool | None:
+    return None if stored < 0 else bool(stored)

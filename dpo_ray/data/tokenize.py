@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
@@ -15,19 +16,98 @@ NOT_A_PREFIX = "prompt is not a token prefix of prompt+response"
 PROMPT_CUT = "prompts cut to their last tokens (data.max_length, data.max_prompt_length)"
 
 
-@dataclass(frozen=True)
 class TokenizedPair:
-    prompt_ids: tuple[int, ...]
-    chosen_ids: tuple[int, ...]
-    rejected_ids: tuple[int, ...]
-    # KTO: the completion's label (desirable or not); then chosen_ids is the completion and rejected_ids another
-    # example's completion, the mismatched pair whose log-ratio estimates KTO's reference point
-    label: bool | None = None
+    """A pair's token ids (prompt, chosen, rejected) in one int32 array: 4 bytes a token, where tuples of Python ints
+    took ~36 (a driver holding 60k realistic pairs needed 3-4 GiB). The ids read back as tuples; immutable."""
+
+    __slots__ = ("_ids", "_prompt_end", "_chosen_end", "label")
+
+    def __init__(
+        self,
+        prompt_ids: Iterable[int],
+        chosen_ids: Iterable[int],
+        rejected_ids: Iterable[int],
+        label: bool | None = None,  # KTO: the completion's label; then chosen_ids is the completion and rejected_ids
+        # another example's completion, the mismatched pair whose log-ratio estimates KTO's reference point
+    ):
+        ids = array("i", prompt_ids)
+        prompt_end = len(ids)
+        ids.extend(chosen_ids)
+        chosen_end = len(ids)
+        ids.extend(rejected_ids)
+        for name, value in zip(self.__slots__, (ids, prompt_end, chosen_end, label), strict=True):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"TokenizedPair is immutable: cannot set {name}")
+
+    @property
+    def prompt_ids(self) -> tuple[int, ...]:
+        return tuple(self._ids[: self._prompt_end])
+
+    @property
+    def chosen_ids(self) -> tuple[int, ...]:
+        return tuple(self._ids[self._prompt_end : self._chosen_end])
+
+    @property
+    def rejected_ids(self) -> tuple[int, ...]:
+        return tuple(self._ids[self._chosen_end :])
+
+    @property
+    def ids(self) -> array:
+        """prompt, chosen and rejected ids end to end (int32; cuts says where each ends): read, never change."""
+        return self._ids
+
+    @property
+    def cuts(self) -> tuple[int, int]:
+        """Where the prompt and the chosen ids end in ids."""
+        return self._prompt_end, self._chosen_end
+
+    @property
+    def prompt_len(self) -> int:
+        return self._prompt_end
+
+    @property
+    def chosen_len(self) -> int:
+        return self._chosen_end - self._prompt_end
+
+    @property
+    def rejected_len(self) -> int:
+        return len(self._ids) - self._chosen_end
 
     @property
     def tokens(self) -> int:
         """Tokens one padded-free chosen + rejected forward processes."""
-        return 2 * len(self.prompt_ids) + len(self.chosen_ids) + len(self.rejected_ids)
+        return len(self._ids) + self._prompt_end
+
+    def _key(self) -> tuple:
+        return self._ids.tobytes(), self._prompt_end, self._chosen_end, self.label
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, TokenizedPair) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __reduce__(self):
+        return pair_from_bytes, self._key()
+
+    def __repr__(self) -> str:
+        return (
+            f"TokenizedPair(prompt_ids={self.prompt_ids}, chosen_ids={self.chosen_ids}, "
+            f"rejected_ids={self.rejected_ids}, label={self.label})"
+        )
+
+
+def pair_from_bytes(ids: bytes, prompt_end: int, chosen_end: int, label: bool | None) -> TokenizedPair:
+    """A pair from its int32 ids' bytes (unpickling, the pairs cache): a worker process's pairs reach the driver at 4
+    bytes a token."""
+    pair = TokenizedPair.__new__(TokenizedPair)
+    values = array("i")
+    values.frombytes(ids)
+    for name, value in zip(TokenizedPair.__slots__, (values, prompt_end, chosen_end, label), strict=True):
+        object.__setattr__(pair, name, value)
+    return pair
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from dpo_ray.campaign.inputs import OfflineInputs
 from dpo_ray.campaign.offline import OfflineCampaign
 from dpo_ray.campaign.reference_cache import ReferenceCache
 from dpo_ray.data.collate import collate_pairs
+from dpo_ray.data.tokenize import TokenizedPair
 from dpo_ray.logprobs import forward_pairs
 
 from ..conftest import make_pairs
@@ -436,10 +437,11 @@ def test_report_to_sends_metrics_config_and_plots_to_tensorboard_wandb_and_mlflo
 
 def kto_examples(n: int, seed: int) -> list:
     """Labelled completions beside the previous example's completion (the loader's rotation), half desirable."""
-    from dataclasses import replace
-
     pairs = make_pairs(n, seed=seed)
-    return [replace(p, rejected_ids=pairs[i - 1].chosen_ids, label=i % 2 == 0) for i, p in enumerate(pairs)]
+    return [
+        TokenizedPair(p.prompt_ids, p.chosen_ids, pairs[i - 1].chosen_ids, label=i % 2 == 0)
+        for i, p in enumerate(pairs)
+    ]
 
 
 @pytest.mark.parametrize(
