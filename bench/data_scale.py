@@ -81,6 +81,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 60_000, 270_000])
     parser.add_argument("--data", default="runs/data_scale", help="where the synthetic files are kept")
     parser.add_argument("--procs", type=int, default=os.cpu_count() or 1, help="TRL's dataset_num_proc")
+    parser.add_argument("--no-serial", action="store_true", help="leave out dpo-ray in one process (as before 39)")
     args = parser.parse_args()
     from dpo_ray.tasks.pretrained import ensure_pretrained
 
@@ -94,12 +95,11 @@ def main() -> None:
             synthetic(path, n)
         mb = path.stat().st_size / 1e6
         with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as trl_dir:
-            results = {
-                "TRL (dataset.map)": measure(TRL, str(path), tokenizer_dir, trl_dir, str(args.procs)),
-                "dpo-ray, one process": measure(OURS, str(path), tokenizer_dir, "", "1"),
-                "dpo-ray, a process per core": measure(OURS, str(path), tokenizer_dir, cache, "0"),
-                "dpo-ray, second load (cache)": measure(OURS, str(path), tokenizer_dir, cache, "0"),
-            }
+            results = {"TRL (dataset.map)": measure(TRL, str(path), tokenizer_dir, trl_dir, str(args.procs))}
+            if not args.no_serial:
+                results["dpo-ray, one process"] = measure(OURS, str(path), tokenizer_dir, "", "1")
+            results["dpo-ray, a process per core"] = measure(OURS, str(path), tokenizer_dir, cache, "0")
+            results["dpo-ray, second load (cache)"] = measure(OURS, str(path), tokenizer_dir, cache, "0")
         trl = results["TRL (dataset.map)"]["seconds"]
         for system, r in results.items():
             memory = f"{r['peak_gib']:.2f} ({r['children_peak_gib']:.2f})"
