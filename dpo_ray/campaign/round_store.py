@@ -58,7 +58,7 @@ class RoundStore:
         columns = EXAMPLE_IDS if "label" in rows.column_names else PAIR_IDS
         kept = [*columns, *(["label"] if columns is EXAMPLE_IDS else [])]
         return [
-            TokenizedPair(*map(tuple, truncate(*(row[c] for c in columns), self.settings)), label=row.get("label"))
+            TokenizedPair(*truncate(*(row[c] for c in columns), self.settings), label=row.get("label"))
             for row in rows.select_columns(kept)
         ]
 

@@ -35,6 +35,9 @@ class TokenizedPair:
         ids.extend(chosen_ids)
         chosen_end = len(ids)
         ids.extend(rejected_ids)
+        self._hold(ids, prompt_end, chosen_end, label)
+
+    def _hold(self, ids: array, prompt_end: int, chosen_end: int, label: bool | None) -> None:
         for name, value in zip(self.__slots__, (ids, prompt_end, chosen_end, label), strict=True):
             object.__setattr__(self, name, value)
 
@@ -102,11 +105,9 @@ class TokenizedPair:
 def pair_from_bytes(ids: bytes, prompt_end: int, chosen_end: int, label: bool | None) -> TokenizedPair:
     """A pair from its int32 ids' bytes (unpickling, the pairs cache): a worker process's pairs reach the driver at 4
     bytes a token."""
-    pair = TokenizedPair.__new__(TokenizedPair)
-    values = array("i")
+    pair, values = TokenizedPair.__new__(TokenizedPair), array("i")
     values.frombytes(ids)
-    for name, value in zip(TokenizedPair.__slots__, (values, prompt_end, chosen_end, label), strict=True):
-        object.__setattr__(pair, name, value)
+    pair._hold(values, prompt_end, chosen_end, label)
     return pair
 
 
@@ -349,5 +350,5 @@ def _pairs_of(
         if chosen == rejected and row.label is None:
             report.drop("chosen == rejected")
             continue
-        pairs.append(TokenizedPair(tuple(cut_prompt), tuple(chosen), tuple(rejected), row.label))
+        pairs.append(TokenizedPair(cut_prompt, chosen, rejected, row.label))  # into int32 ids, no tuples between
     return pairs
