@@ -63,7 +63,6 @@ def trl_side(args) -> dict:
 
     from dpo_ray.tasks.imdb import vader_reward
 
-    began = time.perf_counter()
     torch.set_num_threads(args.threads)
     train, _ = prompts(args.prompts, args.eval_prompts)
     path = model_dir()
@@ -141,7 +140,6 @@ def trl_side(args) -> dict:
         "steps": len(steps),
         "phases": {**phases, "backward+optimizer+rest": rest},
         "final": str(Path(args.out) / "trl" / "final"),
-        "setup_s": train_began - began,
     }
 
 
@@ -186,7 +184,6 @@ def run_dpo_ray(args, samples: int) -> dict:
         "wall_s": wall,
         "rounds_s": [span / len(rounds)] * len(rounds),
         "phases": {name: sum(r.get(f"time/{name}", 0.0) for r in rounds) for name in names},
-        "pairs": sum(r["train_pairs"] for r in rounds),
         "final": str(run_dir / "final"),
     }
 
