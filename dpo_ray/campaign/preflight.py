@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..model_dir import TOKENIZER_FILES, has_tokenizer, weights_problem
 from ..reward_source import RewardKind, reward_source
 from ..schema import RunConfig
 from ..tasks.registry import JUDGE_MODELS, MODELS, REWARD_MODELS, task_builtins
@@ -27,11 +28,11 @@ def check_inputs(cfg: RunConfig, command: str, data_given: bool = False) -> None
     m = cfg.model
     check_attention_kernel(str(m.attn_implementation))
     if m.path not in MODELS:
-        check_model_dir("model.path", m.path, f"or a built-in name: {', '.join(MODELS)}")
+        check_model_dir("model.path", m.path, f"or a built-in name: {', '.join(MODELS)}", tokenizer=True)
     if m.start_from:
-        check_model_dir("model.start_from", m.start_from)
+        check_model_dir("model.start_from", m.start_from, tokenizer=False)
     if m.reference_path:
-        check_model_dir("model.reference_path", m.reference_path)
+        check_model_dir("model.reference_path", m.reference_path, tokenizer=False)
     has_task_data = MODELS.get(m.path) is not None and MODELS[m.path].data
     if command == "train" and not cfg.data.train_files and not has_task_data and not data_given:
         raise InputError(
@@ -77,7 +78,7 @@ def _check_online(cfg: RunConfig, has_task_data: bool) -> None:
     check_reward_function(cfg)
     builtins = {RewardKind.model: REWARD_MODELS, RewardKind.judge_model: JUDGE_MODELS}.get(reward.kind)
     if builtins is not None and reward.target not in builtins:
-        check_model_dir(reward.option, reward.target, f"or a built-in name: {', '.join(builtins)}")
+        check_model_dir(reward.option, reward.target, f"or a built-in name: {', '.join(builtins)}", tokenizer=True)
     check_eval_judge(cfg)
     if not reward.target:  # no reward option, and no task rule either
         raise InputError(
@@ -110,7 +111,7 @@ def check_eval_judge(cfg: RunConfig) -> None:
         except ValueError as error:
             raise InputError(str(error)) from None
     if e.judge_model and e.judge_model not in JUDGE_MODELS:
-        check_model_dir("eval.judge_model", e.judge_model, f"or a built-in name: {', '.join(JUDGE_MODELS)}")
+        check_model_dir("eval.judge_model", e.judge_model, f"or a built-in name: {', '.join(JUDGE_MODELS)}", True)
     if e.reference_answers:
         check_files("eval.reference_answers", [e.reference_answers])
 
@@ -125,22 +126,32 @@ def check_files(option: str, paths: list[str]) -> None:
             raise InputError(f"{option}: {path}: no such file or directory (nor a dataset name: OWNER/NAME[:SPLIT])")
 
 
-def check_model_dir(option: str, path: str, alternatives: str = "") -> None:
-    """An HF model directory with a config and safetensors weights. Pickled weights (pytorch_model.bin) are refused:
-    loading a pickle runs whatever code it holds, and the ranks would fail on them later, after Ray has started."""
+def check_model_dir(option: str, path: str, alternatives: str = "", tokenizer: bool = True) -> None:
+    """An HF model directory with a config and safetensors weights that read (each file's header and extent), and
+    with tokenizer (a tokenizer is loaded from it) its tokenizer files. Pickled weights (pytorch_model.bin) are
+    refused: loading a pickle runs whatever code it holds, and the ranks would fail on them later, after Ray has
+    started."""
     root = Path(path).expanduser()
     if not root.is_dir():
         expected = "an HF model directory" + (f", {alternatives}" if alternatives else "")
         raise InputError(f"{option}={path!r}: no such directory ({expected})")
     if not (root / "config.json").exists():
         raise InputError(f"{option}={path!r}: no config.json; is it an HF model directory?")
-    if any(root.glob("*.safetensors")):
-        return
-    pickled = sorted(p.name for pattern in PICKLED_WEIGHTS for p in root.glob(pattern))
-    if pickled:
+    if not any(root.glob("*.safetensors")):
+        pickled = sorted(p.name for pattern in PICKLED_WEIGHTS for p in root.glob(pattern))
+        if pickled:
+            raise InputError(
+                f"{option}={path!r}: its weights are only in {pickled[0]}, a pickle, which dpo-ray does not load "
+                '(loading a pickle runs the code it holds). Convert them to safetensors once, e.g. python -c "from '
+                f"transformers import AutoModelForCausalLM as M; M.from_pretrained('{path}').save_pretrained("
+                f"'{path}-safetensors')\""
+            )
+        raise InputError(f"{option}={path!r}: holds no *.safetensors weights")
+    problem = weights_problem(root)
+    if problem:
+        raise InputError(f"{option}={path!r}: {problem}")
+    if tokenizer and not has_tokenizer(root):
         raise InputError(
-            f"{option}={path!r}: its weights are only in {pickled[0]}, a pickle, which dpo-ray does not load (loading "
-            'a pickle runs the code it holds). Convert them to safetensors once, e.g. python -c "from transformers '
-            f"import AutoModelForCausalLM as M; M.from_pretrained('{path}').save_pretrained('{path}-safetensors')\""
+            f"{option}={path!r}: no tokenizer files ({', '.join(TOKENIZER_FILES)}): save the model's tokenizer into "
+            "it (tokenizer.save_pretrained(DIR))"
         )
-    raise InputError(f"{option}={path!r}: holds no *.safetensors weights")

