@@ -5,6 +5,7 @@ Ray installs its own handlers when it starts (SIGTERM aborts the driver): ours a
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -12,8 +13,9 @@ _installed = False
 _received: list[int] = []  # the signals that came, so that a failure they caused is not taken for a lost actor
 
 
-class RunInterrupted(Exception):
-    """The run was asked to stop by a signal."""
+class RunInterrupted(BaseException):
+    """The run was asked to stop by a signal. A BaseException, as KeyboardInterrupt is: code that handles any Exception
+    (logging's emit, a checkpoint's hash check) must not swallow it when the signal lands inside it."""
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
@@ -26,6 +28,9 @@ class RunInterrupted(Exception):
 
 def _raise(signum, frame) -> None:
     _received.append(signum)
+    if len(_received) > 1:  # the first one's cleanup is under way: let it finish (it shuts the groups and Ray down)
+        print(f"{signal.Signals(signum).name}: already stopping, shutting the groups and Ray down", file=sys.stderr)
+        return
     raise RunInterrupted(signum)
 
 
@@ -50,6 +55,7 @@ def install() -> None:
     global _installed
     if threading.current_thread() is not threading.main_thread():
         return
+    _received.clear()  # a run before this one in the same process was stopped: this one is not
     for signum in EXIT_CODES:
         signal.signal(signum, _raise)
     _installed = True
