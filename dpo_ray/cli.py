@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     install()
     try:
         return _run_command(command, commands[command], rest)
-    except Exception as error:  # a signal's RunInterrupted, or one Ray's wait wrapped in a SystemError
+    except BaseException as error:  # a signal's RunInterrupted, or one Ray's wait wrapped in a SystemError
         stop = interruption(error)
         if stop is None:
             raise
@@ -225,21 +225,26 @@ def main(argv: list[str] | None = None) -> int:
 def _run_command(command: str, run, rest: list[str]) -> int:
     from .campaign.failures import CheckpointError, DiskFull, RunDirInUse, RunMismatch
     from .campaign.preflight import InputError
-    from .data.errors import DataError
+    from .data.errors import DataError, NoUsableData
+    from .groups.call_timeout import GroupCallTimeout
     from .groups.shared_dirs import NotShared
     from .planning import PlanError
     from .validation import ConfigError
+    from .workers.user_code import UserCodeError
 
     expected = (
         ConfigError,
         InputError,
         DataError,
+        NoUsableData,
         PlanError,
         RunDirInUse,
         CheckpointError,
         RunMismatch,
         DiskFull,
         NotShared,
+        UserCodeError,
+        GroupCallTimeout,
     )
     return _guarded(command, lambda: run(rest), expected)
 
@@ -254,7 +259,9 @@ def _guarded(command: str, run, expected: tuple) -> int:
     try:
         return run()
     except expected as error:
-        lines = str(error).splitlines() or [type(error).__name__]
+        shown = error.cause if isinstance(getattr(error, "cause", None), expected) else error  # a Ray task's error
+        lines = str(shown).splitlines() or [type(shown).__name__]
+        lines += getattr(error, "__notes__", [])
         print(f"dpo-ray {command}: " + "\n  ".join(lines), file=sys.stderr)
         return 2
 

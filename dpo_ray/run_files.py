@@ -11,3 +11,4 @@ SUMMARY_MD = "summary.md"  # the table the run ends with
 REPORT = "report.md"
 ATTEMPTS = "attempts.jsonl"  # one row per attempt: when, from which checkpoint, why (start, rerun, a failure)
 NONFINITE_ROWS = "nonfinite_rows.jsonl"  # one line per step that met a non-finite loss: its pairs
+DRIVER_LOG = "driver.log"  # the driver's log lines of every attempt, and the traceback of a failure that ended one

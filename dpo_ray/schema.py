@@ -368,6 +368,12 @@ class RewardConfig:
     judge_tensor_parallel_size: int = opt(
         1, "GPUs each judge engine shards the judge model over (tensor parallel: a 70B judge needs 4-8)", AT_LEAST_ONE
     )
+    timeout_s: float | None = opt(
+        300.0,
+        "longest one call of reward.fn, reward.judge_fn or eval.judge_fn may take before the run stops naming its "
+        "input; null: no bound",
+        Bounds(0, low_open=True, also=(None,)),
+    )
 
 
 @dataclass

@@ -238,9 +238,10 @@ def test_all_problems_are_reported_at_once():
 
 
 def test_missing_and_unusable_inputs_fail_before_ray_starts(tmp_path, tiny_model_dir):
-    """A missing model, a model with pickled weights only, a directory that is no model, a missing data file, an
-    unimportable reward, message prompts for a model without a chat template, a judge model without one: each one
-    line, exit status 2, and no Ray session was ever created."""
+    """A missing model, a model with pickled weights only, a directory that is no model, a cut or garbled weights
+    file, a model without tokenizer files, a missing data file, data without one usable pair, an unimportable reward,
+    message prompts for a model without a chat template, a judge model without one: each one line, exit status 2,
+    and no Ray session was ever created."""
     import shutil
 
     pickled = tmp_path / "pickled"
@@ -253,6 +254,15 @@ def test_missing_and_unusable_inputs_fail_before_ray_starts(tmp_path, tiny_model
     untemplated = tmp_path / "untemplated"
     shutil.copytree(tiny_model_dir, untemplated)
     (untemplated / "chat_template.jinja").unlink()
+    cut, garbled, untokenized = (tmp_path / name for name in ("cut", "garbled", "untokenized"))
+    for copy in (cut, garbled, untokenized):
+        shutil.copytree(tiny_model_dir, copy)
+    weights = cut / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    (garbled / "model.safetensors").write_bytes(b"\xff" * 8 + (garbled / "model.safetensors").read_bytes()[8:])
+    (untokenized / "tokenizer.json").unlink()
+    no_preference = tmp_path / "same.jsonl"
+    no_preference.write_text('{"prompt": "p", "chosen": "a", "rejected": "a"}\n')
     answers = tmp_path / "answers.jsonl"
     answers.write_text('{"prompt": "p", "response": "r"}\n')
     chats = tmp_path / "chats.jsonl"
@@ -268,6 +278,19 @@ def test_missing_and_unusable_inputs_fail_before_ray_starts(tmp_path, tiny_model
         (["train", "model.path=/no/such/model"], "model.path='/no/such/model': no such directory"),
         (["train", f"model.path={pickled}", f"data.train_files=[{data}]"], "pytorch_model.bin, a pickle"),
         (["train", f"model.path={tmp_path / 'empty'}"], "no config.json"),
+        (["train", f"model.path={cut}"], f"{weights}: its tensors need"),
+        (["train", f"model.path={garbled}"], "model.safetensors: its header claims 18446744073709551615 bytes"),
+        (["train", f"model.path={untokenized}"], f"model.path='{untokenized}': no tokenizer files"),
+        (
+            [
+                "train",
+                f"model.path={tiny_model_dir}",
+                f"data.train_files=[{no_preference}]",
+                "progress=false",
+                f"output_dir={tmp_path}/r",
+            ],
+            f"no usable preference pairs in {no_preference}: 1 rows -> 0 pairs; dropped: 1 chosen == rejected",
+        ),
         (["train", f"model.path={tiny_model_dir}"], "data.train_files is empty"),
         (["train", f"model.path={tiny_model_dir}", "data.train_files=[/no/a.jsonl]"], "/no/a.jsonl: no such file"),
         (["online", "reward.fn=no_such_module:score"], "reward.fn='no_such_module:score': cannot import it"),

@@ -116,7 +116,12 @@ class OnlineCampaign:
                 log.info("%s: all %d rounds already finished; running none", self.run_dir, cfg.online.rounds)
             result = OnlineResult(self.run_dir, self.run_dir / "final", resumed_from=state["round"] if state else 0)
             staleness = cfg.online.max_staleness if cfg.online.async_rounds else 0
-            saved = RoundsAhead.load(self.store.directory(state)) if state else None
+            done = state["round"] if state else 0
+            # the next round's samples when an attempt drew them from these very weights and stopped before finishing
+            saved = self.store.kept_draw(done + 1, done) if resume else {}
+            if saved:
+                log.info("round %d: taking the samples an earlier attempt drew from the same weights", done + 1)
+            saved.update(RoundsAhead.load(self.store.directory(state)) if state else {})
             ahead = RoundsAhead(staleness, cfg.online.rounds, saved)
             writer = MetricsWriter(self.run_dir, self.cfg, state["step"] if state else None)
             checkpoints = CheckpointStore(self.run_dir / "checkpoints", cfg.train.keep_checkpoints)
@@ -142,7 +147,7 @@ class OnlineCampaign:
                 trainer=trainer,
                 ahead=ahead,
                 began=began,
-                engine_version=state["round"] if state else 0,
+                engine_version=done,
             )
             try:
                 if state:

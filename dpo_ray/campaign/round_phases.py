@@ -25,11 +25,12 @@ from ..groups.weight_sync import WeightSync
 from ..report.win_rate import win_rate
 from ..schema import RunConfig
 from ..workers.rollout import Sample
+from ..workers.user_code import UserCodeError, one_line
 from ..workers.weights import CURRENT, ROUND_START, START
 from . import round_stats as stats
 from .inputs import OnlineInputs
 from .reference import ReferenceLogps, ReferenceScorer
-from .round_store import RoundStore
+from .round_store import DRAWN, RoundStore
 from .rounds_ahead import RoundsAhead
 from .trainer import PolicyTrainer, epoch_groups, eval_groups
 
@@ -135,17 +136,26 @@ def draw_samples(record: RoundRecord, context: RoundContext) -> None:
     record.samples = stats.texts(drawn.samples)
     if drawn.launched_at is not None:  # the engines' own span (drawn ahead: it overlaps earlier phases)
         record.spans.append(["draw", drawn.launched_at, drawn.finished_at])
+        context.store.save_drawn(r, drawn)
 
 
 def score_samples(record: RoundRecord, context: RoundContext) -> None:
-    """Each sample's reward; with a pairwise judge, the comparisons it won with both orders agreeing."""
+    """Each sample's reward; with a pairwise judge, the comparisons it won with both orders agreeing. A user function
+    that fails stops the run naming the round and where its samples are kept for the rerun."""
     judge = context.groups.judge
-    if judge is not None:
-        tallies = judge.tournament(record.prompts, record.samples)
-        record.rewards, record.beats = [t.wins for t in tallies], [t.beats for t in tallies]
-        record.judging = judge_statistics(tallies)
-    else:
-        record.rewards = context.groups.reward.score(record.prompts, record.samples)
+    try:
+        if judge is not None:
+            tallies = judge.tournament(record.prompts, record.samples)
+            record.rewards, record.beats = [t.wins for t in tallies], [t.beats for t in tallies]
+            record.judging = judge_statistics(tallies)
+        else:
+            record.rewards = context.groups.reward.score(record.prompts, record.samples)
+    except UserCodeError as error:
+        kept = context.store.round_dir(record.r) / DRAWN
+        raise UserCodeError(
+            f"round {record.r}: {one_line(error)}. The round's samples are kept ({kept}): fix the function and run "
+            "the same command again, which scores them without generating them again"
+        ) from error
 
 
 def make_pairs(record: RoundRecord, context: RoundContext) -> None:

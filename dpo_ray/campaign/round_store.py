@@ -14,8 +14,10 @@ from ..file_digests import digests
 from ..groups.policy_group import PolicyGroup
 from ..run_files import ROUNDS
 from .checkpoints import CheckpointStore, Hasher
+from .rounds_ahead import Drawn, drawn_from_json, drawn_json
 
 EMPTY = "EMPTY"  # marks a round directory that holds no rows
+DRAWN = "drawn.json"  # a round's samples as drawn, kept until the round is finished: a rerun scores them again
 EVAL_BASELINE = "eval_baseline.jsonl"
 PAIR_IDS = ("prompt_ids", "chosen_ids", "rejected_ids")
 EXAMPLE_IDS = ("prompt_ids", "completion_ids", "mismatched_ids")  # KTO's: a labelled completion, another's beside it
@@ -38,6 +40,23 @@ class RoundStore:
 
     def round_dir(self, r: int) -> Path:
         return self.run_dir / "rounds" / f"round_{r:03d}"
+
+    def save_drawn(self, r: int, drawn: Drawn) -> Path:
+        """Round r's samples as the engines drew them, before anything scores them: a run stopped before the round is
+        finished (a reward function that fails, a kill) is rerun from them without generating again."""
+        path = self.round_dir(r) / DRAWN
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text(path, json.dumps(drawn_json(drawn)))
+        return path
+
+    def kept_draw(self, r: int, version: int) -> dict[int, Drawn]:
+        """{r: round r's kept samples} when they were drawn by policy version `version` (the weights the engines hold
+        on resuming: the same samples an uninterrupted run trained on); else {}."""
+        path = self.round_dir(r) / DRAWN
+        if not path.exists():
+            return {}
+        drawn = drawn_from_json(json.loads(path.read_text()))
+        return {r: drawn} if drawn.version == version else {}
 
     def save(self, r: int, samples: list[dict], pairs: list[dict]) -> None:
         """A round's samples (prompt, responses, rewards) and its pairs (TRL's format; KTO's examples in TRL's unpaired
@@ -69,6 +88,7 @@ class RoundStore:
         write_text(self.run_dir / ROUNDS, "".join(json.dumps(row) + "\n" for row in rows))
         if r % self.every == 0 or r >= self.last:
             self.checkpoints.save(policy, f"round_{r}", {"round": r, **trainer_state, "rows": rows}, also)
+        (self.round_dir(r) / DRAWN).unlink(missing_ok=True)  # a rerun resumes past this round or draws it anew
 
     def finished(self, hasher: Hasher | None = digests) -> dict | None:
         """The state of the last finished round (its number, step and summary rows), or None (CheckpointStore.latest

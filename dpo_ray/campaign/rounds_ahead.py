@@ -59,9 +59,7 @@ class RoundsAhead:
         self.settle()
         if not self.rounds:
             return
-        as_lists = lambda d: [[[s.text, list(s.token_ids), s.logp] for s in outs] for outs in d.samples]
-        rounds = {str(k): {"version": d.version, "samples": as_lists(d)} for k, d in self.rounds.items()}
-        (directory / SAVED).write_text(json.dumps(rounds))
+        (directory / SAVED).write_text(json.dumps({str(k): drawn_json(d) for k, d in self.rounds.items()}))
 
     @staticmethod
     def load(directory: Path) -> dict[int, Drawn]:
@@ -69,8 +67,16 @@ class RoundsAhead:
         path = directory / SAVED
         if not path.exists():
             return {}
-        rounds = json.loads(path.read_text())
-        return {
-            int(k): Drawn([[Sample(t, tuple(ids), logp) for t, ids, logp in o] for o in d["samples"]], d["version"])
-            for k, d in rounds.items()
-        }
+        return {int(k): drawn_from_json(d) for k, d in json.loads(path.read_text()).items()}
+
+
+def drawn_json(drawn: Drawn) -> dict:
+    """A round's samples as JSON values: the policy version that drew them, each sample's text, token ids and
+    log-prob."""
+    samples = [[[s.text, list(s.token_ids), s.logp] for s in outs] for outs in drawn.samples]
+    return {"version": drawn.version, "samples": samples}
+
+
+def drawn_from_json(value: dict) -> Drawn:
+    samples = [[Sample(t, tuple(ids), logp) for t, ids, logp in outs] for outs in value["samples"]]
+    return Drawn(samples, value["version"])

@@ -22,7 +22,7 @@ from ..planning.plan import PlanModels, make_plan, render, verdict
 from ..run_files import ATTEMPTS, CONFIG, PLAN
 from ..schema import ClusterConfig, Resume, RunConfig
 from ..sizing.resources import GroupNeed, check_fit, local_cpus
-from . import interrupts, local_ray
+from . import interrupts, local_ray, run_log
 from .run_lock import run_dir_lock
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def run_campaign(
     after a lost actor or a hung call, then cleanup() and Ray shut down if this call started it. Returns the result
     and one record per restart."""
     run_dir = Path(cfg.output_dir).expanduser()
-    with run_dir_lock(run_dir):
+    with run_dir_lock(run_dir), run_log.kept(run_dir):
         if cfg.resume == Resume.never:  # a start over: the old run's events go (its metrics and attempts restart too)
             shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
         write_text(run_dir / CONFIG, json.dumps(asdict(cfg), indent=2))
@@ -155,7 +155,7 @@ def with_restarts(attempt_fn: Callable[[bool, str], T], resume: bool, max_restar
     latest checkpoint) up to max_restarts times. Each restart is recorded in restarts: what failed and when."""
     from ray.exceptions import RayActorError
 
-    from ..groups.actor_group import GroupCallTimeout
+    from ..groups.call_timeout import GroupCallTimeout
 
     for attempt in range(max_restarts + 1):
         began = time.perf_counter()
@@ -163,7 +163,13 @@ def with_restarts(attempt_fn: Callable[[bool, str], T], resume: bool, max_restar
             cause = restarts[-1]["error"] if restarts else ("rerun" if resume else "start")
             return attempt_fn(resume or attempt > 0, cause)
         except (RayActorError, GroupCallTimeout) as failure:
-            if attempt == max_restarts or interrupts.stopping():  # actors a Ctrl-C killed are not restarted
+            if interrupts.stopping():  # actors a Ctrl-C killed are not restarted
+                raise
+            if attempt == max_restarts:
+                failure.add_note(
+                    f"{attempt} restart(s) from the latest checkpoint did not get past it (train.max_restarts="
+                    f"{max_restarts}); once the cluster is sound the same command resumes from there"
+                )
                 raise
             restarts.append(
                 {

@@ -15,7 +15,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..losses.registry import Kind, names_of
-from .errors import DataError, DataReport, ErrorPolicy
+from .errors import DataError, DataReport, ErrorPolicy, NoUsableData
 from .formats import PreferenceRow, normalise
 from .loading import iter_rows
 from .pairs_cache import PairsCache, pairs_key
@@ -89,7 +89,7 @@ def load_pairs(
     with tqdm(desc="tokenising", unit="row", disable=not progress, dynamic_ncols=True) as bar:
         pairs = _tokenized(rows, tokenizer, settings, policy, bar)
     if not pairs:
-        raise ValueError(f"no usable preference pairs in {', '.join(map(str, sources))}: {report.summary()}")
+        raise NoUsableData(f"no usable preference pairs in {', '.join(map(str, sources))}: {report.summary()}")
     if key:
         cache.save(key, pairs, report)
     return pairs, report

@@ -18,6 +18,10 @@ class DataError(ValueError):
         return type(self), (self.source, self.row, self.field, self.reason)
 
 
+class NoUsableData(ValueError):
+    """Every row of the sources was dropped: the message names them and counts the reasons."""
+
+
 @dataclass
 class DataReport:
     """What loading did to the rows: how many came in, how many pairs went out, and why the rest were dropped."""

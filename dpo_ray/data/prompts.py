@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import DataError, DataReport, ErrorPolicy
+from .errors import DataError, DataReport, ErrorPolicy, NoUsableData
 from .formats import Text, is_empty, mapped_columns, text_field
 from .loading import iter_rows
 
@@ -34,7 +34,7 @@ def load_prompts(sources: Sequence[Any], on_error: str = "raise", columns: dict[
             except DataError as error:
                 policy.handle(error)
     if not prompts:
-        raise ValueError(f"no usable prompts in {', '.join(map(str, sources))}: {policy.report.summary()}")
+        raise NoUsableData(f"no usable prompts in {', '.join(map(str, sources))}: {policy.report.summary()}")
     return prompts
 
 

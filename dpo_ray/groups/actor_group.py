@@ -16,6 +16,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from ..schema import ClusterConfig
 from ..sizing.resources import GroupNeed
+from .call_timeout import GroupCallTimeout
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +50,6 @@ class WorkerActor:
         from .shared_dirs import take_token
 
         take_token(directories, name)
-
-
-class GroupCallTimeout(TimeoutError):
-    """A group call made no progress in time: a hung collective or a lost node that Ray has not noticed yet."""
 
 
 def gather(refs: Sequence[ray.ObjectRef], timeout_s: float, what: str) -> list[Any]:

@@ -46,7 +46,7 @@ class JudgeGroup:
             )
             env = engine_env(rollout, need.gpus)
         else:
-            worker, kwargs = "dpo_ray.workers.judge.JudgeFnWorker", dict(fn=source.judge_fn)
+            worker, kwargs = "dpo_ray.workers.judge.JudgeFnWorker", dict(fn=source.judge_fn, timeout_s=r.timeout_s)
             env = rank_env(device_spec(0.0), 1)
         self.group = ActorGroup(need, worker, cfg.cluster, env, kwargs, placement=placement)
 

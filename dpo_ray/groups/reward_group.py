@@ -28,7 +28,7 @@ class RewardGroup:
                 dtype=str(cfg.model.dtype),
             )
         else:
-            worker, kwargs = "dpo_ray.workers.reward.RuleRewardWorker", dict(fn=source.rule)
+            worker, kwargs = "dpo_ray.workers.reward.RuleRewardWorker", dict(fn=source.rule, timeout_s=r.timeout_s)
         self.group = ActorGroup(
             need, worker, cfg.cluster, rank_env(device_spec(need.gpus), 1), kwargs, placement=placement
         )

@@ -12,6 +12,7 @@ import torch
 from ..data.formats import Text
 from ..data.prompts import prompt_text
 from .device import device_spec, use_local_gpu
+from .user_code import BoundedCaller, UserCodeError, call_user_function, quoted
 
 
 def import_function(path: str, option: str = "reward.fn") -> Callable:
@@ -41,12 +42,21 @@ def check_rewards(name: str, rewards: Sequence, expected: int) -> list[float]:
 
 
 class RuleRewardWorker:
-    def __init__(self, fn: str, rank: int = 0, world_size: int = 1):
-        self.name, self.fn = fn, import_function(fn)
+    def __init__(self, fn: str, timeout_s: float | None = None, rank: int = 0, world_size: int = 1):
+        """timeout_s: the longest one call of fn may take (reward.timeout_s; None: no bound)."""
+        self.name, self.fn, self.call = fn, import_function(fn), BoundedCaller(timeout_s)
 
     def score(self, items: Sequence[tuple[Text, str]]) -> list[float]:
-        """One score per (prompt, response)."""
-        return check_rewards(self.name, [self.fn(prompt_text(p), r) for p, r in items], len(items))
+        """One score per (prompt, response); a call that raises, overruns or gives no finite number is named."""
+        scores = []
+        for prompt, response in items:
+            text = prompt_text(prompt)
+            where = f"prompt {quoted(text)}, response {quoted(response)}"
+            value = call_user_function(self.call, f"reward.fn={self.name}", self.fn, (text, response), where)
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise UserCodeError(f"reward.fn={self.name} returned {value!r}, not a finite number, on {where}")
+            scores.append(float(value))
+        return scores
 
 
 class ModelRewardWorker:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import sys
 
 import datasets
 import pytest
@@ -132,20 +133,61 @@ def test_rounds_log_what_the_monitors_read_and_the_report_draws_them(two_rounds)
     assert "## Monitors" in text and "KL to reference" in text
 
 
-def test_a_campaign_stopped_after_round_1_resumes_at_round_2_with_the_same_pairs(
-    two_rounds, tmp_path_factory, cache_dir
+FAILING_REWARD = """
+from collections import Counter
+
+from dpo_ray.tasks.number_words import reward
+
+calls = Counter()
+
+
+def score(prompt, response):
+    calls[prompt] += 1
+    if prompt == {prompt!r} and calls[prompt] > {n}:  # round 2's samples of it: round 1 scored n before them
+        raise KeyError("no rule for this one")
+    return reward(prompt, response)
+"""
+
+
+def test_a_reward_that_fails_in_round_2_stops_the_campaign_and_the_rerun_scores_the_kept_samples_as_if_uninterrupted(
+    two_rounds, tmp_path_factory, cache_dir, monkeypatch
 ):
-    """Asynchronous rounds with no staleness change the order of nothing: run in two parts, as here, they give the
-    pairs and rows of the synchronous two_rounds."""
+    """The user's reward raises on one prompt in round 2: the run stops naming the round, the prompt, the sample and
+    where the drawn samples are kept; once the function is fixed the same command resumes after round 1, scores those
+    samples without drawing again, and ends with the pairs and rows of the uninterrupted two_rounds. Asynchronous
+    rounds with no staleness change the order of nothing, as here."""
+    from dpo_ray.cli import launch_dir_importable
+    from dpo_ray.data.prompts import prompt_text
+    from dpo_ray.workers.user_code import UserCodeError
+
     run_dir, no_staleness = tmp_path_factory.mktemp("online-b"), ("online.async_rounds=true", "online.max_staleness=0")
-    first = run_online(run_dir, cache_dir, 1, *no_staleness)
-    assert first.resumed_from == 0 and [row["round"] for row in first.rounds] == [0, 1]
-    resumed = run_online(run_dir, cache_dir, 2, *no_staleness)
+    samples = datasets.load_from_disk(str(two_rounds.run_dir / "rounds" / "round_002" / "samples"))
+    failing = prompt_text(samples[0]["prompt"])
+    module = run_dir.parent / f"{run_dir.name}-code"
+    module.mkdir()
+    (module / "my_reward.py").write_text(FAILING_REWARD.format(prompt=failing, n=len(samples[0]["responses"])))
+    monkeypatch.chdir(module)  # the reward module beside the user, as `dpo-ray online` finds it
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    launch_dir_importable()
+    args = (run_dir, cache_dir, 2, *no_staleness, "reward.fn=my_reward:score")
+    with pytest.raises(UserCodeError) as caught:
+        run_online(*args)
+    kept = run_dir / "rounds" / "round_002" / "drawn.json"
+    message = str(caught.value)
+    assert message.startswith(
+        f"round 2: reward.fn=my_reward:score raised KeyError: 'no rule for this one' on prompt {failing!r}, response '"
+    )
+    assert f"The round's samples are kept ({kept})" in message and kept.exists()
+    (module / "my_reward.py").write_text("from dpo_ray.tasks.number_words import reward as score\n")
+    resumed = run_online(*args)
     assert resumed.resumed_from == 1 and [row["round"] for row in resumed.rounds] == [0, 1, 2]
     assert pairs_of(resumed, 1) == pairs_of(two_rounds, 1)
     assert pairs_of(resumed, 2) == pairs_of(two_rounds, 2)
     assert same(resumed.rounds[2]) == same(two_rounds.rounds[2])
     assert [row["policy_version"] for row in resumed.rounds[1:]] == [0, 1]
+    spans = lambda row: [span[0] for span in row["timeline"]]  # noqa: E731
+    assert "draw" in spans(two_rounds.rounds[2]) and "draw" not in spans(resumed.rounds[2])  # not drawn again
+    assert not kept.exists()  # a finished round keeps its samples with their rewards, not as drawn
 
 
 def first_steps(result) -> list[dict]:
