@@ -55,16 +55,35 @@ def _alive(pid: int) -> bool:
 
 
 def processes_using(path: Path) -> list[int]:
-    """Pids whose command line names path (a Ray session's raylet, GCS, workers and agents all do)."""
-    found = []
+    """Pids whose command line names path (a Ray session's raylet, GCS and workers do) or that hold a file under it
+    open (its dashboard and runtime-env agents rename themselves, and write their logs there)."""
+    found, path = [], str(path)
     for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != os.getpid():
-            try:
-                if str(path) in Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace"):
-                    found.append(int(entry))
-            except OSError:
-                continue
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            arguments = Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace").split("\0")
+            words = [word for argument in arguments for word in argument.split("=")]
+            if any(_under(word, path) for word in words) or _holds_under(entry, path):
+                found.append(int(entry))
+        except OSError:
+            continue
     return found
+
+
+def _under(name: str, path: str) -> bool:
+    """name is path or inside it (a session /tmp/x-12 is not inside /tmp/x-1)."""
+    return name == path or name.startswith(path + "/")
+
+
+def _holds_under(pid: str, path: str) -> bool:
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if _under(os.readlink(f"/proc/{pid}/fd/{fd}"), path):
+                return True
+        except OSError:
+            continue  # closed meanwhile
+    return False
 
 
 def clean_stale_sessions() -> list[Path]:
