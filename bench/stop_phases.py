@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dpo_ray.campaign.local_ray import processes_using  # noqa: E402
+from dpo_ray.campaign.local_ray import processes_using, session_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # each phase and the driver's log line that begins it (the signal lands just after that line)
@@ -44,9 +44,10 @@ PHASES = {
 }
 
 
-def run(run_dir: Path, ray_dir: Path, stop_at: str | None = None, signum: int = signal.SIGTERM) -> dict:
-    """`dpo-ray online` into run_dir; with stop_at, signalled at the first log line matching it."""
-    env = {**os.environ, "RAY_TMPDIR": str(ray_dir)}
+def run(run_dir: Path, stop_at: str | None = None, signum: int = signal.SIGTERM) -> dict:
+    """`dpo-ray online` into run_dir; with stop_at, signalled at the first log line matching it. Its local Ray lives
+    in the run's own session directory (local_ray.session_dir), where the processes it leaves are found."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_TMPDIR"}
     command = [str(ROOT / ".venv/bin/dpo-ray"), "online", f"output_dir={run_dir}", "progress=false"]
     began, sent, lines = time.perf_counter(), None, []
     process = subprocess.Popen(
@@ -60,19 +61,14 @@ def run(run_dir: Path, ray_dir: Path, stop_at: str | None = None, signum: int = 
             sent = time.perf_counter()
     process.wait()
     ended = time.perf_counter()
-    time.sleep(2)  # a killed driver's processes die with their raylet: give them the time they take
-    left = processes_using(ray_dir)
-    for pid in left:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
+    time.sleep(2)  # a stopped driver's processes exit with their raylet: give them the time they take
     return {
+        "session": session_dir(process.pid),
         "rc": process.returncode,
         "seconds": ended - began,
         "stop_s": ended - sent if sent else None,
         "traceback": any("Traceback" in line for line in lines),
-        "left": len(left),
+        "left": len(processes_using(session_dir(process.pid))),
         "last": lines[-1].strip()[:200] if lines else "",
     }
 
@@ -95,25 +91,28 @@ def main() -> None:
     parser.add_argument("--phases", nargs="+", default=list(PHASES), choices=list(PHASES))
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="stop-phases-"))
-    ray_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # sockets need short paths
     try:
-        whole = run(work / "uninterrupted", ray_dir)
+        whole = run(work / "uninterrupted")
         expected = outcome(work / "uninterrupted")
         print(f"uninterrupted: {whole['seconds']:.1f}s, exit {whole['rc']}\n", flush=True)
-        print("| signal | phase | exit | stop s | traceback | processes left | rerun exit | rerun equal | s added |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        print(
+            "| signal | phase | exit | stop s | traceback | processes left | left after the rerun | rerun exit "
+            "| rerun equal | s added |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for name in args.signals:
             signum = getattr(signal, f"SIG{name}")
             for phase in args.phases:
                 run_dir = work / f"{name}-{phase.replace(' ', '_')}"
-                stopped = run(run_dir, ray_dir, PHASES[phase], signum)
-                rerun = run(run_dir, ray_dir)
+                stopped = run(run_dir, PHASES[phase], signum)
+                rerun = run(run_dir)  # it cleans up what a killed driver's session left
+                cleaned = len(processes_using(stopped["session"]))
                 equal = rerun["rc"] == 0 and outcome(run_dir) == expected
                 added = stopped["seconds"] + rerun["seconds"] - whole["seconds"]
                 stop_s = f"{stopped['stop_s']:.1f}" if stopped["stop_s"] is not None else "never signalled"
                 print(
                     f"| SIG{name} | {phase} | {stopped['rc']} | {stop_s} | {'yes' if stopped['traceback'] else 'no'} "
-                    f"| {stopped['left']} | {rerun['rc']} | {'yes' if equal else 'NO'} | {added:.1f} |",
+                    f"| {stopped['left']} | {cleaned} | {rerun['rc']} | {'yes' if equal else 'NO'} | {added:.1f} |",
                     flush=True,
                 )
                 if stopped["rc"] not in (143, -9) or not equal:
@@ -121,7 +120,6 @@ def main() -> None:
                 shutil.rmtree(run_dir, ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        shutil.rmtree(ray_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

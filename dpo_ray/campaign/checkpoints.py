@@ -19,6 +19,7 @@ from pathlib import Path
 from ..atomic import write_text
 from ..file_digests import digests
 from ..groups.policy_group import PolicyGroup
+from ..schema import RunConfig, ZeroStage
 from .failures import CheckpointError, DiskFull
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,8 @@ class CheckpointStore:
             hashed = policy.save_checkpoint(str(self.root), partial.name)  # the ranks hash their own shards
             if also is not None:
                 also(partial)
-            write_text(partial / STATE, json.dumps({"tag": tag, **state}))
+            written_by = {"ranks": policy.size, "zero_stage": policy.zero_stage}  # another shape loads it resharded
+            write_text(partial / STATE, json.dumps({"tag": tag, "policy": written_by, **state}))
             write_text(partial / MANIFEST, json.dumps(manifest(partial, hashed)))
         except Exception as error:
             written = _bytes(partial)
@@ -104,7 +106,15 @@ class CheckpointStore:
         return None
 
     def load(self, policy: PolicyGroup, state: dict) -> None:
-        policy.load_checkpoint(str(self.root), state["tag"])
+        """The checkpoint into the policy group; one written by another number of ranks at ZeRO stage 1-3 is
+        re-partitioned for this one (stage 0's whole state loads on any number)."""
+        tag, written_by = state["tag"], state.get("policy") or {}  # older checkpoints: written by this very shape
+        ranks, stage = written_by.get("ranks", policy.size), written_by.get("zero_stage", policy.zero_stage)
+        if ranks == policy.size or stage == 0:
+            policy.load_checkpoint(str(self.root), tag)
+            return
+        log.info("checkpoint %s: written by %d policy ranks, re-partitioning it for %d", tag, ranks, policy.size)
+        policy.load_resharded(str(self.root), tag, str(self.root / f"{PARTIAL}universal-{tag}"))
 
     def directory(self, state: dict) -> Path:
         return self.root / state["tag"]
@@ -114,6 +124,24 @@ class CheckpointStore:
             shutil.rmtree(stale, ignore_errors=True)
         for tag in self.complete()[: -self.keep]:
             shutil.rmtree(self.root / tag, ignore_errors=True)
+
+
+def keep_written_stage(cfg: RunConfig, state: dict | None) -> None:
+    """A run resuming from state keeps the ZeRO stage its checkpoint was written at: with auto, another number of
+    ranks could pick another stage, and DeepSpeed loads a checkpoint only at the stage that wrote it. A stage given
+    that differs is refused before anything starts."""
+    written = (state or {}).get("policy")
+    if not written:
+        return
+    stage, given = written["zero_stage"], str(cfg.deepspeed.zero_stage)
+    if given == "auto":
+        cfg.deepspeed.zero_stage = ZeroStage(str(stage))
+        log.info("resuming from %s at the ZeRO stage it was written at: %d", state["tag"], stage)
+    elif int(given) != stage:
+        raise CheckpointError(
+            f"checkpoint {state['tag']} of {cfg.output_dir} was written at ZeRO stage {stage}, and DeepSpeed loads it "
+            f"at that stage only: drop deepspeed.zero_stage={given} (auto keeps it), or resume=never to start over"
+        )
 
 
 def _bytes(directory: Path) -> int:

@@ -19,7 +19,7 @@ from ..schema import Resume, RunConfig
 from ..sizing.resources import group_needs, groups_live_together, reference_group_needed
 from ..validation import validate
 from ..workers.device import run_environment
-from .checkpoints import CheckpointStore
+from .checkpoints import CheckpointStore, keep_written_stage
 from .fingerprint import check_resumable, items_digest, run_fingerprint
 from .inputs import OfflineInputs, offline_inputs
 from .metrics import MetricsWriter
@@ -71,6 +71,7 @@ class OfflineCampaign:
             latest = self.checkpoints.latest(hasher=None)
             if self.cfg.resume == Resume.auto:  # before Ray: another run's checkpoint stops this one here
                 check_resumable(latest, self.fingerprint, str(self.run_dir))
+                keep_written_stage(self.cfg, latest)
             claim(
                 self.run_dir,
                 RunPlan("train", self.fingerprint, self.total_steps, "steps"),

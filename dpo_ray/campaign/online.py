@@ -32,7 +32,7 @@ from ..sizing.resources import group_needs, reference_group_needed
 from ..validation import validate
 from ..workers.device import run_environment
 from ..workers.models import load_tokenizer
-from .checkpoints import CheckpointStore
+from .checkpoints import CheckpointStore, keep_written_stage
 from .fingerprint import check_resumable, items_digest, online_fingerprint, run_fingerprint
 from .group_start import start_together
 from .inputs import OnlineInputs, online_inputs
@@ -89,6 +89,7 @@ class OnlineCampaign:
             latest = self.store.finished(hasher=None)
             if self.cfg.resume == Resume.auto:  # before Ray: another run's round checkpoint stops this one here
                 check_resumable(latest, self.fingerprint, str(self.run_dir))
+                keep_written_stage(self.cfg, latest)
             plan = RunPlan("online", self.fingerprint, self.cfg.online.rounds, "rounds")
             claim(self.run_dir, plan, self.cfg.resume, bool(latest))
             result = self._campaign()

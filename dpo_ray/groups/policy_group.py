@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -118,6 +119,15 @@ class PolicyGroup:
 
     def load_checkpoint(self, checkpoint_dir: str, tag: str) -> None:
         self.group.run("load_checkpoint", checkpoint_dir, tag)
+
+    def load_resharded(self, checkpoint_dir: str, tag: str, scratch_dir: str) -> None:
+        """A checkpoint another number of ranks wrote at ZeRO stage 1-3: converted by rank 0 into scratch_dir (every
+        rank must see it: a shared file system, as output_dir is), loaded by all, then removed."""
+        try:
+            self.group.run("convert_to_universal", checkpoint_dir, tag, scratch_dir)
+            self.group.run("load_checkpoint", scratch_dir, tag, True)
+        finally:
+            shutil.rmtree(scratch_dir, ignore_errors=True)
 
     def shutdown(self) -> None:
         self.group.shutdown()

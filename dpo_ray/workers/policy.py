@@ -13,7 +13,7 @@ from ..data.batches import MicroBatch, StepScale
 from ..data.collate import collate_pairs, make_layout, to_device
 from ..logprobs import forward_pairs, install_scoring_head
 from ..objective import add_metric_sums, metric_floats, micro_batch_objective
-from . import deepspeed_setup
+from . import deepspeed_setup, universal_checkpoint
 from .device import device_memory, device_spec, host_peak_rss, host_rss, rank_threads, use_local_gpu
 from .distributed import BroadcastGroup, init_distributed
 from .models import disable_dropout, load_causal_lm, load_tokenizer, restore_rotary_buffers
@@ -326,8 +326,15 @@ class PolicyWorker:
         """Size and SHA-256 of these files of a checkpoint (a share of its manifest, checked before it loads)."""
         return file_digests.digests(directory, names)
 
-    def load_checkpoint(self, checkpoint_dir: str, tag: str) -> None:
-        """Model, optimizer and scheduler state back from save_checkpoint (all ranks call)."""
-        path, _ = self.engine.load_checkpoint(checkpoint_dir, tag=tag)
+    def convert_to_universal(self, checkpoint_dir: str, tag: str, out_dir: str) -> None:
+        """Rank 0 converts the checkpoint for another number of ranks (universal_checkpoint); the others wait."""
+        if self.rank == 0:
+            universal_checkpoint.convert(checkpoint_dir, tag, out_dir)
+
+    def load_checkpoint(self, checkpoint_dir: str, tag: str, universal: bool = False) -> None:
+        """Model, optimizer and scheduler state back from save_checkpoint (all ranks call); universal: from
+        convert_to_universal's output, written by another number of ranks."""
+        with universal_checkpoint.loading_universal(self.engine) if universal else contextlib.nullcontext():
+            path, _ = self.engine.load_checkpoint(checkpoint_dir, tag=tag)
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint {tag!r} in {checkpoint_dir}")

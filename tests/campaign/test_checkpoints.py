@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from dpo_ray.campaign.checkpoints import MANIFEST, CheckpointStore
+from dpo_ray.campaign.checkpoints import MANIFEST, CheckpointStore, keep_written_stage
 
 
 class FakePolicy:
     """Writes one shard file per 'rank' under checkpoint_dir/tag, as DeepSpeed's save_checkpoint does, and reports its
     size and SHA-256 as the ranks do."""
 
-    def __init__(self, fail_on: str = ""):
-        self.fail_on, self.loaded = fail_on, []
+    def __init__(self, fail_on: str = "", size: int = 1, zero_stage: int = 0):
+        self.fail_on, self.loaded, self.size, self.zero_stage = fail_on, [], size, zero_stage
 
     def save_checkpoint(self, checkpoint_dir: str, tag: str) -> dict[str, list]:
         (Path(checkpoint_dir) / tag).mkdir(parents=True)
@@ -28,6 +28,9 @@ class FakePolicy:
     def load_checkpoint(self, checkpoint_dir: str, tag: str) -> None:
         self.loaded.append(tag)
 
+    def load_resharded(self, checkpoint_dir: str, tag: str, scratch_dir: str) -> None:
+        self.loaded.append(f"{tag} resharded in {Path(scratch_dir).name}")
+
 
 def test_checkpoints_rotate_and_the_pointer_names_the_newest(tmp_path):
     store = CheckpointStore(tmp_path, keep=2)
@@ -35,7 +38,7 @@ def test_checkpoints_rotate_and_the_pointer_names_the_newest(tmp_path):
         store.save(FakePolicy(), f"step_{step}", {"step": step})
     assert store.complete() == ["step_6", "step_10"]  # numeric order, not text order
     assert (tmp_path / "latest").read_text() == "step_10"
-    assert store.latest() == {"tag": "step_10", "step": 10}
+    assert store.latest() == {"tag": "step_10", "policy": {"ranks": 1, "zero_stage": 0}, "step": 10}
 
 
 def test_a_checkpoint_killed_while_being_written_is_never_resumed_from(tmp_path):
@@ -173,3 +176,39 @@ def test_round_checkpoints_are_written_every_k_rounds_and_after_the_last(tmp_pat
         assert [json.loads(line) for line in (tmp_path / "rounds.jsonl").read_text().splitlines()] == rows
     assert store.checkpoints.complete() == ["round_2", "round_4", "round_5"]
     assert store.finished()["rows"] == rows
+
+
+def test_a_checkpoint_loads_resharded_only_when_written_by_other_ranks_at_a_partitioned_stage(tmp_path):
+    """Whole stage-0 states load on any number of ranks; stage 1-3 shards of another number are converted first."""
+    store = CheckpointStore(tmp_path)
+    store.save(FakePolicy(size=2, zero_stage=3), "step_1", {"step": 1})
+    store.save(FakePolicy(size=2, zero_stage=0), "step_2", {"step": 2})
+    states = {json.loads((tmp_path / t / "run_state.json").read_text())["tag"]: t for t in ("step_1", "step_2")}
+    loads = []
+    for tag, size in (("step_1", 2), ("step_1", 1), ("step_2", 1)):
+        policy = FakePolicy(size=size)
+        store.load(policy, json.loads((tmp_path / states[tag] / "run_state.json").read_text()))
+        loads += policy.loaded
+    assert loads == ["step_1", "step_1 resharded in .partial-universal-step_1", "step_2"]
+    old = {"tag": "step_0", "step": 0}  # a checkpoint from before the writers were recorded: this very shape's
+    policy = FakePolicy(size=4, zero_stage=3)
+    store.load(policy, old)
+    assert policy.loaded == ["step_0"]
+
+
+def test_a_resumed_run_keeps_the_zero_stage_its_checkpoint_was_written_at():
+    from dpo_ray.campaign.failures import CheckpointError
+    from dpo_ray.schema import RunConfig, ZeroStage
+
+    state = {"tag": "step_3", "policy": {"ranks": 2, "zero_stage": 2}}
+    cfg = RunConfig()
+    keep_written_stage(cfg, state)
+    assert cfg.deepspeed.zero_stage == ZeroStage("2")
+    keep_written_stage(cfg, state)  # the same stage given: nothing to say
+    cfg.deepspeed.zero_stage = ZeroStage("3")
+    with pytest.raises(CheckpointError, match="written at ZeRO stage 2, and DeepSpeed loads it at that stage only"):
+        keep_written_stage(cfg, state)
+    fresh = RunConfig()
+    keep_written_stage(fresh, {"tag": "step_3"})  # an older checkpoint: auto decides as before
+    keep_written_stage(fresh, None)
+    assert fresh.deepspeed.zero_stage == ZeroStage("auto")
