@@ -188,3 +188,22 @@ def test_a_signal_that_lands_in_code_handling_any_exception_still_stops_the_run_
     finally:
         for signum, handler in saved.items():
             signal.signal(signum, handler)
+
+
+def test_a_sessions_processes_are_found_by_their_command_line_or_an_open_file_and_not_a_neighbours(tmp_path):
+    """Ray's dashboard and runtime-env agents rename themselves (ray::DashboardAgent) and keep only their logs open
+    under the session: they were missed, and outlived every killed driver."""
+    session, neighbour = tmp_path / "session-1", tmp_path / "session-12"
+    (session / "logs").mkdir(parents=True)
+    neighbour.mkdir()
+    renamed = subprocess.Popen(["sh", "-c", f"exec 3>{session}/logs/agent.out; exec sleep 30"])
+    named = subprocess.Popen(["sh", "-c", "sleep 30; true", f"--temp-dir={neighbour}"])
+    try:
+        deadline = time.monotonic() + 10
+        while renamed.pid not in processes_using(session) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert processes_using(session) == [renamed.pid]
+        assert processes_using(neighbour) == [named.pid]
+    finally:
+        renamed.kill()
+        named.kill()
