@@ -153,6 +153,7 @@ class OnlineCampaign:
             try:
                 if state:
                     log.info("resuming after round %d (step %d) from %s", state["round"], state["step"], self.run_dir)
+                    self.store.check_finished(state)
                     self.store.load(groups.policy, state)
                     if state.get("reference_mixes"):
                         groups.mix.load(self.store.directory(state), state["reference_mixes"])

@@ -5,6 +5,7 @@ policy's held-out answers a judge plays later rounds' against."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,9 +14,11 @@ from ..data.tokenize import TokenizedPair, TokenizeSettings, truncate
 from ..file_digests import digests
 from ..groups.policy_group import PolicyGroup
 from ..run_files import ROUNDS
-from .checkpoints import CheckpointStore, Hasher
+from .checkpoints import MANIFEST, CheckpointStore, Hasher, manifest, verify
+from .failures import CheckpointError
 from .rounds_ahead import Drawn, drawn_from_json, drawn_json
 
+log = logging.getLogger(__name__)
 EMPTY = "EMPTY"  # marks a round directory that holds no rows
 DRAWN = "drawn.json"  # a round's samples as drawn, kept until the round is finished: a rerun scores them again
 EVAL_BASELINE = "eval_baseline.jsonl"
@@ -85,10 +88,31 @@ class RoundStore:
         """The summary, then, every `every` rounds and after the last, the round's checkpoint (its state names the
         round, the trainer's step, tokens and the like; also writes what else belongs in it): a crash before it
         leaves the rounds since the last checkpoint unfinished."""
-        write_text(self.run_dir / ROUNDS, "".join(json.dumps(row) + "\n" for row in rows))
+        (self.round_dir(r) / DRAWN).unlink(missing_ok=True)  # a rerun resumes past this round or draws it anew
+        directory = self.round_dir(r)
+        write_text(directory / MANIFEST, json.dumps(manifest(directory)))  # its samples and pairs, as finished
+        write_text(self.run_dir / ROUNDS, rows_text(rows))
         if r % self.every == 0 or r >= self.last:
             self.checkpoints.save(policy, f"round_{r}", {"round": r, **trainer_state, "rows": rows}, also)
-        (self.round_dir(r) / DRAWN).unlink(missing_ok=True)  # a rerun resumes past this round or draws it anew
+
+    def check_finished(self, state: dict) -> None:
+        """On resuming from state: each finished round's samples and pairs as they were when it finished (later
+        rounds replay them), else a CheckpointError naming the file; rounds.jsonl rewritten from the checkpoint's
+        rows when it differs (a line cut by a crash, an edit)."""
+        for r in range(1, state["round"] + 1):
+            directory = self.round_dir(r)
+            if not (directory / MANIFEST).exists():
+                continue  # finished by a dpo-ray that wrote no round manifests
+            problem = verify(directory)
+            if problem:
+                raise CheckpointError(
+                    f"{directory}: {problem}, since round {r} finished: put its files back, or resume=never to start "
+                    "over"
+                )
+        path, text = self.run_dir / ROUNDS, rows_text(state["rows"])
+        if not path.exists() or path.read_text(encoding="utf-8") != text:
+            log.warning("%s did not match round %d's checkpoint: rewritten from it", path, state["round"])
+            write_text(path, text)
 
     def finished(self, hasher: Hasher | None = digests) -> dict | None:
         """The state of the last finished round (its number, step and summary rows), or None (CheckpointStore.latest
@@ -100,6 +124,10 @@ class RoundStore:
 
     def directory(self, state: dict) -> Path:
         return self.checkpoints.directory(state)
+
+
+def rows_text(rows: list[dict]) -> str:
+    return "".join(json.dumps(row) + "\n" for row in rows)
 
 
 def save_rows(directory: Path, rows: list[dict]) -> None:

@@ -212,3 +212,41 @@ def test_a_resumed_run_keeps_the_zero_stage_its_checkpoint_was_written_at():
     keep_written_stage(fresh, {"tag": "step_3"})  # an older checkpoint: auto decides as before
     keep_written_stage(fresh, None)
     assert fresh.deepspeed.zero_stage == ZeroStage("auto")
+
+
+def test_a_finished_rounds_altered_pairs_are_named_on_resume_and_a_cut_rounds_file_is_rewritten(tmp_path, caplog):
+    """An online run's own files after a crash or an edit: a finished round's pairs or samples that changed stop the
+    resume naming the file (later rounds replay them); rounds.jsonl cut mid-line is rewritten from the checkpoint."""
+    from dpo_ray.campaign.failures import CheckpointError
+    from dpo_ray.campaign.round_store import RoundStore
+    from dpo_ray.data.tokenize import TokenizeSettings
+
+    store = RoundStore(tmp_path, keep_checkpoints=10, settings=TokenizeSettings())
+    rows = [{"round": 0}]
+    for r in (1, 2):
+        pair = {
+            "prompt": f"p{r}",
+            "chosen": "a",
+            "rejected": "b",
+            "prompt_ids": [1],
+            "chosen_ids": [2],
+            "rejected_ids": [3],
+        }
+        store.save(r, [{"prompt": f"p{r}", "responses": ["a", "b"]}], [pair])
+        rows.append({"round": r, "pairs": 1})
+        store.finish(r, FakePolicy(), rows, {"step": r}, None)
+    state = store.finished()
+    store.check_finished(state)  # as finished: nothing to say
+    rounds = tmp_path / "rounds.jsonl"
+    whole = rounds.read_text()
+    rounds.write_text(whole[:-7])  # a line cut by a crash
+    with caplog.at_level("WARNING"):
+        store.check_finished(state)
+    assert rounds.read_text() == whole and "did not match round 2's checkpoint: rewritten from it" in caplog.text
+    arrow = next((tmp_path / "rounds" / "round_001" / "pairs").glob("*.arrow"))
+    content = bytearray(arrow.read_bytes())
+    content[-20] ^= 0xFF  # one byte altered, the size kept
+    arrow.write_bytes(bytes(content))
+    with pytest.raises(CheckpointError, match=rf"round_001: {arrow.relative_to(tmp_path / 'rounds' / 'round_001')} "):
+        store.check_finished(state)
+    assert store.pairs(2)  # the other round is untouched
