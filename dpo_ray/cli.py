@@ -226,7 +226,7 @@ def _run_command(command: str, run, rest: list[str]) -> int:
     from .campaign.failures import CheckpointError, DiskFull, RunDirInUse, RunMismatch
     from .campaign.preflight import InputError
     from .data.errors import DataError, NoUsableData
-    from .groups.call_timeout import GroupCallTimeout
+    from .groups.failures import GroupCallTimeout, NoCapacity
     from .groups.shared_dirs import NotShared
     from .planning import PlanError
     from .validation import ConfigError
@@ -245,6 +245,7 @@ def _run_command(command: str, run, rest: list[str]) -> int:
         NotShared,
         UserCodeError,
         GroupCallTimeout,
+        NoCapacity,
     )
     return _guarded(command, lambda: run(rest), expected)
 

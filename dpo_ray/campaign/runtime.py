@@ -155,7 +155,7 @@ def with_restarts(attempt_fn: Callable[[bool, str], T], resume: bool, max_restar
     latest checkpoint) up to max_restarts times. Each restart is recorded in restarts: what failed and when."""
     from ray.exceptions import RayActorError
 
-    from ..groups.call_timeout import GroupCallTimeout
+    from ..groups.failures import GroupCallTimeout
 
     for attempt in range(max_restarts + 1):
         began = time.perf_counter()

@@ -16,7 +16,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from ..schema import ClusterConfig
 from ..sizing.resources import GroupNeed
-from .call_timeout import GroupCallTimeout
+from .failures import GroupCallTimeout, NoCapacity
 
 log = logging.getLogger(__name__)
 
@@ -101,21 +101,28 @@ class PendingShards:
         return [x for part in parts for x in part]
 
 
-def reserve(need: GroupNeed, strategy: str, ready_timeout_s: float = 300):
-    """The placement group of need.size bundles of need's resources, once Ray has placed it (a RuntimeError if it
-    does not fit within ready_timeout_s)."""
+def reserve(need: GroupNeed, strategy: str, ready_timeout_s: float = 300, report_every_s: float = 30):
+    """The placement group of need.size bundles of need's resources, once Ray has placed it; NoCapacity if it does
+    not fit within ready_timeout_s (saying what it waited for every report_every_s meanwhile)."""
     bundle = need.bundle()
     placement = placement_group(
         [dict(bundle) for _ in range(need.size)], strategy=strategy, name=f"dpo-ray-{need.name}"
     )
-    ready, _ = ray.wait([placement.ready()], timeout=ready_timeout_s)
-    if not ready:
-        remove_placement_group(placement)
-        raise RuntimeError(
-            f"{need.name} group: {need.size} x {bundle} with {strategy} placement did not fit the cluster "
-            f"within {ready_timeout_s:.0f}s (available: {ray.available_resources()})"
-        )
-    return placement
+    wanted = f"{need.name} group: {need.size} x {bundle} with {strategy} placement"
+    deadline = time.monotonic() + ready_timeout_s
+    while True:
+        ready, _ = ray.wait([placement.ready()], timeout=max(0.0, min(report_every_s, deadline - time.monotonic())))
+        if ready:
+            return placement
+        if time.monotonic() >= deadline:
+            break
+        log.info("%s: waiting for the cluster to have it (available: %s)", wanted, ray.available_resources())
+    remove_placement_group(placement)
+    raise NoCapacity(
+        f"{wanted} did not fit the cluster within {ready_timeout_s:.0f}s (available: {ray.available_resources()}). "
+        "Once the cluster has it the same command resumes from the last checkpoint, also on fewer ranks "
+        "(cluster.policy_ranks)"
+    )
 
 
 def bundle_nodes(placement) -> list[str]:

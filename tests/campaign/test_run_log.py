@@ -9,7 +9,7 @@ import pytest
 from dpo_ray.campaign.run_log import kept
 from dpo_ray.campaign.runtime import with_restarts
 from dpo_ray.cli import _run_command
-from dpo_ray.groups.call_timeout import GroupCallTimeout
+from dpo_ray.groups.failures import GroupCallTimeout, NoCapacity
 from dpo_ray.workers.user_code import UserCodeError
 
 
@@ -57,7 +57,8 @@ def failing(error: BaseException):
 
 def test_failures_a_user_can_act_on_end_in_one_line_and_status_2(capsys):
     """A hung call after its restarts, a user function's failure as Ray hands it to the driver (its remote traceback
-    as the message, the one-line error as its cause), and no usable data: the message, the notes, nothing more."""
+    as the message, the one-line error as its cause), no usable data, a group the cluster has no room for (a lost
+    node): the message, the notes, nothing more."""
     from ray.exceptions import RayTaskError
 
     from dpo_ray.data.errors import NoUsableData
@@ -71,6 +72,8 @@ def test_failures_a_user_can_act_on_end_in_one_line_and_status_2(capsys):
         "  (the traceback: RUN/driver.log)\n",
         remote: f"dpo-ray online: {cause}\n",
         NoUsableData("no usable prompts in p.jsonl: 2 rows"): "dpo-ray online: no usable prompts in p.jsonl: 2 rows\n",
+        NoCapacity("policy group: 2 x {'CPU': 1.0} with PACK placement did not fit"): "dpo-ray online: policy group: "
+        "2 x {'CPU': 1.0} with PACK placement did not fit\n",
     }
     for error, expected in cases.items():
         assert _run_command("online", failing(error), []) == 2

@@ -102,10 +102,11 @@ def test_two_ranks_at_each_zero_stage_match_a_plain_torch_step_and_save_a_reload
 
 def test_group_that_cannot_fit_says_so(local_ray, run_config, tiny_model_dir):
     run_config.cluster.reference_ranks, run_config.cluster.placement = 2, "STRICT_SPREAD"
-    with pytest.raises(RuntimeError, match="reference group: 2 x .* STRICT_SPREAD placement did not fit"):
-        from dpo_ray.groups.actor_group import ActorGroup
-        from dpo_ray.sizing.resources import GroupNeed
+    from dpo_ray.groups.actor_group import ActorGroup
+    from dpo_ray.groups.failures import NoCapacity
+    from dpo_ray.sizing.resources import GroupNeed
 
+    with pytest.raises(NoCapacity, match="reference group: 2 x .* STRICT_SPREAD placement did not fit the cluster wi"):
         ActorGroup(
             GroupNeed("reference", 2, 1.0, 0.0),
             "dpo_ray.workers.reference.ReferenceWorker",
