@@ -3,8 +3,9 @@ time, and a call that raises, returns the wrong thing or never returns named wit
 
 from __future__ import annotations
 
-import queue
+import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -15,8 +16,9 @@ class UserCodeError(RuntimeError):
     """A user function failed on one input; the message names the option, the input and what happened."""
 
 
-class Overran(Exception):
-    """A bounded call gave no answer in time."""
+class Overran(BaseException):
+    """A bounded call gave no answer in time. A BaseException, so that a function handling any Exception (a reward
+    that returns 0.0 on any error) cannot swallow it."""
 
 
 def one_line(error: UserCodeError) -> str:
@@ -31,39 +33,31 @@ def quoted(text: Any) -> str:
 
 
 class BoundedCaller:
-    """Runs calls in one thread of its own and waits at most timeout_s (None: no bound) for each. A call that overruns
-    is left to its thread (a daemon: it cannot be stopped from outside) and later calls go to a new one."""
+    """Calls a function in this thread, interrupted by a timer signal (SIGALRM) after timeout_s (None: no bound).
+    Not in a thread of its own: verifiers that bound themselves with SIGALRM (math-verify's) work in the main thread
+    only. A function that sets its own alarm replaces this bound with its own; off the main thread (a threaded actor)
+    there is none, and the group call's cluster.call_timeout_s still applies."""
 
     def __init__(self, timeout_s: float | None):
         self.timeout_s = timeout_s
-        self._inbox: queue.Queue | None = None
-        self._outbox: queue.Queue | None = None
 
     def __call__(self, fn: Callable, *args) -> Any:
         """fn(*args)'s value; its exception re-raised; Overran past timeout_s."""
-        if self.timeout_s is None:
+        if self.timeout_s is None or threading.current_thread() is not threading.main_thread():
             return fn(*args)
-        if self._inbox is None:
-            self._inbox, self._outbox = queue.Queue(), queue.Queue()
-            threading.Thread(target=_serve, args=(self._inbox, self._outbox), daemon=True).start()
-        self._inbox.put((fn, args))
-        try:
-            ok, value = self._outbox.get(timeout=self.timeout_s)
-        except queue.Empty:
-            self._inbox = self._outbox = None  # the stuck thread keeps the old queues: its late answer goes nowhere
-            raise Overran(f"no answer within {self.timeout_s:g}s") from None
-        if not ok:
-            raise value
-        return value
 
+        def overran(signum, frame):
+            raise Overran(f"no answer within {self.timeout_s:g}s")
 
-def _serve(inbox: queue.Queue, outbox: queue.Queue) -> None:
-    while True:
-        fn, args = inbox.get()
+        began, previous = time.monotonic(), signal.signal(signal.SIGALRM, overran)
+        outer, interval = signal.setitimer(signal.ITIMER_REAL, self.timeout_s)
         try:
-            outbox.put((True, fn(*args)))
-        except BaseException as error:  # handed to the caller, which raises it
-            outbox.put((False, error))
+            return fn(*args)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+            if outer > 0:  # a timer set before (a test runner's): it goes on with the time it had left
+                signal.setitimer(signal.ITIMER_REAL, max(outer - (time.monotonic() - began), 1e-3), interval)
 
 
 def call_user_function(caller: BoundedCaller, option: str, fn: Callable, args: tuple, described: str) -> Any:
