@@ -44,11 +44,11 @@ PHASES = {
 }
 
 
-def run(run_dir: Path, stop_at: str | None = None, signum: int = signal.SIGTERM) -> dict:
+def run(run_dir: Path, overrides: list[str], stop_at: str | None = None, signum: int = signal.SIGTERM) -> dict:
     """`dpo-ray online` into run_dir; with stop_at, signalled at the first log line matching it. Its local Ray lives
     in the run's own session directory (local_ray.session_dir), where the processes it leaves are found."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_TMPDIR"}
-    command = [str(ROOT / ".venv/bin/dpo-ray"), "online", f"output_dir={run_dir}", "progress=false"]
+    command = [str(ROOT / ".venv/bin/dpo-ray"), "online", f"output_dir={run_dir}", "progress=false", *overrides]
     began, sent, lines = time.perf_counter(), None, []
     process = subprocess.Popen(
         command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env, start_new_session=True
@@ -89,10 +89,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--signals", nargs="+", default=["TERM", "KILL"], choices=["TERM", "KILL"])
     parser.add_argument("--phases", nargs="+", default=list(PHASES), choices=list(PHASES))
+    parser.add_argument("overrides", nargs="*", help="options for every run (online.async_rounds=true: a draw ahead)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="stop-phases-"))
     try:
-        whole = run(work / "uninterrupted")
+        whole = run(work / "uninterrupted", args.overrides)
         expected = outcome(work / "uninterrupted")
         print(f"uninterrupted: {whole['seconds']:.1f}s, exit {whole['rc']}\n", flush=True)
         print(
@@ -104,8 +105,8 @@ def main() -> None:
             signum = getattr(signal, f"SIG{name}")
             for phase in args.phases:
                 run_dir = work / f"{name}-{phase.replace(' ', '_')}"
-                stopped = run(run_dir, PHASES[phase], signum)
-                rerun = run(run_dir)  # it cleans up what a killed driver's session left
+                stopped = run(run_dir, args.overrides, PHASES[phase], signum)
+                rerun = run(run_dir, args.overrides)  # it cleans up what a killed driver's session left
                 cleaned = len(processes_using(stopped["session"]))
                 equal = rerun["rc"] == 0 and outcome(run_dir) == expected
                 added = stopped["seconds"] + rerun["seconds"] - whole["seconds"]
