@@ -5,7 +5,8 @@ an uninterrupted run does (rounds.jsonl rows without their clocks, every round's
 hashed), with the seconds the stop and rerun add.
 
     .venv/bin/python bench/stop_phases.py                      # SIGTERM and SIGKILL in every phase
-    .venv/bin/python bench/stop_phases.py --signals TERM --phases generate score
+    .venv/bin/python bench/stop_phases.py --signals TERM --phases generation scoring
+    .venv/bin/python bench/stop_phases.py online.async_rounds=true --signals KILL --phases training  # a draw ahead
 """
 
 from __future__ import annotations
