@@ -50,12 +50,17 @@ def interruption(error: BaseException) -> RunInterrupted | None:
     return None
 
 
+def forget() -> None:
+    """No stop signal has come: a later run in this process (a notebook's, the next test's) is not stopping."""
+    _received.clear()
+
+
 def install() -> None:
     """Turn SIGINT and SIGTERM into RunInterrupted from now on (main thread only; elsewhere a no-op)."""
     global _installed
     if threading.current_thread() is not threading.main_thread():
         return
-    _received.clear()  # a run before this one in the same process was stopped: this one is not
+    forget()  # a run before this one in the same process was stopped: this one is not
     for signum in EXIT_CODES:
         signal.signal(signum, _raise)
     _installed = True

@@ -188,6 +188,7 @@ def test_a_signal_that_lands_in_code_handling_any_exception_still_stops_the_run_
     finally:
         for signum, handler in saved.items():
             signal.signal(signum, handler)
+        interrupts.forget()
 
 
 def test_a_sessions_processes_are_found_by_their_command_line_or_an_open_file_and_not_a_neighbours(tmp_path):

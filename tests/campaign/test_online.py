@@ -503,6 +503,7 @@ def test_groups_start_together_in_reservations_made_in_order_and_a_failure_or_a_
     finally:
         for signum, handler in saved.items():
             signal.signal(signum, handler)
+        interrupts.forget()  # the next test's runs are not stopping (a lost actor would not be restarted)
     time.sleep(4)  # the abandoned load ends, as Ray's shutdown would end it
     for name in ("slow", "b"):
         remove_placement_group(given[name])
