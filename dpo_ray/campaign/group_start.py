@@ -11,7 +11,6 @@ from ray.util.placement_group import remove_placement_group
 
 from ..groups.actor_group import reserve
 from ..sizing.resources import GroupNeed
-from .interrupts import interruption
 
 
 def start_together(
@@ -33,21 +32,17 @@ def start_together(
         raise
     groups: dict[str, Any] = {}
     failures: list[BaseException] = []
-    pool = ThreadPoolExecutor(max_workers=len(names), thread_name_prefix="group-start")
-    futures = {name: pool.submit(makers[name], placements[name]) for name in names}
-    for name, future in futures.items():
-        try:
-            groups[name] = future.result()
-        except BaseException as failure:  # the others still finish starting, to be shut down by the caller
-            if interruption(failure) is not None:  # a signal here, not a group's failure: at 70B a model loads
-                pool.shutdown(wait=False, cancel_futures=True)  # for minutes, longer than a scheduler's grace;
-                raise  # Ray's shutdown ends the groups still starting
-            failures.append(failure)
-            _remove(placements[name])
-            continue
-        if groups[name] is not None:
-            started.append(groups[name])
-    pool.shutdown()
+    with ThreadPoolExecutor(max_workers=len(names), thread_name_prefix="group-start") as pool:
+        futures = {name: pool.submit(makers[name], placements[name]) for name in names}
+        for name, future in futures.items():
+            try:
+                groups[name] = future.result()
+            except BaseException as failure:  # the others still finish starting, to be shut down by the caller
+                failures.append(failure)
+                _remove(placements[name])
+                continue
+            if groups[name] is not None:
+                started.append(groups[name])
     if failures:
         raise failures[0]
     return groups
