@@ -283,7 +283,11 @@ class ClusterConfig:
         "", "Ray cluster address; empty: RAY_ADDRESS if set (as in `ray job submit`), else a local Ray; 'auto' joins"
     )
     nodes: int = opt(0, "Ray nodes the run expects; > 0 waits up to nodes_wait_s for them to join", NON_NEGATIVE)
-    nodes_wait_s: float = opt(300.0, "how long to wait for cluster.nodes nodes before failing", NON_NEGATIVE)
+    nodes_wait_s: float = opt(
+        300.0,
+        "how long to wait for cluster.nodes nodes, and for a group's placement to fit, before failing",
+        NON_NEGATIVE,
+    )
     policy_ranks: int = opt(1, "policy group size: one DeepSpeed rank per Ray actor", AT_LEAST_ONE)
     reference_ranks: int = opt(1, "reference group size", AT_LEAST_ONE)
     placement: Placement = opt(Placement.PACK, "placement-group strategy of every group")

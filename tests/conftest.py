@@ -74,10 +74,14 @@ def make_pairs(n: int, seed: int = 0, vocab: int = 300) -> list:
 
 @pytest.fixture
 def run_config(tmp_path) -> RunConfig:
+    return exact_config(tmp_path)
+
+
+def exact_config(root) -> RunConfig:
     """A small, exact configuration: SGD, no clipping, constant learning rate, one CPU thread per rank."""
     cfg = RunConfig()
-    cfg.output_dir = str(tmp_path / "run")
-    cfg.cache_dir = str(tmp_path / "cache")
+    cfg.output_dir = str(root / "run")
+    cfg.cache_dir = str(root / "cache")
     cfg.progress = False
     cfg.train.optimizer, cfg.train.lr, cfg.train.max_grad_norm = "sgd", 0.1, 0.0
     cfg.train.lr_scheduler, cfg.train.warmup_steps = "constant", 0.0

@@ -14,9 +14,14 @@ from ..sizing.resources import GroupNeed
 
 
 def start_together(
-    makers: dict[str, Callable[[Any], Any]], needs: Sequence[GroupNeed], strategy: str, started: list
+    makers: dict[str, Callable[[Any], Any]],
+    needs: Sequence[GroupNeed],
+    strategy: str,
+    started: list,
+    wait_s: float = 300,
 ) -> dict[str, Any]:
-    """makers[name](placement) for each need, in needs' order of reservation, all running at once. Every group that
+    """makers[name](placement) for each need, in needs' order of reservation (each waited for up to wait_s), all
+    running at once. Every group that
     starts goes into started (None, a maker's result that is no group, does not), even when another fails: the caller
     shuts them down; a failed group's reservation is removed, and the first failure is raised."""
     names = [need.name for need in needs]
@@ -25,7 +30,7 @@ def start_together(
     placements: dict[str, Any] = {}
     try:
         for need in needs:
-            placements[need.name] = reserve(need, strategy)
+            placements[need.name] = reserve(need, strategy, wait_s)
     except BaseException:
         for placement in placements.values():
             remove_placement_group(placement)

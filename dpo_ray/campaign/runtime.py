@@ -159,8 +159,8 @@ def with_restarts(attempt_fn: Callable[[bool, str], T], resume: bool, max_restar
 
     for attempt in range(max_restarts + 1):
         began = time.perf_counter()
+        cause = restarts[-1]["error"] if restarts else ("rerun" if resume else "start")
         try:
-            cause = restarts[-1]["error"] if restarts else ("rerun" if resume else "start")
             return attempt_fn(resume or attempt > 0, cause)
         except (RayActorError, GroupCallTimeout) as failure:
             if interrupts.stopping():  # actors a Ctrl-C killed are not restarted
@@ -171,18 +171,30 @@ def with_restarts(attempt_fn: Callable[[bool, str], T], resume: bool, max_restar
                     f"{max_restarts}); once the cluster is sound the same command resumes from there"
                 )
                 raise
+            named = "; ".join([*getattr(failure, "__notes__", []), *_why(failure)])  # the call, the rank, and why
             restarts.append(
                 {
                     "attempt": attempt + 1,
-                    "error": f"{type(failure).__name__}: {failure}"[:500],
+                    "error": f"{type(failure).__name__}: {named}"[:500],
                     "failed_after_s": time.perf_counter() - began,
                 }
             )
             log.warning(
-                "attempt %d failed (%s); restarting the groups from the latest checkpoint (%d of %d restarts)",
+                "attempt %d failed (%s: %s); restarting the groups from the latest checkpoint (%d of %d restarts)",
                 attempt + 1,
                 type(failure).__name__,
+                named,
                 attempt + 1,
                 max_restarts,
             )
+        except Exception as failure:
+            if attempt > 0:  # what the restart was for
+                failure.add_note(f"while restarting after {cause}")
+            raise
     raise AssertionError("unreachable")
+
+
+def _why(failure: BaseException) -> list[str]:
+    """The lines of a Ray failure that say what happened, where: its first, the node's address, and Ray's cause."""
+    lines = [line.strip() for line in str(failure).strip().splitlines() if line.strip()] or [""]
+    return list(dict.fromkeys([lines[0], *[line for line in lines if line.startswith("ip:")], lines[-1]]))

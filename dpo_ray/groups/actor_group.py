@@ -58,13 +58,15 @@ def gather(refs: Sequence[ray.ObjectRef], timeout_s: float, what: str) -> list[A
     When a rank dies mid-collective its peers fail too (a broken connection); the death is what gets raised then,
     since it is what a restart can cure."""
     pending, deadline, results = list(refs), time.monotonic() + timeout_s, {}
+    lost = lambda ref: f"{what}: rank {refs.index(ref)} of {len(refs)} lost"  # which actor, in the run's own terms
     while pending:
         ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
         if not ready:
             raise GroupCallTimeout(f"{what}: {len(pending)} of {len(refs)} ranks still running after {timeout_s:.0f}s")
         try:
             results[ready[0]] = ray.get(ready[0])
-        except RayActorError:
+        except RayActorError as death:
+            death.add_note(lost(ready[0]))
             raise
         except RayTaskError as error:
             settled, _ = ray.wait(pending, num_returns=len(pending), timeout=10) if pending else ([], [])
@@ -72,6 +74,7 @@ def gather(refs: Sequence[ray.ObjectRef], timeout_s: float, what: str) -> list[A
                 try:
                     ray.get(ref)
                 except RayActorError as death:
+                    death.add_note(lost(ref))
                     raise death from error
                 except RayTaskError:
                     pass
@@ -119,7 +122,8 @@ def reserve(need: GroupNeed, strategy: str, ready_timeout_s: float = 300, report
         log.info("%s: waiting for the cluster to have it (available: %s)", wanted, ray.available_resources())
     remove_placement_group(placement)
     raise NoCapacity(
-        f"{wanted} did not fit the cluster within {ready_timeout_s:.0f}s (available: {ray.available_resources()}). "
+        f"{wanted} did not fit the cluster within {ready_timeout_s:.0f}s (cluster.nodes_wait_s; available: "
+        f"{ray.available_resources()}). "
         "Once the cluster has it the same command resumes from the last checkpoint, also on fewer ranks "
         "(cluster.policy_ranks)"
     )
@@ -141,14 +145,16 @@ class ActorGroup:
         cluster: ClusterConfig,
         env: dict[str, str],
         init_kwargs: dict[str, Any] | None = None,
-        ready_timeout_s: float = 300,
+        ready_timeout_s: float | None = None,
         placement=None,
     ):
         """need.size actors of worker_path, one per bundle of need's resources, placed by cluster.placement (or in
         placement, reserved already: groups started together are reserved one after another, as the plan places
-        them); the group owns its placement group from here on."""
+        them); the group owns its placement group from here on. ready_timeout_s (default cluster.nodes_wait_s) bounds
+        the wait for a placement that does not fit yet."""
         self.name, self.size, self.call_timeout_s = need.name, need.size, cluster.call_timeout_s
-        self.placement = placement or reserve(need, str(cluster.placement), ready_timeout_s)
+        wait_s = cluster.nodes_wait_s if ready_timeout_s is None else ready_timeout_s
+        self.placement = placement or reserve(need, str(cluster.placement), wait_s)
         self.actors = [
             WorkerActor.options(
                 num_cpus=need.cpus,
