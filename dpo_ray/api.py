@@ -3,14 +3,17 @@ argument parsing and printing over these calls), from a notebook or a pipeline s
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .compose import compose
 from .run_files import METRICS, REPORT, ROUNDS, SUMMARY_MD
-from .schema import RunConfig
+from .schema import Resume, RunConfig
 from .validation import validate
 
 
@@ -57,13 +60,12 @@ def train(cfg: RunConfig | None = None, train_dataset: Any = None, eval_dataset:
     from .campaign.inputs import offline_inputs
     from .campaign.offline import OfflineCampaign
     from .campaign.preflight import check_inputs
-    from .campaign.run_lock import run_dir_lock
     from .campaign.summary import offline_summary
     from .report import write_report
 
     check_inputs(cfg, "train", train_dataset is not None)  # a missing model or file: before output_dir is made
     try:
-        with run_dir_lock(Path(cfg.output_dir)):  # before the data loads: a second run on it stops at once
+        with run_directory(cfg) as cfg:  # before the data loads: a second run on it stops at once
             campaign = OfflineCampaign(cfg, offline_inputs(cfg, train_dataset, eval_dataset))
             result = campaign.run()
             table = offline_summary(result, campaign.inputs)
@@ -74,6 +76,24 @@ def train(cfg: RunConfig | None = None, train_dataset: Any = None, eval_dataset:
     return RunResult.of_directory(result.run_dir, resumed_from=result.resumed_from, **known)
 
 
+@contextlib.contextmanager
+def run_directory(cfg: RunConfig) -> Iterator[RunConfig]:
+    """cfg's output_dir held for this run (one run at a time). An object-storage output_dir (s3://, gs://) is run in
+    its local mirror, filled from the bucket first and uploaded after each checkpoint and at the end: the cfg
+    yielded (a copy) names the mirror."""
+    from .campaign.run_lock import run_dir_lock
+    from .run_storage import is_uri, local_run_dir, mirrored
+
+    uri = cfg.output_dir if is_uri(cfg.output_dir) else ""
+    with run_dir_lock(local_run_dir(cfg.output_dir, cfg.cache_dir)):
+        with mirrored(cfg.output_dir, cfg.cache_dir, download=cfg.resume != Resume.never) as run_dir:
+            if uri:
+                cfg = copy.deepcopy(cfg)
+                cfg.run_name = cfg.run_name or uri.rstrip("/").rsplit("/", 1)[-1]
+                cfg.output_dir = str(run_dir)
+            yield cfg
+
+
 def online(cfg: RunConfig | None = None) -> RunResult:
     """Online / iterative DPO, as `dpo-ray online`: cfg from config(..., command="online") (None: the embedded
     default). The result's rounds hold one row per round."""
@@ -81,13 +101,12 @@ def online(cfg: RunConfig | None = None) -> RunResult:
     from .campaign.failures import RunFinished
     from .campaign.online import OnlineCampaign
     from .campaign.preflight import check_inputs
-    from .campaign.run_lock import run_dir_lock
     from .campaign.summary import online_summary
     from .report import write_report
 
     check_inputs(cfg, "online")  # a missing model or file stops the run before its output_dir is made
     try:
-        with run_dir_lock(Path(cfg.output_dir)):  # before the prompts load: a second run on it stops at once
+        with run_directory(cfg) as cfg:  # before the prompts load: a second run on it stops at once
             result = OnlineCampaign(cfg).run()
             table = online_summary(result)
             report = write_report(result.run_dir, cfg.report_to, cfg.run_name)

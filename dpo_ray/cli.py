@@ -229,6 +229,7 @@ def _run_command(command: str, run, rest: list[str]) -> int:
     from .groups.failures import GroupCallTimeout, NoCapacity
     from .groups.shared_dirs import NotShared
     from .planning import PlanError
+    from .run_storage import StorageError
     from .validation import ConfigError
     from .workers.user_code import UserCodeError
 
@@ -246,6 +247,7 @@ def _run_command(command: str, run, rest: list[str]) -> int:
         UserCodeError,
         GroupCallTimeout,
         NoCapacity,
+        StorageError,
     )
     return _guarded(command, lambda: run(rest), expected)
 

@@ -11,6 +11,7 @@ from .adapter_sync import unservable_adapter
 from .losses.registry import LOSSES, Kind, is_unpaired, loss_names, names_of, readers
 from .options import Choice, options, shown, value_at
 from .report.trackers import report_problems
+from .run_storage import problems as storage_problems
 from .schema import RunConfig
 from .sizing.zero_stage import STAGES, stage_problem
 
@@ -141,8 +142,8 @@ def _reference_free(cfg: RunConfig) -> bool:
 
 
 def _run(cfg: RunConfig) -> list[str]:
-    """The run's own options: the trackers."""
-    return report_problems(cfg.report_to)
+    """The run's own options: the trackers, the run's directories."""
+    return report_problems(cfg.report_to) + storage_problems(cfg.output_dir, cfg.cache_dir)
 
 
 def _model(cfg: RunConfig) -> list[str]:

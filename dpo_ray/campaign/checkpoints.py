@@ -19,6 +19,7 @@ from pathlib import Path
 from ..atomic import write_text
 from ..file_digests import digests
 from ..groups.policy_group import PolicyGroup
+from ..run_storage import checkpointed
 from ..schema import RunConfig, ZeroStage
 from .failures import CheckpointError, DiskFull
 
@@ -62,6 +63,7 @@ class CheckpointStore:
         _fsync_dir(self.root)
         write_text(self.root / POINTER, tag)
         self._prune()
+        checkpointed(self.root.parent)  # to the run's bucket, when it is kept in object storage
         return final
 
     def _last_size(self) -> int:

@@ -20,6 +20,7 @@ from ..planning import PlanError
 from ..planning.nodes import ray_nodes
 from ..planning.plan import PlanModels, make_plan, render, verdict
 from ..run_files import ATTEMPTS, CONFIG, PLAN
+from ..run_storage import is_uri
 from ..schema import ClusterConfig, Resume, RunConfig
 from ..sizing.resources import GroupNeed, check_fit, local_cpus
 from . import interrupts, local_ray, run_log
@@ -134,6 +135,8 @@ def wait_for_nodes(expected: int, timeout_s: float) -> list[dict[str, float]]:
 def absolute_dirs(cfg: RunConfig) -> RunConfig:
     """cfg with output_dir and cache_dir made absolute here, on the driver: the ranks take them as they are, and a
     relative path (the default runs/latest) or ~ would be resolved in each rank's own working directory and home."""
+    if is_uri(cfg.output_dir):  # the mirror is made, filled and sent back by api.run_directory
+        raise ValueError(f"output_dir={cfg.output_dir}: object storage is for dpo_ray.train/online and the CLI")
     cfg.output_dir = str(Path(cfg.output_dir).expanduser().absolute())
     cfg.cache_dir = str(Path(cfg.cache_dir).expanduser().absolute())
     return cfg
