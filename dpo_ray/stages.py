@@ -17,6 +17,7 @@ import yaml
 from .compose import compose
 from .data.pairs_cache import source_files
 from .file_digests import sha256
+from .run_storage import is_uri
 from .validation import ConfigError
 
 COMMANDS = ("train", "online")
@@ -75,6 +76,11 @@ def read_campaign(path: str | Path, extra: list[str] | None = None) -> CampaignF
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; a campaign file holds {', '.join(FILE_KEYS)}")
     shared = _strings(raw.get("overrides"), f"{path}: overrides")
+    if is_uri(str(raw.get("output_dir") or "")):  # its stages hand each other local paths (the final models)
+        raise ConfigError(
+            f"{path}: output_dir={raw['output_dir']}: a campaign's directory is a path; its stages' runs "
+            "may each be kept in object storage by running them one by one (dpo-ray train/online)"
+        )
     campaign = CampaignFile(path, Path(raw.get("output_dir") or f"runs/campaign/{path.stem}"))
     seen: set[str] = set()
     for k, entry in enumerate(raw["stages"], 1):

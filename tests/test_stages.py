@@ -48,6 +48,13 @@ def test_a_bad_campaign_file_fails_before_any_stage_runs_naming_the_stage_and_th
     assert expected in str(error.value) and str(path) in str(error.value)
 
 
+def test_a_campaign_directory_in_object_storage_is_refused_naming_the_way_that_works(tmp_path):
+    path = tmp_path / "bucket.yaml"
+    path.write_text(json.dumps({"output_dir": "s3://runs/c", "stages": [{"name": "a", "command": "train"}]}))
+    with pytest.raises(ConfigError, match=r"bucket.yaml: output_dir=s3://runs/c: a campaign's directory is a path"):
+        read_campaign(path)
+
+
 def test_a_stage_key_follows_its_command_overrides_and_parent():
     stage = Stage("a", "online", ["online.rounds=2"], False)
     key = stage_key(stage, "parent")
