@@ -190,7 +190,8 @@ class ActorGroup:
     def start_distributed(self, *args) -> None:
         """Rank 0 names its address and a free port; then every rank joins the process group at once (start's
         further arguments: args)."""
-        address, port = ray.get(self.actors[0].rendezvous_address.remote())
+        ref = self.actors[0].rendezvous_address.remote()
+        address, port = gather([ref], self.call_timeout_s, f"{self.name}.rendezvous_address")[0]
         self.run("start", address, port, *args)
 
     def submit(self, method: str, *args, **kwargs) -> list[ray.ObjectRef]:

@@ -89,7 +89,8 @@ class PolicyGroup:
 
     def weight_group_address(self) -> tuple[str, int]:
         """Where the weight-sync group meets: rank 0's node and a free port there."""
-        return ray.get(self.group.actors[0].rendezvous_address.remote())
+        ref = self.group.actors[0].rendezvous_address.remote()
+        return gather([ref], self.group.call_timeout_s, "policy.rendezvous_address")[0]
 
     def join_weight_group(
         self, address: str, port: int, world_size: int, timeout_s: float, target: str = ENGINES
