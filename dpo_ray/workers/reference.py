@@ -137,14 +137,28 @@ class ReferenceWorker:
 
     @torch.no_grad()
     def load_weights(self, directory: str) -> None:
-        """The weights save_weights wrote, back in place (a resumed TR-DPO run continues from the mixed reference);
-        under ZeRO-3, a parameter present whole is gathered anew from the loaded partitions."""
-        from safetensors.torch import load_file
+        """The weights save_weights wrote, back in place (a resumed TR-DPO run continues from the mixed reference),
+        also when another number of ranks or the other sharding wrote them (a node lost, a run grown): ZeRO-3 cuts
+        each flat parameter into equal parts by rank, the last padded, so the parts written join into the whole and
+        this rank takes its own part of it, a parameter at a time. Under ZeRO-3, a parameter present whole is
+        gathered anew from the loaded partitions."""
+        from pathlib import Path
+
+        from safetensors import safe_open
 
         partitioned = self._partitioned()
-        saved = load_file(f"{directory}/reference-rank{self.rank if partitioned else 0}.safetensors")
+        written = sorted(Path(directory).glob("reference-rank*.safetensors"), key=lambda p: int(p.stem[14:]))
+        mine = Path(directory) / f"reference-rank{self.rank if partitioned else 0}.safetensors"
+        same_shape = len(written) == (self.world if partitioned else 1) and mine in written
+        files = [safe_open(str(p), "pt") for p in ([mine] if same_shape else written)]
         for name, param in self._parameters().items():
-            getattr(param, "ds_tensor", param).data.copy_(saved[name])
+            parts = [f.get_tensor(name) for f in files]
+            if same_shape:
+                getattr(param, "ds_tensor", param).data.copy_(parts[0])
+            else:  # the whole flat parameter from what the other shape wrote, then this rank's part of it
+                whole = torch.cat([t.reshape(-1) for t in parts])[: getattr(param, "ds_numel", param.numel())]
+                for held, part in self._pieces(param, whole):
+                    held.copy_(part.to(held.dtype))
             if partitioned and param.data.numel() == getattr(param, "ds_numel", -1):
                 import torch.distributed as dist
 

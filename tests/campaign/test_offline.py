@@ -358,9 +358,16 @@ def test_tr_dpo_mixes_the_policy_into_the_reference_and_scores_with_the_mix(
     assert abs(before - reference_chosen) > 1e-3  # the reference did move
 
 
-def test_a_resumed_tr_dpo_run_continues_from_the_mixed_reference(local_ray, run_config, tiny_model_dir, tmp_path):
+@pytest.mark.parametrize(
+    "written_by, resumed_on",
+    [(("replicas", 1), ("replicas", 1)), (("zero3", 2), ("zero3", 1)), (("replicas", 1), ("zero3", 2))],
+)
+def test_a_resumed_tr_dpo_run_continues_from_the_mixed_reference(
+    local_ray, run_config, tiny_model_dir, tmp_path, written_by, resumed_on
+):
     """Stopped after a mix and resumed, TR-DPO ends with the weights of an uninterrupted run (the checkpoint holds the
-    mixed reference: the original one would train the later steps against another reference)."""
+    mixed reference: the original one would train the later steps against another reference), also on another
+    number of reference ranks or the other sharding (a node lost: the ZeRO-3 parts written are joined and cut anew)."""
     import shutil
 
     from safetensors.torch import load_file
@@ -368,6 +375,7 @@ def test_a_resumed_tr_dpo_run_continues_from_the_mixed_reference(local_ray, run_
     cfg = run_config
     cfg.algo.sync_ref_model, cfg.algo.ref_model_sync_steps = True, 1
     cfg.train.checkpoint_every, cfg.reference.cache = 2, False
+    cfg.reference.sharding, cfg.cluster.reference_ranks = written_by
     pairs = make_pairs(32, seed=5)
     inputs = OfflineInputs(tiny_model_dir, tiny_model_dir, pairs[:24], pairs[24:])
     whole = OfflineCampaign(cfg, inputs).run()
@@ -379,6 +387,7 @@ def test_a_resumed_tr_dpo_run_continues_from_the_mixed_reference(local_ray, run_
     record = json.loads((stopped / "run.json").read_text())
     (stopped / "run.json").write_text(json.dumps({**record, "state": "running"}))  # it never finished
     cfg.output_dir = str(stopped)
+    cfg.reference.sharding, cfg.cluster.reference_ranks = resumed_on
     resumed = OfflineCampaign(cfg, inputs).run()
     assert resumed.resumed_from == "step_2"
     a, b = (load_file(r.final_model / "model.safetensors") for r in (whole, resumed))
