@@ -219,8 +219,8 @@ def step_losses(run_dir) -> dict[int, float]:
 def test_a_checkpoint_written_by_2_ranks_resumes_on_1_and_one_by_1_on_2_at_every_kind_of_zero_stage(
     local_ray, run_config, tiny_model_dir, tmp_path
 ):
-    """A preempted node comes back fewer (2 -> 1) or a run grows (1 -> 2): stage 2 (optimizer states and gradients
-    partitioned) and stage 3 (parameters too) are re-partitioned through DeepSpeed's universal checkpoint, stage 0
+    """A preempted node comes back fewer (2 -> 1) or a run grows (1 -> 2): stages 1 and 2 (optimizer states, and at 2
+    gradients, partitioned) and stage 3 (parameters too) are re-partitioned through DeepSpeed's universal checkpoint, stage 0
     loads as it is; deepspeed.zero_stage=auto keeps the stage the checkpoint was written at. Each resumed run's losses
     and final weights are the uninterrupted 2-rank run's, within fp32 reduction order (the sum over a step's pairs
     splits differently across 1 and 2 ranks): losses 1e-5; weights 5e-4, since Adam at lr 1e-2 turns the noise in a
@@ -229,7 +229,7 @@ def test_a_checkpoint_written_by_2_ranks_resumes_on_1_and_one_by_1_on_2_at_every
     inputs = OfflineInputs(tiny_model_dir, tiny_model_dir, pairs[:48], pairs[40:])
     clean = resharded_run(run_config, tmp_path / "clean", inputs, 2, "0", 6)
     expected_losses, expected = step_losses(tmp_path / "clean"), load_file(clean.final_model / "model.safetensors")
-    for stage, before, after in (("2", 2, 1), ("3", 1, 2), ("0", 2, 1)):
+    for stage, before, after in (("2", 2, 1), ("3", 1, 2), ("0", 2, 1), ("1", 2, 1)):
         run_dir = tmp_path / f"stage{stage}-{before}to{after}"
         resharded_run(run_config, run_dir, inputs, before, stage, 3)
         assert json.loads((run_dir / "checkpoints" / "step_3" / "run_state.json").read_text())["policy"] == {
