@@ -289,6 +289,12 @@ class ClusterConfig:
         NON_NEGATIVE,
     )
     policy_ranks: int = opt(1, "policy group size: one DeepSpeed rank per Ray actor", AT_LEAST_ONE)
+    min_policy_ranks: int = opt(
+        0,
+        "fewest policy ranks a run goes on with, from its last checkpoint, when a lost node leaves no room for "
+        "policy_ranks (after nodes_wait_s); 0: it stops instead",
+        NON_NEGATIVE,
+    )
     reference_ranks: int = opt(1, "reference group size", AT_LEAST_ONE)
     placement: Placement = opt(Placement.PACK, "placement-group strategy of every group")
     cpus_per_rank: float = opt(1.0, "CPUs reserved per policy actor (and per reference actor by default)", POSITIVE)

@@ -237,14 +237,19 @@ def _deepspeed(cfg: RunConfig) -> list[str]:
 
 
 def _cluster(cfg: RunConfig) -> list[str]:
-    """Whole GPUs per rank."""
-    c = cfg.cluster
+    """Whole GPUs per rank; a run may shrink only to fewer ranks than it has."""
+    c, problems = cfg.cluster, []
     if c.gpus_per_rank > 0 and c.gpus_per_rank != int(c.gpus_per_rank):
-        return [
+        problems.append(
             f"cluster.gpus_per_rank={c.gpus_per_rank!r}: must be 0 or a whole number; NCCL ranks cannot share a GPU "
             "(two ranks on one GPU fail with 'Duplicate GPU detected')"
-        ]
-    return []
+        )
+    if c.min_policy_ranks and c.min_policy_ranks >= c.policy_ranks:
+        problems.append(
+            f"cluster.min_policy_ranks={c.min_policy_ranks}: must be below cluster.policy_ranks={c.policy_ranks} "
+            "(0: never go on with fewer)"
+        )
+    return problems
 
 
 def _rollout(cfg: RunConfig) -> list[str]:

@@ -3,6 +3,7 @@ to fit before any actor starts), attempts that restart after a lost actor or a h
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -60,7 +61,9 @@ def run_campaign(
         restarts: list[dict] = []
         try:
             check_plan(cfg, check, run_dir)
-            return with_restarts(attempt, cfg.resume == Resume.auto, cfg.train.max_restarts, restarts), restarts
+            shrink = lambda failure: fewer_policy_ranks(cfg, check, run_dir, failure)
+            result = with_restarts(attempt, cfg.resume == Resume.auto, cfg.train.max_restarts, restarts, shrink)
+            return result, restarts
         finally:
             cleanup()
             if started:
@@ -153,20 +156,31 @@ def record_attempt(run_dir: Path, resumed_from: str | None, cause: str) -> None:
     write_text(path, "".join(line + "\n" for line in earlier.splitlines() if line.strip()) + row)
 
 
-def with_restarts(attempt_fn: Callable[[bool, str], T], resume: bool, max_restarts: int, restarts: list[dict]) -> T:
+def with_restarts(
+    attempt_fn: Callable[[bool, str], T],
+    resume: bool,
+    max_restarts: int,
+    restarts: list[dict],
+    shrink: Callable[[BaseException], bool] = lambda failure: False,
+) -> T:
     """attempt_fn(resume, cause) until it succeeds; after a lost actor or a hung call, again (resuming from the
-    latest checkpoint) up to max_restarts times. Each restart is recorded in restarts: what failed and when."""
+    latest checkpoint) up to max_restarts times; after a group found no room, again if shrink(failure) made the
+    run smaller. Each restart is recorded in restarts: what failed and when."""
     from ray.exceptions import RayActorError
 
-    from ..groups.failures import GroupCallTimeout
+    from ..groups.failures import GroupCallTimeout, NoCapacity
 
     for attempt in range(max_restarts + 1):
         began = time.perf_counter()
         cause = restarts[-1]["error"] if restarts else ("rerun" if resume else "start")
         try:
             return attempt_fn(resume or attempt > 0, cause)
-        except (RayActorError, GroupCallTimeout) as failure:
+        except (RayActorError, GroupCallTimeout, NoCapacity) as failure:
             if interrupts.stopping():  # actors a Ctrl-C killed are not restarted
+                raise
+            if isinstance(failure, NoCapacity) and (attempt == max_restarts or not shrink(failure)):
+                if attempt > 0:  # what the restart was for
+                    failure.add_note(f"while restarting after {cause}")
                 raise
             if attempt == max_restarts:
                 failure.add_note(
@@ -195,6 +209,40 @@ def with_restarts(attempt_fn: Callable[[bool, str], T], resume: bool, max_restar
                 failure.add_note(f"while restarting after {cause}")
             raise
     raise AssertionError("unreachable")
+
+
+def fewer_policy_ranks(cfg: RunConfig, check: PlanCheck, run_dir: Path, failure: BaseException) -> bool:
+    """After the policy group found no room (a lost node): cfg.cluster.policy_ranks lowered to the most ranks, down
+    to cluster.min_policy_ranks, that the alive nodes hold, that split train.batch_size evenly (the same batches) and
+    whose memory plan fits (plan.txt rewritten); False, and the run stops, when none does or the option is off."""
+    from ..sizing.resources import policy_need
+
+    c, t = cfg.cluster, cfg.train
+    if getattr(failure, "group", "") != "policy" or not c.min_policy_ranks:
+        return False
+    for ranks in range(c.policy_ranks - 1, c.min_policy_ranks - 1, -1):
+        if t.batch_size % (ranks * t.micro_batch_size):
+            continue
+        trial = copy.deepcopy(cfg)
+        trial.cluster.policy_ranks = ranks
+        try:
+            check_fit([policy_need(trial)], alive_nodes(), str(c.placement))
+        except ValueError:
+            continue
+        plan = make_plan(trial, check.command, ray_nodes(), check.models, "the Ray cluster", check.max_model_len)
+        if not plan.fits and c.memory_check:
+            continue
+        log.warning(
+            "policy group: %d ranks no longer fit the cluster; going on with %d from the latest checkpoint "
+            "(cluster.min_policy_ranks=%d)",
+            c.policy_ranks,
+            ranks,
+            c.min_policy_ranks,
+        )
+        write_text(run_dir / PLAN, render(plan) + "\n")
+        c.policy_ranks = ranks
+        return True
+    return False
 
 
 def _why(failure: BaseException) -> list[str]:

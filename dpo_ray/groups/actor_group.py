@@ -125,7 +125,8 @@ def reserve(need: GroupNeed, strategy: str, ready_timeout_s: float = 300, report
         f"{wanted} did not fit the cluster within {ready_timeout_s:.0f}s (cluster.nodes_wait_s; available: "
         f"{ray.available_resources()}). "
         "Once the cluster has it the same command resumes from the last checkpoint, also on fewer ranks "
-        "(cluster.policy_ranks)"
+        "(cluster.policy_ranks; cluster.min_policy_ranks lets a run go on with fewer by itself)",
+        need.name,
     )
 
 

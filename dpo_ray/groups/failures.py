@@ -8,3 +8,7 @@ class GroupCallTimeout(TimeoutError):
 
 class NoCapacity(RuntimeError):
     """A group's placement did not fit the cluster in time (a lost node, a smaller allocation)."""
+
+    def __init__(self, message: str, group: str = ""):
+        super().__init__(message)
+        self.group = group  # which group found no room: the policy group may go on with fewer ranks

@@ -220,11 +220,12 @@ def test_a_checkpoint_written_by_2_ranks_resumes_on_1_and_one_by_1_on_2_at_every
     local_ray, run_config, tiny_model_dir, tmp_path
 ):
     """A preempted node comes back fewer (2 -> 1) or a run grows (1 -> 2): stages 1 and 2 (optimizer states, and at 2
-    gradients, partitioned) and stage 3 (parameters too) are re-partitioned through DeepSpeed's universal checkpoint, stage 0
-    loads as it is; deepspeed.zero_stage=auto keeps the stage the checkpoint was written at. Each resumed run's losses
-    and final weights are the uninterrupted 2-rank run's, within fp32 reduction order (the sum over a step's pairs
-    splits differently across 1 and 2 ranks): losses 1e-5; weights 5e-4, since Adam at lr 1e-2 turns the noise in a
-    near-zero gradient into a step of up to lr (measured: 1.1e-4 at stage 3, while the weights move ~6e-2)."""
+    gradients, partitioned) and stage 3 (parameters too) are re-partitioned through DeepSpeed's universal checkpoint,
+    stage 0 loads as it is; deepspeed.zero_stage=auto keeps the stage the checkpoint was written at. Each resumed
+    run's losses and final weights are the uninterrupted 2-rank run's, within fp32 reduction order (the sum over a
+    step's pairs splits differently across 1 and 2 ranks): losses 1e-5; weights 5e-4, since Adam at lr 1e-2 turns the
+    noise in a near-zero gradient into a step of up to lr (measured: 1.1e-4 at stage 3, while the weights move
+    ~6e-2)."""
     pairs = make_pairs(48, seed=37)  # 6 steps of 8 pairs
     inputs = OfflineInputs(tiny_model_dir, tiny_model_dir, pairs[:48], pairs[40:])
     clean = resharded_run(run_config, tmp_path / "clean", inputs, 2, "0", 6)
