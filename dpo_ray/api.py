@@ -71,7 +71,7 @@ def train(cfg: RunConfig | None = None, train_dataset: Any = None, eval_dataset:
             table = offline_summary(result, campaign.inputs)
             report = write_report(result.run_dir, cfg.report_to, cfg.run_name)
     except RunFinished as done:
-        return RunResult.of_directory(Path(done.run_dir), nothing_ran=str(done))
+        return RunResult.of_directory(Path(done.run_dir), nothing_ran=_said(done))
     known = {"final_model": result.final_model, "summary": table, "report": report}
     return RunResult.of_directory(result.run_dir, resumed_from=result.resumed_from, **known)
 
@@ -87,11 +87,21 @@ def run_directory(cfg: RunConfig) -> Iterator[RunConfig]:
     uri = cfg.output_dir if is_uri(cfg.output_dir) else ""
     with run_dir_lock(local_run_dir(cfg.output_dir, cfg.cache_dir)):
         with mirrored(cfg.output_dir, cfg.cache_dir, download=cfg.resume != Resume.never) as run_dir:
-            if uri:
-                cfg = copy.deepcopy(cfg)
-                cfg.run_name = cfg.run_name or uri.rstrip("/").rsplit("/", 1)[-1]
-                cfg.output_dir = str(run_dir)
-            yield cfg
+            if not uri:
+                yield cfg
+                return
+            cfg = copy.deepcopy(cfg)
+            cfg.run_name = cfg.run_name or uri.rstrip("/").rsplit("/", 1)[-1]
+            cfg.output_dir = str(run_dir)
+            try:
+                yield cfg
+            except Exception as error:  # its messages name the mirror: say whose
+                error.add_note(f"(output_dir={uri} runs in its local mirror {run_dir})")
+                raise
+
+
+def _said(error: BaseException) -> str:
+    return "\n".join([str(error), *getattr(error, "__notes__", [])])
 
 
 def online(cfg: RunConfig | None = None) -> RunResult:
@@ -111,7 +121,7 @@ def online(cfg: RunConfig | None = None) -> RunResult:
             table = online_summary(result)
             report = write_report(result.run_dir, cfg.report_to, cfg.run_name)
     except RunFinished as done:
-        return RunResult.of_directory(Path(done.run_dir), nothing_ran=str(done))
+        return RunResult.of_directory(Path(done.run_dir), nothing_ran=_said(done))
     known = {"final_model": result.final_model, "summary": table, "report": report}
     return RunResult.of_directory(result.run_dir, resumed_from=result.resumed_from, **known)
 

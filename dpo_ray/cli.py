@@ -83,9 +83,16 @@ def train(overrides: list[str]) -> int:
         f"\nfinal model: {result.final_model}\nmetrics: {result.run_dir / 'metrics.jsonl'}  "
         f"({timing['steps']} steps, median {timing['median_step_seconds']:.3f}s/step on "
         f"{cfg.cluster.policy_ranks} policy ranks)\n"
-        f"report: {result.report}\n\n{result.summary}"
+        f"report: {result.report}{_kept_at(cfg.output_dir)}\n\n{result.summary}"
     )
     return 0
+
+
+def _kept_at(output_dir: str) -> str:
+    """Where a run kept in object storage is, beside the local paths printed (its mirror's)."""
+    from .run_storage import is_uri
+
+    return f"\nkept at {output_dir} (the paths above are its local mirror)" if is_uri(output_dir) else ""
 
 
 def online(overrides: list[str]) -> int:
@@ -98,7 +105,8 @@ def online(overrides: list[str]) -> int:
     resumed = f" (resumed after round {result.resumed_from})" if result.resumed_from else ""
     print(
         f"\nfinal model: {result.final_model}{resumed}\nrounds: {result.run_dir / 'rounds.jsonl'}, "
-        f"samples and pairs per round: {result.run_dir / 'rounds'}\nreport: {result.report}\n\n{result.summary}"
+        f"samples and pairs per round: {result.run_dir / 'rounds'}\nreport: {result.report}"
+        f"{_kept_at(cfg.output_dir)}\n\n{result.summary}"
     )
     return 0
 
@@ -119,7 +127,13 @@ def campaign(arguments: list[str]) -> int:
 
 def _nothing_ran(command: str, result) -> int:
     """An identical rerun: its table again, in seconds, not a second run."""
-    print(f"dpo-ray {command}: {result.nothing_ran}: nothing to do (resume=never runs it again)\n\n{result.summary}")
+    said, *notes = result.nothing_ran.splitlines()
+    print(
+        f"dpo-ray {command}: {said}: nothing to do (resume=never runs it again)",
+        *notes,
+        f"\n{result.summary}",
+        sep="\n",
+    )
     return 0
 
 
