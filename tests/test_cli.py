@@ -154,7 +154,7 @@ def test_every_bad_value_fails_naming_the_option_and_what_it_allows_without_star
         (["algo.desirable_weight=2.0"], "algo.desirable_weight=2.0: read by kto, apo_zero_unpaired only"),
         (["online.desirable_threshold=0.5"], "labels samples for an unpaired loss (algo.loss_type=kto or"),
         (["online.prompt_order=fresh"], "online.prompt_order=fresh: read with online.prompts_per_round > 0 only"),
-        (["cluster.min_policy_ranks=1"], "cluster.min_policy_ranks=1: must be below cluster.policy_ranks=1"),
+        (["cluster.min_policy_ranks=2"], "cluster.min_policy_ranks=2: must be below cluster.policy_ranks=2"),
         (["output_dir=hdfs://x/run"], "output_dir=hdfs://x/run: a URI must be s3://bucket/path or gs://bucket/path"),
         (["algo=simpo", "online.reference_update=each_round"], "is reference-free; there is no reference to update"),
         (["algo.sync_ref_model=true", "online.reference_update=each_round"], "moves the reference too; choose one"),
