@@ -137,7 +137,9 @@ def test_object_storage_options_are_checked_when_composed(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_run_stopped_by_a_signal_resumes_on_a_new_machine_from_its_bucket_alone(bucket, tmp_path, task_cache_dir):
+def test_a_run_stopped_by_a_signal_resumes_on_a_new_machine_from_its_bucket_alone(
+    bucket, local_ray, tmp_path, task_cache_dir
+):
     """SIGTERM (Slurm's preemption) after the first checkpoint: the bucket gets the run as it stood; a machine with
     an empty mirror resumes from the bucket's checkpoint, every step is logged once, and the bucket ends holding the
     final model, the report and the last checkpoint."""
