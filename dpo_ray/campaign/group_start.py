@@ -11,6 +11,7 @@ from ray.util.placement_group import remove_placement_group
 
 from ..groups.actor_group import reserve
 from ..sizing.resources import GroupNeed
+from .interrupts import interruption
 
 
 def start_together(
@@ -44,7 +45,9 @@ def start_together(
                 groups[name] = future.result()
             except BaseException as failure:  # the others still finish starting, to be shut down by the caller
                 failures.append(failure)
-                _remove(placements[name])
+                stopping = interruption(failure) is not None  # a stop: every group's actors go, so their loads end
+                for placement in placements.values() if stopping else [placements[name]]:
+                    _remove(placement)
                 continue
             if groups[name] is not None:
                 started.append(groups[name])

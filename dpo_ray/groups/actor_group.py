@@ -230,5 +230,8 @@ class ActorGroup:
     def shutdown(self) -> None:
         for actor in self.actors:
             ray.kill(actor)
-        remove_placement_group(self.placement)
+        try:
+            remove_placement_group(self.placement)
+        except Exception:  # removed already: a stop while the groups started removed every group's at once
+            pass
         self.actors = []
