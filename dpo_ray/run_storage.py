@@ -182,14 +182,14 @@ class RunStorage:
             self._put(relative)
             synced[relative] = stamp
             self._record(synced)  # a kill after this file re-sends only what follows
-        kept, pruned = set(files), set()
-        for relative in [r for r in self._remote() if r not in kept and not _hidden(r)]:
+        kept, pruned, remote = set(files), set(), self._remote()
+        for relative in [r for r in remote if r not in kept and not _hidden(r)]:
             if _checkpoint_of(relative) is None:
                 continue  # files only the bucket has outside checkpoints stay (written by another tool)
             pruned.add(_checkpoint_of(relative))
             synced.pop(relative, None)
         for directory, tag in sorted(pruned):  # checkpoints the mirror pruned, or whose upload a kill cut
-            self._delete(f"{directory}/{tag}", whole=not (self.mirror / directory / tag).exists())
+            self._delete(f"{directory}/{tag}", [r for r in remote if r.startswith(f"{directory}/{tag}/")])
         self._record(synced)
         if order:
             log.info("output_dir=%s: %d files uploaded in %.1fs", self.uri, len(order), time.perf_counter() - began)
@@ -218,14 +218,13 @@ class RunStorage:
         except OSError as error:
             raise StorageError(f"output_dir={self.uri}: uploading {relative} failed: {error}") from error
 
-    def _delete(self, checkpoint: str, whole: bool) -> None:
-        """A checkpoint the mirror no longer has (whole), or the files of it that the mirror lacks."""
+    def _delete(self, checkpoint: str, stored: list[str]) -> None:
+        """A checkpoint the mirror no longer has (whole), or of its stored files those the mirror lacks."""
         try:
-            if whole:
+            if not (self.mirror / checkpoint).exists():
                 self.fs.delete_dir(f"{self.root}/{checkpoint}")
                 return
-            local = {str(p.relative_to(self.mirror)) for p in (self.mirror / checkpoint).rglob("*") if p.is_file()}
-            for relative in [r for r in self._remote() if r.startswith(f"{checkpoint}/") and r not in local]:
+            for relative in [r for r in stored if not (self.mirror / r).is_file()]:
                 self.fs.delete_file(f"{self.root}/{relative}")
         except OSError as error:  # a stale checkpoint left in the bucket is only clutter
             log.warning("output_dir=%s: could not delete %s: %s", self.uri, checkpoint, error)

@@ -9,7 +9,7 @@ from typing import Any
 
 from ray.util.placement_group import remove_placement_group
 
-from ..groups.actor_group import reserve
+from ..groups.actor_group import release, reserve
 from ..sizing.resources import GroupNeed
 from .interrupts import interruption
 
@@ -22,9 +22,9 @@ def start_together(
     wait_s: float = 300,
 ) -> dict[str, Any]:
     """makers[name](placement) for each need, in needs' order of reservation (each waited for up to wait_s), all
-    running at once. Every group that
-    starts goes into started (None, a maker's result that is no group, does not), even when another fails: the caller
-    shuts them down; a failed group's reservation is removed, and the first failure is raised."""
+    running at once. Every group that starts goes into started (None, a maker's result that is no group, does not),
+    even when another fails: the caller shuts them down; a failed group's reservation is removed (on a stop, every
+    group's), and the first failure is raised."""
     names = [need.name for need in needs]
     if sorted(names) != sorted(makers):
         raise ValueError(f"groups to start {sorted(makers)} are not the groups needed {sorted(names)}")
@@ -47,18 +47,10 @@ def start_together(
                 failures.append(failure)
                 stopping = interruption(failure) is not None  # a stop: every group's actors go, so their loads end
                 for placement in placements.values() if stopping else [placements[name]]:
-                    _remove(placement)
+                    release(placement)
                 continue
             if groups[name] is not None:
                 started.append(groups[name])
     if failures:
         raise failures[0]
     return groups
-
-
-def _remove(placement) -> None:
-    """Remove a placement group its group may have removed already (a group that fails to start gives it back)."""
-    try:
-        remove_placement_group(placement)
-    except Exception:  # already removed
-        pass

@@ -130,6 +130,15 @@ def reserve(need: GroupNeed, strategy: str, ready_timeout_s: float = 300, report
     )
 
 
+def release(placement) -> None:
+    """Remove a placement group that may be removed already (a group that failed to start gave it back; a stop while
+    the groups started removed every group's at once)."""
+    try:
+        remove_placement_group(placement)
+    except Exception:  # already removed
+        pass
+
+
 def bundle_nodes(placement) -> list[str]:
     """The Ray node id each bundle of a placement group landed on, in bundle order."""
     from ray.util import placement_group_table
@@ -230,8 +239,5 @@ class ActorGroup:
     def shutdown(self) -> None:
         for actor in self.actors:
             ray.kill(actor)
-        try:
-            remove_placement_group(self.placement)
-        except Exception:  # removed already: a stop while the groups started removed every group's at once
-            pass
+        release(self.placement)
         self.actors = []
