@@ -24,7 +24,7 @@ from ..groups.rollout_group import RolloutGroup
 from ..groups.weight_sync import WeightSync
 from ..report.win_rate import win_rate
 from ..schema import RunConfig
-from ..workers.rollout import Sample
+from ..workers.rollout import Draw, Sample
 from ..workers.user_code import UserCodeError, one_line
 from ..workers.weights import CURRENT, ROUND_START, START
 from . import round_stats as stats
@@ -350,22 +350,16 @@ def evaluate(context: RoundContext, r: int = 0, round_reference: bool = False) -
     if not prompts:
         return {}
     seeds = [stats.sample_seed(o.seed, 0, i) for i in range(len(prompts))]
-    sampled = groups.rollout.generate(
-        prompts,
-        seeds,
-        o.eval_samples_per_prompt,
-        o.temperature,
-        o.top_p,
-        o.max_tokens,
-        with_logp=context.uses_reference,
-    )
-    metrics = {}
-    greedy = None
+    draws = [Draw(o.eval_samples_per_prompt, o.temperature, o.top_p, o.max_tokens, context.uses_reference)]
     if groups.reward is not None or groups.eval_judge is not None:
-        greedy = groups.rollout.generate(prompts, seeds, 1, 0.0, 1.0, o.max_tokens)
+        draws.append(Draw(1, 0.0, 1.0, o.max_tokens))  # greedy answers, decoded with the samples
+    sampled, *greedy_draw = groups.rollout.draw(prompts, seeds, draws)
+    greedy = greedy_draw[0] if greedy_draw else None
+    metrics = {}
     if groups.reward is not None:  # a judged run without a task reward has no absolute score to report
-        metrics["eval/sampled_reward"] = stats.mean_score(groups.reward.score(prompts, stats.texts(sampled)))
-        metrics["eval/greedy_reward"] = stats.mean_score(groups.reward.score(prompts, stats.texts(greedy)))
+        scores = groups.reward.score([*prompts, *prompts], stats.texts(sampled) + stats.texts(greedy))
+        metrics["eval/sampled_reward"] = stats.mean_score(scores[: len(prompts)])
+        metrics["eval/greedy_reward"] = stats.mean_score(scores[len(prompts) :])
     metrics["eval/length"] = stats.mean_length(sampled)
     if context.uses_reference:
         pairs, scored = stats.kl_pairs(context.eval_prompt_ids, sampled)

@@ -12,7 +12,7 @@ from ..schema import RunConfig
 from ..sizing.resources import rollout_need
 from ..workers.device import device_spec
 from ..workers.engine_args import engine_env
-from ..workers.rollout import Sample
+from ..workers.rollout import Draw, Sample
 from .actor_group import ActorGroup, PendingShards
 
 
@@ -65,6 +65,13 @@ class RolloutGroup:
         return self.group.submit_shards(
             "generate", list(zip(prompts, seeds)), n, temperature, top_p, max_tokens, with_logp
         )
+
+    def draw(self, prompts: Sequence[Text], seeds: Sequence[int], draws: Sequence[Draw]) -> list[list[list[Sample]]]:
+        """Each draw's samples of every prompt (per draw, in prompt order), all drawn in one call per engine."""
+        if len(seeds) != len(prompts):
+            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+        per_prompt = self.group.run_shards("draw", list(zip(prompts, seeds)), list(draws))
+        return [[outs[k] for outs in per_prompt] for k in range(len(draws))]
 
     def join_weight_group(self, address: str, port: int, first_rank: int, world_size: int) -> list[ray.ObjectRef]:
         """Every worker of every engine joins the sync group: engine e's workers take the ranks from

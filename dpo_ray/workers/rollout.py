@@ -26,6 +26,18 @@ class Sample:
     logp: float | None = None
 
 
+@dataclass(frozen=True)
+class Draw:
+    """One way of sampling a call's prompts: n responses each at temperature (0: greedy) and top_p, up to max_tokens,
+    with their log-probs if with_logp."""
+
+    n: int
+    temperature: float
+    top_p: float
+    max_tokens: int
+    with_logp: bool = False
+
+
 class RolloutWorker:
     def __init__(
         self,
@@ -101,33 +113,43 @@ class RolloutWorker:
         with_logp: bool = False,
     ) -> list[list[Sample]]:
         """n responses per (prompt, seed) job; the seed makes a prompt's samples the same whichever engine draws them.
-        with_logp also returns their log-probs (it costs: on a tiny model, twice the generation time). A prompt that
-        leaves no room for max_tokens in the engine (a judge prompt past a small model's positions) gets n empty
+        with_logp also returns their log-probs (it costs: on a tiny model, twice the generation time)."""
+        return [outs[0] for outs in self.draw(jobs, [Draw(n, temperature, top_p, max_tokens, with_logp)])]
+
+    def draw(self, jobs: Sequence[tuple[Text, int]], draws: Sequence[Draw]) -> list[list[list[Sample]]]:
+        """Every draw of every (prompt, seed) job in one engine call, so the engine batches them all (a held-out
+        evaluation's sampled and greedy answers decode together): each job's samples, per draw. A prompt that leaves
+        no room for a draw's max_tokens in the engine (a judge prompt past a small model's positions) gets empty
         responses, which a judge's tally counts as no verdict, instead of failing the whole call."""
         from vllm import SamplingParams
 
+        prompts = [self._prompt(p) for p, _ in jobs]
+        limit = self.llm.model_config.max_model_len
+        fits = [
+            (i, k)
+            for k, d in enumerate(draws)
+            for i, prompt in enumerate(prompts)
+            if len(prompt["prompt_token_ids"]) <= limit - d.max_tokens
+        ]
         params = [
             SamplingParams(
-                n=n,
-                temperature=temperature,
-                top_p=top_p,
-                max_tokens=max_tokens,
-                seed=seed,
+                n=draws[k].n,
+                temperature=draws[k].temperature,
+                top_p=draws[k].top_p,
+                max_tokens=draws[k].max_tokens,
+                seed=jobs[i][1],
                 skip_special_tokens=True,
-                logprobs=0 if with_logp else None,
+                logprobs=0 if draws[k].with_logp else None,
             )
-            for _, seed in jobs
+            for i, k in fits
         ]
-        prompts = [self._prompt(p) for p, _ in jobs]
-        room = self.llm.model_config.max_model_len - max_tokens
-        fits = [i for i, prompt in enumerate(prompts) if len(prompt["prompt_token_ids"]) <= room]
-        chosen = ([prompts[i] for i in fits], [params[i] for i in fits])
-        outputs = self.llm.generate(*chosen, use_tqdm=False, lora_request=self.adapter) if fits else []
+        chosen = [prompts[i] for i, _ in fits]
+        outputs = self.llm.generate(chosen, params, use_tqdm=False, lora_request=self.adapter) if fits else []
         drawn = {
-            i: [
-                Sample(c.text, tuple(c.token_ids), float(c.cumulative_logprob) if with_logp else None)
+            (i, k): [
+                Sample(c.text, tuple(c.token_ids), float(c.cumulative_logprob) if draws[k].with_logp else None)
                 for c in out.outputs
             ]
-            for i, out in zip(fits, outputs, strict=True)
+            for (i, k), out in zip(fits, outputs, strict=True)
         }
-        return [drawn.get(i, [Sample("", ())] * n) for i in range(len(prompts))]
+        return [[drawn.get((i, k), [Sample("", ())] * d.n) for k, d in enumerate(draws)] for i in range(len(jobs))]

@@ -36,7 +36,7 @@ from dpo_ray.data.tokenize import TokenizedPair, TokenizeSettings
 from dpo_ray.data.tournament import Tally
 from dpo_ray.reward_source import reward_source
 from dpo_ray.schema import RunConfig
-from dpo_ray.workers.rollout import Sample
+from dpo_ray.workers.rollout import Draw, Sample
 from dpo_ray.workers.weights import CURRENT, ROUND_START, START
 
 from ..conftest import make_pairs as random_pairs
@@ -74,10 +74,10 @@ class Rollout:
         self.submitted.append((prompts, seeds, n))
         return Pending([self.drawn[p] for p in prompts], launched_at=50.0 + len(self.submitted))
 
-    def generate(self, prompts, seeds, n, temperature, top_p, max_tokens, with_logp=False):
-        self.calls.append("generate")
-        self.submitted.append((prompts, seeds, n, temperature, with_logp))
-        return [self.greedy if temperature == 0.0 else self.held_out for _ in prompts]
+    def draw(self, prompts, seeds, draws):
+        self.calls.append("draw")
+        self.submitted.append((prompts, seeds, draws))
+        return [[self.greedy if d.temperature == 0.0 else self.held_out for _ in prompts] for d in draws]
 
 
 class Reward:
@@ -431,8 +431,12 @@ def test_the_held_out_evaluation_scores_sampled_and_greedy_draws_and_the_kl(tmp_
         "eval/length": (2 + 1) / 2,
         "eval/kl": ((-1.0 - -2.5) + (-2.0 - -1.5)) / 2,  # the reference gives -len - 0.5
     }
-    sampled, greedy = context.groups.rollout.submitted
-    assert sampled == (["q0"], [seed_of(0, 0)], 4, 1.0, True) and greedy[2:4] == (1, 0.0)
+    [(prompts, seeds, (sampled, greedy))] = context.groups.rollout.submitted  # one call: both draws
+    assert (prompts, seeds) == (["q0"], [seed_of(0, 0)])
+    assert (sampled.n, sampled.temperature, sampled.with_logp) == (4, 1.0, True) and (greedy.n, greedy.temperature) == (
+        1,
+        0.0,
+    )
 
 
 def test_a_held_out_judge_plays_each_rounds_greedy_answers_against_the_starting_policys(tmp_path):
@@ -460,7 +464,8 @@ def test_a_held_out_judge_plays_each_rounds_greedy_answers_against_the_starting_
 def test_a_run_without_a_task_reward_or_a_reference_evaluates_the_length_alone(tmp_path):
     context = a_context(tmp_path, reward=False, uses_reference=False)
     assert evaluate(context) == {"eval/length": 1.5}
-    assert context.groups.rollout.submitted == [(["q0"], [seed_of(0, 0)], 4, 1.0, False)]
+    o = context.cfg.online
+    assert context.groups.rollout.submitted == [(["q0"], [seed_of(0, 0)], [Draw(4, 1.0, o.top_p, o.max_tokens)])]
 
 
 def test_the_timer_times_each_phase_puts_its_spans_after_it_and_logs_it(caplog):
@@ -482,7 +487,7 @@ def test_a_round_runs_its_phases_in_order_and_rows_them_as_rounds_jsonl_does(tmp
     context = a_context(tmp_path, cfg, drawn=drawn, scores=scores, began=95.0)
     row = run_round(context, 1, clock=itertools.count(100.0).__next__)
     generate, score, reference, train, sync = ["submit"], ["score"], ["logps"], ["train"], ["sync"]
-    evaluation = ["generate", "generate", "score", "score", "logps"]
+    evaluation = ["draw", "score", "logps"]  # sampled and greedy drawn together, and scored together
     assert context.calls == generate + score + reference + train + sync + evaluation
     assert list(row) == [
         "round",

@@ -50,6 +50,26 @@ def test_two_engines_return_n_samples_per_prompt_reproducibly_however_prompts_ar
     assert rollout.generate(CHAT, [s + 1 for s in seeds], 3, 1.0, 1.0, 12) != first
 
 
+def test_draws_asked_together_are_those_asked_apart_and_one_that_does_not_fit_is_empty(rollout):
+    """A held-out evaluation's sampled answers (with log-probs) and greedy ones, drawn in one call per engine, are
+    the ones each draw gives alone; a draw whose max_tokens leaves a prompt no room gets empty answers, the others
+    theirs."""
+    from dpo_ray.workers.rollout import Draw, Sample
+
+    seeds = list(range(200, 206))
+    draws = [Draw(2, 1.0, 1.0, 12, with_logp=True), Draw(1, 0.0, 1.0, 12), Draw(1, 0.0, 1.0, 128)]
+    sampled, greedy, too_long = rollout.draw(CHAT, seeds, draws)
+    alone = rollout.generate(CHAT, seeds, 2, 1.0, 1.0, 12, with_logp=True)
+    assert [[(s.text, s.token_ids) for s in outs] for outs in sampled] == [
+        [(s.text, s.token_ids) for s in outs] for outs in alone
+    ]
+    assert all(
+        a.logp == pytest.approx(b.logp, abs=1e-4) for x, y in zip(sampled, alone) for a, b in zip(x, y, strict=True)
+    )
+    assert greedy == rollout.generate(CHAT, seeds, 1, 0.0, 1.0, 12)
+    assert too_long == [[Sample("", ())]] * len(CHAT)  # 128 positions: no room for 128 tokens after a prompt
+
+
 def test_a_self_judging_policy_asks_its_rollout_engines_and_a_judge_prompt_too_long_gets_no_verdict(rollout):
     """reward.judge_model=policy: the tournament's answers are the rollout engines' greedy answers to the judge
     messages, both orders (checked against the engines asked directly); the built-in template does not fit the 128
