@@ -7,11 +7,8 @@ import importlib
 import math
 from collections.abc import Callable, Sequence
 
-import torch
-
 from ..data.formats import Text
 from ..data.prompts import prompt_text
-from .device import device_spec, use_local_gpu
 from .user_code import BoundedCaller, UserCodeError, call_user_function, quoted
 
 
@@ -76,6 +73,7 @@ class ModelRewardWorker:
         """dtype: the run's model.dtype (auto: bfloat16 on GPU, where a 7B reward model in fp32 would take 28 GB)."""
         from transformers import AutoModelForSequenceClassification
 
+        from .device import device_spec, use_local_gpu  # here: a rule's actor starts without torch (~1.3 s)
         from .models import load_tokenizer
 
         self.name, self.micro_batch_size, self.max_length = model_path, micro_batch_size, max_length
@@ -102,9 +100,10 @@ class ModelRewardWorker:
             )
         return prompt_text(prompt) + response
 
-    @torch.no_grad()
     def score(self, items: Sequence[tuple[Text, str]]) -> list[float]:
         """One score per (prompt, response)."""
+        import torch
+
         texts = [self.text(p, r) for p, r in items]
         scores: list[float] = []
         for start in range(0, len(texts), self.micro_batch_size):
@@ -116,5 +115,6 @@ class ModelRewardWorker:
                 max_length=self.max_length,
                 add_special_tokens=not self.templated,
             )  # a template holds its own BOS
-            scores += self.model(**enc.to(self.spec.device)).logits[:, 0].float().tolist()
+            with torch.no_grad():
+                scores += self.model(**enc.to(self.spec.device)).logits[:, 0].float().tolist()
         return check_rewards(self.name, scores, len(items))

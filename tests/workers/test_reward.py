@@ -19,6 +19,25 @@ def test_rule_reward_scores_the_user_text_of_string_and_message_prompts():
     assert worker.score(items) == [1.0, 0.0, 1.0]
 
 
+def test_a_rule_and_a_judge_function_score_in_a_process_that_never_imports_torch():
+    """A rule's or judge function's actor is started for a few string calls: it loads neither torch nor the device
+    helpers (~1.3 s of imports on this box), only the model reward worker does."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from dpo_ray.workers.judge import JudgeFnWorker\n"
+        "from dpo_ray.workers.reward import RuleRewardWorker\n"
+        "print(RuleRewardWorker('dpo_ray.tasks.number_words:reward').score([('Write 7 in words.', 'seven')]))\n"
+        "print(JudgeFnWorker('dpo_ray.tasks.number_words:judge').judge([('Write 7 in words.', 'seven', 'sevn')]))\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'vllm', 'deepspeed') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["[1.0]", "['A']", "[]"]
+
+
 def test_bad_rule_paths_and_a_reward_models_bad_outputs_name_the_reward():
     with pytest.raises(ValueError, match="reward.fn='no_such_module:f': cannot import"):
         RuleRewardWorker("no_such_module:f")
