@@ -60,17 +60,11 @@ class RolloutGroup:
         with_logp: bool = False,
     ) -> PendingShards:
         """generate, not waited for: the engines draw while the caller goes on (result() gives the samples)."""
-        if len(seeds) != len(prompts):
-            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
-        return self.group.submit_shards(
-            "generate", list(zip(prompts, seeds)), n, temperature, top_p, max_tokens, with_logp
-        )
+        return self.group.submit_shards("generate", jobs(prompts, seeds), n, temperature, top_p, max_tokens, with_logp)
 
     def draw(self, prompts: Sequence[Text], seeds: Sequence[int], draws: Sequence[Draw]) -> list[list[list[Sample]]]:
         """Each draw's samples of every prompt (per draw, in prompt order), all drawn in one call per engine."""
-        if len(seeds) != len(prompts):
-            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
-        per_prompt = self.group.run_shards("draw", list(zip(prompts, seeds)), list(draws))
+        per_prompt = self.group.run_shards("draw", jobs(prompts, seeds), list(draws))
         return [[outs[k] for outs in per_prompt] for k in range(len(draws))]
 
     def join_weight_group(self, address: str, port: int, first_rank: int, world_size: int) -> list[ray.ObjectRef]:
@@ -97,3 +91,10 @@ class RolloutGroup:
 
     def shutdown(self) -> None:
         self.group.shutdown()
+
+
+def jobs(prompts: Sequence[Text], seeds: Sequence[int]) -> list[tuple[Text, int]]:
+    """The engines' (prompt, seed) jobs: one seed a prompt."""
+    if len(seeds) != len(prompts):
+        raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+    return list(zip(prompts, seeds))

@@ -431,12 +431,10 @@ def test_the_held_out_evaluation_scores_sampled_and_greedy_draws_and_the_kl(tmp_
         "eval/length": (2 + 1) / 2,
         "eval/kl": ((-1.0 - -2.5) + (-2.0 - -1.5)) / 2,  # the reference gives -len - 0.5
     }
-    [(prompts, seeds, (sampled, greedy))] = context.groups.rollout.submitted  # one call: both draws
-    assert (prompts, seeds) == (["q0"], [seed_of(0, 0)])
-    assert (sampled.n, sampled.temperature, sampled.with_logp) == (4, 1.0, True) and (greedy.n, greedy.temperature) == (
-        1,
-        0.0,
-    )
+    o = context.cfg.online  # one call: the samples with their log-probs, and the greedy answers
+    assert context.groups.rollout.submitted == [
+        (["q0"], [seed_of(0, 0)], [Draw(4, 1.0, o.top_p, o.max_tokens, True), Draw(1, 0.0, 1.0, o.max_tokens)])
+    ]
 
 
 def test_a_held_out_judge_plays_each_rounds_greedy_answers_against_the_starting_policys(tmp_path):
