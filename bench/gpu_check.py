@@ -119,8 +119,6 @@ def numerics_and_layouts(model_dir: Path, pairs, device, attentions: list[str]) 
         model = load(model_dir, torch.bfloat16, device, attention)
         padded = None
         for layout in LAYOUTS:
-            if attention != "sdpa" and layout == "prefix_shared":
-                continue  # flash-attention takes no mask: dpo-ray falls back to packed
             key = f"{attention}/{layout}"
             policy = logps(model, pairs, layout, torch.bfloat16, device, attention)
             reference = logps(model, pairs, layout, torch.bfloat16, device, attention)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .prefix_attention import KV_INDEX, install
+
 # Varlen boundaries reach flash-attention through the model's keyword arguments (transformers' FlashAttentionKwargs).
 MODEL_INPUTS = (
     "input_ids",
@@ -22,6 +24,7 @@ MODEL_INPUTS = (
     "cu_seq_lens_k",
     "max_length_q",
     "max_length_k",
+    KV_INDEX,
 )
 DEFAULT_CHUNK_BYTES = 256 << 20
 HALF = (torch.bfloat16, torch.float16)
@@ -198,6 +201,8 @@ def forward_pairs(model: torch.nn.Module, batch: dict[str, torch.Tensor], ld_alp
     transformers reads masks differently and packed sequences would attend across boundaries). With ld_alpha
     (LD-DPO, TRL's), a response's tokens beyond the shorter response of its pair count ld_alpha times."""
     head = _scoring_head(model)
+    if KV_INDEX in batch:  # a prefix-shared batch for a varlen kernel: its attention gathers the key segments
+        install(getattr(model, "module", model).config._attn_implementation)
     head.capturing = True
     try:
         model(**{k: batch[k] for k in MODEL_INPUTS if k in batch}, use_cache=False)

@@ -118,7 +118,7 @@ class DataConfig:
     layout: Layout = opt(
         Layout.prefix_shared,
         "how pairs fill a forward: padded (a sequence per row, as TRL), packed (whole pairs side by side, no padding) "
-        "or prefix_shared (packed, each prompt computed once for both responses; packed under flash-attention)",
+        "or prefix_shared (packed, each prompt computed once for both responses; flash-attention too)",
     )
     pack_length: int = opt(
         256, "target tokens per packed row (packed, prefix_shared); a pair never crosses rows", AT_LEAST_ONE

@@ -14,6 +14,7 @@ from dpo_ray.data.collate import BatchLayout, collate_pairs, unit_length
 from dpo_ray.data.tokenize import TokenizedPair
 from dpo_ray.logprobs import forward_pairs, install_scoring_head
 from dpo_ray.objective import micro_batch_objective
+from dpo_ray.prefix_attention import KV_INDEX
 from dpo_ray.schema import AlgoConfig
 
 from .conftest import make_pairs
@@ -117,7 +118,8 @@ VARLEN_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 @pytest.mark.parametrize("kind", ["padded", "packed", "prefix_shared"])
 def test_flash_attention_layouts_match_padded_sdpa_with_many_rows(tiny_model_dir, kind):
     """Through a CPU stand-in with flash-attention's semantics: packed rows carry varlen boundaries, so with several
-    rows every sequence still attends only to itself (prefix sharing falls back to packing: it needs a mask)."""
+    rows every sequence still attends only to itself; prefix-shared rows carry key segments that repeat the prompt
+    for the rejected response, so each prompt is computed once and no rejected token sees its chosen response."""
     from dpo_ray.data.collate import make_layout
 
     from .flash_stand_in import register
@@ -126,8 +128,9 @@ def test_flash_attention_layouts_match_padded_sdpa_with_many_rows(tiny_model_dir
     flash = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=name)
     sdpa = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     pairs = make_pairs(9, seed=4)
+    pairs += [TokenizedPair((), (7, 8, 9), (10, 11)), TokenizedPair(tuple(range(5, 45)), (50, 51), (52,))]
     layout = make_layout(kind, 40, name)
-    assert layout.kind == ("padded" if kind == "padded" else "packed")
+    assert layout.kind == kind
     batch = collate_pairs(pairs, 0, layout)
     if kind != "padded":  # the kernel reads the longest sequence on the host: an int, no device synchronisation
         assert type(batch["max_length_q"]) is int and batch["max_length_q"] == int(batch["cu_seq_lens_q"].diff().max())
@@ -139,10 +142,16 @@ def test_flash_attention_layouts_match_padded_sdpa_with_many_rows(tiny_model_dir
     if kind == "padded":
         return
     assert batch["input_ids"].shape[0] > 1 and "attention_mask" not in batch and set(VARLEN_KEYS) <= set(batch)
+    if kind == "prefix_shared":  # each prompt's positions once; its keys and values read again for the rejected
+        tokens = sum(p.prompt_len + p.chosen_len + p.rejected_len for p in pairs)
+        pads = batch["input_ids"].numel() - tokens
+        assert int(batch["cu_seq_lens_q"][-1]) == tokens + pads
+        assert len(batch["cu_seq_lens_q"]) == len(batch["cu_seq_lens_k"]) == 1 + 2 * len(pairs) + pads
+        assert len(batch[KV_INDEX]) == tokens + pads + sum(p.prompt_len for p in pairs)
     # The old path: position ids alone. transformers finds packed sequences only in a one-row batch, so each row runs
     # dense-causal and later pairs attend to earlier ones in their row.
     with torch.no_grad():
-        old = forward_pairs(flash, {k: v for k, v in batch.items() if k not in VARLEN_KEYS})
+        old = forward_pairs(flash, {k: v for k, v in batch.items() if k not in (*VARLEN_KEYS, KV_INDEX)})
     assert (old.chosen_logps - padded.chosen_logps.detach()).abs().max() > 0.1
 
 

@@ -2,7 +2,8 @@
 - padded: one sequence (prompt + response) per row, right-padded;
 - packed: whole pairs side by side in rows, each sequence attending only to itself (block-diagonal causal mask);
 - prefix_shared: packed, each pair laid out once as [prompt, chosen, rejected]; rejected tokens see the prompt but
-  not chosen, and their positions restart at the prompt's end, so each prompt is computed once for both responses.
+  not chosen, and their positions restart at the prompt's end, so each prompt is computed once for both responses
+  (a mask for sdpa and eager; key segments for a varlen kernel: prefix_attention).
 Every layout carries an explicit index of each completion token and of the position that predicts it (the first
 token of a response is predicted by the last prompt token, in the shared layout too), never a plain shift over a row.
 
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..prefix_attention import aligns_causal_to_segment_end
+from ..prefix_attention import boundaries as shared_prefix_boundaries
 from .tokenize import TokenizedPair
 
 log = logging.getLogger(__name__)
@@ -47,10 +50,11 @@ def is_varlen(attention: str) -> bool:
 
 
 def make_layout(kind: str, pack_length: int, attention: str) -> BatchLayout:
-    """The layout a model can run: flash-attention takes no custom mask, so prefix sharing falls back to packing."""
+    """The layout a model can run: a varlen kernel shares prefixes through key segments (prefix_attention), which
+    needs its causal mask aligned to a segment's end; a kernel aligning it to the start falls back to packing."""
     kind, attention = str(kind), str(attention)
-    if kind == "prefix_shared" and is_varlen(attention):
-        log.warning("data.layout=prefix_shared needs a custom attention mask, which %s cannot take: packed", attention)
+    if kind == "prefix_shared" and is_varlen(attention) and not aligns_causal_to_segment_end():
+        log.warning("data.layout=prefix_shared needs flash-attention >= 2.1 (causal mask at a segment's end): packed")
         kind = "packed"
     return BatchLayout(kind, pack_length, attention)
 
@@ -159,7 +163,9 @@ def collate_pairs(
         batch["attention_mask"] = (unit_ids >= 0).long()
     else:
         batch["position_ids"] = position_ids
-        if is_varlen(layout.attention):
+        if is_varlen(layout.attention) and layout.prefix_shared:
+            batch.update(shared_prefix_boundaries(unit_ids, branch_ids))
+        elif is_varlen(layout.attention):
             batch.update(varlen_boundaries(position_ids))
         else:
             batch["attention_mask"] = _mask(unit_ids, branch_ids, layout.attention, dtype)
