@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .prefix_attention import KV_INDEX, install
+from . import sequence_parallel
+from .attention import install
+from .prefix_attention import KV_INDEX
 
 # Varlen boundaries reach flash-attention through the model's keyword arguments (transformers' FlashAttentionKwargs).
 MODEL_INPUTS = (
@@ -196,41 +198,55 @@ def verbosity_weights(seq: torch.Tensor, tokens: torch.Tensor, ld_alpha: float) 
     return torch.where(position < shared[seq], 1.0, ld_alpha).to(tokens.dtype)
 
 
-def forward_pairs(model: torch.nn.Module, batch: dict[str, torch.Tensor], ld_alpha: float | None = None) -> PairLogps:
+def forward_pairs(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], ld_alpha: float | None = None, sequence_group=None
+) -> PairLogps:
     """Forward once and score each completion token from the position that predicts it (use_cache off: with a cache,
     transformers reads masks differently and packed sequences would attend across boundaries). With ld_alpha
-    (LD-DPO, TRL's), a response's tokens beyond the shorter response of its pair count ld_alpha times."""
+    (LD-DPO, TRL's), a response's tokens beyond the shorter response of its pair count ld_alpha times. With a
+    sequence-parallel group, this rank forwards its shard of the positions and scores the tokens predicted there; the
+    sums over them are added up across the group."""
     head = _scoring_head(model)
-    if KV_INDEX in batch:  # a prefix-shared batch for a varlen kernel: its attention gathers the key segments
+    inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+    predictors, targets, seq = batch["predictor_index"], batch["target_index"], batch["sequence_ids"]
+    n = int(batch["num_sequences"])
+    ones = torch.ones(len(seq), dtype=torch.float32, device=seq.device)  # the head's log-probs are fp32
+    tokens = torch.zeros(n, dtype=torch.float32, device=seq.device).index_add(0, seq, ones)
+    weights = verbosity_weights(seq, tokens, ld_alpha) if ld_alpha is not None else None
+    if sequence_group is not None:
+        inputs = sequence_parallel.shard_inputs(inputs, sequence_group)
+        mine, predictors = sequence_parallel.owned(predictors, batch["input_ids"].shape[1], sequence_group)
+        targets, seq = targets[mine], seq[mine]
+        weights = weights[mine] if weights is not None else None
+    if KV_INDEX in batch or sequence_group is not None:  # the attention does what the batch asks (dpo_ray.attention)
         install(getattr(model, "module", model).config._attn_implementation)
     head.capturing = True
     try:
-        model(**{k: batch[k] for k in MODEL_INPUTS if k in batch}, use_cache=False)
+        model(**inputs, use_cache=False)
     finally:
         head.capturing = False
     hidden = head.take_hidden()
-    scored = hidden.reshape(-1, hidden.shape[-1])[batch["predictor_index"]]
-    targets = batch["input_ids"].reshape(-1)[batch["target_index"]]
-    token_logps, mean_logits, entropy, is_top1, log_sum_sq = head(scored, targets)
-    n, seq = int(batch["num_sequences"]), batch["sequence_ids"]
-    sums = torch.zeros(n, dtype=token_logps.dtype, device=token_logps.device).index_add(0, seq, token_logps)
-    tokens = torch.zeros(n, dtype=token_logps.dtype, device=token_logps.device).index_add(
-        0, seq, torch.ones_like(token_logps)
-    )
-    if ld_alpha is not None:
-        sums = torch.zeros_like(sums).index_add(0, seq, token_logps * verbosity_weights(seq, tokens, ld_alpha))
+    scored = hidden.reshape(-1, hidden.shape[-1])[predictors]
+    token_logps, mean_logits, entropy, is_top1, log_sum_sq = head(scored, batch["input_ids"].reshape(-1)[targets])
+    zeros = torch.zeros(n, dtype=token_logps.dtype, device=token_logps.device)
+    sums = zeros.index_add(0, seq, token_logps * weights if weights is not None else token_logps)
     # WPO (eq. 2): the mean over a response's tokens of log p(token) - log sum_v p_v^2, the log of its weight
-    aligned = torch.zeros_like(sums).index_add(0, seq, (token_logps - log_sum_sq).detach()) / tokens.clamp(min=1)
+    aligned = zeros.index_add(0, seq, (token_logps - log_sum_sq).detach())
     chosen = seq < n // 2
+    parts = [mean_logits[chosen].sum(), mean_logits[~chosen].sum(), entropy.sum(), is_top1[chosen].sum()]
+    if sequence_group is not None:
+        reduced = sequence_parallel.total(torch.cat([sums, aligned, torch.stack(parts)]), sequence_group)
+        sums, aligned, parts = reduced[:n], reduced[n : 2 * n], list(reduced[2 * n :])
+    aligned = aligned / tokens.clamp(min=1)
     return PairLogps(
         chosen_logps=sums[: n // 2],
         rejected_logps=sums[n // 2 :],
         chosen_tokens=tokens[: n // 2],
         rejected_tokens=tokens[n // 2 :],
-        chosen_logits_sum=mean_logits[chosen].sum(),
-        rejected_logits_sum=mean_logits[~chosen].sum(),
-        entropy_sum=entropy.sum(),
-        chosen_top1_sum=is_top1[chosen].sum(),
+        chosen_logits_sum=parts[0],
+        rejected_logits_sum=parts[1],
+        entropy_sum=parts[2],
+        chosen_top1_sum=parts[3],
         chosen_log_weight=aligned[: n // 2],
         rejected_log_weight=aligned[n // 2 :],
     )

@@ -22,30 +22,6 @@ def gather(states: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return states.transpose(0, 1).reshape(heads, rows * width, dim).index_select(1, index).unsqueeze(0)
 
 
-def wrap(inner):
-    """An attention function that gathers the keys and values into their segments when the batch names them, and is
-    `inner` otherwise."""
-
-    def attention(module, query, key, value, attention_mask, *args, shared_prefix_kv_index=None, **kwargs):
-        if shared_prefix_kv_index is None:
-            return inner(module, query, key, value, attention_mask, *args, **kwargs)
-        key, value = gather(key, shared_prefix_kv_index), gather(value, shared_prefix_kv_index)
-        return inner(module, query, key, value, None, *args, **kwargs)
-
-    attention.inner = inner
-    return attention
-
-
-def install(attention: str) -> None:
-    """Wrap the registered attention function of that name, once per process (the model looks it up at each call)."""
-    from transformers import AttentionInterface
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-    current = ALL_ATTENTION_FUNCTIONS[attention]
-    if not hasattr(current, "inner"):
-        AttentionInterface.register(attention, wrap(current))
-
-
 def aligns_causal_to_segment_end() -> bool:
     """Whether the installed flash kernel aligns its causal mask to the end of a key segment longer than its query
     segment (flash-attention >= 2.1, 3 and 4 do; transformers reports the older top-left alignment)."""

@@ -1,5 +1,5 @@
-"""Prompt-prefix sharing under a varlen kernel: the segments and key index by hand, the kernels that cannot take them,
-and the wrapped attention function. Its equality with padded sdpa through transformers' flash dispatch is in
+"""Prompt-prefix sharing under a varlen kernel: the segments and key index by hand, and the kernels that cannot take
+them. Its equality with padded sdpa through transformers' flash dispatch is in
 test_logprobs.py (test_flash_attention_layouts_match_padded_sdpa_with_many_rows)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import logging
 import torch
 
 from dpo_ray.data.collate import make_layout
-from dpo_ray.prefix_attention import KV_INDEX, boundaries, install
+from dpo_ray.prefix_attention import KV_INDEX, boundaries
 
 
 def test_each_response_is_a_query_segment_and_the_rejected_keys_repeat_the_prompt():
@@ -35,29 +35,3 @@ def test_a_kernel_that_aligns_its_causal_mask_to_the_start_falls_back_to_packing
         assert make_layout("prefix_shared", 64, name).kind == "packed"
     assert "flash-attention >= 2.1" in caplog.text
     assert make_layout("prefix_shared", 64, "sdpa").kind == "prefix_shared"  # a mask needs no segments
-
-
-def test_the_wrapped_attention_is_the_registered_one_without_a_key_index():
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-    from .flash_stand_in import register
-
-    name = register()
-    inner = ALL_ATTENTION_FUNCTIONS[name]
-    install(name)
-    install(name)  # once per process, however often a batch asks
-    wrapped = ALL_ATTENTION_FUNCTIONS[name]
-    assert wrapped.inner is inner
-
-    class Module(torch.nn.Module):
-        is_causal = True
-
-        def __init__(self):
-            super().__init__()
-            self.proj = torch.nn.Linear(4, 4)
-            self.config = type("Config", (), {"_attn_implementation": name})()
-
-    gen = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(2, 2, 5, 4, generator=gen) for _ in range(3))
-    mask = torch.ones(2, 5, dtype=torch.long)
-    assert torch.equal(wrapped(Module(), q, k, v, mask)[0], inner(Module(), q, k, v, mask)[0])

@@ -31,6 +31,7 @@ class BatchLayout:
     kind: str = "padded"  # data.layout: padded, packed or prefix_shared
     pack_length: int = 256  # target tokens per packed row; a pair never crosses rows
     attention: str = "sdpa"  # the model's attn_implementation decides the mask form
+    sequence_shards: int = 1  # cluster.sequence_parallel_size: the width a multiple of it, the masks whole-sequence
 
     @property
     def packed(self) -> bool:
@@ -49,14 +50,14 @@ def is_varlen(attention: str) -> bool:
     return ALL_MASK_ATTENTION_FUNCTIONS.get(attention) is flash_attention_mask
 
 
-def make_layout(kind: str, pack_length: int, attention: str) -> BatchLayout:
+def make_layout(kind: str, pack_length: int, attention: str, sequence_shards: int = 1) -> BatchLayout:
     """The layout a model can run: a varlen kernel shares prefixes through key segments (prefix_attention), which
     needs its causal mask aligned to a segment's end; a kernel aligning it to the start falls back to packing."""
     kind, attention = str(kind), str(attention)
     if kind == "prefix_shared" and is_varlen(attention) and not aligns_causal_to_segment_end():
         log.warning("data.layout=prefix_shared needs flash-attention >= 2.1 (causal mask at a segment's end): packed")
         kind = "packed"
-    return BatchLayout(kind, pack_length, attention)
+    return BatchLayout(kind, pack_length, attention, sequence_shards)
 
 
 def balance_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
@@ -140,7 +141,8 @@ def collate_pairs(
                     start = put(r, pair.prompt_ids + response, seq, 0, 0)
                     score(r, start + p, len(response), seq, start + p - 1 if p else None)
 
-    width = max(map(len, tokens))
+    shards = layout.sequence_shards
+    width = -(-max(map(len, tokens)) // shards) * shards  # every rank of a sequence-parallel group an equal shard
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     position_ids = torch.zeros((len(rows), width), dtype=torch.long)
     unit_ids = -1 - torch.arange(width).repeat(len(rows), 1)  # pads: each its own (negative) unit
@@ -159,9 +161,9 @@ def collate_pairs(
         "sequence_ids": torch.tensor(sequence_ids, dtype=torch.long),
         "num_sequences": torch.tensor(2 * b),
     }
-    if not layout.packed:
+    if not layout.packed and shards == 1:
         batch["attention_mask"] = (unit_ids >= 0).long()
-    else:
+    else:  # sharded padded rows too: transformers would build a padding mask's causal mask for the shard alone
         batch["position_ids"] = position_ids
         if is_varlen(layout.attention) and layout.prefix_shared:
             batch.update(shared_prefix_boundaries(unit_ids, branch_ids))

@@ -1,0 +1,107 @@
+"""Ulysses sequence parallelism against one process scoring the whole sequence: two gloo ranks, each forwarding half of
+every row's positions, give the log-probs, the loss and (their two parts added) the gradients of the whole, in every
+layout, under sdpa and under flash-attention's dispatch (a CPU stand-in for its kernel)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from dpo_ray.data.batches import step_scale
+from dpo_ray.data.collate import collate_pairs, make_layout
+from dpo_ray.data.tokenize import TokenizedPair
+from dpo_ray.logprobs import forward_pairs, install_scoring_head
+from dpo_ray.objective import micro_batch_objective
+from dpo_ray.schema import AlgoConfig
+
+from .conftest import TINY_SHAPE, make_pairs
+
+CASES = [(kind, attention) for attention in ("sdpa", "flash") for kind in ("padded", "packed", "prefix_shared")]
+
+
+def tiny_model(attention: str):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=400, attn_implementation=attention, **TINY_SHAPE)
+    model = LlamaForCausalLM(config)
+    install_scoring_head(model)
+    return model
+
+
+def pairs():
+    # varied lengths, a pair with no prompt and one longer than a packed row
+    return make_pairs(7, seed=5) + [
+        TokenizedPair((), (7, 8, 9), (10, 11)),
+        TokenizedPair(tuple(range(5, 45)), (50, 51), (52,)),
+    ]
+
+
+def score(model, attention: str, kind: str, shards: int, group=None) -> dict[str, torch.Tensor]:
+    """Log-probs, loss and gradients of one micro-batch (LD-DPO's weights and an SFT term on: every sum is used)."""
+    data = pairs()
+    batch = collate_pairs(data, 0, make_layout(kind, 48, attention, shards))
+    model.zero_grad(set_to_none=False)
+    out = forward_pairs(model, batch, ld_alpha=0.5, sequence_group=group)
+    reference = (out.chosen_logps.detach() + 1.0, out.rejected_logps.detach() - 0.5)
+    loss, metrics, _ = micro_batch_objective(out, *reference, AlgoConfig(rpo_alpha=0.3), step_scale(data))
+    loss.backward()
+    return {
+        "logps": torch.cat([out.chosen_logps, out.rejected_logps]).detach(),
+        "loss": loss.detach(),
+        "grads": torch.cat([p.grad.flatten() for p in model.parameters()]),
+        "entropy": out.entropy_sum.detach(),
+        "log_weights": torch.cat([out.chosen_log_weight, out.rejected_log_weight]),
+    }
+
+
+def rank_main(rank: int, port: int, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    from .flash_stand_in import register
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    flash = register()
+    group = dist.new_group([0, 1])
+    results = {}
+    for kind, attention in CASES:
+        name = flash if attention == "flash" else attention
+        results[kind, attention] = score(tiny_model(name), name, kind, 2, group)
+    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sequence-parallel")
+    mp.start_processes(rank_main, args=(free_port(), str(out)), nprocs=2, start_method="spawn")
+    return [torch.load(out / f"rank{r}.pt") for r in range(2)]
+
+
+@pytest.mark.parametrize("kind, attention", CASES)
+def test_two_sequence_shards_score_and_train_as_the_whole_sequence(two_ranks, kind, attention):
+    from .flash_stand_in import register
+
+    name = register() if attention == "flash" else attention
+    whole = score(tiny_model(name), name, kind, 1)
+    ranks = [r[kind, attention] for r in two_ranks]
+    for got in ranks:  # every rank of the group ends with the whole batch's numbers
+        assert torch.allclose(got["logps"], whole["logps"], atol=1e-5)
+        assert got["loss"].item() == pytest.approx(whole["loss"].item(), abs=1e-6)
+        assert got["entropy"].item() == pytest.approx(whole["entropy"].item(), rel=1e-5)
+        assert torch.allclose(got["log_weights"], whole["log_weights"], atol=1e-5)
+    # each rank's gradient is its own positions' part; DeepSpeed's reduction adds the parts
+    assert torch.allclose(ranks[0]["grads"] + ranks[1]["grads"], whole["grads"], atol=1e-5)
+    assert not torch.allclose(ranks[0]["grads"], whole["grads"], atol=1e-3)  # a part, not the whole
