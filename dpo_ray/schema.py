@@ -296,6 +296,12 @@ class ClusterConfig:
         NON_NEGATIVE,
     )
     reference_ranks: int = opt(1, "reference group size", AT_LEAST_ONE)
+    sequence_parallel_size: int = opt(
+        1,
+        "policy ranks that share each sequence (Ulysses: a shard of the positions each, attention's heads split "
+        "across them); divides policy_ranks and the model's attention and key-value heads",
+        AT_LEAST_ONE,
+    )
     placement: Placement = opt(Placement.PACK, "placement-group strategy of every group")
     cpus_per_rank: float = opt(1.0, "CPUs reserved per policy actor (and per reference actor by default)", POSITIVE)
     reference_cpus: float = opt(0.0, "CPUs reserved per reference actor; 0: cpus_per_rank", NON_NEGATIVE)
@@ -313,6 +319,11 @@ class ClusterConfig:
     rollout_cpus: float = opt(1.0, "online: CPUs Ray reserves for each vLLM engine when placing it", POSITIVE)
     reward_ranks: int = opt(1, "online: reward group size (reward-model replicas or rule workers)", AT_LEAST_ONE)
     reward_cpus: float = opt(1.0, "online: CPUs reserved per reward actor", POSITIVE)
+
+    def data_parallel_ranks(self) -> int:
+        """The policy's replicas, each training on its own micro-batches: the ranks a sequence-parallel group joins
+        count once."""
+        return self.policy_ranks // self.sequence_parallel_size
 
     def reference_rank_cpus(self) -> float:
         """A reference rank's CPUs: a frozen model's forward needs fewer than a policy rank's (CPU-offloaded) Adam."""

@@ -53,6 +53,15 @@ class _Total(torch.autograd.Function):
         return grad, None
 
 
+def rank_group(rank: int, world: int, size: int):
+    """This rank's sequence-parallel group, of consecutive ranks (None for size 1). Every rank creates every group, in
+    the same order, as torch.distributed.new_group requires."""
+    if size == 1:
+        return None
+    groups = [dist.new_group(list(range(lo, lo + size))) for lo in range(0, world, size)]
+    return groups[rank // size]
+
+
 def total(x: torch.Tensor, group) -> torch.Tensor:
     return _Total.apply(x, group)
 

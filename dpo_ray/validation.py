@@ -237,7 +237,7 @@ def _deepspeed(cfg: RunConfig) -> list[str]:
 
 
 def _cluster(cfg: RunConfig) -> list[str]:
-    """Whole GPUs per rank; a run may shrink only to fewer ranks than it has."""
+    """Whole GPUs per rank; a run may shrink only to fewer ranks than it has; whole sequence-parallel groups."""
     c, problems = cfg.cluster, []
     if c.gpus_per_rank > 0 and c.gpus_per_rank != int(c.gpus_per_rank):
         problems.append(
@@ -248,6 +248,17 @@ def _cluster(cfg: RunConfig) -> list[str]:
         problems.append(
             f"cluster.min_policy_ranks={c.min_policy_ranks}: must be below cluster.policy_ranks={c.policy_ranks} "
             "(0: never go on with fewer)"
+        )
+    sp = c.sequence_parallel_size
+    if sp > 0 and c.policy_ranks % sp:
+        problems.append(
+            f"cluster.sequence_parallel_size={sp}: must divide cluster.policy_ranks={c.policy_ranks} (each "
+            "sequence-parallel group is whole)"
+        )
+    if sp > 1 and str(cfg.model.attn_implementation) == "eager":
+        problems.append(
+            f"cluster.sequence_parallel_size={sp}: needs model.attn_implementation=sdpa or flash_attention_* (each "
+            "model defines its own eager attention, which dpo-ray cannot wrap)"
         )
     return problems
 

@@ -155,6 +155,11 @@ def test_every_bad_value_fails_naming_the_option_and_what_it_allows_without_star
         (["online.desirable_threshold=0.5"], "labels samples for an unpaired loss (algo.loss_type=kto or"),
         (["online.prompt_order=fresh"], "online.prompt_order=fresh: read with online.prompts_per_round > 0 only"),
         (["cluster.min_policy_ranks=2"], "cluster.min_policy_ranks=2: must be below cluster.policy_ranks=2"),
+        (["cluster.sequence_parallel_size=3"], "sequence_parallel_size=3: must divide cluster.policy_ranks=2"),
+        (
+            ["cluster.sequence_parallel_size=2", "model.attn_implementation=eager"],
+            "cluster.sequence_parallel_size=2: needs model.attn_implementation=sdpa or flash_attention_*",
+        ),
         (["output_dir=hdfs://x/run"], "output_dir=hdfs://x/run: a URI must be s3://bucket/path or gs://bucket/path"),
         (["algo=simpo", "online.reference_update=each_round"], "is reference-free; there is no reference to update"),
         (["algo.sync_ref_model=true", "online.reference_update=each_round"], "moves the reference too; choose one"),

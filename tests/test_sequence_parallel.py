@@ -73,8 +73,41 @@ def rank_main(rank: int, port: int, out_dir: str) -> None:
     for kind, attention in CASES:
         name = flash if attention == "flash" else attention
         results[kind, attention] = score(tiny_model(name), name, kind, 2, group)
+    results["saved_bytes"] = {layers: saved_bytes(layers, group) for layers in (2, 4)}
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
+
+
+ACTIVATION_SHAPE = dict(hidden_size=256, intermediate_size=688, num_attention_heads=8, num_key_value_heads=2)
+TOKENS = 256
+
+
+def saved_bytes(layers: int, group) -> int:
+    """What a Llama's forward on this rank saves for backward (by storage, weights left out) on its shard of one
+    TOKENS-long sequence."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from dpo_ray.attention import install
+    from dpo_ray.sequence_parallel import shard_inputs
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=512, num_hidden_layers=layers, attn_implementation="sdpa", **ACTIVATION_SHAPE)
+    model = LlamaForCausalLM(config).train()
+    install("sdpa")
+    # one whole causal sequence needs no mask: sdpa runs causal over the gathered positions (with a mask, CPU's sdpa
+    # keeps the attention probabilities, which GPU kernels do not)
+    inputs = {"input_ids": torch.randint(0, 512, (1, TOKENS)), "position_ids": torch.arange(TOKENS)[None]}
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in weights:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model.model(**shard_inputs(inputs, group), use_cache=False)
+    return sum(saved.values())
 
 
 def free_port() -> int:
@@ -105,3 +138,18 @@ def test_two_sequence_shards_score_and_train_as_the_whole_sequence(two_ranks, ki
     # each rank's gradient is its own positions' part; DeepSpeed's reduction adds the parts
     assert torch.allclose(ranks[0]["grads"] + ranks[1]["grads"], whole["grads"], atol=1e-5)
     assert not torch.allclose(ranks[0]["grads"], whole["grads"], atol=1e-3)  # a part, not the whole
+
+
+def test_a_ranks_activations_are_the_plans_for_its_shard_of_the_positions(two_ranks):
+    """What autograd saves per decoder layer on each of 2 sequence-parallel ranks, against the plan's per-token formula
+    at the rank's TOKENS / 2 positions (the gathered heads' queries, keys and values replace the local ones; one
+    query-sized tensor more is kept)."""
+    from dpo_ray.sizing.memory_estimate import layer_activation_bytes
+    from dpo_ray.sizing.model_shape import ModelShape
+
+    shape = ModelShape(0, 0, 256, 688, 4, 8, 2, 32, 512, 1024, 0, {})
+    planned = TOKENS / 2 * layer_activation_bytes(shape, 4, sequence_parallel=True)
+    for rank in two_ranks:
+        per_layer = (rank["saved_bytes"][4] - rank["saved_bytes"][2]) / 2
+        print(f"saved per layer on a rank: {per_layer:.0f} B, planned {planned:.0f} B")
+        assert per_layer == pytest.approx(planned, rel=0.1)

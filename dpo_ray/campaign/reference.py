@@ -79,7 +79,7 @@ class ReferenceScorer:
         pairs with an ETA (each micro-batch is the same whichever wave scores it: so are its numbers)."""
         from tqdm.auto import tqdm
 
-        size = policy.size if policy is not None else self.group.size
+        size = policy.replicas if policy is not None else self.group.size
         chosen, rejected = [0.0] * len(pairs), [0.0] * len(pairs)
         total = sum(len(g) for g in groups)
         with tqdm(total=total, desc="reference", unit="pair", disable=not self.cfg.progress, dynamic_ncols=True) as bar:

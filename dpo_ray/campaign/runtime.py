@@ -19,7 +19,7 @@ import ray
 from ..atomic import write_text
 from ..planning import PlanError
 from ..planning.nodes import ray_nodes
-from ..planning.plan import PlanModels, make_plan, render, verdict
+from ..planning.plan import PlanModels, make_plan, render, unrunnable, verdict
 from ..run_files import ATTEMPTS, CONFIG, PLAN
 from ..run_storage import is_uri
 from ..schema import ClusterConfig, Resume, RunConfig
@@ -111,6 +111,8 @@ def check_plan(cfg: RunConfig, check: PlanCheck, run_dir: Path) -> None:
     any actor starts) unless cluster.memory_check is off."""
     plan = make_plan(cfg, check.command, ray_nodes(), check.models, "the Ray cluster", check.max_model_len)
     write_text(run_dir / PLAN, render(plan) + "\n")
+    if unrunnable(plan):
+        raise PlanError(unrunnable(plan))
     if plan.fits:
         log.info("plan: fits (%s)", run_dir / PLAN)
     elif cfg.cluster.memory_check:
@@ -213,15 +215,16 @@ def with_restarts(
 
 def fewer_policy_ranks(cfg: RunConfig, check: PlanCheck, run_dir: Path, failure: BaseException) -> bool:
     """After the policy group found no room (a lost node): cfg.cluster.policy_ranks lowered to the most ranks, down
-    to cluster.min_policy_ranks, that the alive nodes hold, that split train.batch_size evenly (the same batches) and
-    whose memory plan fits (plan.txt rewritten); False, and the run stops, when none does or the option is off."""
+    to cluster.min_policy_ranks, that the alive nodes hold, that keep whole sequence-parallel groups and split
+    train.batch_size evenly (the same batches) and whose memory plan fits (plan.txt rewritten); False, and the run
+    stops, when none does or the option is off."""
     from ..sizing.resources import policy_need
 
     c, t = cfg.cluster, cfg.train
     if getattr(failure, "group", "") != "policy" or not c.min_policy_ranks:
         return False
     for ranks in range(c.policy_ranks - 1, c.min_policy_ranks - 1, -1):
-        if t.batch_size % (ranks * t.micro_batch_size):
+        if ranks % c.sequence_parallel_size or t.batch_size % (ranks // c.sequence_parallel_size * t.micro_batch_size):
             continue
         trial = copy.deepcopy(cfg)
         trial.cluster.policy_ranks = ranks

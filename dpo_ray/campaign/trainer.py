@@ -26,9 +26,9 @@ log = logging.getLogger(__name__)
 
 
 def accumulation_steps(cfg: RunConfig) -> int:
-    """Micro-batches per rank per optimizer step, so that ranks x micro-batch x accumulation covers the batch."""
+    """Micro-batches per replica per optimizer step, so that replicas x micro-batch x accumulation covers the batch."""
     t = cfg.train
-    return max(1, math.ceil(t.batch_size / (cfg.cluster.policy_ranks * t.micro_batch_size)))
+    return max(1, math.ceil(t.batch_size / (cfg.cluster.data_parallel_ranks() * t.micro_batch_size)))
 
 
 def epoch_order(n: int, epoch: int, shuffle_seed: int) -> list[int]:
@@ -42,7 +42,7 @@ def epoch_groups(cfg: RunConfig, n: int, shuffle_seed: int) -> list[list[int]]:
     """The micro-batches of the first epoch over n pairs, exactly as the policy ranks will collate them: the reference
     scores pairs in these, so at step 0 policy and reference compute the same numbers (bf16 included)."""
     order, size = epoch_order(n, 0, shuffle_seed), cfg.train.batch_size
-    world, micro, accumulation = cfg.cluster.policy_ranks, cfg.train.micro_batch_size, accumulation_steps(cfg)
+    world, micro, accumulation = cfg.cluster.data_parallel_ranks(), cfg.train.micro_batch_size, accumulation_steps(cfg)
     return [
         group for lo in range(0, n, size) for group in step_groups(order[lo : lo + size], world, micro, accumulation)
     ]
@@ -50,7 +50,7 @@ def epoch_groups(cfg: RunConfig, n: int, shuffle_seed: int) -> list[list[int]]:
 
 def eval_groups(cfg: RunConfig, n: int) -> list[list[int]]:
     """The micro-batches of a held-out evaluation over n pairs (see PolicyTrainer.evaluate)."""
-    return step_groups(range(n), cfg.cluster.policy_ranks, cfg.train.micro_batch_size)
+    return step_groups(range(n), cfg.cluster.data_parallel_ranks(), cfg.train.micro_batch_size)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -92,8 +92,8 @@ class PolicyTrainer:
         """Held-out metrics (TRL's names, prefixed eval_), also written to the metrics log at the current step.
         reference_mixes: the TR-DPO mixes the reference had had when it scored reference (a moved one scores anew)."""
         indices, micro = range(len(pairs)), self.cfg.train.micro_batch_size
-        reference = self._current(pairs, step_groups(indices, self.policy.size, micro), reference, reference_mixes)
-        _, plan = build_micro_batches(pairs, indices, self.policy.size, micro, reference)
+        reference = self._current(pairs, step_groups(indices, self.policy.replicas, micro), reference, reference_mixes)
+        _, plan = build_micro_batches(pairs, indices, self.policy.replicas, micro, reference)
         metrics = {f"eval_{k}": v for k, v in reduce_metrics(self.policy.evaluate(plan, step_scale(pairs))).items()}
         self.writer.write(self.step, metrics)
         return metrics
@@ -164,10 +164,10 @@ class PolicyTrainer:
         reference_mixes: int,
     ) -> None:
         t = self.cfg.train
-        groups = step_groups(indices, self.policy.size, t.micro_batch_size, self.accumulation)
+        groups = step_groups(indices, self.policy.replicas, t.micro_batch_size, self.accumulation)
         reference = self._current(pairs, groups, reference, reference_mixes)
         index_plan, plan = build_micro_batches(
-            pairs, indices, self.policy.size, t.micro_batch_size, reference, self.accumulation
+            pairs, indices, self.policy.replicas, t.micro_batch_size, reference, self.accumulation
         )
         began = time.perf_counter()
         parts = self.policy.train_step(plan, step_scale([pairs[i] for i in indices]))

@@ -32,6 +32,7 @@ class PolicyGroup:
         placement=None,
     ):
         kwargs = dict(cfg=PolicySpec.of(cfg), model_path=model_path, total_steps=total_steps, accumulation=accumulation)
+        self.sequence_parallel_size = cfg.cluster.sequence_parallel_size
         began = time.perf_counter()
         self.group = ActorGroup(
             policy_need(cfg), "dpo_ray.workers.policy.PolicyWorker", cfg.cluster, env, kwargs, placement=placement
@@ -66,17 +67,29 @@ class PolicyGroup:
     def size(self) -> int:
         return self.group.size
 
+    @property
+    def replicas(self) -> int:
+        """Data-parallel replicas: the ranks of a sequence-parallel group take the same micro-batches, as one."""
+        return self.group.size // self.sequence_parallel_size
+
+    def _each_replica(self, method: str, plan: list[list[MicroBatch]], *args) -> list:
+        """plan[i] to every rank of replica i (consecutive ranks); each replica's result, as its first rank gives it
+        (every rank of a sequence-parallel group ends with the same numbers)."""
+        sp = self.sequence_parallel_size
+        results = self.group.run_each(method, [(plan[rank // sp], *args) for rank in range(self.group.size)])
+        return results[::sp]
+
     def train_step(self, plan: list[list[MicroBatch]], scale: StepScale) -> list[dict[str, float]]:
-        return self.group.run_each("train_step", [(rank_batches, scale) for rank_batches in plan])
+        return self._each_replica("train_step", plan, scale)
 
     def evaluate(self, plan: list[list[MicroBatch]], scale: StepScale) -> list[dict[str, float]]:
-        return self.group.run_each("evaluate", [(rank_batches, scale) for rank_batches in plan])
+        return self._each_replica("evaluate", plan, scale)
 
     def reference_logps(
         self, plan: list[list[MicroBatch]], weights: str = START
     ) -> list[list[list[tuple[float, float]]]]:
-        """Each rank's scores of its micro-batches under weights (see PolicyWorker.reference_logps)."""
-        return self.group.run_each("reference_logps", [(rank_batches, weights) for rank_batches in plan])
+        """Each replica's scores of its micro-batches under weights (see PolicyWorker.reference_logps)."""
+        return self._each_replica("reference_logps", plan, weights)
 
     def snapshot_weights(self) -> None:
         """Every rank keeps a host copy of the trainable weights it holds (reference_logps' ROUND_START)."""

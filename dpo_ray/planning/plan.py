@@ -149,8 +149,36 @@ def make_plan(
             actor.notes.append(checkpointing_note(cfg, models, device, world, length))
         plan.groups.append(GroupPlan(need, where, [], actor, setting))
     assign_gpus(plan)
+    problem = sequence_parallel_problem(cfg, shape)
+    if problem:
+        plan.problems.append(problem)
     check(cfg, plan, models, length)
     return plan
+
+
+SEQUENCE_PARALLEL = "sequence parallelism"
+
+
+def unrunnable(plan: Plan) -> str | None:
+    """Why no setting of cluster.memory_check can run this plan (not a matter of memory), if anything."""
+    problem = next((p for p in plan.problems if p.where == SEQUENCE_PARALLEL), None)
+    return f"{problem.text}; use {' or '.join(problem.fixes)}" if problem else None
+
+
+def sequence_parallel_problem(cfg: RunConfig, shape: ModelShape) -> Problem | None:
+    """Each rank of a sequence-parallel group attends with an equal share of the attention and key-value heads."""
+    sp = cfg.cluster.sequence_parallel_size
+    if sp == 1 or not (shape.heads % sp or shape.kv_heads % sp):
+        return None
+    sizes = [n for n in range(2, shape.kv_heads + 1) if not shape.heads % n and not shape.kv_heads % n]
+    text = (
+        f"cluster.sequence_parallel_size={sp} does not divide the model's {shape.heads} attention heads and "
+        f"{shape.kv_heads} key-value heads"
+    )
+    fixes = [f"cluster.sequence_parallel_size={n}" for n in sizes if not cfg.cluster.policy_ranks % n] or [
+        "cluster.sequence_parallel_size=1"
+    ]
+    return Problem(SEQUENCE_PARALLEL, text, fixes)
 
 
 def checkpointing_note(cfg: RunConfig, models: PlanModels, device: float, world: int, length: int) -> str:
@@ -241,6 +269,7 @@ def node_host_memory(plan: Plan) -> dict[int, dict[str, float]]:
 REMEDIES = {
     "policy": [
         ("model.gradient_checkpointing", [True]),
+        ("cluster.sequence_parallel_size", [2, 4, 8, 16]),
         ("cluster.policy_ranks", [2, 4, 8, 16, 32, 64, 128, 256, 512]),
         ("deepspeed.offload_optimizer", ["cpu"]),
         ("model.lora.enabled", [True]),
@@ -277,6 +306,7 @@ def set_option(cfg: RunConfig, dotted: str, value) -> RunConfig:
 
 GROWING = (
     "cluster.policy_ranks",
+    "cluster.sequence_parallel_size",
     "cluster.reference_ranks",
     "rollout.tensor_parallel_size",
     "reward.judge_tensor_parallel_size",
@@ -310,6 +340,9 @@ def fixes(
         if option.startswith("cluster.") and not gpu:
             return []
         current = option_value(base, option)
+        if option == "cluster.sequence_parallel_size":  # whole groups, an equal share of the heads each
+            shape, ranks = plan.shape, base.cluster.policy_ranks
+            values = [v for v in values if not (ranks % v or shape.heads % v or shape.kv_heads % v)]
         return [v for v in values if v != current and not (option.startswith(GROWING) and v < current)]
 
     found = []

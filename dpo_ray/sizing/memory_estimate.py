@@ -9,10 +9,12 @@ the RSS test in tests/groups/test_policy_group.py):
 - activations kept for backward, per token and decoder layer of a Llama-style model (a = dtype bytes, h hidden,
   q = heads x head_dim, kv = kv_heads x head_dim, I intermediate): two RMSNorms keep their float32 input and their
   output (2 (4h + a h)); q, k and v projections and the rotated q and k (a (2q + 3kv)); the attention output (a q);
-  SwiGLU's gate, up, activation and product (4 a I). Eager attention also keeps its float32 probabilities and,
+  SwiGLU's gate, up, activation and product (4 a I); sequence parallelism one more query-sized tensor (a q, one
+  side of its all-to-alls: measured). Eager attention also keeps its float32 probabilities and,
   below float32, their cast ((4 + a) heads S for a sequence of S). Gradient checkpointing keeps each layer's input
   (a h) and one layer's full set while it recomputes it;
-- a micro-batch holds at most micro_batch_size x 2 x max_length tokens (chosen and rejected, whatever the layout);
+- a micro-batch holds at most micro_batch_size x 2 x max_length tokens (chosen and rejected, whatever the layout),
+  a rank 1/sequence_parallel_size of them, and while attention runs its all-to-all buffers (DeepSpeed-Ulysses);
   the log-probs take the vocabulary in chunks of model.logits_chunk_mb, beside the final hidden states in float32;
 - an inference forward (reference, reward model) holds one layer's activations at a time;
 - a vLLM engine's GPUs hold weights / tensor_parallel_size, the KV cache (2 x layers x kv_heads x head_dim x a per
@@ -91,18 +93,24 @@ def micro_batch_tokens(cfg: RunConfig, shape: ModelShape) -> int:
     return cfg.train.micro_batch_size * 2 * sequence_length(cfg, shape)
 
 
-def layer_activation_bytes(shape: ModelShape, a: int, eager_sequence: int = 0) -> float:
+def layer_activation_bytes(
+    shape: ModelShape, a: int, eager_sequence: int = 0, sequence_parallel: bool = False
+) -> float:
     """Bytes one decoder layer keeps for backward, per token (see the module's docstring)."""
     q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
     kept = 2 * (4 * shape.hidden + a * shape.hidden) + a * (2 * q + 3 * kv) + a * q + 4 * a * shape.intermediate
+    kept += a * q if sequence_parallel else 0  # a query-sized tensor more: one side of the all-to-alls
     return kept + (4 + (a if a < 4 else 0)) * shape.heads * eager_sequence
 
 
 def training_activations(cfg: RunConfig, shape: ModelShape, a: int) -> list[Part]:
-    """Activations of one micro-batch at the longest sequences the data allows, and the log-probs' vocabulary chunk."""
-    tokens = micro_batch_tokens(cfg, shape)
+    """Activations of one micro-batch at the longest sequences the data allows (a rank's shard of its positions under
+    sequence parallelism), and the log-probs' vocabulary chunk."""
+    sp = cfg.cluster.sequence_parallel_size
+    tokens = micro_batch_tokens(cfg, shape) // sp
     eager = sequence_length(cfg, shape) * (1 if str(cfg.data.layout) == "padded" else 2)
-    per_layer = layer_activation_bytes(shape, a, eager if str(cfg.model.attn_implementation) == "eager" else 0)
+    attention = str(cfg.model.attn_implementation)
+    per_layer = layer_activation_bytes(shape, a, eager if attention == "eager" else 0, sp > 1)
     if cfg.model.gradient_checkpointing:
         kept = tokens * (shape.layers * a * shape.hidden + per_layer)
         how = "gradient checkpointing: each layer's input, one layer recomputed"
@@ -110,10 +118,17 @@ def training_activations(cfg: RunConfig, shape: ModelShape, a: int) -> list[Part
         kept = tokens * shape.layers * per_layer
         how = f"{per_layer / 1024:.0f} KiB per token per layer"
     logits = (cfg.model.logits_chunk_mb << 20) + tokens * shape.hidden * 4
-    return [
-        Part("activations", kept, f"{tokens} tokens (micro_batch_size x 2 x {sequence_length(cfg, shape)}); {how}"),
+    share = f" / sequence_parallel_size {sp}" if sp > 1 else ""
+    parts = [
+        Part(
+            "activations", kept, f"{tokens} tokens (micro_batch_size x 2 x {sequence_length(cfg, shape)}{share}); {how}"
+        ),
         Part("log-prob chunk", logits, f"logits_chunk_mb={cfg.model.logits_chunk_mb}, float32 final hidden states"),
     ]
+    if sp > 1:  # one layer's queries, keys, values and output, each sent and received once
+        q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
+        parts.append(Part("sequence all-to-all", 2 * a * tokens * (2 * q + 2 * kv), "one layer's, sent and received"))
+    return parts
 
 
 def inference_activations(shape: ModelShape, a: int, tokens: int) -> Part:
@@ -224,7 +239,7 @@ def policy_rank(cfg: RunConfig, shape: ModelShape, world: int, stage: int, sends
     return memory
 
 
-FREED_FOR_SYNC = ("activations", "log-prob chunk", "ZeRO-3 gathers")  # a sync runs between steps
+FREED_FOR_SYNC = ("activations", "log-prob chunk", "sequence all-to-all", "ZeRO-3 gathers")  # a sync runs between steps
 
 
 def sender_parts(cfg: RunConfig, shape: ModelShape, stage: int) -> list[Part]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .. import file_digests
+from .. import file_digests, sequence_parallel
 from ..atomic import write_dir
 from ..data.batches import MicroBatch, StepScale
 from ..data.collate import collate_pairs, make_layout, to_device
@@ -64,6 +64,7 @@ class PolicyWorker:
         """Join the process group and build the DeepSpeed engine at this ZeRO stage (all ranks at once)."""
         local_rank = use_local_gpu(self.spec)
         init_distributed(self.rank, self.world, address, port, self.spec.backend, local_rank=local_rank)
+        self.sequence_group = sequence_parallel.rank_group(self.rank, self.world, self.cfg.sequence_parallel_size)
         from transformers.integrations import HfDeepSpeedConfig
         from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
@@ -124,7 +125,7 @@ class PolicyWorker:
         )
         self.tokenizer = load_tokenizer(self.model_path, cfg.trust_remote_code)
         self.pad_id = self.tokenizer.pad_token_id
-        self.layout = make_layout(cfg.layout, cfg.pack_length, cfg.attn_implementation)
+        self.layout = make_layout(cfg.layout, cfg.pack_length, cfg.attn_implementation, cfg.sequence_parallel_size)
 
     def _batch(self, micro: MicroBatch) -> dict[str, torch.Tensor]:
         batch = collate_pairs(micro.pairs, self.pad_id, self.layout, self.spec.dtype)
@@ -151,7 +152,7 @@ class PolicyWorker:
         sums, nonfinite = [], []
         lr = self.engine.get_lr()[0]
         for micro in micro_batches:
-            out = forward_pairs(self.engine, self._batch(micro), self.cfg.algo.ld_alpha)
+            out = forward_pairs(self.engine, self._batch(micro), self.cfg.algo.ld_alpha, self.sequence_group)
             loss, metrics, bad = micro_batch_objective(
                 out, *self._references(micro), self.cfg.algo, scale, micro.weight, self._labels(micro)
             )
@@ -173,7 +174,7 @@ class PolicyWorker:
         self.engine.eval()
         sums = []
         for micro in micro_batches:
-            out = forward_pairs(self.engine, self._batch(micro), self.cfg.algo.ld_alpha)
+            out = forward_pairs(self.engine, self._batch(micro), self.cfg.algo.ld_alpha, self.sequence_group)
             objective = micro_batch_objective(
                 out, *self._references(micro), self.cfg.algo, scale, micro.weight, self._labels(micro)
             )
@@ -191,7 +192,7 @@ class PolicyWorker:
             with self._snapshot_in_place() if weights == ROUND_START else contextlib.nullcontext():
                 scores = []
                 for micro in micro_batches:
-                    out = forward_pairs(self.engine, self._batch(micro), self.cfg.algo.ld_alpha)
+                    out = forward_pairs(self.engine, self._batch(micro), self.cfg.algo.ld_alpha, self.sequence_group)
                     pairs = zip(out.chosen_logps.tolist(), out.rejected_logps.tolist())
                     scores.append(list(pairs) if micro.weight else [])
         return scores

@@ -30,6 +30,7 @@ class PolicySpec:
     deepspeed: DeepSpeedConfig
     cache_dir: str  # where DeepSpeed's CPU Adam is built
     syncs_adapter: bool  # engines take the LoRA adapter alone (see adapter_sync.py)
+    sequence_parallel_size: int  # ranks sharing each sequence (dpo_ray.sequence_parallel)
 
     @classmethod
     def of(cls, cfg: RunConfig) -> PolicySpec:
@@ -52,6 +53,7 @@ class PolicySpec:
             deepspeed=cfg.deepspeed,
             cache_dir=cfg.cache_dir,
             syncs_adapter=syncs_adapter(cfg),
+            sequence_parallel_size=c.sequence_parallel_size,
         )
 
 

@@ -204,9 +204,10 @@ def test_a_full_disk_names_its_device_leaves_no_partial_checkpoint_and_a_rerun_w
         subprocess.run(["umount", "--lazy", str(disk)], capture_output=True)  # a pooled Ray worker may hold a file
 
 
-def resharded_run(run_config, run_dir, inputs, ranks: int, stage: str, steps: int):
+def resharded_run(run_config, run_dir, inputs, ranks: int, stage: str, steps: int, sequence_parallel: int = 1):
     cfg = copy.deepcopy(run_config)
     cfg.output_dir, cfg.cluster.policy_ranks, cfg.deepspeed.zero_stage = str(run_dir), ranks, ZeroStage(stage)
+    cfg.cluster.sequence_parallel_size = sequence_parallel
     cfg.train.optimizer, cfg.train.lr, cfg.train.max_steps, cfg.train.checkpoint_every = "adamw", 1e-2, steps, 3
     return OfflineCampaign(cfg, inputs).run()
 
@@ -221,7 +222,8 @@ def test_a_checkpoint_written_by_2_ranks_resumes_on_1_and_one_by_1_on_2_at_every
 ):
     """A preempted node comes back fewer (2 -> 1) or a run grows (1 -> 2): stages 1 and 2 (optimizer states, and at 2
     gradients, partitioned) and stage 3 (parameters too) are re-partitioned through DeepSpeed's universal checkpoint,
-    stage 0 loads as it is; deepspeed.zero_stage=auto keeps the stage the checkpoint was written at. Each resumed
+    stage 0 loads as it is; deepspeed.zero_stage=auto keeps the stage the checkpoint was written at. And 2 ranks
+    sharing each sequence (cluster.sequence_parallel_size=2) train and resume as the others do. Each resumed
     run's losses and final weights are the uninterrupted 2-rank run's, within fp32 reduction order (the sum over a
     step's pairs splits differently across 1 and 2 ranks): losses 1e-5; weights 5e-4, since Adam at lr 1e-2 turns the
     noise in a near-zero gradient into a step of up to lr (measured: 1.1e-4 at stage 3, while the weights move
@@ -230,14 +232,15 @@ def test_a_checkpoint_written_by_2_ranks_resumes_on_1_and_one_by_1_on_2_at_every
     inputs = OfflineInputs(tiny_model_dir, tiny_model_dir, pairs[:48], pairs[40:])
     clean = resharded_run(run_config, tmp_path / "clean", inputs, 2, "0", 6)
     expected_losses, expected = step_losses(tmp_path / "clean"), load_file(clean.final_model / "model.safetensors")
-    for stage, before, after in (("2", 2, 1), ("3", 1, 2), ("0", 2, 1), ("1", 2, 1)):
-        run_dir = tmp_path / f"stage{stage}-{before}to{after}"
-        resharded_run(run_config, run_dir, inputs, before, stage, 3)
+    # the last: 2 ranks sharing each sequence (Ulysses; one replica, where the clean run has two), before and after
+    for stage, before, after, sp in (("2", 2, 1, 1), ("3", 1, 2, 1), ("0", 2, 1, 1), ("1", 2, 1, 1), ("3", 2, 2, 2)):
+        run_dir = tmp_path / f"stage{stage}-{before}to{after}-sp{sp}"
+        resharded_run(run_config, run_dir, inputs, before, stage, 3, sp)
         assert json.loads((run_dir / "checkpoints" / "step_3" / "run_state.json").read_text())["policy"] == {
             "ranks": before,
             "zero_stage": int(stage),
         }
-        resumed = resharded_run(run_config, run_dir, inputs, after, "auto", 6)
+        resumed = resharded_run(run_config, run_dir, inputs, after, "auto", 6, sp)
         assert resumed.resumed_from == "step_3", stage
         losses = step_losses(run_dir)
         assert sorted(losses) == list(range(1, 7)), stage  # the steps after the checkpoint are there once

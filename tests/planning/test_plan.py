@@ -90,6 +90,53 @@ def test_a_model_that_does_not_fit_names_the_part_and_the_options_that_fit(model
     assert "model.gradient_checkpointing=true (49.9 GiB per GPU)" in out
 
 
+def test_a_70b_run_at_32k_tokens_names_sequence_parallelism_as_the_fix(models, capsys):
+    """32 policy ranks on 8 x 8 GPUs of 80 GB, a 32768-token pair: with gradient checkpointing each layer's input is
+    kept for 80 layers of 2 x 32768 tokens (80 GiB in bf16), which no ZeRO stage divides; 2 ranks sharing each
+    sequence halve it."""
+    run = [
+        "train",
+        f"model.path={models['70b']}",
+        "cluster=multi_node_70b",
+        "cluster.nodes=8",
+        "cluster.policy_ranks=32",
+        "data.max_length=32768",
+        "--nodes=8",
+        "--memory-gib=2048",
+    ]
+    status, out = plan(capsys, *run)
+    assert status == 1
+    verdict = out[out.index("verdict:") :]
+    assert "policy: 126.4 GiB per GPU of 80.0 GiB (largest part: activations, 103.4 GiB)" in verdict
+    assert "cluster.sequence_parallel_size=2 (71.4 GiB per GPU, 32 GPUs for the group)" in verdict
+    status, out = plan(capsys, *run, "cluster.sequence_parallel_size=2")
+    assert status == 0, out
+    assert "activations 52.19 + log-prob chunk 1.25 + sequence all-to-all 2.25" in out
+
+
+def test_sequence_parallelism_needs_an_equal_share_of_the_heads_on_every_rank(models, capsys, tmp_path):
+    """Llama-3-8B has 32 attention and 8 key-value heads: 3 ranks cannot share them. The plan says which sizes can,
+    among those that divide the policy ranks; a run stops there even with cluster.memory_check=false."""
+    from dpo_ray.planning.plan import unrunnable
+
+    run = ["train", f"model.path={models['8b']}", "cluster=single_node_8gpu", "cluster.policy_ranks=6", "--nodes=1"]
+    status, out = plan(capsys, *run, "cluster.sequence_parallel_size=3")
+    assert status == 1
+    assert (
+        "sequence parallelism: cluster.sequence_parallel_size=3 does not divide the model's 32 attention heads and 8 "
+        "key-value heads" in out
+    )
+    assert "would fit with: cluster.sequence_parallel_size=2" in out
+    overrides = [f"model.path={models['8b']}", "cluster=single_node_8gpu", "cluster.policy_ranks=3"]
+    cfg = compose([*overrides, "cluster.sequence_parallel_size=3", "cluster.memory_check=false"], "train")
+    nodes = described_nodes(1, 8, 80, 128, 1024)
+    why = unrunnable(make_plan(cfg, "train", nodes, PlanModels(models["8b"], models["8b"]), "--nodes"))
+    assert why == (  # what check_plan raises before any actor starts, whatever cluster.memory_check says
+        "cluster.sequence_parallel_size=3 does not divide the model's 32 attention heads and 8 key-value heads; use "
+        "cluster.sequence_parallel_size=1"
+    )
+
+
 def test_a_judge_model_is_planned_as_an_engine_of_its_own_model(models, capsys):
     run = ["online", f"model.path={models['8b']}", "cluster=single_node_8gpu", "--nodes=1"]
     status, out = plan(capsys, *run, f"reward.judge_model={models['8b']}")
