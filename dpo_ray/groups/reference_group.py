@@ -41,8 +41,9 @@ class ReferenceGroup:
             )
             self.sharding = reference_sharding("auto", self.group.size, replica, min(self.group.run("device_memory")))
         log.info("reference group: loading %s on %d rank(s), %s", model_path, self.group.size, self.sharding)
-        if self.sharding == "zero3":
-            self.group.start_distributed()
+        self.sequence_parallel_size = cfg.cluster.sequence_parallel_size
+        if self.sharding == "zero3" or self.sequence_parallel_size > 1:  # a process group: ZeRO-3's, the sequences'
+            self.group.start_distributed(self.sharding == "zero3")
         else:
             self.group.run("load_replica")
         held = self.group.run("parameter_bytes")
@@ -59,10 +60,13 @@ class ReferenceGroup:
         return self.group.size
 
     def logps(self, pairs: Sequence[TokenizedPair], groups: list[list[int]]) -> tuple[list[float], list[float]]:
-        """(chosen, rejected) of every pair, each scored in its micro-batch of groups (dealt to the ranks in turn)."""
-        index_plan = deal_groups(groups, self.group.size)
-        per_rank = self.group.run_each("logps", [(rank,) for rank in as_micro_batches(pairs, index_plan)])
-        return scores_by_pair(index_plan, per_rank, len(pairs))
+        """(chosen, rejected) of every pair, each scored in its micro-batch of groups (dealt to the replicas in turn:
+        the ranks of a sequence-parallel group score the same micro-batches, and each ends with their scores)."""
+        sp = self.sequence_parallel_size
+        index_plan = deal_groups(groups, self.group.size // sp)
+        plan = as_micro_batches(pairs, index_plan)
+        per_rank = self.group.run_each("logps", [(plan[rank // sp],) for rank in range(self.group.size)])
+        return scores_by_pair(index_plan, per_rank[::sp], len(pairs))
 
     def join_weight_group(self, address: str, port: int, world_size: int, timeout_s: float) -> list[ray.ObjectRef]:
         return self.group.submit("join_weight_group", address, port, world_size, timeout_s)

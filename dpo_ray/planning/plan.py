@@ -149,7 +149,7 @@ def make_plan(
             actor.notes.append(checkpointing_note(cfg, models, device, world, length))
         plan.groups.append(GroupPlan(need, where, [], actor, setting))
     assign_gpus(plan)
-    problem = sequence_parallel_problem(cfg, shape)
+    problem = sequence_parallel_problem(cfg, shape, reference_group_needed(cfg, online))
     if problem:
         plan.problems.append(problem)
     check(cfg, plan, models, length)
@@ -165,9 +165,13 @@ def unrunnable(plan: Plan) -> str | None:
     return f"{problem.text}; use {' or '.join(problem.fixes)}" if problem else None
 
 
-def sequence_parallel_problem(cfg: RunConfig, shape: ModelShape) -> Problem | None:
-    """Each rank of a sequence-parallel group attends with an equal share of the attention and key-value heads."""
-    sp = cfg.cluster.sequence_parallel_size
+def sequence_parallel_problem(cfg: RunConfig, shape: ModelShape, reference_group: bool) -> Problem | None:
+    """Each rank of a sequence-parallel group attends with an equal share of the attention and key-value heads; a
+    reference group shares its sequences the same way."""
+    sp, c = cfg.cluster.sequence_parallel_size, cfg.cluster
+    if sp > 1 and reference_group and c.reference_ranks % sp:
+        text = f"cluster.sequence_parallel_size={sp} does not divide cluster.reference_ranks={c.reference_ranks}"
+        return Problem(SEQUENCE_PARALLEL, text, [f"cluster.reference_ranks={-(-c.reference_ranks // sp) * sp}"])
     if sp == 1 or not (shape.heads % sp or shape.kv_heads % sp):
         return None
     sizes = [n for n in range(2, shape.kv_heads + 1) if not shape.heads % n and not shape.kv_heads % n]

@@ -284,10 +284,11 @@ def reference_rank(cfg: RunConfig, shape: ModelShape, ranks: int, sharded: bool)
 
 
 def inference_parts(cfg: RunConfig, shape: ModelShape, a: int) -> list[Part]:
-    """An inference forward's working memory: one layer's activations for a micro-batch, the log-prob chunk."""
+    """A reference forward's working memory: one layer's activations for a micro-batch (a rank's shard of its
+    positions under sequence parallelism), the log-prob chunk."""
     chunk = cfg.model.logits_chunk_mb
     return [
-        inference_activations(shape, a, micro_batch_tokens(cfg, shape)),
+        inference_activations(shape, a, micro_batch_tokens(cfg, shape) // cfg.cluster.sequence_parallel_size),
         Part("log-prob chunk", chunk << 20, f"logits_chunk_mb={chunk}"),
     ]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import sequence_parallel
 from ..data.batches import MicroBatch
 from ..data.collate import collate_pairs, make_layout, to_device
 from ..logprobs import forward_pairs, install_scoring_head
@@ -22,8 +23,9 @@ class ReferenceWorker:
         self.local_rank = use_local_gpu(self.spec)
         torch.set_num_threads(rank_threads(cfg.cpus_per_rank, cfg.torch_threads))
         self.pad_id = load_tokenizer(model_path, cfg.trust_remote_code).pad_token_id
-        self.layout = make_layout(cfg.layout, cfg.pack_length, cfg.attn_implementation)
+        self.layout = make_layout(cfg.layout, cfg.pack_length, cfg.attn_implementation, cfg.sequence_parallel_size)
         self.model: torch.nn.Module | None = None
+        self.sequence_group = None  # this rank's sequence-parallel group (start)
 
     def device_memory(self) -> int:
         return device_memory(self.spec, self.world)
@@ -41,8 +43,9 @@ class ReferenceWorker:
         install_scoring_head(model, cfg.logits_chunk_mb << 20)
         return model
 
-    def start(self, address: str, port: int) -> None:
-        """zero3: join the group's process group and build the partitioned engine (all ranks at once)."""
+    def start(self, address: str, port: int, zero3: bool = True) -> None:
+        """Join the group's process group (all ranks at once) and its sequence-parallel groups; then build the
+        partitioned engine (zero3) or load a replica each (replicas sharing sequences)."""
         from transformers.integrations import HfDeepSpeedConfig
         from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
@@ -51,6 +54,10 @@ class ReferenceWorker:
 
         deepspeed = import_deepspeed()
         init_distributed(self.rank, self.world, address, port, self.spec.backend, local_rank=self.local_rank)
+        self.sequence_group = sequence_parallel.rank_group(self.rank, self.world, self.cfg.sequence_parallel_size)
+        if not zero3:
+            self.load_replica()
+            return
         config = inference_config(self.spec, self.world, self.cfg.deepspeed)
         hf_ds_config = HfDeepSpeedConfig(config)  # while it lives, from_pretrained builds the model partitioned
         model = self._load()
@@ -73,7 +80,7 @@ class ReferenceWorker:
         for micro in micro_batches:
             batch = collate_pairs(micro.pairs, self.pad_id, self.layout, self.spec.dtype)
             on_device = to_device(batch, self.spec.device)
-            out = forward_pairs(self.model, on_device, self.cfg.ld_alpha)
+            out = forward_pairs(self.model, on_device, self.cfg.ld_alpha, self.sequence_group)
             scores.append(list(zip(out.chosen_logps.tolist(), out.rejected_logps.tolist())) if micro.weight else [])
         return scores
 

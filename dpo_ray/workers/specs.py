@@ -73,6 +73,7 @@ class ReferenceSpec:
     pack_length: int
     ld_alpha: float | None
     deepspeed: DeepSpeedConfig
+    sequence_parallel_size: int  # ranks sharing each sequence (dpo_ray.sequence_parallel)
 
     @classmethod
     def of(cls, cfg: RunConfig) -> ReferenceSpec:
@@ -90,4 +91,5 @@ class ReferenceSpec:
             pack_length=cfg.data.pack_length,
             ld_alpha=cfg.algo.ld_alpha,
             deepspeed=cfg.deepspeed,
+            sequence_parallel_size=c.sequence_parallel_size,
         )

@@ -141,17 +141,19 @@ def test_a_group_reports_its_actors_ready_and_a_worker_that_cannot_build_fails_i
 def test_a_zero3_reference_partitions_the_model_and_scores_as_the_replicas_do(local_ray, run_config, tiny_model_dir):
     """reference.sharding=zero3 on 2 ranks: the same log-probs as one whole model, in the order of the pairs, while
     each rank holds about half of the parameters (measured on the ranks: their partitions' bytes); auto keeps a model
-    this small in 2 replicas, with the same log-probs."""
+    this small in 2 replicas, with the same log-probs; and so do 2 replicas sharing each sequence
+    (cluster.sequence_parallel_size=2: each forwards half of every row's positions)."""
     run_config.cluster.reference_ranks = 2
     run_config.deepspeed.param_persistence_threshold = 0  # partition every tensor, as big models' are
     pairs, groups = make_pairs(9, seed=6), [[4, 0, 2], [8, 1], [3, 5, 6, 7]]
     held = {}
-    for sharding in ("zero3", "auto"):
+    for sharding, sequence_parallel in (("zero3", 1), ("auto", 1), ("replicas", 2)):
         run_config.reference.sharding = sharding
+        run_config.cluster.sequence_parallel_size = sequence_parallel
         group = ReferenceGroup(run_config, tiny_model_dir, ENV)
         try:
             chosen, rejected = group.logps(pairs, groups)  # any micro-batches, in any order
-            held[group.sharding] = group.group.run("parameter_bytes")
+            held[group.sharding, sequence_parallel] = group.group.run("parameter_bytes")
             assert len(set(group.group.node_ids())) == 1
         finally:
             group.shutdown()
@@ -160,8 +162,8 @@ def test_a_zero3_reference_partitions_the_model_and_scores_as_the_replicas_do(lo
         assert torch.allclose(torch.tensor(chosen), out.chosen_logps, atol=1e-5)
         assert torch.allclose(torch.tensor(rejected), out.rejected_logps, atol=1e-5)
     whole = sum(p.numel() * 4 for p in AutoModelForCausalLM.from_pretrained(tiny_model_dir).parameters())
-    assert held["replicas"] == [whole, whole]
-    assert all(0.45 * whole <= b <= 0.55 * whole for b in held["zero3"]), (held, whole)
+    assert held["replicas", 1] == held["replicas", 2] == [whole, whole]
+    assert all(0.45 * whole <= b <= 0.55 * whole for b in held["zero3", 1]), (held, whole)
 
 
 def test_offloaded_optimizer_and_parameters_take_the_on_device_adamw_step(

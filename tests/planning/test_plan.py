@@ -135,6 +135,16 @@ def test_sequence_parallelism_needs_an_equal_share_of_the_heads_on_every_rank(mo
         "cluster.sequence_parallel_size=3 does not divide the model's 32 attention heads and 8 key-value heads; use "
         "cluster.sequence_parallel_size=1"
     )
+    # a reference group (here: not scored by the policy) shares its sequences too
+    reference = [*overrides[:2], "cluster.policy_ranks=2", "cluster.sequence_parallel_size=2"]
+    cfg = compose([*reference, "reference.from_policy=false", "cluster.reference_ranks=1"], "train")
+    why = unrunnable(make_plan(cfg, "train", nodes, PlanModels(models["8b"], models["8b"]), "--nodes"))
+    assert (
+        why
+        == "cluster.sequence_parallel_size=2 does not divide cluster.reference_ranks=1; use cluster.reference_ranks=2"
+    )
+    cfg = compose([*reference, "cluster.reference_ranks=1"], "train")  # the policy scores the reference itself
+    assert unrunnable(make_plan(cfg, "train", nodes, PlanModels(models["8b"], models["8b"]), "--nodes")) is None
 
 
 def test_a_judge_model_is_planned_as_an_engine_of_its_own_model(models, capsys):
