@@ -4,11 +4,11 @@
 1. One causal sequence of 1k, 4k and 16k tokens through a small Llama (hidden 256, 4 layers, 8 heads, 2 key-value
    heads), forward and backward, on one rank with 2 threads (SP 1) and on 2 gloo ranks of 1 thread each sharing the
    sequence (SP 2): per rank, the bytes autograd saves for backward, the peak RSS growth over the model's (VmHWM, each
-   run in fresh processes), and the step's seconds (best of 2 after a warm-up). No mask: sdpa's causal kernel, as
-   flash-attention runs a long sequence.
+   run in fresh processes), and the step's seconds (best of 2 after a warm-up), each also with its MLPs in 8 tiles
+   (model.mlp_tiles=8). No mask: sdpa's causal kernel, as flash-attention runs a long sequence.
 2. `dpo-ray plan`'s policy rank at 32768 tokens for Llama-3-8B (8 x 80 GB, gradient checkpointing) and Llama-3-70B
-   (8 nodes x 8 x 80 GB, the multi_node_70b preset on 32 ranks), sequence_parallel_size 1 and 2 (config.json
-   alone)."""
+   (8 nodes x 8 x 80 GB, the multi_node_70b preset on 32 ranks), sequence_parallel_size 1 and 2, MLPs whole and in
+   16 tiles (config.json alone)."""
 
 from __future__ import annotations
 
@@ -45,13 +45,14 @@ def rss() -> int:
         return int(next(line for line in status if line.startswith("VmRSS:")).split()[1]) * 1024
 
 
-def rank_main(rank: int, size: int, port: int, length: int, out: str) -> None:
+def rank_main(rank: int, size: int, port: int, length: int, tiles: int, out: str) -> None:
     import torch
     import torch.distributed as dist
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from dpo_ray.attention import install
     from dpo_ray.sequence_parallel import shard_inputs
+    from dpo_ray.tiled_mlp import tile_mlps
 
     torch.set_num_threads(2 // size)
     group = None
@@ -62,6 +63,8 @@ def rank_main(rank: int, size: int, port: int, length: int, out: str) -> None:
         install("sdpa")
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(attn_implementation="sdpa", **SHAPE)).train()
+    if tiles:
+        tile_mlps(model, tiles)
     inputs = {"input_ids": torch.randint(0, 512, (1, length)), "position_ids": torch.arange(length)[None]}
     if group is not None:
         inputs = shard_inputs(inputs, group)
@@ -96,11 +99,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def measure(length: int, size: int) -> dict:
+def measure(length: int, size: int, tiles: int) -> dict:
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory() as out:
-        mp.start_processes(rank_main, args=(size, free_port(), length, out), nprocs=size, start_method="spawn")
+        args = (size, free_port(), length, tiles, out)
+        mp.start_processes(rank_main, args=args, nprocs=size, start_method="spawn")
         ranks = [json.loads(Path(out, f"rank{r}.json").read_text()) for r in range(size)]
     return {k: max(r[k] for r in ranks) for k in ranks[0]}
 
@@ -121,7 +125,7 @@ def plans() -> list[tuple[str, int, str]]:
             path = Path(root, name)
             path.mkdir()
             (path / "config.json").write_text(json.dumps(config))
-            for sp in (1, 2):
+            for sp, tiles in ((1, 0), (2, 0), (1, 16), (2, 16)):
                 cfg = compose(
                     [
                         f"model.path={path}",
@@ -129,6 +133,7 @@ def plans() -> list[tuple[str, int, str]]:
                         "train.micro_batch_size=1",
                         "data.max_length=32768",
                         f"cluster.sequence_parallel_size={sp}",
+                        f"model.mlp_tiles={tiles}",
                     ],
                     "train",
                 )
@@ -137,7 +142,7 @@ def plans() -> list[tuple[str, int, str]]:
                 )
                 policy = next(g for g in plan.groups if g.need.name == "policy")
                 parts = {p.name: p.bytes / 2**30 for p in policy.memory.device}
-                rows.append((name, sp, parts, policy.memory.device_peak / 2**30, plan.fits))
+                rows.append((name, sp, tiles, parts, policy.memory.device_peak / 2**30, plan.fits))
     return rows
 
 
@@ -145,22 +150,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384])
     args = parser.parse_args()
-    print("| tokens | SP | saved for backward per rank MiB | peak RSS growth per rank MiB | step s | vs SP 1 |")
-    print("|---|---|---|---|---|---|")
+    print("| tokens | SP | MLP tiles | saved for backward MiB | peak RSS growth MiB | step s | vs 1 rank, whole MLP |")
+    print("|---|---|---|---|---|---|---|")
     for length in args.lengths:
-        one = measure(length, 1)
-        for size, got in ((1, one), (2, measure(length, 2))):
+        one = measure(length, 1, 0)
+        for size, tiles in ((1, 0), (2, 0), (1, 8), (2, 8)):
+            got = one if (size, tiles) == (1, 0) else measure(length, size, tiles)
             ratio = f"{got['saved'] / one['saved']:.2f}x memory, {got['seconds'] / one['seconds']:.2f}x time"
             print(
-                f"| {length} | {size} | {got['saved'] / 2**20:.0f} | {got['peak_growth'] / 2**20:.0f} "
+                f"| {length} | {size} | {tiles or '-'} | {got['saved'] / 2**20:.0f} | {got['peak_growth'] / 2**20:.0f} "
                 f"| {got['seconds']:.2f} | {ratio} |"
             )
     print()
-    print("| model | SP | activations GiB | sequence all-to-all GiB | policy GPU GiB (of 80) | fits |")
-    print("|---|---|---|---|---|---|")
-    for name, sp, parts, peak, fits in plans():
-        a2a = parts.get("sequence all-to-all", 0.0)
-        print(f"| {name} | {sp} | {parts['activations']:.2f} | {a2a:.2f} | {peak:.1f} | {'yes' if fits else 'no'} |")
+    print("| model | SP | MLP tiles | activations GiB | all-to-all + MLP tile GiB | policy GPU GiB (of 80) | fits |")
+    print("|---|---|---|---|---|---|---|")
+    for name, sp, tiles, parts, peak, fits in plans():
+        extra = parts.get("sequence all-to-all", 0.0) + parts.get("MLP tile", 0.0)
+        print(
+            f"| {name} | {sp} | {tiles or '-'} | {parts['activations']:.2f} | {extra:.2f} | {peak:.1f} "
+            f"| {'yes' if fits else 'no'} |"
+        )
 
 
 if __name__ == "__main__":

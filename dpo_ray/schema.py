@@ -80,6 +80,12 @@ class ModelConfig:
     attn_implementation: Attention = opt(Attention.sdpa, "transformers attention (flash_attention_* need GPUs)")
     trust_remote_code: bool = opt(False, "allow model code from the model directory to run")
     gradient_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
+    mlp_tiles: int = opt(
+        0,
+        "long sequences: run each decoder layer's MLP over its tokens in this many tiles, recomputed in backward "
+        "(its intermediate activations stop being the peak); 0: whole",
+        NON_NEGATIVE,
+    )
     disable_dropout: bool = opt(
         True,
         "zero the model's dropout (TRL's disable_dropout): with dropout on, the training policy differs from the "

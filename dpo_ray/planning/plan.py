@@ -274,6 +274,7 @@ REMEDIES = {
     "policy": [
         ("model.gradient_checkpointing", [True]),
         ("cluster.sequence_parallel_size", [2, 4, 8, 16]),
+        ("model.mlp_tiles", [8, 16]),
         ("cluster.policy_ranks", [2, 4, 8, 16, 32, 64, 128, 256, 512]),
         ("deepspeed.offload_optimizer", ["cpu"]),
         ("model.lora.enabled", [True]),

@@ -9,10 +9,10 @@ the RSS test in tests/groups/test_policy_group.py):
 - activations kept for backward, per token and decoder layer of a Llama-style model (a = dtype bytes, h hidden,
   q = heads x head_dim, kv = kv_heads x head_dim, I intermediate): two RMSNorms keep their float32 input and their
   output (2 (4h + a h)); q, k and v projections and the rotated q and k (a (2q + 3kv)); the attention output (a q);
-  SwiGLU's gate, up, activation and product (4 a I); sequence parallelism one more query-sized tensor (a q, one
-  side of its all-to-alls: measured). Eager attention also keeps its float32 probabilities and,
-  below float32, their cast ((4 + a) heads S for a sequence of S). Gradient checkpointing keeps each layer's input
-  (a h) and one layer's full set while it recomputes it;
+  SwiGLU's gate, up, activation and product (4 a I; with model.mlp_tiles only one tile's, while it runs); sequence
+  parallelism one more query-sized tensor (a q, one side of its all-to-alls: measured). Eager attention also keeps
+  its float32 probabilities and, below float32, their cast ((4 + a) heads S for a sequence of S). Gradient
+  checkpointing keeps each layer's input (a h) and one layer's full set while it recomputes it;
 - a micro-batch holds at most micro_batch_size x 2 x max_length tokens (chosen and rejected, whatever the layout),
   a rank 1/sequence_parallel_size of them, and while attention runs its all-to-all buffers (DeepSpeed-Ulysses);
   the log-probs take the vocabulary in chunks of model.logits_chunk_mb, beside the final hidden states in float32;
@@ -94,11 +94,12 @@ def micro_batch_tokens(cfg: RunConfig, shape: ModelShape) -> int:
 
 
 def layer_activation_bytes(
-    shape: ModelShape, a: int, eager_sequence: int = 0, sequence_parallel: bool = False
+    shape: ModelShape, a: int, eager_sequence: int = 0, sequence_parallel: bool = False, tiled_mlp: bool = False
 ) -> float:
     """Bytes one decoder layer keeps for backward, per token (see the module's docstring)."""
     q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
-    kept = 2 * (4 * shape.hidden + a * shape.hidden) + a * (2 * q + 3 * kv) + a * q + 4 * a * shape.intermediate
+    mlp = 0 if tiled_mlp else 4 * a * shape.intermediate  # a tiled MLP keeps only its input (the norm's output)
+    kept = 2 * (4 * shape.hidden + a * shape.hidden) + a * (2 * q + 3 * kv) + a * q + mlp
     kept += a * q if sequence_parallel else 0  # a query-sized tensor more: one side of the all-to-alls
     return kept + (4 + (a if a < 4 else 0)) * shape.heads * eager_sequence
 
@@ -110,7 +111,8 @@ def training_activations(cfg: RunConfig, shape: ModelShape, a: int) -> list[Part
     tokens = micro_batch_tokens(cfg, shape) // sp
     eager = sequence_length(cfg, shape) * (1 if str(cfg.data.layout) == "padded" else 2)
     attention = str(cfg.model.attn_implementation)
-    per_layer = layer_activation_bytes(shape, a, eager if attention == "eager" else 0, sp > 1)
+    tiles = cfg.model.mlp_tiles
+    per_layer = layer_activation_bytes(shape, a, eager if attention == "eager" else 0, sp > 1, tiles > 1)
     if cfg.model.gradient_checkpointing:
         kept = tokens * (shape.layers * a * shape.hidden + per_layer)
         how = "gradient checkpointing: each layer's input, one layer recomputed"
@@ -125,6 +127,9 @@ def training_activations(cfg: RunConfig, shape: ModelShape, a: int) -> list[Part
         ),
         Part("log-prob chunk", logits, f"logits_chunk_mb={cfg.model.logits_chunk_mb}, float32 final hidden states"),
     ]
+    if tiles > 1:  # the tile being computed holds its gate, up, activation and product
+        tile = 4 * a * shape.intermediate * -(-tokens // tiles)
+        parts.append(Part("MLP tile", tile, f"model.mlp_tiles={tiles}: one tile's intermediate tensors"))
     if sp > 1:  # one layer's queries, keys, values and output, each sent and received once
         q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
         parts.append(Part("sequence all-to-all", 2 * a * tokens * (2 * q + 2 * kv), "one layer's, sent and received"))
@@ -239,7 +244,13 @@ def policy_rank(cfg: RunConfig, shape: ModelShape, world: int, stage: int, sends
     return memory
 
 
-FREED_FOR_SYNC = ("activations", "log-prob chunk", "sequence all-to-all", "ZeRO-3 gathers")  # a sync runs between steps
+FREED_FOR_SYNC = (
+    "activations",
+    "log-prob chunk",
+    "MLP tile",
+    "sequence all-to-all",
+    "ZeRO-3 gathers",
+)  # a sync runs between steps
 
 
 def sender_parts(cfg: RunConfig, shape: ModelShape, stage: int) -> list[Part]:

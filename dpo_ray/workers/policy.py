@@ -13,6 +13,7 @@ from ..data.batches import MicroBatch, StepScale
 from ..data.collate import collate_pairs, make_layout, to_device
 from ..logprobs import forward_pairs, install_scoring_head
 from ..objective import add_metric_sums, metric_floats, micro_batch_objective
+from ..tiled_mlp import tile_mlps
 from . import deepspeed_setup, universal_checkpoint
 from .device import device_memory, device_spec, host_peak_rss, host_rss, rank_threads, use_local_gpu
 from .distributed import BroadcastGroup, init_distributed
@@ -86,6 +87,8 @@ class PolicyWorker:
         if cfg.disable_dropout:  # before peft: model.lora.dropout applies as set
             disable_dropout(model)
         install_scoring_head(model, cfg.logits_chunk_mb << 20)  # before peft and DeepSpeed wrap it
+        if cfg.mlp_tiles > 1:
+            tile_mlps(model, cfg.mlp_tiles)
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         if cfg.lora.enabled:

@@ -21,6 +21,7 @@ class PolicySpec:
     trust_remote_code: bool
     disable_dropout: bool
     gradient_checkpointing: bool
+    mlp_tiles: int
     logits_chunk_mb: int
     lora: LoraConfig
     layout: str
@@ -44,6 +45,7 @@ class PolicySpec:
             trust_remote_code=m.trust_remote_code,
             disable_dropout=m.disable_dropout,
             gradient_checkpointing=m.gradient_checkpointing,
+            mlp_tiles=m.mlp_tiles,
             logits_chunk_mb=m.logits_chunk_mb,
             lora=m.lora,
             layout=cfg.data.layout,

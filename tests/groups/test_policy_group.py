@@ -43,16 +43,18 @@ def plain_sgd_step(model_dir, pairs, reference, beta, alpha, lr):
 
 
 @pytest.mark.parametrize(
-    "layout, stage",
-    [("padded", "3"), ("packed", "3"), ("prefix_shared", "3")]
-    + [("prefix_shared", "0"), ("padded", "1"), ("packed", "2")],
+    "layout, stage, mlp_tiles",
+    [("padded", "3", 0), ("packed", "3", 0), ("prefix_shared", "3", 0)]
+    + [("prefix_shared", "0", 0), ("padded", "1", 0), ("packed", "2", 0)]
+    # tiled MLPs: DeepSpeed reduces each weight's gradient once, after its last tile (stage 3 gathers it for each)
+    + [("prefix_shared", "3", 3), ("packed", "2", 3)],
 )
 def test_two_ranks_at_each_zero_stage_match_a_plain_torch_step_and_save_a_reloadable_model(
-    local_ray, run_config, tiny_model_dir, tmp_path, layout, stage
+    local_ray, run_config, tiny_model_dir, tmp_path, layout, stage, mlp_tiles
 ):
     cfg = run_config
     cfg.cluster.policy_ranks, cfg.deepspeed.zero_stage = 2, stage
-    cfg.data.layout, cfg.data.pack_length = layout, 24
+    cfg.data.layout, cfg.data.pack_length, cfg.model.mlp_tiles = layout, 24, mlp_tiles
     pairs = make_pairs(5, seed=5)  # 5 pairs over 2 ranks x 2 micro-batches of 2: uneven, with a filler slot
     with torch.no_grad():
         start = forward_pairs(AutoModelForCausalLM.from_pretrained(tiny_model_dir), collate_pairs(pairs, 0))

@@ -25,7 +25,7 @@ def configured() -> RunConfig:
     cfg.train.lr, cfg.train.seed = 1e-3, 7
     cfg.deepspeed.offload_optimizer = "cpu"
     cfg.cluster.gpus_per_rank, cfg.cluster.cpus_per_rank, cfg.cluster.torch_threads = 1.0, 4.0, 3
-    cfg.cluster.reference_cpus, cfg.cluster.sequence_parallel_size = 2.0, 2
+    cfg.cluster.reference_cpus, cfg.cluster.sequence_parallel_size, cfg.model.mlp_tiles = 2.0, 2, 8
     return cfg
 
 
@@ -38,7 +38,7 @@ def test_a_policy_spec_carries_the_values_a_policy_rank_reads():
     assert (spec.algo.beta, spec.algo.ld_alpha, spec.train.lr, spec.train.seed) == (0.3, 0.5, 1e-3, 7)
     assert (spec.deepspeed.offload_optimizer, spec.cache_dir) == ("cpu", "/cache")
     assert spec.syncs_adapter  # a LoRA policy on GPUs, adapter servable, lora_sync=auto: engines take the adapter
-    assert spec.sequence_parallel_size == 2
+    assert (spec.sequence_parallel_size, spec.mlp_tiles) == (2, 8)
 
 
 @pytest.mark.parametrize(
