@@ -53,6 +53,7 @@ def rank_main(rank: int, size: int, port: int, length: int, tiles: int, out: str
     from dpo_ray.attention import install
     from dpo_ray.sequence_parallel import shard_inputs
     from dpo_ray.tiled_mlp import tile_mlps
+    from tests.saved_tensors import saved_for_backward
 
     torch.set_num_threads(2 // size)
     group = None
@@ -68,26 +69,16 @@ def rank_main(rank: int, size: int, port: int, length: int, tiles: int, out: str
     inputs = {"input_ids": torch.randint(0, 512, (1, length)), "position_ids": torch.arange(length)[None]}
     if group is not None:
         inputs = shard_inputs(inputs, group)
-    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved: dict[int, int] = {}
-
-    def pack(t):
-        if t.untyped_storage().data_ptr() not in weights:
-            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    before, times = rss(), []
+    before, times, outputs = rss(), [], []
     for _ in range(3):  # a warm-up, then the best of 2
-        saved.clear()
         began = time.perf_counter()
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            hidden = model.model(**inputs, use_cache=False).last_hidden_state
-        hidden.float().pow(2).mean().backward()
+        saved = saved_for_backward(model, lambda: outputs.append(model.model(**inputs, use_cache=False)))
+        outputs.pop().last_hidden_state.float().pow(2).mean().backward()
         if group is not None:
             dist.barrier(group)
         times.append(time.perf_counter() - began)
         model.zero_grad(set_to_none=True)
-    result = {"saved": sum(saved.values()), "peak_growth": peak_rss() - before, "seconds": min(times[1:])}
+    result = {"saved": saved, "peak_growth": peak_rss() - before, "seconds": min(times[1:])}
     Path(out, f"rank{rank}.json").write_text(json.dumps(result))
     if group is not None:
         dist.destroy_process_group()

@@ -19,6 +19,7 @@ from dpo_ray.objective import micro_batch_objective
 from dpo_ray.schema import AlgoConfig
 
 from .conftest import TINY_SHAPE, make_pairs
+from .saved_tensors import saved_for_backward
 
 CASES = [(kind, attention) for attention in ("sdpa", "flash") for kind in ("padded", "packed", "prefix_shared")]
 
@@ -97,17 +98,7 @@ def saved_bytes(layers: int, group) -> int:
     # one whole causal sequence needs no mask: sdpa runs causal over the gathered positions (with a mask, CPU's sdpa
     # keeps the attention probabilities, which GPU kernels do not)
     inputs = {"input_ids": torch.randint(0, 512, (1, TOKENS)), "position_ids": torch.arange(TOKENS)[None]}
-    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved: dict[int, int] = {}
-
-    def pack(t):
-        if t.untyped_storage().data_ptr() not in weights:
-            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model.model(**shard_inputs(inputs, group), use_cache=False)
-    return sum(saved.values())
+    return saved_for_backward(model, lambda: model.model(**shard_inputs(inputs, group), use_cache=False))
 
 
 def free_port() -> int:

@@ -17,6 +17,7 @@ from dpo_ray.sizing.model_shape import ModelShape
 from dpo_ray.tiled_mlp import tile_mlps
 
 from .conftest import TINY_SHAPE, make_pairs
+from .saved_tensors import saved_for_backward
 
 SHAPE = ModelShape(0, 0, 256, 688, 4, 8, 2, 32, 400, 1024, 0, {})  # the shape measured below, as the plan reads it
 
@@ -53,17 +54,8 @@ def test_tiles_give_the_whole_mlps_log_probs_loss_and_gradients(checkpointing):
 def saved_bytes(tiles: int, layers: int) -> int:
     """What a forward of 256 tokens saves for backward, by storage, weights left out."""
     llama = model(tiles, num_hidden_layers=layers, hidden_size=256, intermediate_size=688, num_attention_heads=8)
-    weights = {p.untyped_storage().data_ptr() for p in llama.parameters()}
-    kept: dict[int, int] = {}
-
-    def pack(t):
-        if t.untyped_storage().data_ptr() not in weights:
-            kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        llama.model(input_ids=torch.randint(0, 400, (1, 256)), use_cache=False)
-    return sum(kept.values())
+    ids = torch.randint(0, 400, (1, 256))
+    return saved_for_backward(llama, lambda: llama.model(input_ids=ids, use_cache=False))
 
 
 def test_a_tiled_mlp_keeps_only_its_input_for_backward():

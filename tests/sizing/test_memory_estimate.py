@@ -14,6 +14,8 @@ from dpo_ray.sizing.memory_estimate import GIB, layer_activation_bytes, policy_r
 from dpo_ray.sizing.model_shape import ModelShape, lora_setting, model_shape
 from dpo_ray.sizing.zero_stage import model_states
 
+from ..saved_tensors import saved_for_backward
+
 LLAMA_70B = dict(
     architectures=["LlamaForCausalLM"],
     model_type="llama",
@@ -93,17 +95,8 @@ def test_activations_per_token_and_layer_are_what_autograd_saves(dtype, attentio
         model = LlamaForCausalLM(config).to(dtype).train()
         if checkpointing:
             model.gradient_checkpointing_enable()
-        weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
-        saved: dict[int, int] = {}
-
-        def pack(t):
-            if t.untyped_storage().data_ptr() not in weights:
-                saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            model.model(input_ids=torch.randint(0, 512, (1, tokens)), use_cache=False)
-        return sum(saved.values())
+        ids = torch.randint(0, 512, (1, tokens))
+        return saved_for_backward(model, lambda: model.model(input_ids=ids, use_cache=False))
 
     tokens = 256
     measured = (saved_bytes(4, tokens) - saved_bytes(2, tokens)) / 2 / tokens
