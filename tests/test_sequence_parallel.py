@@ -1,6 +1,6 @@
 """Ulysses sequence parallelism against one process scoring the whole sequence: two gloo ranks, each forwarding half of
 every row's positions, give the log-probs, the loss and (their two parts added) the gradients of the whole, in every
-layout, under sdpa and under flash-attention's dispatch (a CPU stand-in for its kernel)."""
+layout, under sdpa and under flash-attention's dispatch (a CPU stand-in for its kernel); and four ranks in two."""
 
 from __future__ import annotations
 
@@ -22,13 +22,17 @@ from .conftest import TINY_SHAPE, make_pairs
 from .saved_tensors import saved_for_backward
 
 CASES = [(kind, attention) for attention in ("sdpa", "flash") for kind in ("padded", "packed", "prefix_shared")]
+# 4 ranks: two cases on a model with 4 key-value heads (as many as the ranks)
+CASES_BY_SIZE = {2: CASES, 4: [("packed", "sdpa"), ("prefix_shared", "flash")]}
 
 
-def tiny_model(attention: str):
+def tiny_model(attention: str, kv_heads: int = 2):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=400, attn_implementation=attention, **TINY_SHAPE)
+    config = LlamaConfig(
+        vocab_size=400, attn_implementation=attention, **{**TINY_SHAPE, "num_key_value_heads": kv_heads}
+    )
     model = LlamaForCausalLM(config)
     install_scoring_head(model)
     return model
@@ -60,21 +64,22 @@ def score(model, attention: str, kind: str, shards: int, group=None) -> dict[str
     }
 
 
-def rank_main(rank: int, port: int, out_dir: str) -> None:
+def rank_main(rank: int, size: int, port: int, out_dir: str) -> None:
     import torch.distributed as dist
 
     from .flash_stand_in import register
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+    dist.init_process_group("gloo", rank=rank, world_size=size)
     flash = register()
-    group = dist.new_group([0, 1])
+    group = dist.new_group(list(range(size)))
     results = {}
-    for kind, attention in CASES:
+    for kind, attention in CASES_BY_SIZE[size]:
         name = flash if attention == "flash" else attention
-        results[kind, attention] = score(tiny_model(name), name, kind, 2, group)
-    results["saved_bytes"] = {layers: saved_bytes(layers, group) for layers in (2, 4)}
+        results[kind, attention] = score(tiny_model(name, kv_heads=size), name, kind, size, group)
+    if size == 2:
+        results["saved_bytes"] = {layers: saved_bytes(layers, group) for layers in (2, 4)}
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
@@ -107,27 +112,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def sharded(tmp_path_factory, size: int) -> list[dict]:
+    out = tmp_path_factory.mktemp(f"sequence-parallel-{size}")
+    mp.start_processes(rank_main, args=(size, free_port(), str(out)), nprocs=size, start_method="spawn")
+    return [torch.load(out / f"rank{r}.pt") for r in range(size)]
+
+
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sequence-parallel")
-    mp.start_processes(rank_main, args=(free_port(), str(out)), nprocs=2, start_method="spawn")
-    return [torch.load(out / f"rank{r}.pt") for r in range(2)]
+    return sharded(tmp_path_factory, 2)
 
 
-@pytest.mark.parametrize("kind, attention", CASES)
-def test_two_sequence_shards_score_and_train_as_the_whole_sequence(two_ranks, kind, attention):
+@pytest.fixture(scope="module")
+def four_ranks(tmp_path_factory):
+    return sharded(tmp_path_factory, 4)
+
+
+@pytest.mark.parametrize("size, kind, attention", [(n, *case) for n, cases in CASES_BY_SIZE.items() for case in cases])
+def test_sequence_shards_score_and_train_as_the_whole_sequence(request, size, kind, attention):
     from .flash_stand_in import register
 
     name = register() if attention == "flash" else attention
-    whole = score(tiny_model(name), name, kind, 1)
-    ranks = [r[kind, attention] for r in two_ranks]
+    whole = score(tiny_model(name, kv_heads=size), name, kind, 1)
+    ranks = [r[kind, attention] for r in request.getfixturevalue({2: "two_ranks", 4: "four_ranks"}[size])]
+    errors = {
+        "logps": max((got["logps"] - whole["logps"]).abs().max().item() for got in ranks),
+        "loss": max(abs(got["loss"].item() - whole["loss"].item()) for got in ranks),
+        "grads": (sum(got["grads"] for got in ranks) - whole["grads"]).abs().max().item(),
+    }
+    print(f"SP {size} {kind} {attention}: max |error| " + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
     for got in ranks:  # every rank of the group ends with the whole batch's numbers
         assert torch.allclose(got["logps"], whole["logps"], atol=1e-5)
         assert got["loss"].item() == pytest.approx(whole["loss"].item(), abs=1e-6)
         assert got["entropy"].item() == pytest.approx(whole["entropy"].item(), rel=1e-5)
         assert torch.allclose(got["log_weights"], whole["log_weights"], atol=1e-5)
     # each rank's gradient is its own positions' part; DeepSpeed's reduction adds the parts
-    assert torch.allclose(ranks[0]["grads"] + ranks[1]["grads"], whole["grads"], atol=1e-5)
+    assert torch.allclose(sum(got["grads"] for got in ranks), whole["grads"], atol=1e-5)
     assert not torch.allclose(ranks[0]["grads"], whole["grads"], atol=1e-3)  # a part, not the whole
 
 
