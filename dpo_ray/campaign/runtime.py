@@ -111,8 +111,9 @@ def check_plan(cfg: RunConfig, check: PlanCheck, run_dir: Path) -> None:
     any actor starts) unless cluster.memory_check is off."""
     plan = make_plan(cfg, check.command, ray_nodes(), check.models, "the Ray cluster", check.max_model_len)
     write_text(run_dir / PLAN, render(plan) + "\n")
-    if unrunnable(plan):
-        raise PlanError(unrunnable(plan))
+    why = unrunnable(plan)
+    if why:
+        raise PlanError(why)
     if plan.fits:
         log.info("plan: fits (%s)", run_dir / PLAN)
     elif cfg.cluster.memory_check:

@@ -233,6 +233,12 @@ class ActorGroup:
         refs = [a.call.remote(method, *args) for a, args in zip(self.actors, per_rank_args)]
         return gather(refs, self.call_timeout_s, f"{self.name}.{method}")
 
+    def run_each_replica(self, method: str, per_replica_args: Sequence[Sequence[Any]], ranks_each: int) -> list[Any]:
+        """A call with replica-specific arguments, a replica being ranks_each consecutive ranks (a sequence-parallel
+        group); each replica's result as its first rank gives it (its ranks end with the same)."""
+        per_rank = [per_replica_args[rank // ranks_each] for rank in range(self.size)]
+        return self.run_each(method, per_rank)[::ranks_each]
+
     def node_ids(self) -> list[str]:
         return bundle_nodes(self.placement)
 

@@ -73,11 +73,8 @@ class PolicyGroup:
         return self.group.size // self.sequence_parallel_size
 
     def _each_replica(self, method: str, plan: list[list[MicroBatch]], *args) -> list:
-        """plan[i] to every rank of replica i (consecutive ranks); each replica's result, as its first rank gives it
-        (every rank of a sequence-parallel group ends with the same numbers)."""
-        sp = self.sequence_parallel_size
-        results = self.group.run_each(method, [(plan[rank // sp], *args) for rank in range(self.group.size)])
-        return results[::sp]
+        """plan[i] to every rank of replica i; each replica's result."""
+        return self.group.run_each_replica(method, [(part, *args) for part in plan], self.sequence_parallel_size)
 
     def train_step(self, plan: list[list[MicroBatch]], scale: StepScale) -> list[dict[str, float]]:
         return self._each_replica("train_step", plan, scale)

@@ -64,9 +64,8 @@ class ReferenceGroup:
         the ranks of a sequence-parallel group score the same micro-batches, and each ends with their scores)."""
         sp = self.sequence_parallel_size
         index_plan = deal_groups(groups, self.group.size // sp)
-        plan = as_micro_batches(pairs, index_plan)
-        per_rank = self.group.run_each("logps", [(plan[rank // sp],) for rank in range(self.group.size)])
-        return scores_by_pair(index_plan, per_rank[::sp], len(pairs))
+        plan = [(part,) for part in as_micro_batches(pairs, index_plan)]
+        return scores_by_pair(index_plan, self.group.run_each_replica("logps", plan, sp), len(pairs))
 
     def join_weight_group(self, address: str, port: int, world_size: int, timeout_s: float) -> list[ray.ObjectRef]:
         return self.group.submit("join_weight_group", address, port, world_size, timeout_s)

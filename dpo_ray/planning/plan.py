@@ -174,15 +174,17 @@ def sequence_parallel_problem(cfg: RunConfig, shape: ModelShape, reference_group
         return Problem(SEQUENCE_PARALLEL, text, [f"cluster.reference_ranks={-(-c.reference_ranks // sp) * sp}"])
     if sp == 1 or not (shape.heads % sp or shape.kv_heads % sp):
         return None
-    sizes = [n for n in range(2, shape.kv_heads + 1) if not shape.heads % n and not shape.kv_heads % n]
     text = (
         f"cluster.sequence_parallel_size={sp} does not divide the model's {shape.heads} attention heads and "
         f"{shape.kv_heads} key-value heads"
     )
-    fixes = [f"cluster.sequence_parallel_size={n}" for n in sizes if not cfg.cluster.policy_ranks % n] or [
-        "cluster.sequence_parallel_size=1"
-    ]
-    return Problem(SEQUENCE_PARALLEL, text, fixes)
+    sizes = sequence_parallel_sizes(shape, c.policy_ranks, range(2, shape.kv_heads + 1)) or [1]
+    return Problem(SEQUENCE_PARALLEL, text, [f"cluster.sequence_parallel_size={n}" for n in sizes])
+
+
+def sequence_parallel_sizes(shape: ModelShape, ranks: int, candidates) -> list[int]:
+    """The candidates that make whole groups of the ranks and give each rank an equal share of the heads."""
+    return [n for n in candidates if not (ranks % n or shape.heads % n or shape.kv_heads % n)]
 
 
 def checkpointing_note(cfg: RunConfig, models: PlanModels, device: float, world: int, length: int) -> str:
@@ -345,9 +347,8 @@ def fixes(
         if option.startswith("cluster.") and not gpu:
             return []
         current = option_value(base, option)
-        if option == "cluster.sequence_parallel_size":  # whole groups, an equal share of the heads each
-            shape, ranks = plan.shape, base.cluster.policy_ranks
-            values = [v for v in values if not (ranks % v or shape.heads % v or shape.kv_heads % v)]
+        if option == "cluster.sequence_parallel_size":
+            values = sequence_parallel_sizes(plan.shape, base.cluster.policy_ranks, values)
         return [v for v in values if v != current and not (option.startswith(GROWING) and v < current)]
 
     found = []
