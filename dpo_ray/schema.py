@@ -319,6 +319,11 @@ class ClusterConfig:
         True, "refuse to start when the plan (dpo-ray plan) says a GPU or node runs out of memory; false: warn only"
     )
     call_timeout_s: float = opt(1800.0, "longest a group call may take before the run treats it as hung", POSITIVE)
+    reuse_rank_processes: bool = opt(
+        False,
+        "a stopped policy or reference group's processes wait for the next group of its shape this driver starts, "
+        "which builds its workers in them instead of starting new ones (~5 s of imports a rank): for many short runs",
+    )
     rollout_engines: int = opt(
         1, "online: vLLM engines in the rollout group (prompts are sharded across them)", AT_LEAST_ONE
     )

@@ -78,7 +78,8 @@ def run_config(tmp_path) -> RunConfig:
 
 
 def exact_config(root) -> RunConfig:
-    """A small, exact configuration: SGD, no clipping, constant learning rate, one CPU thread per rank."""
+    """A small, exact configuration: SGD, no clipping, constant learning rate, one CPU thread per rank, rank processes
+    kept for the next group of their shape."""
     cfg = RunConfig()
     cfg.output_dir = str(root / "run")
     cfg.cache_dir = str(root / "cache")
@@ -88,6 +89,7 @@ def exact_config(root) -> RunConfig:
     cfg.train.batch_size, cfg.train.micro_batch_size = 8, 2
     cfg.algo.rpo_alpha = 0.5
     cfg.cluster.cpus_per_rank = 1.0
+    cfg.cluster.reuse_rank_processes = True  # a rank's start is ~5 s of imports; tests that need new ones say so
     return cfg
 
 

@@ -20,18 +20,20 @@ def start_together(
     strategy: str,
     started: list,
     wait_s: float = 300,
+    reuse: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     """makers[name](placement) for each need, in needs' order of reservation (each waited for up to wait_s), all
     running at once. Every group that starts goes into started (None, a maker's result that is no group, does not),
     even when another fails: the caller shuts them down; a failed group's reservation is removed (on a stop, every
-    group's), and the first failure is raised."""
+    group's), and the first failure is raised. reuse: the groups whose reservation may be a parked group's
+    (cluster.reuse_rank_processes)."""
     names = [need.name for need in needs]
     if sorted(names) != sorted(makers):
         raise ValueError(f"groups to start {sorted(makers)} are not the groups needed {sorted(names)}")
     placements: dict[str, Any] = {}
     try:
         for need in needs:
-            placements[need.name] = reserve(need, strategy, wait_s)
+            placements[need.name] = reserve(need, strategy, wait_s, reuse=need.name in reuse)
     except BaseException:
         for placement in placements.values():
             remove_placement_group(placement)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -16,9 +18,11 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from ..schema import ClusterConfig
 from ..sizing.resources import GroupNeed
+from . import warm_ranks
 from .failures import GroupCallTimeout, NoCapacity
 
 log = logging.getLogger(__name__)
+RELEASE_TIMEOUT_S = 30.0  # a rank that has not dropped its worker by then is stuck (a collective a peer left): killed
 
 
 @ray.remote
@@ -27,8 +31,23 @@ class WorkerActor:
 
     def __init__(self, worker_path: str, *args, **kwargs):
         logging.basicConfig(level=logging.WARNING)
+        self.worker = None
+        self.rebuild(worker_path, *args, **kwargs)
+
+    def rebuild(self, worker_path: str, *args, **kwargs) -> None:
+        """Build the worker named by import path, in place of the one the process held (cluster.reuse_rank_processes:
+        the torch.distributed group it joined stays, for the next worker of the same ranks)."""
+        self.release()
         module, name = worker_path.rsplit(".", 1)
         self.worker = getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    def release(self) -> None:
+        """Drop the worker and what it holds (its model, its DeepSpeed engine), keeping the process."""
+        self.worker = None
+        gc.collect()
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def call(self, method: str, *args, **kwargs) -> Any:
         return getattr(self.worker, method)(*args, **kwargs)
@@ -104,15 +123,25 @@ class PendingShards:
         return [x for part in parts for x in part]
 
 
-def reserve(need: GroupNeed, strategy: str, ready_timeout_s: float = 300, report_every_s: float = 30):
+def reserve(
+    need: GroupNeed, strategy: str, ready_timeout_s: float = 300, report_every_s: float = 30, reuse: bool = False
+):
     """The placement group of need.size bundles of need's resources, once Ray has placed it; NoCapacity if it does
-    not fit within ready_timeout_s (saying what it waited for every report_every_s meanwhile)."""
+    not fit within ready_timeout_s (saying what it waited for every report_every_s meanwhile). reuse: a parked
+    group's of need's shape, if there is one (its actors wait for the group built in it)."""
+    if reuse and (parked := warm_ranks.take(need, strategy)) is not None:
+        return parked
+    warm_ranks.evict(need.name)  # a placement group's name is the group's: a parked one of another shape goes
     bundle = need.bundle()
     placement = placement_group(
         [dict(bundle) for _ in range(need.size)], strategy=strategy, name=f"dpo-ray-{need.name}"
     )
     wanted = f"{need.name} group: {need.size} x {bundle} with {strategy} placement"
     deadline = time.monotonic() + ready_timeout_s
+    if warm_ranks.any_parked():  # parked groups give their room back when a new one needs it
+        ready, _ = ray.wait([placement.ready()], timeout=min(1.0, ready_timeout_s))
+        if not ready:
+            warm_ranks.evict()
     while True:
         ready, _ = ray.wait([placement.ready()], timeout=max(0.0, min(report_every_s, deadline - time.monotonic())))
         if ready:
@@ -157,21 +186,28 @@ class ActorGroup:
         init_kwargs: dict[str, Any] | None = None,
         ready_timeout_s: float | None = None,
         placement=None,
+        reusable: bool = False,
     ):
         """need.size actors of worker_path, one per bundle of need's resources, placed by cluster.placement (or in
         placement, reserved already: groups started together are reserved one after another, as the plan places
         them); the group owns its placement group from here on. ready_timeout_s (default cluster.nodes_wait_s) bounds
-        the wait for a placement that does not fit yet."""
+        the wait for a placement that does not fit yet. reusable: with cluster.reuse_rank_processes, the group is
+        built in a parked group's actors of its shape and environment, if any, and is parked when it shuts down."""
         self.name, self.size, self.call_timeout_s = need.name, need.size, cluster.call_timeout_s
+        self.need, self.strategy, self.env = need, str(cluster.placement), env
+        self.reusable = reusable and cluster.reuse_rank_processes
         wait_s = cluster.nodes_wait_s if ready_timeout_s is None else ready_timeout_s
-        self.placement = placement or reserve(need, str(cluster.placement), wait_s)
-        self.actors = [
+        self.placement = placement or reserve(need, self.strategy, wait_s, reuse=self.reusable)
+        kwargs = [dict(rank=rank, world_size=need.size, **(init_kwargs or {})) for rank in range(need.size)]
+        parked = warm_ranks.claim(self.placement)
+        self.actors = self._rebuilt(parked, worker_path, kwargs) if parked else []
+        self.actors = self.actors or [
             WorkerActor.options(
                 num_cpus=need.cpus,
                 num_gpus=need.gpus,
                 runtime_env={"env_vars": env},
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement, placement_group_bundle_index=rank),
-            ).remote(worker_path, rank=rank, world_size=need.size, **(init_kwargs or {}))
+            ).remote(worker_path, **kwargs[rank])
             for rank in range(need.size)
         ]
         try:
@@ -179,6 +215,24 @@ class ActorGroup:
         except BaseException:
             self.shutdown()  # the caller never gets the group: its actors and reservation go now
             raise
+
+    def _rebuilt(self, parked: warm_ranks.Parked, worker_path: str, kwargs: list[dict]) -> list:
+        """The parked actors with this group's workers built in them; none (the parked actors gone) if their
+        environment differs or a build fails: new actors then build it, and fail as they would have."""
+        if parked.env == self.env:
+            try:
+                gather(
+                    [a.rebuild.remote(worker_path, **kw) for a, kw in zip(parked.actors, kwargs)],
+                    self.call_timeout_s,
+                    f"{self.name}: workers built in kept processes",
+                )
+                log.info("%s group: built in the %d process(es) a group before it left", self.name, self.size)
+                return parked.actors
+            except (RayActorError, RayTaskError):
+                pass
+        for actor in parked.actors:
+            ray.kill(actor)
+        return []
 
     def wait_ready(self, report_every_s: float = 5.0) -> None:
         """Wait until every actor has built its worker, logging actors ready / total as they come up (at most every
@@ -243,6 +297,16 @@ class ActorGroup:
         return bundle_nodes(self.placement)
 
     def shutdown(self) -> None:
+        """Kill the actors and give the reservation back; a reusable group whose every rank drops its worker in
+        time (none dead or stuck in a collective) is parked instead."""
+        if self.reusable and self.actors:
+            try:
+                gather([a.release.remote() for a in self.actors], RELEASE_TIMEOUT_S, f"{self.name}.release")
+                warm_ranks.park(self.need, self.strategy, self.placement, self.actors, self.env)
+                self.actors = []
+                return
+            except (RayActorError, RayTaskError, GroupCallTimeout):
+                pass
         for actor in self.actors:
             ray.kill(actor)
         release(self.placement)

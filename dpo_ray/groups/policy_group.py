@@ -35,7 +35,13 @@ class PolicyGroup:
         self.sequence_parallel_size = cfg.cluster.sequence_parallel_size
         began = time.perf_counter()
         self.group = ActorGroup(
-            policy_need(cfg), "dpo_ray.workers.policy.PolicyWorker", cfg.cluster, env, kwargs, placement=placement
+            policy_need(cfg),
+            "dpo_ray.workers.policy.PolicyWorker",
+            cfg.cluster,
+            env,
+            kwargs,
+            placement=placement,
+            reusable=True,
         )
         require_shared(self.group, cfg)  # before any model loads
         self.zero_stage = self._zero_stage(cfg, model_path)

@@ -30,7 +30,8 @@ class ReferenceGroup:
         began = time.perf_counter()
         threads = rank_threads(spec.cpus_per_rank, spec.torch_threads)
         env = {**env, "OMP_NUM_THREADS": str(threads)}  # the run's environment sizes it for a policy rank
-        self.group = ActorGroup(reference_need(cfg), worker, cfg.cluster, env, kwargs, placement=placement)
+        need = reference_need(cfg)
+        self.group = ActorGroup(need, worker, cfg.cluster, env, kwargs, placement=placement, reusable=True)
         require_shared(self.group, cfg)  # before any model loads
         self.sharding = str(cfg.reference.sharding)
         if self.sharding == "auto":

@@ -21,8 +21,8 @@ def cache_dir(task_cache_dir):
 
 
 # One reference replica: a campaign's reference log-probs are the same over any number (each micro-batch is scored
-# whole), and each actor process costs ~12 s of imports on this 2-core box.
-SMALL = ("cluster.reward_cpus=0.5", "cluster.reference_ranks=1")
+# whole), and each actor process costs ~5 s of imports on this 2-core box; a campaign's ranks wait for the next's.
+SMALL = ("cluster.reward_cpus=0.5", "cluster.reference_ranks=1", "cluster.reuse_rank_processes=true")
 
 
 def run_online(run_dir, cache_dir, rounds, *overrides):

@@ -299,6 +299,7 @@ def test_every_zero_stage_takes_the_same_clipped_adamw_steps_and_resumes_bit_exa
             weights[stage] = policy.group.run("full_state_dict")[0]
             if stage == "3":  # resumed in new processes
                 ended, policy = policy, None
+                ended.group.reusable = False
                 ended.shutdown()
                 policy = start(stage)
             policy.load_checkpoint(checkpoints, "step_1")
@@ -408,6 +409,7 @@ def measured_and_estimated(cfg, model_dir: str, stage: str) -> tuple[list[int], 
 
     cfg.cluster.policy_ranks, cfg.deepspeed.zero_stage = 2, stage
     cfg.train.optimizer, cfg.train.micro_batch_size = "adamw", 1
+    cfg.cluster.reuse_rank_processes = False  # growth from a new process's start
     pairs = make_pairs(4, seed=1)
     policy = PolicyGroup(cfg, model_dir, total_steps=2, accumulation=2, env=ENV)
     try:

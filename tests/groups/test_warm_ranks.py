@@ -1,0 +1,107 @@
+"""cluster.reuse_rank_processes: a stopped group's rank processes build the next group of its shape, and only when
+they can (alive, the same environment); parked groups give their room back to a group that needs it."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+from dpo_ray.data.collate import collate_pairs
+from dpo_ray.groups.policy_group import PolicyGroup
+from dpo_ray.groups.reference_group import ReferenceGroup
+from dpo_ray.logprobs import forward_pairs
+from dpo_ray.workers.device import device_spec, rank_env
+
+from ..conftest import make_pairs, save_model, tiny_config
+
+pytestmark = pytest.mark.slow
+ENV = rank_env(device_spec(0), threads=1)
+
+
+def pids(group) -> list[int]:
+    import ray
+
+    return ray.get([actor.__ray_call__.remote(lambda _: os.getpid()) for actor in group.group.actors])
+
+
+def gone(pid: int, wait_s: float = 30) -> bool:
+    """Whether the process has exited (ray.kill returns before it does)."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def scores_as_plain_torch(group: ReferenceGroup, model_dir: str) -> None:
+    pairs = make_pairs(6, seed=3)
+    chosen, rejected = group.logps(pairs, [[0, 1, 2], [3, 4, 5]])
+    with torch.no_grad():
+        out = forward_pairs(AutoModelForCausalLM.from_pretrained(model_dir), collate_pairs(pairs, 0))
+    assert torch.allclose(torch.tensor(chosen), out.chosen_logps, atol=1e-5)
+    assert torch.allclose(torch.tensor(rejected), out.rejected_logps, atol=1e-5)
+
+
+def test_a_stopped_groups_processes_build_the_next_of_its_shape_only_when_they_can(
+    local_ray, run_config, tiny_model_dir, tokenizer, tmp_path
+):
+    import ray
+
+    cfg = run_config
+    cfg.cluster.reference_ranks, cfg.reference.sharding = 2, "zero3"  # the ranks join a process group
+    other = save_model(tmp_path / "other", LlamaForCausalLM, tiny_config(LlamaConfig, tokenizer), tokenizer, seed=1)
+
+    first = ReferenceGroup(cfg, tiny_model_dir, ENV)
+    kept = pids(first)
+    first.shutdown()
+    assert not any(gone(pid, wait_s=1) for pid in kept)  # parked, not killed
+    second = ReferenceGroup(cfg, other, ENV)  # another model in the same processes and process group
+    assert pids(second) == kept
+    scores_as_plain_torch(second, other)
+
+    ray.kill(second.group.actors[1])  # a group with a dead rank is not kept
+    second.shutdown()
+    third = ReferenceGroup(cfg, tiny_model_dir, ENV)
+    assert set(pids(third)).isdisjoint(kept) and gone(kept[0])
+    scores_as_plain_torch(third, tiny_model_dir)
+    kept = pids(third)
+    third.shutdown()
+
+    changed = ReferenceGroup(cfg, tiny_model_dir, {**ENV, "OMP_WAIT_POLICY": "PASSIVE"})  # another environment
+    assert set(pids(changed)).isdisjoint(kept) and all(gone(pid) for pid in kept)
+    kept = pids(changed)
+    changed.shutdown()
+
+    cfg.cluster.reference_ranks = 1  # another shape: the parked group of that name goes (names are unique in Ray)
+    smaller = ReferenceGroup(cfg, tiny_model_dir, ENV)
+    assert set(pids(smaller)).isdisjoint(kept) and all(gone(pid) for pid in kept)
+    kept = pids(smaller)
+    smaller.shutdown()
+
+    cfg.cluster.reuse_rank_processes = False
+    fresh = ReferenceGroup(cfg, tiny_model_dir, ENV)
+    assert set(pids(fresh)).isdisjoint(kept) and all(gone(pid) for pid in kept)
+    kept = pids(fresh)
+    fresh.shutdown()
+    assert all(gone(pid) for pid in kept)  # not parked either
+
+
+def test_parked_groups_give_their_room_back_to_a_group_that_needs_it(local_ray, run_config, tiny_model_dir):
+    cfg = run_config
+    cfg.cluster.reference_ranks, cfg.cluster.reference_cpus = 2, 4.0  # the whole 8-CPU cluster, once parked
+    reference = ReferenceGroup(cfg, tiny_model_dir, ENV)
+    kept = pids(reference)
+    reference.shutdown()
+    cfg.cluster.nodes_wait_s = 20  # the wait that would end in NoCapacity if the parked group kept its CPUs
+    policy = PolicyGroup(cfg, tiny_model_dir, total_steps=1, accumulation=1, env=ENV)
+    try:
+        assert all(gone(pid) for pid in kept) and set(pids(policy)).isdisjoint(kept)
+    finally:
+        policy.shutdown()
