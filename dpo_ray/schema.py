@@ -321,8 +321,8 @@ class ClusterConfig:
     call_timeout_s: float = opt(1800.0, "longest a group call may take before the run treats it as hung", POSITIVE)
     reuse_rank_processes: bool = opt(
         False,
-        "a stopped policy or reference group's processes wait for the next group of its shape this driver starts, "
-        "which builds its workers in them instead of starting new ones (~5 s of imports a rank): for many short runs",
+        "a stopped policy, reference or vLLM engine group's processes wait for the next group of its shape this "
+        "driver starts, which builds in them instead of starting new ones (imports: ~5 s a rank, ~10 s an engine)",
     )
     rollout_engines: int = opt(
         1, "online: vLLM engines in the rollout group (prompts are sharded across them)", AT_LEAST_ONE

@@ -229,7 +229,7 @@ class OnlineCampaign:
             cfg, inputs.model_path, self.total_steps, accumulation_steps(cfg), self.env, at
         )
         needs = group_needs(cfg, "reference" in makers, online=True)
-        reuse = frozenset(("policy", "reference") if cfg.cluster.reuse_rank_processes else ())
+        reuse = frozenset(("rollout", "reference", "policy") if cfg.cluster.reuse_rank_processes else ())
         groups = start_together(makers, needs, str(cfg.cluster.placement), started, cfg.cluster.nodes_wait_s, reuse)
         rollout, policy = groups["rollout"], groups["policy"]
         self.rollout = rollout

@@ -42,7 +42,10 @@ class WorkerActor:
         self.worker = getattr(importlib.import_module(module), name)(*args, **kwargs)
 
     def release(self) -> None:
-        """Drop the worker and what it holds (its model, its DeepSpeed engine), keeping the process."""
+        """Drop the worker and what it holds (its model, its DeepSpeed or vLLM engine), keeping the process."""
+        close = getattr(self.worker, "close", None)
+        if close is not None:
+            close()
         self.worker = None
         gc.collect()
         torch = sys.modules.get("torch")

@@ -30,9 +30,8 @@ class RolloutGroup:
             lora_rank=cfg.model.lora.r if syncs_adapter(cfg) else 0,
         )
         env = engine_env(cfg.rollout, need.gpus)
-        self.group = ActorGroup(
-            need, "dpo_ray.workers.rollout.RolloutWorker", cfg.cluster, env, kwargs, placement=placement
-        )
+        worker = "dpo_ray.workers.rollout.RolloutWorker"
+        self.group = ActorGroup(need, worker, cfg.cluster, env, kwargs, placement=placement, reusable=True)
         self.workers_per_engine = cfg.rollout.tensor_parallel_size
         self.backend = device_spec(need.gpus).backend
 

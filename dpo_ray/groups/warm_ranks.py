@@ -1,7 +1,8 @@
-"""Rank processes kept between groups (cluster.reuse_rank_processes): a stopped group's actors wait, with their
-reservation and process group, for the next group of the same name, shape and placement that this driver starts in
-the same Ray cluster; it builds its workers in them. A rank's start is mostly imports (~5 s on a CPU core), which a
-session of many short runs (a sweep in a notebook, the test suite) would otherwise pay for every group."""
+"""Processes kept between groups (cluster.reuse_rank_processes): a stopped policy, reference or engine group's
+actors wait, with their reservation (and a rank's process group), for the next group of the same name, shape and
+placement that this driver starts in the same Ray cluster; it builds its workers in them. A start is mostly imports
+(~5 s a rank, ~10 s a vLLM engine on a CPU core), which a session of many short runs (a sweep in a notebook, the test
+suite) would otherwise pay for every group."""
 
 from __future__ import annotations
 

@@ -69,6 +69,15 @@ class RolloutWorker:
         self.adapter = None  # the LoRARequest of the policy's latest adapter, once one has arrived
         self.adapter_root = Path(tempfile.mkdtemp(prefix="dpo-ray-adapters-"))
 
+    def close(self) -> None:
+        """Shut the engine down and leave the process as vLLM found it (its process groups, frozen objects), for the
+        next engine built in it (cluster.reuse_rank_processes)."""
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+        self.llm = None
+        cleanup_dist_env_and_memory()
+        shutil.rmtree(self.adapter_root, ignore_errors=True)
+
     def join_weight_group(self, address: str, port: int, first_rank: int, world_size: int, backend: str, timeout_s):
         """Every worker of this engine joins the sync group (ranks first_rank, first_rank + 1, ...)."""
         return self.llm.collective_rpc(
