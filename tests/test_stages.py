@@ -74,6 +74,7 @@ def test_a_campaign_chains_its_stages_skips_what_finished_and_reruns_a_changed_s
     from dpo_ray import api
 
     shared = [f"cache_dir={task_cache_dir}", "progress=false", "cluster.reward_cpus=0.5", "cluster.reference_ranks=1"]
+    shared.append("cluster.reuse_rank_processes=true")  # each stage builds in the processes the one before left
     stages = [
         {"name": "offline", "command": "train", "overrides": ["train.max_steps=3"]},
         {"name": "more", "command": "train", "overrides": ["train.max_steps=2", "algo.beta=0.2"]},

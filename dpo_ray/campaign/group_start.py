@@ -9,6 +9,7 @@ from typing import Any
 
 from ray.util.placement_group import remove_placement_group
 
+from ..groups import warm_ranks
 from ..groups.actor_group import release, reserve
 from ..sizing.resources import GroupNeed
 from .interrupts import interruption
@@ -32,8 +33,12 @@ def start_together(
         raise ValueError(f"groups to start {sorted(makers)} are not the groups needed {sorted(names)}")
     placements: dict[str, Any] = {}
     try:
+        for need in needs:  # kept groups first: a new reservation evicts the rest, finding the cluster as without them
+            if need.name in reuse and (kept := warm_ranks.take(need, strategy)) is not None:
+                placements[need.name] = kept
         for need in needs:
-            placements[need.name] = reserve(need, strategy, wait_s, reuse=need.name in reuse)
+            if need.name not in placements:
+                placements[need.name] = reserve(need, strategy, wait_s)
     except BaseException:
         for placement in placements.values():
             remove_placement_group(placement)

@@ -37,7 +37,8 @@ class WorkerActor:
     def rebuild(self, worker_path: str, *args, **kwargs) -> None:
         """Build the worker named by import path, in place of the one the process held (cluster.reuse_rank_processes:
         the torch.distributed group it joined stays, for the next worker of the same ranks)."""
-        self.release()
+        if self.worker is not None:
+            self.release()
         module, name = worker_path.rsplit(".", 1)
         self.worker = getattr(importlib.import_module(module), name)(*args, **kwargs)
 
@@ -49,7 +50,7 @@ class WorkerActor:
         self.worker = None
         gc.collect()
         torch = sys.modules.get("torch")
-        if torch is not None and torch.cuda.is_available():
+        if torch is not None and torch.cuda.is_initialized():  # never initialises CUDA (a worker picks the devices)
             torch.cuda.empty_cache()
 
     def call(self, method: str, *args, **kwargs) -> Any:
@@ -126,25 +127,16 @@ class PendingShards:
         return [x for part in parts for x in part]
 
 
-def reserve(
-    need: GroupNeed, strategy: str, ready_timeout_s: float = 300, report_every_s: float = 30, reuse: bool = False
-):
+def reserve(need: GroupNeed, strategy: str, ready_timeout_s: float = 300, report_every_s: float = 30):
     """The placement group of need.size bundles of need's resources, once Ray has placed it; NoCapacity if it does
-    not fit within ready_timeout_s (saying what it waited for every report_every_s meanwhile). reuse: a parked
-    group's of need's shape, if there is one (its actors wait for the group built in it)."""
-    if reuse and (parked := warm_ranks.take(need, strategy)) is not None:
-        return parked
-    warm_ranks.evict(need.name)  # a placement group's name is the group's: a parked one of another shape goes
+    not fit within ready_timeout_s (saying what it waited for every report_every_s meanwhile)."""
+    warm_ranks.evict()  # Ray places a new group as it would with no processes kept (where the plan says)
     bundle = need.bundle()
     placement = placement_group(
         [dict(bundle) for _ in range(need.size)], strategy=strategy, name=f"dpo-ray-{need.name}"
     )
     wanted = f"{need.name} group: {need.size} x {bundle} with {strategy} placement"
     deadline = time.monotonic() + ready_timeout_s
-    if warm_ranks.any_parked():  # parked groups give their room back when a new one needs it
-        ready, _ = ray.wait([placement.ready()], timeout=min(1.0, ready_timeout_s))
-        if not ready:
-            warm_ranks.evict()
     while True:
         ready, _ = ray.wait([placement.ready()], timeout=max(0.0, min(report_every_s, deadline - time.monotonic())))
         if ready:
@@ -200,10 +192,14 @@ class ActorGroup:
         self.need, self.strategy, self.env = need, str(cluster.placement), env
         self.reusable = reusable and cluster.reuse_rank_processes
         wait_s = cluster.nodes_wait_s if ready_timeout_s is None else ready_timeout_s
-        self.placement = placement or reserve(need, self.strategy, wait_s, reuse=self.reusable)
+        kept = warm_ranks.take(need, self.strategy) if self.reusable and placement is None else None
+        self.placement = placement or kept or reserve(need, self.strategy, wait_s)
         kwargs = [dict(rank=rank, world_size=need.size, **(init_kwargs or {})) for rank in range(need.size)]
         parked = warm_ranks.claim(self.placement)
         self.actors = self._rebuilt(parked, worker_path, kwargs) if parked else []
+        if parked and not self.actors and placement is None:  # the parked group's reservation goes with it
+            release(self.placement)
+            self.placement = reserve(need, self.strategy, wait_s)
         self.actors = self.actors or [
             WorkerActor.options(
                 num_cpus=need.cpus,

@@ -6,6 +6,7 @@ suite) would otherwise pay for every group."""
 
 from __future__ import annotations
 
+import time
 from typing import Any, NamedTuple
 
 import ray
@@ -21,7 +22,7 @@ class Parked(NamedTuple):
 
 
 _parked: dict[tuple, Parked] = {}  # by shape(): at most one group of each
-_taken: dict[str, Parked] = {}  # by placement id: taken by reserve(), not yet claimed by the group built in it
+_taken: dict[str, Parked] = {}  # by placement id: given out by take(), not yet claimed by the group built in it
 
 
 def shape(need: GroupNeed, strategy: str) -> tuple:
@@ -38,12 +39,31 @@ def park(need: GroupNeed, strategy: str, placement, actors: list, env: dict[str,
 
 
 def take(need: GroupNeed, strategy: str):
-    """The reservation of a parked group of need's shape (its actors wait in claim()), or None."""
+    """The reservation of a parked group of need's shape (its actors wait in claim()), or None; a parked group that
+    lost an actor or a node meanwhile is given back instead."""
     parked = _parked.pop(shape(need, strategy), None)
     if parked is None:
         return None
+    if not intact(parked):
+        discard(parked)
+        return None
     _taken[parked.placement.id.hex()] = parked
     return parked.placement
+
+
+def intact(parked: Parked, timeout_s: float = 10) -> bool:
+    """Whether every actor answers and the reservation still stands where it was made (no node of it lost)."""
+    from ray.util import placement_group_table
+
+    if placement_group_table(parked.placement).get("state") != "CREATED":
+        return False
+    pings = [actor.ready.remote() for actor in parked.actors]
+    answered, _ = ray.wait(pings, num_returns=len(pings), timeout=timeout_s)
+    try:
+        ray.get(answered)
+    except ray.exceptions.RayError:
+        return False
+    return len(answered) == len(pings)
 
 
 def claim(placement) -> Parked | None:
@@ -51,18 +71,31 @@ def claim(placement) -> Parked | None:
     return _taken.pop(placement.id.hex(), None)
 
 
-def any_parked() -> bool:
-    return bool(_parked)
-
-
-def evict(name: str | None = None) -> None:
-    """Every parked group (of that name) gives its actors and reservation back; one of another cluster is only
-    forgotten."""
+def evict() -> None:
+    """Every parked group gives its actors and reservation back (one of another cluster is only forgotten): before
+    any new reservation, so that Ray places it as it would with nothing kept (and its name is free)."""
     here = ray.get_runtime_context().gcs_address
-    for key in [k for k in _parked if name in (None, k[1])]:
-        parked = _parked.pop(key)
-        if key[0] == here:
-            discard(parked)
+    evicted = [(key, _parked.pop(key)) for key in list(_parked) if key[0] == here]
+    _parked.clear()
+    if not evicted:
+        return
+    expected = ray.available_resources()
+    for (_, _, size, bundle, _), parked in evicted:
+        for resource, amount in bundle:
+            expected[resource] = expected.get(resource, 0.0) + size * amount
+        discard(parked)
+    freed(expected)
+
+
+def freed(expected: dict[str, float], timeout_s: float = 30) -> None:
+    """Wait until the cluster has the resources expected back: removal is asynchronous, and a reservation made before
+    it ends would be placed around the groups going away."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        available = ray.available_resources()
+        if all(available.get(r, 0.0) >= amount - 1e-6 for r, amount in expected.items() if r in ("CPU", "GPU")):
+            return
+        time.sleep(0.05)
 
 
 def discard(parked: Parked) -> None:

@@ -439,7 +439,8 @@ def test_report_to_sends_metrics_config_and_plots_to_tensorboard_wandb_and_mlflo
     assert {row["_step"]: row["loss"] for row in history if "loss" in row} == losses
     assert any(row.get("report/training/_type") == "image-file" for row in history)
     assert config["algo"]["beta"] == cfg.algo.beta and names == {"tiny-dpo"}
-    assert len({p.name.rsplit("-", 1)[1] for p in result.run_dir.glob("wandb/offline-run-*")}) == 1  # one W&B run
+    # offline-run-<time>-<run id>[-N]: one W&B run, whose directories a resume within the same second numbers
+    assert len({p.name.split("-")[3] for p in result.run_dir.glob("wandb/offline-run-*")}) == 1
 
     client = MlflowClient(tracking_uri=(result.run_dir / "mlruns").resolve().as_uri())
     run = client.get_run(ids["mlflow"])

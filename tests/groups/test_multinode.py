@@ -43,6 +43,7 @@ def two_node_cluster(tmp_path_factory):
 
 def configure(cfg, placement, out, ranks=2):
     cfg.cluster.policy_ranks, cfg.cluster.placement, cfg.output_dir = ranks, placement, str(out)
+    cfg.cluster.reuse_rank_processes = False  # each run's groups placed on the nodes as a run alone sees them
     cfg.train.epochs, cfg.train.checkpoint_every, cfg.train.keep_checkpoints = 2, 2, 2
     return cfg
 

@@ -105,3 +105,34 @@ def test_parked_groups_give_their_room_back_to_a_group_that_needs_it(local_ray, 
         assert all(gone(pid) for pid in kept) and set(pids(policy)).isdisjoint(kept)
     finally:
         policy.shutdown()
+
+
+def test_an_engine_built_in_a_kept_process_scores_its_own_model(
+    local_ray, run_config, tiny_model_dir, tokenizer, tmp_path
+):
+    """A vLLM engine closed in place and another built in its process (another model): its log-probs are that
+    model's by transformers, as a new process's engine gives them."""
+    from dpo_ray.groups.rollout_group import RolloutGroup
+
+    from .test_rollout_group import hf_token_logprobs, max_gap, prompt_logprobs
+
+    torch.manual_seed(1)
+    other = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    other.save_pretrained(tmp_path / "other")
+    tokenizer.save_pretrained(tmp_path / "other")
+    run_config.rollout.kv_cache_memory_mb = 32
+    sequences = [list(p.prompt_ids + p.chosen_ids) for p in make_pairs(4, seed=2)]
+    first = RolloutGroup(run_config, tiny_model_dir, max_model_len=64)
+    kept = pids(first)
+    first.shutdown()
+    engine = RolloutGroup(run_config, str(tmp_path / "other"), max_model_len=64)
+    try:
+        assert pids(engine) == kept
+        scored = prompt_logprobs(engine, sequences)
+    finally:
+        engine.shutdown()
+    assert max_gap(scored, hf_token_logprobs(other, sequences)) <= 1e-4
+    assert max_gap(scored, hf_token_logprobs(AutoModelForCausalLM.from_pretrained(tiny_model_dir), sequences)) > 1e-3
