@@ -304,7 +304,7 @@ class ActorGroup:
                 warm_ranks.park(self.need, self.strategy, self.placement, self.actors, self.env)
                 self.actors = []
                 return
-            except (RayActorError, RayTaskError, GroupCallTimeout):
+            except Exception:  # a rank lost or stuck, or Ray gone: the group goes as one never kept does
                 pass
         for actor in self.actors:
             ray.kill(actor)
