@@ -33,7 +33,7 @@ def start_together(
         raise ValueError(f"groups to start {sorted(makers)} are not the groups needed {sorted(names)}")
     placements: dict[str, Any] = {}
     try:
-        for need in needs:  # kept groups first: a new reservation evicts the rest, finding the cluster as without them
+        for need in needs:  # kept groups first: a new reservation then finds the cluster as it would without them
             if need.name in reuse and (kept := warm_ranks.take(need, strategy)) is not None:
                 placements[need.name] = kept
         for need in needs:

@@ -130,7 +130,7 @@ class PendingShards:
 def reserve(need: GroupNeed, strategy: str, ready_timeout_s: float = 300, report_every_s: float = 30):
     """The placement group of need.size bundles of need's resources, once Ray has placed it; NoCapacity if it does
     not fit within ready_timeout_s (saying what it waited for every report_every_s meanwhile)."""
-    warm_ranks.evict()  # Ray places a new group as it would with no processes kept (where the plan says)
+    warm_ranks.make_room(need)  # Ray places a new group as it would with no processes kept (where the plan says)
     bundle = need.bundle()
     placement = placement_group(
         [dict(bundle) for _ in range(need.size)], strategy=strategy, name=f"dpo-ray-{need.name}"
@@ -197,9 +197,6 @@ class ActorGroup:
         kwargs = [dict(rank=rank, world_size=need.size, **(init_kwargs or {})) for rank in range(need.size)]
         parked = warm_ranks.claim(self.placement)
         self.actors = self._rebuilt(parked, worker_path, kwargs) if parked else []
-        if parked and not self.actors and placement is None:  # the parked group's reservation goes with it
-            release(self.placement)
-            self.placement = reserve(need, self.strategy, wait_s)
         self.actors = self.actors or [
             WorkerActor.options(
                 num_cpus=need.cpus,
@@ -217,7 +214,8 @@ class ActorGroup:
 
     def _rebuilt(self, parked: warm_ranks.Parked, worker_path: str, kwargs: list[dict]) -> list:
         """The parked actors with this group's workers built in them; none (the parked actors gone) if their
-        environment differs or a build fails: new actors then build it, and fail as they would have."""
+        environment differs or a build fails: new actors then build it in the same reservation (of this group's
+        shape, checked whole when taken), and fail as they would have."""
         if parked.env == self.env:
             try:
                 gather(

@@ -71,12 +71,27 @@ def claim(placement) -> Parked | None:
     return _taken.pop(placement.id.hex(), None)
 
 
-def evict() -> None:
-    """Every parked group gives its actors and reservation back (one of another cluster is only forgotten): before
-    any new reservation, so that Ray places it as it would with nothing kept (and its name is free)."""
+def make_room(need: GroupNeed) -> None:
+    """Before a new reservation: Ray must place it as it would with nothing kept. On one node that is whether it fits
+    beside the kept groups (those go if it does not); on several, where it lands, so every kept group goes. A kept
+    group of its name goes in any case (a placement group's name is unique)."""
+    if not _parked:
+        return
+    available = ray.available_resources()
+    fits = all(available.get(r, 0.0) >= need.size * amount for r, amount in need.bundle().items())
+    if not fits or sum(node["Alive"] for node in ray.nodes()) > 1:
+        evict()
+    else:
+        evict(lambda key: key[1] == need.name)
+
+
+def evict(which=lambda key: True) -> None:
+    """The parked groups which(key) selects (all by default) give their actors and reservation back, and the call
+    returns once Ray has their resources back; those of another cluster are only forgotten."""
     here = ray.get_runtime_context().gcs_address
-    evicted = [(key, _parked.pop(key)) for key in list(_parked) if key[0] == here]
-    _parked.clear()
+    for key in [k for k in _parked if k[0] != here]:
+        del _parked[key]
+    evicted = [(key, _parked.pop(key)) for key in list(_parked) if which(key)]
     if not evicted:
         return
     expected = ray.available_resources()

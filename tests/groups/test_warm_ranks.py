@@ -65,28 +65,27 @@ def test_a_stopped_groups_processes_build_the_next_of_its_shape_only_when_they_c
     second = ReferenceGroup(cfg, other, ENV)  # another model in the same processes and process group
     assert pids(second) == kept
     scores_as_plain_torch(second, other)
-
-    ray.kill(second.group.actors[1])  # a group with a dead rank is not kept
     second.shutdown()
-    third = ReferenceGroup(cfg, tiny_model_dir, ENV)
-    assert set(pids(third)).isdisjoint(kept) and gone(kept[0])
-    scores_as_plain_torch(third, tiny_model_dir)
-    kept = pids(third)
-    third.shutdown()
+
+    cfg.cluster.reference_ranks, cfg.reference.sharding = 1, "replicas"  # another shape: a new process
+    smaller = ReferenceGroup(cfg, tiny_model_dir, ENV)
+    assert set(pids(smaller)).isdisjoint(kept) and all(gone(pid) for pid in kept)
+    kept = pids(smaller)
+    ray.kill(smaller.group.actors[0])  # a group with a dead rank is not kept
+    smaller.shutdown()
+    after_death = ReferenceGroup(cfg, tiny_model_dir, ENV)
+    assert set(pids(after_death)).isdisjoint(kept)
+    scores_as_plain_torch(after_death, tiny_model_dir)
+    kept = pids(after_death)
+    after_death.shutdown()
 
     changed = ReferenceGroup(cfg, tiny_model_dir, {**ENV, "OMP_WAIT_POLICY": "PASSIVE"})  # another environment
     assert set(pids(changed)).isdisjoint(kept) and all(gone(pid) for pid in kept)
     kept = pids(changed)
     changed.shutdown()
 
-    cfg.cluster.reference_ranks = 1  # another shape: the parked group of that name goes (names are unique in Ray)
-    smaller = ReferenceGroup(cfg, tiny_model_dir, ENV)
-    assert set(pids(smaller)).isdisjoint(kept) and all(gone(pid) for pid in kept)
-    kept = pids(smaller)
-    smaller.shutdown()
-
     cfg.cluster.reuse_rank_processes = False
-    fresh = ReferenceGroup(cfg, tiny_model_dir, ENV)
+    fresh = ReferenceGroup(cfg, tiny_model_dir, {**ENV, "OMP_WAIT_POLICY": "PASSIVE"})
     assert set(pids(fresh)).isdisjoint(kept) and all(gone(pid) for pid in kept)
     kept = pids(fresh)
     fresh.shutdown()
