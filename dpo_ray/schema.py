@@ -322,7 +322,7 @@ class ClusterConfig:
     reuse_rank_processes: bool = opt(
         False,
         "a stopped policy, reference or vLLM engine group's processes wait for the next group of its shape this "
-        "driver starts, which builds in them instead of starting new ones (imports: ~5 s a rank, ~10 s an engine)",
+        "driver starts, which builds in them instead of starting new ones (a start is mostly imports)",
     )
     rollout_engines: int = opt(
         1, "online: vLLM engines in the rollout group (prompts are sharded across them)", AT_LEAST_ONE

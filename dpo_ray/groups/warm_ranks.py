@@ -1,8 +1,8 @@
 """Processes kept between groups (cluster.reuse_rank_processes): a stopped policy, reference or engine group's
 actors wait, with their reservation (and a rank's process group), for the next group of the same name, shape and
 placement that this driver starts in the same Ray cluster; it builds its workers in them. A start is mostly imports
-(~5 s a rank, ~10 s a vLLM engine on a CPU core), which a session of many short runs (a sweep in a notebook, the test
-suite) would otherwise pay for every group."""
+(bench/process_reuse.py), which a session of many short runs (a sweep in a notebook, the test suite) would otherwise
+pay for every group."""
 
 from __future__ import annotations
 
