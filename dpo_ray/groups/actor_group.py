@@ -196,8 +196,8 @@ class ActorGroup:
         self.placement = placement or kept or reserve(need, self.strategy, wait_s)
         kwargs = [dict(rank=rank, world_size=need.size, **(init_kwargs or {})) for rank in range(need.size)]
         parked = warm_ranks.claim(self.placement)
-        self.actors = self._rebuilt(parked, worker_path, kwargs) if parked else []
-        self.actors = self.actors or [
+        rebuilt = self._rebuilt(parked, worker_path, kwargs) if parked else []
+        self.actors = rebuilt or [
             WorkerActor.options(
                 num_cpus=need.cpus,
                 num_gpus=need.gpus,
@@ -225,7 +225,7 @@ class ActorGroup:
                 )
                 log.info("%s group: built in the %d process(es) a group before it left", self.name, self.size)
                 return parked.actors
-            except (RayActorError, RayTaskError):
+            except (RayActorError, RayTaskError, GroupCallTimeout):
                 pass
         for actor in parked.actors:
             ray.kill(actor)

@@ -10,7 +10,6 @@ import time
 from typing import Any, NamedTuple
 
 import ray
-from ray.util.placement_group import remove_placement_group
 
 from ..sizing.resources import GroupNeed
 
@@ -32,10 +31,10 @@ def shape(need: GroupNeed, strategy: str) -> tuple:
 
 
 def park(need: GroupNeed, strategy: str, placement, actors: list, env: dict[str, str]) -> None:
-    previous = _parked.pop(shape(need, strategy), None)
-    if previous is not None:
-        discard(previous)
-    _parked[shape(need, strategy)] = Parked(placement, actors, env)
+    key = shape(need, strategy)
+    if key in _parked:
+        discard(_parked[key])
+    _parked[key] = Parked(placement, actors, env)
 
 
 def take(need: GroupNeed, strategy: str):
@@ -114,9 +113,8 @@ def freed(expected: dict[str, float], timeout_s: float = 30) -> None:
 
 
 def discard(parked: Parked) -> None:
+    from .actor_group import release  # here: actor_group imports this module
+
     for actor in parked.actors:
         ray.kill(actor)
-    try:
-        remove_placement_group(parked.placement)
-    except Exception:  # already removed
-        pass
+    release(parked.placement)
