@@ -17,6 +17,7 @@ from ..workers.device import DeviceSpec
 from ..workers.models import model_fingerprint
 from ..workers.weights import START
 from .reference_cache import ReferenceCache, cache_key
+from .reference_stream import ReferenceStream
 
 log = logging.getLogger(__name__)
 ReferenceLogps = tuple[list[float], list[float]]  # by pair index (a step's moved reference: dicts of its pairs)
@@ -50,13 +51,15 @@ class ReferenceScorer:
         policy: PolicyGroup | None = None,
         mixes: int = 0,
         weights: str = START,
+        stream: bool = False,
     ) -> tuple[ReferenceLogps, bool]:
         """(chosen, rejected) reference log-probs for pairs, each scored in its micro-batch of groups (the ones the
         policy will see it in first, so that at step 0 both compute the same numbers), and whether they had to be
         computed. With policy: the policy group scores them under weights (START: its adapter off for LoRA, as it is
         before any step; CURRENT: as it is, the round's reference under each_round). mixes: how many times TR-DPO has
         mixed the policy into the reference group's weights. Only the starting reference's are cached: a moved one's
-        depend on the run's whole course, which the key does not hold."""
+        depend on the run's whole course, which the key does not hold. stream: when the reference group scores them,
+        return at once with log-probs that are read as they arrive (reference_stream.py; cached once all are)."""
         cacheable = self.cache is not None and weights == START and not mixes
         key = self.key(pairs, groups) if cacheable else None
         cached = self.cache.load(key, len(pairs)) if cacheable else None
@@ -66,6 +69,9 @@ class ReferenceScorer:
         start = time.perf_counter()
         if policy is None:
             self.start()
+            if stream:
+                done = (lambda scores: self.cache.save(key, *scores)) if cacheable else None
+                return self._stream(pairs, groups, done).logps, True
         chosen, rejected = self._score(pairs, groups, policy, weights)
         log.info("reference log-probs for %d pairs in %.1fs", len(pairs), time.perf_counter() - start)
         if cacheable:
@@ -95,6 +101,16 @@ class ReferenceScorer:
                     chosen[i], rejected[i] = c[i], r[i]
                 bar.update(sum(len(g) for g in part))
         return chosen, rejected
+
+    def _stream(self, pairs: list[TokenizedPair], groups: list[list[int]], done) -> ReferenceStream:
+        """Every wave sent to the reference group now, in order; none waited for. The last is watched: its end is the
+        pass's (the ranks work through the waves in turn)."""
+        size, waves = self.group.size, []
+        for lo in range(0, len(groups), WAVE * size):
+            part, last = groups[lo : lo + WAVE * size], lo + WAVE * size >= len(groups)
+            waves.append(([i for g in part for i in g], self.group.submit_logps(pairs, part, watched=last)))
+        log.info("reference log-probs for %d pairs: %d wave(s) sent, read as the policy trains", len(pairs), len(waves))
+        return ReferenceStream(len(pairs), waves, done)
 
     def start(self, placement=None) -> None:
         """Start the reference group now (its replicas load while other groups start) instead of on first need; in

@@ -30,6 +30,7 @@ from ..workers.weights import CURRENT, ROUND_START, START
 from . import round_stats as stats
 from .inputs import OnlineInputs
 from .reference import ReferenceLogps, ReferenceScorer
+from .reference_stream import streamed
 from .round_store import DRAWN, RoundStore
 from .rounds_ahead import RoundsAhead
 from .trainer import PolicyTrainer, epoch_groups, eval_groups
@@ -184,7 +185,9 @@ def make_pairs(record: RoundRecord, context: RoundContext) -> None:
 def score_reference(record: RoundRecord, context: RoundContext) -> None:
     """The reference's log-probs of the training pairs, each in the micro-batch the policy first sees it in; none
     without a reference or without pairs. each_round: the reference is the policy as the round begins, which scores
-    them itself (and keeps a snapshot when the round evaluates, for the KL to it after training)."""
+    them itself (and keeps a snapshot when the round evaluates, for the KL to it after training). A reference group
+    of its own scores them while the policy trains (reference_stream.py): this phase only sends them, unless TR-DPO
+    mixes the policy into that group between steps."""
     cfg, groups, pairs = context.cfg, context.groups, record.train_pairs
     if not context.uses_reference:
         return
@@ -196,11 +199,13 @@ def score_reference(record: RoundRecord, context: RoundContext) -> None:
         if moving:
             record.ref, _ = groups.reference.logps(pairs, batches, groups.policy, weights=CURRENT)
         else:
-            record.ref, _ = groups.reference.logps(pairs, batches, adapter_base(cfg, groups.policy), groups.mixes)
+            scorer, stream = adapter_base(cfg, groups.policy), groups.mix is None
+            record.ref, _ = groups.reference.logps(pairs, batches, scorer, groups.mixes, stream=stream)
 
 
 def train_policy(record: RoundRecord, context: RoundContext) -> None:
-    """epochs_per_round passes over the training pairs; none (a warning) when the round yielded none."""
+    """epochs_per_round passes over the training pairs; none (a warning) when the round yielded none. Reference
+    log-probs still being scored are waited for as the steps read them; the pass's span joins the timeline."""
     trainer, o, r = context.trainer, context.cfg.online, record.r
     before = trainer.step
     if record.train_pairs:
@@ -208,6 +213,10 @@ def train_policy(record: RoundRecord, context: RoundContext) -> None:
         trainer.train(record.train_pairs, record.ref, o.epochs_per_round, seed, reference_mixes=mixes)
     else:
         log.warning("round %d: no pairs (every prompt's samples tied); the policy is unchanged", r)
+    stream = streamed(record.ref)
+    if stream is not None:
+        record.ref = stream.finish()
+        record.spans.append(["reference pass", stream.launched_at, stream.finished_at])
     record.steps = trainer.step - before
     # the latest step's, which is an earlier round's when this one trained none
     record.train_metrics = {f"train/{k}": trainer.last_metrics[k] for k in TRAIN_KEYS if k in trainer.last_metrics}
@@ -355,23 +364,24 @@ def evaluate(context: RoundContext, r: int = 0, round_reference: bool = False) -
         draws.append(Draw(1, 0.0, 1.0, o.max_tokens))  # greedy answers, decoded with the samples
     sampled, *greedy_draw = groups.rollout.draw(prompts, seeds, draws)
     greedy = greedy_draw[0] if greedy_draw else None
-    metrics = {}
-    if groups.reward is not None:  # a judged run without a task reward has no absolute score to report
-        scores = groups.reward.score([*prompts, *prompts], stats.texts(sampled) + stats.texts(greedy))
-        metrics["eval/sampled_reward"] = stats.mean_score(scores[: len(prompts)])
-        metrics["eval/greedy_reward"] = stats.mean_score(scores[len(prompts) :])
-    metrics["eval/length"] = stats.mean_length(sampled)
-    if context.uses_reference:
+    metrics, kl = {}, {}
+    if context.uses_reference:  # sent first: a reference group scores them while the rewards are computed
         pairs, scored = stats.kl_pairs(context.eval_prompt_ids, sampled)
         references = {"eval/kl": (adapter_base(cfg, groups.policy), START)}
         if round_reference:
             references["eval/kl_to_round_reference"] = (groups.policy, ROUND_START)
         for name, (scorer, weights) in references.items():
-            chosen, rejected = [], []
+            kl[name] = ([], [])
             if pairs:
                 batches = eval_groups(cfg, len(pairs))
-                chosen, rejected = groups.reference.logps(pairs, batches, scorer, groups.mixes, weights)[0]
-            metrics[name] = stats.kl_estimate(scored, chosen, rejected)
+                kl[name] = groups.reference.logps(pairs, batches, scorer, groups.mixes, weights, stream=True)[0]
+    if groups.reward is not None:  # a judged run without a task reward has no absolute score to report
+        scores = groups.reward.score([*prompts, *prompts], stats.texts(sampled) + stats.texts(greedy))
+        metrics["eval/sampled_reward"] = stats.mean_score(scores[: len(prompts)])
+        metrics["eval/greedy_reward"] = stats.mean_score(scores[len(prompts) :])
+    metrics["eval/length"] = stats.mean_length(sampled)
+    for name, (chosen, rejected) in kl.items():
+        metrics[name] = stats.kl_estimate(scored, chosen[:], rejected[:])
     if groups.eval_judge is not None:
         metrics.update(judged_win_rate(context, r, [texts[0] for texts in stats.texts(greedy)]))
     return metrics

@@ -8,7 +8,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import ray
@@ -105,14 +105,23 @@ def gather(refs: Sequence[ray.ObjectRef], timeout_s: float, what: str) -> list[A
     return [results[ref] for ref in refs]
 
 
-class PendingShards:
-    """A sharded call under way: result() gathers it as run_shards does; finished_at is when its last shard was done
-    (time.perf_counter), known once it is."""
+class PendingCall:
+    """A call under way on some ranks: result() gathers their results (failing fast, as gather does) and combines
+    them; finished_at is when its last rank was done (time.perf_counter), known once it is: watched, whenever the
+    caller asks for it; else once result() has it."""
 
-    def __init__(self, refs: list[ray.ObjectRef], timeout_s: float, what: str):
-        self.refs, self.timeout_s, self.what = refs, timeout_s, what
+    def __init__(
+        self,
+        refs: list[ray.ObjectRef],
+        timeout_s: float,
+        what: str,
+        combine: Callable[[list], Any] = list,
+        watched: bool = True,
+    ):
+        self.refs, self.timeout_s, self.what, self.combine = refs, timeout_s, what, combine
         self.launched_at, self.finished_at = time.perf_counter(), None
-        threading.Thread(target=self._watch, daemon=True).start()  # when it ends, whoever waits for it and when
+        if watched:  # a thread notes when it ends, whoever waits for it and when
+            threading.Thread(target=self._watch, daemon=True).start()
 
     def _watch(self) -> None:
         try:
@@ -121,10 +130,14 @@ class PendingShards:
             return
         self.finished_at = time.perf_counter()
 
-    def result(self) -> list[Any]:
+    def result(self) -> Any:
         parts = gather(self.refs, self.timeout_s, self.what)
         self.finished_at = self.finished_at or time.perf_counter()
-        return [x for part in parts for x in part]
+        return self.combine(parts)
+
+
+def concatenated(parts: list[list]) -> list:
+    return [x for part in parts for x in part]
 
 
 def reserve(need: GroupNeed, strategy: str, ready_timeout_s: float = 300, report_every_s: float = 30):
@@ -267,7 +280,7 @@ class ActorGroup:
         """Split items into contiguous shards, one per rank (empty shards are not sent); the results concatenated."""
         return self.submit_shards(method, items, *args).result()
 
-    def submit_shards(self, method: str, items: Sequence[Any], *args) -> PendingShards:
+    def submit_shards(self, method: str, items: Sequence[Any], *args) -> PendingCall:
         """run_shards, not waited for."""
         bounds = [round(i * len(items) / self.size) for i in range(self.size + 1)]
         refs = [
@@ -275,7 +288,7 @@ class ActorGroup:
             for actor, lo, hi in zip(self.actors, bounds, bounds[1:])
             if hi > lo
         ]
-        return PendingShards(refs, self.call_timeout_s, f"{self.name}.{method}")
+        return PendingCall(refs, self.call_timeout_s, f"{self.name}.{method}", concatenated)
 
     def run_each(self, method: str, per_rank_args: Sequence[Sequence[Any]]) -> list[Any]:
         """A call with rank-specific arguments."""
@@ -287,8 +300,22 @@ class ActorGroup:
     def run_each_replica(self, method: str, per_replica_args: Sequence[Sequence[Any]], ranks_each: int) -> list[Any]:
         """A call with replica-specific arguments, a replica being ranks_each consecutive ranks (a sequence-parallel
         group); each replica's result as its first rank gives it (its ranks end with the same)."""
+        return self.submit_each_replica(method, per_replica_args, ranks_each, watched=False).result()
+
+    def submit_each_replica(
+        self,
+        method: str,
+        per_replica_args: Sequence[Sequence[Any]],
+        ranks_each: int,
+        combine: Callable[[list], Any] = list,
+        watched: bool = True,
+    ) -> PendingCall:
+        """run_each_replica, not waited for; its result is combine(the replicas' results). A rank works through the
+        calls it is sent in the order they were sent."""
         per_rank = [per_replica_args[rank // ranks_each] for rank in range(self.size)]
-        return self.run_each(method, per_rank)[::ranks_each]
+        refs = [a.call.remote(method, *args) for a, args in zip(self.actors, per_rank)]
+        by_replica = lambda parts: combine(parts[::ranks_each])  # noqa: E731
+        return PendingCall(refs, self.call_timeout_s, f"{self.name}.{method}", by_replica, watched)
 
     def node_ids(self) -> list[str]:
         return bundle_nodes(self.placement)

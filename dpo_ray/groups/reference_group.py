@@ -17,7 +17,7 @@ from ..sizing.reference_sharding import reference_sharding
 from ..sizing.resources import reference_need
 from ..workers.device import device_spec, rank_threads
 from ..workers.specs import ReferenceSpec
-from .actor_group import ActorGroup
+from .actor_group import ActorGroup, PendingCall
 from .shared_dirs import require_shared
 
 log = logging.getLogger(__name__)
@@ -63,10 +63,18 @@ class ReferenceGroup:
     def logps(self, pairs: Sequence[TokenizedPair], groups: list[list[int]]) -> tuple[list[float], list[float]]:
         """(chosen, rejected) of every pair, each scored in its micro-batch of groups (dealt to the replicas in turn:
         the ranks of a sequence-parallel group score the same micro-batches, and each ends with their scores)."""
+        return self.submit_logps(pairs, groups, watched=False).result()
+
+    def submit_logps(
+        self, pairs: Sequence[TokenizedPair], groups: list[list[int]], watched: bool = True
+    ) -> PendingCall:
+        """logps, not waited for (the ranks work through the calls they are sent in turn); watched: its finished_at
+        is when the ranks were done, not when the caller asked."""
         sp = self.sequence_parallel_size
         index_plan = deal_groups(groups, self.group.size // sp)
         plan = [(part,) for part in as_micro_batches(pairs, index_plan)]
-        return scores_by_pair(index_plan, self.group.run_each_replica("logps", plan, sp), len(pairs))
+        by_pair = lambda per_replica: scores_by_pair(index_plan, per_replica, len(pairs))  # noqa: E731
+        return self.group.submit_each_replica("logps", plan, sp, by_pair, watched)
 
     def join_weight_group(self, address: str, port: int, world_size: int, timeout_s: float) -> list[ray.ObjectRef]:
         return self.group.submit("join_weight_group", address, port, world_size, timeout_s)

@@ -13,7 +13,7 @@ from ..sizing.resources import rollout_need
 from ..workers.device import device_spec
 from ..workers.engine_args import engine_env
 from ..workers.rollout import Draw, Sample
-from .actor_group import ActorGroup, PendingShards
+from .actor_group import ActorGroup, PendingCall
 
 
 class RolloutGroup:
@@ -57,7 +57,7 @@ class RolloutGroup:
         top_p: float,
         max_tokens: int,
         with_logp: bool = False,
-    ) -> PendingShards:
+    ) -> PendingCall:
         """generate, not waited for: the engines draw while the caller goes on (result() gives the samples)."""
         return self.group.submit_shards("generate", jobs(prompts, seeds), n, temperature, top_p, max_tokens, with_logp)
 

@@ -227,17 +227,18 @@ def phases_plot(records: RunRecords, path: Path) -> Path | None:
 
 def timeline_plot(records: RunRecords, path: Path) -> Path | None:
     """The rounds' phases on one clock (a Gantt chart): the engines drawing each round's samples on one lane, the
-    driver's phases on the other (its "generate" and "wait": waiting for the engines), labelled by round. With
-    online.async_rounds the engines' lane overlaps the driver's training; without, the two take turns."""
+    reference group's pass over a round's pairs on another, the driver's phases on the third (its "generate" and
+    "wait": waiting for the engines), labelled by round. With online.async_rounds the engines' lane overlaps the
+    driver's training; without, the two take turns. The reference's pass overlaps the training it feeds."""
     rows = [row for row in records.rounds if row.get("timeline")]
     if not rows:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.2, 2.6))
-    colours, engines_free = {}, -math.inf
+    colours, engines_free, lanes = {}, -math.inf, {"draw": 1, "reference pass": 2}
     for row in rows:
         for phase, start, end in row["timeline"]:
-            lane = 1 if phase == "draw" else 0
+            lane = lanes.get(phase, 0)
             if lane == 1:  # a round asked for while the engines still draw the one before starts when that ends
                 start, engines_free = max(start, engines_free), end
             colour = colours.setdefault(phase, f"C{len(colours) % 10}")
@@ -246,7 +247,7 @@ def timeline_plot(records: RunRecords, path: Path) -> Path | None:
                 ax.text((start + end) / 2, lane, str(row["round"]), ha="center", va="center", fontsize=7)
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colours.values()]
     ax.legend(handles, list(colours), fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
-    ax.set_yticks([0, 1], ["driver", "engines"], fontsize=8)
+    ax.set_yticks([0, 1, 2], ["driver", "engines", "reference"], fontsize=8)
     ax.set_xlabel("seconds since the start", fontsize=8)
     ax.set_title("round timeline (engines' bars: round drawn)", fontsize=9)
     ax.tick_params(labelsize=7)

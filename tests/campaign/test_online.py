@@ -93,6 +93,9 @@ def test_two_rounds_raise_the_held_out_accuracy_and_write_each_rounds_data(two_r
             "time/sync",
             "time/eval",
         } <= set(rows[r])
+        # the reference group (its own, frozen) was still scoring the round's pairs when training began
+        spans = {name: (start, end) for name, start, end in rows[r]["timeline"]}
+        assert spans["reference pass"][1] > spans["train"][0] > spans["reference pass"][0], rows[r]["timeline"]
     written = [json.loads(line) for line in (two_rounds.run_dir / "rounds.jsonl").read_text().splitlines()]
     assert [row["round"] for row in written] == [0, 1, 2]
     assert (two_rounds.final_model / "model.safetensors").exists()

@@ -105,11 +105,12 @@ class Reference:
     """Reference log-probs of minus the response length, less a half; records what it scored."""
 
     def __init__(self, calls: list):
-        self.calls, self.given = calls, []
+        self.calls, self.given, self.streamed = calls, [], []
 
-    def logps(self, pairs, batches, policy, mixes=0, weights=START):
+    def logps(self, pairs, batches, policy, mixes=0, weights=START, stream=False):
         self.calls.append("logps")
         self.given.append((pairs, batches, policy, mixes, weights))
+        self.streamed.append(stream)
         less = 0.25 if weights == ROUND_START else 0.5  # the round's reference: -len - 0.25
         return ([-len(p.chosen_ids) - less for p in pairs], [-len(p.rejected_ids) - less for p in pairs]), True
 
@@ -334,6 +335,37 @@ def test_the_reference_scores_the_training_pairs_in_the_policys_first_micro_batc
     random.Random(5 + 1000 * 2).shuffle(order)  # round 2's first epoch; a micro-batch of one pair each
     assert pairs == PAIRS and batches == [[i] for i in order] and policy is None and mixes == 3
     assert weights == START
+    assert context.groups.reference.streamed == [False]  # TR-DPO mixes into the reference group between steps
+
+
+def test_a_frozen_reference_groups_log_probs_are_sent_to_be_read_while_the_policy_trains(tmp_path):
+    context = a_context(tmp_path)
+    score_reference(RoundRecord(1, train_pairs=list(PAIRS)), context)
+    evaluate(context)
+    assert context.groups.reference.streamed == [True, True]  # the round's pairs, the held-out KL's
+
+
+def test_train_reads_streamed_reference_log_probs_and_puts_the_pass_on_the_timeline(tmp_path):
+    """The trainer gets the stream's log-probs as they are; after training the record holds plain lists (the round's
+    row reads them) and the reference group's span, from its first wave's sending to its last wave's end."""
+    from dpo_ray.campaign.reference_stream import ReferenceStream, StreamedScores
+
+    class Wave:
+        def __init__(self, launched_at, finished_at, scores):
+            self.launched_at, self.finished_at, self.scores = launched_at, finished_at, scores
+
+        def result(self):
+            return self.scores
+
+    waves = [([1], Wave(3.0, 4.0, ([0.0, -2.0], [0.0, -4.0]))), ([0], Wave(3.5, 6.0, ([-1.0, 0.0], [-3.0, 0.0])))]
+    stream = ReferenceStream(2, waves)
+    context = a_context(tmp_path)
+    record = RoundRecord(1, train_pairs=list(PAIRS), ref=stream.logps)
+    train_policy(record, context)
+    [(_, given, *_)] = context.trainer.given
+    assert all(isinstance(side, StreamedScores) for side in given)
+    assert record.ref == ([-1.0, -2.0], [-3.0, -4.0])
+    assert record.spans == [["reference pass", 3.0, 6.0]]
 
 
 def test_with_lora_the_reference_is_the_policy_without_its_adapter(tmp_path):
@@ -431,6 +463,7 @@ def test_the_held_out_evaluation_scores_sampled_and_greedy_draws_and_the_kl(tmp_
         "eval/length": (2 + 1) / 2,
         "eval/kl": ((-1.0 - -2.5) + (-2.0 - -1.5)) / 2,  # the reference gives -len - 0.5
     }
+    assert context.calls == ["draw", "logps", "score"]  # the KL's pairs go to the reference before the rewards
     o = context.cfg.online  # one call: the samples with their log-probs, and the greedy answers
     assert context.groups.rollout.submitted == [
         (["q0"], [seed_of(0, 0)], [Draw(4, 1.0, o.top_p, o.max_tokens, True), Draw(1, 0.0, 1.0, o.max_tokens)])
@@ -485,7 +518,7 @@ def test_a_round_runs_its_phases_in_order_and_rows_them_as_rounds_jsonl_does(tmp
     context = a_context(tmp_path, cfg, drawn=drawn, scores=scores, began=95.0)
     row = run_round(context, 1, clock=itertools.count(100.0).__next__)
     generate, score, reference, train, sync = ["submit"], ["score"], ["logps"], ["train"], ["sync"]
-    evaluation = ["draw", "score", "logps"]  # sampled and greedy drawn together, and scored together
+    evaluation = ["draw", "logps", "score"]  # sampled and greedy drawn together and scored together, the KL sent first
     assert context.calls == generate + score + reference + train + sync + evaluation
     assert list(row) == [
         "round",

@@ -38,7 +38,9 @@ def test_the_frontier_has_a_point_per_round_evaluated_with_a_finite_kl_and_rewar
     assert frontier_points(rounds) == [(0, 0.0, 0.5), (1, 2.5, 0.7), (4, 6.0, 1)]
 
 
-def test_the_timeline_puts_the_engines_spans_on_their_lane_and_the_drivers_phases_on_the_other(tmp_path, monkeypatch):
+def test_the_timeline_puts_the_engines_and_the_references_spans_on_their_lanes_and_the_drivers_phases_on_theirs(
+    tmp_path, monkeypatch
+):
     import matplotlib.axes
 
     from dpo_ray.report.plots import timeline_plot
@@ -56,11 +58,13 @@ def test_the_timeline_puts_the_engines_spans_on_their_lane_and_the_drivers_phase
         {"round": 0},
         {"round": 1, "timeline": [["generate", 0.0, 2.0], ["draw", 0.0, 2.0], ["train", 2.0, 5.0]]},
         {"round": 2, "timeline": [["generate", 5.0, 5.0], ["draw", 0.1, 4.5], ["train", 5.0, 8.0]]},  # queued
+        {"round": 3, "timeline": [["train", 8.0, 9.0], ["reference pass", 8.0, 8.5]]},  # scored while it trains
     ]
     records = RunRecords(tmp_path, rounds=rounds)
     assert timeline_plot(records, tmp_path / "timeline.png").exists()
     assert [b for b in bars if b[0] == 1] == [(1, 0.0, 2.0), (1, 2.0, 4.5)]  # round 2 drawn while round 1 trains
-    assert [b for b in bars if b[0] == 0] == [(0, 0.0, 2.0), (0, 2.0, 5.0), (0, 5.0, 5.0), (0, 5.0, 8.0)]
+    assert [b for b in bars if b[0] == 2] == [(2, 8.0, 8.5)]
+    assert [b for b in bars if b[0] == 0] == [(0, 0.0, 2.0), (0, 2.0, 5.0), (0, 5.0, 5.0), (0, 5.0, 8.0), (0, 8.0, 9.0)]
     assert timeline_plot(RunRecords(tmp_path, rounds=[{"round": 0}]), tmp_path / "none.png") is None
 
 
