@@ -59,3 +59,37 @@ def test_streamed_finds_the_stream_behind_log_probs_and_none_behind_lists():
     stream = a_stream([])
     assert streamed(stream.logps) is stream
     assert streamed(([0.0], [0.0])) is None and streamed(None) is None
+
+
+def test_a_streamed_pass_is_cached_once_read_whole_and_a_second_call_reads_the_cache(run_config, tiny_model_dir):
+    """ReferenceScorer with a stand-in reference group: stream=True sends a wave per WAVE micro-batches a rank without
+    waiting, and once every score is read the pass is in the cache, which the next call for the same pairs returns."""
+    from dpo_ray.campaign.reference import WAVE, ReferenceScorer
+    from dpo_ray.workers.device import run_environment
+
+    from ..conftest import make_pairs
+
+    class Group:
+        size = 1
+
+        def __init__(self):
+            self.sent: list[list[list[int]]] = []
+
+        def submit_logps(self, pairs, part, watched=True):
+            self.sent.append(part)
+            return Wave(str(len(self.sent)), [i for g in part for i in g], len(pairs), [])
+
+    spec, env = run_environment(run_config.cluster, run_config.model.dtype)
+    scorer = ReferenceScorer(run_config, tiny_model_dir, spec, env)
+    scorer.group = Group()
+    pairs = make_pairs(WAVE + 2, seed=3)
+    groups = [[i] for i in range(WAVE + 2)]
+    (chosen, rejected), computed = scorer.logps(pairs, groups, stream=True)
+    assert computed and scorer.group.sent == [groups[:WAVE], groups[WAVE:]]  # both waves sent, none read yet
+    assert scorer.cache.load(scorer.key(pairs, groups)) is None
+    assert chosen[:] == [-float(i) for i in range(WAVE + 2)]
+    assert scorer.logps(pairs, groups, stream=True) == (
+        ([-float(i) for i in range(WAVE + 2)], [-10.0 * i for i in range(WAVE + 2)]),
+        False,
+    )
+    assert len(scorer.group.sent) == 2  # the second call came from the cache
