@@ -26,6 +26,11 @@ ReferenceLogps = tuple[list[float], list[float]]  # by pair index (a step's move
 WAVE = 8  # micro-batches per rank in one call of the reference pass: a progress update, not a noticeable cost
 
 
+def waves(groups: list[list[int]], size: int) -> list[list[list[int]]]:
+    """The micro-batches in calls of WAVE a rank, in order."""
+    return [groups[lo : lo + WAVE * size] for lo in range(0, len(groups), WAVE * size)]
+
+
 class ReferenceScorer:
     def __init__(self, cfg: RunConfig, reference_path: str, spec: DeviceSpec, env: dict[str, str]):
         self.cfg, self.reference_path, self.spec, self.env = cfg, reference_path, spec, env
@@ -89,8 +94,7 @@ class ReferenceScorer:
         chosen, rejected = [0.0] * len(pairs), [0.0] * len(pairs)
         total = sum(len(g) for g in groups)
         with tqdm(total=total, desc="reference", unit="pair", disable=not self.cfg.progress, dynamic_ncols=True) as bar:
-            for lo in range(0, len(groups), WAVE * size):
-                part = groups[lo : lo + WAVE * size]
+            for part in waves(groups, size):
                 if policy is not None:
                     index_plan = deal_groups(part, size)
                     per_rank = policy.reference_logps(as_micro_batches(pairs, index_plan), weights)
@@ -105,12 +109,13 @@ class ReferenceScorer:
     def _stream(self, pairs: list[TokenizedPair], groups: list[list[int]], done) -> ReferenceStream:
         """Every wave sent to the reference group now, in order; none waited for. The last is watched: its end is the
         pass's (the ranks work through the waves in turn)."""
-        size, waves = self.group.size, []
-        for lo in range(0, len(groups), WAVE * size):
-            part, last = groups[lo : lo + WAVE * size], lo + WAVE * size >= len(groups)
-            waves.append(([i for g in part for i in g], self.group.submit_logps(pairs, part, watched=last)))
-        log.info("reference log-probs for %d pairs: %d wave(s) sent, read as the policy trains", len(pairs), len(waves))
-        return ReferenceStream(len(pairs), waves, done)
+        parts = waves(groups, self.group.size)
+        sent = [
+            ([i for g in part for i in g], self.group.submit_logps(pairs, part, watched=k == len(parts) - 1))
+            for k, part in enumerate(parts)
+        ]
+        log.info("reference log-probs for %d pairs: %d wave(s) sent, read as the policy trains", len(pairs), len(sent))
+        return ReferenceStream(len(pairs), sent, done)
 
     def start(self, placement=None) -> None:
         """Start the reference group now (its replicas load while other groups start) instead of on first need; in

@@ -294,8 +294,7 @@ class ActorGroup:
         """A call with rank-specific arguments."""
         if len(per_rank_args) != self.size:
             raise ValueError(f"{self.name}: {len(per_rank_args)} argument sets for {self.size} ranks")
-        refs = [a.call.remote(method, *args) for a, args in zip(self.actors, per_rank_args)]
-        return gather(refs, self.call_timeout_s, f"{self.name}.{method}")
+        return self.submit_each_replica(method, per_rank_args, 1, watched=False).result()
 
     def run_each_replica(self, method: str, per_replica_args: Sequence[Sequence[Any]], ranks_each: int) -> list[Any]:
         """A call with replica-specific arguments, a replica being ranks_each consecutive ranks (a sequence-parallel
