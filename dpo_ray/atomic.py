@@ -3,6 +3,7 @@ every layer: the campaign, the workers, the tasks and the report all write throu
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import tempfile
@@ -49,3 +50,16 @@ def write_dir(path: str | Path, fill: Callable[[Path], None]) -> None:
         os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def build_once(path: str | Path, fill: Callable[[Path], None], intact: Callable[[], bool]) -> None:
+    """write_dir(path, fill) unless intact(), holding a lock beside path: runs that share a cache and start together
+    build each entry once, and none replaces a directory another is already reading."""
+    path = Path(path)
+    if intact():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        if not intact():  # built by the run that held the lock before us
+            write_dir(path, fill)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import write_dir
+from ..atomic import build_once
 from ..data.pairs import build_pairs
 from ..data.tokenize import encode_turn
 from ..model_dir import cache_damage
@@ -165,14 +165,13 @@ def ensure_embedded_task(cfg: EmbeddedConfig, cache_dir: str, seed: int = 0) -> 
         [number_words.prompt(n) for n in sorted(eval_numbers)],
         root / "train_kto.jsonl",
     )
-    if (root / "done").exists():
-        damage = cache_damage(task.model_dir)
-        if damage is None:
-            return task
-        log.warning("the embedded task's cached model %s is damaged (%s): building the task again", root, damage)
-    log.info("building the embedded number-words task into %s (once)", root)
 
     def build(tmp: Path) -> None:
+        if (root / "done").exists():
+            damage = cache_damage(task.model_dir)
+            log.warning("the embedded task's cached model %s is damaged (%s): building the task again", root, damage)
+        else:
+            log.info("building the embedded number-words task into %s (once)", root)
         rng = random.Random(seed)
         corpus = [
             number_words.prompt(n) + " " + number_words.flawed_words(n, rng, 0.5)
@@ -196,5 +195,5 @@ def ensure_embedded_task(cfg: EmbeddedConfig, cache_dir: str, seed: int = 0) -> 
         n_eval = _pairs_file(tmp / "eval.jsonl", model, tokenizer, eval_numbers, cfg.samples_per_prompt, seed + 2)
         (tmp / "done").write_text(json.dumps({"train_pairs": n_train, "eval_pairs": n_eval}))
 
-    write_dir(root, build)
+    build_once(root, build, lambda: (root / "done").exists() and cache_damage(task.model_dir) is None)
     return task

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from ..atomic import write_dir
+from ..atomic import build_once
 from ..model_dir import cache_damage
 
 log = logging.getLogger(__name__)
@@ -52,11 +52,13 @@ PRETRAINED: dict[str, Callable[[Path], None]] = {
 def ensure_pretrained(name: str, cache_dir: str) -> str:
     """The HF directory of a named offline model, converted into cache_dir/models/<name> on first use."""
     root = Path(cache_dir).expanduser() / "models" / name
-    if (root / "config.json").exists():
-        damage = cache_damage(root)
-        if damage is None:
-            return str(root)
-        log.warning("the cached %s in %s is damaged (%s): converting it again", name, root, damage)
-    log.info("converting %s into %s (once)", name, root)
-    write_dir(root, PRETRAINED[name])
+
+    def convert(tmp: Path) -> None:
+        if (root / "config.json").exists():
+            log.warning("the cached %s in %s is damaged (%s): converting it again", name, root, cache_damage(root))
+        else:
+            log.info("converting %s into %s (once)", name, root)
+        PRETRAINED[name](tmp)
+
+    build_once(root, convert, lambda: (root / "config.json").exists() and cache_damage(root) is None)
     return str(root)
