@@ -17,8 +17,10 @@ imdb: setup
 lint: setup
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
 
+# Whole modules on TEST_WORKERS processes (a module's tests share one Ray cluster); TEST_WORKERS=0: all in one.
+TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow" $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(ARGS)

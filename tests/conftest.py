@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -93,16 +94,25 @@ def exact_config(root) -> RunConfig:
     return cfg
 
 
+def run_wide_dir(tmp_path_factory, name: str) -> Path:
+    """A directory every pytest-xdist worker of this run shares (make test runs two): what is built in it is built
+    once per run, the builders taking turns (dpo_ray.atomic.build_once, torch's lock on its extensions)."""
+    base = tmp_path_factory.getbasetemp()
+    path = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / name
+    path.mkdir(exist_ok=True)
+    return path
+
+
 @pytest.fixture(scope="session")
 def task_cache_dir(tmp_path_factory):
-    """One cache for the tests that build the embedded task (26 s), so it is built once per session."""
-    return tmp_path_factory.mktemp("task-cache")
+    """One cache for the tests that build the embedded task (26 s) or convert a pretrained model: built once a run."""
+    return run_wide_dir(tmp_path_factory, "task-cache")
 
 
 @pytest.fixture(scope="session")
 def ops_cache_dir(tmp_path_factory):
-    """One cache_dir for the tests that run DeepSpeed's CPU Adam: its C++ op builds there once per session (35 s)."""
-    return str(tmp_path_factory.mktemp("ops-cache"))
+    """One cache_dir for the tests that run DeepSpeed's CPU Adam: its C++ op builds there once a run (35 s)."""
+    return str(run_wide_dir(tmp_path_factory, "ops-cache"))
 
 
 @pytest.fixture(scope="module")
