@@ -54,12 +54,15 @@ def write_dir(path: str | Path, fill: Callable[[Path], None]) -> None:
 
 def build_once(path: str | Path, fill: Callable[[Path], None], intact: Callable[[], bool]) -> None:
     """write_dir(path, fill) unless intact(), holding a lock beside path: runs that share a cache and start together
-    build each entry once, and none replaces a directory another is already reading."""
+    build each entry once (one at a time), and none replaces a directory another is already reading."""
     path = Path(path)
     if intact():
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / f".{path.name}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
-        if not intact():  # built by the run that held the lock before us
+    folder = os.open(path.parent, os.O_RDONLY)  # the lock is on the folder that holds path: no lock file left behind
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)  # released when closed, also if this process dies
+        if not intact():  # built by the run that held the lock before this one
             write_dir(path, fill)
+    finally:
+        os.close(folder)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -115,12 +118,28 @@ def ops_cache_dir(tmp_path_factory):
     return str(run_wide_dir(tmp_path_factory, "ops-cache"))
 
 
+@contextmanager
+def short_ray_tmpdir():
+    """RAY_TMPDIR set to a new directory under /tmp, removed after: Ray's socket paths (RAY_TMPDIR/ray/session_<time>_
+    <pid>/sockets/plasma_store) must fit in 107 bytes, and an xdist worker's pytest temp path leaves no room."""
+    path, before = tempfile.mkdtemp(prefix="ray-", dir="/tmp"), os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = path
+    try:
+        yield path
+    finally:
+        if before is None:
+            del os.environ["RAY_TMPDIR"]
+        else:
+            os.environ["RAY_TMPDIR"] = before
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
-def local_ray(tmp_path_factory):
+def local_ray():
     """One local Ray per test module (Ray start-up costs ~10 s)."""
     import ray
 
-    os.environ["RAY_TMPDIR"] = str(tmp_path_factory.mktemp("ray"))
-    ray.init(num_cpus=8, include_dashboard=False, object_store_memory=256 << 20, log_to_driver=False)
-    yield ray
-    ray.shutdown()
+    with short_ray_tmpdir():
+        ray.init(num_cpus=8, include_dashboard=False, object_store_memory=256 << 20, log_to_driver=False)
+        yield ray
+        ray.shutdown()

@@ -4,7 +4,6 @@ PACK on one node; a node lost mid-run stops the run, and the same command resume
 from __future__ import annotations
 
 import json
-import os
 import re
 import threading
 import time
@@ -17,28 +16,28 @@ from dpo_ray.campaign.inputs import OfflineInputs
 from dpo_ray.campaign.offline import OfflineCampaign
 from dpo_ray.groups.failures import NoCapacity
 
-from ..conftest import exact_config, make_pairs
+from ..conftest import exact_config, make_pairs, short_ray_tmpdir
 
 pytestmark = pytest.mark.slow
 PAIRS = make_pairs(48, seed=11)  # 40 to train on: 5 steps of 8 pairs per epoch, 10 in all
 
 
 @pytest.fixture(scope="module")
-def two_node_cluster(tmp_path_factory):
+def two_node_cluster():
     import ray
     from ray.cluster_utils import Cluster
 
-    os.environ["RAY_TMPDIR"] = str(tmp_path_factory.mktemp("ray2"))
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 2, "include_dashboard": False, "object_store_memory": 256 << 20},
-    )
-    cluster.add_node(num_cpus=2, object_store_memory=256 << 20)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, log_to_driver=False)
-    yield cluster
-    ray.shutdown()
-    cluster.shutdown()
+    with short_ray_tmpdir():
+        cluster = Cluster(
+            initialize_head=True,
+            head_node_args={"num_cpus": 2, "include_dashboard": False, "object_store_memory": 256 << 20},
+        )
+        cluster.add_node(num_cpus=2, object_store_memory=256 << 20)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, log_to_driver=False)
+        yield cluster
+        ray.shutdown()
+        cluster.shutdown()
 
 
 def configure(cfg, placement, out, ranks=2):

@@ -3,7 +3,6 @@ and the placement the plan predicts made for real by Ray on a cluster of fake GP
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
 
@@ -14,6 +13,7 @@ from dpo_ray.compose import compose
 from dpo_ray.planning.nodes import described_nodes, ray_nodes
 from dpo_ray.planning.plan import PlanModels, make_plan
 
+from ..conftest import short_ray_tmpdir
 from ..sizing.test_memory_estimate import LLAMA_8B, LLAMA_70B, config_dir
 
 LLAMA_13B = dict(
@@ -206,21 +206,21 @@ def canonical(groups: list[tuple[str, list[str]]], concurrent: bool) -> list:
 
 
 @pytest.fixture(scope="module")
-def fake_gpu_cluster(tmp_path_factory):
+def fake_gpu_cluster():
     """Four Ray nodes of 8 fake GPUs and 128 CPUs each: placement groups are made for real, no model is loaded."""
     import ray
     from ray.cluster_utils import Cluster
 
-    os.environ["RAY_TMPDIR"] = str(tmp_path_factory.mktemp("ray-gpu"))
-    node = {"num_cpus": 128, "num_gpus": 8, "object_store_memory": 128 << 20}
-    cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
-    for _ in range(3):
-        cluster.add_node(**node)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, log_to_driver=False)
-    yield cluster
-    ray.shutdown()
-    cluster.shutdown()
+    with short_ray_tmpdir():
+        node = {"num_cpus": 128, "num_gpus": 8, "object_store_memory": 128 << 20}
+        cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+        for _ in range(3):
+            cluster.add_node(**node)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, log_to_driver=False)
+        yield cluster
+        ray.shutdown()
+        cluster.shutdown()
 
 
 def wait_until_released(timeout_s: float = 30.0) -> None:
