@@ -61,6 +61,25 @@ def use_local_token() -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
+NO_AGENT = "No available agent to submit job"  # the job server's answer until a node's job agent has registered
+AGENT_WAIT_S = 120.0
+
+
+def submit_when_agent_up(client, entrypoint: str, env: dict | None, wait_s: float = AGENT_WAIT_S, poll_s=2.0) -> str:
+    """client.submit_job, retried while the cluster has no job agent up yet (a head just started, or busy): Ray's job
+    server refuses with NO_AGENT until one registers. Any other error, or the agent still missing after wait_s, is
+    raised."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return client.submit_job(entrypoint=entrypoint, runtime_env=env)
+        except RuntimeError as error:
+            if NO_AGENT not in str(error) or time.monotonic() + poll_s > deadline:
+                raise
+            print(f"the cluster's job agent is not up yet: trying again for up to {wait_s:.0f}s", flush=True)
+            time.sleep(poll_s)
+
+
 def submit(argv: list[str], poll_s: float = 1.0) -> int:
     use_local_token()  # before Ray reads its config
     from ray.job_submission import JobStatus, JobSubmissionClient
@@ -76,7 +95,7 @@ def submit(argv: list[str], poll_s: float = 1.0) -> int:
         compose(args.overrides, args.command)  # a bad option fails here, before the job is queued
     client = JobSubmissionClient(args.address)
     entrypoint = shlex.join(["python", "-m", "dpo_ray.cli", args.command, *args.overrides])
-    job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env(args) or None)
+    job_id = submit_when_agent_up(client, entrypoint, runtime_env(args) or None)
     print(f"submitted job {job_id} to {args.address}: {entrypoint}", flush=True)
     if args.no_wait:
         return 0
