@@ -11,6 +11,9 @@ from pathlib import Path
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Ray starts its workers at nice 15: on a CI box shared with other jobs the ranks and engines would wait behind every
+# other process (measured: the suite 3.5x slower beside one busy core). The tests' Ray clusters read this.
+os.environ.setdefault("RAY_worker_niceness", "0")
 
 import pytest
 import torch
