@@ -53,8 +53,8 @@ def write_dir(path: str | Path, fill: Callable[[Path], None]) -> None:
 
 
 def build_once(path: str | Path, fill: Callable[[Path], None], intact: Callable[[], bool]) -> None:
-    """write_dir(path, fill) unless intact(), holding a lock beside path: runs that share a cache and start together
-    build each entry once (one at a time), and none replaces a directory another is already reading."""
+    """write_dir(path, fill) unless intact(), holding a lock on the folder of path: runs that share a cache and start
+    together build each entry once (one at a time), and none replaces a directory another is already reading."""
     path = Path(path)
     if intact():
         return

@@ -65,7 +65,9 @@ NO_AGENT = "No available agent to submit job"  # the job server's answer until a
 AGENT_WAIT_S = 120.0
 
 
-def submit_when_agent_up(client, entrypoint: str, env: dict | None, wait_s: float = AGENT_WAIT_S, poll_s=2.0) -> str:
+def submit_when_agent_up(
+    client, entrypoint: str, env: dict | None, wait_s: float = AGENT_WAIT_S, poll_s: float = 2
+) -> str:
     """client.submit_job, retried while the cluster has no job agent up yet (a head just started, or busy): Ray's job
     server refuses with NO_AGENT until one registers. Any other error, or the agent still missing after wait_s, is
     raised."""
