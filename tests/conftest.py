@@ -128,7 +128,7 @@ def short_ray_tmpdir():
     path, before = tempfile.mkdtemp(prefix="ray-", dir="/tmp"), os.environ.get("RAY_TMPDIR")
     os.environ["RAY_TMPDIR"] = path
     try:
-        yield path
+        yield Path(path)
     finally:
         if before is None:
             del os.environ["RAY_TMPDIR"]

@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
 from dpo_ray.campaign.local_ray import processes_using
+
+from ..conftest import short_ray_tmpdir
 
 pytestmark = pytest.mark.slow
 
@@ -91,31 +91,31 @@ def test_a_signal_stops_the_run_cleanly_and_the_same_command_resumes(tiny_model_
     data = tmp_path / "pairs.jsonl"
     rows = [{"prompt": f"p{i}", "chosen": f"c{i}", "rejected": f"r{i}"} for i in range(400)]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    run_dir, ray_dir = tmp_path / "run", Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # sockets: short paths
-    run = start(run_dir, data, tiny_model_dir, ray_dir, steps=90)
-    wait_for_step(run_dir, 4, run)
-    (os.killpg if signum == signal.SIGINT else os.kill)(run.pid, signum)
-    began = time.monotonic()
-    _, stderr = run.communicate(timeout=120)
-    assert run.returncode == code, stderr[-3000:]
-    assert f"stopped by {signal.Signals(signum).name}" in stderr and "resumes from the last checkpoint" in stderr
-    assert "Traceback" not in stderr
-    deadline = time.monotonic() + 30
-    while processes_using(ray_dir) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not processes_using(ray_dir), "Ray processes of the run outlived it"
-    print(f"stopped in {time.monotonic() - began:.1f}s after {signal.Signals(signum).name}")
-    # the step under way when the signal came may finish (and checkpoint) first: the newest at the stop is resumed
-    last = (run_dir / "checkpoints" / "latest").read_text().strip()
-    assert last in {f"step_{k}" for k in range(3, 90, 3)}
-    if signum == signal.SIGINT:
-        return  # resuming is the same after either signal: shown once
-    resumed = start(run_dir, data, tiny_model_dir, ray_dir, steps=int(last.split("_")[1]) + 2)
-    _, stderr = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, stderr[-3000:]
-    attempts = [json.loads(line) for line in (run_dir / "attempts.jsonl").read_text().splitlines()]
-    assert attempts[-1]["resumed_from"] == last and attempts[-1]["cause"] == "rerun"
-    shutil.rmtree(ray_dir, ignore_errors=True)
+    run_dir = tmp_path / "run"
+    with short_ray_tmpdir() as ray_dir:  # removed after, also when the SIGINT case returns early
+        run = start(run_dir, data, tiny_model_dir, ray_dir, steps=90)
+        wait_for_step(run_dir, 4, run)
+        (os.killpg if signum == signal.SIGINT else os.kill)(run.pid, signum)
+        began = time.monotonic()
+        _, stderr = run.communicate(timeout=120)
+        assert run.returncode == code, stderr[-3000:]
+        assert f"stopped by {signal.Signals(signum).name}" in stderr and "resumes from the last checkpoint" in stderr
+        assert "Traceback" not in stderr
+        deadline = time.monotonic() + 30
+        while processes_using(ray_dir) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not processes_using(ray_dir), "Ray processes of the run outlived it"
+        print(f"stopped in {time.monotonic() - began:.1f}s after {signal.Signals(signum).name}")
+        # the step under way when the signal came may finish (and checkpoint) first: the newest at the stop is resumed
+        last = (run_dir / "checkpoints" / "latest").read_text().strip()
+        assert last in {f"step_{k}" for k in range(3, 90, 3)}
+        if signum == signal.SIGINT:
+            return  # resuming is the same after either signal: shown once
+        resumed = start(run_dir, data, tiny_model_dir, ray_dir, steps=int(last.split("_")[1]) + 2)
+        _, stderr = resumed.communicate(timeout=300)
+        assert resumed.returncode == 0, stderr[-3000:]
+        attempts = [json.loads(line) for line in (run_dir / "attempts.jsonl").read_text().splitlines()]
+        assert attempts[-1]["resumed_from"] == last and attempts[-1]["cause"] == "rerun"
 
 
 def test_local_ray_listens_on_loopback_and_a_killed_runs_session_is_cleaned_up(tiny_model_dir, tmp_path):
