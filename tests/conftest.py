@@ -15,6 +15,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # other process (beside one busy core, 2026-12-07: 2399 s at nice 15, 2193 s at nice 0); Ray's clusters read it.
 os.environ.setdefault("RAY_worker_niceness", "0")
 
+import dpo_ray  # noqa: F401  first, as in `dpo-ray`: it sets OpenMP's spin count before torch loads
+
+# isort: split
 import pytest
 import torch
 

@@ -58,9 +58,9 @@ def rank_threads(cpus_per_rank: float, torch_threads: int = 0) -> int:
     return torch_threads or max(1, math.ceil(cpus_per_rank))
 
 
-# Network and collective settings (NCCL_SOCKET_IFNAME, NCCL_IB_HCA, GLOO_SOCKET_IFNAME, ...): Ray starts an actor with
-# its node's environment, not the driver's, so the driver hands these on.
-PASSED_ON = ("NCCL_", "TORCH_NCCL_", "GLOO_", "UCX_", "FI_", "CUDA_DEVICE_MAX_CONNECTIONS")
+# Network and collective settings (NCCL_SOCKET_IFNAME, NCCL_IB_HCA, GLOO_SOCKET_IFNAME, ...) and OpenMP's spin count
+# (dpo_ray/__init__.py): Ray starts an actor with its node's environment, not the driver's; the driver hands these on.
+PASSED_ON = ("NCCL_", "TORCH_NCCL_", "GLOO_", "UCX_", "FI_", "CUDA_DEVICE_MAX_CONNECTIONS", "GOMP_SPINCOUNT")
 
 
 def passed_on(environ: Mapping[str, str] = os.environ, launch_dir: str = "") -> dict[str, str]:

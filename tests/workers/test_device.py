@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from dpo_ray.workers.device import device_spec, local_gpu, passed_on, rank_env
@@ -54,3 +58,24 @@ def test_a_gpu_rank_on_cpu_torch_stops_before_loading_and_says_how_to_rebuild():
     with pytest.raises(RuntimeError, match=f"node {socket.gethostname()}: torch .* is a CPU build.*scripts/setup.sh"):
         use_local_gpu(device_spec(1))
     assert use_local_gpu(device_spec(0)) == 0
+
+
+@pytest.mark.parametrize("set_before, expected", [(None, "3000"), ("77", "77")])
+def test_torchs_openmp_spins_3000_times_unless_the_user_says_otherwise(set_before, expected):
+    # libgomp prints the settings it read when it loads (OMP_DISPLAY_ENV): what torch's OpenMP runs with, not our env
+    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"} | {"OMP_DISPLAY_ENV": "VERBOSE"}
+    if set_before is not None:
+        env["GOMP_SPINCOUNT"] = set_before
+    shown = subprocess.run(
+        [sys.executable, "-c", "import dpo_ray, torch; torch.ones(64, 64).sum()"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stderr
+    assert f"GOMP_SPINCOUNT = '{expected}'" in shown
+
+
+def test_a_rank_gets_the_drivers_spin_count(monkeypatch):
+    monkeypatch.setenv("GOMP_SPINCOUNT", "500")
+    assert rank_env(device_spec(0), 1)["GOMP_SPINCOUNT"] == "500"
