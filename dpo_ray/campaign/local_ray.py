@@ -1,7 +1,7 @@
 """A local Ray that stays local and leaves nothing behind: every listener on 127.0.0.1, its session files under a
 directory of the run's own (removed at exit), Ray's auth token readable by its owner only, and the processes and files
 of an earlier local run whose driver was killed (SIGKILL leaves its raylet, GCS and agents running) cleaned up by the
-next one."""
+next one, and a start that outran Ray's own deadline on a busy machine tried again."""
 
 from __future__ import annotations
 
@@ -11,13 +11,15 @@ import shutil
 import signal
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 PREFIX = "dpo-ray-session-"  # + the driver's pid: short, as Ray's socket paths must stay < 108 bytes
 SINGLE_MACHINE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # Ray's switch: "0" makes a node's IP the loopback address
+# What ray.init raises when its raylet has not registered with the GCS within the 30 s Ray allows (ray/_private/node.py)
+START_TIMED_OUT = "The current node timed out during startup"
 
 
 @contextmanager
@@ -116,3 +118,38 @@ def private_token() -> None:
 
 def remove_session() -> None:
     shutil.rmtree(session_dir(), ignore_errors=True)
+
+
+def start(init: Callable[[], None], attempts: int = 3) -> None:
+    """init() (a local ray.init), again when Ray's fixed 30 s for its raylet to register passed first: on a busy
+    machine (every core taken by other jobs) the raylet and its agents can take longer to start. What the timed-out
+    start left running is stopped before the next try; any other failure, or the last try's, is raised."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return init()
+        except Exception as error:
+            if START_TIMED_OUT not in str(error) or attempt == attempts:
+                raise
+            stopped = stop_own_sessions()
+            log.warning(
+                "Ray: the local start timed out (Ray gives its raylet 30 s; the machine is busy): stopped the %d "
+                "processes it left, starting again (%d of %d)",
+                len(stopped),
+                attempt + 1,
+                attempts,
+            )
+
+
+def stop_own_sessions() -> list[int]:
+    """Stop the processes of this driver's Ray sessions (Ray names a session's directory after the driver's pid: under
+    the run's session directory, or RAY_TMPDIR/ray, or /tmp/ray); returns their pids."""
+    roots = {session_dir(), Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()) / "ray"}
+    stopped = []
+    for session in (s for root in roots for s in root.glob(f"session_*_{os.getpid()}")):
+        for pid in processes_using(session.resolve()):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                stopped.append(pid)
+            except ProcessLookupError:
+                pass
+    return stopped

@@ -84,12 +84,14 @@ def ensure_ray(cluster: ClusterConfig, needs: Sequence[GroupNeed], concurrent: b
         else:
             local_ray.clean_stale_sessions()
             with local_ray.loopback_only():
-                ray.init(
-                    num_cpus=local_cpus(needs, concurrent, os.cpu_count() or 1),
-                    include_dashboard=False,
-                    object_store_memory=1 << 30,
-                    log_to_driver=True,
-                    **({} if os.environ.get("RAY_TMPDIR") else {"_temp_dir": str(local_ray.session_dir())}),
+                local_ray.start(
+                    lambda: ray.init(
+                        num_cpus=local_cpus(needs, concurrent, os.cpu_count() or 1),
+                        include_dashboard=False,
+                        object_store_memory=1 << 30,
+                        log_to_driver=True,
+                        **({} if os.environ.get("RAY_TMPDIR") else {"_temp_dir": str(local_ray.session_dir())}),
+                    )
                 )
         local_ray.private_token()
         interrupts.reinstall()  # Ray's SIGTERM handler aborts the driver before any cleanup
