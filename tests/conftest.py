@@ -142,10 +142,12 @@ def short_ray_tmpdir():
 
 @pytest.fixture(scope="module")
 def local_ray():
-    """One local Ray per test module (Ray start-up costs ~10 s)."""
+    """One local Ray per test module (Ray start-up costs ~10 s), started again as a run's when a busy box delays it."""
     import ray
 
+    from dpo_ray.campaign.local_ray import start
+
     with short_ray_tmpdir():
-        ray.init(num_cpus=8, include_dashboard=False, object_store_memory=256 << 20, log_to_driver=False)
+        start(lambda: ray.init(num_cpus=8, include_dashboard=False, object_store_memory=256 << 20, log_to_driver=False))
         yield ray
         ray.shutdown()
