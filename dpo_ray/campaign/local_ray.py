@@ -95,11 +95,7 @@ def clean_stale_sessions() -> list[Path]:
         pid = directory.name.removeprefix(PREFIX)
         if not pid.isdigit() or _alive(int(pid)):
             continue
-        for orphan in processes_using(directory):
-            try:
-                os.kill(orphan, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill(processes_using(directory))
         shutil.rmtree(directory, ignore_errors=True)
         log.info("Ray: cleaned up the local session of a run that was killed (%s)", directory)
         cleaned.append(directory)
@@ -144,12 +140,17 @@ def stop_own_sessions() -> list[int]:
     """Stop the processes of this driver's Ray sessions (Ray names a session's directory after the driver's pid: under
     the run's session directory, or RAY_TMPDIR/ray, or /tmp/ray); returns their pids."""
     roots = {session_dir(), Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()) / "ray"}
-    stopped = []
-    for session in (s for root in roots for s in root.glob(f"session_*_{os.getpid()}")):
-        for pid in processes_using(session.resolve()):
-            try:
-                os.kill(pid, signal.SIGKILL)
-                stopped.append(pid)
-            except ProcessLookupError:
-                pass
-    return stopped
+    sessions = [s for root in roots for s in root.glob(f"session_*_{os.getpid()}")]
+    return kill([pid for session in sessions for pid in processes_using(session.resolve())])
+
+
+def kill(pids: list[int]) -> list[int]:
+    """SIGKILL each of pids; returns those that were still there."""
+    killed = []
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        except ProcessLookupError:
+            pass
+    return killed

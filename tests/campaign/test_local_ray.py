@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -17,16 +18,17 @@ pytestmark = pytest.mark.slow
 
 
 def raylets_of(pid: int) -> list[int]:
-    """The raylets of the Ray sessions this driver started (their command lines name the session, named after it)."""
-    found = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            line = open(f"/proc/{entry}/cmdline", "rb").read().decode(errors="replace")
-        except OSError:
-            continue
-        if "raylet/raylet" in line and f"_{pid}/sockets" in line:
-            found.append(int(entry))
-    return found
+    """The raylets of the Ray sessions driver pid started (Ray names a session's directory after its driver)."""
+    sessions = (Path(os.environ["RAY_TMPDIR"]) / "ray").glob(f"session_*_{pid}")
+    using = [p for session in sessions for p in local_ray.processes_using(session.resolve())]
+    return [p for p in using if command_name(p) == "raylet"]
+
+
+def command_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""  # gone meanwhile
 
 
 def running(pid: int) -> bool:
